@@ -1,0 +1,1 @@
+"""Training pipelines that write model bundles the backend registry loads."""
