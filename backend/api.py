@@ -1,0 +1,268 @@
+"""The ``Backend`` interface the plugin talks to, with its request and result types.
+
+Every request and result is a frozen dataclass of plain values (str, int, float, tuples, numpy
+arrays), so a remote form (HTTP) can serialise them without the widgets noticing. Long calls
+take a ``progress`` callback, called with a :class:`Progress`, and a ``cancel`` event; a
+cancelled call raises :class:`backend.errors.CancelledError` and keeps what it had written
+(embeddings already cached stay cached).
+
+Geometry: boxes and polygons are in level-0 pixels of the slide, (x, y) order. Maps over the
+tile grid come with ``scale`` and ``translate`` in level-0 pixels, (row, col) order, so that a
+viewer layer of the map lines up with the slide's level 0: multiply both by the slide's mpp when
+the image layer is in microns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long call has got: ``done`` of ``total`` units (tiles, slides), and what."""
+
+    done: int
+    total: int
+    stage: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class RegionKind(StrEnum):
+    BOX = "box"
+    POLYGON = "polygon"
+
+
+@dataclass(frozen=True)
+class Region:
+    """A drawn region in level-0 pixels: a box ``(x, y, w, h)`` or a polygon of (x, y) vertices."""
+
+    kind: RegionKind
+    points: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def box(cls, x: float, y: float, w: float, h: float) -> Region:
+        return cls(RegionKind.BOX, ((x, y), (x + w, y), (x + w, y + h), (x, y + h)))
+
+    @classmethod
+    def polygon(cls, vertices: np.ndarray | list[tuple[float, float]]) -> Region:
+        pts = np.asarray(vertices, dtype=float)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
+            from backend.errors import InputError
+
+            raise InputError(f"region polygon: need at least 3 (x, y) vertices, got shape {pts.shape}")
+        return cls(RegionKind.POLYGON, tuple((float(x), float(y)) for x, y in pts))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The bounding box ``(x, y, w, h)``."""
+        pts = np.asarray(self.points)
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How a slide is cut into tiles: size in pixels at ``mpp`` µm/px (None: level-0 pixels)."""
+
+    tile_size: int = 224
+    mpp: float | None = 0.5
+    min_tissue: float = 0.5
+
+
+@dataclass(frozen=True)
+class SlideRef:
+    """A slide file, with the mpp a user gave when its metadata has none."""
+
+    path: str
+    mpp: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    source: str
+    embed_dim: int
+    license: str
+    random_weights: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where a (rows, cols) tile-grid map sits on the slide, in level-0 pixels, (row, col)."""
+
+    shape: tuple[int, int]
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    slide_name: str
+    model_id: str
+    n_tiles: int
+    geometry: GridGeometry
+    from_cache: bool
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class ZeroShotRequest:
+    slide: SlideRef
+    model: str
+    labels: tuple[str, ...]
+    synonyms: tuple[tuple[str, ...], ...] = ()  # per label, extra phrasings (may be empty)
+    templates: tuple[str, ...] = ()  # empty: the default histopathology templates
+    unknown_threshold: float | None = None
+    region: Region | None = None
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class ZeroShotResult:
+    """Class map over the tile grid. ``class_map`` holds 1 + class index, 0 where no tissue,
+    and ``len(labels) + 1`` for "unknown" when a threshold was given."""
+
+    labels: tuple[str, ...]
+    class_map: np.ndarray  # (rows, cols) int32
+    probabilities: np.ndarray  # (n_classes, rows, cols) float32, NaN where no tissue
+    geometry: GridGeometry
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class HeatmapRequest:
+    slide: SlideRef
+    model: str
+    query: str
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class HeatmapResult:
+    query: str
+    similarity: np.ndarray  # (rows, cols) float32 cosine similarity, NaN where no tissue
+    geometry: GridGeometry
+    random_weights: bool
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    slide: SlideRef
+    regions: tuple[Region, ...]
+    captioner: str  # a captioner bundle path or registry name
+    beams: int = 3
+    n_best: int = 3
+    max_tokens: int = 30
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class Caption:
+    texts: tuple[str, ...]  # n-best, best first
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    captions: tuple[Caption, ...]  # one per region, in request order
+
+
+@dataclass(frozen=True)
+class IndexRequest:
+    slides: tuple[str, ...]  # slide files; a folder is expanded by the caller
+    index_path: str
+    model: str
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    index_path: str
+    model_id: str
+    n_slides: int
+    n_vectors: int
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    index_path: str
+    text: str | None = None
+    slide: SlideRef | None = None
+    region: Region | None = None
+    k: int = 10
+    exclude_query_slide: bool = True
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    slide_name: str
+    slide_path: str
+    box: tuple[float, float, float, float]  # level-0 (x, y, w, h)
+    score: float
+    n_tiles: int
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: tuple[SearchHit, ...]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What a widget may ask of a backend, in-process or remote."""
+
+    def list_models(self) -> list[ModelInfo]: ...
+
+    def embed_slide(
+        self,
+        slide: SlideRef,
+        model: str,
+        tiles: TileOptions = ...,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EmbedResult: ...
+
+    def zero_shot(
+        self,
+        request: ZeroShotRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ZeroShotResult: ...
+
+    def heatmap(
+        self,
+        request: HeatmapRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> HeatmapResult: ...
+
+    def caption(
+        self,
+        request: CaptionRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CaptionResult: ...
+
+    def build_index(
+        self,
+        request: IndexRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> IndexInfo: ...
+
+    def search(self, request: SearchRequest) -> SearchResult: ...

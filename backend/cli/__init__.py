@@ -1,0 +1,54 @@
+"""The ``histoclip`` command line.
+
+Each subcommand lives in a small module of this package that exposes ``add_parser(subparsers)``
+and a handler; heavy libraries are imported inside handlers so ``histoclip --help`` is fast.
+Errors the backend raises on purpose (``HistoclipError``) are printed as one line, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from backend import __version__
+from backend.errors import HistoclipError
+
+# Modules that contribute subcommands, in the order ``--help`` lists them.
+_COMMAND_MODULES = (
+    "backend.cli.inspect",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subcommand registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="histoclip",
+        description="Captions, cohort search and zero-shot class maps for whole-slide images.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``histoclip`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except HistoclipError as e:
+        print(f"histoclip {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"histoclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
