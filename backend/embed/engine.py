@@ -1,0 +1,381 @@
+"""The embedding engine: a slide's tiles in, L2-normalised vectors out, cached per slide.
+
+Tiles are read and preprocessed in a small thread pool that keeps the next batches ready
+while the model encodes the current one (slide readers and torch release the GIL), so on a
+busy model the pipeline runs at the model's own speed. Encoding runs under
+``torch.inference_mode``; on a GPU with fp16/bf16 autocast and channels-last inputs.
+
+The engine is a generator yielding :class:`EmbedProgress` events and returning
+:class:`SlideEmbeddings` (``napari``'s ``thread_worker`` turns both into signals); use
+:func:`embed_slide` for a plain call with a progress callback. A ``cancel`` event stops it
+within one batch with :class:`~backend.errors.CancelledError`; whatever was encoded stays in
+the cache's partial store and the next run resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
+from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings
+from backend.errors import CancelledError, InputError
+
+T = TypeVar("T")
+
+
+class CancelSignal(Protocol):
+    """Anything with ``is_set()``: a ``threading.Event`` usually."""
+
+    def is_set(self) -> bool: ...
+
+
+def run_with_progress(gen: Generator[Any, None, T], progress: Callable[[Any], None] | None = None) -> T:
+    """Drive a progress generator to its end, passing each event to ``progress``; return its value."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
+
+
+# --- resolving arguments ----------------------------------------------------------------
+
+
+def open_slide_arg(slide: Any, mpp: float | None = None) -> Any:
+    """A ``Slide`` from a path or an open slide (then ``mpp`` must not contradict it)."""
+    if isinstance(slide, (str, os.PathLike)):
+        from backend.slides import open_slide
+
+        return open_slide(Path(slide), mpp=mpp)
+    return slide
+
+
+def load_model_arg(model: Any, device: Any = None) -> Any:
+    """A ``ClipModel`` from a registry name or a loaded model (returned as is)."""
+    if isinstance(model, (str, os.PathLike)):
+        from backend.models import load_model
+
+        return load_model(str(model), device=device)
+    return model
+
+
+def grid_key(slide: Any, spec: Any, *, tissue: np.ndarray | None = None, use_tissue: bool = True) -> str:
+    """The cache's tile-spec key: ``spec.key()`` plus what else decides which tiles exist.
+
+    A target-mpp spec cuts different tiles when a user gives a different mpp for a slide
+    whose metadata has none, so the slide's mpp is part of the key; a custom tissue mask or
+    no tissue filtering select different tiles, so they are too.
+    """
+    key = str(spec.key())
+    if getattr(spec, "mpp", None) is not None:
+        key += f"@{float(slide.require_mpp()):.6g}mpp"
+    if not use_tissue:
+        key += "-alltiles"
+    elif tissue is not None:
+        mask = np.ascontiguousarray(tissue)
+        digest = hashlib.sha1(str(mask.shape).encode() + mask.astype(np.uint8).tobytes()).hexdigest()[:12]
+        key += f"-mask{digest}"
+    return key
+
+
+def _default_spec(spec: Any) -> Any:
+    if spec is not None:
+        return spec
+    from backend.slides import TileSpec
+
+    return TileSpec()
+
+
+def _grid_origin(grid: Any) -> tuple[float, float]:
+    origin = getattr(grid, "origin", None)
+    if origin is not None:
+        return float(origin[0]), float(origin[1])
+    if len(grid.coords):  # derive it from any tile: coords = origin + (col, row) * stride
+        (x, y), (r, c) = grid.coords[0], grid.grid_index[0]
+        return float(x - c * grid.stride), float(y - r * grid.stride)
+    return 0.0, 0.0
+
+
+def lookup_cached(
+    slide: Any,
+    model: Any,
+    spec: Any = None,
+    *,
+    cache: EmbeddingCache | None,
+    mpp: float | None = None,
+    tissue: np.ndarray | None = None,
+    use_tissue: bool = True,
+    device: Any = None,
+) -> SlideEmbeddings | None:
+    """The cached embeddings of ``slide`` (path or Slide) with this model and spec, or None.
+
+    Reads no pixel. ``model`` may be a ClipModel or a model id string (the id is then used
+    as is, without loading the model).
+    """
+    if cache is None:
+        return None
+    slide = open_slide_arg(slide, mpp)
+    spec = _default_spec(spec)
+    model_id = model if isinstance(model, str) else str(model.model_id)
+    key = CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, tissue=tissue, use_tissue=use_tissue))
+    return cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path))
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+
+def _autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if device.type != "cuda":  # on CPU, bf16 is slower than fp32 without bf16 units
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def iter_encoded_batches(
+    slide: Any,
+    grid: Any,
+    model: Any,
+    indices: np.ndarray,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    prefetch: int | None = None,
+    channels_last: bool | None = None,
+    cancel: CancelSignal | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Encode the tiles ``indices`` of ``grid`` in order, a batch at a time.
+
+    Yields ``(offset, vectors)``: the position of the batch in ``indices`` and its (B, D)
+    float32 L2-normalised vectors. Reading and preprocessing of the next ``prefetch``
+    batches runs in ``num_workers`` threads while the current batch is encoded.
+
+    Raises
+    ------
+    CancelledError
+        ``cancel`` was set; checked before each batch, so at most one more batch is encoded.
+    """
+    import torch
+
+    from backend.slides import read_tiles
+
+    if batch_size < 1 or num_workers < 1:
+        raise InputError(f"batch_size and num_workers must be >= 1, got {batch_size} and {num_workers}")
+    indices = np.asarray(indices, dtype=np.int64)
+    device = torch.device(model.device)
+    on_gpu = device.type == "cuda"
+    channels_last = on_gpu if channels_last is None else channels_last
+    prefetch = max(2, num_workers + 1) if prefetch is None else max(1, prefetch)
+
+    def load(offset: int) -> Any:
+        tiles = read_tiles(slide, grid, indices[offset : offset + batch_size])
+        x = model.preprocess_batch(tiles)  # batched tensor ops, also off the main thread
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    offsets = iter(range(0, len(indices), batch_size))
+    pending: deque[tuple[int, Future[Any]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="histoclip-tiles")
+    try:
+        for off in offsets:
+            pending.append((off, pool.submit(load, off)))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(
+                    f"{getattr(slide, 'name', slide)}: embedding cancelled after {pending[0][0]} of {len(indices)} tiles"
+                )
+            off, fut = pending.popleft()
+            x = fut.result()
+            nxt = next(offsets, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            with torch.inference_mode(), _autocast(device):
+                feats = model.encode_image_tensors(x)
+            # Renormalise in float32: half-precision outputs drift off the unit sphere.
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+            yield off, feats.cpu().numpy()
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # in-flight reads: at most one batch each
+
+
+def iter_embed_slide(
+    slide: Any,
+    model: Any,
+    spec: Any = None,
+    *,
+    cache: EmbeddingCache | None = None,
+    mpp: float | None = None,
+    region: Any = None,
+    tissue: np.ndarray | None = None,
+    use_tissue: bool = True,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    prefetch: int | None = None,
+    device: Any = None,
+    channels_last: bool | None = None,
+    cancel: CancelSignal | None = None,
+) -> Generator[EmbedProgress, None, SlideEmbeddings]:
+    """Embed the tissue tiles of a slide (or of one region of it), resuming from the cache.
+
+    Parameters
+    ----------
+    slide : path or Slide
+        The slide; a path is opened with ``mpp`` (needed when its metadata has none and the
+        spec asks for a target mpp).
+    model : str or ClipModel
+        A registry name (loaded on ``device``, see :func:`backend.device.pick_device`) or a
+        loaded model.
+    spec : TileSpec, optional
+        Tile size, target mpp, overlap, min tissue; default ``TileSpec()``.
+    cache : EmbeddingCache, optional
+        Where finished and partial stores live. None: nothing is read or written.
+    region : box (x, y, w, h), (N, 2) polygon or ``backend.api.Region``, optional
+        Encode only the tiles under this level-0 region (see :mod:`backend.embed.region`);
+        such partial results are not cached, but a cached whole slide serves them.
+    tissue : (h, w) bool array, optional
+        A tissue mask to use instead of the automatic one; ``use_tissue=False`` keeps every tile.
+    batch_size, num_workers, prefetch
+        Tiles per model call; reader threads; batches read ahead (default workers + 1).
+    device : str, optional
+        Only used when ``model`` is a name.
+    channels_last : bool, optional
+        Feed NHWC tensors; default on CUDA only (where convolutions gain from it).
+    cancel : threading.Event, optional
+        Set it to stop within one batch (raises CancelledError; encoded tiles stay cached).
+
+    Yields
+    ------
+    EmbedProgress
+        One event at the start (``resumed`` when a partial store was found), one per batch,
+        one at the end (or a single ``cached`` event on a cache hit).
+
+    Returns
+    -------
+    SlideEmbeddings
+    """
+    from backend.slides import make_tile_grid
+
+    slide = open_slide_arg(slide, mpp)
+    model = load_model_arg(model, device)
+    spec = _default_spec(spec)
+    model_id = str(model.model_id)
+    key = CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, tissue=tissue, use_tissue=use_tissue))
+    name = str(slide.name)
+
+    if cache is not None:
+        hit = cache.load(key, slide_name=name, slide_path=str(slide.path))
+        if hit is not None:
+            if region is not None:
+                from backend.embed.region import tiles_in_region
+
+                hit = _subset(hit, tiles_in_region(hit.coords, hit.tile_extent, region))
+            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
+            return hit
+
+    grid = make_tile_grid(slide, spec, tissue=tissue, use_tissue=use_tissue)
+    coords = np.asarray(grid.coords, dtype=np.int64).reshape(-1, 2)
+    grid_index = np.asarray(grid.grid_index, dtype=np.int64).reshape(-1, 2)
+    if region is not None:
+        from backend.embed.region import tiles_in_region
+
+        # The whole-slide grid, then the tiles under the region: the same tiles the cached
+        # path picks, so a region's vector does not depend on whether the slide was cached.
+        wanted = tiles_in_region(coords, float(grid.tile_extent), region)
+        cache = None  # a region's tiles are not a slide's store
+    else:
+        wanted = np.arange(len(coords), dtype=np.int64)
+    total = len(wanted)
+    dim = int(model.embed_dim)
+    vectors = np.empty((total, dim), dtype=np.float32)
+    origin = _grid_origin(grid)
+
+    store = None
+    if cache is not None:
+        header = StoreHeader(
+            key=key,
+            spec=dataclasses.asdict(spec),
+            tile_extent=float(grid.tile_extent),
+            stride=float(grid.stride),
+            origin=origin,
+            grid_shape=tuple(int(v) for v in grid.grid_shape),
+            slide_dimensions=tuple(int(v) for v in slide.dimensions),
+            slide_mpp=None if slide.mpp is None else float(slide.mpp),
+            embed_dim=dim,
+        )
+        store = cache.open_partial(header, coords, grid_index)
+    done = store.done if store is not None else 0
+    if done:
+        vectors[:done] = store.read(done)
+    yield EmbedProgress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
+
+    for off, batch in iter_encoded_batches(
+        slide,
+        grid,
+        model,
+        wanted[done:],
+        batch_size=batch_size,
+        num_workers=num_workers,
+        prefetch=prefetch,
+        channels_last=channels_last,
+        cancel=cancel,
+    ):
+        start = done + off
+        vectors[start : start + len(batch)] = batch
+        if store is not None:
+            store.append(batch)
+        yield EmbedProgress(start + len(batch), total, EmbedStage.ENCODING, name)
+    if store is not None:
+        store.finalize()
+
+    yield EmbedProgress(total, total, EmbedStage.DONE, name)
+    return SlideEmbeddings(
+        slide_fingerprint=key.fingerprint,
+        slide_name=name,
+        slide_path=str(slide.path),
+        model_id=model_id,
+        spec=spec,
+        spec_key=key.spec_key,
+        coords=coords[wanted],
+        tile_extent=float(grid.tile_extent),
+        grid_index=grid_index[wanted],
+        grid_shape=tuple(int(v) for v in grid.grid_shape),
+        vectors=vectors,
+        stride=float(grid.stride),
+        origin=origin,
+        slide_dimensions=tuple(int(v) for v in slide.dimensions),
+        slide_mpp=None if slide.mpp is None else float(slide.mpp),
+    )
+
+
+def _subset(emb: SlideEmbeddings, idx: np.ndarray) -> SlideEmbeddings:
+    return dataclasses.replace(emb, coords=emb.coords[idx], grid_index=emb.grid_index[idx], vectors=emb.vectors[idx])
+
+
+def embed_slide(
+    slide: Any,
+    model: Any,
+    spec: Any = None,
+    *,
+    progress: Callable[[EmbedProgress], None] | None = None,
+    **kwargs: Any,
+) -> SlideEmbeddings:
+    """:func:`iter_embed_slide` as a plain call, with an optional ``progress`` callback."""
+    return run_with_progress(iter_embed_slide(slide, model, spec, **kwargs), progress)

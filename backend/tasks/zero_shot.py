@@ -1,0 +1,353 @@
+"""Zero-shot class maps over a slide's cached tile embeddings.
+
+As in CLIP and QuiltNet zero-shot classification: each class is described by several prompts
+(its name and synonyms, each put into several templates); their normalised text features are
+averaged and renormalised into one class vector. A tile's class probabilities are the softmax
+of ``logit_scale * cos(tile, class)``. Only the text side ever touches the model, and text
+features are cached per (model, prompt) in a :class:`TextFeatureCache` the caller holds, so
+relabelling a slide with new prompts reads no pixels and costs one matrix product.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from backend.embed.types import SlideEmbeddings, TileLayout
+from backend.errors import InputError, ModelMismatchError
+
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "a histopathology image of {}.",
+    "an H&E image of {}.",
+    "an H&E stained image of {}.",
+    "a histology slide showing {}.",
+    "a photomicrograph of {}.",
+    "a microscopic image of {} tissue.",
+    "a whole slide image tile of {}.",
+    "{}.",
+)
+
+# tab10: distinct at a glance, and the colours QuPath users are used to seeing.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127),
+)  # fmt: skip
+UNKNOWN_NAME = "unknown"
+UNKNOWN_COLOR: tuple[int, int, int] = (160, 160, 160)
+BACKGROUND_VALUE = 0
+
+
+class TextFeatureCache:
+    """Normalised text features per (model id, prompt); hold one per session.
+
+    Parameters
+    ----------
+    max_entries : int
+        Least recently used prompts are dropped beyond this many.
+    """
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = int(max_entries)
+        self._features: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.encoded = 0  # prompts sent to a model so far (tests and logs check reuse)
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    def encode(self, model: Any, prompts: Sequence[str]) -> np.ndarray:
+        """(len(prompts), D) float32 L2-normalised text features, encoding only new prompts."""
+        prompts = list(prompts)
+        mid = str(model.model_id)
+        with self._lock:
+            missing = list(dict.fromkeys(p for p in prompts if (mid, p) not in self._features))
+        if missing:
+            feats = _to_numpy(model.encode_text(missing))
+            feats = _normalise(feats)
+            with self._lock:
+                self.encoded += len(missing)
+                for p, f in zip(missing, feats, strict=True):
+                    self._features[(mid, p)] = f
+        with self._lock:
+            out = []
+            for p in prompts:
+                self._features.move_to_end((mid, p))
+                out.append(self._features[(mid, p)])
+            while len(self._features) > self.max_entries:
+                self._features.popitem(last=False)
+        return np.stack(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), np.float32)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class ClassPrompt:
+    """One class: its display ``name``, extra phrasings (``synonyms``) and an RGB colour."""
+
+    name: str
+    synonyms: tuple[str, ...] = ()
+    color: tuple[int, int, int] | None = None
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return (self.name, *self.synonyms)
+
+
+ClassesArg = Sequence[str | ClassPrompt] | Mapping[str, Sequence[str]]
+
+
+def parse_classes(
+    classes: ClassesArg, synonyms: Sequence[Sequence[str]] | None = None
+) -> tuple[ClassPrompt, ...]:
+    """Normalise the ways classes may be given into :class:`ClassPrompt` s.
+
+    ``classes`` is a list of names or ClassPrompts, or a mapping name -> synonyms;
+    ``synonyms``, if given, holds extra phrasings per class in the same order.
+    """
+    if isinstance(classes, Mapping):
+        out = [ClassPrompt(str(k), tuple(str(s) for s in v)) for k, v in classes.items()]
+    else:
+        out = [c if isinstance(c, ClassPrompt) else ClassPrompt(str(c)) for c in classes]
+    if synonyms:
+        if len(synonyms) != len(out):
+            raise InputError(f"synonyms: {len(synonyms)} lists given for {len(out)} classes")
+        out = [
+            ClassPrompt(c.name, (*c.synonyms, *(str(s) for s in syn)), c.color)
+            for c, syn in zip(out, synonyms, strict=True)
+        ]
+    names = [c.name.strip() for c in out]
+    if len(out) < 2:
+        raise InputError(f"classes: zero-shot needs at least 2 classes, got {names}")
+    if any(not n for n in names):
+        raise InputError(f"classes: empty class name in {names}")
+    if len(set(names)) != len(names):
+        raise InputError(f"classes: duplicate class names in {names}")
+    return tuple(out)
+
+
+def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
+    """The templates to use: ``DEFAULT_TEMPLATES`` when none given; each must hold one ``{}``."""
+    if not templates:
+        return DEFAULT_TEMPLATES
+    out = tuple(str(t) for t in templates)
+    for t in out:
+        if t.count("{}") != 1:
+            raise InputError(f"template {t!r}: must contain exactly one '{{}}' where the class name goes")
+    return out
+
+
+def class_text_features(
+    model: Any,
+    classes: Sequence[ClassPrompt],
+    templates: Sequence[str],
+    text_cache: TextFeatureCache | None = None,
+) -> np.ndarray:
+    """(C, D) class vectors: the renormalised mean of every phrase x template's features."""
+    cache = text_cache if text_cache is not None else TextFeatureCache()
+    per_class = [[t.format(p) for p in c.phrases for t in templates] for c in classes]
+    flat = [p for ps in per_class for p in ps]
+    feats = cache.encode(model, flat)
+    out, start = [], 0
+    for ps in per_class:
+        out.append(feats[start : start + len(ps)].mean(axis=0))
+        start += len(ps)
+    return _normalise(np.stack(out))
+
+
+@dataclass(frozen=True, eq=False)
+class ClassMap:
+    """Zero-shot classification of a slide's tiles.
+
+    Attributes
+    ----------
+    class_names, colors
+        The classes in order, and their RGB colours.
+    probabilities : (N, C) float32
+        Per-tile class probabilities (rows sum to 1).
+    labels : (N,) int32
+        Per-tile label in map values: ``1 + class index``, or ``unknown_value``.
+    unknown_threshold : float or None
+        Tiles whose top probability is below it are labelled "unknown".
+    layout : TileLayout
+        Tile coordinates and grid geometry (``scale``/``translate`` for viewer layers).
+    slide_name, slide_fingerprint, model_id, templates
+        Provenance.
+    """
+
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    probabilities: np.ndarray
+    labels: np.ndarray
+    unknown_threshold: float | None
+    layout: TileLayout
+    slide_name: str = ""
+    slide_fingerprint: str = ""
+    model_id: str = ""
+    templates: tuple[str, ...] = ()
+
+    background_value = BACKGROUND_VALUE
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def unknown_value(self) -> int | None:
+        """Map value of "unknown" tiles (``n_classes + 1``), None when no threshold was set."""
+        return None if self.unknown_threshold is None else self.n_classes + 1
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        return self.layout.scale
+
+    @property
+    def translate(self) -> tuple[float, float]:
+        return self.layout.translate
+
+    @cached_property
+    def label_map(self) -> np.ndarray:
+        """(rows, cols) int32: 0 where no tissue tile, else ``1 + class`` or unknown."""
+        return self.layout.to_grid(self.labels, fill=BACKGROUND_VALUE, dtype=np.int32)
+
+    @cached_property
+    def probability_maps(self) -> np.ndarray:
+        """(C, rows, cols) float32 probability of each class, NaN where no tissue tile."""
+        grid = self.layout.to_grid(self.probabilities, fill=np.nan, dtype=np.float32)
+        return np.ascontiguousarray(np.moveaxis(grid, -1, 0))
+
+    def label_names(self) -> list[str]:
+        """Per-tile predicted class name (``"unknown"`` below the threshold)."""
+        names = np.array([*self.class_names, UNKNOWN_NAME], dtype=object)
+        return list(names[self.labels - 1])
+
+    def label_colors(self) -> dict[int, tuple[int, int, int]]:
+        """Map value -> RGB, for a labels layer's colormap (background excluded)."""
+        out = {i + 1: c for i, c in enumerate(self.colors)}
+        if self.unknown_value is not None:
+            out[self.unknown_value] = UNKNOWN_COLOR
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Number of tiles per predicted class (and "unknown")."""
+        values = np.bincount(self.labels, minlength=self.n_classes + 2)
+        out = {n: int(values[i + 1]) for i, n in enumerate(self.class_names)}
+        if self.unknown_value is not None:
+            out[UNKNOWN_NAME] = int(values[self.unknown_value])
+        return out
+
+
+def _colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
+    return tuple(
+        tuple(int(v) for v in c.color) if c.color is not None else PALETTE[i % len(PALETTE)]
+        for i, c in enumerate(classes)
+    )
+
+
+def classify(
+    embeddings: SlideEmbeddings,
+    text_features: np.ndarray,
+    classes: Sequence[ClassPrompt],
+    logit_scale: float,
+    *,
+    unknown_threshold: float | None = None,
+    templates: tuple[str, ...] = (),
+) -> ClassMap:
+    """The pure-numpy half of :func:`zero_shot`: tile vectors x class vectors -> ClassMap."""
+    if text_features.shape != (len(classes), embeddings.embed_dim):
+        raise ModelMismatchError(
+            f"class text features {text_features.shape} do not match {len(classes)} classes x "
+            f"embedding dim {embeddings.embed_dim} of {embeddings.slide_name} ({embeddings.model_id})"
+        )
+    if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
+        raise InputError(f"unknown_threshold: must be within [0, 1], got {unknown_threshold}")
+    logits = embeddings.vectors @ (np.float32(logit_scale) * text_features.astype(np.float32)).T
+    logits -= logits.max(axis=1, keepdims=True)  # stable softmax
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    probs = logits
+    labels = probs.argmax(axis=1).astype(np.int32) + 1 if len(probs) else np.zeros(0, np.int32)
+    if unknown_threshold is not None and len(probs):
+        labels[probs.max(axis=1) < unknown_threshold] = len(classes) + 1
+    return ClassMap(
+        class_names=tuple(c.name for c in classes),
+        colors=_colors(classes),
+        probabilities=probs,
+        labels=labels,
+        unknown_threshold=unknown_threshold,
+        layout=embeddings.layout,
+        slide_name=embeddings.slide_name,
+        slide_fingerprint=embeddings.slide_fingerprint,
+        model_id=embeddings.model_id,
+        templates=templates,
+    )
+
+
+def check_model(embeddings: SlideEmbeddings, model: Any) -> None:
+    """Raise ModelMismatchError unless ``model`` made ``embeddings``."""
+    if str(model.model_id) != embeddings.model_id:
+        raise ModelMismatchError(
+            f"{embeddings.slide_name}: embeddings were made with {embeddings.model_id!r}, "
+            f"not with the model given ({model.model_id!r}); embed the slide with that model first"
+        )
+
+
+def zero_shot(
+    embeddings: SlideEmbeddings,
+    classes: ClassesArg,
+    model: Any,
+    *,
+    synonyms: Sequence[Sequence[str]] | None = None,
+    templates: Sequence[str] | None = None,
+    unknown_threshold: float | None = None,
+    text_cache: TextFeatureCache | None = None,
+) -> ClassMap:
+    """Classify every tile of ``embeddings`` against text-described classes.
+
+    Parameters
+    ----------
+    embeddings : SlideEmbeddings
+        Cached tile vectors; no pixel is read.
+    classes : list of str or ClassPrompt, or mapping name -> synonyms
+        The classes, at least two.
+    model : ClipModel
+        The model that made ``embeddings`` (only its text encoder and logit scale are used).
+    synonyms : list of list of str, optional
+        Extra phrasings per class, in class order.
+    templates : list of str, optional
+        Prompt templates with one ``{}``; default :data:`DEFAULT_TEMPLATES`.
+    unknown_threshold : float, optional
+        Label a tile "unknown" when its top probability is below this.
+    text_cache : TextFeatureCache, optional
+        Reuse text features across calls (relabelling then costs no text encoding).
+
+    Returns
+    -------
+    ClassMap
+    """
+    check_model(embeddings, model)
+    parsed = parse_classes(classes, synonyms)
+    tmpl = check_templates(templates)
+    text = class_text_features(model, parsed, tmpl, text_cache)
+    return classify(
+        embeddings,
+        text,
+        parsed,
+        float(model.logit_scale),
+        unknown_threshold=unknown_threshold,
+        templates=tmpl,
+    )
