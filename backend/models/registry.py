@@ -1,0 +1,372 @@
+"""The model registry: what a model name means, before anything is loaded.
+
+A model is named in one of these forms (``resolve_model`` turns each into a ``ModelEntry``):
+
+- a registered name: ``quiltnet-b32``, ``quiltnet-b16``, ``quiltnet-b16-pmb``, ``plip``,
+  ``biomedclip``, ``test-tiny``;
+- ``hf-hub:org/repo``: an open_clip repository on the Hugging Face hub (one that has an
+  ``open_clip_config.json``), as open_clip names them;
+- a path to a model bundle directory (one with a ``histoclip.json``; see ``bundle.py``).
+
+This module imports neither torch nor open_clip: listing and resolving models is instant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from backend.errors import ModelError, UnknownModelError
+
+HF_HUB_PREFIX = "hf-hub:"
+HF_URL = "https://huggingface.co/"
+MANIFEST_NAME = "histoclip.json"
+
+# CLIP's own normalisation, which QuiltNet, PLIP and most CLIP fine-tunes keep.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ModelFamily(StrEnum):
+    """Which library builds the network."""
+
+    OPEN_CLIP = "open_clip"
+    HF_CLIP = "hf_clip"  # a transformers ``CLIPModel``
+
+
+class SourceKind(StrEnum):
+    """Where a model's weights come from."""
+
+    HUB = "hub"  # the Hugging Face hub (through its local cache)
+    BUNDLE = "bundle"  # a model bundle directory on disk
+    BUILTIN = "builtin"  # built in code, no weights file (``test-tiny``)
+
+
+class Interpolation(StrEnum):
+    BICUBIC = "bicubic"
+    BILINEAR = "bilinear"
+
+
+class ResizeMode(StrEnum):
+    """How an image is brought to the model's square input (open_clip's names)."""
+
+    SHORTEST = "shortest"  # resize the shortest side to the size, then centre-crop
+    LONGEST = "longest"  # resize the longest side to the size, then centre-pad
+    SQUASH = "squash"  # resize both sides to the size, ignoring the aspect ratio
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How uint8 RGB pixels become a model's input tensor."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    interpolation: Interpolation = Interpolation.BICUBIC
+    resize_mode: ResizeMode = ResizeMode.SHORTEST
+    fill_color: int = 0  # padding value for ResizeMode.LONGEST
+
+    def __post_init__(self) -> None:
+        # Validate here so a bad bundle or hub config fails when read, not mid-slide.
+        if int(self.image_size) <= 0:
+            raise ValueError(f"preprocessing image_size must be > 0, got {self.image_size!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"preprocessing mean and std need 3 values, got {self.mean!r}, {self.std!r}")
+        if any(float(s) <= 0 for s in self.std):
+            raise ValueError(f"preprocessing std must be > 0, got {self.std!r}")
+        object.__setattr__(self, "image_size", int(self.image_size))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
+        object.__setattr__(self, "resize_mode", ResizeMode(self.resize_mode))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the one stored in bundles)."""
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": str(self.interpolation),
+            "resize_mode": str(self.resize_mode),
+            "fill_color": self.fill_color,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Read ``to_dict``'s form; raises ``ValueError`` naming the bad field."""
+        known = {"image_size", "mean", "std", "interpolation", "resize_mode", "fill_color"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_open_clip(cls, preprocess_cfg: Mapping[str, Any], image_size: Any = None) -> Preprocessing:
+        """From an open_clip ``preprocess_cfg`` (``size``, ``mean``, ``std``, ...).
+
+        ``image_size`` (the vision tower's) wins over the config's ``size``, as in open_clip.
+        """
+        size = image_size if image_size is not None else preprocess_cfg.get("size", 224)
+        if isinstance(size, (list, tuple)):
+            if len(set(size)) != 1:
+                raise ValueError(f"non-square model input size {tuple(size)} is not supported")
+            size = size[0]
+        mean = preprocess_cfg.get("mean", OPENAI_MEAN)
+        std = preprocess_cfg.get("std", OPENAI_STD)
+        # open_clip allows a single number for all channels
+        mean = (mean,) * 3 if isinstance(mean, (int, float)) else tuple(mean)
+        std = (std,) * 3 if isinstance(std, (int, float)) else tuple(std)
+        return cls(
+            image_size=int(size),
+            mean=mean,
+            std=std,
+            interpolation=preprocess_cfg.get("interpolation", "bicubic"),
+            resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
+            fill_color=int(preprocess_cfg.get("fill_color", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the registry knows, with the metadata to show before loading it.
+
+    ``source`` is the hub repository (``org/repo``) for ``SourceKind.HUB``, the bundle
+    directory for ``SourceKind.BUNDLE`` and the builder's key for ``SourceKind.BUILTIN``.
+    ``arch`` is the open_clip architecture name when there is one (``None``: the source's
+    own config defines it). ``embed_dim`` and ``preprocessing`` may be ``None`` for
+    unregistered hub repositories: they are known once the model is loaded.
+    """
+
+    name: str
+    family: ModelFamily
+    source_kind: SourceKind
+    source: str
+    arch: str | None
+    license: str
+    embed_dim: int | None
+    preprocessing: Preprocessing | None
+    hub_url: str | None = None
+    description: str = ""
+    random_weights: bool = False
+
+    @property
+    def hub_id(self) -> str | None:
+        """The ``hf-hub:org/repo`` id for hub models, else ``None``."""
+        return HF_HUB_PREFIX + self.source if self.source_kind is SourceKind.HUB else None
+
+
+def _hub_entry(
+    name: str,
+    repo: str,
+    family: ModelFamily,
+    arch: str | None,
+    license: str,
+    embed_dim: int,
+    description: str,
+) -> ModelEntry:
+    return ModelEntry(
+        name=name,
+        family=family,
+        source_kind=SourceKind.HUB,
+        source=repo,
+        arch=arch,
+        license=license,
+        embed_dim=embed_dim,
+        preprocessing=Preprocessing(),  # all five use CLIP's 224 px bicubic + OpenAI mean/std
+        hub_url=HF_URL + repo,
+        description=description,
+    )
+
+
+# Licenses are the model cards' ``license:`` fields where we could read them; the others
+# say so instead of guessing.
+_ENTRIES: tuple[ModelEntry, ...] = (
+    _hub_entry(
+        "quiltnet-b32",
+        "wisdomik/QuiltNet-B-32",
+        ModelFamily.OPEN_CLIP,
+        "ViT-B-32",
+        "see model card",
+        512,
+        "QuiltNet: CLIP ViT-B/32 fine-tuned on Quilt-1M histopathology image-text pairs.",
+    ),
+    _hub_entry(
+        "quiltnet-b16",
+        "wisdomik/QuiltNet-B-16",
+        ModelFamily.OPEN_CLIP,
+        "ViT-B-16",
+        "mit",
+        512,
+        "QuiltNet: CLIP ViT-B/16 fine-tuned on Quilt-1M histopathology image-text pairs.",
+    ),
+    _hub_entry(
+        "quiltnet-b16-pmb",
+        "wisdomik/QuiltNet-B-16-PMB",
+        ModelFamily.OPEN_CLIP,
+        None,
+        "see model card",
+        512,
+        "QuiltNet ViT-B/16 image tower with a PubMedBERT text tower, trained on Quilt-1M.",
+    ),
+    _hub_entry(
+        "plip",
+        "vinid/plip",
+        ModelFamily.HF_CLIP,
+        None,
+        "see model card",
+        512,
+        "PLIP: CLIP ViT-B/32 fine-tuned on OpenPath pathology image-text pairs (transformers).",
+    ),
+    _hub_entry(
+        "biomedclip",
+        "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        ModelFamily.OPEN_CLIP,
+        None,
+        "mit",
+        512,
+        "BiomedCLIP: ViT-B/16 + PubMedBERT trained on PMC-15M biomedical figure-caption pairs.",
+    ),
+    ModelEntry(
+        name="test-tiny",
+        family=ModelFamily.OPEN_CLIP,
+        source_kind=SourceKind.BUILTIN,
+        source="test-tiny",
+        arch=None,
+        license="n/a (random weights)",
+        embed_dim=32,
+        preprocessing=Preprocessing(image_size=32),
+        description="Tiny randomly-initialised (seeded) open_clip ViT for tests; meaningless outputs.",
+        random_weights=True,
+    ),
+)
+
+REGISTERED: Mapping[str, ModelEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
+_BY_REPO: Mapping[str, ModelEntry] = MappingProxyType(
+    {e.source.lower(): e for e in _ENTRIES if e.source_kind is SourceKind.HUB}
+)
+
+ACCEPTED_FORMS = (
+    "a registered name ({names}), 'hf-hub:org/repo' (an open_clip repository on the "
+    "Hugging Face hub), or the path of a model bundle directory (one containing {manifest})"
+)
+
+
+def list_models() -> list[ModelEntry]:
+    """The registered models, in registry order.
+
+    Returns
+    -------
+    list[ModelEntry]
+        One entry per registered name (hub ids and bundle paths are accepted too, but are
+        not listed).
+    """
+    return list(_ENTRIES)
+
+
+def _accepted() -> str:
+    return ACCEPTED_FORMS.format(names=", ".join(REGISTERED), manifest=MANIFEST_NAME)
+
+
+def resolve_model(name_or_path: str | Path) -> ModelEntry:
+    """Turn a model name, ``hf-hub:`` id or bundle path into its registry entry.
+
+    Nothing is downloaded or loaded; for a bundle only its ``histoclip.json`` is read.
+
+    Parameters
+    ----------
+    name_or_path
+        A registered name (case-insensitive), ``hf-hub:org/repo``, or a bundle directory.
+
+    Returns
+    -------
+    ModelEntry
+        A hub id of a registered model resolves to that model's entry (so caches keyed by
+        the entry's name are shared).
+
+    Raises
+    ------
+    UnknownModelError
+        The value is none of the accepted forms; the message lists them.
+    ModelError
+        A bundle directory whose ``histoclip.json`` is unreadable or of another kind.
+    """
+    if isinstance(name_or_path, Path):
+        return _bundle_entry(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise UnknownModelError(f"model {name_or_path!r} is not a model name; use {_accepted()}")
+    text = name_or_path.strip()
+    if text.lower() in REGISTERED:
+        return REGISTERED[text.lower()]
+    if text.startswith(HF_HUB_PREFIX):
+        return _hub_id_entry(text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _bundle_entry(path)
+    hint = ""
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        hint = f" (for a hub repository write 'hf-hub:{text}')"
+    elif path.exists():
+        hint = f" ({path} is a file; a bundle is a directory)"
+    elif any(sep in text for sep in ("/", "\\")):
+        hint = f" (no directory {path})"
+    raise UnknownModelError(f"unknown model {text!r}{hint}; use {_accepted()}")
+
+
+def _hub_id_entry(hub_id: str) -> ModelEntry:
+    repo = hub_id[len(HF_HUB_PREFIX) :].strip()
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
+        raise UnknownModelError(f"malformed hub id {hub_id!r}: expected 'hf-hub:org/repo'; use {_accepted()}")
+    known = _BY_REPO.get(repo.lower())
+    if known is not None:
+        return known
+    return ModelEntry(
+        name=HF_HUB_PREFIX + repo,
+        family=ModelFamily.OPEN_CLIP,  # 'hf-hub:' is open_clip's scheme: its repos are open_clip
+        source_kind=SourceKind.HUB,
+        source=repo,
+        arch=None,
+        license="see model card",
+        embed_dim=None,
+        preprocessing=None,
+        hub_url=HF_URL + repo,
+        description=f"open_clip model from the Hugging Face hub repository {repo}",
+    )
+
+
+def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+    """Read a bundle's ``histoclip.json`` (any kind), checking only that it is a JSON object.
+
+    Raises
+    ------
+    ModelError
+        The directory has no manifest, or it is not valid JSON / not an object.
+    """
+    bundle_dir = Path(bundle_dir).expanduser()
+    manifest = bundle_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        raise ModelError(
+            f"{bundle_dir} is not a model bundle: it has no {MANIFEST_NAME} "
+            f"(bundles are written by save_bundle / training)"
+        )
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{manifest}: cannot read the bundle manifest: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelError(f"{manifest}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _bundle_entry(path: Path) -> ModelEntry:
+    # Imported here: bundle.py owns the format, and registry must stay importable alone.
+    from backend.models.bundle import entry_from_manifest
+
+    path = path.expanduser()
+    if not path.is_dir():
+        raise UnknownModelError(f"model bundle directory {str(path)!r} does not exist; use {_accepted()}")
+    return entry_from_manifest(path.resolve(), read_manifest(path))
