@@ -1,0 +1,225 @@
+"""Decoding captions from ClipCap prefixes: greedy, beam search, nucleus sampling.
+
+Why ``transformers``' ``generate(inputs_embeds=...)`` and not a loop of our own: for a
+decoder-only model fed a prefix of embeddings it already gives everything the captioner needs
+(batched rows, KV cache, beam search with ``num_return_sequences`` n-best and length-normalised
+``sequences_scores``, ``length_penalty``, ``no_repeat_ngram_size``, ``repetition_penalty``,
+``min_new_tokens``, top-p sampling), it is maintained against every cache layout and model the
+library ships (GPT-2, BioGPT, ...), and it measured as fast as a hand-written loop here (GPT-2
+small, beam 3, 30 tokens, 2 CPU threads: ~1.3 s). A private loop would have to track the
+library's cache API (``DynamicCache`` reordering) by hand. All rows share the prefix length k,
+so no left padding is needed.
+
+Scores are length-normalised log-probabilities: ``sum(log p) / n_tokens ** length_penalty``
+over the generated tokens, EOS included. Beam search reports its own beam scores (computed after
+the repetition controls); greedy and nucleus scores are recomputed from the model's raw logits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import torch
+
+from backend.api import Caption
+from backend.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from backend.caption.model import ClipCapModel
+
+
+class DecodeStrategy(StrEnum):
+    GREEDY = "greedy"
+    BEAM = "beam"
+    NUCLEUS = "nucleus"
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How to decode captions.
+
+    Parameters
+    ----------
+    strategy
+        ``greedy``, ``beam`` (default) or ``nucleus`` (top-p sampling).
+    num_beams
+        Beam width (beam search only).
+    n_best
+        Captions returned per region, best first: at most ``num_beams`` for beam search, any
+        number of samples for nucleus sampling, 1 for greedy.
+    max_new_tokens, min_new_tokens
+        Caption length bounds in tokens; EOS cannot end a caption before ``min_new_tokens``.
+    length_penalty
+        Exponent of the length normalisation of scores (0: raw sums; >1 favours longer captions
+        in beam search).
+    repetition_penalty
+        > 1 discourages tokens already generated (1: off).
+    no_repeat_ngram_size
+        Forbid repeating any n-gram of this size (0: off).
+    top_p, temperature
+        Nucleus sampling parameters.
+    seed
+        Seed for nucleus sampling (None: torch's global generator).
+    batch_size
+        Regions decoded together (bounds memory: beams x batch rows live at once).
+    """
+
+    strategy: DecodeStrategy = DecodeStrategy.BEAM
+    num_beams: int = 3
+    n_best: int = 1
+    max_new_tokens: int = 30
+    min_new_tokens: int = 0
+    length_penalty: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int | None = None
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "strategy", DecodeStrategy(self.strategy))
+        except ValueError as e:
+            raise InputError(
+                f"decode strategy: {self.strategy!r} is not one of {[s.value for s in DecodeStrategy]}"
+            ) from e
+        for name in ("num_beams", "n_best", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"decode {name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InputError(
+                f"decode min_new_tokens: must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_new_tokens}"
+            )
+        if self.no_repeat_ngram_size < 0:
+            raise InputError(f"decode no_repeat_ngram_size: must be >= 0, got {self.no_repeat_ngram_size}")
+        if self.repetition_penalty <= 0:
+            raise InputError(f"decode repetition_penalty: must be > 0, got {self.repetition_penalty}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"decode top_p: must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise InputError(f"decode temperature: must be > 0, got {self.temperature}")
+        if self.strategy is DecodeStrategy.GREEDY and self.n_best != 1:
+            raise InputError(f"decode n_best: greedy decoding gives one caption, got n_best={self.n_best}; use beam")
+        if self.strategy is DecodeStrategy.BEAM and self.n_best > self.num_beams:
+            raise InputError(f"decode n_best: {self.n_best} exceeds num_beams={self.num_beams}")
+
+
+def _generate_kwargs(config: DecodeConfig, eos_id: int, pad_id: int) -> dict:
+    kw: dict = dict(
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        repetition_penalty=config.repetition_penalty,
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        length_penalty=config.length_penalty,
+        use_cache=True,
+        return_dict_in_generate=True,
+    )
+    if config.strategy is DecodeStrategy.BEAM:
+        kw.update(do_sample=False, num_beams=config.num_beams, num_return_sequences=config.n_best,
+                  output_scores=True, early_stopping=True)
+    elif config.strategy is DecodeStrategy.GREEDY:
+        kw.update(do_sample=False, num_beams=1, output_logits=True)
+    else:
+        kw.update(do_sample=True, num_beams=1, num_return_sequences=config.n_best, top_p=config.top_p,
+                  top_k=0, temperature=config.temperature, output_logits=True)
+    return kw
+
+
+def _lengths(sequences: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Tokens per row up to and including the first EOS (all of them if none)."""
+    is_eos = sequences == eos_id
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, sequences.shape[1])
+    return first
+
+
+@torch.inference_mode()
+def decode_prefixes(
+    model: ClipCapModel,
+    tokenizer: PreTrainedTokenizerBase,
+    clip_embeddings: torch.Tensor,
+    config: DecodeConfig | None = None,
+) -> list[Caption]:
+    """Caption each row of (B, D) CLIP embeddings; one :class:`~backend.api.Caption` per row.
+
+    Parameters
+    ----------
+    model
+        The ClipCap model (mapper + decoder).
+    tokenizer
+        The decoder's tokenizer (needs an EOS token).
+    clip_embeddings
+        (B, D) image embeddings from the CLIP model the captioner was trained with.
+    config
+        Decoding settings; default: beam search, 3 beams, best caption only, 30 tokens.
+
+    Returns
+    -------
+    list of Caption
+        ``texts`` and ``scores`` n-best, best first.
+    """
+    config = config or DecodeConfig()
+    eos_id = int(tokenizer.eos_token_id)
+    pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else eos_id
+    kwargs = _generate_kwargs(config, eos_id, pad_id)
+    was_training = model.training
+    model.eval()
+    try:
+        out: list[Caption] = []
+        for start in range(0, clip_embeddings.shape[0], config.batch_size):
+            chunk = clip_embeddings[start : start + config.batch_size]
+            out.extend(_decode_chunk(model, tokenizer, chunk, config, kwargs, eos_id))
+        return out
+    finally:
+        model.train(was_training)
+
+
+def _decode_chunk(
+    model: ClipCapModel,
+    tokenizer: PreTrainedTokenizerBase,
+    clip_embeddings: torch.Tensor,
+    config: DecodeConfig,
+    kwargs: dict,
+    eos_id: int,
+) -> list[Caption]:
+    prefix = model.prefix(clip_embeddings)
+    b, k = prefix.shape[:2]
+    mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
+    with warnings.catch_warnings():
+        # n-gram and repetition controls see generated tokens only: the prefix has no tokens
+        warnings.filterwarnings("ignore", message=".*only to newly generated tokens.*")
+        if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
+            devices = [prefix.device] if prefix.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(config.seed)
+                result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+        else:
+            result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+    # with only inputs_embeds as prompt, sequences hold the generated tokens alone
+    seqs = result.sequences
+    lengths = _lengths(seqs, eos_id)
+    if config.strategy is DecodeStrategy.BEAM:
+        scores = result.sequences_scores.float()
+    else:
+        logits = torch.stack(result.logits, dim=1).float()  # (rows, steps, vocab), raw model logits
+        logp = logits.log_softmax(-1).gather(-1, seqs[:, : logits.shape[1], None]).squeeze(-1)
+        keep = torch.arange(logp.shape[1], device=logp.device)[None, :] < lengths[:, None]
+        scores = (logp * keep).sum(1) / lengths.float() ** config.length_penalty
+    n = seqs.shape[0] // b
+    texts = [
+        tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True).strip()
+        for row, length in zip(seqs, lengths)
+    ]
+    captions = []
+    for i in range(b):
+        rows = sorted(range(i * n, (i + 1) * n), key=lambda r: -float(scores[r]))
+        captions.append(Caption(texts=tuple(texts[r] for r in rows), scores=tuple(float(scores[r]) for r in rows)))
+    return captions

@@ -1,0 +1,1 @@
+"""Training data preparation: near-duplicate removal, caption explosion, splits, tables."""
