@@ -1,0 +1,534 @@
+"""The cohort index: one directory with a FAISS index over tile embeddings and its metadata.
+
+Layout of an index directory::
+
+    meta.sqlite          the source of truth (see ``store.py``): model id, dim, policy,
+                         generation; per slide version its metadata, tile coordinates,
+                         vector-id range and float16 vectors
+    index-<gen>.faiss    the FAISS index of generation <gen>, a derived cache of the store
+    lock                 held (flock) by the one process that has the index open for writing
+
+Writes and the recovery rule
+    Adding a slide is one SQLite transaction (retire the old version of a changed file, insert
+    the slide's metadata, coordinates and vectors); only after the commit are the vectors added
+    to the in-memory FAISS index, whose file is rewritten atomically (temp file + fsync +
+    ``os.replace``) every ``policy.save_every`` vectors and on close. So at any instant, a kill
+    leaves the store with whole slides only (SQLite rolls back an open transaction), and the
+    FAISS file of the current generation holds a *prefix* of the store's vector ids. On open:
+
+    1. leftover ``*.tmp`` files and FAISS files of other generations are deleted;
+    2. if ``index-<gen>.faiss`` is missing, unreadable, of another dimension, or holds *more*
+       vectors than the store (it cannot be trusted), the FAISS index is rebuilt from the
+       store;
+    3. if it holds fewer vectors than the store, the missing tail (slides committed after the
+       last save) is added from the store: ``ntotal == store.n_total()`` afterwards;
+    4. a slide whose add was interrupted before its commit is simply not in the index:
+       ``contains()`` is False and adding it again (resuming) adds it.
+
+    A rebuild (flat to IVF, retraining, compaction) writes ``index-<gen+1>.faiss`` first,
+    then commits the renumbered store together with ``generation = gen+1``, then deletes the
+    old file: a kill before the commit keeps generation ``gen`` and its file, after it the new.
+
+Removing vectors
+    A changed slide's old vectors are not removed from FAISS at once: they are marked retired
+    in the store and masked out of every search by an ``IDSelectorBitmap`` inside FAISS (so
+    ``k`` live hits still come back). When retired vectors exceed
+    ``policy.max_dead_fraction`` the index is compacted by a rebuild. Why not ``remove_ids``:
+    the IVF index re-ranks through ``IndexRefine``, which does not implement it, and on flat or
+    IVF lists it is an O(ntotal) rewrite per slide anyway; tombstones keep vector ids stable
+    (FAISS label = position), which is what makes the prefix rule above possible.
+
+A search needs no pixels: the caller passes embedding vectors (a tile's, a text prompt's, or a
+region's tiles) together with the id of the model that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.errors import CancelledError, InputError, ModelMismatchError
+from backend.index import faiss_index as fi
+from backend.index import query as q
+from backend.index.records import (
+    AddResult,
+    AddStatus,
+    EmbeddingSet,
+    Hit,
+    IndexPolicy,
+    IndexStats,
+    RegionQueryMode,
+    SlideRecord,
+)
+from backend.index.store import DB_NAME, MetaStore
+
+Progress = Callable[[int, int], None]
+
+
+class CohortIndex:
+    """A cohort's tile embeddings, searchable by a tile, a text prompt or a region.
+
+    Get one with :meth:`create` or :meth:`open`, use it as a context manager (or call
+    :meth:`close`), which saves the FAISS file. Not thread-safe: one thread at a time; one
+    writer process at a time (others may open it ``read_only``).
+    """
+
+    def __init__(self, path: Path, store: MetaStore, policy: IndexPolicy, lock: Any) -> None:
+        # use create() or open(): they check the directory and run the recovery
+        self.path = path
+        self._store = store
+        self.policy = policy
+        self._lock = lock
+        self.model_id: str = store.get_info("model_id") or ""
+        self.dim: int = int(store.get_info("dim") or 0)
+        self._index: Any = None
+        self._view = q.View.empty()
+        self._unsaved = 0
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None
+    ) -> CohortIndex:
+        """Create an empty index in directory ``path`` (new, or existing and empty).
+
+        Parameters
+        ----------
+        path
+            Directory to hold the index.
+        model_id
+            The one model whose embeddings this index accepts.
+        dim
+            Embedding dimension of that model.
+        policy
+            Size thresholds and search knobs, stored with the index.
+        """
+        path = Path(path)
+        if not model_id or dim < 2:
+            raise InputError(f"cohort index needs a model id and a dimension >= 2, got {model_id!r}, {dim}")
+        if (path / DB_NAME).exists():
+            raise InputError(f"{path} already holds a cohort index: open it with CohortIndex.open")
+        path.mkdir(parents=True, exist_ok=True)
+        if any(p.name != "lock" for p in path.iterdir()):
+            raise InputError(f"{path} is not empty: a cohort index needs a directory of its own")
+        lock = _acquire_lock(path)
+        policy = policy or IndexPolicy()
+        info = {"model_id": model_id, "dim": str(int(dim)), "policy": json.dumps(asdict(policy)),
+                "trained_n": "0"}
+        store = MetaStore.create(path / DB_NAME, info)
+        self = cls(path, store, policy, lock)
+        self._index = fi.new_flat(self.dim)
+        self.flush(force=True)
+        return self
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, read_only: bool = False, policy: IndexPolicy | None = None
+    ) -> CohortIndex:
+        """Open an existing index, recovering from an interrupted run (see module docstring).
+
+        Parameters
+        ----------
+        path
+            The index directory.
+        read_only
+            Open without writing anything (recovery happens in memory only).
+        policy
+            Overrides the stored policy for this session.
+        """
+        path = Path(path)
+        if not (path / DB_NAME).is_file():
+            raise InputError(f"{path}: no cohort index here ({DB_NAME} not found)")
+        lock = None if read_only else _acquire_lock(path)
+        try:
+            store = MetaStore(path / DB_NAME, read_only=read_only)
+        except BaseException:
+            _release_lock(lock)
+            raise
+        self = cls(path, store, policy or IndexPolicy(**store.policy_json()), lock)
+        try:
+            self._recover()
+        except BaseException:
+            self._store.close()
+            _release_lock(lock)
+            raise
+        return self
+
+    def __enter__(self) -> CohortIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Save the FAISS file (unless read-only), close the store, release the lock."""
+        if self._closed:
+            return
+        try:
+            if self._lock is not None:
+                self._sync()
+                self.flush()
+        finally:
+            self._closed = True
+            self._store.close()
+            _release_lock(self._lock)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write the FAISS file of the current generation if vectors were added since."""
+        self._check_open(write=True)
+        if self._unsaved or force or not self._faiss_path().exists():
+            fi.save_atomic(self._index, self._faiss_path())
+            self._unsaved = 0
+
+    # --- contents -----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of live vectors (tiles of slides in the index)."""
+        return self._view.n_live
+
+    def contains(self, fingerprint: str) -> bool:
+        """True if a slide with this fingerprint is in the index."""
+        return self._view.by_fingerprint(fingerprint) is not None
+
+    def slides(self) -> list[SlideRecord]:
+        """The slides in the index (live versions), in vector-id order."""
+        return [s for s in self._view.slides if s.live]
+
+    def stats(self) -> IndexStats:
+        """Kind, sizes and generation of the index."""
+        f = self._faiss_path()
+        return IndexStats(
+            kind=str(fi.kind_of(self._index)),
+            n_live=self._view.n_live,
+            n_dead=self._view.n_total - self._view.n_live,
+            n_slides=len(self.slides()),
+            generation=self._generation,
+            file_bytes=f.stat().st_size if f.exists() else 0,
+            model_id=self.model_id,
+            dim=self.dim,
+            nlist=fi.nlist_of(self._index),
+        )
+
+    # --- adding -------------------------------------------------------------------------
+
+    def add(
+        self,
+        emb: EmbeddingSet,
+        slide_path: str | Path | None = None,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> AddResult:
+        """Add one slide's embeddings; idempotent.
+
+        A slide whose fingerprint is already in is skipped. A slide at the path of a slide in
+        the index but with another fingerprint (the file changed) replaces it. May trigger a
+        rebuild (see :class:`IndexPolicy`), reported with ``progress`` and stoppable by
+        ``cancel`` (the slide stays added; the rebuild is retried on the next add).
+
+        Parameters
+        ----------
+        emb
+            The slide's embeddings (see :class:`EmbeddingSet`).
+        slide_path
+            The slide file; defaults to ``emb.slide_path``.
+
+        Returns
+        -------
+        AddResult
+
+        Raises
+        ------
+        ModelMismatchError
+            ``emb.model_id`` is not the index's model.
+        InputError
+            Missing path, or arrays of the wrong shape, dimension or values.
+        """
+        self._check_open(write=True)
+        self._sync()
+        slide = q.validate_embedding_set(emb, slide_path, self.model_id, self.dim, self.path)
+        known = self._view.by_fingerprint(slide.fingerprint)
+        if known is not None:
+            return AddResult(AddStatus.SKIPPED, slide.fingerprint, known.slide_path)
+        old = self._view.by_path(slide.slide_path)
+        vectors = slide.vectors.astype(np.float16)  # what the store keeps, and FAISS sees
+        with self._store.transaction() as db:
+            if old is not None:
+                self._store.retire(db, old.slide_id)
+            record = self._store.insert_slide(
+                db, fingerprint=slide.fingerprint, slide_name=slide.slide_name,
+                slide_path=slide.slide_path, spec_key=slide.spec_key,
+                tile_extent=slide.tile_extent, coords=slide.coords, vectors=vectors,
+            )
+            self._crash_point("metadata-written")
+        self._crash_point("committed")
+        fi.add(self._index, vectors.astype(np.float32))
+        self._view = self._view.appended(record, slide.coords, retired=old)
+        self._crash_point("faiss-added")
+        self._unsaved += record.n_tiles
+        if self._unsaved >= self.policy.save_every:
+            self.flush()
+        rebuilt = False
+        try:
+            rebuilt = self._maintain(progress, cancel)
+        except CancelledError:
+            pass  # the slide is in; the due rebuild happens on a later add or rebuild()
+        status = AddStatus.REPLACED if old is not None else AddStatus.ADDED
+        return AddResult(status, slide.fingerprint, slide.slide_path, record.n_tiles,
+                         old.fingerprint if old is not None else None, rebuilt)
+
+    def remove(self, slide: str) -> bool:
+        """Retire a slide (by fingerprint, path or name); False if it is not in the index."""
+        self._check_open(write=True)
+        self._sync()
+        record = self._view.resolve(slide)
+        if record is None:
+            return False
+        with self._store.transaction() as db:
+            self._store.retire(db, record.slide_id)
+        self._view = self._view.appended(None, None, retired=record)
+        self._maintain(None, None)
+        return True
+
+    def rebuild(
+        self,
+        kind: fi.IndexKind | str | None = None,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Rebuild the FAISS index from the store: drop retired vectors, (re)train if IVF.
+
+        Parameters
+        ----------
+        kind
+            ``flat`` or ``ivf``; by default chosen from the live count and the policy.
+        progress
+            Called with ``(slides done, slides total)``.
+        cancel
+            Set it to stop; the index is left as it was and :class:`CancelledError` raised.
+        """
+        self._check_open(write=True)
+        live = [s for s in self._store.slides(live_only=True)]
+        n_live = sum(s.n_tiles for s in live)
+        kind = fi.IndexKind(kind) if kind is not None else self._kind_for(n_live)
+        index = self._build(live, kind, progress, cancel)
+        generation = self._generation + 1
+        fi.save_atomic(index, self._faiss_path(generation))
+        with self._store.transaction() as db:
+            self._store.compact(db, generation)
+            self._store.set_info(db, "trained_n", str(n_live))
+        self._faiss_path(generation - 1).unlink(missing_ok=True)
+        self._index, self._unsaved = index, 0
+        self._view = q.View.load(self._store)
+
+    # --- searching ----------------------------------------------------------------------
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        *,
+        model_id: str,
+        exclude_slides: Iterable[str] = (),
+        only_slides: Iterable[str] | None = None,
+        merge: bool = True,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Top-``k`` places most similar to a tile or text embedding.
+
+        Parameters
+        ----------
+        query
+            One ``(D,)`` vector, or ``(n, D)`` vectors searched independently.
+        k
+            Places (or tiles, without ``merge``) to return per query.
+        model_id
+            The model that made ``query``; must be the index's.
+        exclude_slides, only_slides
+            Slides (fingerprint, path or name) to leave out, or to search exclusively.
+        merge
+            Merge adjacent matching tiles of a slide into one place.
+
+        Returns
+        -------
+        list of Hit, or one list per row for a 2-D ``query``
+        """
+        self._check_open()
+        self._sync()
+        queries, single = q.check_queries(query, model_id, self.model_id, self.dim, self.path)
+        allowed = self._view.allowed(exclude_slides, only_slides)
+        out = [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs())
+               for v in queries]
+        return out[0] if single else out
+
+    def search_region(
+        self,
+        tile_vectors: np.ndarray,
+        k: int = 10,
+        *,
+        model_id: str,
+        mode: RegionQueryMode | str = RegionQueryMode.TILESET,
+        exclude_slides: Iterable[str] = (),
+        only_slides: Iterable[str] | None = None,
+        merge: bool = True,
+    ) -> list[Hit]:
+        """Top-``k`` places most similar to a region given as its tiles' embeddings.
+
+        Parameters
+        ----------
+        tile_vectors
+            ``(M, D)`` embeddings of the region's tiles.
+        mode
+            ``tileset`` (default): every tile is a query and a place scores the mean, over
+            the region's tiles, of its best similarity to them. ``pooled``: one query, the
+            normalised mean of the tiles. See :class:`RegionQueryMode`.
+        k, model_id, exclude_slides, only_slides, merge
+            As in :meth:`search`.
+        """
+        self._check_open()
+        self._sync()
+        tiles, _ = q.check_queries(tile_vectors, model_id, self.model_id, self.dim, self.path)
+        mode = q.check_mode(mode)
+        allowed = self._view.allowed(exclude_slides, only_slides)
+        if mode is RegionQueryMode.POOLED or len(tiles) == 1:
+            pooled = q.normalise(tiles.mean(axis=0, keepdims=True), "pooled region")[0]
+            return q.search_tiles(self._index, self._view, pooled, k, allowed, merge, self._knobs())
+        return q.search_tileset(self._index, self._view, tiles, k, allowed, merge, self._knobs())
+
+    # --- internals ----------------------------------------------------------------------
+
+    @property
+    def _generation(self) -> int:
+        return self._store.generation
+
+    def _faiss_path(self, generation: int | None = None) -> Path:
+        gen = self._generation if generation is None else generation
+        return self.path / f"index-{gen}.faiss"
+
+    def _knobs(self) -> q.Knobs:
+        return q.Knobs(nprobe=self.policy.nprobe, k_factor=self.policy.k_factor)
+
+    def _crash_point(self, stage: str) -> None:
+        """A seam for crash tests: raise or kill here to simulate dying at ``stage``."""
+
+    def _check_open(self, *, write: bool = False) -> None:
+        if self._closed:
+            raise InputError(f"cohort index {self.path} is closed")
+        if write and self._lock is None:
+            raise InputError(f"cohort index {self.path} is open read-only")
+
+    def _kind_for(self, n_live: int) -> fi.IndexKind:
+        return fi.IndexKind.IVF if n_live >= self.policy.ivf_threshold else fi.IndexKind.FLAT
+
+    def _recover(self) -> None:
+        """Load the FAISS file and bring it level with the store (module docstring rule)."""
+        current = self._faiss_path()
+        if self._lock is not None:  # only a writer may tidy up
+            for p in self.path.iterdir():
+                stray = p.name.endswith(".tmp") or (p.suffix == ".faiss" and p != current)
+                if stray and p.is_file():
+                    p.unlink()
+        self._view = q.View.load(self._store)
+        index = None
+        if current.exists():
+            try:
+                index = fi.load(current)
+            except InputError:
+                index = None  # a damaged derived file: rebuilt below
+        if index is None or index.d != self.dim or index.ntotal > self._view.n_total:
+            if self._lock is None:  # read-only: an in-memory copy with the store's numbering
+                self._index = self._build(self._view.slides, self._kind_for(self._view.n_live))
+                return
+            self.rebuild()
+            return
+        self._index = index
+        self._sync()
+
+    def _sync(self) -> None:
+        """Add vectors the store has and FAISS lacks (after a crash or a failed add)."""
+        if self._index is not None and self._index.ntotal == self._store.n_total() == self._view.n_total:
+            return
+        self._view = q.View.load(self._store)
+        have = self._index.ntotal
+        if have > self._view.n_total:
+            raise InputError(
+                f"{self.path}: FAISS index holds {have} vectors but the store {self._view.n_total}; "
+                "reopen the index to rebuild it"
+            )
+        for s in self._view.slides:
+            if s.id_start + s.n_tiles > have:
+                vectors = self._store.read_vectors(s, self.dim)
+                fi.add(self._index, vectors[max(0, have - s.id_start):])
+                self._unsaved += s.n_tiles
+                have = self._index.ntotal
+
+    def _maintain(self, progress: Progress | None, cancel: threading.Event | None) -> bool:
+        """Rebuild when the policy says so; True if it did."""
+        n_live, n_total = self._view.n_live, self._view.n_total
+        policy = self.policy
+        if fi.kind_of(self._index) is fi.IndexKind.FLAT:
+            due = n_live >= policy.ivf_threshold  # flat -> IVF
+        else:
+            trained = int(self._store.get_info("trained_n") or 0)
+            due = (
+                n_live >= policy.retrain_growth * max(trained, 1)  # outgrown its centroids
+                # shrunk well below the threshold (hysteresis: no flip-flop at the edge)
+                or n_live * policy.retrain_growth < policy.ivf_threshold
+            )
+        due = due or (n_total - n_live) > policy.max_dead_fraction * n_total  # compaction
+        if due:
+            self.rebuild(progress=progress, cancel=cancel)
+        return due
+
+    def _build(
+        self,
+        slides: Sequence[SlideRecord],
+        kind: fi.IndexKind,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """A FAISS index holding ``slides``' vectors in order (labels from 0)."""
+        n = sum(s.n_tiles for s in slides)
+        if kind is fi.IndexKind.FLAT:
+            index = fi.new_flat(self.dim)
+        else:
+            if n < q.MIN_IVF_VECTORS:
+                raise InputError(f"cannot train an IVF index on {n} vectors (at least {q.MIN_IVF_VECTORS})")
+            params = fi.choose_ivf_params(n, self.dim, nprobe=self.policy.nprobe, k_factor=self.policy.k_factor)
+            sample = q.sample_vectors(self._store, slides, self.dim, params.n_train, cancel)
+            index = fi.train_ivf(sample, params)
+        for i, s in enumerate(slides):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"rebuild of cohort index {self.path} cancelled")
+            fi.add(index, self._store.read_vectors(s, self.dim))
+            if progress is not None:
+                progress(i + 1, len(slides))
+        return index
+
+
+def _acquire_lock(path: Path) -> Any:
+    """An exclusive, non-blocking lock on ``path/lock``; the OS drops it if we are killed."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one writer is the caller's business
+        return object()
+    f = open(path / "lock", "a+")  # noqa: SIM115 - held open for the index's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        raise InputError(f"{path}: cohort index is open for writing in another process") from e
+    return f
+
+
+def _release_lock(lock: Any) -> None:
+    if lock is not None and hasattr(lock, "close"):
+        lock.close()  # closing the file drops the flock

@@ -1,0 +1,259 @@
+"""The FAISS side of the cohort index: which index type, how to train, search, save and load.
+
+Two kinds of index, chosen by size (see :class:`~backend.index.records.IndexPolicy`):
+
+``flat``
+    ``IndexFlatIP``: exact cosine similarity on the (normalised) vectors. Labels are vector
+    ids (positions).
+``ivf``
+    ``IVF<nlist>,PQ<m>x4fs,Refine(SQ6)`` under the L2 metric: an inverted file with 4-bit
+    fast-scan PQ codes proposes ``k * k_factor`` candidates, which are re-ranked with 6-bit
+    scalar-quantised copies of the vectors. On unit vectors L2 ranks like cosine, and
+    ``cos = 1 - d^2 / 2``. Why this one (measured by ``benchmarks/search_scale.py``, 1M x 512):
+    PQ alone misses recall@10 >= 0.95 (its distances are too coarse to order near neighbours),
+    re-ranking needs more precise codes, and SQ8 codes (512 B) alone are already 1/4 of a
+    float32 flat index; SQ6 (384 B) + PQ (64 B) + ids (8 B) is ~0.22 of it. Fast-scan PQ keeps
+    the list scan in SIMD registers, so visiting many lists stays cheap.
+
+FAISS is imported lazily (``import backend`` must stay light). Nothing here sets FAISS's
+thread count: that is the process owner's decision (the benchmark sets 2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.errors import InputError
+
+
+def _faiss() -> Any:
+    import faiss  # lazy: ~0.3 s and a large shared library
+
+    return faiss
+
+
+class IndexKind(StrEnum):
+    """The FAISS index type in use."""
+
+    FLAT = "flat"
+    IVF = "ivf"
+
+
+@dataclass(frozen=True)
+class IvfParams:
+    """Shape and search knobs of an IVF index.
+
+    Attributes
+    ----------
+    nlist
+        Number of inverted lists (k-means centroids).
+    pq_m
+        Number of 4-bit fast-scan PQ sub-quantisers (``pq_m / 2`` bytes a vector).
+    refine
+        FAISS codec of the re-ranking copies (``SQ6``: 6 bits a dimension).
+    nprobe
+        Lists visited per query.
+    k_factor
+        Candidates re-ranked per result wanted.
+    n_train
+        Training sample size (for the k-means centroids and the PQ codebooks).
+    """
+
+    nlist: int
+    pq_m: int
+    refine: str
+    nprobe: int
+    k_factor: int
+    n_train: int
+
+    @property
+    def factory(self) -> str:
+        """The ``faiss.index_factory`` string of this index."""
+        return f"IVF{self.nlist},PQ{self.pq_m}x4fs,Refine({self.refine})"
+
+
+def choose_ivf_params(
+    n: int, dim: int, *, nprobe: int | None = None, k_factor: int | None = None
+) -> IvfParams:
+    """Pick IVF parameters for ``n`` vectors of dimension ``dim``.
+
+    ``nlist`` is the power of two nearest ``sqrt(n)`` (lists of ~sqrt(n) vectors: the usual
+    balance between the coarse search and the list scan), with at least 39 training vectors
+    a centroid (FAISS's own floor). ``nprobe`` visits 1/16 of the lists (at least 8): the
+    measured knee of recall on clustered data (see the benchmark), cheap with fast-scan codes.
+
+    Parameters
+    ----------
+    n, dim
+        Number and dimension of the vectors the index will hold.
+    nprobe, k_factor
+        Overrides of the automatic values.
+
+    Returns
+    -------
+    IvfParams
+    """
+    if n < 1 or dim < 2:
+        raise InputError(f"cannot size an IVF index for n={n} vectors of dim={dim}")
+    nlist = 2 ** round(math.log2(max(math.sqrt(n), 1.0)))
+    nlist = int(max(1, min(nlist, 8192, n // 39)))
+    # 4-bit sub-quantisers over 4 dimensions each: 1 byte per 8 dimensions
+    pq_m = dim // 4 if dim % 4 == 0 else (dim // 2 if dim % 2 == 0 else dim)
+    auto_nprobe = min(nlist, max(8, nlist // 16))
+    n_train = int(min(n, max(64 * nlist, 65_536)))
+    return IvfParams(
+        nlist=nlist,
+        pq_m=pq_m,
+        refine="SQ6",
+        nprobe=int(nprobe or auto_nprobe),
+        k_factor=int(k_factor or 8),
+        n_train=n_train,
+    )
+
+
+def new_flat(dim: int) -> Any:
+    """An empty exact inner-product index."""
+    return _faiss().IndexFlatIP(dim)
+
+
+def train_ivf(sample: np.ndarray, params: IvfParams) -> Any:
+    """An empty IVF index trained on ``sample`` (``(n, dim)`` float32, unit rows)."""
+    faiss = _faiss()
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    index = faiss.index_factory(sample.shape[1], params.factory, faiss.METRIC_L2)
+    index.train(sample)
+    faiss.extract_index_ivf(index).nprobe = params.nprobe
+    index.k_factor = float(params.k_factor)
+    return index
+
+
+def kind_of(index: Any) -> IndexKind:
+    """The :class:`IndexKind` of a FAISS index made by this module."""
+    return IndexKind.FLAT if isinstance(index, _faiss().IndexFlat) else IndexKind.IVF
+
+
+def nlist_of(index: Any) -> int | None:
+    """Number of inverted lists, or None for a flat index."""
+    if kind_of(index) is IndexKind.FLAT:
+        return None
+    return int(_faiss().extract_index_ivf(index).nlist)
+
+
+def add(index: Any, vectors: np.ndarray) -> None:
+    """Append ``vectors`` (labels continue from ``index.ntotal``)."""
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def search(
+    index: Any,
+    queries: np.ndarray,
+    k: int,
+    *,
+    allowed: np.ndarray | None = None,
+    nprobe: int | None = None,
+    k_factor: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` cosine similarities and labels of each query row.
+
+    Parameters
+    ----------
+    index
+        A flat or IVF index made by this module.
+    queries
+        ``(n, dim)`` float32 unit rows.
+    k
+        Results per query.
+    allowed
+        Optional boolean mask over labels ``[0, ntotal)``: only these can be returned
+        (retired vectors and slide filters). Applied inside FAISS, so ``k`` results come back
+        whenever ``k`` labels are allowed.
+    nprobe, k_factor
+        IVF overrides of the values stored in the index.
+
+    Returns
+    -------
+    scores, labels
+        ``(n, k)`` arrays, best first; missing results have label -1 and score -inf.
+    """
+    faiss = _faiss()
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    k = int(max(1, min(k, index.ntotal)))
+    keep: list[Any] = []  # FAISS holds raw pointers: keep the Python objects alive
+    sel = None
+    if allowed is not None:
+        bitmap = np.packbits(allowed.astype(bool, copy=False), bitorder="little")
+        sel = faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap))
+        keep += [bitmap, sel]
+    if kind_of(index) is IndexKind.FLAT:
+        params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        dist, labels = index.search(queries, k, params=params)
+        scores = dist
+    else:
+        ivf = faiss.extract_index_ivf(index)
+        base = faiss.SearchParametersIVF(nprobe=int(nprobe or ivf.nprobe))
+        if sel is not None:
+            base.sel = sel
+        params = faiss.IndexRefineSearchParameters(
+            k_factor=float(k_factor or index.k_factor), base_index_params=base
+        )
+        keep += [base]
+        dist, labels = index.search(queries, k, params=params)
+        scores = 1.0 - dist / 2.0  # squared L2 of unit vectors -> cosine
+    scores = np.where(labels >= 0, np.clip(scores, -1.0, 1.0), -np.inf).astype(np.float32)
+    del keep
+    return scores, labels
+
+
+def reconstruct(index: Any, labels: np.ndarray) -> np.ndarray:
+    """Stored (for IVF: SQ6-decoded) vectors of ``labels``, ``(len(labels), dim)`` float32."""
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return np.zeros((0, index.d), np.float32)
+    if kind_of(index) is IndexKind.IVF:
+        index = index.refine_index  # the IVF codes cannot be decoded without a direct map
+    return index.reconstruct_batch(labels)
+
+
+def save_atomic(index: Any, path: Path) -> None:
+    """Write ``index`` to ``path`` so that a crash leaves the old file or the new, never half.
+
+    The bytes go to ``<path>.tmp``, are flushed to disk, and the file is renamed over
+    ``path`` (``os.replace`` is atomic on POSIX and Windows); the directory is synced so the
+    rename itself survives a power cut.
+    """
+    faiss = _faiss()
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def load(path: Path) -> Any:
+    """Read a FAISS index file; raises :class:`InputError` naming the file if unreadable."""
+    try:
+        return _faiss().read_index(str(path))
+    except RuntimeError as e:  # FAISS reports truncated/corrupt files as RuntimeError
+        raise InputError(f"{path}: not a readable FAISS index ({e})") from e
+
+
+def memory_bytes(index: Any) -> int:
+    """Bytes of the index's serialised form, a close proxy for its memory footprint."""
+    return int(_faiss().serialize_index(index).nbytes)

@@ -1,0 +1,339 @@
+"""Searching the cohort index: input checks, the in-memory view of its metadata, and the two
+search strategies (tile/pooled queries and tile-set region queries).
+
+``cohort.py`` owns the index's life cycle (files, recovery, adding); this module holds what a
+search needs and nothing that writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.errors import CancelledError, InputError, ModelMismatchError
+from backend.index import faiss_index as fi
+from backend.index.merge import Region, merge_adjacent, singletons, tile_box
+from backend.index.records import EmbeddingSet, Hit, RegionQueryMode, SlideRecord
+from backend.index.store import MetaStore
+
+#: Most tiles fetched for one query while looking for ``k`` distinct places.
+MAX_FETCH = 8192
+#: A region query uses at most this many of its tiles (evenly spread), bounding its cost.
+MAX_QUERY_TILES = 256
+#: Fewer vectors than this cannot train the IVF index's codebooks meaningfully.
+MIN_IVF_VECTORS = 256
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """IVF search overrides (None: the values stored in the index)."""
+
+    nprobe: int | None = None
+    k_factor: int | None = None
+
+
+@dataclass(frozen=True)
+class ValidSlide:
+    """An :class:`EmbeddingSet` after checking: normalised vectors, resolved path."""
+
+    fingerprint: str
+    slide_name: str
+    slide_path: str
+    spec_key: str
+    tile_extent: float
+    coords: np.ndarray
+    vectors: np.ndarray
+
+
+# --- input checks -----------------------------------------------------------------------
+
+
+def normalise(x: np.ndarray, what: str) -> np.ndarray:
+    """Rows of ``x`` scaled to unit length; a zero or non-finite row is an :class:`InputError`."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = ~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0)
+    if bad.any():
+        raise InputError(f"{what}: row {int(np.flatnonzero(bad)[0])} is zero or not finite")
+    return np.ascontiguousarray(x / norms)
+
+
+def _mismatch(what: str, theirs: str, ours: str, index_path: Path) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"{what} were made with model {theirs!r}, but cohort index {index_path} holds "
+        f"embeddings of model {ours!r}: embed with {ours!r} or use an index built with {theirs!r}"
+    )
+
+
+def validate_embedding_set(
+    emb: EmbeddingSet, slide_path: str | Path | None, model_id: str, dim: int, index_path: Path
+) -> ValidSlide:
+    """Check one slide's embeddings against the index; raise naming the slide and field."""
+    name = str(getattr(emb, "slide_name", "") or getattr(emb, "slide_fingerprint", "?"))
+    if str(emb.model_id) != model_id:
+        raise _mismatch(f"embeddings of slide {name!r}", str(emb.model_id), model_id, index_path)
+    path = slide_path if slide_path is not None else getattr(emb, "slide_path", None)
+    if not path:
+        raise InputError(f"slide {name!r}: no slide_path on the embeddings and none given to add()")
+    fingerprint = str(emb.slide_fingerprint or "")
+    if not fingerprint:
+        raise InputError(f"slide {name!r}: empty slide_fingerprint")
+    vectors = np.asarray(emb.vectors)
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(f"slide {name!r}: vectors have shape {vectors.shape}, expected (N, {dim})")
+    coords = np.asarray(emb.coords)
+    if coords.shape != (len(vectors), 2):
+        raise InputError(f"slide {name!r}: coords have shape {coords.shape}, expected ({len(vectors)}, 2)")
+    extent = float(emb.tile_extent)
+    if not np.isfinite(extent) or extent <= 0:
+        raise InputError(f"slide {name!r}: tile_extent {emb.tile_extent!r} is not a positive size")
+    vectors = normalise(vectors, f"slide {name!r} vectors") if len(vectors) else vectors.astype(np.float32)
+    return ValidSlide(
+        fingerprint=fingerprint,
+        slide_name=name,
+        slide_path=str(Path(path).expanduser().resolve()),
+        spec_key=str(emb.spec_key),
+        tile_extent=extent,
+        coords=coords.astype(np.int64),
+        vectors=vectors,
+    )
+
+
+def check_queries(
+    query: np.ndarray, model_id: str, index_model: str, dim: int, index_path: Path
+) -> tuple[np.ndarray, bool]:
+    """Query rows as unit float32 ``(n, dim)`` and whether a single 1-D vector was given."""
+    if str(model_id) != index_model:
+        raise _mismatch("query embeddings", str(model_id), index_model, index_path)
+    arr = np.asarray(query, dtype=np.float32)
+    single = arr.ndim == 1
+    arr = np.atleast_2d(arr)
+    if arr.ndim != 2 or arr.shape[1] != dim or len(arr) == 0:
+        raise InputError(f"query has shape {np.shape(query)}, expected ({dim},) or (n, {dim})")
+    return normalise(arr, "query"), single
+
+
+def check_mode(mode: RegionQueryMode | str) -> RegionQueryMode:
+    try:
+        return RegionQueryMode(mode)
+    except ValueError:
+        choices = ", ".join(m.value for m in RegionQueryMode)
+        raise InputError(f"region query mode {mode!r} is not one of: {choices}") from None
+
+
+# --- the in-memory view of the metadata ---------------------------------------------------
+
+
+class View:
+    """The slides of the current generation, their tile coordinates, and lookups.
+
+    Immutable once built: an add makes a new view (:meth:`appended`), so a search never sees
+    a half-updated one.
+    """
+
+    def __init__(self, slides: Sequence[SlideRecord], coords: Sequence[np.ndarray]) -> None:
+        self.slides = tuple(slides)
+        self.coords = tuple(coords)
+        self.n_total = sum(s.n_tiles for s in self.slides)
+        self.n_live = sum(s.n_tiles for s in self.slides if s.live)
+        nonempty = [i for i, s in enumerate(self.slides) if s.n_tiles]
+        self._nonempty = np.array(nonempty, dtype=np.int64)
+        self._starts = np.array([self.slides[i].id_start for i in nonempty], dtype=np.int64)
+        live = [s for s in self.slides if s.live]
+        self._fingerprint = {s.fingerprint: s for s in live}
+        self._path = {s.slide_path: s for s in live}
+        self._names: dict[str, list[SlideRecord]] = {}
+        for s in live:
+            self._names.setdefault(s.slide_name, []).append(s)
+        self._index_of = {s.slide_id: i for i, s in enumerate(self.slides)}
+        self._live_mask: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls) -> View:
+        return cls((), ())
+
+    @classmethod
+    def load(cls, store: MetaStore) -> View:
+        slides = store.slides(live_only=False)
+        return cls(slides, [store.read_coords(s) for s in slides])
+
+    def appended(self, record: SlideRecord | None, coords: np.ndarray | None, *, retired: SlideRecord | None) -> View:
+        """A new view with ``record`` added and ``retired`` marked not live."""
+        slides = [dataclasses.replace(s, live=False) if retired is not None and s.slide_id == retired.slide_id else s
+                  for s in self.slides]
+        all_coords = list(self.coords)
+        if record is not None:
+            slides.append(record)
+            all_coords.append(np.asarray(coords, dtype=np.int64))
+        return View(slides, all_coords)
+
+    def by_fingerprint(self, fingerprint: str) -> SlideRecord | None:
+        return self._fingerprint.get(fingerprint)
+
+    def by_path(self, slide_path: str) -> SlideRecord | None:
+        return self._path.get(slide_path)
+
+    def resolve(self, ident: str | Path) -> SlideRecord | None:
+        """A live slide by fingerprint, path or (unambiguous) name."""
+        ident = str(ident)
+        found = self._fingerprint.get(ident) or self._path.get(ident)
+        if found is None:
+            try:
+                found = self._path.get(str(Path(ident).expanduser().resolve()))
+            except (OSError, RuntimeError):
+                found = None
+        if found is None and ident in self._names:
+            named = self._names[ident]
+            if len(named) > 1:
+                raise InputError(f"slide name {ident!r} is ambiguous ({len(named)} slides): give a path or fingerprint")
+            found = named[0]
+        return found
+
+    def _range(self, s: SlideRecord) -> slice:
+        return slice(s.id_start, s.id_start + s.n_tiles)
+
+    def allowed(self, exclude: Iterable[str], only: Iterable[str] | None) -> np.ndarray | None:
+        """Mask of searchable vector ids, or None when every id is (no retired, no filter)."""
+        excluded = [s for s in (self.resolve(x) for x in exclude) if s is not None]
+        if only is None and not excluded and self.n_live == self.n_total:
+            return None
+        if only is None:
+            if self._live_mask is None:
+                mask = np.zeros(self.n_total, dtype=bool)
+                for s in self.slides:
+                    if s.live:
+                        mask[self._range(s)] = True
+                self._live_mask = mask
+            mask = self._live_mask.copy()
+        else:
+            mask = np.zeros(self.n_total, dtype=bool)
+            for ident in only:
+                s = self.resolve(ident)
+                if s is None:
+                    raise InputError(f"only_slides: {ident!r} is not a slide of this cohort index "
+                                     "(give a fingerprint, path or name from CohortIndex.slides())")
+                mask[self._range(s)] = True
+        for s in excluded:
+            mask[self._range(s)] = False
+        return mask
+
+    def locate(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slide index (into :attr:`slides`), level-0 ``xy`` and tile extent of each label."""
+        labels = np.asarray(labels, dtype=np.int64)
+        sidx = self._nonempty[np.searchsorted(self._starts, labels, side="right") - 1]
+        xy = np.empty((len(labels), 2), dtype=np.int64)
+        for u in np.unique(sidx):
+            m = sidx == u
+            xy[m] = self.coords[u][labels[m] - self.slides[u].id_start]
+        extent = np.array([self.slides[i].tile_extent for i in sidx], dtype=np.float64)
+        return sidx, xy, extent
+
+    def hit(self, region: Region, sidx: np.ndarray, xy: np.ndarray, extent: np.ndarray, score: float) -> Hit:
+        s = self.slides[int(sidx[region.best])]
+        b = region.best
+        return Hit(
+            slide_name=s.slide_name,
+            slide_path=s.slide_path,
+            fingerprint=s.fingerprint,
+            box=region.box,
+            score=float(score),
+            n_tiles=len(region.members),
+            best_tile=tile_box(xy[b, 0], xy[b, 1], extent[b]),
+            spec_key=s.spec_key,
+        )
+
+
+# --- searching ----------------------------------------------------------------------------
+
+
+def _n_allowed(view: View, allowed: np.ndarray | None) -> int:
+    return view.n_live if allowed is None else int(np.count_nonzero(allowed))
+
+
+def search_tiles(
+    index: Any, view: View, vector: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs
+) -> list[Hit]:
+    """Top-``k`` places for one query vector (a tile, a text prompt or a pooled region).
+
+    With ``merge``, tiles are fetched in growing batches (4k, 16k, ... up to ``MAX_FETCH``)
+    until they form ``k`` distinct places; a place scores its best tile.
+    """
+    n_allowed = _n_allowed(view, allowed)
+    if n_allowed == 0 or k < 1:
+        return []
+    fetch = min(n_allowed, max(4 * k, 32)) if merge else min(n_allowed, k)
+    while True:
+        scores, labels = fi.search(index, vector[None, :], fetch, allowed=allowed,
+                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+        ok = labels[0] >= 0
+        s, lab = scores[0][ok], labels[0][ok]
+        sidx, xy, extent = view.locate(lab)
+        regions = merge_adjacent(sidx, xy, extent, s) if merge else singletons(k, xy, extent, s)
+        if not merge or len(regions) >= k or fetch >= min(n_allowed, MAX_FETCH):
+            break
+        fetch = min(n_allowed, MAX_FETCH, fetch * 4)
+    return [view.hit(r, sidx, xy, extent, s[r.best]) for r in regions[:k]]
+
+
+def search_tileset(
+    index: Any, view: View, tiles: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs
+) -> list[Hit]:
+    """Top-``k`` places for a region given as a set of tile vectors.
+
+    Every query tile fetches its nearest tiles; the union is merged into places, and a place
+    scores ``mean over query tiles of (max over its tiles of the cosine)``: how well it
+    covers *all* of the region, so a place matching one tissue of a mixed region ranks below
+    one matching the mixture.
+    """
+    n_allowed = _n_allowed(view, allowed)
+    if n_allowed == 0 or k < 1:
+        return []
+    if len(tiles) > MAX_QUERY_TILES:
+        tiles = tiles[np.linspace(0, len(tiles) - 1, MAX_QUERY_TILES).round().astype(int)]
+    per = min(n_allowed, max(2 * k, 16))
+    while True:
+        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+        cand = np.unique(labels[labels >= 0])
+        # IVF returns SQ6-decoded vectors: renormalise so that scores are cosines again
+        stored = normalise(fi.reconstruct(index, cand), "stored vectors")
+        sim = np.clip(tiles @ stored.T, -1.0, 1.0)  # (query tiles, candidates)
+        sidx, xy, extent = view.locate(cand)
+        if merge:
+            regions = merge_adjacent(sidx, xy, extent, sim.max(axis=0))
+        else:
+            regions = singletons(len(cand), xy, extent, sim.mean(axis=0))
+        if len(regions) >= k or per >= min(n_allowed, MAX_FETCH):
+            break
+        per = min(n_allowed, MAX_FETCH, per * 4)
+    scored = []
+    mean_sim = sim.mean(axis=0)
+    for r in regions:
+        best = int(r.members[np.argmax(mean_sim[r.members])])  # the most representative tile
+        scored.append((float(sim[:, r.members].max(axis=1).mean()), dataclasses.replace(r, best=best)))
+    scored.sort(key=lambda t: -t[0])
+    return [view.hit(r, sidx, xy, extent, score) for score, r in scored[:k]]
+
+
+def sample_vectors(
+    store: MetaStore, slides: Sequence[SlideRecord], dim: int, n: int, cancel: threading.Event | None
+) -> np.ndarray:
+    """``n`` vectors drawn uniformly (fixed seed) from ``slides``, for training an IVF index."""
+    total = sum(s.n_tiles for s in slides)
+    pick = np.sort(np.random.default_rng(0).choice(total, size=min(n, total), replace=False))
+    out = np.empty((len(pick), dim), dtype=np.float32)
+    done = offset = 0  # offset: position of the slide in the concatenation of ``slides``
+    for s in slides:
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("IVF training sample cancelled")
+        a, b = np.searchsorted(pick, [offset, offset + s.n_tiles])
+        if b > a:
+            out[done : done + b - a] = store.read_vectors(s, dim)[pick[a:b] - offset]
+            done += b - a
+        offset += s.n_tiles
+    return out

@@ -1,0 +1,206 @@
+"""Cohort search at scale: the IVF index the cohort index switches to, against exact search.
+
+Draws ``--n`` vectors (default 1,000,000) of dimension 512 from a clustered distribution on
+the unit sphere, builds the exact flat baseline and the cohort index's IVF index (the same
+factory and parameters as ``backend.index``, via ``choose_ivf_params``) in one process with
+``--threads`` threads, and prints build time, index memory, single-query p50/p99 latency for
+k=10 and recall@10 against exact search, with ratios against the flat baseline.
+
+The data: a mixture of ``--clusters`` Gaussians, like tissue types in tile embeddings. Cluster
+centres share a common direction (CLIP-like embeddings live in a cone, cross-cluster cosine
+~0.35); each cluster is anisotropic, its spread mostly in a random 32-dimensional subspace
+with a decaying spectrum plus an isotropic floor (embeddings have a low intrinsic dimension),
+its scale drawn per cluster; cluster sizes are log-normal (some tissues are common). Every
+point is normalised. Queries are fresh draws from the same mixture, not indexed points.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/search_scale.py              # 1M x 512, ~4 min here
+    .venv/bin/python benchmarks/search_scale.py --n 20000    # smoke test, seconds
+
+Targets: p50 <= 10 ms, recall@10 >= 0.95, index memory <= 1/4 of the flat float32 index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+K = 10
+TARGET_P50_MS = 10.0
+TARGET_RECALL = 0.95
+TARGET_MEMORY_RATIO = 0.25
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1_000_000, help="vectors in the index (1,000,000)")
+    p.add_argument("--dim", type=int, default=512, help="vector dimension (512)")
+    p.add_argument("--clusters", type=int, default=None, help="mixture components (n/250, 100..4000)")
+    p.add_argument("--queries", type=int, default=1000, help="queries for recall and IVF latency (1000)")
+    p.add_argument("--flat-queries", type=int, default=50, help="single queries timed on flat (50)")
+    p.add_argument("--threads", type=int, default=2, help="FAISS/BLAS threads (2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nprobe", type=int, default=None, help="override the automatic nprobe")
+    p.add_argument("--k-factor", type=int, default=None, help="override the re-ranking factor")
+    p.add_argument("--nlist", type=int, default=None, help="override the automatic list count")
+    p.add_argument("--sweep", action="store_true", help="also print recall/latency over nprobe x k_factor")
+    return p.parse_args(argv)
+
+
+def clustered_sphere(n: int, dim: int, n_clusters: int, seed: int, n_queries: int) -> tuple[Any, Any]:
+    """``n`` base and ``n_queries`` query unit vectors from one mixture of Gaussians."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    common = rng.standard_normal(dim).astype(np.float32)
+    common /= np.linalg.norm(common)
+    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    centres = 0.6 * common + 0.8 * centres  # a cone: centres share a direction
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    rank, iso = 32, 0.2
+    spectrum = (1.0 / np.sqrt(np.arange(1, rank + 1))).astype(np.float32)
+    spectrum *= np.sqrt((1 - iso) / np.sum(spectrum**2))  # E|low-rank part|^2 = 1 - iso
+    scale = rng.uniform(0.4, 0.8, n_clusters).astype(np.float32)
+    weights = rng.lognormal(0.0, 1.0, n_clusters)
+    weights /= weights.sum()
+    bases = rng.standard_normal((n_clusters, rank, dim)).astype(np.float32) / np.sqrt(dim)
+
+    def draw(count: int, r: Any) -> Any:
+        label = np.sort(r.choice(n_clusters, count, p=weights))
+        out = np.empty((count, dim), np.float32)
+        bounds = np.searchsorted(label, np.arange(n_clusters + 1))
+        for c in range(n_clusters):
+            a, b = bounds[c], bounds[c + 1]
+            if a == b:
+                continue
+            z = r.standard_normal((b - a, rank), dtype=np.float32) * spectrum
+            noise = r.standard_normal((b - a, dim), dtype=np.float32) * np.float32(np.sqrt(iso / dim))
+            out[a:b] = centres[c] + scale[c] * (z @ bases[c] + noise)
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+    base = draw(n, np.random.default_rng(seed + 1))
+    queries = draw(n_queries, np.random.default_rng(seed + 2))
+    return base, queries
+
+
+def _time_single(search: Any, queries: Any) -> Any:
+    """Per-query latency in ms, one query at a time (as a user's click does)."""
+    import numpy as np
+
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        search(q[None, :])
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+def _recall(found: Any, truth: Any) -> float:
+    return float(sum(len(set(f[f >= 0]) & set(t)) for f, t in zip(found, truth)) / truth.size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # before numpy/faiss load their thread pools
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import faiss
+    import numpy as np
+
+    from backend.index import faiss_index as fi
+
+    faiss.omp_set_num_threads(args.threads)
+    n, dim, nq = args.n, args.dim, args.queries
+    n_clusters = args.clusters or int(min(4000, max(100, n // 250)))
+    load0 = os.getloadavg()
+    print(f"search_scale: n={n:,} dim={dim} clusters={n_clusters} queries={nq} k={K} "
+          f"threads={args.threads} faiss={faiss.__version__} cores={os.cpu_count()}")
+    print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+
+    t = time.perf_counter()
+    base, queries = clustered_sphere(n, dim, n_clusters, args.seed, nq)
+    print(f"data: {time.perf_counter() - t:.1f} s to draw {n:,} + {nq} vectors")
+
+    # --- exact baseline -----------------------------------------------------------------
+    t = time.perf_counter()
+    flat = fi.new_flat(dim)
+    fi.add(flat, base)
+    flat_build = time.perf_counter() - t
+    flat_mem = flat.ntotal * dim * 4
+    n_flat_q = min(args.flat_queries, nq)
+    flat_lat = _time_single(lambda q: fi.search(flat, q, K), queries[:n_flat_q])
+    t = time.perf_counter()
+    _, truth = fi.search(flat, queries, K)  # batched (BLAS) ground truth
+    truth_s = time.perf_counter() - t
+    del flat
+    print(f"flat: build {flat_build:.1f} s, ground truth for {nq} queries {truth_s:.1f} s")
+
+    # --- the cohort index's IVF index ---------------------------------------------------
+    params = fi.choose_ivf_params(n, dim, nprobe=args.nprobe, k_factor=args.k_factor)
+    if args.nlist:
+        params = fi.IvfParams(args.nlist, params.pq_m, params.refine, params.nprobe,
+                              params.k_factor, min(n, max(64 * args.nlist, params.n_train)))
+    rng = np.random.default_rng(args.seed + 3)
+    sample = base[np.sort(rng.choice(n, params.n_train, replace=False))]
+    t = time.perf_counter()
+    index = fi.train_ivf(sample, params)
+    train_s = time.perf_counter() - t
+    del sample
+    t = time.perf_counter()
+    for a in range(0, n, 100_000):
+        fi.add(index, base[a : a + 100_000])
+    add_s = time.perf_counter() - t
+    del base
+    mem = fi.memory_bytes(index)
+    lat = _time_single(lambda q: fi.search(index, q, K), queries)
+    _, found = fi.search(index, queries, K)
+    recall = _recall(found, truth)
+
+    fp50, fp99 = np.percentile(flat_lat, [50, 99])
+    p50, p99 = np.percentile(lat, [50, 99])
+    print(f"ivf: {params.factory} nprobe={params.nprobe} k_factor={params.k_factor} "
+          f"trained on {params.n_train:,}")
+    print()
+    print(f"{'index':<8}{'build s':>10}{'memory MB':>12}{'p50 ms':>10}{'p99 ms':>10}{'recall@10':>11}")
+    print(f"{'flat':<8}{flat_build:>10.1f}{flat_mem / 1e6:>12.1f}{fp50:>10.2f}{fp99:>10.2f}{1.0:>11.4f}")
+    print(f"{'ivf':<8}{train_s + add_s:>10.1f}{mem / 1e6:>12.1f}{p50:>10.2f}{p99:>10.2f}{recall:>11.4f}")
+    print(f"  (ivf build = train {train_s:.1f} s + add {add_s:.1f} s; flat p50/p99 over {n_flat_q} queries)")
+    print()
+    ratio = mem / flat_mem
+    checks = [
+        (f"p50 {p50:.2f} ms <= {TARGET_P50_MS:g} ms", p50 <= TARGET_P50_MS),
+        (f"recall@10 {recall:.4f} >= {TARGET_RECALL}", recall >= TARGET_RECALL),
+        (f"memory ratio {ratio:.3f} <= {TARGET_MEMORY_RATIO}", ratio <= TARGET_MEMORY_RATIO),
+    ]
+    print(f"ratios vs flat: p50 speed-up x{fp50 / p50:.1f}, p99 speed-up x{fp99 / p99:.1f}, "
+          f"memory x{ratio:.3f}")
+    for text, ok in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+
+    if args.sweep:
+        print("\nsweep (recall@10 on all queries, p50 on 200 single queries):")
+        print(f"{'nprobe':>8}{'k_factor':>10}{'recall@10':>11}{'p50 ms':>9}")
+        for nprobe in sorted({max(1, params.nlist // 64), params.nlist // 32, params.nlist // 16,
+                              params.nlist // 8} - {0}):
+            for kf in (4, 8, 16):
+                _, f = fi.search(index, queries, K, nprobe=nprobe, k_factor=kf)
+                sl = _time_single(lambda q: fi.search(index, q, K, nprobe=nprobe, k_factor=kf),
+                                  queries[:200])
+                print(f"{nprobe:>8}{kf:>10}{_recall(f, truth):>11.4f}{np.percentile(sl, 50):>9.2f}")
+
+    load1 = os.getloadavg()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"\npeak RSS {peak:.2f} GB; load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
