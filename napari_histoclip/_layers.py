@@ -1,0 +1,260 @@
+"""Backend results as napari layer data tuples: the pure core under the widgets.
+
+Every function here takes plain results (``backend.api`` dataclasses or arrays) and a
+:class:`~napari_histoclip._slide.SlideInfo`, and returns ``(data, kwargs, layer_type)`` tuples
+that line up with the slide layer at every zoom. No Qt; tests check them with
+``napari.components.ViewerModel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_histoclip._slide import META_KEY, SlideInfo, box_xywh_to_rectangle, grid_transform
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+#: Class colours: tab10 reordered so that the first classes stand apart from each other and
+#: from H&E's pinks and purples (blue, orange, green, red, cyan, yellow first).
+PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#17becf", "#e6d600",
+    "#8c564b", "#7f7f7f", "#e377c2", "#9467bd", "#000080", "#00ff7f",
+)
+UNKNOWN_COLOR = "#ffffff"
+UNKNOWN_LABEL = "unknown"
+
+
+def default_color(i: int) -> str:
+    """The palette colour of class ``i`` (cycling)."""
+    return PALETTE[i % len(PALETTE)]
+
+
+def hex_to_rgba(color: str, alpha: float = 1.0) -> np.ndarray:
+    c = color.lstrip("#")
+    if len(c) != 6:
+        raise ValueError(f"colour {color!r}: expected #rrggbb")
+    return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
+
+
+# --- zero-shot ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One row of the class-map legend: label index in the Labels layer, name, colour, share."""
+
+    value: int
+    label: str
+    color: str
+    fraction: float  # of the tissue tiles
+
+
+def class_map_name(info: SlideInfo, region: bool = False) -> str:
+    return f"{info.stem}: class map{' (region)' if region else ''}"
+
+
+def probability_name(info: SlideInfo, label: str) -> str:
+    return f"{info.stem}: p({label})"
+
+
+def legend(
+    labels: Sequence[str],
+    colors: Sequence[str],
+    class_map: np.ndarray,
+) -> list[LegendEntry]:
+    """Legend rows for a class map (1 + class index; 0 no tissue; ``n + 1`` unknown)."""
+    values = np.asarray(class_map)
+    tissue = max(int(np.count_nonzero(values)), 1)
+    rows = [
+        LegendEntry(i + 1, lab, colors[i], float(np.count_nonzero(values == i + 1)) / tissue)
+        for i, lab in enumerate(labels)
+    ]
+    n_unknown = int(np.count_nonzero(values == len(labels) + 1))
+    if n_unknown:
+        rows.append(LegendEntry(len(labels) + 1, UNKNOWN_LABEL, UNKNOWN_COLOR, n_unknown / tissue))
+    return rows
+
+
+def class_map_layers(
+    result: Any,
+    info: SlideInfo,
+    colors: Sequence[str],
+    *,
+    region: bool = False,
+    opacity: float = 0.45,
+) -> list[LayerData]:
+    """A Labels layer of the class map, then one probability image per class.
+
+    Parameters
+    ----------
+    result
+        A ``ZeroShotResult``: ``class_map`` (rows, cols), ``probabilities`` (n, rows, cols),
+        ``labels`` and ``geometry`` in level-0 pixels.
+    info
+        The slide the result is on.
+    colors
+        One ``#rrggbb`` per label.
+    region
+        Whether the result covers a drawn region (names the layers apart).
+    """
+    labels = tuple(result.labels)
+    if len(colors) < len(labels):
+        colors = list(colors) + [default_color(i) for i in range(len(colors), len(labels))]
+    scale, translate = grid_transform(result.geometry.scale, result.geometry.translate, info)
+    common = info.layer_kwargs(scale=scale, translate=translate)
+    class_map = np.asarray(result.class_map, dtype=np.int32)
+
+    color_dict: dict[int | None, Any] = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
+    for i, c in enumerate(colors[: len(labels)]):
+        color_dict[i + 1] = hex_to_rgba(c)
+    color_dict[len(labels) + 1] = hex_to_rgba(UNKNOWN_COLOR)
+    names = ["no tissue", *labels, UNKNOWN_LABEL]
+    # A features table makes napari's status bar name the class under the cursor.
+    features = {"index": np.arange(len(names)), "class": names}
+    entries = legend(labels, colors, class_map)
+    meta = {
+        **common["metadata"],
+        "labels": list(labels),
+        "colors": list(colors[: len(labels)]),
+        "legend": [e.__dict__ for e in entries],
+        "kind": "class_map",
+    }
+    out: list[LayerData] = [
+        (
+            class_map,
+            {**common, "name": class_map_name(info, region), "colormap": color_dict,
+             "opacity": opacity, "features": features, "metadata": meta},
+            "labels",
+        )
+    ]
+    probs = np.asarray(result.probabilities, dtype=np.float32)
+    for i, label in enumerate(labels):
+        out.append(probability_layer(probs[i], label, colors[i], info, scale, translate))
+    return out
+
+
+def probability_layer(
+    prob: np.ndarray,
+    label: str,
+    color: str,
+    info: SlideInfo,
+    scale: tuple[float, float],
+    translate: tuple[float, float],
+) -> LayerData:
+    """A class probability map as an image from transparent (0) to the class colour (1).
+
+    NaN (no tissue) becomes 0, so it is transparent: napari has no NaN colour.
+    """
+    from napari.utils.colormaps import Colormap
+
+    rgba = hex_to_rgba(color)
+    cmap = Colormap(
+        colors=np.stack([np.r_[rgba[:3], 0.0], rgba]),
+        name=f"histoclip {label} {color}",
+        display_name=f"p({label})",
+    )
+    data = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
+    kwargs = info.layer_kwargs(
+        scale=scale,
+        translate=translate,
+        name=probability_name(info, label),
+        colormap=cmap,
+        contrast_limits=(0.0, 1.0),
+        opacity=0.8,
+        blending="translucent",
+        # One class at a time is readable; the class map is the overview.
+        visible=False,
+    )
+    kwargs["metadata"] = {**kwargs["metadata"], "kind": "probability", "label": label}
+    return (data, kwargs, "image")
+
+
+def heatmap_layer(result: Any, info: SlideInfo) -> LayerData:
+    """A text query's cosine-similarity map as an image, tissue-only (no tissue transparent).
+
+    Similarities are shown from the tissue's 2nd to 98th percentile, so a random or weak model
+    still shows its contrast; the colormap's bottom is transparent.
+    """
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    sim = np.asarray(result.similarity, dtype=np.float32)
+    valid = np.isfinite(sim)
+    if valid.any():
+        lo, hi = np.percentile(sim[valid], [2, 98])
+        if hi <= lo:
+            hi = lo + 1e-6
+    else:
+        lo, hi = 0.0, 1.0
+    # Below-range values (and the NaN fill) land on the transparent first colour.
+    data = np.where(valid, np.maximum(sim, lo + (hi - lo) * 0.01), lo - 1.0).astype(np.float32)
+    base = ensure_colormap("inferno").colors
+    colors = np.array(base[::4], dtype=np.float32)
+    colors[0] = [0, 0, 0, 0]
+    cmap = Colormap(colors=colors, name="histoclip heatmap", display_name="similarity")
+    scale, translate = grid_transform(result.geometry.scale, result.geometry.translate, info)
+    kwargs = info.layer_kwargs(
+        scale=scale,
+        translate=translate,
+        name=f"{info.stem}: '{result.query}'",
+        colormap=cmap,
+        contrast_limits=(float(lo), float(hi)),
+        opacity=0.7,
+        blending="translucent",
+    )
+    kwargs["metadata"] = {**kwargs["metadata"], "kind": "heatmap", "query": result.query}
+    return (data, kwargs, "image")
+
+
+# --- search hits ----------------------------------------------------------------------------
+
+HITS_LAYER = "search hits"
+
+
+def hit_shapes_layer(
+    boxes: Sequence[tuple[float, float, float, float]],
+    info: SlideInfo,
+    texts: Sequence[str],
+) -> LayerData:
+    """Outlined rectangles (level-0 corner boxes ``(x, y, w, h)``) on the hit's slide."""
+    data = [box_xywh_to_rectangle(b) for b in boxes]
+    kwargs = info.layer_kwargs(
+        name=f"{info.stem}: {HITS_LAYER}",
+        shape_type="rectangle",
+        edge_color="#00e5ff",
+        face_color="transparent",
+        edge_width=max(3.0, info.width / 600),
+        features={"hit": list(texts)},
+        text={"string": "{hit}", "color": "#00e5ff", "size": 11, "anchor": "upper_left"},
+    )
+    kwargs["metadata"] = {**kwargs["metadata"], "kind": "hits"}
+    return (data, kwargs, "shapes")
+
+
+def box_view(
+    box: tuple[float, float, float, float],
+    info: SlideInfo,
+    canvas_size: tuple[int, int],
+    margin: float = 0.25,
+) -> tuple[tuple[float, float], float]:
+    """Camera ``(center, zoom)`` that frames a level-0 corner box with a margin.
+
+    ``zoom`` is canvas pixels per world unit, as napari's camera has it.
+    """
+    rect = box_xywh_to_rectangle(box) * np.asarray(info.scale)
+    (r0, c0), (r1, c1) = rect.min(axis=0), rect.max(axis=0)
+    center = ((r0 + r1) / 2, (c0 + c1) / 2)
+    h = max(r1 - r0, 1e-6) * (1 + 2 * margin)
+    w = max(c1 - c0, 1e-6) * (1 + 2 * margin)
+    ch, cw = canvas_size
+    zoom = float(min(ch / h, cw / w))
+    return (float(center[0]), float(center[1])), zoom
+
+
+def is_ours(layer: Any, kind: str) -> bool:
+    """Whether ``layer`` is one of our result layers of ``kind`` (class_map, heatmap, ...)."""
+    entry = (getattr(layer, "metadata", None) or {}).get(META_KEY)
+    return isinstance(entry, dict) and layer.metadata.get("kind") == kind

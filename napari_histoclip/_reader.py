@@ -1,0 +1,206 @@
+"""The npe2 reader: whole-slide images as lazy multiscale RGB image layers.
+
+The contract (napari-wsi style): :func:`get_reader` answers ``None`` for anything that is not a
+slide format, fast and without opening files; the reader function it returns never raises. A
+slide that fails to open becomes one clear notification (``"<file>: <cause>"``) and the null
+layer sentinel ``[(None,)]``, so napari neither shows a traceback nor says "no reader found".
+
+Levels stay dask arrays backed by ``backend.slides`` (light: no torch), so napari reads only the
+tiles it draws, never a whole level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_histoclip._slide import SlideInfo
+
+log = logging.getLogger(__name__)
+
+#: Slide formats the backend opens, lower case; ``.ome.tif`` is covered by ``.tif``.
+SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".mrxs", ".scn", ".bif",
+    ".vms", ".vmu", ".dcm",
+)
+
+LayerData = tuple[Any, ...]
+ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
+
+
+def _folder_slide(folder: Path) -> Path | None:
+    """The slide a folder stands for: a DICOM WSI folder, or the data folder of a MIRAX file."""
+    try:
+        if any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file()):
+            return folder
+    except OSError:
+        return None
+    mirax = folder.with_suffix(".mrxs")
+    if (folder / "Slidedat.ini").is_file() and mirax.is_file():
+        return mirax
+    return None
+
+
+def slide_path(path: str | Path) -> Path | None:
+    """The slide to open for ``path``, or None when it is not a slide format (no file access
+    beyond listing a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        return _folder_slide(p)
+    name = p.name.lower()
+    return p if name.endswith(SLIDE_SUFFIXES) else None
+
+
+def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
+    """npe2 ``get_reader``: a reader function when every path is a slide format, else None."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    if not paths or any(slide_path(p) is None for p in paths):
+        return None
+    return read_slides
+
+
+def read_slides(path: str | Sequence[str], *, mpp: float | None = None) -> list[LayerData]:
+    """Open each slide as a multiscale image layer; bad slides become notifications.
+
+    Parameters
+    ----------
+    path
+        One slide path or several.
+    mpp
+        µm per level-0 pixel for slides whose metadata has none.
+
+    Returns
+    -------
+    list of layer data tuples
+        One ``(levels, kwargs, "image")`` per readable slide, or ``[(None,)]`` when none was.
+    """
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    layers: list[LayerData] = []
+    for p in paths:
+        layer = read_slide_layer(p, mpp=mpp)
+        if layer is not None:
+            layers.append(layer)
+    return layers or [(None,)]
+
+
+def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData | None:
+    """One slide as a layer data tuple, or None after notifying the user of why not."""
+    target = slide_path(path)
+    if target is None:
+        _notify_error(f"{Path(path).name}: not a slide format ({', '.join(SLIDE_SUFFIXES)})")
+        return None
+    try:
+        slide = open_slide_quietly(target, mpp=mpp)
+        probe_pixels(slide)
+        levels = [GuardedLevel(lvl, slide.name) for lvl in slide.multiscale()]
+        w, h = slide.dimensions
+        info = SlideInfo(path=str(target), name=slide.name, width=int(w), height=int(h), mpp=slide.mpp)
+    except Exception as e:  # noqa: BLE001 - the reader must never raise into napari
+        _notify_error(_describe_error(target, e))
+        log.debug("could not open %s", target, exc_info=True)
+        return None
+    if info.mpp is None:
+        _notify_info(
+            f"{Path(target).name}: no microns-per-pixel in its metadata; shown in pixels "
+            "(scale bars and µm measurements are unavailable)"
+        )
+    kwargs = info.layer_kwargs(
+        name=info.name,
+        rgb=True,
+        multiscale=True,
+        # Given, so napari does not compute them from pixel data.
+        contrast_limits=(0, 255),
+    )
+    kwargs["metadata"] = {
+        **kwargs["metadata"],
+        "level_downsamples": [float(d) for d in slide.level_downsamples],
+        "objective_power": slide.objective_power,
+        "mpp_source": getattr(slide, "mpp_source", None),
+    }
+    return (list(levels), kwargs, "image")
+
+
+def probe_pixels(slide: Any) -> None:
+    """Read one tile of the coarsest level, so that a slide whose header opens but whose
+    pixels cannot be decoded fails here, once, instead of in napari's drawing loop."""
+    level = slide.level_count - 1
+    w, h = slide.level_dimensions[level]
+    slide.read_region((0, 0), level, (min(w, 256), min(h, 256)))
+
+
+class GuardedLevel:
+    """One level as an array napari slices lazily; a tile that fails to decode is drawn
+    white, with one notification per slide, instead of raising in napari's drawing loop."""
+
+    def __init__(self, level: Any, slide_name: str) -> None:
+        self._level = level
+        self._name = slide_name
+        self._warned = False
+        self.shape = tuple(level.shape)
+        self.dtype = level.dtype
+        self.ndim = level.ndim
+        self.size = int(level.size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> Any:
+        import numpy as np
+
+        try:
+            return np.asarray(self._level[key])
+        except Exception as e:  # noqa: BLE001 - see the class docstring
+            if not self._warned:
+                self._warned = True
+                _notify_error(_describe_error(Path(self._name), e) + " (shown white)")
+            return np.full(_shape_of(self.shape, key), 255, self.dtype)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        import numpy as np
+
+        out = self[tuple(slice(None) for _ in self.shape)]
+        return out if dtype is None else np.asarray(out, dtype=dtype)
+
+
+def _shape_of(shape: tuple[int, ...], key: Any) -> tuple[int, ...]:
+    """The shape ``array[key]`` would have, for the basic (slice and int) keys napari uses."""
+    key = key if isinstance(key, tuple) else (key,)
+    out = []
+    for i, n in enumerate(shape):
+        k = key[i] if i < len(key) else slice(None)
+        if isinstance(k, slice):
+            out.append(len(range(*k.indices(n))))
+        elif k is Ellipsis:
+            out.extend(shape[i:])
+            break
+    return tuple(out)
+
+
+def open_slide_quietly(path: str | Path, *, mpp: float | None = None) -> Any:
+    """``backend.slides.open_slide``, imported here so that ``import napari_histoclip`` stays light."""
+    from backend.slides import open_slide
+
+    return open_slide(path, mpp=mpp)
+
+
+def _describe_error(path: Path, error: Exception) -> str:
+    """One line naming the file and the cause; backend errors already read that way."""
+    from backend.errors import HistoclipError
+
+    if isinstance(error, HistoclipError):
+        return str(error)
+    return f"{path.name}: could not open it as a slide ({type(error).__name__}: {error})"
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+
+
+def _notify_info(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)

@@ -1,0 +1,161 @@
+"""Shapes layers as backend regions, and captions as shape features and text.
+
+Pure Python over a napari ``Shapes`` layer (no Qt, no GL): widget tests and ``ViewerModel``
+tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_histoclip._slide import SlideInfo, data_rc_to_corner_xy, shape_to_slide_rc
+
+CAPTION = "caption"
+CAPTION_SCORE = "caption_score"
+CAPTION_TEXT = "caption_display"  # the caption wrapped to lines for on-canvas text
+CLASS = "class"
+NBEST = "nbest"  # the n-best list, "score\ttext" lines, best first
+WRAP = 36  # characters per caption line on the canvas: long captions stay readable
+_ELLIPSE_VERTICES = 32
+
+
+def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of an empty Shapes layer for drawing regions to caption on a slide."""
+    kwargs = info.layer_kwargs(
+        name=name or f"{info.stem}: regions",
+        ndim=2,
+        edge_color="#ffff00",
+        face_color="transparent",
+        edge_width=max(3.0, info.width / 700),
+        features={CAPTION: np.array([], dtype=object), CAPTION_SCORE: np.array([], dtype=float),
+                  CAPTION_TEXT: np.array([], dtype=object), CLASS: np.array([], dtype=object),
+                  NBEST: np.array([], dtype=object)},
+        feature_defaults={CAPTION: "", CAPTION_SCORE: np.nan, CAPTION_TEXT: "", CLASS: "", NBEST: ""},
+        text=caption_text_style(info),
+    )
+    kwargs["metadata"] = {**kwargs["metadata"], "kind": "regions"}
+    return kwargs
+
+
+def caption_text_style(info: SlideInfo) -> dict[str, Any]:
+    """Caption text: bright on H&E, above the shape's top-left corner, wrapped."""
+    return {
+        "string": "{" + CAPTION_TEXT + "}",
+        "color": "#ffff00",
+        "size": 10,
+        "anchor": "upper_left",
+        "translation": [-4 * info.scale[0], 0],
+    }
+
+
+def ensure_caption_columns(layer: Any) -> None:
+    """Give a user's own Shapes layer our feature columns (empty strings where missing)."""
+    n = len(layer.data)
+    feats = layer.features
+    for col, fill in ((CAPTION, ""), (CAPTION_SCORE, np.nan), (CAPTION_TEXT, ""), (CLASS, ""), (NBEST, "")):
+        if col not in feats.columns:
+            feats[col] = [fill] * n
+    layer.features = feats
+    defaults = layer.feature_defaults
+    for col, fill in ((CAPTION, ""), (CAPTION_SCORE, np.nan), (CAPTION_TEXT, ""), (CLASS, ""), (NBEST, "")):
+        if col not in defaults.columns:
+            defaults[col] = [fill]
+    layer.feature_defaults = defaults
+
+
+def _ellipse_polygon(corners: np.ndarray) -> np.ndarray:
+    """napari stores an ellipse as its 4 bounding-box corners; sample it as a polygon."""
+    center = corners.mean(axis=0)
+    r = (corners.max(axis=0) - corners.min(axis=0)) / 2
+    t = np.linspace(0, 2 * np.pi, _ELLIPSE_VERTICES, endpoint=False)
+    return center + np.stack([r[0] * np.sin(t), r[1] * np.cos(t)], axis=1)
+
+
+def shape_regions(
+    shapes_layer: Any,
+    slide_layer: Any,
+    indices: Sequence[int] | None = None,
+) -> list[Any]:
+    """Shapes as ``backend.api.Region`` in the slide's level-0 corner pixels.
+
+    Rectangles become boxes, polygons and ellipses polygons. Lines and paths have no area.
+
+    Raises
+    ------
+    backend.errors.InputError
+        A shape is a line or path, naming its index and type.
+    """
+    from backend.api import Region
+    from backend.errors import InputError
+
+    idx = range(len(shapes_layer.data)) if indices is None else indices
+    regions = []
+    for i in idx:
+        kind = shapes_layer.shape_type[i]
+        verts = np.asarray(shapes_layer.data[i], dtype=float)[:, -2:]
+        if kind == "ellipse":
+            verts = _ellipse_polygon(verts)
+        rc = shape_to_slide_rc(shapes_layer, slide_layer, verts)
+        xy = data_rc_to_corner_xy(rc)
+        if kind == "rectangle":
+            x0, y0 = xy.min(axis=0)
+            x1, y1 = xy.max(axis=0)
+            regions.append(Region.box(x0, y0, x1 - x0, y1 - y0))
+        elif kind in ("polygon", "ellipse"):
+            regions.append(Region.polygon(xy))
+        else:
+            raise InputError(
+                f"{shapes_layer.name}: shape {i} is a {kind}, which has no area; "
+                "draw rectangles, polygons or ellipses"
+            )
+    return regions
+
+
+def wrap_caption(text: str, width: int = WRAP) -> str:
+    return "\n".join(textwrap.wrap(text, width=width)) if text else ""
+
+
+def set_captions(layer: Any, indices: Sequence[int], captions: Sequence[Any]) -> None:
+    """Store n-best captions (``backend.api.Caption``) on shapes: best as caption and text."""
+    ensure_caption_columns(layer)
+    feats = layer.features.copy()
+    for i, cap in zip(indices, captions, strict=True):
+        best = cap.texts[0] if cap.texts else ""
+        score = float(cap.scores[0]) if cap.scores else np.nan
+        feats.loc[i, CAPTION] = best
+        feats.loc[i, CAPTION_SCORE] = score
+        feats.loc[i, CAPTION_TEXT] = wrap_caption(best)
+        feats.loc[i, NBEST] = "\n".join(f"{s:.3f}\t{t}" for t, s in zip(cap.texts, cap.scores, strict=False))
+    layer.features = feats
+    layer.refresh_text()
+
+
+def nbest(layer: Any, index: int) -> list[tuple[str, float]]:
+    """The n-best ``(text, score)`` list stored on shape ``index``, best first."""
+    if NBEST not in layer.features.columns or index >= len(layer.features):
+        return []
+    raw = layer.features[NBEST].iloc[index]
+    out = []
+    for line in str(raw or "").splitlines():
+        score, _, text = line.partition("\t")
+        try:
+            out.append((text, float(score)))
+        except ValueError:
+            continue
+    return out
+
+
+def choose_caption(layer: Any, index: int, text: str) -> None:
+    """Make ``text`` (chosen from the n-best list or typed) shape ``index``'s caption."""
+    ensure_caption_columns(layer)
+    feats = layer.features.copy()
+    feats.loc[index, CAPTION] = text
+    scores = dict(nbest(layer, index))
+    feats.loc[index, CAPTION_SCORE] = scores.get(text, np.nan)  # edited text has no score
+    feats.loc[index, CAPTION_TEXT] = wrap_caption(text)
+    layer.features = feats
+    layer.refresh_text()

@@ -1,0 +1,188 @@
+"""Running long backend calls off the UI thread, with one progress bar and a cancel button.
+
+A task is a plain function ``fn(progress, cancel) -> result`` (the widget closes over its
+request and the ``Backend``); :class:`TaskRunner` runs it in a napari ``thread_worker``, relays
+the backend's :class:`~backend.api.Progress` callbacks to the UI thread through a Qt signal, and
+calls ``on_done`` (or shows the error as a notification) back on the UI thread.
+
+``HISTOCLIP_SYNC=1`` runs tasks synchronously on the calling thread, so a debugger or a
+traceback sees the whole stack (stardist-napari's trick).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from qtpy.QtCore import QObject, Signal
+
+log = logging.getLogger(__name__)
+
+SYNC_ENV = "HISTOCLIP_SYNC"
+T = TypeVar("T")
+TaskFn = Callable[[Callable[[Any], None], threading.Event], T]
+
+
+def sync_mode() -> bool:
+    """Whether ``HISTOCLIP_SYNC`` asks for tasks on the calling thread."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What the footer shows: the running task's label and progress (total 0: unknown)."""
+
+    label: str
+    done: int = 0
+    total: int = 0
+    stage: str = ""
+
+    @property
+    def text(self) -> str:
+        what = f"{self.label}: {self.stage}" if self.stage else self.label
+        return f"{what} {self.done}/{self.total}" if self.total else what
+
+
+class _Relay(QObject):
+    """Lives on the UI thread; signals emitted from the worker arrive there queued."""
+
+    progress = Signal(object)
+
+
+class TaskRunner:
+    """Runs one task at a time and reports to ``on_state`` (a footer) on the UI thread.
+
+    Parameters
+    ----------
+    on_state
+        Called with a :class:`TaskState` when a task starts or progresses, and with None
+        when it ends.
+    """
+
+    def __init__(self, on_state: Callable[[TaskState | None], None]) -> None:
+        self._on_state = on_state
+        self._relay = _Relay()
+        self._relay.progress.connect(self._on_progress)
+        self._cancel: threading.Event | None = None
+        self._state: TaskState | None = None
+        self.worker: Any = None
+        #: Wall time of the last finished task, seconds (shown in tests and the status line).
+        self.last_duration: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._state is not None
+
+    def cancel(self) -> None:
+        """Ask the running task to stop; the backend raises CancelledError at its next check."""
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def run(
+        self,
+        label: str,
+        fn: TaskFn[T],
+        on_done: Callable[[T], None],
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> bool:
+        """Start ``fn`` unless a task is running (then notify and return False)."""
+        from napari.utils.notifications import show_warning
+
+        if self.busy:
+            assert self._state is not None
+            show_warning(f"{label}: wait for '{self._state.label}' to finish, or cancel it")
+            return False
+        cancel = threading.Event()
+        self._cancel = cancel
+        self._set_state(TaskState(label))
+        t0 = time.perf_counter()
+
+        def finish() -> None:
+            self.last_duration = time.perf_counter() - t0
+            self._cancel = None
+            self.worker = None
+            self._set_state(None)
+
+        def done(result: T) -> None:
+            finish()
+            on_done(result)
+
+        def failed(error: Exception) -> None:
+            finish()
+            (on_error or show_task_error)(_labelled(label, error))
+
+        def emit(p: Any) -> None:
+            self._relay.progress.emit(p)
+
+        if sync_mode():
+            try:
+                result = fn(self._on_progress, cancel)
+            except Exception as e:  # noqa: BLE001 - shown to the user, as in a worker
+                failed(e)
+            else:
+                done(result)
+            return True
+
+        from napari.qt.threading import create_worker
+
+        # The result and the error are taken from the worker's signals, delivered on the UI
+        # thread; progress goes through the relay because FunctionWorker has no yielded signal.
+        worker = create_worker(fn, emit, cancel, _start_thread=False)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self.worker = worker
+        worker.start()
+        return True
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _on_progress(self, p: Any) -> None:
+        if self._state is None:
+            return
+        self._set_state(
+            TaskState(
+                self._state.label,
+                int(getattr(p, "done", 0)),
+                int(getattr(p, "total", 0)),
+                str(getattr(p, "stage", "")),
+            )
+        )
+
+    def _set_state(self, state: TaskState | None) -> None:
+        self._state = state
+        self._on_state(state)
+
+
+class _LabelledError(Exception):
+    def __init__(self, label: str, error: Exception) -> None:
+        super().__init__(f"{label}: {error}")
+        self.label = label
+        self.error = error
+
+
+def _labelled(label: str, error: Exception) -> Exception:
+    return _LabelledError(label, error)
+
+
+def show_task_error(error: Exception) -> None:
+    """A failed task as one notification line; cancellation is information, not an error."""
+    from napari.utils.notifications import show_error, show_info
+
+    inner = error.error if isinstance(error, _LabelledError) else error
+    label = error.label if isinstance(error, _LabelledError) else "task"
+    if type(inner).__name__ == "CancelledError":
+        show_info(f"{label}: cancelled")
+        return
+    from backend.errors import HistoclipError
+
+    if isinstance(inner, HistoclipError):
+        show_error(f"{label}: {inner}")
+    else:
+        # Not a planned error: keep the traceback in the log for a bug report.
+        log.error("%s failed", label, exc_info=inner)
+        show_error(f"{label}: {type(inner).__name__}: {inner}")

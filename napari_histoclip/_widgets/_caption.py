@@ -1,0 +1,176 @@
+"""Caption tab: caption drawn regions; pick a caption from the n-best list or edit it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from napari_histoclip._shapes import caption_layer_kwargs, choose_caption, nbest, set_captions, shape_regions
+from napari_histoclip._slide import slide_of
+from napari_histoclip._viewer import add_layer_data
+from napari_histoclip._widgets._main import UserError, handler
+
+CAPTIONER_ENV = "HISTOCLIP_CAPTIONER"
+
+
+class CaptionPanel(Container):
+    """Regions layer, captioner and decoding options; the selected shape's n-best captions."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.shapes = ComboBox(label="Regions", choices=self._shapes_choices, tooltip="a Shapes layer on the slide")
+        self.new_layer_button = PushButton(text="New regions layer")
+        default = os.environ.get(CAPTIONER_ENV, "")
+        self.captioner = FileEdit(label="Captioner", mode="d", value=default or None,
+                                  tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
+        self.beams = SpinBox(label="Beams", value=3, min=1, max=10)
+        self.n_best = SpinBox(label="N-best", value=3, min=1, max=10)
+        self.caption_button = PushButton(text="Caption shapes", tooltip="the selected shapes, or all if none is selected")
+        self.which = Label(value="select a shape to see its captions")
+        self.nbest_list = QListWidget()
+        self.nbest_list.setWordWrap(True)
+        self.nbest_list.setMinimumHeight(90)
+        self.edit = LineEdit(label="Caption", value="")
+        self.apply_button = PushButton(text="Set caption")
+        super().__init__(
+            widgets=[self.shapes, self.new_layer_button, self.captioner, self.beams, self.n_best,
+                     self.caption_button, self.which, self.edit, self.apply_button],
+            labels=True,
+        )
+        # The n-best list sits under the "which shape" label.
+        layout = self.native.layout()
+        layout.insertWidget(layout.indexOf(self.which.native) + 1, self.nbest_list)
+        self.new_layer_button.changed.connect(self.new_layer)
+        self.caption_button.changed.connect(self.caption)
+        self.apply_button.changed.connect(self.apply_edit)
+        self.edit.native.returnPressed.connect(self.apply_edit)
+        self.nbest_list.itemClicked.connect(self._choose_item)
+        self.shapes.changed.connect(self._watch)
+        self._watched: Any = None
+        self._shown: int | None = None
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @handler
+    def new_layer(self) -> Any:
+        """Add an empty regions layer on the slide, in rectangle-drawing mode."""
+        _, info = self.ctx.require_slide()
+        layer = add_layer_data(self.ctx.viewer, ([], caption_layer_kwargs(info), "shapes"))
+        layer.mode = "add_rectangle"
+        self.shapes.value = layer
+        return layer
+
+    @handler
+    def caption(self) -> None:
+        """Caption the selected shapes (all shapes if none is selected) in a worker."""
+        from backend.api import CaptionRequest
+
+        slide_layer, info = self.ctx.require_slide()
+        layer = self.shapes.value
+        if layer is None or len(layer.data) == 0:
+            raise UserError("Regions: draw rectangles or polygons in a regions layer first")
+        if not self.captioner.value or str(self.captioner.value) in ("", "."):
+            raise UserError(f"Captioner: choose a captioner bundle folder (or set ${CAPTIONER_ENV})")
+        indices = sorted(layer.selected_data) or list(range(len(layer.data)))
+        indices = [i for i in indices if layer.shape_type[i] in ("rectangle", "polygon", "ellipse")]
+        if not indices:
+            raise UserError(f"{layer.name}: no rectangles, polygons or ellipses to caption")
+        regions = shape_regions(layer, slide_layer, indices)
+        request = CaptionRequest(
+            slide=self.ctx.slide_ref(info),
+            regions=tuple(regions),
+            captioner=str(self.captioner.value),
+            beams=int(self.beams.value),
+            n_best=min(int(self.n_best.value), int(self.beams.value)),
+        )
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            set_captions(layer, indices, result.captions)
+            self.show_shape(indices[0])
+
+        self.ctx.run(f"Captioning {len(regions)} region(s)", lambda progress, cancel: backend.caption(
+            request, progress=progress, cancel=cancel), done)
+
+    def show_shape(self, index: int | None) -> None:
+        """Show shape ``index``'s n-best captions and current caption in the form."""
+        layer = self.shapes.value
+        self.nbest_list.clear()
+        self._shown = index
+        if layer is None or index is None or index >= len(layer.data):
+            self.which.value = "select a shape to see its captions"
+            self.edit.value = ""
+            return
+        from napari_histoclip._shapes import CAPTION
+
+        self.which.value = f"shape {index}: click a caption to choose it"
+        current = str(layer.features[CAPTION].iloc[index]) if CAPTION in layer.features.columns else ""
+        for text, score in nbest(layer, index):
+            item = QListWidgetItem(f"{score:+.2f}  {text}")
+            item.setData(Qt.ItemDataRole.UserRole, text)
+            if text == current:
+                item.setSelected(True)
+            self.nbest_list.addItem(item)
+        self.edit.value = current if current != "nan" else ""
+
+    @handler
+    def choose(self, rank: int) -> None:
+        """Make the ``rank``-th n-best caption (0: best) the shown shape's caption."""
+        layer, index = self._current()
+        options = nbest(layer, index)
+        if not 0 <= rank < len(options):
+            raise UserError(f"shape {index}: no caption number {rank + 1} (it has {len(options)})")
+        choose_caption(layer, index, options[rank][0])
+        self.show_shape(index)
+
+    @handler
+    def apply_edit(self) -> None:
+        """Make the edited text the shown shape's caption."""
+        layer, index = self._current()
+        choose_caption(layer, index, self.edit.value.strip())
+        self.show_shape(index)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _current(self) -> tuple[Any, int]:
+        layer = self.shapes.value
+        if layer is None or self._shown is None or self._shown >= len(layer.data):
+            raise UserError("Caption: select a shape first")
+        return layer, self._shown
+
+    def _choose_item(self, item: QListWidgetItem) -> None:
+        self.choose(self.nbest_list.row(item))
+
+    def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        slide = self.ctx.slide_layer() if hasattr(self, "ctx") else None
+        want = slide_of(slide).path if slide is not None and slide_of(slide) else None
+        out = []
+        for lyr in self.ctx.viewer.layers:
+            if type(lyr).__name__ != "Shapes" or lyr.metadata.get("kind") == "hits":
+                continue
+            own = slide_of(lyr)
+            # Shapes of another slide would caption the wrong pixels; unowned ones are allowed.
+            if own is None or want is None or own.path == want:
+                out.append((lyr.name, lyr))
+        return out
+
+    def _watch(self, layer: Any) -> None:
+        """Follow the selection of the chosen regions layer to show its captions."""
+        if self._watched is not None:
+            try:
+                self._watched.selected_data.events.items_changed.disconnect(self._on_selection)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._watched = layer
+        if layer is not None:
+            layer.selected_data.events.items_changed.connect(self._on_selection)
+
+    def _on_selection(self, event: Any = None) -> None:
+        layer = self.shapes.value
+        selected = sorted(layer.selected_data) if layer is not None else []
+        if selected:
+            self.show_shape(selected[0])

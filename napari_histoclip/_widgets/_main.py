@@ -1,0 +1,238 @@
+"""The HistoCLIP dock: a shared header (model, device, slide), one tab per task, one footer.
+
+Why one tabbed dock rather than a dock per task: the tasks share one ``Backend`` (a loaded model
+and its in-memory caches are worth keeping), one model/device/slide choice, and one progress bar
+with a cancel button; a pathologist moves between them on the same slide, and four docks would
+crowd the canvas. Each tab is a magicgui ``Container`` whose handlers tests call directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
+from napari_histoclip._tasks import TaskRunner, TaskState
+
+F = TypeVar("F", bound=Callable[..., Any])
+BackendFactory = Callable[[str | None], Any]
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+
+
+class UserError(Exception):
+    """A form the user must fix (no slide open, no prompts): shown, never raised to napari."""
+
+
+def handler(fn: F) -> F:
+    """Wrap a button handler: user and backend errors become one notification."""
+
+    @wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        from napari.utils.notifications import show_error
+
+        from backend.errors import HistoclipError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, HistoclipError) as e:
+            show_error(str(e))
+            return None
+
+    return wrapped  # type: ignore[return-value]
+
+
+def local_backend(device: str | None) -> Any:
+    """The in-process backend (imports torch on first use, not before)."""
+    from backend.local import LocalBackend
+
+    return LocalBackend(device=None if device in (None, "auto") else device)
+
+
+class HistoclipWidget(QWidget):
+    """The plugin's dock widget.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    backend
+        A ``backend.api.Backend`` to use (tests pass a double); by default one is made on first
+        use by ``backend_factory``.
+    backend_factory
+        Makes a backend for a device name; default: :func:`local_backend`.
+    """
+
+    def __init__(
+        self,
+        viewer: Any,
+        backend: Any | None = None,
+        backend_factory: BackendFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self._backend = backend
+        self._factory = backend_factory or local_backend
+        self._random_warned: set[str] = set()
+
+        self.model = ComboBox(label="Model", choices=[], nullable=False, tooltip="CLIP model from the registry")
+        self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
+        self.slide = ComboBox(label="Slide", choices=self._slide_choices, tooltip="the slide layer to work on")
+        self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
+        self.header = Container(widgets=[self.model, self.device, self.slide, self.embed_button])
+        self.device.changed.connect(self._device_changed)
+        self.embed_button.changed.connect(self.embed)
+
+        self.progress = ProgressBar(value=0, min=0, max=1, label="")
+        self.status = Label(value="ready")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button.changed.connect(self.cancel)
+        self.footer = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
+        self.runner = TaskRunner(self._show_state)
+
+        from napari_histoclip._widgets._caption import CaptionPanel
+        from napari_histoclip._widgets._export import ExportPanel
+        from napari_histoclip._widgets._search import SearchPanel
+        from napari_histoclip._widgets._zeroshot import ZeroShotPanel
+
+        self.zero_shot = ZeroShotPanel(self)
+        self.captions = CaptionPanel(self)
+        self.search = SearchPanel(self)
+        self.export = ExportPanel(self)
+        self.tabs = QTabWidget(self)
+        for panel, title in (
+            (self.zero_shot, "Zero-shot"),
+            (self.captions, "Caption"),
+            (self.search, "Find similar"),
+            (self.export, "Export"),
+        ):
+            self.tabs.addTab(panel.native, title)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.header.native)
+        layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.footer.native)
+
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._layers_changed)
+        self.refresh_models()
+
+    # --- shared state the panels use ------------------------------------------------------
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            try:
+                self._backend = self._factory(self.device.value)
+            except ImportError as e:
+                raise UserError(f"backend: the in-process backend is not available ({e})") from e
+        return self._backend
+
+    @property
+    def model_name(self) -> str:
+        if not self.model.value:
+            raise UserError("Model: no model chosen (the registry listed none)")
+        return str(self.model.value)
+
+    def slide_layer(self) -> Any | None:
+        return self.slide.value
+
+    def require_slide(self) -> tuple[Any, SlideInfo]:
+        """The chosen slide layer and its slide, or a UserError saying to open one."""
+        layer = self.slide.value
+        info = slide_of(layer) if layer is not None else None
+        if layer is None or info is None:
+            raise UserError("Slide: open a whole-slide image first (File > Open, or drag it in)")
+        return layer, info
+
+    def slide_ref(self, info: SlideInfo) -> Any:
+        from backend.api import SlideRef
+
+        return SlideRef(info.path, info.mpp)
+
+    def run(self, label: str, fn: Callable[..., Any], on_done: Callable[[Any], None]) -> bool:
+        """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread."""
+        return self.runner.run(label, fn, on_done)
+
+    def warn_random(self, result: Any, model: str) -> None:
+        """Say once per model that its weights are random (test models): results mean nothing."""
+        from napari.utils.notifications import show_warning
+
+        if getattr(result, "random_weights", False) and model not in self._random_warned:
+            self._random_warned.add(model)
+            show_warning(f"model {model}: random weights (a test model); its labels and scores mean nothing")
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @handler
+    def refresh_models(self) -> None:
+        """List the registry's models in the model picker."""
+        try:
+            infos = self.backend.list_models()
+        except UserError:
+            self.model.choices = []
+            raise
+        choices = [(f"{m.name} (random weights)" if m.random_weights else m.name, m.name) for m in infos]
+        self.model.choices = choices
+        if choices and self.model.value is None:
+            self.model.value = choices[0][1]
+
+    @handler
+    def embed(self) -> None:
+        """Embed the chosen slide's tissue tiles (no-op when cached), with progress."""
+        _, info = self.require_slide()
+        ref, model, backend = self.slide_ref(info), self.model_name, self.backend
+
+        def done(res: Any) -> None:
+            from napari.utils.notifications import show_info
+
+            self.warn_random(res, model)
+            how = "from the cache" if res.from_cache else f"in {self.runner.last_duration:.1f} s"
+            show_info(f"{info.name}: {res.n_tiles} tiles embedded with {model} {how}")
+
+        self.run(f"Embedding {info.name}", lambda progress, cancel: backend.embed_slide(
+            ref, model, progress=progress, cancel=cancel), done)
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+        self.status.value = "cancelling…"
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(lyr.name, lyr) for lyr in slide_layers(self.viewer.layers)]
+
+    def _layers_changed(self, event: Any = None) -> None:
+        before = self.slide.value
+        self.slide.reset_choices()
+        added = getattr(event, "value", None)
+        if event is not None and getattr(event, "type", "") == "inserted" and added in slide_layers([added]):
+            self.slide.value = added  # a slide just opened is the one to work on
+        elif before is not None and before in [c[1] for c in self._slide_choices()]:
+            self.slide.value = before
+        for panel in (self.zero_shot, self.captions, self.search, self.export):
+            panel.reset_choices()
+
+    def _device_changed(self, value: str) -> None:
+        # A new device means a new backend (models are loaded on a device); made on next use.
+        self._backend = None
+
+    def _show_state(self, state: TaskState | None) -> None:
+        busy = state is not None
+        self.cancel_button.enabled = busy
+        self.embed_button.enabled = not busy
+        if state is None:
+            self.status.value = "ready"
+            self.progress.max, self.progress.value = 1, 0
+            return
+        self.status.value = state.text
+        # total 0: unknown length; a full bar would lie, an empty one says "started".
+        self.progress.max = max(state.total, 1)
+        self.progress.value = min(state.done, self.progress.max)
+
+

@@ -1,0 +1,202 @@
+"""Find-similar tab: build or pick a cohort index, query by shape or text, browse the hits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from napari_histoclip._layers import hit_shapes_layer, is_ours
+from napari_histoclip._reader import open_slide_quietly, read_slide_layer, slide_path
+from napari_histoclip._slide import find_slide_layer, slide_of
+from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
+from napari_histoclip._widgets._main import UserError, handler
+
+THUMB = 96  # px, the result list's thumbnails
+
+
+@dataclass(frozen=True)
+class ShownHit:
+    """A search hit with its thumbnail (``(h, w, 3)`` uint8, or None if unreadable)."""
+
+    hit: Any
+    thumbnail: np.ndarray | None
+
+
+def slides_in(folder: str | Path) -> list[str]:
+    """Slide files (and slide folders) directly in ``folder``, sorted."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        target = slide_path(p)
+        if target is not None and not p.name.startswith("."):
+            out.append(str(target))
+    return sorted(set(out))
+
+
+def hit_thumbnails(hits: Any, size: int = THUMB) -> list[ShownHit]:
+    """Read a thumbnail of each hit box from its slide (in the worker: this reads pixels)."""
+    opened: dict[str, Any] = {}
+    out = []
+    try:
+        for hit in hits:
+            thumb = None
+            try:
+                slide = opened.get(hit.slide_path) or open_slide_quietly(hit.slide_path)
+                opened[hit.slide_path] = slide
+                x, y, w, h = hit.box
+                level = slide.best_level_for_downsample(max(w, h) / size)
+                ds = slide.level_downsamples[level]
+                thumb = slide.read_region((int(x), int(y)), level, (max(1, round(w / ds)), max(1, round(h / ds))))
+            except Exception:  # noqa: BLE001 - a missing thumbnail must not lose the hit
+                thumb = None
+            out.append(ShownHit(hit, thumb))
+    finally:
+        for slide in opened.values():
+            slide.close()
+    return out
+
+
+def _icon(pixels: np.ndarray | None) -> QIcon:
+    if pixels is None:
+        return QIcon()
+    rgb = np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+    return QIcon(QPixmap.fromImage(image).scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
+                                                 Qt.TransformationMode.SmoothTransformation))
+
+
+class SearchPanel(Container):
+    """Index choice and building, queries, and a clickable result list."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.index = FileEdit(label="Index", mode="d", value=None, tooltip="a cohort index folder")
+        self.folder = FileEdit(label="Slides folder", mode="d", value=None, tooltip="index every slide in it")
+        self.build_button = PushButton(text="Build index from folder")
+        self.k = SpinBox(label="Hits", value=12, min=1, max=200)
+        self.exclude = CheckBox(text="Skip the query's own slide", value=True)
+        self.text = LineEdit(label="Text query", value="")
+        self.text_button = PushButton(text="Search text")
+        self.shape_button = PushButton(text="Search selected shape")
+        self.results = QListWidget()
+        self.results.setIconSize(QSize(THUMB, THUMB))
+        self.results.setMinimumHeight(220)
+        self.results.setSpacing(2)
+        super().__init__(
+            widgets=[self.index, self.folder, self.build_button, self.k, self.exclude, self.text,
+                     self.text_button, self.shape_button],
+            labels=True,
+        )
+        self.native.layout().addWidget(self.results)
+        self.build_button.changed.connect(self.build_index)
+        self.text_button.changed.connect(self.search_text)
+        self.text.native.returnPressed.connect(self.search_text)
+        self.shape_button.changed.connect(self.search_shape)
+        self.results.itemClicked.connect(lambda item: self.open_hit(self.results.row(item)))
+        self.hits: list[ShownHit] = []
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @handler
+    def build_index(self) -> None:
+        """Embed every slide in the folder into the index (resumable), with progress."""
+        from backend.api import IndexRequest
+
+        folder = self.folder.value
+        if not folder or not Path(folder).is_dir() or str(folder) == ".":
+            raise UserError("Slides folder: choose a folder of slides to index")
+        slides = slides_in(folder)
+        if not slides:
+            raise UserError(f"{folder}: no slide files in it")
+        index = self.index.value
+        if not index or str(index) in ("", "."):
+            index = Path(folder) / "histoclip-index"
+        request = IndexRequest(tuple(slides), str(index), self.ctx.model_name)
+        backend = self.ctx.backend
+
+        def done(info: Any) -> None:
+            from napari.utils.notifications import show_info
+
+            self.index.value = info.index_path
+            show_info(f"{Path(info.index_path).name}: {info.n_slides} slides, {info.n_vectors} tiles indexed")
+
+        self.ctx.run(f"Indexing {len(slides)} slides", lambda progress, cancel: backend.build_index(
+            request, progress=progress, cancel=cancel), done)
+
+    @handler
+    def search_text(self) -> None:
+        """Tiles of the cohort closest to a text query."""
+        query = self.text.value.strip()
+        if not query:
+            raise UserError("Text query: type what to find, e.g. 'mitotic figures'")
+        self._search(text=query)
+
+    @handler
+    def search_shape(self) -> None:
+        """Regions of the cohort like the selected shape on the current slide."""
+        from napari_histoclip._shapes import shape_regions
+
+        slide_layer, info = self.ctx.require_slide()
+        layer = self.ctx.viewer.layers.selection.active
+        if type(layer).__name__ != "Shapes" or not layer.selected_data:
+            raise UserError("Search: select a shape (rectangle or polygon) on the slide first")
+        (region,) = shape_regions(layer, slide_layer, [min(layer.selected_data)])
+        self._search(slide=self.ctx.slide_ref(info), region=region)
+
+    def _search(self, **query: Any) -> None:
+        from backend.api import SearchRequest
+
+        index = self.index.value
+        if not index or not Path(index).exists() or str(index) == ".":
+            raise UserError("Index: choose a cohort index folder, or build one from a folder of slides")
+        request = SearchRequest(str(index), k=int(self.k.value), exclude_query_slide=bool(self.exclude.value), **query)
+        backend = self.ctx.backend
+
+        def work(progress: Any, cancel: Any) -> list[ShownHit]:
+            return hit_thumbnails(backend.search(request).hits)
+
+        self.ctx.run("Searching", work, self.show_hits)
+
+    def show_hits(self, hits: list[ShownHit]) -> None:
+        """Fill the result list: thumbnail, score, slide and place."""
+        from napari.utils.notifications import show_info
+
+        self.hits = list(hits)
+        self.results.clear()
+        for rank, shown in enumerate(self.hits, 1):
+            h = shown.hit
+            x, y, w, _ = h.box
+            item = QListWidgetItem(_icon(shown.thumbnail), f"#{rank}  {h.score:.3f}\n{h.slide_name}\nat ({x:.0f}, {y:.0f}), {w:.0f} px")
+            item.setToolTip(f"{h.slide_path}\nbox (x, y, w, h) = {tuple(round(v) for v in h.box)}; click to go there")
+            self.results.addItem(item)
+        if not self.hits:
+            show_info("Search: no hits (is the index empty, or only the query's own slide in it?)")
+
+    @handler
+    def open_hit(self, row: int) -> None:
+        """Open the hit's slide if needed, outline the hit, centre and zoom the view on it."""
+        if not 0 <= row < len(self.hits):
+            raise UserError(f"Search: no result number {row + 1}")
+        hit = self.hits[row].hit
+        viewer = self.ctx.viewer
+        layer = find_slide_layer(viewer.layers, hit.slide_path)
+        if layer is None:
+            data = read_slide_layer(hit.slide_path)
+            if data is None:
+                return  # the reader has already said why
+            layer = add_layer_data(viewer, data)
+        info = slide_of(layer)
+        show_only_slide(viewer, info)
+        self.ctx.slide.value = layer
+        same = [(i, s.hit) for i, s in enumerate(self.hits) if Path(s.hit.slide_path).resolve() == Path(info.path).resolve()]
+        shapes = hit_shapes_layer([h.box for _, h in same], info, [f"#{i + 1} {h.score:.2f}" for i, h in same])
+        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, "hits") and slide_of(lyr).path == info.path)
+        new[0].selected_data = {[i for i, _ in same].index(row)}
+        frame_box(viewer, hit.box, info)

@@ -1,0 +1,151 @@
+"""Zero-shot tab: class prompts to a class map and probability maps; a text query to a heatmap."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, TextEdit
+
+from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
+from napari_histoclip._slide import slide_of
+from napari_histoclip._viewer import replace_layers
+from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._prompts import PromptTable
+
+WHOLE_SLIDE = "whole slide"
+SELECTED_SHAPE = "selected shape"
+
+
+def legend_html(entries: list[LegendEntry]) -> str:
+    """The legend as rich text: a colour swatch, the class and its share of the tissue."""
+    rows = "".join(
+        f'<tr><td style="background-color:{e.color}">&nbsp;&nbsp;&nbsp;&nbsp;</td>'
+        f"<td>&nbsp;{html.escape(e.label)}</td><td align='right'>&nbsp;{100 * e.fraction:.0f} %</td></tr>"
+        for e in entries
+    )
+    return f"<table cellspacing='2'>{rows}</table>"
+
+
+class ZeroShotPanel(Container):
+    """Class prompts, templates and an unknown threshold; results as layers with a legend."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.prompts = PromptTable()
+        self.templates = TextEdit(
+            label="Templates",
+            value="",
+            tooltip="one per line with {} for the class, e.g. 'an H&E image of {}'; empty: the defaults",
+        )
+        self.templates.native.setPlaceholderText("empty: the default histopathology templates\na photomicrograph of {}.")
+        self.templates.native.setMaximumHeight(60)
+        self.threshold = FloatSpinBox(
+            label="Unknown below", value=0.0, min=0.0, max=1.0, step=0.05,
+            tooltip="tiles whose best class probability is below this are 'unknown' (0: off)",
+        )
+        self.scope = ComboBox(label="Where", choices=[WHOLE_SLIDE, SELECTED_SHAPE], value=WHOLE_SLIDE)
+        self.run_button = PushButton(text="Label slide")
+        self.legend = Label(value="")
+        self.query = LineEdit(label="Text query", value="", tooltip="e.g. 'tumor cells with mitoses'")
+        self.heatmap_button = PushButton(text="Heatmap")
+        super().__init__(
+            widgets=[self.templates, self.threshold, self.scope, self.run_button, self.legend,
+                     self.query, self.heatmap_button],
+            labels=True,
+        )
+        self.native.layout().insertWidget(0, self.prompts)
+        self.run_button.changed.connect(self.run)
+        self.heatmap_button.changed.connect(self.run_heatmap)
+        self.query.native.returnPressed.connect(self.run_heatmap)
+
+    # --- handlers -------------------------------------------------------------------------
+
+    @handler
+    def run(self) -> None:
+        """Label the slide (or the selected shape) with the prompts; replaces earlier results."""
+        from backend.api import ZeroShotRequest
+
+        slide_layer, info = self.ctx.require_slide()
+        rows = self.prompts.rows()
+        if len(rows) < 2:
+            raise UserError("Zero-shot: give at least two class prompts")
+        labels = [r.label for r in rows]
+        if len(set(labels)) != len(labels):
+            raise UserError(f"Zero-shot: class prompts must differ ({', '.join(labels)})")
+        templates = tuple(t.strip() for t in self.templates.value.splitlines() if t.strip())
+        bad = [t for t in templates if "{}" not in t]
+        if bad:
+            raise UserError(f"Templates: '{bad[0]}' has no {{}} where the class goes")
+        region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
+        request = ZeroShotRequest(
+            slide=self.ctx.slide_ref(info),
+            model=self.ctx.model_name,
+            labels=tuple(labels),
+            synonyms=tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else (),
+            templates=templates,
+            unknown_threshold=self.threshold.value or None,
+            region=region,
+        )
+        colors = [r.color for r in rows]
+        backend, model = self.ctx.backend, request.model
+
+        def done(result: Any) -> None:
+            self.ctx.warn_random(result, model)
+            self.show_result(result, info, colors, region is not None)
+
+        self.ctx.run(f"Zero-shot on {info.name}", lambda progress, cancel: backend.zero_shot(
+            request, progress=progress, cancel=cancel), done)
+
+    def show_result(self, result: Any, info: Any, colors: list[str], region: bool) -> list[Any]:
+        """Put a zero-shot result on the viewer, replacing the previous one of this slide."""
+        new = class_map_layers(result, info, colors, region=region)
+        for _, kwargs, _ in new:
+            kwargs["metadata"]["region"] = region
+
+        def stale(layer: Any) -> bool:
+            own = slide_of(layer)
+            return (
+                own is not None and own.path == info.path
+                and layer.metadata.get("kind") in ("class_map", "probability")
+                and bool(layer.metadata.get("region", False)) == region
+            )
+
+        layers = replace_layers(self.ctx.viewer, new, stale)
+        self.legend.value = legend_html(legend(result.labels, colors, result.class_map))
+        # The class map is the layer to hover: its status line names the class.
+        self.ctx.viewer.layers.selection.active = layers[0]
+        return layers
+
+    @handler
+    def run_heatmap(self) -> None:
+        """Similarity of every tile to a text query, as a heatmap layer."""
+        from backend.api import HeatmapRequest
+
+        _, info = self.ctx.require_slide()
+        query = self.query.value.strip()
+        if not query:
+            raise UserError("Text query: type what to look for, e.g. 'necrosis'")
+        request = HeatmapRequest(self.ctx.slide_ref(info), self.ctx.model_name, query)
+        backend, model = self.ctx.backend, request.model
+
+        def done(result: Any) -> None:
+            self.ctx.warn_random(result, model)
+            data = heatmap_layer(result, info)
+            name = data[1]["name"]
+            replace_layers(self.ctx.viewer, [data], lambda lyr: lyr.name == name)
+
+        self.ctx.run(f"Heatmap '{query}'", lambda progress, cancel: backend.heatmap(
+            request, progress=progress, cancel=cancel), done)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _region(self, slide_layer: Any) -> Any:
+        """The selected shape of the active Shapes layer, as a region on the slide."""
+        from napari_histoclip._shapes import shape_regions
+
+        layer = self.ctx.viewer.layers.selection.active
+        if type(layer).__name__ != "Shapes" or not layer.selected_data:
+            raise UserError("Where: select a shape (rectangle or polygon) in a Shapes layer first")
+        index = min(layer.selected_data)
+        return shape_regions(layer, slide_layer, [index])[0]

@@ -1,0 +1,184 @@
+"""A numpy test double of the ``Backend`` Protocol: deterministic maps, captions and hits.
+
+Used where the real ``LocalBackend`` is not the point: error paths, cancellation and the
+responsiveness test (its ``tile_delay`` sleeps in the worker like a model would compute).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backend.api import (
+    Caption,
+    CaptionRequest,
+    CaptionResult,
+    EmbedResult,
+    GridGeometry,
+    HeatmapRequest,
+    HeatmapResult,
+    IndexInfo,
+    IndexRequest,
+    ModelInfo,
+    Progress,
+    ProgressCallback,
+    SearchHit,
+    SearchRequest,
+    SearchResult,
+    SlideRef,
+    TileOptions,
+    ZeroShotRequest,
+    ZeroShotResult,
+)
+from backend.errors import CancelledError, SlideNotFoundError
+
+
+def slide_size(path: str) -> tuple[int, int]:
+    """Level-0 (width, height) of a TIFF-based slide, read with tifffile (no backend)."""
+    import tifffile
+
+    if not Path(path).exists():
+        raise SlideNotFoundError(path, "no such file")
+    with tifffile.TiffFile(path) as tf:
+        h, w = tf.pages[0].shape[:2]
+    return int(w), int(h)
+
+
+@dataclass
+class FakeBackend:
+    """Implements ``backend.api.Backend`` with numpy.
+
+    Attributes
+    ----------
+    tile: level-0 pixels per grid cell.
+    tile_delay: seconds slept per tile while "embedding" (in the caller's thread).
+    calls: names of the methods called, in order (tests assert on them).
+    """
+
+    tile: int = 448
+    tile_delay: float = 0.0
+    calls: list[str] = field(default_factory=list)
+    embedded: set[str] = field(default_factory=set)
+    fail_with: Exception | None = None
+
+    def list_models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo("fake-clip", "test double", 8, "MIT", True, "deterministic numpy maps"),
+            ModelInfo("fake-clip-2", "test double", 8, "MIT", True),
+        ]
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _geometry(self, path: str) -> GridGeometry:
+        w, h = slide_size(path)
+        rows, cols = -(-h // self.tile), -(-w // self.tile)
+        half = (self.tile - 1) / 2
+        return GridGeometry((rows, cols), (float(self.tile), float(self.tile)), (half, half))
+
+    def _tissue(self, shape: tuple[int, int]) -> np.ndarray:
+        mask = np.ones(shape, bool)
+        mask[0, 0] = False  # one background cell, so "no tissue" is exercised
+        return mask
+
+    def embed_slide(
+        self,
+        slide: SlideRef,
+        model: str,
+        tiles: TileOptions = TileOptions(),
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EmbedResult:
+        self.calls.append("embed_slide")
+        if self.fail_with is not None:
+            raise self.fail_with
+        geom = self._geometry(slide.path)
+        n = geom.shape[0] * geom.shape[1]
+        cached = slide.path in self.embedded
+        if not cached:
+            for i in range(n):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError(f"{Path(slide.path).name}: embedding cancelled at tile {i}/{n}")
+                if self.tile_delay:
+                    time.sleep(self.tile_delay)
+                if progress is not None:
+                    progress(Progress(i + 1, n, "embedding"))
+            self.embedded.add(slide.path)
+        return EmbedResult(Path(slide.path).stem, model, n, geom, cached, True)
+
+    def zero_shot(self, request, *, progress=None, cancel=None) -> ZeroShotResult:  # noqa: ANN001
+        self.calls.append("zero_shot")
+        self.embed_slide(request.slide, request.model, request.tiles, progress=progress, cancel=cancel)
+        geom = self._geometry(request.slide.path)
+        rows, cols = geom.shape
+        n = len(request.labels)
+        r, c = np.mgrid[0:rows, 0:cols]
+        # Smooth class fields that depend on the label text, so new prompts give a new map.
+        logits = np.stack(
+            [np.sin(r / 2.0 + (hash(lab) % 7)) + np.cos(c / 3.0 + i) for i, lab in enumerate(request.labels)]
+        ).astype(np.float32)
+        e = np.exp(logits - logits.max(axis=0))
+        probs = e / e.sum(axis=0)
+        tissue = self._tissue((rows, cols))
+        cm = (probs.argmax(axis=0) + 1).astype(np.int32)
+        if request.unknown_threshold is not None:
+            cm[probs.max(axis=0) < request.unknown_threshold] = n + 1
+        cm[~tissue] = 0
+        probs[:, ~tissue] = np.nan
+        return ZeroShotResult(tuple(request.labels), cm, probs.astype(np.float32), geom, True)
+
+    def heatmap(self, request: HeatmapRequest, *, progress=None, cancel=None) -> HeatmapResult:  # noqa: ANN001
+        self.calls.append("heatmap")
+        self.embed_slide(request.slide, request.model, request.tiles, progress=progress, cancel=cancel)
+        geom = self._geometry(request.slide.path)
+        rows, cols = geom.shape
+        r, c = np.mgrid[0:rows, 0:cols]
+        sim = (np.sin(r / 2.0) * np.cos(c / 2.0) * 0.3).astype(np.float32)
+        sim[~self._tissue((rows, cols))] = np.nan
+        return HeatmapResult(request.query, sim, geom, True)
+
+    def caption(self, request: CaptionRequest, *, progress=None, cancel=None) -> CaptionResult:  # noqa: ANN001
+        self.calls.append("caption")
+        caps = []
+        for i, region in enumerate(request.regions):
+            x, y, w, h = region.bounds
+            texts = tuple(
+                f"{['tumour', 'stroma', 'fat'][(i + k) % 3]} region {i} at {x:.0f},{y:.0f} option {k}"
+                for k in range(request.n_best)
+            )
+            caps.append(Caption(texts, tuple(-0.5 - k * 0.25 for k in range(request.n_best))))
+            if progress is not None:
+                progress(Progress(i + 1, len(request.regions), "captioning"))
+        return CaptionResult(tuple(caps))
+
+    def build_index(self, request: IndexRequest, *, progress=None, cancel=None) -> IndexInfo:  # noqa: ANN001
+        self.calls.append("build_index")
+        n_vec = 0
+        for i, s in enumerate(request.slides):
+            res = self.embed_slide(SlideRef(s), request.model, request.tiles, cancel=cancel)
+            n_vec += res.n_tiles
+            if progress is not None:
+                progress(Progress(i + 1, len(request.slides), "indexing"))
+        Path(request.index_path).mkdir(parents=True, exist_ok=True)
+        (Path(request.index_path) / "slides.txt").write_text("\n".join(request.slides))
+        return IndexInfo(request.index_path, request.model, len(request.slides), n_vec)
+
+    def search(self, request: SearchRequest) -> SearchResult:
+        self.calls.append("search")
+        slides_file = Path(request.index_path) / "slides.txt"
+        if not slides_file.is_file():
+            from backend.errors import InputError
+
+            raise InputError(f"{request.index_path}: not an index (no slides.txt)")
+        slides = slides_file.read_text().splitlines()
+        hits = []
+        for k in range(request.k):
+            path = slides[k % len(slides)]
+            w, h = slide_size(path)
+            x, y = (k * 311) % max(w - 448, 1), (k * 173) % max(h - 448, 1)
+            hits.append(SearchHit(Path(path).stem, path, (float(x), float(y), 448.0, 448.0), 0.9 - 0.05 * k, 4))
+        return SearchResult(tuple(hits))
