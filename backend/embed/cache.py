@@ -48,7 +48,10 @@ _CHUNK_ROWS = 256  # rows of vectors per chunk: a batch rewrites at most ~0.5 MB
 
 
 def _slug(text: str, max_len: int = 48) -> str:
-    """A filesystem-safe name for ``text``, with a hash so distinct ids never collide."""
+    """A filesystem-safe name for ``text``; a hash is appended when characters had to be
+    replaced or cut, so distinct ids never collide."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) and len(text) <= max_len:
+        return text
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:max_len]
     return f"{safe}-{digest}" if safe else digest

@@ -71,7 +71,7 @@ def load_model_arg(model: Any, device: Any = None) -> Any:
     return model
 
 
-def grid_key(slide: Any, spec: Any, *, tissue: np.ndarray | None = None, use_tissue: bool = True) -> str:
+def grid_key(slide: Any, spec: Any, *, tissue: Any = None, use_tissue: bool = True) -> str:
     """The cache's tile-spec key: ``spec.key()`` plus what else decides which tiles exist.
 
     A target-mpp spec cuts different tiles when a user gives a different mpp for a slide
@@ -84,7 +84,7 @@ def grid_key(slide: Any, spec: Any, *, tissue: np.ndarray | None = None, use_tis
     if not use_tissue:
         key += "-alltiles"
     elif tissue is not None:
-        mask = np.ascontiguousarray(tissue)
+        mask = np.ascontiguousarray(getattr(tissue, "mask", tissue))  # a TissueMask or a bare array
         digest = hashlib.sha1(str(mask.shape).encode() + mask.astype(np.uint8).tobytes()).hexdigest()[:12]
         key += f"-mask{digest}"
     return key
@@ -99,13 +99,10 @@ def _default_spec(spec: Any) -> Any:
 
 
 def _grid_origin(grid: Any) -> tuple[float, float]:
-    origin = getattr(grid, "origin", None)
-    if origin is not None:
-        return float(origin[0]), float(origin[1])
-    if len(grid.coords):  # derive it from any tile: coords = origin + (col, row) * stride
-        (x, y), (r, c) = grid.coords[0], grid.grid_index[0]
-        return float(x - c * grid.stride), float(y - r * grid.stride)
-    return 0.0, 0.0
+    # backend.slides anchors every grid at the slide's origin (so a region's tiles are the
+    # whole-slide grid's tiles); a grid type with its own origin may say so.
+    origin = getattr(grid, "origin", (0.0, 0.0))
+    return float(origin[0]), float(origin[1])
 
 
 def lookup_cached(
@@ -115,7 +112,7 @@ def lookup_cached(
     *,
     cache: EmbeddingCache | None,
     mpp: float | None = None,
-    tissue: np.ndarray | None = None,
+    tissue: Any = None,
     use_tissue: bool = True,
     device: Any = None,
 ) -> SlideEmbeddings | None:
@@ -224,7 +221,7 @@ def iter_embed_slide(
     cache: EmbeddingCache | None = None,
     mpp: float | None = None,
     region: Any = None,
-    tissue: np.ndarray | None = None,
+    tissue: Any = None,
     use_tissue: bool = True,
     batch_size: int = 32,
     num_workers: int = 2,
@@ -250,7 +247,7 @@ def iter_embed_slide(
     region : box (x, y, w, h), (N, 2) polygon or ``backend.api.Region``, optional
         Encode only the tiles under this level-0 region (see :mod:`backend.embed.region`);
         such partial results are not cached, but a cached whole slide serves them.
-    tissue : (h, w) bool array, optional
+    tissue : TissueMask, optional
         A tissue mask to use instead of the automatic one; ``use_tissue=False`` keeps every tile.
     batch_size, num_workers, prefetch
         Tiles per model call; reader threads; batches read ahead (default workers + 1).

@@ -48,34 +48,23 @@ def as_polygon(region: RegionArg) -> np.ndarray:
     return arr
 
 
-def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """(M,) bool: which (x, y) ``points`` lie inside ``polygon`` (even-odd rule)."""
-    px, py = points[:, 0], points[:, 1]
-    inside = np.zeros(len(points), dtype=bool)
-    xs, ys = polygon[:, 0], polygon[:, 1]
-    for i in range(len(polygon)):  # loop over edges, vectorised over points
-        x0, y0, x1, y1 = xs[i - 1], ys[i - 1], xs[i], ys[i]
-        crosses = (y0 > py) != (y1 > py)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_at = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
-        inside ^= crosses & (px < x_at)
-    return inside
-
-
 def tiles_in_region(coords: np.ndarray, tile_extent: float, region: RegionArg) -> np.ndarray:
     """Indices (int64, ascending) of the tiles under ``region``; see the module docstring."""
+    # The centre rule is the one make_tile_grid(region=...) applies: one rule for both.
+    from backend.slides.tiling import _centres_inside
+
+    if hasattr(region, "points"):
+        region = region.points
     poly = as_polygon(region)
+    arr = np.asarray(region, dtype=np.float64)
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    centres = coords + float(tile_extent) / 2.0
-    hit = np.flatnonzero(points_in_polygon(centres, poly))
+    ext = float(tile_extent)
+    hit = np.flatnonzero(_centres_inside(coords + ext / 2.0, arr if arr.shape == (4,) else poly))
     if hit.size == 0 and len(coords):
         # A region smaller than a tile: the tiles its bounding box overlaps.
         (bx0, by0), (bx1, by1) = poly.min(axis=0), poly.max(axis=0)
-        ext = float(tile_extent)
-        overlap = (
-            (coords[:, 0] < bx1) & (coords[:, 0] + ext > bx0) & (coords[:, 1] < by1) & (coords[:, 1] + ext > by0)
-        )
-        hit = np.flatnonzero(overlap)
+        x, y = coords[:, 0], coords[:, 1]
+        hit = np.flatnonzero((x < bx1) & (x + ext > bx0) & (y < by1) & (y + ext > by0))
     return hit.astype(np.int64)
 
 

@@ -224,17 +224,21 @@ def _with_legend(image: Any, cm: ClassMap) -> Any:
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
         font = ImageFont.load_default()
     pad, box = size // 2, size
-    labels = [f"{n} ({counts.get(n, 0)})" for n, _ in entries]
+    labels = [f"{n} ({counts.get(n, 0)} tiles)" for n, _ in entries]
+    title = f"model: {cm.model_id}" if cm.model_id else ""
     probe = ImageDraw.Draw(image)
-    text_w = max(probe.textlength(t, font=font) for t in labels)
+    text_w = max(probe.textlength(t, font=font) for t in [*labels, title])
     width = int(pad * 3 + box + text_w + pad)
-    height = max(image.height, pad + len(entries) * (box + pad))
+    top = pad + (box + pad if title else 0)
+    height = max(image.height, top + len(entries) * (box + pad))
     out = Image.new("RGB", (image.width + width, height), (255, 255, 255))
     out.paste(image, (0, 0))
     draw = ImageDraw.Draw(out)
     x0 = image.width + pad
+    if title:
+        draw.text((x0, pad + box / 2), title, fill=(0, 0, 0), font=font, anchor="lm")
     for k, ((_, rgb), text) in enumerate(zip(entries, labels, strict=True)):
-        y = pad + k * (box + pad)
+        y = top + k * (box + pad)
         draw.rectangle((x0, y, x0 + box, y + box), fill=tuple(rgb), outline=(0, 0, 0))
         draw.text((x0 + box + pad, y + box / 2), text, fill=(0, 0, 0), font=font, anchor="lm")
     return out
