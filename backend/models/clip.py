@@ -107,6 +107,8 @@ class ClipModel:
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed texts: float32 (B, D), unit norm."""
         texts = _check_texts(texts)
+        if not texts:  # some tokenizers reject an empty batch
+            return torch.zeros((0, self.embed_dim), dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             return self._encode(self._text_features, self.tokenize(texts))
 

@@ -26,7 +26,10 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 # open_clip's own preference: safetensors first, then the pickle
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_TEXT_CONFIG_FILES = ("config.json",)
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt")
+# A transformers tokenizer needs one of these (fast, config, WordPiece or BPE vocab) ...
+HF_TOKENIZER_ANY = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+# ... and uses these when present (config.json tells AutoTokenizer the model type)
+HF_TOKENIZER_FILES = HF_TOKENIZER_ANY + ("special_tokens_map.json", "merges.txt", "config.json")
 
 TEST_TINY_SEED = 20240601
 TEST_TINY_CONFIG: dict[str, Any] = {
@@ -223,15 +226,18 @@ def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir:
     if text_cfg.get("hf_tokenizer_name"):
         tok_repo = text_cfg["hf_tokenizer_name"]
         tok_files = hub.fetch(
-            hub.HubRequest(tok_repo, {"tokenizer_config": ("tokenizer_config.json",)}, optional=HF_TOKENIZER_FILES, what=entry.name),
+            hub.HubRequest(tok_repo, {"tokenizer": HF_TOKENIZER_ANY}, optional=HF_TOKENIZER_FILES, what=entry.name),
             cache_dir=cache_dir,
         )
-        tokenizer_dir = tok_files["tokenizer_config"].parent
+        tokenizer_dir = tok_files["tokenizer"].parent
     module = build_open_clip_module(build_cfg)
     load_open_clip_weights(module, files["weights"])
-    preprocessing = Preprocessing.from_open_clip(
-        config.get("preprocess_cfg", {}), getattr(getattr(module, "visual", None), "image_size", None)
-    )
+    try:
+        preprocessing = Preprocessing.from_open_clip(
+            config.get("preprocess_cfg", {}), getattr(getattr(module, "visual", None), "image_size", None)
+        )
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"hub repository {repo}: bad 'preprocess_cfg' in {OPEN_CLIP_CONFIG}: {e}") from e
     return open_clip_model(
         module,
         entry=entry,

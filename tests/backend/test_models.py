@@ -191,6 +191,31 @@ def test_empty_cache_offline_names_every_missing_file(tmp_path: Path) -> None:
         load_model("hf-hub:org/not-cached", device="cpu", cache_dir=tmp_path)
 
 
+class _NotWeights:
+    """A pickled object that is not a tensor dict: ``weights_only`` loading must refuse it."""
+
+    def __reduce__(self):  # what a malicious checkpoint would do on unpickling
+        return (print, ("this code should never run",))
+
+
+def test_unusable_hub_weights_raise_and_never_execute(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from backend.models.loading import TEST_TINY_CONFIG
+
+    hub = tmp_path / "hub"
+    snapshot = make_hub_repo(hub, "org/tiny", {"open_clip_config.json": json.dumps({"model_cfg": TEST_TINY_CONFIG}).encode()})
+    (snapshot / "open_clip_pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot load weights .*open_clip_pytorch_model.bin"):
+        load_model("hf-hub:org/tiny", device="cpu", cache_dir=hub)
+    torch.save({"state_dict": _NotWeights()}, snapshot / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelError, match="open_clip_pytorch_model.bin"):
+        load_model("hf-hub:org/tiny", device="cpu", cache_dir=hub)
+    assert "should never run" not in capsys.readouterr().out
+    # a checkpoint of another architecture is refused (strict loading), not partly applied
+    torch.save(load_model("test-tiny", device="cpu").module.visual.state_dict(), snapshot / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelError, match="Missing key"):
+        load_model("hf-hub:org/tiny", device="cpu", cache_dir=hub)
+
+
 def test_unreachable_hub_fails_fast_when_not_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
@@ -259,6 +284,7 @@ def test_encoders_shapes_norms_and_validation() -> None:
     torch.testing.assert_close(text.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(model.encode_tokens(model.tokenize(["tumor"])), text[:1])
     assert model.tokenize(["tumor"]).shape == (1, 77)
+    assert model.encode_text([]).shape == (0, 32)
 
     with pytest.raises(InputError, match="uint8"):
         model.encode_images(images.astype(np.float32))
