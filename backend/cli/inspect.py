@@ -23,12 +23,22 @@ def _models(args: argparse.Namespace) -> int:
     rows = [("NAME", "SOURCE", "DIM", "LICENSE", "WEIGHTS")]
     for e in list_models():
         weights = "RANDOM (tests only)" if e.random_weights else "pretrained"
-        rows.append((e.name, e.source, str(e.embed_dim), e.license, weights))
+        rows.append((e.name, _source(e), str(e.embed_dim or "?"), e.license, weights))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print("\nAlso accepted: any 'hf-hub:ORG/REPO' open_clip id, or the path of a model bundle directory.")
     return 0
+
+
+def _source(entry: Any) -> str:
+    from backend.models import ModelFamily, SourceKind
+
+    if entry.source_kind == SourceKind.BUILTIN:
+        return "built in"
+    if entry.family == ModelFamily.HF_CLIP:
+        return f"{entry.source} (transformers)"
+    return f"hf-hub:{entry.source}" if entry.source_kind == SourceKind.HUB else entry.source
 
 
 def _info(args: argparse.Namespace) -> int:
