@@ -1,0 +1,164 @@
+"""The reader: real slides as lazy multiscale layers with their scale; never raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histoclip._reader import GuardedLevel, get_reader, read_slides
+
+SLIDES = {
+    # name: (level-0 (height, width), mpp or None)
+    "CMU-1-Small-Region.svs": ((2967, 2220), 0.499),
+    "tcga-cr-7395-01a-01-ts1.svs": ((3567, 4443), None),
+    "test3-DAPI-2-(387).ndpi": ((4864, 3968), 0.2282),
+    "kidney-48-5.tif": ((901, 1493), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLIDES))
+def test_reader_opens_each_slide_as_lazy_multiscale(slides_dir: Path, name: str, notes) -> None:
+    from napari.components import ViewerModel
+
+    path = slides_dir / name
+    reader = get_reader(str(path))
+    assert reader is not None
+    (layer_data,) = reader(str(path))
+    levels, kwargs, kind = layer_data
+    (h, w), mpp = SLIDES[name]
+    assert kind == "image" and kwargs["rgb"] and kwargs["multiscale"]
+    assert levels[0].shape == (h, w, 3) and levels[0].dtype == np.uint8
+    # Lazy: array-likes over dask, never numpy arrays of a whole level.
+    assert all(isinstance(lvl, GuardedLevel) for lvl in levels)
+    assert [lvl.shape[0] for lvl in levels] == sorted((lvl.shape[0] for lvl in levels), reverse=True)
+    if mpp is None:
+        assert kwargs["scale"] == (1.0, 1.0) and "units" not in kwargs
+        assert any("no microns-per-pixel" in m for m in notes.infos)
+    else:
+        assert kwargs["scale"] == pytest.approx((mpp, mpp), rel=1e-3)
+        assert kwargs["units"] == ("um", "um")
+    meta = kwargs["metadata"]["histoclip"]
+    assert Path(meta["path"]).resolve() == path.resolve() and (meta["height"], meta["width"]) == (h, w)
+
+    viewer = ViewerModel()
+    layer = viewer.add_layer(__import__("napari").layers.Layer.create(*layer_data))
+    assert layer.multiscale and layer.rgb
+    # Pixel centres span [0, n - 1] level-0 pixels, times the scale.
+    assert layer.extent.world[1][:2] == pytest.approx((np.array([h, w]) - 1) * (mpp or 1.0), rel=1e-3)
+    assert not notes.errors
+
+
+def test_slicing_reads_only_the_tiles_asked_for(cmu_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A viewport-sized slice reads a few chunks, not the level."""
+    from backend.slides.slide import Slide
+
+    pixels_read = []
+    original = Slide.read_region
+
+    def counting(self, location, level, size):  # noqa: ANN001
+        pixels_read.append(size[0] * size[1])
+        return original(self, location, level, size)
+
+    monkeypatch.setattr(Slide, "read_region", counting)
+    ((levels, _, _),) = read_slides(str(cmu_slide))
+    pixels_read.clear()
+    window = levels[0][1000:1200, 500:700]
+    assert window.shape == (200, 200, 3) and window.dtype == np.uint8 and window.mean() < 250  # tissue
+    assert 0 < sum(pixels_read) <= 4 * 512 * 512 < 2220 * 2967
+
+
+@pytest.mark.parametrize("path", ["README.md", "tiles/no-tissue.png", "tiles"])
+def test_not_slides_get_no_reader(testdata: Path, path: str) -> None:
+    assert get_reader(str(testdata / path)) is None
+
+
+def test_get_reader_accepts_dicom_folders(tmp_path: Path) -> None:
+    (tmp_path / "wsi").mkdir()
+    (tmp_path / "wsi" / "level-0.dcm").write_bytes(b"")
+    assert get_reader(str(tmp_path / "wsi")) is not None
+    assert get_reader([str(tmp_path / "wsi"), str(tmp_path / "x.txt")]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [("broken.svs", "not a slide"), ("unopenable.tiff", "52479"), ("unreadable.svs", "Bogus marker")],
+)
+def test_bad_slides_become_one_notification(testdata: Path, name: str, cause: str, notes) -> None:
+    path = testdata / "bad" / name
+    reader = get_reader(str(path))
+    assert reader is not None
+    assert reader(str(path)) == [(None,)]  # napari's "read, nothing to show"
+    (message,) = notes.errors
+    assert message.startswith(f"{name}: ") and cause in message
+    assert "Traceback" not in message
+
+
+@pytest.fixture
+def our_plugin(npe2pm):
+    """npe2's isolated plugin manager with only our manifest registered."""
+    from npe2 import PluginManifest
+
+    npe2pm.register(PluginManifest.from_file(Path(__file__).resolve().parents[2] / "napari.yaml"))
+    return npe2pm
+
+
+def test_viewer_open_uses_our_reader(cmu_slide: Path, our_plugin, notes) -> None:
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    (layer,) = viewer.open(str(cmu_slide), plugin="napari-histoclip")
+    assert layer.multiscale and layer.scale[-1] == pytest.approx(0.499)
+    assert not notes.errors
+
+
+def test_viewer_open_of_a_bad_slide_does_not_raise(testdata: Path, our_plugin, notes) -> None:
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    layers = viewer.open(str(testdata / "bad" / "broken.svs"), plugin="napari-histoclip")
+    assert layers == [] and len(viewer.layers) == 0
+    assert notes.errors and "broken.svs" in notes.errors[0]
+
+
+def test_good_and_bad_together(testdata: Path, notes) -> None:
+    out = read_slides([str(testdata / "bad" / "broken.svs"), str(testdata / "slides" / "kidney-48-5.tif")])
+    assert len(out) == 1 and out[0][2] == "image"
+    assert len(notes.errors) == 1
+
+
+def test_a_tile_that_fails_later_is_drawn_white(notes) -> None:
+    class Failing:
+        shape, dtype, ndim, size = (600, 800, 3), np.dtype(np.uint8), 3, 600 * 800 * 3
+
+        def __getitem__(self, key):  # noqa: ANN001
+            raise OSError("Bogus marker length")
+
+    level = GuardedLevel(Failing(), "x.svs")
+    out = level[10:20, 0:800:2]
+    assert out.shape == (10, 400, 3) and (out == 255).all()
+    level[0:1, 0:1]
+    assert len(notes.errors) == 1 and notes.errors[0].startswith("x.svs: ") and "Bogus" in notes.errors[0]
+
+
+def test_sample_data_uses_the_cache_and_says_so_offline(cmu_slide: Path, monkeypatch, tmp_path: Path, notes) -> None:
+    import shutil
+
+    import backend.sample_data as sd
+    from napari_histoclip._sample_data import cmu_small_region
+
+    monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(tmp_path))
+
+    def offline(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(sd.urllib.request, "urlopen", offline)
+    assert cmu_small_region() == []
+    (message,) = notes.errors
+    assert "CMU-1-Small-Region.svs" in message and "Offline" in message
+
+    (tmp_path / "samples").mkdir(exist_ok=True)
+    shutil.copy(cmu_slide, tmp_path / "samples" / "CMU-1-Small-Region.svs")
+    (layer,) = cmu_small_region()
+    assert layer[1]["name"] == "CMU-1-Small-Region.svs" and layer[1]["scale"] == pytest.approx((0.499, 0.499))
