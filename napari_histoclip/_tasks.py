@@ -132,9 +132,8 @@ class TaskRunner:
 
         # The result and the error are taken from the worker's signals, delivered on the UI
         # thread; progress goes through the relay because FunctionWorker has no yielded signal.
-        worker = create_worker(fn, emit, cancel, _start_thread=False)
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
+        # Connected at creation: a worker without an "errored" handler re-raises in the Qt loop.
+        worker = create_worker(fn, emit, cancel, _start_thread=False, _connect={"returned": done, "errored": failed})
         self.worker = worker
         worker.start()
         return True
