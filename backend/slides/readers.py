@@ -312,7 +312,8 @@ def _prefer_tifffile(path: Path, opened: SlideReader) -> SlideReader:
         other = TiffReader.open(path)
     except (NotThisFormat, UnsupportedSlideError):
         return opened
-    if other.info.vendor == "ome-tiff" or len(other.info.level_dimensions) > len(opened.info.level_dimensions):
+    more_levels = len(other.info.level_dimensions) > len(opened.info.level_dimensions)
+    if other.info.vendor == "ome-tiff" or more_levels:
         opened.close()
         return other
     other.close()

@@ -66,7 +66,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         ``mpp`` is not a positive finite number.
     """
     path = Path(path).expanduser()
-    if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+    valid = isinstance(mpp, int | float) and not isinstance(mpp, bool) and math.isfinite(mpp) and mpp > 0
+    if mpp is not None and not valid:
         raise InputError(f"mpp must be a positive number of µm per level-0 pixel, got {mpp!r}")
     if not path.exists():
         raise SlideNotFoundError(path, "no such file")
@@ -233,7 +234,8 @@ class Slide:
         band = max(factor, (2**24 // max(lw, 1)) // factor * factor)  # ~16 M px per band
         for y in range(0, lh, band):
             rows = min(band, lh - y)
-            region = self.read_region((0, round(y * ds)), level, (out_w * factor, math.ceil(rows / factor) * factor))
+            size = (out_w * factor, math.ceil(rows / factor) * factor)  # whole blocks, white-padded
+            region = self.read_region((0, round(y * ds)), level, size)
             if factor > 1:
                 bh = region.shape[0] // factor
                 region = region.reshape(bh, factor, out_w, factor, 3).mean(axis=(1, 3))

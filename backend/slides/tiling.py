@@ -266,7 +266,8 @@ def _centres_inside(centres: np.ndarray, region: Sequence[float] | np.ndarray) -
     if arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] >= 3:
         return _points_in_polygon(centres, arr)
     raise InputError(
-        f"region must be a box (x, y, w, h) or an (N >= 3, 2) polygon of (x, y) vertices, got shape {arr.shape}"
+        "region must be a box (x, y, w, h) or an (N >= 3, 2) polygon of (x, y) vertices, "
+        f"got shape {arr.shape}"
     )
 
 

@@ -5,7 +5,8 @@ glass is near-white (low density), dust and shadows are grey (low saturation). M
 is rejected by colour in optical-density space, where it differs from stains:
 
 - H&E absorbs green most (OD_G > OD_R, OD_B); red ink absorbs green *and* blue about equally
-  (OD_B / OD_G > 0.75 where OD_G > 0.6: 0.8-0.95 on ink, 0.5-0.7 on dense H&E);
+  (OD_B / OD_G > 0.75 where OD_G > 0.6: 0.8-0.95 on ink, 0.5-0.7 on dense H&E), and is
+  red (R > G, B + 15), unlike greys and pale blue IHC hematoxylin whose ratio is also high;
 - green, teal and blue inks transmit clearly more green than red (G > R + 25), which no H&E
   or hematoxylin-DAB stain does (pale IHC hematoxylin reaches G - R of about 15).
 
@@ -31,6 +32,7 @@ DEFAULT_MIN_DENSITY = 0.06  # mean optical density; 0.06 ~ a pixel at 240 of 255
 _SAT_FLOOR = 64.0  # denominator floor: near-black noise (0, 0, 3) is not "saturated"
 _RED_INK_RATIO = 0.75
 _RED_INK_MIN_OD_G = 0.6
+_RED_INK_MARGIN = 15.0
 _GREEN_BLUE_INK_MARGIN = 25.0  # hematoxylin in IHC reaches G - R of ~15, teal dye ~45
 
 
@@ -152,8 +154,8 @@ def tissue_mask(
         coloured = sat[density >= min_density]
         otsu = _otsu(coloured) if coloured.size >= 64 else DEFAULT_MIN_SATURATION
         min_saturation = float(np.clip(otsu, 0.05, 0.15))
-    tissue, _ = _classify(rgb, min_saturation, min_density, reject_pen)
-    tissue = _closing(tissue, 1)
+    tissue, ink = _classify(rgb, min_saturation, min_density, reject_pen)
+    tissue = _closing(tissue, 1) & ~ink
     min_px = max(1, int(min_object * tissue.size))
     labels, n = ndi.label(tissue)
     if n:
@@ -163,6 +165,7 @@ def tissue_mask(
     if n_holes:
         sizes = np.bincount(holes.ravel(), minlength=n_holes + 1)
         tissue |= (sizes < min_px)[holes] & (holes > 0)
+    tissue &= ~ink  # cleanup must not re-add ink between tissue
     w0, h0 = slide.dimensions
     h, w = tissue.shape
     return TissueMask(
@@ -200,11 +203,16 @@ def _classify(
         return candidate, np.zeros_like(candidate)
 
     od = -np.log((pixels + 1.0) / 256.0)
-    red_ink = (od[..., 2] > _RED_INK_RATIO * od[..., 1]) & (od[..., 1] > _RED_INK_MIN_OD_G)
+    red_ink = (
+        (od[..., 2] > _RED_INK_RATIO * od[..., 1])
+        & (od[..., 1] > _RED_INK_MIN_OD_G)
+        & (pixels[..., 0] > pixels[..., 1:].max(axis=-1) + _RED_INK_MARGIN)  # red, not grey-blue
+    )
     green_blue_ink = (pixels[..., 1] > pixels[..., 0] + _GREEN_BLUE_INK_MARGIN) & (sat > 0.15)
-    ink = ndi.binary_opening(red_ink | green_blue_ink, iterations=2)  # specks are not a pen stroke
+    raw_ink = red_ink | green_blue_ink
+    ink = _opening(raw_ink, 1)  # strokes; lone pixels only stop being tissue themselves
     if not ink.any():
-        return candidate, ink
+        return candidate & ~raw_ink, raw_ink
     # Blobs that are mostly ink are ink, halo included.
     labels, n = ndi.label(candidate | ink, structure=np.ones((3, 3), dtype=bool))
     ink_px = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=n + 1)
@@ -212,7 +220,7 @@ def _classify(
     inky = ink_px > 0.5 * np.maximum(all_px, 1)
     inky[0] = False
     margin = max(1, round(min(ink.shape) / 150))
-    ink_region = inky[labels] | ndi.binary_dilation(ink, iterations=margin)
+    ink_region = inky[labels] | ndi.binary_dilation(ink, iterations=margin) | raw_ink
     return candidate & ~ink_region, ink_region
 
 
@@ -223,6 +231,15 @@ def _closing(mask: np.ndarray, iterations: int) -> np.ndarray:
     padded = np.pad(mask, iterations, mode="edge")
     closed = ndi.binary_closing(padded, structure=np.ones((3, 3), dtype=bool), iterations=iterations)
     return closed[iterations:-iterations, iterations:-iterations]
+
+
+def _opening(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary opening that keeps objects touching the image border whole."""
+    from scipy import ndimage as ndi
+
+    padded = np.pad(mask, iterations, mode="edge")
+    opened = ndi.binary_opening(padded, structure=np.ones((3, 3), dtype=bool), iterations=iterations)
+    return opened[iterations:-iterations, iterations:-iterations]
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
