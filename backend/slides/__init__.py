@@ -13,7 +13,14 @@ from __future__ import annotations
 from backend.slides.fingerprint import slide_fingerprint
 from backend.slides.readers import ReaderName
 from backend.slides.slide import MppSource, Slide, open_slide
-from backend.slides.tiling import TileGrid, TileSpec, make_tile_grid, read_tile, read_tiles
+from backend.slides.tiling import (
+    TileGrid,
+    TileSpec,
+    make_tile_grid,
+    points_in_region,
+    read_tile,
+    read_tiles,
+)
 from backend.slides.tissue import TissueMask, tissue_fraction, tissue_mask, tissue_pixels
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "TissueMask",
     "make_tile_grid",
     "open_slide",
+    "points_in_region",
     "read_tile",
     "read_tiles",
     "slide_fingerprint",

@@ -231,15 +231,15 @@ class Slide:
         ds = self.level_downsamples[level]
         out_w, out_h = math.ceil(lw / factor), math.ceil(lh / factor)
         out = np.empty((out_h, out_w, 3), dtype=np.uint8)
-        band = max(factor, (2**24 // max(lw, 1)) // factor * factor)  # ~16 M px per band
+        band = max(factor, (2**22 // max(lw, 1)) // factor * factor)  # ~4 M px per band
         for y in range(0, lh, band):
             rows = min(band, lh - y)
             size = (out_w * factor, math.ceil(rows / factor) * factor)  # whole blocks, white-padded
             region = self.read_region((0, round(y * ds)), level, size)
             if factor > 1:
                 bh = region.shape[0] // factor
-                region = region.reshape(bh, factor, out_w, factor, 3).mean(axis=(1, 3))
-                region = np.rint(region).astype(np.uint8)
+                sums = region.reshape(bh, factor, out_w, factor, 3).sum(axis=(1, 3), dtype=np.uint32)
+                region = ((sums + factor * factor // 2) // (factor * factor)).astype(np.uint8)
             out[y // factor : y // factor + region.shape[0]] = region
         return out
 

@@ -255,8 +255,30 @@ def _resize(region: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), method))
 
 
+def points_in_region(points: np.ndarray, region: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Which level-0 points fall inside a region: the rule ``make_tile_grid`` applies to
+    tile centres.
+
+    Parameters
+    ----------
+    points
+        ``(N, 2)`` level-0 (x, y).
+    region
+        A box ``(x, y, w, h)`` (left and top edges inside, right and bottom outside) or an
+        ``(M >= 3, 2)`` polygon of (x, y) vertices (even-odd rule).
+
+    Returns
+    -------
+    np.ndarray
+        ``(N,)`` bool.
+    """
+    return _centres_inside(np.asarray(points, dtype=np.float64).reshape(-1, 2), region)
+
+
 def _centres_inside(centres: np.ndarray, region: Sequence[float] | np.ndarray) -> np.ndarray:
     arr = np.asarray(region, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError("region: coordinates must be finite numbers")
     if arr.shape == (4,):
         x, y, w, h = arr
         if w <= 0 or h <= 0:

@@ -255,7 +255,11 @@ def test_best_level_and_thumbnail(slides_dir: Path) -> None:
         assert slide.best_level_for_downsample(2.0) == 1  # 2.0005 is within 1 %
         assert slide.best_level_for_downsample(1.9) == 0
     with open_slide(slides_dir / KIDNEY) as slide:
-        assert slide.thumbnail(256).shape == (154, 256, 3)
+        thumb = slide.thumbnail(256)  # 5x5 block means, then a small resize
+        assert thumb.shape == (154, 256, 3)
+        full = slide.read_region((0, 0), 0, slide.dimensions).astype(float)
+        assert np.abs(thumb.reshape(-1, 3).mean(0) - full.reshape(-1, 3).mean(0)).max() < 1.0
+        assert thumb.min() < 150  # the small IHC section is still visible
         assert slide.thumbnail(5000).shape == (901, 1493, 3)  # never upsampled
 
 

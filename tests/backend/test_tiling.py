@@ -16,6 +16,7 @@ from backend.slides import (
     TissueMask,
     make_tile_grid,
     open_slide,
+    points_in_region,
     read_tile,
     read_tiles,
     tissue_fraction,
@@ -155,6 +156,10 @@ def test_region_box_and_polygon(cmu: Slide, cmu_tissue: TissueMask) -> None:
     assert set(map(tuple, both.coords)) <= set(map(tuple, in_box.coords))
     with pytest.raises(InputError, match="region must be"):
         make_tile_grid(cmu, spec, use_tissue=False, region=[1, 2, 3])
+    # The public rule: left/top box edges are inside, right/bottom ones outside.
+    points = np.array([[500, 800], [1199.9, 1399.9], [1200, 1000], [900, 1400], [499, 900]])
+    np.testing.assert_array_equal(points_in_region(points, box), [True, True, False, False, False])
+    np.testing.assert_array_equal(points_in_region([[600, 900], [1100, 1300]], triangle), [True, False])
 
 
 def test_overlap_shrinks_the_stride(cmu: Slide) -> None:
