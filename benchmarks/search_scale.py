@@ -6,12 +6,14 @@ factory and parameters as ``backend.index``, via ``choose_ivf_params``) in one p
 ``--threads`` threads, and prints build time, index memory, single-query p50/p99 latency for
 k=10 and recall@10 against exact search, with ratios against the flat baseline.
 
-The data: a mixture of ``--clusters`` Gaussians, like tissue types in tile embeddings. Cluster
-centres share a common direction (CLIP-like embeddings live in a cone, cross-cluster cosine
-~0.35); each cluster is anisotropic, its spread mostly in a random 32-dimensional subspace
-with a decaying spectrum plus an isotropic floor (embeddings have a low intrinsic dimension),
-its scale drawn per cluster; cluster sizes are log-normal (some tissues are common). Every
-point is normalised. Queries are fresh draws from the same mixture, not indexed points.
+The data (``backend.index.synthetic.clustered_sphere``): a mixture of ``--clusters``
+Gaussians, like tissue types in tile embeddings. Cluster centres share a common direction
+(CLIP-like embeddings live in a cone, cross-cluster cosine ~0.35); each cluster is
+anisotropic, its spread mostly in a random ``--rank``-dimensional subspace with a decaying
+spectrum plus an isotropic floor (``--iso`` of its variance; embeddings have a low intrinsic
+dimension), its scale drawn per cluster; cluster sizes are log-normal (some tissues are
+common). Every point is normalised. Queries are fresh draws from the same mixture, not
+indexed points. ``--iso 1`` makes each cluster an isotropic Gaussian: a harder case.
 
 Run from the repository root::
 
@@ -49,46 +51,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, default=None, help="override the automatic nprobe")
     p.add_argument("--k-factor", type=int, default=None, help="override the re-ranking factor")
     p.add_argument("--nlist", type=int, default=None, help="override the automatic list count")
+    p.add_argument("--rank", type=int, default=32, help="intrinsic dimension of a cluster (32)")
+    p.add_argument("--iso", type=float, default=0.2, help="isotropic share of a cluster's variance (0.2)")
     p.add_argument("--sweep", action="store_true", help="also print recall/latency over nprobe x k_factor")
     return p.parse_args(argv)
-
-
-def clustered_sphere(n: int, dim: int, n_clusters: int, seed: int, n_queries: int) -> tuple[Any, Any]:
-    """``n`` base and ``n_queries`` query unit vectors from one mixture of Gaussians."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    common = rng.standard_normal(dim).astype(np.float32)
-    common /= np.linalg.norm(common)
-    centres = rng.standard_normal((n_clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    centres = 0.6 * common + 0.8 * centres  # a cone: centres share a direction
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    rank, iso = 32, 0.2
-    spectrum = (1.0 / np.sqrt(np.arange(1, rank + 1))).astype(np.float32)
-    spectrum *= np.sqrt((1 - iso) / np.sum(spectrum**2))  # E|low-rank part|^2 = 1 - iso
-    scale = rng.uniform(0.4, 0.8, n_clusters).astype(np.float32)
-    weights = rng.lognormal(0.0, 1.0, n_clusters)
-    weights /= weights.sum()
-    bases = rng.standard_normal((n_clusters, rank, dim)).astype(np.float32) / np.sqrt(dim)
-
-    def draw(count: int, r: Any) -> Any:
-        label = np.sort(r.choice(n_clusters, count, p=weights))
-        out = np.empty((count, dim), np.float32)
-        bounds = np.searchsorted(label, np.arange(n_clusters + 1))
-        for c in range(n_clusters):
-            a, b = bounds[c], bounds[c + 1]
-            if a == b:
-                continue
-            z = r.standard_normal((b - a, rank), dtype=np.float32) * spectrum
-            noise = r.standard_normal((b - a, dim), dtype=np.float32) * np.float32(np.sqrt(iso / dim))
-            out[a:b] = centres[c] + scale[c] * (z @ bases[c] + noise)
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
-        return out
-
-    base = draw(n, np.random.default_rng(seed + 1))
-    queries = draw(n_queries, np.random.default_rng(seed + 2))
-    return base, queries
 
 
 def _time_single(search: Any, queries: Any) -> Any:
@@ -116,17 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from backend.index import faiss_index as fi
+    from backend.index.synthetic import clustered_sphere
 
     faiss.omp_set_num_threads(args.threads)
     n, dim, nq = args.n, args.dim, args.queries
     n_clusters = args.clusters or int(min(4000, max(100, n // 250)))
     load0 = os.getloadavg()
-    print(f"search_scale: n={n:,} dim={dim} clusters={n_clusters} queries={nq} k={K} "
+    print(f"search_scale: n={n:,} dim={dim} clusters={n_clusters} rank={args.rank} iso={args.iso} "
+          f"queries={nq} k={K} "
           f"threads={args.threads} faiss={faiss.__version__} cores={os.cpu_count()}")
     print(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
 
     t = time.perf_counter()
-    base, queries = clustered_sphere(n, dim, n_clusters, args.seed, nq)
+    base = clustered_sphere(n, dim, n_clusters, args.seed, stream=0, rank=args.rank, iso=args.iso)
+    queries = clustered_sphere(nq, dim, n_clusters, args.seed, stream=1, rank=args.rank, iso=args.iso)
     print(f"data: {time.perf_counter() - t:.1f} s to draw {n:,} + {nq} vectors")
 
     # --- exact baseline -----------------------------------------------------------------

@@ -88,6 +88,7 @@ class CohortIndex:
         self.model_id: str = store.get_info("model_id") or ""
         self.dim: int = int(store.get_info("dim") or 0)
         self._index: Any = None
+        self._gen = store.generation  # generation of the FAISS index held in memory
         self._view = q.View.empty()
         self._unsaved = 0
         self._closed = False
@@ -323,9 +324,12 @@ class CohortIndex:
         index = self._build(live, kind, progress, cancel)
         generation = self._generation + 1
         fi.save_atomic(index, self._faiss_path(generation))
+        self._crash_point("rebuild-saved")
         with self._store.transaction() as db:
             self._store.compact(db, generation)
             self._store.set_info(db, "trained_n", str(n_live))
+        self._gen = generation
+        self._crash_point("rebuild-committed")
         self._faiss_path(generation - 1).unlink(missing_ok=True)
         self._index, self._unsaved = index, 0
         self._view = q.View.load(self._store)
@@ -407,7 +411,7 @@ class CohortIndex:
 
     @property
     def _generation(self) -> int:
-        return self._store.generation
+        return self._gen
 
     def _faiss_path(self, generation: int | None = None) -> Path:
         gen = self._generation if generation is None else generation
@@ -430,6 +434,8 @@ class CohortIndex:
 
     def _recover(self) -> None:
         """Load the FAISS file and bring it level with the store (module docstring rule)."""
+        self._gen = self._store.generation
+        self._index, self._unsaved = None, 0
         current = self._faiss_path()
         if self._lock is not None:  # only a writer may tidy up
             for p in self.path.iterdir():
@@ -454,7 +460,10 @@ class CohortIndex:
 
     def _sync(self) -> None:
         """Add vectors the store has and FAISS lacks (after a crash or a failed add)."""
-        if self._index is not None and self._index.ntotal == self._store.n_total() == self._view.n_total:
+        if self._gen != self._store.generation:  # a rebuild failed between commit and swap
+            self._recover()
+            return
+        if self._index.ntotal == self._store.n_total() == self._view.n_total:
             return
         self._view = q.View.load(self._store)
         have = self._index.ntotal

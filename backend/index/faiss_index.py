@@ -128,6 +128,9 @@ def train_ivf(sample: np.ndarray, params: IvfParams) -> Any:
     faiss = _faiss()
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     index = faiss.index_factory(sample.shape[1], params.factory, faiss.METRIC_L2)
+    # 4-bit codebooks have 16 centroids: a small cohort's sample is plenty for them, so
+    # silence FAISS's "please provide at least 624 training points" on stderr
+    faiss.downcast_index(faiss.extract_index_ivf(index)).pq.cp.min_points_per_centroid = 1
     index.train(sample)
     faiss.extract_index_ivf(index).nprobe = params.nprobe
     index.k_factor = float(params.k_factor)

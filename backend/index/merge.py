@@ -1,9 +1,10 @@
 """Turning tile hits into places: adjacent matching tiles of one slide become one region.
 
 A search that returns the 50 tiles of one gland shows a user one place 50 times. Here hits
-are grouped per slide into connected components of touching tiles (8-neighbourhood: two tiles
-are adjacent when their level-0 boxes touch or overlap, diagonals included), and each
-component is reported once, with its bounding box. Pure numpy, no FAISS.
+are grouped per slide into regions of touching tiles (8-neighbourhood: two tiles are adjacent
+when their level-0 boxes touch or overlap, diagonals included) that match about equally well
+(within ``MERGE_MARGIN`` of the region's best tile), and each region is reported once, with
+its bounding box. Pure numpy, no FAISS.
 """
 
 from __future__ import annotations
@@ -14,6 +15,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.index.records import Box
+
+#: A touching hit joins a place only if its cosine is within this of the place's best tile:
+#: the gland's tiles merge, the weaker stroma hit next to it stays a place of its own.
+#: (Matching tiles of one structure score alike; a drop of 0.1 in cosine is another tissue.)
+MERGE_MARGIN = 0.1
+
+#: In a tile-set (region) query, a tile of a place counts towards its box if it matches some
+#: query tile within this of that query tile's best match in the place: a copy of the region
+#: is boxed, not the merely similar tissue around it, and a uniform place is boxed whole.
+SUPPORT_MARGIN = 0.02
 
 #: Level-0 pixels of slack when deciding that two tiles touch (tile extents are floats,
 #: coordinates integers, so a grid of 224.45 px tiles has gaps of up to 1 px).
@@ -45,10 +56,25 @@ def tile_box(x: float, y: float, extent: float) -> Box:
     return (int(x), int(y), side, side)
 
 
-def _components(xy: np.ndarray, extent: np.ndarray) -> np.ndarray:
-    """Connected-component label of each tile of one slide (touching boxes are connected)."""
+def bounding_box(xy: np.ndarray, extent: np.ndarray) -> Box:
+    """Level-0 box covering tiles with top-left corners ``xy`` and sides ``extent``."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    extent = np.asarray(extent, dtype=np.float64).reshape(-1)
+    x0, y0 = xy.min(axis=0)
+    x1 = float(np.max(xy[:, 0] + extent))
+    y1 = float(np.max(xy[:, 1] + extent))
+    return (int(x0), int(y0), int(math.ceil(x1 - x0)), int(math.ceil(y1 - y0)))
+
+
+def _grow(xy: np.ndarray, extent: np.ndarray, scores: np.ndarray, margin: float) -> np.ndarray:
+    """Region label of each tile of one slide, grown from the best tiles down.
+
+    Tiles are visited best first; a tile joins every touching region whose best score is
+    within ``margin`` of its own (merging them), or else starts a region of its own.
+    """
     n = len(xy)
     parent = np.arange(n)
+    peak = scores.astype(np.float64).copy()  # best score of the region rooted here
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -57,29 +83,34 @@ def _components(xy: np.ndarray, extent: np.ndarray) -> np.ndarray:
         return i
 
     cell = float(np.max(extent)) + TOUCH_SLACK
-    # hash tiles into cells one tile wide: touching tiles are at most one cell apart
-    keys = np.floor(xy / cell).astype(np.int64)
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for i, (cx, cy) in enumerate(keys.tolist()):
-        buckets.setdefault((cx, cy), []).append(i)
-    for i, (cx, cy) in enumerate(keys.tolist()):
+    # tiles hashed into cells one tile wide: touching tiles are at most one cell apart
+    keys = [tuple(k) for k in np.floor(xy / cell).astype(np.int64).tolist()]
+    placed: dict[tuple[int, int], list[int]] = {}
+    for i in np.argsort(-scores, kind="stable").tolist():
+        cx, cy = keys[i]
         for dx in (-1, 0, 1):
             for dy in (-1, 0, 1):
-                for j in buckets.get((cx + dx, cy + dy), ()):
-                    if j <= i:
-                        continue
+                for j in placed.get((cx + dx, cy + dy), ()):
                     reach = max(extent[i], extent[j]) + TOUCH_SLACK
-                    if abs(xy[i, 0] - xy[j, 0]) <= reach and abs(xy[i, 1] - xy[j, 1]) <= reach:
-                        ri, rj = find(i), find(j)
-                        if ri != rj:
-                            parent[max(ri, rj)] = min(ri, rj)
+                    if abs(xy[i, 0] - xy[j, 0]) > reach or abs(xy[i, 1] - xy[j, 1]) > reach:
+                        continue
+                    ri, rj = find(i), find(j)
+                    if ri != rj and peak[rj] - margin <= scores[i]:
+                        parent[ri] = rj if peak[rj] >= peak[ri] else ri
+                        parent[rj] = parent[ri]
+                        peak[parent[ri]] = max(peak[ri], peak[rj])
+        placed.setdefault((cx, cy), []).append(i)
     return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
 def merge_adjacent(
-    slide: np.ndarray, xy: np.ndarray, extent: np.ndarray, scores: np.ndarray
+    slide: np.ndarray,
+    xy: np.ndarray,
+    extent: np.ndarray,
+    scores: np.ndarray,
+    margin: float = MERGE_MARGIN,
 ) -> list[Region]:
-    """Group hit tiles into regions of touching tiles, best region first.
+    """Group hit tiles into regions of touching, similarly good tiles, best region first.
 
     Parameters
     ----------
@@ -91,6 +122,9 @@ def merge_adjacent(
         ``(n,)`` level-0 tile sides.
     scores
         ``(n,)`` similarity of each hit; a region is ranked by its best member.
+    margin
+        A touching tile joins a region only if its score is within ``margin`` of the
+        region's best (``inf``: plain connected components).
 
     Returns
     -------
@@ -104,15 +138,11 @@ def merge_adjacent(
     regions: list[Region] = []
     for key in np.unique(slide):
         idx = np.flatnonzero(slide == key)
-        labels = _components(xy[idx], extent[idx])
+        labels = _grow(xy[idx], extent[idx], scores[idx], margin)
         for lab in np.unique(labels):
             members = idx[labels == lab]
             best = int(members[np.argmax(scores[members])])
-            x0, y0 = xy[members].min(axis=0)
-            x1 = float(np.max(xy[members, 0] + extent[members]))
-            y1 = float(np.max(xy[members, 1] + extent[members]))
-            box = (int(x0), int(y0), int(math.ceil(x1 - x0)), int(math.ceil(y1 - y0)))
-            regions.append(Region(members=members, best=best, box=box))
+            regions.append(Region(members=members, best=best, box=bounding_box(xy[members], extent[members])))
     regions.sort(key=lambda r: -scores[r.best])
     return regions
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from backend.index import faiss_index as fi
-from backend.index.merge import Region, merge_adjacent, singletons, tile_box
+from backend.index.merge import SUPPORT_MARGIN, Region, bounding_box, merge_adjacent, singletons, tile_box
 from backend.index.records import EmbeddingSet, Hit, RegionQueryMode, SlideRecord
 from backend.index.store import MetaStore
 
@@ -289,7 +289,8 @@ def search_tileset(
     Every query tile fetches its nearest tiles; the union is merged into places, and a place
     scores ``mean over query tiles of (max over its tiles of the cosine)``: how well it
     covers *all* of the region, so a place matching one tissue of a mixed region ranks below
-    one matching the mixture.
+    one matching the mixture. A place's box and ``n_tiles`` are those of its tiles that match
+    some query tile within ``SUPPORT_MARGIN`` of that tile's best match in the place.
     """
     n_allowed = _n_allowed(view, allowed)
     if n_allowed == 0 or k < 1:
@@ -314,8 +315,14 @@ def search_tileset(
     scored = []
     mean_sim = sim.mean(axis=0)
     for r in regions:
-        best = int(r.members[np.argmax(mean_sim[r.members])])  # the most representative tile
-        scored.append((float(sim[:, r.members].max(axis=1).mean()), dataclasses.replace(r, best=best)))
+        per_query = sim[:, r.members]
+        best_match = per_query.max(axis=1, keepdims=True)
+        # the place is where the query's tiles are matched: tiles (nearly) as good as some
+        # query tile's best match here, not the merely similar tissue merged around them
+        support = r.members[np.any(per_query >= best_match - SUPPORT_MARGIN, axis=0)]
+        best = int(support[np.argmax(mean_sim[support])])  # the most representative tile
+        place = Region(members=support, best=best, box=bounding_box(xy[support], extent[support]))
+        scored.append((float(per_query.max(axis=1).mean()), place))
     scored.sort(key=lambda t: -t[0])
     return [view.hit(r, sidx, xy, extent, score) for score, r in scored[:k]]
 
