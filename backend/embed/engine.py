@@ -53,13 +53,24 @@ def run_with_progress(gen: Generator[Any, None, T], progress: Callable[[Any], No
 # --- resolving arguments ----------------------------------------------------------------
 
 
-def open_slide_arg(slide: Any, mpp: float | None = None) -> Any:
-    """A ``Slide`` from a path or an open slide (then ``mpp`` must not contradict it)."""
+@contextlib.contextmanager
+def slide_arg(slide: Any, mpp: float | None = None) -> Iterator[Any]:
+    """A ``Slide`` from a path (opened here, closed on exit) or an open slide (left open).
+
+    ``mpp`` is for opening a path; given with an open slide it must agree with its mpp.
+    """
     if isinstance(slide, (str, os.PathLike)):
         from backend.slides import open_slide
 
-        return open_slide(Path(slide), mpp=mpp)
-    return slide
+        with open_slide(Path(slide), mpp=mpp) as opened:
+            yield opened
+        return
+    if mpp is not None and slide.mpp != mpp:
+        raise InputError(
+            f"{slide.name}: mpp={mpp} given for a slide opened with mpp={slide.mpp}; "
+            "pass mpp to open_slide, or pass the path"
+        )
+    yield slide
 
 
 def load_model_arg(model: Any, device: Any = None) -> Any:
@@ -114,20 +125,19 @@ def lookup_cached(
     mpp: float | None = None,
     tissue: Any = None,
     use_tissue: bool = True,
-    device: Any = None,
 ) -> SlideEmbeddings | None:
     """The cached embeddings of ``slide`` (path or Slide) with this model and spec, or None.
 
-    Reads no pixel. ``model`` may be a ClipModel or a model id string (the id is then used
-    as is, without loading the model).
+    Reads no pixel. ``model`` is a loaded ClipModel, or its ``model_id`` string (the id,
+    which for bundles and hub models differs from the name the model was loaded by).
     """
     if cache is None:
         return None
-    slide = open_slide_arg(slide, mpp)
     spec = _default_spec(spec)
     model_id = model if isinstance(model, str) else str(model.model_id)
-    key = CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, tissue=tissue, use_tissue=use_tissue))
-    return cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path))
+    with slide_arg(slide, mpp) as opened:
+        key = CacheKey(str(opened.fingerprint), model_id, grid_key(opened, spec, tissue=tissue, use_tissue=use_tissue))
+        return cache.load(key, slide_name=str(opened.name), slide_path=str(opened.path))
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -268,11 +278,43 @@ def iter_embed_slide(
     -------
     SlideEmbeddings
     """
+    model = load_model_arg(model, device)
+    with slide_arg(slide, mpp) as opened:
+        return (
+            yield from _embed_open_slide(
+                opened,
+                model,
+                _default_spec(spec),
+                cache=cache,
+                region=region,
+                tissue=tissue,
+                use_tissue=use_tissue,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                prefetch=prefetch,
+                channels_last=channels_last,
+                cancel=cancel,
+            )
+        )
+
+
+def _embed_open_slide(
+    slide: Any,
+    model: Any,
+    spec: Any,
+    *,
+    cache: EmbeddingCache | None,
+    region: Any,
+    tissue: Any,
+    use_tissue: bool,
+    batch_size: int,
+    num_workers: int,
+    prefetch: int | None,
+    channels_last: bool | None,
+    cancel: CancelSignal | None,
+) -> Generator[EmbedProgress, None, SlideEmbeddings]:
     from backend.slides import make_tile_grid
 
-    slide = open_slide_arg(slide, mpp)
-    model = load_model_arg(model, device)
-    spec = _default_spec(spec)
     model_id = str(model.model_id)
     key = CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, tissue=tissue, use_tissue=use_tissue))
     name = str(slide.name)

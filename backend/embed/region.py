@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.embed.types import EmbedProgress, SlideEmbeddings, _frozen
+from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings, _frozen
 from backend.errors import InputError
 
 RegionArg = Any  # (x, y, w, h) box, (N, 2) polygon array, or an object with .kind and .points
@@ -167,19 +167,19 @@ def iter_embed_region(
     -------
     RegionEmbedding
     """
-    from backend.embed.engine import iter_embed_slide, lookup_cached
+    from backend.embed.engine import iter_embed_slide, load_model_arg, lookup_cached, slide_arg
 
     as_polygon(region)  # fail on a bad region before opening anything
-    hit = lookup_cached(slide, model, spec, cache=cache, **_lookup_kwargs(engine_kwargs))
-    if hit is not None:
-        yield EmbedProgress(hit.n_tiles, hit.n_tiles, "cached", hit.slide_name)  # type: ignore[arg-type]
-        return region_from_embeddings(hit, region, from_cache=True)
-    sub = yield from iter_embed_slide(slide, model, spec, cache=None, region=region, **engine_kwargs)
+    model = load_model_arg(model, engine_kwargs.pop("device", None))
+    mpp = engine_kwargs.pop("mpp", None)
+    lookup = {k: engine_kwargs[k] for k in ("tissue", "use_tissue") if k in engine_kwargs}
+    with slide_arg(slide, mpp) as opened:
+        hit = lookup_cached(opened, model, spec, cache=cache, **lookup)
+        if hit is not None:
+            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, hit.slide_name)
+            return region_from_embeddings(hit, region, from_cache=True)
+        sub = yield from iter_embed_slide(opened, model, spec, cache=None, region=region, **engine_kwargs)
     return region_from_embeddings(sub, region, from_cache=False)
-
-
-def _lookup_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
-    return {k: kw[k] for k in ("mpp", "tissue", "use_tissue", "device") if k in kw}
 
 
 def embed_region(

@@ -103,6 +103,17 @@ class TileLayout:
         out[self.grid_index[:, 0], self.grid_index[:, 1]] = values
         return out
 
+    def to_grid_first(self, values: np.ndarray, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
+        """Scatter (C, N) values onto (C, rows, cols) grids (e.g. one map per class)."""
+        values = np.asarray(values)
+        if values.ndim != 2 or values.shape[1] != self.n_tiles:
+            raise ValueError(f"to_grid_first: expected (C, {self.n_tiles}) values, got shape {values.shape}")
+        dtype = np.result_type(values.dtype, np.asarray(fill).dtype) if dtype is None else dtype
+        rows, cols = self.grid_shape
+        out = np.full((len(values), rows * cols), fill, dtype=dtype)
+        out[:, self.grid_index[:, 0] * cols + self.grid_index[:, 1]] = values
+        return out.reshape(len(values), rows, cols)
+
 
 @dataclass(frozen=True, eq=False)
 class SlideEmbeddings:

@@ -227,8 +227,7 @@ class ClassMap:
     @cached_property
     def probability_maps(self) -> np.ndarray:
         """(C, rows, cols) float32 probability of each class, NaN where no tissue tile."""
-        grid = self.layout.to_grid(self.probabilities, fill=np.nan, dtype=np.float32)
-        return np.ascontiguousarray(np.moveaxis(grid, -1, 0))
+        return self.layout.to_grid_first(self.probabilities.T, fill=np.nan, dtype=np.float32)
 
     def label_names(self) -> list[str]:
         """Per-tile predicted class name (``"unknown"`` below the threshold)."""
@@ -275,14 +274,16 @@ def classify(
         )
     if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
         raise InputError(f"unknown_threshold: must be within [0, 1], got {unknown_threshold}")
-    logits = embeddings.vectors @ (np.float32(logit_scale) * text_features.astype(np.float32)).T
-    logits -= logits.max(axis=1, keepdims=True)  # stable softmax
+    # Work in (C, N): reductions over classes then run across contiguous rows, which numpy
+    # does several times faster than over a short last axis (relabelling 100k tiles is ~30 ms).
+    logits = (np.float32(logit_scale) * text_features.astype(np.float32)) @ embeddings.vectors.T
+    logits -= logits.max(axis=0)  # stable softmax
     np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
-    probs = logits
-    labels = probs.argmax(axis=1).astype(np.int32) + 1 if len(probs) else np.zeros(0, np.int32)
-    if unknown_threshold is not None and len(probs):
-        labels[probs.max(axis=1) < unknown_threshold] = len(classes) + 1
+    logits /= logits.sum(axis=0)
+    probs = logits.T  # (N, C) view
+    labels = logits.argmax(axis=0).astype(np.int32) + 1
+    if unknown_threshold is not None:
+        labels[logits.max(axis=0) < unknown_threshold] = len(classes) + 1
     return ClassMap(
         class_names=tuple(c.name for c in classes),
         colors=_colors(classes),
