@@ -310,12 +310,12 @@ def _qupath_props(props: Mapping[str, Any]) -> tuple[str, str, str | None]:
 def annotations_layer(annotations: Sequence[Annotation], info: SlideInfo, name: str) -> tuple[Any, dict, str]:
     """Imported annotations as a Shapes layer on ``info``'s slide (captions and classes as
     features, rectangles kept as rectangles)."""
-    from napari_histoclip._shapes import CAPTION_SCORE, caption_layer_kwargs, wrap_caption
+    from napari_histoclip._shapes import CAPTION_SCORE, REGION_COLOR, caption_layer_kwargs, wrap_caption
 
     kwargs = caption_layer_kwargs(info, name=name)
     data = [corner_xy_to_data_rc(a.ring) for a in annotations]
     kwargs["shape_type"] = ["rectangle" if a.is_box else "polygon" for a in annotations]
-    kwargs["edge_color"] = [a.color or "#ffff00" for a in annotations] or "#ffff00"
+    kwargs["edge_color"] = [a.color or REGION_COLOR for a in annotations] or REGION_COLOR
     kwargs["features"] = {
         CAPTION: [a.name for a in annotations],
         CAPTION_SCORE: [np.nan] * len(annotations),

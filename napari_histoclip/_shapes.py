@@ -19,6 +19,8 @@ CAPTION_SCORE = "caption_score"
 CAPTION_TEXT = "caption_display"  # the caption wrapped to lines for on-canvas text
 CLASS = "class"
 NBEST = "nbest"  # the n-best list, "score\ttext" lines, best first
+REGION_COLOR = "#00c000"  # green: apart from H&E's pinks and purples, and from the hit outlines
+CAPTION_COLOR = "#101010"
 WRAP = 36  # characters per caption line on the canvas: long captions stay readable
 _ELLIPSE_VERTICES = 32
 
@@ -28,25 +30,28 @@ def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, 
     kwargs = info.layer_kwargs(
         name=name or f"{info.stem}: regions",
         ndim=2,
-        edge_color="#ffff00",
+        edge_color=REGION_COLOR,
         face_color="transparent",
-        edge_width=max(3.0, info.width / 700),
+        # Data units: about 2 screen px when the whole slide is in view.
+        edge_width=max(3.0, max(info.width, info.height) / 300),
         features={CAPTION: np.array([], dtype=object), CAPTION_SCORE: np.array([], dtype=float),
                   CAPTION_TEXT: np.array([], dtype=object), CLASS: np.array([], dtype=object),
                   NBEST: np.array([], dtype=object)},
         feature_defaults={CAPTION: "", CAPTION_SCORE: np.nan, CAPTION_TEXT: "", CLASS: "", NBEST: ""},
         text=caption_text_style(info),
+        opacity=1.0,  # the layer's opacity also fades the caption text
     )
     kwargs["metadata"] = {**kwargs["metadata"], "kind": "regions"}
     return kwargs
 
 
 def caption_text_style(info: SlideInfo) -> dict[str, Any]:
-    """Caption text: bright on H&E, above the shape's top-left corner, wrapped."""
+    """Caption text above the shape's top-left corner. Near-black reads on the white glass and
+    on eosin pink, where most captions land (napari text has no background box)."""
     return {
         "string": "{" + CAPTION_TEXT + "}",
-        "color": "#ffff00",
-        "size": 10,
+        "color": CAPTION_COLOR,
+        "size": 12,
         "anchor": "upper_left",
         "translation": [-4 * info.scale[0], 0],
     }

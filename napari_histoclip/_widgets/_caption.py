@@ -33,7 +33,8 @@ class CaptionPanel(Container):
         self.which = Label(value="select a shape to see its captions")
         self.nbest_list = QListWidget()
         self.nbest_list.setWordWrap(True)
-        self.nbest_list.setMinimumHeight(90)
+        self.nbest_list.setMinimumHeight(70)
+        self.nbest_list.setMaximumHeight(130)
         self.edit = LineEdit(label="Caption", value="")
         self.apply_button = PushButton(text="Set caption")
         super().__init__(
@@ -43,7 +44,8 @@ class CaptionPanel(Container):
         )
         # The n-best list sits under the "which shape" label.
         layout = self.native.layout()
-        layout.insertWidget(layout.indexOf(self.which.native) + 1, self.nbest_list)
+        layout.insertWidget(self.index(self.which) + 1, self.nbest_list)
+        layout.addStretch(1)
         self.new_layer_button.changed.connect(self.new_layer)
         self.caption_button.changed.connect(self.caption)
         self.apply_button.changed.connect(self.apply_edit)

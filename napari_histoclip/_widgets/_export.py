@@ -28,6 +28,7 @@ class ExportPanel(Container):
             widgets=[self.shapes, self.class_map, self.path, self.export_button, self.import_path, self.import_button],
             labels=True,
         )
+        self.native.layout().addStretch(1)
         self.export_button.changed.connect(self.export)
         self.import_button.changed.connect(self.import_geojson)
 

@@ -93,6 +93,7 @@ class HistoclipWidget(QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.footer = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
         self.runner = TaskRunner(self._show_state)
+        self.progress.native.setTextVisible(False)
 
         from napari_histoclip._widgets._caption import CaptionPanel
         from napari_histoclip._widgets._export import ExportPanel
@@ -226,6 +227,7 @@ class HistoclipWidget(QWidget):
         busy = state is not None
         self.cancel_button.enabled = busy
         self.embed_button.enabled = not busy
+        self.progress.native.setTextVisible(busy)
         if state is None:
             self.status.value = "ready"
             self.progress.max, self.progress.value = 1, 0

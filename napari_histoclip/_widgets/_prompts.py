@@ -49,7 +49,8 @@ class PromptTable(QWidget):
         self.table.setColumnWidth(self.COLOR, 28)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setMinimumHeight(150)
+        self.table.setMinimumHeight(120)
+        self.table.setMaximumHeight(170)
         self.table.cellClicked.connect(self._maybe_pick_color)
 
         add = QPushButton("+ class", self)

@@ -55,6 +55,7 @@ class ZeroShotPanel(Container):
             labels=True,
         )
         self.native.layout().insertWidget(0, self.prompts)
+        self.native.layout().addStretch(1)
         self.run_button.changed.connect(self.run)
         self.heatmap_button.changed.connect(self.run_heatmap)
         self.query.native.returnPressed.connect(self.run_heatmap)
