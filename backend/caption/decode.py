@@ -123,10 +123,10 @@ def _generate_kwargs(config: DecodeConfig, eos_id: int, pad_id: int) -> dict:
         use_cache=True,
         return_dict_in_generate=True,
     )
-    if config.strategy is DecodeStrategy.BEAM:
+    if config.strategy is DecodeStrategy.BEAM and config.num_beams > 1:
         kw.update(do_sample=False, num_beams=config.num_beams, num_return_sequences=config.n_best,
                   output_scores=True, early_stopping=True)
-    elif config.strategy is DecodeStrategy.GREEDY:
+    elif config.strategy is not DecodeStrategy.NUCLEUS:  # greedy, or a beam of one
         kw.update(do_sample=False, num_beams=1, output_logits=True)
     else:
         kw.update(do_sample=True, num_beams=1, num_return_sequences=config.n_best, top_p=config.top_p,
@@ -206,7 +206,7 @@ def _decode_chunk(
     # with only inputs_embeds as prompt, sequences hold the generated tokens alone
     seqs = result.sequences
     lengths = _lengths(seqs, eos_id)
-    if config.strategy is DecodeStrategy.BEAM:
+    if getattr(result, "sequences_scores", None) is not None:  # beam search (num_beams > 1)
         scores = result.sequences_scores.float()
     else:
         logits = torch.stack(result.logits, dim=1).float()  # (rows, steps, vocab), raw model logits

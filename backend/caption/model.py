@@ -15,6 +15,7 @@ Decoder and tokenizer loading from the hub happens in :func:`load_decoder` only.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -270,43 +271,64 @@ def _is_local(name_or_path: str | Path) -> bool:
     return Path(name_or_path).expanduser().is_dir()
 
 
-def load_decoder(name_or_path: str | Path, *, revision: str | None = None) -> PreTrainedModel:
+def _from_pretrained(loader: Any, what: str, name_or_path: str | Path, revision: str | None,
+                     cache_dir: str | os.PathLike[str] | None) -> Any:
+    """``loader.from_pretrained`` from a folder, else from the hub cache, else (online) the hub.
+
+    The cache is tried first with ``local_files_only`` so that a cached model never waits on
+    the network; offline or with the hub unreachable, a miss fails at once (no retries).
+    """
+    from backend.models.hub import hub_cache_dir, hub_endpoint, hub_reachable, is_offline
+
+    if _is_local(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        try:
+            return loader.from_pretrained(str(folder))
+        except (OSError, ValueError) as e:
+            raise WeightsNotFoundError(f"{what} folder {folder}: could not be loaded ({e})") from e
+    name = str(name_or_path)
+    cache = str(hub_cache_dir(cache_dir))
+    try:
+        return loader.from_pretrained(name, revision=revision, cache_dir=cache, local_files_only=True)
+    except (OSError, ValueError) as cached_miss:
+        if is_offline() or not hub_reachable(hub_endpoint()):
+            why = "HF_HUB_OFFLINE is set" if is_offline() else "the hub is unreachable"
+            raise WeightsNotFoundError(
+                f"{what} {name!r}: not a local folder and not in the Hugging Face cache {cache}, and {why}. "
+                f"Download it once with network access (`hf download {name}`) and copy the cache "
+                "(set HF_HOME / HF_HUB_CACHE to it), or pass a local folder (save_pretrained output)."
+            ) from cached_miss
+    try:
+        return loader.from_pretrained(name, revision=revision, cache_dir=cache)
+    except (OSError, ValueError) as e:
+        raise WeightsNotFoundError(f"{what} {name!r}: could not be loaded from the Hugging Face hub ({e})") from e
+
+
+def load_decoder(
+    name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> PreTrainedModel:
     """Load a causal LM: a local folder (``save_pretrained``) or a hub name (``gpt2``,
-    ``microsoft/biogpt``). The only place captioning code may download from the hub.
+    ``microsoft/biogpt``), from the hub cache or, online, the hub. The only place captioning
+    code may download.
 
     Raises
     ------
     WeightsNotFoundError
-        The model is neither a folder nor available from the hub (offline, unknown name).
+        The model is neither a folder nor cached, and cannot be downloaded (offline,
+        unreachable, unknown name); the message says how to work offline.
     """
     from transformers import AutoModelForCausalLM
 
-    local = _is_local(name_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(str(Path(name_or_path).expanduser()) if local else str(name_or_path), revision=revision)
-    except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(_load_failure("decoder", name_or_path, local, e)) from e
+    return _from_pretrained(AutoModelForCausalLM, "decoder", name_or_path, revision, cache_dir)
 
 
-def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str | Path, *, revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> PreTrainedTokenizerBase:
     """Load a decoder's tokenizer from a local folder or a hub name (see :func:`load_decoder`)."""
     from transformers import AutoTokenizer
 
-    local = _is_local(name_or_path)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()) if local else str(name_or_path), revision=revision)
-    except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(_load_failure("tokenizer", name_or_path, local, e)) from e
+    tok = _from_pretrained(AutoTokenizer, "tokenizer", name_or_path, revision, cache_dir)
     if tok.eos_token_id is None:
         raise InputError(f"tokenizer {name_or_path}: has no EOS token, which captions need to end")
     return tok
-
-
-def _load_failure(what: str, name: str | Path, local: bool, cause: Exception) -> str:
-    if local:
-        return f"{what} folder {name}: could not be loaded ({cause})"
-    return (
-        f"{what} {name!r}: not a local folder and could not be loaded from the Hugging Face hub "
-        f"({type(cause).__name__}: {cause}). Offline, download it once elsewhere "
-        f"(`huggingface-cli download {name}`) and copy the hub cache, or pass a local folder."
-    )

@@ -36,6 +36,25 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrain
                                    unk_token=EOS, pad_token=EOS)
 
 
+def word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the words of ``texts`` (split on whitespace) plus EOS = pad.
+
+    One token per word, decoded joined by spaces: a caption's words are its tokens, which lets
+    tests check token-level decoding rules (n-gram blocking, lengths) on the text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {EOS: 0}
+    for text in texts:
+        for word in text.split():
+            vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=EOS))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with single spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
 def tiny_gpt2(
     tokenizer: PreTrainedTokenizerFast | None = None,
     *,

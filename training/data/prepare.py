@@ -29,7 +29,7 @@ import numpy as np
 
 from backend.errors import InputError
 from training.data.phash import DedupConfig, group_images
-from training.data.tables import TableFormat, read_table, write_table
+from training.data.tables import TableFormat, atomic_write_text, read_table, write_table
 
 SPLITS = ("train", "val", "test")
 
@@ -214,9 +214,7 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
     )
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
     summary = {"settings": settings, "result": asdict(result)}
-    tmp = out / ".prepare.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, out / "prepare.json")
+    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2, default=str))
     return result
 
 

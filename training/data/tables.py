@@ -93,3 +93,16 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a text file atomically (temp file beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

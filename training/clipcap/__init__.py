@@ -1,0 +1,1 @@
+"""ClipCap training: image embeddings once (``encode``), then the mapper (and decoder) (``train``)."""

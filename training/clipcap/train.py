@@ -1,0 +1,426 @@
+"""ClipCap training: prefix-LM loss on caption tokens, over precomputed CLIP image embeddings.
+
+``python -m training clipcap --train train.parquet --val val.parquet --embeddings EMB --out RUN``
+
+AdamW with linear warmup then cosine decay, gradient accumulation, mixed precision on GPU
+(bf16, or fp16 with loss scaling), gradient clipping, validation loss after every epoch, early
+stopping, and checkpoints (``RUN/checkpoints/last.pt``, written atomically at epoch ends, every
+``--checkpoint-every`` steps and on cancel) that ``--resume`` continues from exactly, mid-epoch
+included. The best captioner (lowest validation loss) is written as a bundle to
+``RUN/captioner``; ``RUN/history.json`` holds the losses per epoch.
+
+Multi-GPU: launch with torchrun, one process per GPU, e.g.::
+
+    torchrun --standalone --nproc_per_node 4 -m training clipcap --train ... --out RUN
+
+Each process takes every world_size-th row of the (seeded) epoch order; gradients are averaged
+by DistributedDataParallel; rank 0 writes checkpoints and bundles. Without CUDA, processes use
+the gloo backend on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.api import Progress
+from backend.caption import Captioner, ClipCapModel, MapperConfig, MapperKind, save_captioner
+from backend.caption.model import decoder_width, load_decoder, load_tokenizer
+from backend.errors import CancelledError, InputError
+from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
+from training.clipcap.encode import EmbeddingStore
+from training.data.tables import atomic_write_text
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+CAPTIONER_DIR = "captioner"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # bf16 (or fp16 without bf16 support) on CUDA, fp32 elsewhere
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a ClipCap run (``python -m training clipcap --help`` describes each)."""
+
+    train: Path
+    embeddings: Path
+    out_dir: Path
+    val: Path | None = None
+    decoder: str = "gpt2"
+    tokenizer: str | None = None
+    decoder_revision: str | None = None
+    mapper: MapperKind = MapperKind.MLP
+    prefix_length: int = 10
+    mapper_hidden: int | None = None
+    mapper_layers: int = 8
+    mapper_heads: int = 8
+    clip_length: int = 10
+    mapper_dropout: float = 0.0
+    freeze_decoder: bool | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    max_caption_tokens: int = 64
+    epochs: int = 10
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    max_grad_norm: float = 1.0
+    precision: Precision = Precision.AUTO
+    device: str | None = None
+    patience: int = 3
+    min_delta: float = 0.0
+    checkpoint_every: int = 0
+    resume: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mapper", MapperKind(self.mapper))
+        object.__setattr__(self, "precision", Precision(self.precision))
+        for name in ("epochs", "patience", "checkpoint_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise InputError(f"lr: must be > 0, got {self.lr}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# Fields that define a run: resuming with different values would silently change it.
+_RUN_FIELDS = ("train", "val", "embeddings", "decoder", "tokenizer", "decoder_revision", "mapper", "prefix_length",
+               "mapper_hidden", "mapper_layers", "mapper_heads", "clip_length", "mapper_dropout", "freeze_decoder",
+               "max_caption_tokens", "epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "seed")
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in checkpoints."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of ``epoch`` already taken
+    step: int = 0  # optimizer steps
+    epoch_loss_sum: float = 0.0
+    epoch_tokens: int = 0
+    best_val: float = math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    captioner: Path
+    best_val_loss: float | None
+    history: list[dict[str, Any]]
+    steps: int
+    stopped_early: bool
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world_size: int
+    device: torch.device
+    active: bool  # a process group was started (torchrun)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(device: str | None) -> _Dist:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; otherwise a single process."""
+    from backend.device import pick_device
+
+    if "WORLD_SIZE" not in os.environ:
+        return _Dist(0, 1, pick_device(device), False)
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device is None or not str(device).startswith("cpu"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return _Dist(dist.get_rank(), dist.get_world_size(), dev, True)
+
+
+def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
+    dtype = _amp_dtype(device, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _amp_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
+    if precision is Precision.AUTO:
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[precision]
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _optimizer(model: ClipCapModel, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norms
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
+    return {"mapper": model.mapper.state_dict(), "decoder": None if model.decoder_frozen else model.decoder.state_dict()}
+
+
+def _save_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any, state: TrainState,
+                     config: TrainConfig) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {
+        "model": _trainable_state(model),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+        "state": asdict(state),
+        "config": config.to_json(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any,
+                     config: TrainConfig) -> TrainState:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise InputError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e}); delete it to start over") from e
+    saved, now = blob["config"], config.to_json()
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _RUN_FIELDS if saved.get(k) != now[k]]
+    if changed:
+        raise InputError(
+            f"checkpoint {path}: the run was started with other settings ({'; '.join(changed)}); "
+            "resume with the same settings or use another --out"
+        )
+    model.mapper.load_state_dict(blob["model"]["mapper"])
+    if blob["model"]["decoder"] is not None:
+        model.decoder.load_state_dict(blob["model"]["decoder"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["rng"])
+    if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["cuda_rng"])
+    return TrainState(**blob["state"])
+
+
+@torch.no_grad()
+def validation_loss(model: ClipCapModel, data: CaptionSet, *, batch_size: int, pad_id: int, device: torch.device,
+                    precision: Precision = Precision.FP32, dist: _Dist | None = None) -> float:
+    """Token-weighted mean prefix-LM loss over ``data`` (summed over ranks under DDP)."""
+    was_training = model.training
+    model.eval()
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in iter_eval_batches(data, batch_size, pad_id, rank, world):
+        b = batch.to(device)
+        with _autocast(device, precision):
+            out = model(b.embeddings, b.input_ids, b.attention_mask)
+        total += torch.tensor([float(out.loss) * out.n_tokens, out.n_tokens], dtype=torch.float64, device=device)
+    if dist is not None and dist.active:
+        torch.distributed.all_reduce(total)
+    model.train(was_training)
+    return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+
+def build_model(config: TrainConfig, clip_dim: int) -> tuple[ClipCapModel, Any]:
+    """The untrained ClipCap model and tokenizer a run starts from (seeded by ``config.seed``)."""
+    tokenizer = load_tokenizer(config.tokenizer or config.decoder, revision=config.decoder_revision)
+    decoder = load_decoder(config.decoder, revision=config.decoder_revision)
+    mapper = MapperConfig(
+        kind=config.mapper, clip_dim=clip_dim, decoder_dim=decoder_width(decoder), prefix_length=config.prefix_length,
+        hidden_dim=config.mapper_hidden, num_layers=config.mapper_layers, num_heads=config.mapper_heads,
+        clip_length=config.clip_length, dropout=config.mapper_dropout,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = ClipCapModel(mapper, decoder, freeze_decoder=config.freeze_decoder)
+    return model, tokenizer
+
+
+def _as_captioner(model: ClipCapModel, tokenizer: Any, clip_model_id: str, config: TrainConfig) -> Captioner:
+    # a frozen decoder loaded by hub name is stored by name; anything else as weights
+    by_name = model.decoder_frozen and not Path(config.decoder).expanduser().is_dir()
+    return Captioner(model, tokenizer, clip_model_id, decoder_ref=config.decoder if by_name else None,
+                     decoder_revision=config.decoder_revision if by_name else None)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> TrainResult:
+    """Train a ClipCap captioner (see the module docstring).
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+    progress
+        Called after every optimizer step (``stage='train'``) and epoch (``stage='epoch ...'``).
+    cancel
+        When set, the run stops after the current optimizer step, writes a checkpoint, and
+        raises :class:`~backend.errors.CancelledError`; ``resume=True`` continues it.
+
+    Returns
+    -------
+    TrainResult
+    """
+    dist = _start_distributed(config.device)
+    out = Path(config.out_dir)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not config.resume:
+        raise InputError(f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out")
+
+    store = EmbeddingStore(config.embeddings)
+    model, tokenizer = build_model(config, store.embed_dim)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    load = dict(image_column=config.image_column, caption_column=config.caption_column,
+                max_tokens=config.max_caption_tokens)
+    train_set = load_caption_set(config.train, store, tokenizer, **load)
+    val_set = load_caption_set(config.val, store, tokenizer, **load) if config.val else None
+    if val_set is not None and len(val_set) == 0:
+        raise InputError(f"{config.val}: the validation split is empty; give a non-empty one or none")
+    if len(train_set) < dist.world_size:
+        raise InputError(f"{config.train}: {len(train_set)} rows, fewer than the {dist.world_size} processes")
+    device = dist.device
+    model.to(device)
+
+    n_batches = len(epoch_batches(len(train_set), config.batch_size, epoch=0, seed=config.seed,
+                                  rank=dist.rank, world_size=dist.world_size))
+    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
+    optimizer = _optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(config.warmup_steps, config.epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=_amp_dtype(device, config.precision) is torch.float16)
+    state = TrainState()
+    if config.resume and ckpt.exists():
+        state = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler, config)
+    else:
+        torch.manual_seed(config.seed + dist.rank)
+    net: torch.nn.Module = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    clip_model_id = store.model_id
+    total_steps = config.epochs * steps_per_epoch
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state, config)
+
+    def save_bundle() -> None:
+        if dist.is_main:
+            save_captioner(_as_captioner(model, tokenizer, clip_model_id, config), out / CAPTIONER_DIR,
+                           metadata={"training": config.to_json(), "history": state.history, "steps": state.step})
+
+    while state.epoch < config.epochs and not state.stopped_early:
+        batches = epoch_batches(len(train_set), config.batch_size, epoch=state.epoch, seed=config.seed,
+                                rank=dist.rank, world_size=dist.world_size)
+        model.train()
+        i = state.batch_in_epoch
+        while i < len(batches):
+            group = batches[i : i + config.grad_accum]  # the micro-batches of one optimizer step
+            for j, rows in enumerate(group):
+                b = collate(train_set, rows, pad_id).to(device)
+                sync = j == len(group) - 1 or not dist.active
+                with (contextlib.nullcontext() if sync else net.no_sync()), _autocast(device, config.precision):
+                    result = net(b.embeddings, b.input_ids, b.attention_mask)
+                    scaler.scale(result.loss / len(group)).backward()
+                state.epoch_loss_sum += result.loss.detach().item() * result.n_tokens
+                state.epoch_tokens += result.n_tokens
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            i += len(group)
+            state.batch_in_epoch = i
+            if progress is not None:
+                progress(Progress(state.step, total_steps, "train"))
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                checkpoint()
+            if cancel is not None and cancel.is_set():
+                checkpoint()
+                raise CancelledError(f"clipcap: cancelled at step {state.step}; checkpoint {ckpt} (resume with --resume)")
+
+        train_loss = state.epoch_loss_sum / max(1, state.epoch_tokens)
+        val_loss = (validation_loss(model, val_set, batch_size=config.batch_size, pad_id=pad_id, device=device,
+                                    precision=config.precision, dist=dist) if val_set is not None else None)
+        state.history.append({"epoch": state.epoch + 1, "step": state.step, "train_loss": train_loss,
+                              "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]})
+        state.epoch += 1
+        state.batch_in_epoch, state.epoch_loss_sum, state.epoch_tokens = 0, 0.0, 0
+        if val_loss is None or val_loss < state.best_val - config.min_delta:
+            state.best_val = val_loss if val_loss is not None else state.best_val
+            state.bad_epochs = 0
+            save_bundle()
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
+        checkpoint()
+        if dist.is_main:
+            atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
+        if progress is not None:
+            vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
+            progress(Progress(state.step, total_steps, f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {vl}"))
+
+    if not (out / CAPTIONER_DIR).exists():  # no epoch run (epochs=0): the untrained model
+        save_bundle()
+    if dist.active:
+        torch.distributed.barrier()
+    return TrainResult(
+        captioner=out / CAPTIONER_DIR,
+        best_val_loss=None if math.isinf(state.best_val) else state.best_val,
+        history=list(state.history),
+        steps=state.step,
+        stopped_early=state.stopped_early,
+    )
+
