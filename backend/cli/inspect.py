@@ -13,7 +13,7 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("info", help="levels, resolution and tissue fraction of slides")
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
-    p.add_argument("--mpp", type=float, default=None, help="µm per level-0 pixel, for slides whose metadata has none")
+    p.add_argument("--slide-mpp", type=float, default=None, help="the slides' own µm per level-0 pixel, for slides whose metadata has none")
     p.set_defaults(handler=_info)
 
 
@@ -48,7 +48,7 @@ def _info(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.slides:
         try:
-            with open_slide(path, mpp=args.mpp) as slide:
+            with open_slide(path, mpp=args.slide_mpp) as slide:
                 mask = tissue_mask(slide)
                 print(_describe(slide, mask.fraction))
         except HistoclipError as e:
@@ -61,7 +61,7 @@ def _info(args: argparse.Namespace) -> int:
 def _describe(slide: Any, tissue_fraction: float) -> str:
     w, h = slide.dimensions
     if slide.mpp is None:
-        mpp = "mpp unknown (not in the metadata; pass --mpp)"
+        mpp = "mpp unknown (not in the metadata; pass --slide-mpp)"
     else:
         mpp = f"mpp {slide.mpp:.4g} µm/px ({slide.mpp_source})"
     power = f"{slide.objective_power:g}x" if slide.objective_power else "objective unknown"

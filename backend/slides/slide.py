@@ -145,7 +145,7 @@ class Slide:
             raise MissingMppError(
                 self.path,
                 "no microns-per-pixel in the slide's metadata; pass it explicitly "
-                "(e.g. --mpp 0.5 on the command line, or open_slide(path, mpp=0.5))",
+                "(the slide's own µm/px, e.g. --slide-mpp 0.25 on the command line, or open_slide(path, mpp=0.25))",
             )
         return self.mpp
 

@@ -123,7 +123,7 @@ def test_missing_mpp_is_never_invented(slides_dir: Path, synthetic: dict[str, An
             slide.require_mpp()
     message = str(info.value)
     assert message.startswith(f"{TCGA}: no microns-per-pixel")
-    assert "--mpp 0.5" in message and "mpp=" in message
+    assert "--slide-mpp 0.25" in message and "mpp=0.25" in message
     # 72 dpi in a JPEG would be 352.8 µm/px: a screen resolution, not a microscope's.
     with open_slide(synthetic["jpeg"]) as slide:
         assert slide.mpp is None

@@ -126,7 +126,7 @@ def test_missing_mpp(slides_dir: Path) -> None:
         with pytest.raises(MissingMppError) as info:
             make_tile_grid(slide, TileSpec(mpp=0.5), use_tissue=False)
         assert str(info.value).startswith(f"{TCGA}: no microns-per-pixel")
-        assert "--mpp" in str(info.value)
+        assert "--slide-mpp" in str(info.value)
         grid = make_tile_grid(slide, TileSpec(mpp=None), use_tissue=False)  # native pixels need none
         assert grid.tile_extent == 224.0 and grid.grid_shape == (16, 20)
 
