@@ -107,6 +107,46 @@ def _spec_from_dict(d: dict[str, Any]) -> Any:
     return TileSpec(**{k: v for k, v in d.items() if k in names})
 
 
+class KeyLock:
+    """An exclusive advisory lock on one cache key, so two jobs never fill the same store.
+
+    ``fcntl.flock`` on a small ``.lock`` file beside the store: released by :meth:`release`
+    or by the OS when the holder dies, so a killed run never leaves a stale lock. Where
+    ``fcntl`` does not exist (Windows) the lock is a no-op.
+    """
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def try_acquire(cls, path: Path) -> KeyLock | None:
+        """The lock, or None when another job holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return cls(path, None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> KeyLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class PartialStore:
     """A store being filled batch by batch; see the module docstring for the resume rule."""
 
@@ -181,6 +221,14 @@ class EmbeddingCache:
         rel = key.relpath()
         return self.root / rel.parent / (rel.name + _PARTIAL_SUFFIX)
 
+    def lock_path(self, key: CacheKey) -> Path:
+        rel = key.relpath()
+        return self.root / rel.parent / (rel.name + ".lock")
+
+    def try_lock(self, key: CacheKey) -> KeyLock | None:
+        """Exclusive right to write ``key``'s store, or None while another job has it."""
+        return KeyLock.try_acquire(self.lock_path(key))
+
     def contains(self, key: CacheKey) -> bool:
         return (self.final_path(key) / "zarr.json").is_file()
 
@@ -237,7 +285,10 @@ class EmbeddingCache:
     # --- writing -----------------------------------------------------------------------
 
     def open_partial(self, header: StoreHeader, coords: np.ndarray, grid_index: np.ndarray) -> PartialStore:
-        """The partial store for ``header.key``: resumed if it matches these tiles, else new."""
+        """The partial store for ``header.key``: resumed if it matches these tiles, else new.
+
+        The caller must hold :meth:`try_lock` for the key while it writes.
+        """
         import zarr
         from zarr.storage import LocalStore
 

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,7 @@ from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings
 from backend.errors import CancelledError, InputError
 
 T = TypeVar("T")
+_LOCK_POLL_S = 0.5
 
 
 class CancelSignal(Protocol):
@@ -279,57 +281,65 @@ def iter_embed_slide(
     SlideEmbeddings
     """
     model = load_model_arg(model, device)
-    with slide_arg(slide, mpp) as opened:
-        return (
-            yield from _embed_open_slide(
-                opened,
-                model,
-                _default_spec(spec),
-                cache=cache,
-                region=region,
-                tissue=tissue,
-                use_tissue=use_tissue,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                prefetch=prefetch,
-                channels_last=channels_last,
-                cancel=cancel,
-            )
-        )
+    spec = _default_spec(spec)
+    grid_kw = {"tissue": tissue, "use_tissue": use_tissue}
+    encode_kw = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "prefetch": prefetch,
+        "channels_last": channels_last,
+        "cancel": cancel,
+    }
+    with slide_arg(slide, mpp) as slide:
+        key = CacheKey(str(slide.fingerprint), str(model.model_id), grid_key(slide, spec, **grid_kw))
+        name = str(slide.name)
+        hit = _cached(cache, key, slide, region)
+        if hit is not None:
+            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
+            return hit
+        if cache is None or region is not None:  # nothing will be written: no lock needed
+            return (yield from _encode(slide, model, spec, key, None, region, grid_kw, encode_kw))
+
+        while (lock := cache.try_lock(key)) is None:
+            # Another job (thread or process) is filling this store: wait for it, cancellably.
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"{name}: cancelled while waiting for another job embedding this slide")
+            yield EmbedProgress(0, 0, EmbedStage.WAITING, name)
+            time.sleep(_LOCK_POLL_S)
+        with lock:
+            hit = _cached(cache, key, slide, None)  # the other job may just have finished it
+            if hit is not None:
+                yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
+                return hit
+            return (yield from _encode(slide, model, spec, key, cache, None, grid_kw, encode_kw))
 
 
-def _embed_open_slide(
+def _cached(cache: EmbeddingCache | None, key: CacheKey, slide: Any, region: Any) -> SlideEmbeddings | None:
+    if cache is None:
+        return None
+    hit = cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path))
+    if hit is not None and region is not None:
+        from backend.embed.region import tiles_in_region
+
+        hit = _subset(hit, tiles_in_region(hit.coords, hit.tile_extent, region))
+    return hit
+
+
+def _encode(
     slide: Any,
     model: Any,
     spec: Any,
-    *,
+    key: CacheKey,
     cache: EmbeddingCache | None,
     region: Any,
-    tissue: Any,
-    use_tissue: bool,
-    batch_size: int,
-    num_workers: int,
-    prefetch: int | None,
-    channels_last: bool | None,
-    cancel: CancelSignal | None,
+    grid_kw: dict[str, Any],
+    encode_kw: dict[str, Any],
 ) -> Generator[EmbedProgress, None, SlideEmbeddings]:
+    """Make the grid, resume or start the store (if ``cache``), encode what is missing."""
     from backend.slides import make_tile_grid
 
-    model_id = str(model.model_id)
-    key = CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, tissue=tissue, use_tissue=use_tissue))
     name = str(slide.name)
-
-    if cache is not None:
-        hit = cache.load(key, slide_name=name, slide_path=str(slide.path))
-        if hit is not None:
-            if region is not None:
-                from backend.embed.region import tiles_in_region
-
-                hit = _subset(hit, tiles_in_region(hit.coords, hit.tile_extent, region))
-            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
-            return hit
-
-    grid = make_tile_grid(slide, spec, tissue=tissue, use_tissue=use_tissue)
+    grid = make_tile_grid(slide, spec, **grid_kw)
     coords = np.asarray(grid.coords, dtype=np.int64).reshape(-1, 2)
     grid_index = np.asarray(grid.grid_index, dtype=np.int64).reshape(-1, 2)
     if region is not None:
@@ -338,7 +348,6 @@ def _embed_open_slide(
         # The whole-slide grid, then the tiles under the region: the same tiles the cached
         # path picks, so a region's vector does not depend on whether the slide was cached.
         wanted = tiles_in_region(coords, float(grid.tile_extent), region)
-        cache = None  # a region's tiles are not a slide's store
     else:
         wanted = np.arange(len(coords), dtype=np.int64)
     total = len(wanted)
@@ -365,17 +374,7 @@ def _embed_open_slide(
         vectors[:done] = store.read(done)
     yield EmbedProgress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
 
-    for off, batch in iter_encoded_batches(
-        slide,
-        grid,
-        model,
-        wanted[done:],
-        batch_size=batch_size,
-        num_workers=num_workers,
-        prefetch=prefetch,
-        channels_last=channels_last,
-        cancel=cancel,
-    ):
+    for off, batch in iter_encoded_batches(slide, grid, model, wanted[done:], **encode_kw):
         start = done + off
         vectors[start : start + len(batch)] = batch
         if store is not None:
@@ -389,7 +388,7 @@ def _embed_open_slide(
         slide_fingerprint=key.fingerprint,
         slide_name=name,
         slide_path=str(slide.path),
-        model_id=model_id,
+        model_id=key.model_id,
         spec=spec,
         spec_key=key.spec_key,
         coords=coords[wanted],

@@ -51,7 +51,7 @@ def as_polygon(region: RegionArg) -> np.ndarray:
 def tiles_in_region(coords: np.ndarray, tile_extent: float, region: RegionArg) -> np.ndarray:
     """Indices (int64, ascending) of the tiles under ``region``; see the module docstring."""
     # The centre rule is the one make_tile_grid(region=...) applies: one rule for both.
-    from backend.slides.tiling import _centres_inside
+    from backend.slides import points_in_region
 
     if hasattr(region, "points"):
         region = region.points
@@ -59,7 +59,7 @@ def tiles_in_region(coords: np.ndarray, tile_extent: float, region: RegionArg) -
     arr = np.asarray(region, dtype=np.float64)
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     ext = float(tile_extent)
-    hit = np.flatnonzero(_centres_inside(coords + ext / 2.0, arr if arr.shape == (4,) else poly))
+    hit = np.flatnonzero(points_in_region(coords + ext / 2.0, arr if arr.shape == (4,) else poly))
     if hit.size == 0 and len(coords):
         # A region smaller than a tile: the tiles its bounding box overlaps.
         (bx0, by0), (bx1, by1) = poly.min(axis=0), poly.max(axis=0)

@@ -209,6 +209,7 @@ class EmbedStage(StrEnum):
     """What an :class:`EmbedProgress` event reports."""
 
     CACHED = "cached"  # served whole from the cache, nothing encoded
+    WAITING = "waiting"  # another job is embedding the same slide, model and spec
     RESUMED = "resumed"  # a partial store was found; ``done`` tiles are already encoded
     ENCODING = "encoding"
     DONE = "done"

@@ -285,3 +285,19 @@ def test_importing_embed_and_tasks_does_not_import_torch() -> None:
     code = "import sys, backend.embed, backend.tasks, backend.tasks.export; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_second_job_on_the_same_slide_waits_then_hits(model, cmu_slide: Path, cache: EmbeddingCache) -> None:
+    first = iter_embed_slide(cmu_slide, model, SPEC, cache=cache, batch_size=BATCH)
+    assert next(first).stage == EmbedStage.ENCODING  # holds the key's lock from here on
+    cancel = threading.Event()
+    second = iter_embed_slide(cmu_slide, model, SPEC, cache=cache, batch_size=BATCH, cancel=cancel)
+    assert next(second).stage == EmbedStage.WAITING  # never two writers on one store
+    cancel.set()
+    with pytest.raises(CancelledError, match="waiting for another job"):
+        next(second)
+    for _ in first:
+        pass
+    events = []
+    embed_slide(cmu_slide, model, SPEC, cache=cache, progress=events.append)
+    assert [e.stage for e in events] == [EmbedStage.CACHED]
