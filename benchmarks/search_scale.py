@@ -29,7 +29,9 @@ import argparse
 import os
 import resource
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=32, help="intrinsic dimension of a cluster (32)")
     p.add_argument("--iso", type=float, default=0.2, help="isotropic share of a cluster's variance (0.2)")
     p.add_argument("--sweep", action="store_true", help="also print recall/latency over nprobe x k_factor")
+    p.add_argument("--through-index", action="store_true",
+                   help="also build a CohortIndex slide by slide (SQLite, rebuilds, saves) and time "
+                        "CohortIndex.search end to end")
+    p.add_argument("--slide-tiles", type=int, default=2000, help="tiles per slide with --through-index")
+    p.add_argument("--workdir", default=None, help="where --through-index writes its index (a temp dir)")
     return p.parse_args(argv)
 
 
@@ -70,7 +77,69 @@ def _time_single(search: Any, queries: Any) -> Any:
 
 
 def _recall(found: Any, truth: Any) -> float:
-    return float(sum(len(set(f[f >= 0]) & set(t)) for f, t in zip(found, truth)) / truth.size)
+    return float(sum(len(set(f[f >= 0]) & set(t)) for f, t in zip(found, truth, strict=True)) / truth.size)
+
+
+@dataclass(frozen=True)
+class _BenchSlide:
+    """An EmbeddingSet: one synthetic slide of the benchmark."""
+
+    slide_fingerprint: str
+    slide_name: str
+    slide_path: str
+    model_id: str
+    spec_key: str
+    coords: Any
+    tile_extent: float
+    vectors: Any
+
+
+def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace) -> None:
+    """Build a CohortIndex slide by slide from ``base`` and time its search end to end."""
+    import numpy as np
+
+    from backend.index import CohortIndex
+
+    n, dim, per = len(base), base.shape[1], args.slide_tiles
+    # real slides mix tissues: deal shuffled rows into slides, so every IVF (re)training
+    # sees the whole mixture (``base`` is sorted by cluster)
+    order = np.random.default_rng(args.seed + 4).permutation(n)
+    grid = np.arange(per)
+    coords = np.stack([grid % 100, grid // 100], axis=1).astype(np.int64) * 224
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="search_scale-") as tmp:
+        path = Path(tmp) / "cohort"
+        t = time.perf_counter()
+        rebuilds = []
+        with CohortIndex.create(path, model_id="bench", dim=dim) as index:
+            for i, a in enumerate(range(0, n, per)):
+                rows = order[a : a + per]
+                emb = _BenchSlide(f"fp{i}", f"slide{i}", f"/bench/slide{i}.svs", "bench", "bench",
+                                  coords[: len(rows)], 224.0, base[rows])
+                t_add = time.perf_counter()
+                if index.add(emb).rebuilt:
+                    rebuilds.append((len(index), time.perf_counter() - t_add))
+        build_s = time.perf_counter() - t
+        disk = sum(f.stat().st_size for f in path.iterdir())
+        t = time.perf_counter()
+        with CohortIndex.open(path, read_only=True) as index:
+            open_s = time.perf_counter() - t
+            stats = index.stats()
+            row_of = {}  # (slide, x, y) -> base row, to score recall from hits
+            merged = _time_single(lambda q: index.search(q[0], K, model_id="bench"), queries)
+            plain = _time_single(lambda q: index.search(q[0], K, model_id="bench", merge=False), queries)
+            hits = index.search(queries, K, model_id="bench", merge=False)
+        for i in range(-(-n // per)):
+            row_of[f"fp{i}"] = order[i * per : (i + 1) * per]
+        found = np.array([[row_of[h.fingerprint][(h.box[1] // 224) * 100 + h.box[0] // 224] for h in row]
+                          + [-1] * (K - len(row)) for row in hits])
+    print(f"\nthrough CohortIndex ({-(-n // per)} slides of {per} tiles, default IndexPolicy):")
+    print(f"  build {build_s:.1f} s slide by slide (SQLite + FAISS + saves), rebuilds at "
+          + ", ".join(f"{m:,} ({s:.1f} s)" for m, s in rebuilds))
+    print(f"  final index: {stats.kind}, nlist={stats.nlist}, FAISS file {stats.file_bytes / 1e6:.1f} MB, "
+          f"directory {disk / 1e6:.1f} MB, read-only open {open_s:.1f} s")
+    print(f"  CohortIndex.search k={K}: merge=True p50 {np.percentile(merged, 50):.2f} ms "
+          f"p99 {np.percentile(merged, 99):.2f} ms; merge=False p50 {np.percentile(plain, 50):.2f} ms "
+          f"p99 {np.percentile(plain, 99):.2f} ms; recall@10 (merge=False) {_recall(found, truth):.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     flat_build = time.perf_counter() - t
     flat_mem = flat.ntotal * dim * 4
     n_flat_q = min(args.flat_queries, nq)
-    flat_lat = _time_single(lambda q: fi.search(flat, q, K), queries[:n_flat_q])
+    flat_lat = _time_single(lambda q, ix=flat: fi.search(ix, q, K), queries[:n_flat_q])
     t = time.perf_counter()
     _, truth = fi.search(flat, queries, K)  # batched (BLAS) ground truth
     truth_s = time.perf_counter() - t
@@ -127,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in range(0, n, 100_000):
         fi.add(index, base[a : a + 100_000])
     add_s = time.perf_counter() - t
-    del base
+    if not args.through_index:
+        del base
     mem = fi.memory_bytes(index)
     lat = _time_single(lambda q: fi.search(index, q, K), queries)
     _, found = fi.search(index, queries, K)
@@ -161,9 +231,12 @@ def main(argv: list[str] | None = None) -> int:
                               params.nlist // 8} - {0}):
             for kf in (4, 8, 16):
                 _, f = fi.search(index, queries, K, nprobe=nprobe, k_factor=kf)
-                sl = _time_single(lambda q: fi.search(index, q, K, nprobe=nprobe, k_factor=kf),
+                sl = _time_single(lambda q, p=nprobe, f=kf: fi.search(index, q, K, nprobe=p, k_factor=f),
                                   queries[:200])
                 print(f"{nprobe:>8}{kf:>10}{_recall(f, truth):>11.4f}{np.percentile(sl, 50):>9.2f}")
+
+    if args.through_index:
+        _through_index(base, queries, truth, args)
 
     load1 = os.getloadavg()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

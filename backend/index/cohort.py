@@ -12,7 +12,8 @@ Writes and the recovery rule
     Adding a slide is one SQLite transaction (retire the old version of a changed file, insert
     the slide's metadata, coordinates and vectors); only after the commit are the vectors added
     to the in-memory FAISS index, whose file is rewritten atomically (temp file + fsync +
-    ``os.replace``) every ``policy.save_every`` vectors and on close. So at any instant, a kill
+    ``os.replace``) every ``policy.save_every`` vectors (or a tenth of the index, if more) and
+    on close. So at any instant, a kill
     leaves the store with whole slides only (SQLite rolls back an open transaction), and the
     FAISS file of the current generation holds a *prefix* of the store's vector ids. On open:
 
@@ -28,6 +29,10 @@ Writes and the recovery rule
     A rebuild (flat to IVF, retraining, compaction) writes ``index-<gen+1>.faiss`` first,
     then commits the renumbered store together with ``generation = gen+1``, then deletes the
     old file: a kill before the commit keeps generation ``gen`` and its file, after it the new.
+    A rebuild that was due but never committed is done again by the next ``add``.
+
+    A ``read_only`` open applies the same rule in memory only, and keeps up with a live
+    writer: each search first adds the vectors the writer has committed since.
 
 Removing vectors
     A changed slide's old vectors are not removed from FAISS at once: they are marked retired
@@ -46,14 +51,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backend.errors import CancelledError, InputError, ModelMismatchError
+from backend.errors import CancelledError, InputError
+from backend.index import build as b
 from backend.index import faiss_index as fi
 from backend.index import query as q
 from backend.index.records import (
@@ -66,9 +72,9 @@ from backend.index.records import (
     RegionQueryMode,
     SlideRecord,
 )
-from backend.index.store import DB_NAME, MetaStore
+from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
 
-Progress = Callable[[int, int], None]
+Progress = b.Progress
 
 
 class CohortIndex:
@@ -120,11 +126,15 @@ class CohortIndex:
         path.mkdir(parents=True, exist_ok=True)
         if any(p.name != "lock" for p in path.iterdir()):
             raise InputError(f"{path} is not empty: a cohort index needs a directory of its own")
-        lock = _acquire_lock(path)
+        lock = acquire_lock(path)
         policy = policy or IndexPolicy()
         info = {"model_id": model_id, "dim": str(int(dim)), "policy": json.dumps(asdict(policy)),
                 "trained_n": "0"}
-        store = MetaStore.create(path / DB_NAME, info)
+        try:
+            store = MetaStore.create(path / DB_NAME, info)
+        except BaseException:
+            release_lock(lock)
+            raise
         self = cls(path, store, policy, lock)
         self._index = fi.new_flat(self.dim)
         self.flush(force=True)
@@ -148,18 +158,18 @@ class CohortIndex:
         path = Path(path)
         if not (path / DB_NAME).is_file():
             raise InputError(f"{path}: no cohort index here ({DB_NAME} not found)")
-        lock = None if read_only else _acquire_lock(path)
+        lock = None if read_only else acquire_lock(path)
         try:
             store = MetaStore(path / DB_NAME, read_only=read_only)
         except BaseException:
-            _release_lock(lock)
+            release_lock(lock)
             raise
-        self = cls(path, store, policy or IndexPolicy(**store.policy_json()), lock)
+        self = cls(path, store, policy or _stored_policy(store), lock)
         try:
             self._recover()
         except BaseException:
             self._store.close()
-            _release_lock(lock)
+            release_lock(lock)
             raise
         return self
 
@@ -180,7 +190,7 @@ class CohortIndex:
         finally:
             self._closed = True
             self._store.close()
-            _release_lock(self._lock)
+            release_lock(self._lock)
 
     def flush(self, *, force: bool = False) -> None:
         """Write the FAISS file of the current generation if vectors were added since."""
@@ -230,7 +240,8 @@ class CohortIndex:
     ) -> AddResult:
         """Add one slide's embeddings; idempotent.
 
-        A slide whose fingerprint is already in is skipped. A slide at the path of a slide in
+        A slide whose fingerprint is already in is skipped (also when it comes from another
+        path: a copied or moved file keeps its first path). A slide at the path of a slide in
         the index but with another fingerprint (the file changed) replaces it. May trigger a
         rebuild (see :class:`IndexPolicy`), reported with ``progress`` and stoppable by
         ``cancel`` (the slide stays added; the rebuild is retried on the next add).
@@ -275,13 +286,13 @@ class CohortIndex:
         self._view = self._view.appended(record, slide.coords, retired=old)
         self._crash_point("faiss-added")
         self._unsaved += record.n_tiles
-        if self._unsaved >= self.policy.save_every:
+        # bounded catch-up work after a crash, without rewriting a large file every slide
+        if self._unsaved >= max(self.policy.save_every, self._index.ntotal // 10):
             self.flush()
-        rebuilt = False
         try:
             rebuilt = self._maintain(progress, cancel)
-        except CancelledError:
-            pass  # the slide is in; the due rebuild happens on a later add or rebuild()
+        except CancelledError:  # the slide is in; the due rebuild happens on a later add
+            rebuilt = False
         status = AddStatus.REPLACED if old is not None else AddStatus.ADDED
         return AddResult(status, slide.fingerprint, slide.slide_path, record.n_tiles,
                          old.fingerprint if old is not None else None, rebuilt)
@@ -320,8 +331,8 @@ class CohortIndex:
         self._check_open(write=True)
         live = [s for s in self._store.slides(live_only=True)]
         n_live = sum(s.n_tiles for s in live)
-        kind = fi.IndexKind(kind) if kind is not None else self._kind_for(n_live)
-        index = self._build(live, kind, progress, cancel)
+        kind = fi.IndexKind(kind) if kind is not None else b.kind_for(n_live, self.policy)
+        index = b.build_index(self._store, live, self.dim, kind, self.policy, progress, cancel)
         generation = self._generation + 1
         fi.save_atomic(index, self._faiss_path(generation))
         self._crash_point("rebuild-saved")
@@ -367,6 +378,7 @@ class CohortIndex:
         """
         self._check_open()
         self._sync()
+        q.check_k(k)
         queries, single = q.check_queries(query, model_id, self.model_id, self.dim, self.path)
         allowed = self._view.allowed(exclude_slides, only_slides)
         out = [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs())
@@ -399,6 +411,7 @@ class CohortIndex:
         """
         self._check_open()
         self._sync()
+        q.check_k(k)
         tiles, _ = q.check_queries(tile_vectors, model_id, self.model_id, self.dim, self.path)
         mode = q.check_mode(mode)
         allowed = self._view.allowed(exclude_slides, only_slides)
@@ -429,9 +442,6 @@ class CohortIndex:
         if write and self._lock is None:
             raise InputError(f"cohort index {self.path} is open read-only")
 
-    def _kind_for(self, n_live: int) -> fi.IndexKind:
-        return fi.IndexKind.IVF if n_live >= self.policy.ivf_threshold else fi.IndexKind.FLAT
-
     def _recover(self) -> None:
         """Load the FAISS file and bring it level with the store (module docstring rule)."""
         self._gen = self._store.generation
@@ -451,7 +461,8 @@ class CohortIndex:
                 index = None  # a damaged derived file: rebuilt below
         if index is None or index.d != self.dim or index.ntotal > self._view.n_total:
             if self._lock is None:  # read-only: an in-memory copy with the store's numbering
-                self._index = self._build(self._view.slides, self._kind_for(self._view.n_live))
+                self._index = b.build_index(self._store, self._view.slides, self.dim,
+                                             b.kind_for(self._view.n_live, self.policy), self.policy)
                 return
             self.rebuild()
             return
@@ -481,63 +492,14 @@ class CohortIndex:
 
     def _maintain(self, progress: Progress | None, cancel: threading.Event | None) -> bool:
         """Rebuild when the policy says so; True if it did."""
-        n_live, n_total = self._view.n_live, self._view.n_total
-        policy = self.policy
-        if fi.kind_of(self._index) is fi.IndexKind.FLAT:
-            due = n_live >= policy.ivf_threshold  # flat -> IVF
-        else:
-            trained = int(self._store.get_info("trained_n") or 0)
-            due = (
-                n_live >= policy.retrain_growth * max(trained, 1)  # outgrown its centroids
-                # shrunk well below the threshold (hysteresis: no flip-flop at the edge)
-                or n_live * policy.retrain_growth < policy.ivf_threshold
-            )
-        due = due or (n_total - n_live) > policy.max_dead_fraction * n_total  # compaction
+        trained = int(self._store.get_info("trained_n") or 0)
+        due = b.rebuild_due(fi.kind_of(self._index), self._view.n_live, self._view.n_total, trained, self.policy)
         if due:
             self.rebuild(progress=progress, cancel=cancel)
         return due
 
-    def _build(
-        self,
-        slides: Sequence[SlideRecord],
-        kind: fi.IndexKind,
-        progress: Progress | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Any:
-        """A FAISS index holding ``slides``' vectors in order (labels from 0)."""
-        n = sum(s.n_tiles for s in slides)
-        if kind is fi.IndexKind.FLAT:
-            index = fi.new_flat(self.dim)
-        else:
-            if n < q.MIN_IVF_VECTORS:
-                raise InputError(f"cannot train an IVF index on {n} vectors (at least {q.MIN_IVF_VECTORS})")
-            params = fi.choose_ivf_params(n, self.dim, nprobe=self.policy.nprobe, k_factor=self.policy.k_factor)
-            sample = q.sample_vectors(self._store, slides, self.dim, params.n_train, cancel)
-            index = fi.train_ivf(sample, params)
-        for i, s in enumerate(slides):
-            if cancel is not None and cancel.is_set():
-                raise CancelledError(f"rebuild of cohort index {self.path} cancelled")
-            fi.add(index, self._store.read_vectors(s, self.dim))
-            if progress is not None:
-                progress(i + 1, len(slides))
-        return index
 
-
-def _acquire_lock(path: Path) -> Any:
-    """An exclusive, non-blocking lock on ``path/lock``; the OS drops it if we are killed."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one writer is the caller's business
-        return object()
-    f = open(path / "lock", "a+")  # noqa: SIM115 - held open for the index's lifetime
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        f.close()
-        raise InputError(f"{path}: cohort index is open for writing in another process") from e
-    return f
-
-
-def _release_lock(lock: Any) -> None:
-    if lock is not None and hasattr(lock, "close"):
-        lock.close()  # closing the file drops the flock
+def _stored_policy(store: MetaStore) -> IndexPolicy:
+    """The policy saved at creation (fields this version does not know are ignored)."""
+    known = {f.name for f in fields(IndexPolicy)}
+    return IndexPolicy(**{k: v for k, v in store.policy_json().items() if k in known})

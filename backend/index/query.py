@@ -8,7 +8,6 @@ search needs and nothing that writes.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.errors import CancelledError, InputError, ModelMismatchError
+from backend.errors import InputError, ModelMismatchError
 from backend.index import faiss_index as fi
 from backend.index.merge import SUPPORT_MARGIN, Region, bounding_box, merge_adjacent, singletons, tile_box
 from backend.index.records import EmbeddingSet, Hit, RegionQueryMode, SlideRecord
@@ -26,8 +25,6 @@ from backend.index.store import MetaStore
 MAX_FETCH = 8192
 #: A region query uses at most this many of its tiles (evenly spread), bounding its cost.
 MAX_QUERY_TILES = 256
-#: Fewer vectors than this cannot train the IVF index's codebooks meaningfully.
-MIN_IVF_VECTORS = 256
 
 
 @dataclass(frozen=True)
@@ -117,6 +114,11 @@ def check_queries(
     if arr.ndim != 2 or arr.shape[1] != dim or len(arr) == 0:
         raise InputError(f"query has shape {np.shape(query)}, expected ({dim},) or (n, {dim})")
     return normalise(arr, "query"), single
+
+
+def check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k={k!r}: the number of hits wanted must be an integer >= 1")
 
 
 def check_mode(mode: RegionQueryMode | str) -> RegionQueryMode:
@@ -325,22 +327,3 @@ def search_tileset(
         scored.append((float(per_query.max(axis=1).mean()), place))
     scored.sort(key=lambda t: -t[0])
     return [view.hit(r, sidx, xy, extent, score) for score, r in scored[:k]]
-
-
-def sample_vectors(
-    store: MetaStore, slides: Sequence[SlideRecord], dim: int, n: int, cancel: threading.Event | None
-) -> np.ndarray:
-    """``n`` vectors drawn uniformly (fixed seed) from ``slides``, for training an IVF index."""
-    total = sum(s.n_tiles for s in slides)
-    pick = np.sort(np.random.default_rng(0).choice(total, size=min(n, total), replace=False))
-    out = np.empty((len(pick), dim), dtype=np.float32)
-    done = offset = 0  # offset: position of the slide in the concatenation of ``slides``
-    for s in slides:
-        if cancel is not None and cancel.is_set():
-            raise CancelledError("IVF training sample cancelled")
-        a, b = np.searchsorted(pick, [offset, offset + s.n_tiles])
-        if b > a:
-            out[done : done + b - a] = store.read_vectors(s, dim)[pick[a:b] - offset]
-            done += b - a
-        offset += s.n_tiles
-    return out

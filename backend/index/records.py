@@ -169,9 +169,9 @@ class IndexPolicy:
         Compact (rebuild without retired vectors) when this fraction of the index is retired
         vectors of replaced slides; until then they are masked out at search time.
     save_every
-        Rewrite the FAISS file once this many vectors were added since the last save (and on
-        :meth:`CohortIndex.close`). Unsaved vectors are never lost: they are in SQLite and are
-        re-added on open.
+        Rewrite the FAISS file once this many vectors (or a tenth of the index, if more) were
+        added since the last save, and on :meth:`CohortIndex.close`. Unsaved vectors are never
+        lost: they are in SQLite and are re-added on open.
     nprobe, k_factor
         IVF search knobs (lists visited; candidates re-ranked per hit wanted). ``None`` picks
         them from the index size (see ``faiss_index.choose_ivf_params``).

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -265,3 +266,27 @@ class MetaStore:
     def policy_json(self) -> dict:
         """The stored :class:`IndexPolicy` fields."""
         return json.loads(self.get_info("policy") or "{}")
+
+
+# --- the directory's writer lock ----------------------------------------------------------
+
+
+def acquire_lock(path: Path) -> Any:
+    """An exclusive, non-blocking lock on ``path/lock``; the OS drops it if we are killed."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one writer is the caller's business
+        return object()
+    f = open(path / "lock", "a+")  # noqa: SIM115 - held open for the index's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.close()
+        raise InputError(f"{path}: cohort index is open for writing in another process") from e
+    return f
+
+
+def release_lock(lock: Any) -> None:
+    """Release a lock from :func:`acquire_lock` (None: nothing to release)."""
+    if lock is not None and hasattr(lock, "close"):
+        lock.close()  # closing the file drops the flock

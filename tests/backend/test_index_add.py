@@ -206,6 +206,10 @@ def test_one_writer_many_readers(tmp_path: Path, cohort: SyntheticCohort) -> Non
             assert len(reader) == len(cohort.slides[0].vectors)
             with pytest.raises(InputError, match="read-only"):
                 reader.add(cohort.slides[1])
+            writer.add(cohort.slides[1])  # committed, not yet saved to the FAISS file
+            hit = reader.search(cohort.slides[1].vectors[5], 1, model_id=MODEL)[0]  # the reader keeps up
+            assert hit.fingerprint == cohort.slides[1].slide_fingerprint
+            assert len(reader) == 2 * len(cohort.slides[0].vectors)
     finally:
         writer.close()
     CohortIndex.open(tmp_path / "idx").close()  # the lock went with the writer

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from backend.index import AddStatus, CohortIndex, IndexPolicy
-from backend.index.cohort import _release_lock
+from backend.index.store import release_lock
 from backend.index.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
@@ -49,7 +49,7 @@ def _abandon(index: CohortIndex) -> None:
     """Drop an index as a killed process would: no save, just the OS closing its files."""
     index._closed = True
     index._store.close()
-    _release_lock(index._lock)
+    release_lock(index._lock)
 
 
 def _store_rows(path: Path) -> tuple[int, int]:
@@ -109,7 +109,8 @@ def test_crash_during_add_recovers_and_resumes(
     with CohortIndex.open(path) as index:
         committed = stage != "metadata-written"
         assert index.contains(cohort.slides[3].slide_fingerprint) is committed
-        assert index._index.ntotal == _store_rows(path)[0] == sum(len(s.vectors) for s in cohort.slides[: 3 + committed])
+        in_store = sum(len(s.vectors) for s in cohort.slides[: 3 + committed])
+        assert index._index.ntotal == _store_rows(path)[0] == in_store
     statuses = _resume(path, cohort)
     # the interrupted slide is re-added if its transaction never committed, else skipped
     assert statuses[3] is (AddStatus.SKIPPED if committed else AddStatus.ADDED)
