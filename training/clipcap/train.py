@@ -102,7 +102,8 @@ class TrainConfig:
             raise InputError(f"lr: must be > 0, got {self.lr}")
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """Plain JSON values (paths as strings, enums as their values)."""
+        return {k: (str(v) if isinstance(v, (Path, StrEnum)) else v) for k, v in asdict(self).items()}
 
 
 # Fields that define a run: resuming with different values would silently change it.
@@ -140,7 +141,8 @@ class _Dist:
     rank: int
     world_size: int
     device: torch.device
-    active: bool  # a process group was started (torchrun)
+    active: bool  # running in a process group (torchrun)
+    owned: bool = False  # the group was started here, so it is ended here
 
     @property
     def is_main(self) -> bool:
@@ -159,10 +161,11 @@ def _start_distributed(device: str | None) -> _Dist:
     use_cuda = torch.cuda.is_available() and (device is None or not str(device).startswith("cpu"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return _Dist(dist.get_rank(), dist.get_world_size(), dev, True)
+    return _Dist(dist.get_rank(), dist.get_world_size(), dev, True, owned)
 
 
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
@@ -311,6 +314,15 @@ def train(
     TrainResult
     """
     dist = _start_distributed(config.device)
+    try:
+        return _train(config, dist, progress, cancel)
+    finally:
+        if dist.owned:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None] | None,
+           cancel: threading.Event | None) -> TrainResult:
     out = Path(config.out_dir)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not config.resume:
