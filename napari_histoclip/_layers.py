@@ -212,6 +212,7 @@ def heatmap_layer(result: Any, info: SlideInfo) -> LayerData:
 # --- search hits ----------------------------------------------------------------------------
 
 HITS_LAYER = "search hits"
+HIT_COLOR = "#0078ff"  # a saturated blue: reads on white glass and on eosin pink
 
 
 def hit_shapes_layer(
@@ -224,11 +225,11 @@ def hit_shapes_layer(
     kwargs = info.layer_kwargs(
         name=f"{info.stem}: {HITS_LAYER}",
         shape_type="rectangle",
-        edge_color="#00e5ff",
+        edge_color=HIT_COLOR,
         face_color="transparent",
         edge_width=max(3.0, info.width / 600),
         features={"hit": list(texts)},
-        text={"string": "{hit}", "color": "#00e5ff", "size": 11, "anchor": "upper_left"},
+        text={"string": "{hit}", "color": HIT_COLOR, "size": 12, "anchor": "upper_left"},
     )
     kwargs["metadata"] = {**kwargs["metadata"], "kind": "hits"}
     return (data, kwargs, "shapes")

@@ -50,3 +50,44 @@ def cmu_layer_data(cmu_slide: Path):
     data = read_slide_layer(cmu_slide)
     assert data is not None
     return data
+
+
+CAPTION_WORDS = (
+    "dense fibrous stroma with scattered lymphocytes and small vessels . "
+    "squamous epithelium with keratin pearls . adipose tissue . tumor glands in desmoplastic stroma . "
+    "necrosis with inflammatory debris . mucosa with crypts and goblet cells"
+)
+
+
+@pytest.fixture(scope="session")
+def local_backend_cls():
+    """``backend.local.LocalBackend``; skips until the integrator has landed it."""
+    local = pytest.importorskip("backend.local", reason="backend.local.LocalBackend has not landed yet")
+    return local.LocalBackend
+
+
+@pytest.fixture(scope="module")
+def local_backend(local_backend_cls, tmp_path_factory):
+    """One in-process backend per test module (loaded models and cached embeddings reused)."""
+    return local_backend_cls(cache_dir=tmp_path_factory.mktemp("histoclip-cache"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> Path:
+    """A captioner bundle for ``test-tiny`` CLIP: random tiny GPT-2 over histology words.
+
+    Its captions are word salad (random weights) but they exercise the whole path: region
+    embeddings of the real slide, mapping network, beam search, n-best with scores.
+    """
+    import torch
+
+    from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
+    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from backend.models.registry import resolve_model
+
+    dim = resolve_model("test-tiny").embed_dim
+    tok = word_tokenizer([CAPTION_WORDS])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ClipCapModel(MapperConfig(clip_dim=dim, decoder_dim=64, prefix_length=3), tiny_gpt2(tok, n_layer=1, n_embd=64))
+    return save_captioner(Captioner(model.eval(), tok, "test-tiny"), tmp_path_factory.mktemp("captioner") / "tiny-captioner")

@@ -1,0 +1,115 @@
+"""PNG screenshots of the dock in use on CMU-1-Small-Region, for the README and for looking at.
+
+Written to a temp folder, or to ``$HISTOCLIP_SCREENSHOT_DIR`` (``docs/screenshots`` to refresh
+the committed ones). Full-window shots: with ``show=False`` a canvas-only shot can come back black.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histoclip._widgets._main import HistoclipWidget
+
+pytestmark = pytest.mark.gui
+WINDOW = (1440, 920)
+MAX_BYTES = 400_000
+
+
+@pytest.fixture
+def shot_dir(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture
+def screens_backend(request):
+    """The real in-process backend with ``test-tiny`` once it has landed, else the test double."""
+    try:
+        import backend.local  # noqa: F401
+    except ImportError:
+        from fakes import FakeBackend
+
+        return FakeBackend(tile=224), None
+    return request.getfixturevalue("local_backend"), request.getfixturevalue("tiny_captioner")
+
+
+def save_png(viewer, path: Path) -> Path:
+    """A full-window screenshot, palette-quantised so that it stays a few hundred KB."""
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    pixels = viewer.screenshot(canvas_only=False, flash=False)
+    image = Image.fromarray(np.asarray(pixels)[..., :3])
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    return path
+
+
+def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_data, screens_backend, shot_dir, tmp_path, slides_dir, capsys) -> None:
+    from napari.layers import Layer
+
+    backend, captioner = screens_backend
+    viewer = make_napari_viewer()
+    viewer.window._qt_window.resize(*WINDOW)
+    widget = HistoclipWidget(viewer, backend=backend)
+    viewer.window.add_dock_widget(widget, name="HistoCLIP", area="right")
+    viewer.add_layer(Layer.create(*cmu_layer_data))
+    viewer.scale_bar.visible = True
+    if "test-tiny" in [c for c in widget.model.choices]:
+        widget.model.value = "test-tiny"
+
+    def wait() -> None:
+        qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
+
+    # 1. Zero-shot: class map over the slide, legend in the dock.
+    widget.tabs.setCurrentIndex(0)
+    widget.zero_shot.run_button.native.click()
+    wait()
+    viewer.reset_view()
+    shots = [save_png(viewer, shot_dir / "zero-shot-class-map.png")]
+
+    # 2. Captions on shapes, the n-best list of the selected one.
+    viewer.layers["CMU-1-Small-Region: class map"].visible = False
+    widget.tabs.setCurrentIndex(1)
+    shapes = widget.captions.new_layer()
+    shapes.add_rectangles(np.array([[350, 450], [850, 1050]]))
+    shapes.add_polygons([np.array([[1650, 550], [1750, 1300], [2300, 950], [2100, 450]])])
+    widget.captions.captioner.value = captioner or tmp_path
+    widget.captions.caption_button.native.click()
+    wait()
+    shapes.selected_data = {0}
+    shots.append(save_png(viewer, shot_dir / "captions-on-shapes.png"))
+
+    # 3. Find similar: index a two-slide cohort, query by the first shape, open the best hit.
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name in ("CMU-1-Small-Region.svs", "test3-DAPI-2-(387).ndpi"):
+        os.symlink(slides_dir / name, cohort / name)
+    widget.tabs.setCurrentIndex(2)
+    search = widget.search
+    search.folder.value = cohort
+    search.build_button.native.click()
+    wait()
+    search.exclude.value = False
+    viewer.layers.selection.active = shapes
+    shapes.selected_data = {0}
+    search.shape_button.native.click()
+    wait()
+    assert search.results.count() > 0
+    search.results.itemClicked.emit(search.results.item(0))
+    shots.append(save_png(viewer, shot_dir / "find-similar.png"))
+
+    for path in shots:
+        assert 0 < path.stat().st_size < MAX_BYTES, path
+        from PIL import Image
+
+        arr = np.asarray(Image.open(path).convert("RGB"))
+        assert arr.std() > 20  # not a blank or black frame
+    with capsys.disabled():
+        print(f"\n[screenshots] {', '.join(p.name for p in shots)} in {shot_dir}", file=sys.stderr)
