@@ -1,0 +1,159 @@
+"""The dock on the real in-process backend: ``test-tiny`` CLIP on CMU-1-Small-Region."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_histoclip._shapes import CAPTION, nbest
+from napari_histoclip._widgets._main import HistoclipWidget
+
+pytestmark = pytest.mark.gui
+MODEL = "test-tiny"
+MPP = 0.499
+
+
+@pytest.fixture
+def dock(make_napari_viewer, local_backend, cmu_layer_data):
+    from napari.layers import Layer
+
+    viewer = make_napari_viewer()
+    widget = HistoclipWidget(viewer, backend=local_backend)
+    viewer.window.add_dock_widget(widget, name="HistoCLIP")
+    viewer.add_layer(Layer.create(*cmu_layer_data))
+    widget.model.value = MODEL
+    return widget
+
+
+def wait(qtbot, widget: HistoclipWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=180_000)
+
+
+def test_registry_models_are_listed(dock) -> None:
+    assert MODEL in dock.model.choices
+
+
+def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, qtbot, local_backend, cmu_slide, notes) -> None:
+    from backend.api import SlideRef
+
+    panel = dock.zero_shot
+    panel.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    viewer = dock.viewer
+    labels = viewer.layers["CMU-1-Small-Region: class map"]
+    geom = local_backend.embed_slide(SlideRef(str(cmu_slide)), MODEL).geometry  # cached: instant
+    assert labels.data.shape == tuple(geom.shape)
+    assert labels.scale.tolist() == pytest.approx([s * MPP for s in geom.scale])
+    assert labels.translate.tolist() == pytest.approx([t * MPP for t in geom.translate])
+    values = set(np.unique(labels.data).tolist())
+    assert 0 in values and values - {0} and values <= {0, 1, 2, 3, 4}
+    probs = [viewer.layers[f"CMU-1-Small-Region: p({p})"] for p in ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue")]
+    assert all(p.scale.tolist() == labels.scale.tolist() for p in probs)
+    total = sum(np.asarray(p.data) for p in probs)
+    assert np.allclose(total[labels.data > 0], 1.0, atol=1e-4)  # softmax over classes on tissue
+    assert "tumor epithelium" in panel.legend.value
+    first = dock.runner.last_duration
+
+    from napari_histoclip._widgets._prompts import PromptRow
+
+    panel.prompts.set_rows([PromptRow("necrosis", "#000000"), PromptRow("tumor", "#ff0000"), PromptRow("fat", "#ffff00")])
+    panel.run_button.native.click()
+    wait(qtbot, dock)
+    again = dock.runner.last_duration
+    names = [lyr.name for lyr in viewer.layers]
+    assert "CMU-1-Small-Region: p(fat)" in names and "CMU-1-Small-Region: p(stroma)" not in names
+    assert set(np.unique(viewer.layers["CMU-1-Small-Region: class map"].data).tolist()) <= {0, 1, 2, 3}
+    assert again < 2.0, f"relabelling took {again:.2f} s (first run {first:.2f} s)"
+
+
+def test_heatmap_and_region(dock, qtbot, notes) -> None:
+    dock.zero_shot.query.value = "tumor"
+    dock.zero_shot.heatmap_button.native.click()
+    wait(qtbot, dock)
+    heat = dock.viewer.layers["CMU-1-Small-Region: 'tumor'"]
+    assert heat.data.ndim == 2 and heat.scale[0] > 100 * MPP
+
+    shapes = dock.captions.new_layer()
+    shapes.add_rectangles(np.array([[400, 300], [1600, 1500]]))
+    shapes.selected_data = {0}
+    dock.viewer.layers.selection.active = shapes
+    dock.zero_shot.scope.value = "selected shape"
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    region = dock.viewer.layers["CMU-1-Small-Region: class map (region)"]
+    assert (np.asarray(region.data) > 0).any()
+
+
+def test_captions_land_on_shapes(dock, qtbot, tiny_captioner, notes) -> None:
+    panel = dock.captions
+    panel.new_layer_button.native.click()
+    shapes = panel.shapes.value
+    shapes.add_rectangles(np.array([[350, 450], [850, 1050]]))
+    shapes.add_polygons([np.array([[1650, 550], [1750, 1300], [2300, 950], [2100, 450]])])
+    panel.captioner.value = tiny_captioner
+    panel.beams.value, panel.n_best.value = 3, 3
+    panel.caption_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    captions = list(shapes.features[CAPTION])
+    assert len(captions) == 2 and all(isinstance(c, str) and c for c in captions)
+    assert shapes.text.values[0].replace("\n", " ") == captions[0]
+    options = nbest(shapes, 0)
+    assert 1 <= len(options) <= 3 and options[0][0] == captions[0]
+    assert [s for _, s in options] == sorted((s for _, s in options), reverse=True)
+    assert panel.nbest_list.count() == len(options)
+
+
+def test_search_click_moves_the_camera_to_the_hit(dock, qtbot, tmp_path, slides_dir, notes) -> None:
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for name in ("CMU-1-Small-Region.svs", "test3-DAPI-2-(387).ndpi"):
+        os.symlink(slides_dir / name, cohort / name)
+    panel = dock.search
+    panel.folder.value = cohort
+    panel.build_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    assert Path(panel.index.value).is_dir()
+
+    shapes = dock.captions.new_layer()
+    shapes.add_rectangles(np.array([[800, 600], [1400, 1200]]))
+    shapes.selected_data = {0}
+    dock.viewer.layers.selection.active = shapes
+    panel.exclude.value = False
+    panel.k.value = 5
+    panel.shape_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    assert 0 < panel.results.count() <= 5
+
+    row = next(i for i, h in enumerate(panel.hits) if h.hit.slide_name.startswith("test3"))
+    panel.results.itemClicked.emit(panel.results.item(row))
+    viewer = dock.viewer
+    hit = panel.hits[row].hit
+    ndpi = viewer.layers["test3-DAPI-2-(387).ndpi"]
+    s = ndpi.scale[-1]
+    x, y, w, h = hit.box
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * s, (x + w / 2 - 0.5) * s))
+    assert ndpi.visible and not viewer.layers["CMU-1-Small-Region.svs"].visible
+    assert len(viewer.layers["test3-DAPI-2-(387): search hits"].data) >= 1
+
+    panel.text.value = "tumor"
+    panel.text_button.native.click()
+    wait(qtbot, dock)
+    assert panel.results.count() > 0
+
+
+def test_plugin_menu_opens_the_dock_with_the_local_backend(make_napari_viewer, npe2pm, local_backend_cls, notes) -> None:
+    from npe2 import PluginManifest
+
+    npe2pm.register(PluginManifest.from_file(Path(__file__).resolve().parents[2] / "napari.yaml"))
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histoclip", "HistoCLIP")
+    assert isinstance(widget, HistoclipWidget) and isinstance(widget.backend, local_backend_cls)
+    assert MODEL in widget.model.choices and not notes.errors
