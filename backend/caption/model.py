@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from backend.errors import InputError, WeightsNotFoundError
+from backend.errors import InputError, ModelError, WeightsNotFoundError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -278,6 +278,14 @@ def _from_pretrained(loader: Any, what: str, name_or_path: str | Path, revision:
     The cache is tried first with ``local_files_only`` so that a cached model never waits on
     the network; offline or with the hub unreachable, a miss fails at once (no retries).
     """
+    try:
+        return _from_pretrained_or_hub(loader, what, name_or_path, revision, cache_dir)
+    except ImportError as e:  # e.g. BioGPT's tokenizer needs sacremoses
+        raise ModelError(f"{what} {name_or_path}: needs a package that is not installed ({e})") from e
+
+
+def _from_pretrained_or_hub(loader: Any, what: str, name_or_path: str | Path, revision: str | None,
+                            cache_dir: str | os.PathLike[str] | None) -> Any:
     from backend.models.hub import hub_cache_dir, hub_endpoint, hub_reachable, is_offline
 
     if _is_local(name_or_path):

@@ -21,7 +21,8 @@ def captioner() -> Captioner:
     # one token per word: the text of a caption is its token sequence
     tok = word_tokenizer([WORDS])
     torch.manual_seed(0)
-    model = ClipCapModel(MapperConfig(clip_dim=16, decoder_dim=64, prefix_length=3), tiny_gpt2(tok, n_layer=2, n_embd=64))
+    model = ClipCapModel(MapperConfig(clip_dim=16, decoder_dim=64, prefix_length=3),
+                         tiny_gpt2(tok, n_layer=2, n_embd=64))
     return Captioner(model.eval(), tok, "test-tiny")
 
 

@@ -169,7 +169,8 @@ def test_decoder_folder_and_missing_hub_model(tmp_path, tokenizer, decoder):
     assert loaded.config.n_embd == 64
     assert load_tokenizer(tmp_path / "dec").eos_token_id == tokenizer.eos_token_id
     # offline (conftest sets HF_HUB_OFFLINE=1): a clear error, at once, naming the way out
-    with pytest.raises(WeightsNotFoundError, match=r"decoder 'no-such-org/no-such-model'.*HF_HUB_OFFLINE.*local folder"):
+    with pytest.raises(WeightsNotFoundError,
+                       match=r"decoder 'no-such-org/no-such-model'.*HF_HUB_OFFLINE.*local folder"):
         load_decoder("no-such-org/no-such-model", cache_dir=tmp_path / "hub")
     with pytest.raises(WeightsNotFoundError, match="tokenizer 'no-such-org/no-such-model'"):
         load_tokenizer("no-such-org/no-such-model", cache_dir=tmp_path / "hub")

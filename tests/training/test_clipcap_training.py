@@ -137,7 +137,7 @@ def test_training_lowers_val_loss_and_captions_better_than_untrained(workspace):
 def test_cancel_and_resume_continue_the_run_exactly(workspace):
     ws = workspace
     base = dict(train=ws["train"], val=ws["val"], embeddings=ws["emb"], decoder=str(ws["decoder"]),
-                prefix_length=4, batch_size=16, lr=3e-3, warmup_steps=2, epochs=2, device="cpu")
+                prefix_length=4, batch_size=8, grad_accum=2, lr=3e-3, warmup_steps=2, epochs=2, device="cpu")
     straight = train(TrainConfig(out_dir=ws["root"] / "straight", **base))
 
     cancel = threading.Event()

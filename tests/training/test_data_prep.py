@@ -100,11 +100,16 @@ def test_blank_tiles_compare_by_colour(testdata):
     """A blank tile's hash is noise (a cursor is all there is to see): blank tiles are matched by
     mean colour, so a cursor on a blank tile is still a near-copy, and two blanks of different
     brightness are not."""
+    from training.data.phash import Fingerprints
+
     blank = _tile(testdata, "no-tissue.png")
     white = _tile(testdata, "almost-white-1.png")
     assert hamming(phash(blank), phash(_cursor(blank))) > DedupConfig().threshold  # why the hash alone fails
-    _, contrast, _ = fingerprint(blank)
-    assert contrast < DedupConfig().flat_contrast
+    prints = [fingerprint(x) for x in (blank, _cursor(blank), white, _cursor(white))]
+    assert all(p[1] < DedupConfig().flat_contrast for p in prints)
+    fp = Fingerprints(np.array([p[0] for p in prints], np.uint64), np.array([p[1] for p in prints]),
+                      np.array([p[2] for p in prints]))
+    assert near_duplicate_groups(fp).tolist() == [0, 0, 1, 1]
 
 
 def _write_pairs(tile_files, root: Path) -> pd.DataFrame:
@@ -128,7 +133,8 @@ def test_prepare_merges_explodes_and_splits_by_image(tile_files, tmp_path, suffi
      ".parquet": lambda: df.to_parquet(table)}[suffix]()
     out = tmp_path / "out"
     assert main(["prepare", str(table), "--out", str(out), "--image-column", "file", "--caption-column", "text",
-                 "--image-root", str(root), "--val-fraction", "0.25", "--test-fraction", "0.25", "--format", "csv"]) == 0
+                 "--image-root", str(root), "--val-fraction", "0.25", "--test-fraction", "0.25",
+                 "--format", "csv"]) == 0
 
     splits = {s: pd.read_csv(out / f"{s}.csv") for s in ("train", "val", "test")}
     assert all(len(s) for s in splits.values())
@@ -153,7 +159,8 @@ def test_prepare_errors_name_file_and_column(tile_files, tmp_path, capsys):
     args = [str(table), "--out", str(tmp_path / "o"), "--image-column", "path", "--caption-column", "text"]
     with pytest.raises(InputError) as err:
         prepare_main(args)
-    assert "pairs.csv" in str(err.value) and "'path'" in str(err.value) and "columns present: file, text" in str(err.value)
+    message = str(err.value)
+    assert "pairs.csv" in message and "'path'" in message and "columns present: file, text" in message
     # the command line prints the same one line, no traceback
     assert main(["prepare", *args]) == 1
     assert capsys.readouterr().err.strip() == f"python -m training prepare: error: {err.value}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,8 +103,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+
+
 def _print_epochs(p: Progress) -> None:
-    if p.stage != "train":
+    if p.stage != "train" and _is_rank0():
         print(f"clipcap: step {p.done}/{p.total}, {p.stage}", file=sys.stderr, flush=True)
 
 
@@ -117,5 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = train(config_from_args(args), progress=_print_epochs)
     best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
     stop = ", stopped early" if result.stopped_early else ""
-    print(f"clipcap: {result.steps} steps{stop}; best val loss {best}; captioner {result.captioner}")
+    if _is_rank0():
+        print(f"clipcap: {result.steps} steps{stop}; best val loss {best}; captioner {result.captioner}")
     return 0

@@ -80,7 +80,9 @@ def load_caption_set(
     captions = [str(c).strip() for c in df[caption_column].tolist()]
     empty = [i for i, c in enumerate(captions) if not c]
     if empty:
-        raise InputError(f"{table}: {len(empty)} empty caption(s) in column {caption_column!r}, first at row {empty[0]}")
+        raise InputError(
+            f"{table}: {len(empty)} empty caption(s) in column {caption_column!r}, first at row {empty[0]}"
+        )
     distinct = list(dict.fromkeys(images))
     position = {p: i for i, p in enumerate(distinct)}
     return CaptionSet(
@@ -135,7 +137,9 @@ def epoch_batches(
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def iter_eval_batches(data: CaptionSet, batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+def iter_eval_batches(
+    data: CaptionSet, batch_size: int, pad_id: int, rank: int = 0, world_size: int = 1
+) -> Iterator[Batch]:
     """Fixed-order batches of this rank's share of ``data`` (for validation)."""
     n = len(data)
     for start in range(rank * batch_size, n, batch_size * world_size):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from backend.errors import CancelledError, InputError, ModelMismatchError
+from training.data.images import read_rgb
 from training.data.tables import atomic_write_text
 
 META_FILE = "meta.json"
@@ -135,19 +136,6 @@ class EmbeddingStore:
         return out
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """An image file as uint8 (H, W, 3) RGB; :class:`InputError` naming it if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy wants one
-    except FileNotFoundError as e:
-        raise InputError(f"image {path}: file not found") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"image {path}: not a readable image ({e})") from e
-
-
 @dataclass(frozen=True)
 class EncodeResult:
     store: Path
@@ -226,7 +214,8 @@ def encode_images(
         written += len(pending_paths)
     if written < len(todo):
         raise CancelledError(f"encode: cancelled after {written} of {len(todo)} images; rerun to resume")
-    return EncodeResult(store=store.root, model_id=store.model_id, encoded=written, already_stored=len(wanted) - len(todo))
+    return EncodeResult(store=store.root, model_id=store.model_id, encoded=written,
+                        already_stored=len(wanted) - len(todo))
 
 
 def image_paths_of(tables: Sequence[str | os.PathLike[str]], image_column: str = "image") -> list[str]:

@@ -201,7 +201,8 @@ def _optimizer(model: ClipCapModel, config: TrainConfig) -> torch.optim.Optimize
 
 
 def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
-    return {"mapper": model.mapper.state_dict(), "decoder": None if model.decoder_frozen else model.decoder.state_dict()}
+    decoder = None if model.decoder_frozen else model.decoder.state_dict()
+    return {"mapper": model.mapper.state_dict(), "decoder": decoder}
 
 
 def _save_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any, state: TrainState,
@@ -326,7 +327,9 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
     out = Path(config.out_dir)
     ckpt = out / CHECKPOINT
     if ckpt.exists() and not config.resume:
-        raise InputError(f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out")
+        raise InputError(
+            f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out"
+        )
 
     store = EmbeddingStore(config.embeddings)
     model, tokenizer = build_model(config, store.embed_dim)
@@ -381,8 +384,9 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
             for j, rows in enumerate(group):
                 b = collate(train_set, rows, pad_id).to(device)
                 sync = j == len(group) - 1 or not dist.active
-                with (contextlib.nullcontext() if sync else net.no_sync()), _autocast(device, config.precision):
-                    result = net(b.embeddings, b.input_ids, b.attention_mask)
+                with contextlib.nullcontext() if sync else net.no_sync():  # all-reduce once per step
+                    with _autocast(device, config.precision):
+                        result = net(b.embeddings, b.input_ids, b.attention_mask)
                     scaler.scale(result.loss / len(group)).backward()
                 state.epoch_loss_sum += result.loss.detach().item() * result.n_tokens
                 state.epoch_tokens += result.n_tokens
@@ -401,7 +405,9 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
                 checkpoint()
             if cancel is not None and cancel.is_set():
                 checkpoint()
-                raise CancelledError(f"clipcap: cancelled at step {state.step}; checkpoint {ckpt} (resume with --resume)")
+                raise CancelledError(
+                    f"clipcap: cancelled at step {state.step}; checkpoint {ckpt} (resume with --resume)"
+                )
 
         train_loss = state.epoch_loss_sum / max(1, state.epoch_tokens)
         val_loss = (validation_loss(model, val_set, batch_size=config.batch_size, pad_id=pad_id, device=device,
@@ -422,7 +428,8 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
             atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
         if progress is not None:
             vl = f"{val_loss:.4f}" if val_loss is not None else "n/a"
-            progress(Progress(state.step, total_steps, f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {vl}"))
+            stage = f"epoch {state.epoch}: train loss {train_loss:.4f}, val loss {vl}"
+            progress(Progress(state.step, total_steps, stage))
 
     if not (out / CAPTIONER_DIR).exists():  # no epoch run (epochs=0): the untrained model
         save_bundle()

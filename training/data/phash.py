@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.errors import InputError
+from training.data.images import open_image
 
 HASH_BITS = 64
 _HASH_SIDE = 8  # 8x8 low-frequency DCT block -> 64 bits
@@ -116,23 +117,10 @@ def fingerprint(image: object) -> tuple[int, float, np.ndarray]:
 
 
 def fingerprint_file(path: str | os.PathLike[str]) -> tuple[int, float, np.ndarray]:
-    """:func:`fingerprint` of an image file.
-
-    Raises
-    ------
-    InputError
-        The file is missing or not a readable image (names the file and the cause).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (4 * _SAMPLE_SIDE, 4 * _SAMPLE_SIDE))  # JPEG: decode at reduced scale
-            return fingerprint(im)
-    except FileNotFoundError as e:
-        raise InputError(f"image {path}: file not found") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"image {path}: not a readable image ({e})") from e
+    """:func:`fingerprint` of an image file; :class:`InputError` naming it if unreadable."""
+    with open_image(path) as im:
+        im.draft("RGB", (4 * _SAMPLE_SIDE, 4 * _SAMPLE_SIDE))  # JPEG: decode at reduced scale
+        return fingerprint(im)
 
 
 def fingerprint_files(

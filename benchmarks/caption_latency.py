@@ -1,0 +1,112 @@
+"""Region caption latency on CPU: ViT-B-32 + a GPT-2-small-sized decoder, beam 3, 30 tokens.
+
+    .venv/bin/python benchmarks/caption_latency.py [--threads 2] [--runs 5] [--batch 8]
+
+One process, random weights (speed only): open_clip ViT-B-32 wrapped as our ClipModel, an
+MLP mapper (prefix 10), and GPT-2 small from ``GPT2Config()`` defaults (12 layers, 768 wide,
+50,257-token vocabulary, 124M parameters) with a word-level tokenizer of the same size. A
+region caption is ``Captioner.caption_images`` on one 224 px real H&E tile (kather2.tif): image
+encode + mapping + decoding with the KV cache, exactly 30 new tokens (EOS blocked until then).
+Prints the median of ``--runs`` timed runs after one warm-up for beam 3 (target < 2 s) and
+greedy (the baseline, same process), their ratio, the image-encode share, and the per-region
+time when ``--batch`` regions are captioned in one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+TILE = (ROOT / ".." / "shared" / "testdata" / "tiles" / "kather2.tif").resolve()
+TARGET_S = 2.0
+
+
+def build(threads: int):
+    """(captioner, clip_model, tile): the benchmark's models, random weights, seeded."""
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(threads)
+    from embed_throughput import vit_b32_random  # the same ViT-B-32 wrapper as the embedding benchmark
+
+    from backend.caption import Captioner, ClipCapModel, MapperConfig
+    from backend.caption.testing import tiny_gpt2, word_tokenizer
+
+    clip_model, _ = vit_b32_random("cpu")
+    # 50,256 words + EOS = GPT-2's vocabulary size, so the LM head costs what GPT-2's does
+    tokenizer = word_tokenizer([" ".join(f"w{i}" for i in range(50256))])
+    decoder = tiny_gpt2(tokenizer, n_layer=12, n_embd=768, n_head=12, n_positions=1024)
+    torch.manual_seed(0)
+    model = ClipCapModel(MapperConfig(kind="mlp", clip_dim=clip_model.embed_dim, decoder_dim=768, prefix_length=10),
+                         decoder).eval()
+    captioner = Captioner(model, tokenizer, clip_model.model_id)
+    tile = np.array(Image.open(TILE).convert("RGB"))[:224, :224]
+    return captioner, clip_model, tile
+
+
+def median_seconds(fn, runs: int) -> float:
+    fn()  # warm-up: first calls allocate and pick kernels
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=30)
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--batch", type=int, default=8, help="regions captioned in one call (0: skip)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from backend.caption import DecodeConfig
+
+    t0 = time.perf_counter()
+    captioner, clip_model, tile = build(args.threads)
+    n_params = sum(p.numel() for p in captioner.model.decoder.parameters()) / 1e6
+    print(f"built ViT-B-32 + GPT-2-small-sized decoder ({n_params:.0f}M) in {time.perf_counter() - t0:.1f} s; "
+          f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
+
+    fixed = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
+    beam = DecodeConfig(num_beams=args.beams, **fixed)
+    greedy = DecodeConfig(strategy="greedy", **fixed)
+    one = tile[None]
+
+    encode_s = median_seconds(lambda: clip_model.encode_images(one), args.runs)
+    beam_s = median_seconds(lambda: captioner.caption_images(one, clip_model, config=beam), args.runs)
+    greedy_s = median_seconds(lambda: captioner.caption_images(one, clip_model, config=greedy), args.runs)
+    out = captioner.caption_images(one, clip_model, config=beam)[0]
+    assert len(out.texts[0].split()) == args.tokens, out.texts[0]
+
+    verdict = "OK" if beam_s < TARGET_S else "OVER TARGET"
+    print(f"region caption, beam {args.beams}, {args.tokens} tokens: {beam_s:.3f} s median of {args.runs} "
+          f"(target < {TARGET_S:.0f} s: {verdict}); image encode {encode_s * 1000:.0f} ms of it")
+    print(f"region caption, greedy, {args.tokens} tokens:  {greedy_s:.3f} s median; "
+          f"beam/greedy = {beam_s / greedy_s:.2f}")
+    if args.batch > 1:
+        batch = np.repeat(one, args.batch, axis=0)
+        batch_s = median_seconds(lambda: captioner.caption_images(batch, clip_model, config=beam),
+                                 max(1, args.runs // 2))
+        print(f"{args.batch} regions in one call, beam {args.beams}: {batch_s:.3f} s, "
+              f"{batch_s / args.batch:.3f} s per region")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
