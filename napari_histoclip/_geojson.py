@@ -319,7 +319,7 @@ def annotations_layer(annotations: Sequence[Annotation], info: SlideInfo, name: 
     kwargs["features"] = {
         CAPTION: [a.name for a in annotations],
         CAPTION_SCORE: [np.nan] * len(annotations),
-        "caption_display": [wrap_caption(a.name) for a in annotations],
+        "caption_display": [wrap_caption(a.name, cls=a.cls) for a in annotations],
         CLASS: [a.cls for a in annotations],
         "nbest": [""] * len(annotations),
     }

@@ -120,8 +120,16 @@ def shape_regions(
     return regions
 
 
-def wrap_caption(text: str, width: int = WRAP) -> str:
-    return "\n".join(textwrap.wrap(text, width=width)) if text else ""
+def wrap_caption(text: str, width: int = WRAP, cls: str = "") -> str:
+    """The on-canvas text of a shape: ``[class] caption``, wrapped to ``width`` characters."""
+    cls = "" if str(cls) in ("", "nan", "None") else str(cls)
+    text = "" if str(text) in ("nan", "None") else str(text)
+    full = f"[{cls}] {text}".strip() if cls else text
+    return "\n".join(textwrap.wrap(full, width=width)) if full else ""
+
+
+def _redisplay(feats: Any, i: int) -> None:
+    feats.loc[i, CAPTION_TEXT] = wrap_caption(feats.loc[i, CAPTION], cls=feats.loc[i, CLASS])
 
 
 def set_captions(layer: Any, indices: Sequence[int], captions: Sequence[Any]) -> None:
@@ -133,7 +141,7 @@ def set_captions(layer: Any, indices: Sequence[int], captions: Sequence[Any]) ->
         score = float(cap.scores[0]) if cap.scores else np.nan
         feats.loc[i, CAPTION] = best
         feats.loc[i, CAPTION_SCORE] = score
-        feats.loc[i, CAPTION_TEXT] = wrap_caption(best)
+        _redisplay(feats, i)
         feats.loc[i, NBEST] = "\n".join(f"{s:.3f}\t{t}" for t, s in zip(cap.texts, cap.scores, strict=False))
     layer.features = feats
     layer.refresh_text()
@@ -161,6 +169,56 @@ def choose_caption(layer: Any, index: int, text: str) -> None:
     feats.loc[index, CAPTION] = text
     scores = dict(nbest(layer, index))
     feats.loc[index, CAPTION_SCORE] = scores.get(text, np.nan)  # edited text has no score
-    feats.loc[index, CAPTION_TEXT] = wrap_caption(text)
+    _redisplay(feats, index)
     layer.features = feats
     layer.refresh_text()
+
+
+def set_classes(layer: Any, indices: Sequence[int], classes: Sequence[str]) -> None:
+    """Give shapes a class label (QuPath's classification on export), shown before the caption."""
+    ensure_caption_columns(layer)
+    feats = layer.features.copy()
+    for i, cls in zip(indices, classes, strict=True):
+        feats.loc[i, CLASS] = cls
+        _redisplay(feats, i)
+    layer.features = feats
+    layer.refresh_text()
+
+
+def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd test of many ``points`` (N, 2) against one ``polygon`` (M, 2), same axes."""
+    p = np.asarray(points, dtype=float)
+    v = np.asarray(polygon, dtype=float)
+    a, b = v, np.roll(v, -1, axis=0)
+    y = p[:, None, 0]
+    crosses = (a[None, :, 0] > y) != (b[None, :, 0] > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = a[None, :, 1] + (y - a[None, :, 0]) * (b[None, :, 1] - a[None, :, 1]) / (b[None, :, 0] - a[None, :, 0])
+    return (np.count_nonzero(crosses & (p[:, None, 1] < x_at), axis=1) % 2).astype(bool)
+
+
+def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] | None = None) -> list[str]:
+    """The class of the class map covering most of each shape ("" where no tissue tile).
+
+    Tile centres inside the shape vote; a shape smaller than a tile takes the tile under its
+    centre. ``class_map`` is a Labels layer we made (its metadata names the classes).
+    """
+    names = ["", *class_map.metadata.get("labels", []), "unknown"]
+    data = np.asarray(class_map.data)
+    rows, cols = np.mgrid[0 : data.shape[0], 0 : data.shape[1]]
+    centres = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(float)
+    world_centres = centres * np.asarray(class_map.scale)[-2:] + np.asarray(class_map.translate)[-2:]
+    out = []
+    for i in range(len(shapes_layer.data)) if indices is None else indices:
+        verts = np.asarray(shapes_layer.data[i], dtype=float)[:, -2:]
+        if shapes_layer.shape_type[i] == "ellipse":
+            verts = _ellipse_polygon(verts)
+        world = verts * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
+        inside = points_in_polygon(world_centres, world)
+        votes = data.ravel()[inside]
+        if not inside.any():
+            r, c = np.round((world.mean(axis=0) - np.asarray(class_map.translate)[-2:]) / np.asarray(class_map.scale)[-2:])
+            votes = data[int(r), int(c)][None] if 0 <= r < data.shape[0] and 0 <= c < data.shape[1] else votes
+        votes = votes[votes > 0]
+        out.append(names[int(np.bincount(votes).argmax())] if votes.size and np.bincount(votes).argmax() < len(names) else "")
+    return out

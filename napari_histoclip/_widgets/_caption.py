@@ -37,9 +37,11 @@ class CaptionPanel(Container):
         self.nbest_list.setMaximumHeight(130)
         self.edit = LineEdit(label="Caption", value="")
         self.apply_button = PushButton(text="Set caption")
+        self.cls = LineEdit(label="Class", value="", tooltip="QuPath classification of the selected shapes")
+        self.cls_button = PushButton(text="Set class of selected shapes")
         super().__init__(
             widgets=[self.shapes, self.new_layer_button, self.captioner, self.beams, self.n_best,
-                     self.caption_button, self.which, self.edit, self.apply_button],
+                     self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
             labels=True,
         )
         # The n-best list sits under the "which shape" label.
@@ -50,6 +52,7 @@ class CaptionPanel(Container):
         self.caption_button.changed.connect(self.caption)
         self.apply_button.changed.connect(self.apply_edit)
         self.edit.native.returnPressed.connect(self.apply_edit)
+        self.cls_button.changed.connect(self.set_class)
         self.nbest_list.itemClicked.connect(self._choose_item)
         self.shapes.changed.connect(self._watch)
         self._watched: Any = None
@@ -107,7 +110,7 @@ class CaptionPanel(Container):
             self.which.value = "select a shape to see its captions"
             self.edit.value = ""
             return
-        from napari_histoclip._shapes import CAPTION
+        from napari_histoclip._shapes import CAPTION, CLASS
 
         self.which.value = f"shape {index}: click a caption to choose it"
         current = str(layer.features[CAPTION].iloc[index]) if CAPTION in layer.features.columns else ""
@@ -118,6 +121,8 @@ class CaptionPanel(Container):
                 item.setSelected(True)
             self.nbest_list.addItem(item)
         self.edit.value = current if current != "nan" else ""
+        cls = str(layer.features[CLASS].iloc[index]) if CLASS in layer.features.columns else ""
+        self.cls.value = cls if cls != "nan" else ""
 
     @handler
     def choose(self, rank: int) -> None:
@@ -135,6 +140,19 @@ class CaptionPanel(Container):
         layer, index = self._current()
         choose_caption(layer, index, self.edit.value.strip())
         self.show_shape(index)
+
+    @handler
+    def set_class(self) -> None:
+        """Give the selected shapes (or the shown one) the typed class label."""
+        from napari_histoclip._shapes import set_classes
+
+        layer = self.shapes.value
+        indices = sorted(layer.selected_data) if layer is not None else []
+        if not indices and self._shown is not None:
+            indices = [self._shown]
+        if layer is None or not indices:
+            raise UserError("Class: select one or more shapes first")
+        set_classes(layer, indices, [self.cls.value.strip()] * len(indices))
 
     # --- internals ------------------------------------------------------------------------
 

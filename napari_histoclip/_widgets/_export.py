@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
 from napari_histoclip._layers import is_ours
 from napari_histoclip._slide import slide_of
@@ -20,12 +20,14 @@ class ExportPanel(Container):
         self.ctx = ctx
         self.shapes = ComboBox(label="Shapes", choices=self._shapes_choices, nullable=True)
         self.class_map = ComboBox(label="Class map", choices=self._class_map_choices, nullable=True)
+        self.classify = CheckBox(text="Shapes without a class take the class map's", value=True)
         self.path = FileEdit(label="Save to", mode="w", filter="*.geojson", value=None)
         self.export_button = PushButton(text="Export QuPath GeoJSON")
         self.import_path = FileEdit(label="Import", mode="r", filter="*.geojson *.json", value=None)
         self.import_button = PushButton(text="Import as shapes")
         super().__init__(
-            widgets=[self.shapes, self.class_map, self.path, self.export_button, self.import_path, self.import_button],
+            widgets=[self.shapes, self.class_map, self.classify, self.path, self.export_button,
+                     self.import_path, self.import_button],
             labels=True,
         )
         self.native.layout().addStretch(1)
@@ -48,6 +50,8 @@ class ExportPanel(Container):
         colors = {}
         if class_map is not None:
             colors = dict(zip(class_map.metadata.get("labels", []), class_map.metadata.get("colors", []), strict=False))
+            if shapes is not None and self.classify.value:
+                self._classify(shapes, class_map)
 
         def work(progress: Any, cancel: Any) -> tuple[Path, int]:
             features = []
@@ -82,6 +86,16 @@ class ExportPanel(Container):
         note = f"; {skipped} points, lines or empty features skipped" if skipped else ""
         (show_warning if skipped else show_info)(f"{Path(source).name}: {len(annotations)} annotations imported{note}")
         return layer
+
+    @staticmethod
+    def _classify(shapes: Any, class_map: Any) -> None:
+        """Label shapes that have no class with the class map's majority class under them."""
+        from napari_histoclip._shapes import CLASS, ensure_caption_columns, majority_classes, set_classes
+
+        ensure_caption_columns(shapes)
+        missing = [i for i, c in enumerate(shapes.features[CLASS]) if str(c) in ("", "nan", "None")]
+        if missing:
+            set_classes(shapes, missing, majority_classes(shapes, class_map, missing))
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lyr.name, lyr) for lyr in self._on_slide() if type(lyr).__name__ == "Shapes" and not is_ours(lyr, "hits")]

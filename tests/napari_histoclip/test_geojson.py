@@ -142,3 +142,19 @@ def test_npe2_writer_writes_a_shapes_layer(tmp_path: Path) -> None:
     (written,) = write_shapes_geojson(str(tmp_path / "s.geojson"), data, attributes)
     doc = json.loads(Path(written).read_text())
     assert doc["features"][0]["geometry"]["coordinates"][0][0] == [100.0, 50.0]
+
+
+def test_shapes_take_the_majority_class_of_the_tiles_under_them() -> None:
+    from napari_histoclip._shapes import majority_classes
+
+    cm = np.array([[1, 1, 2], [1, 2, 2], [0, 0, 2]], np.int32)
+    t = 100.0
+    res = ZeroShotResult(("tumor", "stroma"), cm, np.zeros((2, 3, 3), np.float32),
+                         GridGeometry(cm.shape, (t, t), ((t - 1) / 2, (t - 1) / 2)), False)
+    viewer = ViewerModel()
+    labels = viewer.add_layer(Layer.create(*class_map_layers(res, INFO, ["#ff0000", "#0000ff"])[0]))
+    shapes = viewer.add_layer(Layer.create([], caption_layer_kwargs(INFO), "shapes"))
+    shapes.add_rectangles(np.array([[-0.5, -0.5], [199.5, 199.5]]))  # tiles (0,0) (0,1) (1,0) (1,1): 3 tumor
+    shapes.add_rectangles(np.array([[110, 210], [130, 230]]))  # inside tile (1, 2) only: stroma
+    shapes.add_rectangles(np.array([[210, 10], [290, 90]]))  # background tile
+    assert majority_classes(shapes, labels) == ["tumor", "stroma", ""]

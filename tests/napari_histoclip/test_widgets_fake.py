@@ -116,6 +116,10 @@ def test_captions_land_on_shapes_and_can_be_chosen_and_edited(dock, qtbot, tmp_p
     panel.apply_button.native.click()
     assert shapes.features[CAPTION].iloc[1] == "fibrous stroma, edited"
     assert np.isnan(shapes.features["caption_score"].iloc[1])
+    panel.cls.value = "Stroma"
+    panel.cls_button.native.click()
+    assert shapes.features["class"].iloc[1] == "Stroma"
+    assert shapes.text.values[1].replace("\n", " ") == "[Stroma] fibrous stroma, edited"
 
 
 def test_search_builds_an_index_and_a_click_frames_the_hit(dock, qtbot, tmp_path, slides_dir) -> None:
@@ -170,6 +174,8 @@ def test_export_and_import_qupath_geojson(dock, qtbot, tmp_path) -> None:
     doc = json.loads((tmp_path / "out.geojson").read_text())
     kinds = [f["geometry"]["type"] for f in doc["features"]]
     assert kinds[0] == "Polygon" and "MultiPolygon" in kinds
+    # The unlabelled rectangle took the class map's majority class under it.
+    assert doc["features"][0]["properties"]["classification"]["name"] == shapes.features["class"].iloc[0] != ""
     names = {f["properties"]["classification"]["name"] for f in doc["features"][1:]}
     assert names <= {"tumor epithelium", "stroma", "lymphocytes", "adipose tissue"}
 
