@@ -3,7 +3,6 @@ was trained with."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -122,18 +121,13 @@ class Captioner:
         x = torch.as_tensor(np.asarray(embeddings) if not isinstance(embeddings, torch.Tensor) else embeddings)
         if x.ndim == 1:
             x = x[None]
-        if x.ndim != 2 or x.shape[1] != self.embed_dim:
-            raise InputError(
-                f"embeddings: expected shape (B, {self.embed_dim}) for CLIP model {self.clip_model_id!r}, "
-                f"got {tuple(x.shape)}"
-            )
-        if not torch.isfinite(x).all():
+        if not torch.isfinite(x).all():  # the shape is checked by the model
             raise InputError("embeddings: contain NaN or infinite values")
         return decode_prefixes(self.model, self.tokenizer, x.float(), config)
 
     def caption_images(
         self,
-        images: np.ndarray | torch.Tensor | Sequence[np.ndarray],
+        images: np.ndarray | torch.Tensor,
         clip_model: Any,
         *,
         config: DecodeConfig | None = None,

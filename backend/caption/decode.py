@@ -33,6 +33,14 @@ if TYPE_CHECKING:
     from backend.caption.model import ClipCapModel
 
 
+# transformers warns that n-gram and repetition controls skip the prompt when it is given as
+# embeddings: exactly what a ClipCap prefix (which has no tokens) needs. A filter for that one
+# message, set once, rather than ``catch_warnings`` around every call (not thread-safe).
+warnings.filterwarnings(
+    "ignore", message=r"Passing `(no_repeat_ngram_size|repetition_penalty)` with `inputs_embeds`", category=UserWarning
+)
+
+
 class DecodeStrategy(StrEnum):
     GREEDY = "greedy"
     BEAM = "beam"
@@ -137,8 +145,7 @@ def _generate_kwargs(config: DecodeConfig, eos_id: int, pad_id: int) -> dict:
 def _lengths(sequences: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Tokens per row up to and including the first EOS (all of them if none)."""
     is_eos = sequences == eos_id
-    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, sequences.shape[1])
-    return first
+    return torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, sequences.shape[1])
 
 
 @torch.inference_mode()
@@ -193,16 +200,13 @@ def _decode_chunk(
     prefix = model.prefix(clip_embeddings)
     b, k = prefix.shape[:2]
     mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
-    with warnings.catch_warnings():
-        # n-gram and repetition controls see generated tokens only: the prefix has no tokens
-        warnings.filterwarnings("ignore", message=".*only to newly generated tokens.*")
-        if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
-            devices = [prefix.device] if prefix.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(config.seed)
-                result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
-        else:
+    if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
+        devices = [prefix.device] if prefix.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
             result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+    else:
+        result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
     # with only inputs_embeds as prompt, sequences hold the generated tokens alone
     seqs = result.sequences
     lengths = _lengths(seqs, eos_id)

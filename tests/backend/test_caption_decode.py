@@ -12,6 +12,8 @@ from backend.caption.testing import tiny_gpt2, word_tokenizer
 from backend.errors import InputError, ModelMismatchError
 
 torch.set_num_threads(2)
+# pytest resets warning filters per test; decode.py's own filter for this message applies outside tests
+pytestmark = pytest.mark.filterwarnings("ignore:Passing `.*` with `inputs_embeds`:UserWarning")
 
 WORDS = "h&e stained colorectal tissue with glands blank background slide area red pen marker on glass"
 

@@ -11,6 +11,7 @@ The store is a directory::
 Each part is written atomically (temp file, then rename) after ``shard_size`` images, so an
 interrupted run loses at most one part, and a rerun encodes only the images not yet stored.
 A store belongs to one CLIP model: opening it with another raises ``ModelMismatchError``.
+One writer at a time: two encode runs on the same store would race for part numbers.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ class EmbeddingStore:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.shape != (len(paths), self.embed_dim):
             raise InputError(f"embeddings: expected shape ({len(paths)}, {self.embed_dim}), got {emb.shape}")
-        index = len(self.parts())
+        parts = self.parts()
+        index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0  # never reuse a number
         target = self.root / f"part-{index:06d}.npz"
         tmp = self.root / f".part-{index:06d}.tmp-{os.getpid()}.npz"
         try:

@@ -212,9 +212,8 @@ def prepare(config: PrepareConfig, progress: Callable[[int, int], None] | None =
         split_rows=split_rows,
         files=files,
     )
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    summary = {"settings": settings, "result": asdict(result)}
-    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2, default=str))
+    summary = {"settings": asdict(config), "result": asdict(result)}
+    atomic_write_text(out / "prepare.json", json.dumps(summary, indent=2, default=str))  # paths as text
     return result
 
 
