@@ -159,7 +159,8 @@ class HeatmapResult:
 class CaptionRequest:
     slide: SlideRef
     regions: tuple[Region, ...]
-    captioner: str  # a captioner bundle path or registry name
+    captioner: str  # a captioner bundle path
+    model: str  # the CLIP model the captioner was trained with (checked)
     beams: int = 3
     n_best: int = 3
     max_tokens: int = 30
@@ -191,16 +192,19 @@ class IndexInfo:
     model_id: str
     n_slides: int
     n_vectors: int
+    failed: tuple[tuple[str, str], ...] = ()  # (slide path, why) of slides left out
 
 
 @dataclass(frozen=True)
 class SearchRequest:
     index_path: str
+    model: str  # the model the index was built with (a mismatch is an error)
     text: str | None = None
     slide: SlideRef | None = None
     region: Region | None = None
     k: int = 10
     exclude_query_slide: bool = True
+    tiles: TileOptions = field(default_factory=TileOptions)
 
 
 @dataclass(frozen=True)

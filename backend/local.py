@@ -1,0 +1,382 @@
+"""The in-process :class:`backend.api.Backend`: models, caches and indexes held by one object.
+
+The plugin and the CLI both go through this class, so a command-line run and a click in
+napari share one code path. Models load on first use on the device picked once
+(:func:`backend.device.pick_device`: CUDA, then MPS, then CPU) and stay loaded; embeddings go
+to the on-disk cache and are reused by every task, so relabelling with new prompts, a text
+heatmap, a search or the caption of an embedded region reads no pixel.
+
+A call may run on a worker thread; calls are safe to make from several threads at once
+(model loading and the text-feature cache are locked; the embedding cache locks per slide).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend import api
+from backend.embed import EmbeddingCache, EmbedProgress, SlideEmbeddings
+from backend.errors import InputError
+from backend.tasks import TextFeatureCache
+
+
+def _spec(tiles: api.TileOptions) -> Any:
+    from backend.slides import TileSpec
+
+    return TileSpec(tile_size=tiles.tile_size, mpp=tiles.mpp, min_tissue=tiles.min_tissue)
+
+
+def _geometry(layout: Any) -> api.GridGeometry:
+    return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
+
+
+def _relay(progress: api.ProgressCallback | None, stage: str = "") -> Callable[[EmbedProgress], None] | None:
+    """Turn the engine's progress events into the interface's :class:`backend.api.Progress`."""
+    if progress is None:
+        return None
+
+    def forward(event: EmbedProgress) -> None:
+        label = f"{stage}{event.stage}" + (f" {event.slide_name}" if event.slide_name else "")
+        progress(api.Progress(done=event.done, total=event.total, stage=label))
+
+    return forward
+
+
+def _subset(emb: SlideEmbeddings, idx: np.ndarray) -> SlideEmbeddings:
+    """The tiles ``idx`` of ``emb``, on the same grid (so maps still line up with the slide)."""
+    return dataclasses.replace(emb, coords=emb.coords[idx], grid_index=emb.grid_index[idx], vectors=emb.vectors[idx])
+
+
+class LocalBackend:
+    """A :class:`backend.api.Backend` that runs models in this process.
+
+    Parameters
+    ----------
+    cache_dir : path, optional
+        Root of the embedding cache (default ``$HISTOCLIP_CACHE_DIR`` or the user cache dir).
+    device : str, optional
+        ``cpu``, ``cuda``, ``cuda:1``, ``mps``; default: the best available.
+    batch_size, num_workers
+        Tiles per model call, and tile-reading threads.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        *,
+        batch_size: int = 32,
+        num_workers: int = 2,
+    ) -> None:
+        from backend.paths import cache_root
+
+        self.cache = EmbeddingCache(cache_root(cache_dir) / "embeddings")
+        self.device_request = device
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.text_cache = TextFeatureCache()
+        self._models: dict[str, Any] = {}
+        self._captioners: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # --- models -----------------------------------------------------------------------------
+
+    def list_models(self) -> list[api.ModelInfo]:
+        from backend.models import list_models
+
+        return [
+            api.ModelInfo(
+                name=e.name,
+                source=e.source,
+                embed_dim=int(e.embed_dim or 0),
+                license=e.license,
+                random_weights=e.random_weights,
+                description=e.description,
+            )
+            for e in list_models()
+        ]
+
+    def model(self, name: str) -> Any:
+        """The loaded :class:`backend.models.ClipModel` for ``name`` (loaded once, then kept)."""
+        with self._lock:
+            if name not in self._models:
+                from backend.device import pick_device
+                from backend.models import load_model
+
+                self._models[name] = load_model(name, device=pick_device(self.device_request))
+            return self._models[name]
+
+    def captioner(self, path: str, clip_model_id: str) -> Any:
+        """The captioner bundle at ``path``, checked against the CLIP model of the embeddings."""
+        with self._lock:
+            if path not in self._captioners:
+                from backend.caption import load_captioner
+                from backend.device import pick_device
+
+                self._captioners[path] = load_captioner(
+                    path, clip_model_id=clip_model_id, device=pick_device(self.device_request)
+                )
+            captioner = self._captioners[path]
+        captioner.check_model_id(clip_model_id)
+        return captioner
+
+    # --- embeddings -------------------------------------------------------------------------
+
+    def embeddings(
+        self,
+        slide: api.SlideRef,
+        model: str,
+        tiles: api.TileOptions = api.TileOptions(),
+        *,
+        region: api.Region | None = None,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SlideEmbeddings:
+        """The slide's tile embeddings: from the cache, else encoded (and cached).
+
+        With ``region``, only the tiles under it: taken from the cached slide when there is
+        one, else encoded alone (a region's tiles are not cached as the slide's).
+        """
+        from backend.embed import embed_slide, lookup_cached
+        from backend.embed.region import tiles_in_region
+
+        clip = self.model(model)
+        spec = _spec(tiles)
+        kwargs = dict(
+            cache=self.cache, mpp=slide.mpp, batch_size=self.batch_size, num_workers=self.num_workers, cancel=cancel
+        )
+        if region is None:
+            return embed_slide(slide.path, clip, spec, progress=_relay(progress), **kwargs)
+        whole = lookup_cached(slide.path, clip, spec, cache=self.cache, mpp=slide.mpp)
+        if whole is None:
+            kwargs["cache"] = None
+            sub = embed_slide(slide.path, clip, spec, region=region, progress=_relay(progress), **kwargs)
+        else:
+            sub = whole
+        idx = tiles_in_region(sub.coords, sub.tile_extent, region)
+        if idx.size == 0:
+            x, y, w, h = region.bounds
+            raise InputError(
+                f"{Path(slide.path).name}: region at ({x:.0f}, {y:.0f}) size {w:.0f} x {h:.0f} covers no tissue tile"
+            )
+        return _subset(sub, idx)
+
+    def embed_slide(
+        self,
+        slide: api.SlideRef,
+        model: str,
+        tiles: api.TileOptions = api.TileOptions(),
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.EmbedResult:
+        from_cache = []
+
+        def watch(p: api.Progress) -> None:
+            from_cache.append(p.stage.startswith("cached"))
+            if progress is not None:
+                progress(p)
+
+        emb = self.embeddings(slide, model, tiles, progress=watch, cancel=cancel)
+        return api.EmbedResult(
+            slide_name=emb.slide_name,
+            model_id=emb.model_id,
+            n_tiles=emb.n_tiles,
+            geometry=_geometry(emb.layout),
+            from_cache=bool(from_cache) and all(from_cache),
+            random_weights=bool(self.model(model).random_weights),
+        )
+
+    # --- tasks ------------------------------------------------------------------------------
+
+    def class_map(
+        self,
+        request: api.ZeroShotRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """:meth:`zero_shot` returning the backend's own :class:`backend.tasks.ClassMap`
+        (per-tile probabilities and colours, for the exporters)."""
+        from backend.tasks import zero_shot
+
+        emb = self.embeddings(
+            request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
+        )
+        return zero_shot(
+            emb,
+            list(request.labels),
+            self.model(request.model),
+            synonyms=[list(s) for s in request.synonyms] or None,
+            templates=list(request.templates) or None,
+            unknown_threshold=request.unknown_threshold,
+            text_cache=self.text_cache,
+        )
+
+    def zero_shot(
+        self,
+        request: api.ZeroShotRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.ZeroShotResult:
+        cm = self.class_map(request, progress=progress, cancel=cancel)
+        return api.ZeroShotResult(
+            labels=tuple(cm.class_names),
+            class_map=cm.label_map,
+            probabilities=cm.probability_maps,
+            geometry=_geometry(cm.layout),
+            random_weights=bool(self.model(request.model).random_weights),
+        )
+
+    def heatmap(
+        self,
+        request: api.HeatmapRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.HeatmapResult:
+        from backend.tasks import text_heatmap
+
+        emb = self.embeddings(request.slide, request.model, request.tiles, progress=progress, cancel=cancel)
+        hm = text_heatmap(emb, request.query, self.model(request.model), text_cache=self.text_cache)
+        return api.HeatmapResult(
+            query=request.query,
+            similarity=hm.map,
+            geometry=_geometry(hm.layout),
+            random_weights=bool(self.model(request.model).random_weights),
+        )
+
+    def caption(
+        self,
+        request: api.CaptionRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.CaptionResult:
+        from backend.caption import DecodeConfig
+        from backend.embed.region import pool
+
+        if not request.regions:
+            raise InputError("caption: no region given; draw a rectangle or polygon first")
+        clip = self.model(request.model)
+        captioner = self.captioner(request.captioner, str(clip.model_id))
+        vectors = []
+        for region in request.regions:
+            emb = self.embeddings(request.slide, request.model, request.tiles, region=region, progress=progress, cancel=cancel)
+            vectors.append(pool(emb.vectors))
+        config = DecodeConfig(num_beams=request.beams, n_best=request.n_best, max_new_tokens=request.max_tokens)
+        captions = captioner.caption(np.stack(vectors), model_id=str(clip.model_id), config=config)
+        return api.CaptionResult(captions=tuple(captions))
+
+    # --- cohort index -----------------------------------------------------------------------
+
+    def build_index(
+        self,
+        request: api.IndexRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.IndexInfo:
+        """Embed each slide (cached ones are not re-read) and add it to the index.
+
+        A slide that cannot be read is reported in ``IndexInfo.failed`` and the others go on;
+        slides already in the index are skipped, so a rerun after an interruption resumes.
+        """
+        from backend.errors import CancelledError, HistoclipError
+
+        slides = expand_slides(request.slides)
+        index = self.open_index(request.index_path, request.model, create=True)
+        failed: list[tuple[str, str]] = []
+        try:
+            for i, path in enumerate(slides):
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError(f"indexing stopped after {i} of {len(slides)} slides")
+                if progress is not None:
+                    progress(api.Progress(i, len(slides), f"slide {Path(path).name}"))
+                try:
+                    emb = self.embeddings(api.SlideRef(path), request.model, request.tiles, cancel=cancel)
+                except CancelledError:
+                    raise
+                except HistoclipError as e:
+                    failed.append((path, str(e)))
+                    continue
+                index.add(emb, path)
+            if progress is not None:
+                progress(api.Progress(len(slides), len(slides), "done"))
+            stats = index.stats()
+            return api.IndexInfo(
+                index_path=str(request.index_path),
+                model_id=index.model_id,
+                n_slides=stats.n_slides,
+                n_vectors=stats.n_live,
+                failed=tuple(failed),
+            )
+        finally:
+            index.close()
+
+    def open_index(self, path: str | os.PathLike[str], model: str, *, create: bool = False, read_only: bool = False) -> Any:
+        """The cohort index at ``path``, created for ``model`` when ``create`` and absent."""
+        from backend.index import CohortIndex
+        from backend.index.store import DB_NAME
+
+        if create and not (Path(path) / DB_NAME).exists():
+            clip = self.model(model)
+            return CohortIndex.create(path, model_id=str(clip.model_id), dim=int(clip.embed_dim))
+        return CohortIndex.open(path, read_only=read_only)
+
+    def search(self, request: api.SearchRequest) -> api.SearchResult:
+        if (request.text is None) == (request.region is None):
+            raise InputError("search: give either a text query or a region of a slide, not both or neither")
+        clip = self.model(request.model)
+        index = self.open_index(request.index_path, request.model, read_only=True)
+        try:
+            if request.text is not None:
+                query = np.asarray(clip.encode_text([request.text]).cpu(), dtype=np.float32)[0]
+                hits = index.search(query, request.k, model_id=str(clip.model_id))
+            else:
+                if request.slide is None:
+                    raise InputError("search: a region query needs the slide it was drawn on")
+                emb = self.embeddings(request.slide, request.model, request.tiles, region=request.region)
+                exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
+                hits = index.search_region(
+                    emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude
+                )
+        finally:
+            index.close()
+        return api.SearchResult(
+            hits=tuple(
+                api.SearchHit(
+                    slide_name=h.slide_name,
+                    slide_path=h.slide_path,
+                    box=tuple(float(v) for v in h.box),
+                    score=float(h.score),
+                    n_tiles=int(h.n_tiles),
+                )
+                for h in hits
+            )
+        )
+
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
+
+
+def expand_slides(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Slide files from files and folders (a folder contributes its slides, sorted by name)."""
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file())
+            if not found:
+                raise InputError(f"{p}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})")
+            out.extend(map(str, found))
+        else:
+            out.append(str(p))
+    return out
