@@ -18,6 +18,8 @@ from backend.errors import HistoclipError
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 _COMMAND_MODULES = (
     "backend.cli.inspect",
+    "backend.cli.slide_tasks",
+    "backend.cli.cohort",
 )
 
 

@@ -1,0 +1,95 @@
+"""``histoclip index`` and ``histoclip search``: a cohort of slides, and where a region recurs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from backend.cli.slide_tasks import ProgressBar, add_model_flags, add_tile_flags, make_backend, parse_box, tile_options
+from backend.errors import InputError
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("index", help="embed a cohort of slides and build (or grow) its search index")
+    p.add_argument("cohort", nargs="+", metavar="COHORT", help="folders of slides, or slide files")
+    p.add_argument("--out", required=True, help="index directory (created, or grown when it exists)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="run here, or spread over Ray workers")
+    p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start a local one)")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_index)
+
+    p = sub.add_parser("search", help="find regions similar to a text query or a region of a slide")
+    p.add_argument("index", metavar="INDEX", help="index directory (from histoclip index)")
+    p.add_argument("--text", help="a text query, e.g. 'tumor cells with large nuclei'")
+    p.add_argument("--slide", help="the slide the query region is on")
+    p.add_argument("--box", help="the query region x,y,w,h in level-0 pixels of --slide")
+    p.add_argument("-k", type=int, default=10, help="places to return (default 10)")
+    p.add_argument("--include-query-slide", action="store_true", help="also search the query's own slide")
+    p.add_argument("--contact-sheet", help="write a PNG of the hits' thumbnails here")
+    p.add_argument("--geojson-dir", help="write one QuPath GeoJSON of hit boxes per slide into this folder")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_search)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from backend.api import IndexRequest
+
+    request = IndexRequest(tuple(args.cohort), args.out, args.model, tile_options(args))
+    bar = ProgressBar("cohort", unit="slide")
+    try:
+        if args.engine == "ray":
+            from backend.distributed import RayOptions, build_index_ray
+
+            options = RayOptions(args.ray_address, args.workers, args.device, args.batch_size)
+            info = build_index_ray(request, slide_mpp=args.slide_mpp, options=options, progress=bar)
+        else:
+            if args.ray_address or args.workers:
+                raise InputError("--ray-address and --workers only apply with --engine ray")
+            info = make_backend(args).build_index(request, progress=bar)
+    finally:
+        bar.close()
+    for path, why in info.failed:
+        print(f"histoclip index: skipped {path}: {why}", file=sys.stderr)
+    print(f"{info.index_path}: {info.n_slides} slides, {info.n_vectors} tiles ({info.model_id})")
+    return 1 if info.failed else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from backend.api import Region, SearchRequest, SlideRef
+
+    if (args.text is None) == (args.box is None):
+        raise InputError("give either --text QUERY or --slide SLIDE --box x,y,w,h")
+    if args.box is not None and args.slide is None:
+        raise InputError("--box needs --slide: the slide the region is on")
+    region = Region.box(*parse_box(args.box)) if args.box else None
+    slide = SlideRef(args.slide, args.slide_mpp) if args.slide else None
+    request = SearchRequest(
+        args.index, args.model, text=args.text, slide=slide, region=region, k=args.k,
+        exclude_query_slide=not args.include_query_slide, tiles=tile_options(args),
+    )
+    backend = make_backend(args)
+    result = backend.search(request)
+    rows = [("RANK", "SCORE", "SLIDE", "BOX x,y,w,h", "TILES")]
+    for i, h in enumerate(result.hits, 1):
+        rows.append((str(i), f"{h.score:.3f}", h.slide_name, ",".join(f"{v:.0f}" for v in h.box), str(h.n_tiles)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if not result.hits:
+        print("no hits")
+    if args.contact_sheet:
+        from backend.tasks.render import write_contact_sheet
+
+        print(f"wrote {write_contact_sheet(result.hits, args.contact_sheet, slide_mpp=args.slide_mpp)}")
+    if args.geojson_dir:
+        from backend.tasks.render import write_hits_geojson
+
+        for path in write_hits_geojson(result.hits, args.geojson_dir):
+            print(f"wrote {path}")
+    return 0

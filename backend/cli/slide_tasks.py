@@ -1,0 +1,313 @@
+"""``histoclip embed | zero-shot | heatmap | caption | demo``: the per-slide tasks.
+
+Each command is a thin layer over :class:`backend.local.LocalBackend`, the same object the
+napari plugin holds, so the CLI and the GUI compute the same things the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from backend.errors import InputError
+
+DEMO_LABELS = ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue", "necrosis", "mucus")
+DEMO_QUERY = "tumor cells with large nuclei"
+
+
+# --- shared flags -----------------------------------------------------------------------------
+
+
+def add_model_flags(p: argparse.ArgumentParser, default_model: str = "quiltnet-b32") -> None:
+    p.add_argument("--model", default=default_model, help=f"registry name, hf-hub:ORG/REPO or bundle path (default {default_model})")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
+
+
+def add_tile_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mpp", type=float, default=0.5, help="tile resolution in µm/px (default 0.5); 0 for level-0 pixels")
+    p.add_argument("--tile-size", type=int, default=224, help="tile side in pixels at --mpp (default 224)")
+    p.add_argument("--slide-mpp", type=float, default=None, help="the slide's own µm/px, when its metadata has none")
+
+
+def make_backend(args: argparse.Namespace) -> Any:
+    from backend.local import LocalBackend
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    return LocalBackend(device=args.device, batch_size=args.batch_size)
+
+
+def tile_options(args: argparse.Namespace) -> Any:
+    from backend.api import TileOptions
+
+    if args.tile_size < 8:
+        raise InputError(f"--tile-size: must be at least 8 pixels, got {args.tile_size}")
+    if args.mpp < 0:
+        raise InputError(f"--mpp: must be positive (or 0 for level-0 pixels), got {args.mpp}")
+    return TileOptions(tile_size=args.tile_size, mpp=args.mpp or None)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed with :class:`backend.api.Progress` events."""
+
+    def __init__(self, desc: str, unit: str = "tile") -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __call__(self, p: Any) -> None:
+        if self._bar.total != p.total:
+            self._bar.reset(total=p.total)
+        self._bar.set_postfix_str(p.stage.split(" ")[0], refresh=False)
+        self._bar.n = p.done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def announce_random(backend: Any, model: str) -> None:
+    if backend.model(model).random_weights:
+        print(f"NOTE: model {model!r} has RANDOM weights (for tests): its labels, maps and captions mean nothing.")
+
+
+def _embed_with_bar(backend: Any, slide: Any, model: str, tiles: Any) -> Any:
+    bar = ProgressBar(Path(slide.path).name)
+    try:
+        return backend.embed_slide(slide, model, tiles, progress=bar)
+    finally:
+        bar.close()
+
+
+# --- labels -----------------------------------------------------------------------------------
+
+
+def parse_labels(labels: str | None, labels_file: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """Class names and per-class synonyms from ``--labels "a;b;c"`` or ``--labels-file``.
+
+    A labels file is JSON (``{"tumor": ["carcinoma", ...], ...}`` or a list of names) or text,
+    one class a line: ``name`` or ``name: synonym, synonym``; ``#`` starts a comment.
+    """
+    if (labels is None) == (labels_file is None):
+        raise InputError("give the classes with either --labels 'a;b;c' or --labels-file FILE")
+    if labels is not None:
+        names = tuple(s.strip() for s in labels.split(";") if s.strip())
+        return names, ()
+    path = Path(labels_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the labels file ({e.strerror or e})") from e
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+        if isinstance(data, list) and all(isinstance(x, str) for x in data):
+            return tuple(data), ()
+        if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+            return tuple(data), tuple(tuple(str(s) for s in v) for v in data.values())
+        raise InputError(f"{path}: expected a list of class names or an object name -> list of synonyms")
+    names, synonyms = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, _, rest = line.partition(":")
+        if not name.strip():
+            raise InputError(f"{path}: line {n} has synonyms but no class name")
+        names.append(name.strip())
+        synonyms.append(tuple(s.strip() for s in rest.split(",") if s.strip()))
+    return tuple(names), tuple(synonyms) if any(synonyms) else ()
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("embed", help="embed slides' tissue tiles into the cache (skips cached slides)")
+    p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files or folders of slides")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_embed)
+
+    p = sub.add_parser("zero-shot", help="label every tile of a slide from text prompts; write maps and tables")
+    p.add_argument("slide", metavar="SLIDE")
+    p.add_argument("--labels", help="class names separated by ';', e.g. 'tumor;stroma;fat'")
+    p.add_argument("--labels-file", help="JSON or text file of classes with synonyms (see docs)")
+    p.add_argument("--template", action="append", dest="templates", metavar="TEXT", help="prompt template with {} (repeatable)")
+    p.add_argument("--unknown-threshold", type=float, default=None, help="label tiles 'unknown' below this top probability")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--table", choices=("csv", "parquet"), default="csv", help="tile prediction table format")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_zero_shot)
+
+    p = sub.add_parser("heatmap", help="similarity of every tile to a text query, as a PNG over the slide")
+    p.add_argument("slide", metavar="SLIDE")
+    p.add_argument("query", metavar="QUERY")
+    p.add_argument("--out", default=None, help="output PNG (default: <slide>-heatmap.png here)")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_heatmap)
+
+    p = sub.add_parser("caption", help="caption a region of a slide with a ClipCap captioner bundle")
+    p.add_argument("slide", metavar="SLIDE")
+    p.add_argument("--box", required=True, help="level-0 region x,y,w,h")
+    p.add_argument("--captioner", required=True, help="captioner bundle directory (written by python -m training clipcap)")
+    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--n-best", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=30)
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_caption)
+
+    p = sub.add_parser("demo", help="the quick start: embed a sample slide, zero-shot class map and a heatmap")
+    p.add_argument("--slide", default=None, help="a slide on disk (default: download OpenSlide's CMU-1-Small-Region once)")
+    p.add_argument("--out", default="histoclip-demo", help="output folder (default ./histoclip-demo)")
+    add_model_flags(p)
+    add_tile_flags(p)
+    p.set_defaults(handler=_demo)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from backend.api import SlideRef
+    from backend.errors import CancelledError, HistoclipError
+    from backend.local import expand_slides
+
+    backend, tiles = make_backend(args), tile_options(args)
+    announce_random(backend, args.model)
+    failed = 0
+    for path in expand_slides(args.slides):
+        try:
+            r = _embed_with_bar(backend, SlideRef(path, args.slide_mpp), args.model, tiles)
+        except CancelledError:
+            raise
+        except HistoclipError as e:
+            print(f"histoclip embed: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        how = "already cached" if r.from_cache else "embedded"
+        print(f"{r.slide_name}: {r.n_tiles} tiles {how} ({r.model_id}, grid {r.geometry.shape[0]} x {r.geometry.shape[1]})")
+    return 1 if failed else 0
+
+
+def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tuple, synonyms: tuple, out: Path) -> Any:
+    from backend.api import ZeroShotRequest
+    from backend.slides import open_slide
+    from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
+
+    tiles = tile_options(args)
+    _embed_with_bar(backend, slide, args.model, tiles)
+    request = ZeroShotRequest(
+        slide=slide,
+        model=args.model,
+        labels=names,
+        synonyms=synonyms,
+        templates=tuple(getattr(args, "templates", None) or ()),
+        unknown_threshold=getattr(args, "unknown_threshold", None),
+        tiles=tiles,
+    )
+    cm = backend.class_map(request)
+    out.mkdir(parents=True, exist_ok=True)
+    with open_slide(slide.path, mpp=slide.mpp) as opened:
+        thumb = opened.thumbnail(1024)
+        dims = opened.dimensions
+    table = getattr(args, "table", "csv")
+    written = [
+        write_overlay_png(cm, out / "class_map.png", thumbnail=thumb, slide_dimensions=dims),
+        write_predictions_table(cm, out / f"tiles.{table}"),
+        write_geojson(cm, out / "tiles.geojson"),
+    ]
+    counts = ", ".join(f"{k} {v}" for k, v in cm.counts().items())
+    print(f"{Path(slide.path).name}: {len(cm.labels)} tiles: {counts}")
+    for path in written:
+        print(f"  wrote {path}")
+    return cm
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    from backend.api import SlideRef
+
+    names, synonyms = parse_labels(args.labels, args.labels_file)
+    backend = make_backend(args)
+    announce_random(backend, args.model)
+    _run_zero_shot(backend, args, SlideRef(args.slide, args.slide_mpp), names, synonyms, Path(args.out))
+    return 0
+
+
+def _write_heatmap(backend: Any, args: argparse.Namespace, slide: Any, query: str, out: Path) -> Path:
+    from backend.api import HeatmapRequest
+    from backend.slides import open_slide
+    from backend.tasks.render import write_heatmap_png
+
+    tiles = tile_options(args)
+    _embed_with_bar(backend, slide, args.model, tiles)
+    result = backend.heatmap(HeatmapRequest(slide, args.model, query, tiles=tiles))
+    with open_slide(slide.path, mpp=slide.mpp) as opened:
+        thumb, dims = opened.thumbnail(1024), opened.dimensions
+    path = write_heatmap_png(result.similarity, result.geometry, out, thumbnail=thumb, slide_dimensions=dims, title=query)
+    print(f"heatmap of {query!r}: wrote {path}")
+    return path
+
+
+def _heatmap(args: argparse.Namespace) -> int:
+    from backend.api import SlideRef
+
+    backend = make_backend(args)
+    announce_random(backend, args.model)
+    out = Path(args.out) if args.out else Path(f"{Path(args.slide).stem}-heatmap.png")
+    _write_heatmap(backend, args, SlideRef(args.slide, args.slide_mpp), args.query, out)
+    return 0
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError as e:
+        raise InputError(f"--box: expected x,y,w,h in level-0 pixels, got {text!r}") from e
+    if w <= 0 or h <= 0:
+        raise InputError(f"--box: width and height must be positive, got {text!r}")
+    return x, y, w, h
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from backend.api import CaptionRequest, Region, SlideRef
+
+    box = parse_box(args.box)
+    backend = make_backend(args)
+    announce_random(backend, args.model)
+    request = CaptionRequest(
+        slide=SlideRef(args.slide, args.slide_mpp),
+        regions=(Region.box(*box),),
+        captioner=args.captioner,
+        model=args.model,
+        beams=args.beams,
+        n_best=args.n_best,
+        max_tokens=args.max_tokens,
+        tiles=tile_options(args),
+    )
+    (caption,) = backend.caption(request).captions
+    for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
+        print(f"{rank}. {text}  (score {score:.3f})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from backend.api import SlideRef
+    from backend.sample_data import sample_slide
+
+    slide_path = Path(args.slide) if args.slide else sample_slide()
+    backend = make_backend(args)
+    backend.model(args.model)  # fail early, with one line, when the weights are not here
+    announce_random(backend, args.model)
+    out = Path(args.out) / Path(slide_path).stem
+    slide = SlideRef(str(slide_path), args.slide_mpp)
+    _run_zero_shot(backend, args, slide, DEMO_LABELS, (), out)
+    _write_heatmap(backend, args, slide, DEMO_QUERY, out / "heatmap.png")
+    print(f"demo outputs are in {out}/ (class_map.png, tiles.csv, tiles.geojson for QuPath, heatmap.png)")
+    return 0
