@@ -97,6 +97,9 @@ class TaskRunner:
             assert self._state is not None
             show_warning(f"{label}: wait for '{self._state.label}' to finish, or cancel it")
             return False
+        from napari_histoclip._compat import keep_triton_out
+
+        keep_triton_out()  # before any backend code can import torch in this process
         cancel = threading.Event()
         self._cancel = cancel
         self._set_state(TaskState(label))

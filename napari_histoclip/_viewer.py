@@ -54,10 +54,18 @@ def replace_layers(
     return out
 
 
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def canvas_size(viewer: Any) -> tuple[int, int]:
-    """The canvas (height, width) in screen pixels; a sensible default headless."""
-    size = getattr(viewer, "_canvas_size", None)
-    if size and min(size) > 1:
+    """The canvas (height, width) in screen pixels (napari 0.9's ``viewer.canvas``, else the
+    older private size); a sensible default headless."""
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None) if canvas is not None else getattr(viewer, "_canvas_size", None)
+    if size is not None and len(size) == 2 and min(size) > 1:
         return int(size[0]), int(size[1])
     return (600, 800)
 
@@ -67,8 +75,9 @@ def frame_box(viewer: Any, box: tuple[float, float, float, float], info: SlideIn
     center, zoom = box_view(box, info, canvas_size(viewer))
     if viewer.dims.ndisplay != 2:
         viewer.dims.ndisplay = 2
-    viewer.camera.center = center
-    viewer.camera.zoom = zoom
+    camera = camera_of(viewer)
+    camera.center = center
+    camera.zoom = zoom
 
 
 def show_only_slide(viewer: Any, info: SlideInfo) -> None:

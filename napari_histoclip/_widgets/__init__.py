@@ -1,20 +1,12 @@
-"""The plugin's dock widget (imported by napari only when the user opens it)."""
+"""The plugin's dock widget, :class:`HistoclipWidget` (napari imports it only when opened).
+
+npe2 points at the class itself: napari hands a viewer to a widget class's ``__init__``
+parameter annotated ``napari.viewer.Viewer``, not to a factory function's.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import napari
-
-    from napari_histoclip._widgets._main import HistoclipWidget
-
-
-def make_histoclip_widget(napari_viewer: napari.viewer.Viewer) -> HistoclipWidget:
-    """npe2 widget command: the HistoCLIP dock for ``napari_viewer``."""
-    from napari_histoclip._widgets._main import HistoclipWidget
-
-    return HistoclipWidget(napari_viewer)
+from typing import Any
 
 
 def __getattr__(name: str) -> Any:

@@ -89,6 +89,7 @@ class CaptionPanel(Container):
             slide=self.ctx.slide_ref(info),
             regions=tuple(regions),
             captioner=str(self.captioner.value),
+            model=self.ctx.model_name,
             beams=int(self.beams.value),
             n_best=min(int(self.n_best.value), int(self.beams.value)),
         )

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState
+
+if TYPE_CHECKING:
+    import napari
 
 F = TypeVar("F", bound=Callable[..., Any])
 BackendFactory = Callable[[str | None], Any]
@@ -69,7 +72,7 @@ class HistoclipWidget(QWidget):
 
     def __init__(
         self,
-        viewer: Any,
+        viewer: napari.viewer.Viewer,
         backend: Any | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:

@@ -122,10 +122,12 @@ class SearchPanel(Container):
         backend = self.ctx.backend
 
         def done(info: Any) -> None:
-            from napari.utils.notifications import show_info
+            from napari.utils.notifications import show_info, show_warning
 
             self.index.value = info.index_path
             show_info(f"{Path(info.index_path).name}: {info.n_slides} slides, {info.n_vectors} tiles indexed")
+            for path, why in getattr(info, "failed", ()):
+                show_warning(f"{Path(path).name}: left out of the index: {why}")
 
         self.ctx.run(f"Indexing {len(slides)} slides", lambda progress, cancel: backend.build_index(
             request, progress=progress, cancel=cancel), done)
@@ -156,7 +158,10 @@ class SearchPanel(Container):
         index = self.index.value
         if not index or not Path(index).exists() or str(index) == ".":
             raise UserError("Index: choose a cohort index folder, or build one from a folder of slides")
-        request = SearchRequest(str(index), k=int(self.k.value), exclude_query_slide=bool(self.exclude.value), **query)
+        request = SearchRequest(
+            str(index), model=self.ctx.model_name, k=int(self.k.value),
+            exclude_query_slide=bool(self.exclude.value), **query,
+        )
         backend = self.ctx.backend
 
         def work(progress: Any, cancel: Any) -> list[ShownHit]:

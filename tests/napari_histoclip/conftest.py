@@ -24,6 +24,14 @@ class Notes:
         return self.errors + self.warnings + self.infos
 
 
+@pytest.fixture(autouse=True)
+def _no_triton_after_mesa() -> None:
+    """Fixtures import torch too (not only the plugin's workers): same guard as the plugin."""
+    from napari_histoclip._compat import keep_triton_out
+
+    keep_triton_out()
+
+
 @pytest.fixture
 def notes(monkeypatch: pytest.MonkeyPatch) -> Notes:
     """Capture ``show_error/show_warning/show_info``: the plugin imports them at call time."""
@@ -81,6 +89,9 @@ def tiny_captioner(tmp_path_factory) -> Path:
     """
     import torch
 
+    from napari_histoclip._compat import keep_triton_out
+
+    keep_triton_out()
     from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
     from backend.caption.testing import tiny_gpt2, word_tokenizer
     from backend.models.registry import resolve_model

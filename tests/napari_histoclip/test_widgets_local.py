@@ -139,7 +139,7 @@ def test_search_click_moves_the_camera_to_the_hit(dock, qtbot, tmp_path, slides_
     ndpi = viewer.layers["test3-DAPI-2-(387).ndpi"]
     s = ndpi.scale[-1]
     x, y, w, h = hit.box
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * s, (x + w / 2 - 0.5) * s))
+    assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * s, (x + w / 2 - 0.5) * s))
     assert ndpi.visible and not viewer.layers["CMU-1-Small-Region.svs"].visible
     assert len(viewer.layers["test3-DAPI-2-(387): search hits"].data) >= 1
 
