@@ -71,7 +71,7 @@ def _time_single(search: Any, queries: Any) -> Any:
     out = np.empty(len(queries))
     for i, q in enumerate(queries):
         t = time.perf_counter()
-        search(q[None, :])
+        search(q)
         out[i] = (time.perf_counter() - t) * 1e3
     return out
 
@@ -125,9 +125,16 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
             open_s = time.perf_counter() - t
             stats = index.stats()
             row_of = {}  # (slide, x, y) -> base row, to score recall from hits
-            merged = _time_single(lambda q: index.search(q[0], K, model_id="bench"), queries)
-            plain = _time_single(lambda q: index.search(q[0], K, model_id="bench", merge=False), queries)
+            merged = _time_single(lambda q: index.search(q, K, model_id="bench"), queries)
+            plain = _time_single(lambda q: index.search(q, K, model_id="bench", merge=False), queries)
             hits = index.search(queries, K, model_id="bench", merge=False)
+            # regions of 16 tiles (consecutive queries: same or neighbouring clusters)
+            regions = [queries[a : a + 16] for a in range(0, min(len(queries), 640) - 15, 16)]
+            region_ms = {
+                mode: np.percentile(_time_single(
+                    lambda r, m=mode: index.search_region(r, K, model_id="bench", mode=m), regions), 50)
+                for mode in ("pooled", "tileset")
+            }
         for i in range(-(-n // per)):
             row_of[f"fp{i}"] = order[i * per : (i + 1) * per]
         found = np.array([[row_of[h.fingerprint][(h.box[1] // 224) * 100 + h.box[0] // 224] for h in row]
@@ -140,6 +147,8 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
     print(f"  CohortIndex.search k={K}: merge=True p50 {np.percentile(merged, 50):.2f} ms "
           f"p99 {np.percentile(merged, 99):.2f} ms; merge=False p50 {np.percentile(plain, 50):.2f} ms "
           f"p99 {np.percentile(plain, 99):.2f} ms; recall@10 (merge=False) {_recall(found, truth):.4f}")
+    print(f"  CohortIndex.search_region, 16-tile regions, k={K}: p50 pooled {region_ms['pooled']:.2f} ms, "
+          f"tileset {region_ms['tileset']:.2f} ms ({len(regions)} regions)")
 
 
 def main(argv: list[str] | None = None) -> int:

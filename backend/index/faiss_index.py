@@ -86,8 +86,11 @@ def choose_ivf_params(
 
     ``nlist`` is the power of two nearest ``sqrt(n)`` (lists of ~sqrt(n) vectors: the usual
     balance between the coarse search and the list scan), with at least 39 training vectors
-    a centroid (FAISS's own floor). ``nprobe`` visits 1/16 of the lists (at least 8): the
-    measured knee of recall on clustered data (see the benchmark), cheap with fast-scan codes.
+    a centroid (FAISS's own floor). ``nprobe`` visits 1/16 of the lists (at least 8): on the
+    benchmark's clustered data recall stops improving at 1/64 already, so this leaves margin
+    for less tidy real embeddings, and fast-scan codes keep it cheap (~1.5 ms at 1M x 512).
+    ``k_factor`` 16: re-ranking 16 candidates a hit; on the benchmark, 4 / 8 / 16 gave
+    recall@10 0.94 / 0.968 / 0.972 for a few hundredths of a millisecond more.
 
     Parameters
     ----------
@@ -113,7 +116,7 @@ def choose_ivf_params(
         pq_m=pq_m,
         refine="SQ6",
         nprobe=int(nprobe or auto_nprobe),
-        k_factor=int(k_factor or 8),
+        k_factor=int(k_factor or 16),
         n_train=n_train,
     )
 

@@ -103,14 +103,21 @@ def _grow(xy: np.ndarray, extent: np.ndarray, scores: np.ndarray, margin: float)
     return np.array([find(i) for i in range(n)], dtype=np.int64)
 
 
-def merge_adjacent(
+def group_indices(keys: np.ndarray) -> list[np.ndarray]:
+    """Indices of each distinct key (O(n log n), not one pass over all hits per key)."""
+    order = np.argsort(keys, kind="stable")
+    cuts = np.flatnonzero(np.diff(keys[order])) + 1
+    return np.split(order, cuts) if len(order) else []
+
+
+def group_adjacent(
     slide: np.ndarray,
     xy: np.ndarray,
     extent: np.ndarray,
     scores: np.ndarray,
     margin: float = MERGE_MARGIN,
-) -> list[Region]:
-    """Group hit tiles into regions of touching, similarly good tiles, best region first.
+) -> np.ndarray:
+    """Region label (``0 .. n_regions - 1``) of each hit: touching, similarly good tiles share one.
 
     Parameters
     ----------
@@ -121,34 +128,99 @@ def merge_adjacent(
     extent
         ``(n,)`` level-0 tile sides.
     scores
-        ``(n,)`` similarity of each hit; a region is ranked by its best member.
+        ``(n,)`` similarity of each hit.
     margin
         A touching tile joins a region only if its score is within ``margin`` of the
         region's best (``inf``: plain connected components).
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    extent = np.asarray(extent, dtype=np.float64).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.empty(len(scores), dtype=np.int64)
+    next_label = 0
+    for idx in group_indices(np.asarray(slide).reshape(-1)):
+        if len(idx) == 1:  # most slides hold one hit of a query: nothing to merge
+            labels[idx] = next_label
+            next_label += 1
+            continue
+        _, local = np.unique(_grow(xy[idx], extent[idx], scores[idx], margin), return_inverse=True)
+        labels[idx] = next_label + local
+        next_label += int(local.max()) + 1
+    return labels
+
+
+def merge_adjacent(
+    slide: np.ndarray,
+    xy: np.ndarray,
+    extent: np.ndarray,
+    scores: np.ndarray,
+    margin: float = MERGE_MARGIN,
+    limit: int | None = None,
+) -> list[Region]:
+    """Group hit tiles into regions of touching, similarly good tiles, best region first.
+
+    Parameters
+    ----------
+    slide, xy, extent, scores, margin
+        As in :func:`group_adjacent`.
+    limit
+        Return only the best ``limit`` regions (boxes are computed for these only).
 
     Returns
     -------
     list of Region
         Sorted by the best member's score, highest first.
     """
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    extent = np.asarray(extent, dtype=np.float64).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    slide = np.asarray(slide).reshape(-1)
-    regions: list[Region] = []
-    for key in np.unique(slide):
-        idx = np.flatnonzero(slide == key)
-        labels = _grow(xy[idx], extent[idx], scores[idx], margin)
-        for lab in np.unique(labels):
-            members = idx[labels == lab]
-            best = int(members[np.argmax(scores[members])])
-            regions.append(Region(members=members, best=best, box=bounding_box(xy[members], extent[members])))
-    regions.sort(key=lambda r: -scores[r.best])
-    return regions
+    labels = group_adjacent(slide, xy, extent, scores, margin)
+    return best_regions(labels, xy, extent, scores, np.asarray(scores, dtype=np.float64), limit)
+
+
+def best_regions(
+    labels: np.ndarray,
+    xy: np.ndarray,
+    extent: np.ndarray,
+    tile_rank: np.ndarray,
+    region_rank: np.ndarray,
+    limit: int | None = None,
+) -> list[Region]:
+    """Regions of ``labels`` in order of ``region_rank``, with boxes, at most ``limit``.
+
+    Parameters
+    ----------
+    labels
+        ``(n,)`` region label of each hit (``0 .. n_regions - 1``).
+    xy, extent
+        Tile corners and sides.
+    tile_rank
+        ``(n,)`` per hit: the region's ``best`` member is its member ranked highest.
+    region_rank
+        ``(n_regions,)`` per region, or ``(n,)`` per hit (a region then ranks by its best
+        hit's value).
+    limit
+        Most regions to return.
+    """
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labels) == 0:
+        return []
+    tile_rank = np.asarray(tile_rank, dtype=np.float64).reshape(-1)
+    n_regions = int(labels.max()) + 1
+    # best member of each region: sort by (label, -rank) and take each label's first
+    order = np.lexsort((-tile_rank, labels))
+    first = np.flatnonzero(np.r_[True, np.diff(labels[order]) != 0])
+    best = order[first]
+    region_rank = np.asarray(region_rank, dtype=np.float64).reshape(-1)
+    if len(region_rank) != n_regions:
+        region_rank = region_rank[best]
+    top = np.argsort(-region_rank, kind="stable")[: limit if limit is not None else n_regions]
+    out = []
+    for r in top.tolist():
+        members = np.flatnonzero(labels == r)
+        out.append(Region(members=members, best=int(best[r]), box=bounding_box(xy[members], extent[members])))
+    return out
 
 
 def singletons(n: int, xy: np.ndarray, extent: np.ndarray, scores: np.ndarray) -> list[Region]:
-    """One region per hit (no merging), in score order."""
+    """One region per hit (no merging), the best ``n`` in score order."""
     order = np.argsort(-np.asarray(scores), kind="stable")[:n]
     return [
         Region(members=np.array([i]), best=int(i), box=tile_box(xy[i, 0], xy[i, 1], extent[i]))

@@ -17,7 +17,16 @@ import numpy as np
 
 from backend.errors import InputError, ModelMismatchError
 from backend.index import faiss_index as fi
-from backend.index.merge import SUPPORT_MARGIN, Region, bounding_box, merge_adjacent, singletons, tile_box
+from backend.index.merge import (
+    SUPPORT_MARGIN,
+    Region,
+    best_regions,
+    bounding_box,
+    group_adjacent,
+    group_indices,
+    singletons,
+    tile_box,
+)
 from backend.index.records import EmbeddingSet, Hit, RegionQueryMode, SlideRecord
 from backend.index.store import MetaStore
 
@@ -25,6 +34,8 @@ from backend.index.store import MetaStore
 MAX_FETCH = 8192
 #: A region query uses at most this many of its tiles (evenly spread), bounding its cost.
 MAX_QUERY_TILES = 256
+#: ... and fetches at most this many tiles in all (query tiles x tiles fetched for each).
+MAX_CANDIDATES = 65_536
 
 
 @dataclass(frozen=True)
@@ -230,9 +241,9 @@ class View:
         labels = np.asarray(labels, dtype=np.int64)
         sidx = self._nonempty[np.searchsorted(self._starts, labels, side="right") - 1]
         xy = np.empty((len(labels), 2), dtype=np.int64)
-        for u in np.unique(sidx):
-            m = sidx == u
-            xy[m] = self.coords[u][labels[m] - self.slides[u].id_start]
+        for rows in group_indices(sidx):
+            u = int(sidx[rows[0]])
+            xy[rows] = self.coords[u][labels[rows] - self.slides[u].id_start]
         extent = np.array([self.slides[i].tile_extent for i in sidx], dtype=np.float64)
         return sidx, xy, extent
 
@@ -267,7 +278,7 @@ def search_tiles(
     until they form ``k`` distinct places; a place scores its best tile.
     """
     n_allowed = _n_allowed(view, allowed)
-    if n_allowed == 0 or k < 1:
+    if n_allowed == 0:
         return []
     fetch = min(n_allowed, max(4 * k, 32)) if merge else min(n_allowed, k)
     while True:
@@ -276,11 +287,15 @@ def search_tiles(
         ok = labels[0] >= 0
         s, lab = scores[0][ok], labels[0][ok]
         sidx, xy, extent = view.locate(lab)
-        regions = merge_adjacent(sidx, xy, extent, s) if merge else singletons(k, xy, extent, s)
-        if not merge or len(regions) >= k or fetch >= min(n_allowed, MAX_FETCH):
+        if not merge:
+            regions = singletons(k, xy, extent, s)
+            break
+        places = group_adjacent(sidx, xy, extent, s)
+        if len(s) == 0 or places.max() + 1 >= k or fetch >= min(n_allowed, MAX_FETCH):
+            regions = best_regions(places, xy, extent, s, s, limit=k)
             break
         fetch = min(n_allowed, MAX_FETCH, fetch * 4)
-    return [view.hit(r, sidx, xy, extent, s[r.best]) for r in regions[:k]]
+    return [view.hit(r, sidx, xy, extent, s[r.best]) for r in regions]
 
 
 def search_tileset(
@@ -295,11 +310,12 @@ def search_tileset(
     some query tile within ``SUPPORT_MARGIN`` of that tile's best match in the place.
     """
     n_allowed = _n_allowed(view, allowed)
-    if n_allowed == 0 or k < 1:
+    if n_allowed == 0:
         return []
     if len(tiles) > MAX_QUERY_TILES:
         tiles = tiles[np.linspace(0, len(tiles) - 1, MAX_QUERY_TILES).round().astype(int)]
     per = min(n_allowed, max(2 * k, 16))
+    per_max = min(n_allowed, max(per, MAX_CANDIDATES // len(tiles)))
     while True:
         _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor)
         cand = np.unique(labels[labels >= 0])
@@ -307,23 +323,27 @@ def search_tileset(
         stored = normalise(fi.reconstruct(index, cand), "stored vectors")
         sim = np.clip(tiles @ stored.T, -1.0, 1.0)  # (query tiles, candidates)
         sidx, xy, extent = view.locate(cand)
-        if merge:
-            regions = merge_adjacent(sidx, xy, extent, sim.max(axis=0))
-        else:
-            regions = singletons(len(cand), xy, extent, sim.mean(axis=0))
-        if len(regions) >= k or per >= min(n_allowed, MAX_FETCH):
+        places = group_adjacent(sidx, xy, extent, sim.max(axis=0)) if merge else np.arange(len(cand))
+        n_places = int(places.max()) + 1 if len(cand) else 0
+        if n_places >= k or per >= per_max:
             break
-        per = min(n_allowed, MAX_FETCH, per * 4)
-    scored = []
+        per = min(per_max, per * 4)
+    if n_places == 0:
+        return []
+    # place score, for all places at once: per query tile its best match in the place
+    order = np.argsort(places, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(places[order]) != 0])
+    best_in_place = np.maximum.reduceat(sim[:, order], starts, axis=1)  # (query tiles, places)
+    place_score = best_in_place.mean(axis=0)
     mean_sim = sim.mean(axis=0)
-    for r in regions:
+    hits = []
+    for r in best_regions(places, xy, extent, mean_sim, place_score, limit=k):
         per_query = sim[:, r.members]
-        best_match = per_query.max(axis=1, keepdims=True)
         # the place is where the query's tiles are matched: tiles (nearly) as good as some
         # query tile's best match here, not the merely similar tissue merged around them
-        support = r.members[np.any(per_query >= best_match - SUPPORT_MARGIN, axis=0)]
+        near_best = per_query >= per_query.max(axis=1, keepdims=True) - SUPPORT_MARGIN
+        support = r.members[np.any(near_best, axis=0)]
         best = int(support[np.argmax(mean_sim[support])])  # the most representative tile
         place = Region(members=support, best=best, box=bounding_box(xy[support], extent[support]))
-        scored.append((float(per_query.max(axis=1).mean()), place))
-    scored.sort(key=lambda t: -t[0])
-    return [view.hit(r, sidx, xy, extent, score) for score, r in scored[:k]]
+        hits.append(view.hit(place, sidx, xy, extent, float(place_score[places[r.best]])))
+    return hits

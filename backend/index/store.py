@@ -282,7 +282,7 @@ def acquire_lock(path: Path) -> Any:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         f.close()
-        raise InputError(f"{path}: cohort index is open for writing in another process") from e
+        raise InputError(f"{path}: cohort index is open for writing elsewhere (another process or object)") from e
     return f
 
 

@@ -200,7 +200,7 @@ def test_one_writer_many_readers(tmp_path: Path, cohort: SyntheticCohort) -> Non
     writer.add(cohort.slides[0])
     writer.flush()
     try:
-        with pytest.raises(InputError, match="open for writing in another process"):
+        with pytest.raises(InputError, match="open for writing elsewhere"):
             CohortIndex.open(tmp_path / "idx")
         with CohortIndex.open(tmp_path / "idx", read_only=True) as reader:
             assert len(reader) == len(cohort.slides[0].vectors)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.index.merge import bounding_box, merge_adjacent, singletons, tile_box
+from backend.index.merge import best_regions, bounding_box, group_adjacent, merge_adjacent, singletons, tile_box
 
 
 def _grid(cells: list[tuple[int, int]], extent: float = 224.0) -> np.ndarray:
@@ -54,3 +54,25 @@ def test_singletons_keep_tiles_apart_in_score_order() -> None:
 
 def test_bounding_box_rounds_up_to_cover_the_tiles() -> None:
     assert bounding_box(np.array([[10, 20], [110, 20]]), np.array([100.5, 100.5])) == (10, 20, 201, 101)
+
+
+def test_group_labels_are_dense_and_limit_computes_only_the_best() -> None:
+    # three slides, hits interleaved as a search returns them
+    slide = np.array([2, 0, 2, 1, 0])
+    xy = _grid([(0, 0), (5, 5), (0, 1), (0, 0), (9, 9)])
+    scores = np.array([0.9, 0.8, 0.85, 0.95, 0.7])
+    labels = group_adjacent(slide, xy, np.full(5, 224.0), scores)
+    assert sorted(set(labels.tolist())) == [0, 1, 2, 3]  # slide 2's two tiles share a label
+    assert labels[0] == labels[2]
+    top = merge_adjacent(slide, xy, np.full(5, 224.0), scores, limit=2)
+    assert [r.best for r in top] == [3, 0]
+    assert top[1].box == (0, 0, 448, 224)
+
+
+def test_best_regions_ranks_by_a_region_score() -> None:
+    labels = np.array([0, 0, 1, 2])
+    xy = _grid([(0, 0), (0, 1), (3, 3), (6, 6)])
+    tile_rank = np.array([0.1, 0.9, 0.5, 0.5])
+    regions = best_regions(labels, xy, np.full(4, 224.0), tile_rank, np.array([0.2, 0.7, 0.4]))
+    assert [r.best for r in regions] == [2, 3, 1]  # by region score; best tile of region 0 is 1
+    assert regions[2].box == (0, 0, 448, 224)
