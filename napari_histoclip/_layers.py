@@ -212,7 +212,8 @@ def heatmap_layer(result: Any, info: SlideInfo) -> LayerData:
 # --- search hits ----------------------------------------------------------------------------
 
 HITS_LAYER = "search hits"
-HIT_COLOR = "#0078ff"  # a saturated blue: reads on white glass and on eosin pink
+HIT_COLOR = "#0078ff"  # a saturated blue outline: apart from H&E's pinks and purples
+HIT_TEXT_COLOR = "#ffe600"  # hits are tissue tiles: yellow reads on haematoxylin and eosin
 
 
 def hit_shapes_layer(
@@ -227,9 +228,11 @@ def hit_shapes_layer(
         shape_type="rectangle",
         edge_color=HIT_COLOR,
         face_color="transparent",
-        edge_width=max(3.0, info.width / 600),
+        # Data units, so relative to each box: a few screen px when the view frames the hit.
+        edge_width=[max(2.0, max(b[2], b[3]) / 80) for b in boxes],
         features={"hit": list(texts)},
-        text={"string": "{hit}", "color": HIT_COLOR, "size": 12, "anchor": "upper_left"},
+        text={"string": "{hit}", "color": HIT_TEXT_COLOR, "size": 14, "anchor": "upper_left"},
+        opacity=1.0,  # the layer's opacity also fades the labels
     )
     kwargs["metadata"] = {**kwargs["metadata"], "kind": "hits"}
     return (data, kwargs, "shapes")

@@ -21,7 +21,8 @@ CLASS = "class"
 NBEST = "nbest"  # the n-best list, "score\ttext" lines, best first
 REGION_COLOR = "#00c000"  # green: apart from H&E's pinks and purples, and from the hit outlines
 CAPTION_COLOR = "#101010"
-WRAP = 36  # characters per caption line on the canvas: long captions stay readable
+WRAP = 36
+MAX_LINES = 3  # more would cover the region it describes  # characters per caption line on the canvas: long captions stay readable
 _ELLIPSE_VERTICES = 32
 
 
@@ -120,12 +121,14 @@ def shape_regions(
     return regions
 
 
-def wrap_caption(text: str, width: int = WRAP, cls: str = "") -> str:
-    """The on-canvas text of a shape: ``[class] caption``, wrapped to ``width`` characters."""
+def wrap_caption(text: str, width: int = WRAP, cls: str = "", max_lines: int = MAX_LINES) -> str:
+    """The on-canvas text of a shape: ``[class] caption``, wrapped to ``width`` characters and
+    cut to ``max_lines`` lines (…); the whole caption stays in the features and the dock."""
     cls = "" if str(cls) in ("", "nan", "None") else str(cls)
     text = "" if str(text) in ("nan", "None") else str(text)
     full = f"[{cls}] {text}".strip() if cls else text
-    return "\n".join(textwrap.wrap(full, width=width)) if full else ""
+    lines = textwrap.wrap(full, width=width, max_lines=max_lines, placeholder=" …") if full else []
+    return "\n".join(lines)
 
 
 def _redisplay(feats: Any, i: int) -> None:

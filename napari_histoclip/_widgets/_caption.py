@@ -29,6 +29,7 @@ class CaptionPanel(Container):
                                   tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
         self.beams = SpinBox(label="Beams", value=3, min=1, max=10)
         self.n_best = SpinBox(label="N-best", value=3, min=1, max=10)
+        self.max_tokens = SpinBox(label="Max tokens", value=24, min=4, max=80, tooltip="caption length limit")
         self.caption_button = PushButton(text="Caption shapes", tooltip="the selected shapes, or all if none is selected")
         self.which = Label(value="select a shape to see its captions")
         self.nbest_list = QListWidget()
@@ -41,7 +42,7 @@ class CaptionPanel(Container):
         self.cls_button = PushButton(text="Set class of selected shapes")
         super().__init__(
             widgets=[self.shapes, self.new_layer_button, self.captioner, self.beams, self.n_best,
-                     self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
+                     self.max_tokens, self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
             labels=True,
         )
         # The n-best list sits under the "which shape" label.
@@ -92,6 +93,7 @@ class CaptionPanel(Container):
             model=self.ctx.model_name,
             beams=int(self.beams.value),
             n_best=min(int(self.n_best.value), int(self.beams.value)),
+            max_tokens=int(self.max_tokens.value),
         )
         backend = self.ctx.backend
 
@@ -118,8 +120,10 @@ class CaptionPanel(Container):
         for text, score in nbest(layer, index):
             item = QListWidgetItem(f"{score:+.2f}  {text}")
             item.setData(Qt.ItemDataRole.UserRole, text)
-            if text == current:
-                item.setSelected(True)
+            if text == current:  # the chosen caption stands out in bold
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
             self.nbest_list.addItem(item)
         self.edit.value = current if current != "nan" else ""
         cls = str(layer.features[CLASS].iloc[index]) if CLASS in layer.features.columns else ""

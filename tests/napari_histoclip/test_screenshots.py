@@ -47,7 +47,8 @@ def save_png(viewer, path: Path) -> Path:
     QApplication.processEvents()
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(np.asarray(pixels)[..., :3])
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+    # Octree keeps rare saturated colours (labels, outlines) that median cut folds into grey.
+    image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
     return path
 
 
@@ -60,7 +61,8 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     widget = HistoclipWidget(viewer, backend=backend)
     viewer.window.add_dock_widget(widget, name="HistoCLIP", area="right")
     viewer.add_layer(Layer.create(*cmu_layer_data))
-    viewer.canvas.overlays.scale_bar.visible = True
+    scale_bar = viewer.canvas.overlays.scale_bar
+    scale_bar.visible, scale_bar.position = True, "bottom_left"  # bottom right sits under the dock edge
     if "test-tiny" in [c for c in widget.model.choices]:
         widget.model.value = "test-tiny"
 
@@ -83,7 +85,8 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     widget.captions.captioner.value = captioner or tmp_path
     widget.captions.caption_button.native.click()
     wait()
-    shapes.selected_data = {0}
+    shapes.selected_data = {1}
+    widget.captions.choose(1)  # a user picks the second of the n-best captions for shape 1
     shots.append(save_png(viewer, shot_dir / "captions-on-shapes.png"))
 
     # 3. Find similar: index a two-slide cohort, query by the first shape, open the best hit.
@@ -101,8 +104,8 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     shapes.selected_data = {0}
     search.shape_button.native.click()
     wait()
-    assert search.results.count() > 0
-    search.results.itemClicked.emit(search.results.item(0))
+    assert search.results.count() > 1
+    search.results.itemClicked.emit(search.results.item(1))  # #1 is the query region itself
     shots.append(save_png(viewer, shot_dir / "find-similar.png"))
 
     for path in shots:
