@@ -72,9 +72,10 @@ TOY_CAPTIONS = (
 
 @pytest.fixture(scope="session")
 def local_backend_cls():
-    """``backend.local.LocalBackend``; skips until the integrator has landed it."""
-    local = pytest.importorskip("backend.local", reason="backend.local.LocalBackend has not landed yet")
-    return local.LocalBackend
+    """``backend.local.LocalBackend``, the in-process backend the dock uses by default."""
+    from backend.local import LocalBackend
+
+    return LocalBackend
 
 
 @pytest.fixture(scope="module")

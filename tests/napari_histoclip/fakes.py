@@ -31,7 +31,6 @@ from backend.api import (
     SearchResult,
     SlideRef,
     TileOptions,
-    ZeroShotRequest,
     ZeroShotResult,
 )
 from backend.errors import CancelledError, SlideNotFoundError

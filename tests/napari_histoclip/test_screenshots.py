@@ -27,18 +27,6 @@ def shot_dir(tmp_path: Path) -> Path:
     return out
 
 
-@pytest.fixture
-def screens_backend(request):
-    """The real in-process backend with ``test-tiny`` once it has landed, else the test double."""
-    try:
-        import backend.local  # noqa: F401
-    except ImportError:
-        from fakes import FakeBackend
-
-        return FakeBackend(tile=224), None
-    return request.getfixturevalue("local_backend"), request.getfixturevalue("tiny_captioner")
-
-
 def save_png(viewer, path: Path) -> Path:
     """A full-window screenshot, palette-quantised so that it stays a few hundred KB."""
     from PIL import Image
@@ -52,10 +40,13 @@ def save_png(viewer, path: Path) -> Path:
     return path
 
 
-def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_data, screens_backend, shot_dir, tmp_path, slides_dir, capsys) -> None:
+def test_screenshots_of_each_tab_in_use(
+    make_napari_viewer, qtbot, cmu_layer_data, local_backend, tiny_captioner, shot_dir, tmp_path, slides_dir, capsys
+) -> None:
+    """The real backend with test-tiny, and the toy captioner (readable sentences)."""
     from napari.layers import Layer
 
-    backend, captioner = screens_backend
+    backend, captioner = local_backend, tiny_captioner
     viewer = make_napari_viewer()
     viewer.window._qt_window.resize(*WINDOW)
     widget = HistoclipWidget(viewer, backend=backend)
@@ -63,8 +54,7 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     viewer.add_layer(Layer.create(*cmu_layer_data))
     scale_bar = viewer.canvas.overlays.scale_bar
     scale_bar.visible, scale_bar.position = True, "bottom_left"  # bottom right sits under the dock edge
-    if "test-tiny" in [c for c in widget.model.choices]:
-        widget.model.value = "test-tiny"
+    widget.model.value = "test-tiny"
 
     def wait() -> None:
         qtbot.waitUntil(lambda: not widget.runner.busy, timeout=120_000)
@@ -82,7 +72,7 @@ def test_screenshots_of_each_tab_in_use(make_napari_viewer, qtbot, cmu_layer_dat
     shapes = widget.captions.new_layer()
     shapes.add_rectangles(np.array([[350, 450], [850, 1050]]))
     shapes.add_polygons([np.array([[1650, 550], [1750, 1300], [2300, 950], [2100, 450]])])
-    widget.captions.captioner.value = captioner or tmp_path
+    widget.captions.captioner.value = captioner
     widget.captions.caption_button.native.click()
     wait()
     shapes.selected_data = {1}

@@ -108,6 +108,20 @@ def test_captions_land_on_shapes(dock, qtbot, tiny_captioner, notes) -> None:
     assert [s for _, s in options] == sorted((s for _, s in options), reverse=True)
     assert panel.nbest_list.count() == len(options)
 
+    shapes.selected_data = {1}  # selecting a shape shows its n-best list
+    assert panel.which.value.startswith("shape 1")
+    last = len(nbest(shapes, 1)) - 1
+    panel.nbest_list.itemClicked.emit(panel.nbest_list.item(last))
+    assert shapes.features[CAPTION].iloc[1] == nbest(shapes, 1)[last][0]
+    panel.edit.value = "fibrous stroma, edited"
+    panel.apply_button.native.click()
+    assert shapes.features[CAPTION].iloc[1] == "fibrous stroma, edited"
+    assert np.isnan(shapes.features["caption_score"].iloc[1])  # an edited caption has no score
+    panel.cls.value = "Stroma"
+    panel.cls_button.native.click()
+    assert shapes.features["class"].iloc[1] == "Stroma"
+    assert shapes.text.values[1].replace("\n", " ") == "[Stroma] fibrous stroma, edited"
+
 
 def test_search_click_moves_the_camera_to_the_hit(dock, qtbot, tmp_path, slides_dir, notes) -> None:
     cohort = tmp_path / "cohort"
@@ -147,6 +161,38 @@ def test_search_click_moves_the_camera_to_the_hit(dock, qtbot, tmp_path, slides_
     panel.text_button.native.click()
     wait(qtbot, dock)
     assert panel.results.count() > 0
+
+
+def test_export_and_import_qupath_geojson(dock, qtbot, tmp_path, notes) -> None:
+    import json
+
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    shapes = dock.captions.new_layer()
+    shapes.add_rectangles(np.array([[1000, 700], [1600, 1300]]))  # on tissue
+    dock.export.reset_choices()
+    dock.export.shapes.value = shapes
+    dock.export.class_map.value = dock.viewer.layers["CMU-1-Small-Region: class map"]
+    dock.export.path.value = tmp_path / "out.geojson"
+    dock.export.export_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    doc = json.loads((tmp_path / "out.geojson").read_text())
+    kinds = [f["geometry"]["type"] for f in doc["features"]]
+    assert kinds[0] == "Polygon" and set(kinds[1:]) == {"MultiPolygon"}
+    # The unlabelled rectangle took the class map's majority class under it.
+    prompts = {"tumor epithelium", "stroma", "lymphocytes", "adipose tissue"}
+    assert doc["features"][0]["properties"]["classification"]["name"] in prompts
+    assert {f["properties"]["classification"]["name"] for f in doc["features"][1:]} <= prompts
+    assert doc["features"][0]["geometry"]["coordinates"][0][0] == [700.5, 1000.5]
+
+    dock.export.import_path.value = tmp_path / "out.geojson"
+    dock.export.import_button.native.click()
+    imported = dock.viewer.layers["CMU-1-Small-Region: out"]
+    assert len(imported.data) >= len(doc["features"])  # a MultiPolygon gives a shape per polygon
+    assert imported.shape_type[0] == "rectangle"
+    assert np.allclose(sorted(map(tuple, imported.data[0])), sorted(map(tuple, shapes.data[0])))
+    assert imported.scale.tolist() == pytest.approx([MPP, MPP])
 
 
 def test_plugin_menu_opens_the_dock_with_the_local_backend(make_napari_viewer, npe2pm, local_backend_cls, notes) -> None:

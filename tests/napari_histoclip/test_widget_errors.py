@@ -1,0 +1,81 @@
+"""The dock's error paths, cancel and sync mode, against the numpy test double (fast and
+deterministic; the dock's main paths are tested on the real backend in test_widgets_local)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from napari_histoclip._slide import slide_of
+from napari_histoclip._widgets._main import HistoclipWidget
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 60_000
+
+
+@pytest.fixture
+def dock(make_napari_viewer, fake_backend, cmu_layer_data, qtbot):
+    from napari.layers import Layer
+
+    viewer = make_napari_viewer()
+    widget = HistoclipWidget(viewer, backend=fake_backend)
+    viewer.window.add_dock_widget(widget, name="HistoCLIP")
+    viewer.add_layer(Layer.create(*cmu_layer_data))
+    return widget
+
+
+def wait(qtbot, widget: HistoclipWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=WAIT_MS)
+
+
+def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
+    assert dock.model.value == "fake-clip"
+    assert dock.slide.value is not None and slide_of(dock.slide.value).name == "CMU-1-Small-Region.svs"
+    dock.device.value = "cpu"
+    assert dock._backend is None  # remade for the new device on next use
+
+
+def test_errors_become_notifications(make_napari_viewer, fake_backend, qtbot, notes) -> None:
+    from backend.errors import SlideReadError
+
+    viewer = make_napari_viewer()
+    widget = HistoclipWidget(viewer, backend=fake_backend)
+    widget.zero_shot.run_button.native.click()  # no slide open
+    assert notes.errors[-1].startswith("Slide: open a whole-slide image first")
+    widget.embed_button.native.click()
+    assert len(notes.errors) == 2
+
+    from napari.layers import Layer
+
+    from napari_histoclip._reader import read_slide_layer
+
+    viewer.add_layer(Layer.create(*read_slide_layer(Path(__file__).parents[2] / "../shared/testdata/slides/kidney-48-5.tif")))
+    widget.zero_shot.prompts.set_rows([])
+    widget.zero_shot.run()
+    assert "at least two class prompts" in notes.errors[-1]
+    fake_backend.fail_with = SlideReadError("kidney-48-5.tif", "reading tile 3 failed: Bogus marker length")
+    widget.embed()
+    wait(qtbot, widget)
+    assert notes.errors[-1] == "Embedding kidney-48-5.tif: kidney-48-5.tif: reading tile 3 failed: Bogus marker length"
+    fake_backend.fail_with = None
+    widget.search.text.value = "tumor"
+    widget.search.search_text()
+    assert notes.errors[-1].startswith("Index: choose a cohort index folder")
+
+
+def test_cancel_stops_an_embedding(dock, qtbot, fake_backend, notes) -> None:
+    fake_backend.tile_delay = 0.05
+    dock.embed_button.native.click()
+    qtbot.waitUntil(lambda: "embedding" in dock.status.value, timeout=WAIT_MS)
+    assert dock.cancel_button.enabled
+    dock.cancel_button.native.click()
+    wait(qtbot, dock)
+    assert any(m.endswith("cancelled") for m in notes.infos)
+    assert not dock.cancel_button.enabled and dock.status.value == "ready"
+
+
+def test_sync_mode_runs_on_the_calling_thread(dock, monkeypatch) -> None:
+    monkeypatch.setenv("HISTOCLIP_SYNC", "1")
+    dock.zero_shot.run()
+    assert not dock.runner.busy and "CMU-1-Small-Region: class map" in dock.viewer.layers
