@@ -118,22 +118,18 @@ def collate(data: CaptionSet, rows: Sequence[int], pad_id: int) -> Batch:
 
 
 def epoch_batches(
-    n_rows: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    n_rows: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> list[list[int]]:
-    """This rank's micro-batches (row indices) for ``epoch``.
+    """This rank's micro-batches (row indices) for ``epoch``, shuffled.
 
     The order depends only on (seed, epoch), so a resumed run can skip the batches it already
-    took. Rows are dealt round-robin to ranks; every rank gets the same number of batches
-    (the last, short ones are dropped on ranks that would have fewer), as DDP needs.
+    took. Rows are dealt round-robin to ranks, each rank getting the same number (the few
+    left over are skipped this epoch), so every rank takes the same number of steps, as DDP
+    needs.
     """
-    if shuffle:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        order = torch.randperm(n_rows, generator=g).tolist()
-    else:
-        order = list(range(n_rows))
-    mine = order[rank::world_size]
-    per_rank = n_rows // world_size  # equal share for every rank
-    mine = mine[:per_rank] if world_size > 1 else mine
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_rows, generator=g).tolist()
+    mine = order[rank::world_size][: n_rows // world_size]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
