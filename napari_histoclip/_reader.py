@@ -94,7 +94,8 @@ def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData
     try:
         slide = open_slide_quietly(target, mpp=mpp)
         probe_pixels(slide)
-        levels = [GuardedLevel(lvl, slide.name) for lvl in slide.multiscale()]
+        native = list(slide.multiscale())
+        levels = [GuardedLevel(lvl, slide.name) for lvl in with_overviews(native)]
         w, h = slide.dimensions
         info = SlideInfo(path=str(target), name=slide.name, width=int(w), height=int(h), mpp=slide.mpp)
     except Exception as e:  # noqa: BLE001 - the reader must never raise into napari
@@ -115,11 +116,33 @@ def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData
     )
     kwargs["metadata"] = {
         **kwargs["metadata"],
-        "level_downsamples": [float(d) for d in slide.level_downsamples],
+        "level_downsamples": [float(d) for d in slide.level_downsamples]
+        + [float(2 ** (i + 1) * slide.level_downsamples[-1]) for i in range(len(levels) - len(native))],
         "objective_power": slide.objective_power,
         "mpp_source": getattr(slide, "mpp_source", None),
     }
     return (list(levels), kwargs, "image")
+
+
+#: Largest side of the coarsest level napari gets; coarser levels are added when a slide has none.
+OVERVIEW_MAX = 2048
+
+
+def with_overviews(levels: list[Any], max_side: int = OVERVIEW_MAX) -> list[Any]:
+    """The slide's levels, plus lazy 2x-averaged ones until the coarsest fits ``max_side``.
+
+    Without them napari draws a zoomed-out view of a single-level (or shallow) slide from its
+    finest level, all of it at once; an added level is computed chunk by chunk from the one
+    above, so memory stays bounded (it reads every tile once, which takes a while when huge).
+    """
+    import dask.array as da
+    import numpy as np
+
+    out = list(levels)
+    while max(out[-1].shape[:2]) > max_side and len(out) < 16:
+        coarser = da.coarsen(np.mean, out[-1], {0: 2, 1: 2}, trim_excess=True)
+        out.append(coarser.round().astype(np.uint8))
+    return out
 
 
 def probe_pixels(slide: Any) -> None:

@@ -33,6 +33,7 @@ def test_reader_opens_each_slide_as_lazy_multiscale(slides_dir: Path, name: str,
     # Lazy: array-likes over dask, never numpy arrays of a whole level.
     assert all(isinstance(lvl, GuardedLevel) for lvl in levels)
     assert [lvl.shape[0] for lvl in levels] == sorted((lvl.shape[0] for lvl in levels), reverse=True)
+    assert max(levels[-1].shape[:2]) <= 2048  # a zoomed-out view never draws from a big level
     if mpp is None:
         assert kwargs["scale"] == (1.0, 1.0) and "units" not in kwargs
         assert any("no microns-per-pixel" in m for m in notes.infos)
@@ -67,6 +68,15 @@ def test_slicing_reads_only_the_tiles_asked_for(cmu_slide: Path, monkeypatch: py
     window = levels[0][1000:1200, 500:700]
     assert window.shape == (200, 200, 3) and window.dtype == np.uint8 and window.mean() < 250  # tissue
     assert 0 < sum(pixels_read) <= 4 * 512 * 512 < 2220 * 2967
+
+
+def test_added_overview_levels_average_the_level_above(cmu_slide: Path) -> None:
+    """CMU-1-Small-Region has one level (2967 px high): the reader adds a 2x-averaged one."""
+    ((levels, kwargs, _),) = read_slides(str(cmu_slide))
+    assert [lvl.shape for lvl in levels] == [(2967, 2220, 3), (1483, 1110, 3)]
+    block = levels[0][1000:1040, 600:640].astype(float).reshape(20, 2, 20, 2, 3).mean(axis=(1, 3))
+    assert np.abs(levels[1][500:520, 300:320].astype(float) - block).max() <= 0.5 + 1e-9
+    assert kwargs["metadata"]["level_downsamples"] == [1.0, 2.0]
 
 
 @pytest.mark.parametrize("path", ["README.md", "tiles/no-tissue.png", "tiles"])
