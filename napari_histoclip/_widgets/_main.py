@@ -121,9 +121,19 @@ class HistoclipWidget(QWidget):
         layout.addWidget(self.footer.native)
 
         events = viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
+        self._viewer_events = (events.inserted, events.removed, events.reordered)
+        for ev in self._viewer_events:
             ev.connect(self._layers_changed)
+        # A closed dock must stop listening, or the viewer's events reach deleted Qt widgets.
+        self.destroyed.connect(lambda *_: self.disconnect_viewer())
         self.refresh_models()
+
+    def disconnect_viewer(self) -> None:
+        """Stop following the viewer's layers (the dock is closing)."""
+        for ev in self._viewer_events:
+            ev.disconnect(self._layers_changed)
+        self.captions._watch(None)
+        self.runner.cancel()
 
     # --- shared state the panels use ------------------------------------------------------
 

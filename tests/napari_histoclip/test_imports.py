@@ -44,3 +44,16 @@ def test_widget_modules_do_not_import_torch() -> None:
 def test_import_backend_does_not_import_qt() -> None:
     mods = _modules_after("import backend, backend.api, backend.errors, backend.slides")
     assert not any(m.split(".")[0] in HEAVY_GUI for m in mods)
+
+
+def test_opening_the_dock_does_not_import_torch() -> None:
+    """The dock lists the registry's models without loading any: torch waits for a first task."""
+    mods = _modules_after(
+        "import os; os.environ['QT_API'] = 'pyqt6'; os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
+        "from qtpy.QtWidgets import QApplication; app = QApplication([])\n"
+        "from napari.components import ViewerModel\n"
+        "from napari_histoclip._widgets._main import HistoclipWidget\n"
+        "w = HistoclipWidget(ViewerModel())\n"
+        "assert 'test-tiny' in w.model.choices and w.model.value == 'quiltnet-b32', w.model.choices"
+    )
+    assert "torch" not in mods

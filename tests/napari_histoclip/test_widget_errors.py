@@ -79,3 +79,18 @@ def test_sync_mode_runs_on_the_calling_thread(dock, monkeypatch) -> None:
     monkeypatch.setenv("HISTOCLIP_SYNC", "1")
     dock.zero_shot.run()
     assert not dock.runner.busy and "CMU-1-Small-Region: class map" in dock.viewer.layers
+
+
+def test_a_closed_dock_stops_listening(dock, slides_dir) -> None:
+    """After the dock is closed, layer changes reach no deleted widget."""
+    from napari.layers import Layer
+
+    from napari_histoclip._reader import read_slide_layer
+
+    shapes = dock.captions.new_layer()
+    before = dock.slide.value
+    dock.disconnect_viewer()
+    dock.viewer.add_layer(Layer.create(*read_slide_layer(slides_dir / "kidney-48-5.tif")))
+    assert dock.slide.value is before  # a connected dock would have switched to the new slide
+    shapes.selected_data = {0} if len(shapes.data) else set()
+    assert dock.captions._watched is None
