@@ -51,7 +51,7 @@ def _index(args: argparse.Namespace) -> int:
         else:
             if args.ray_address or args.workers:
                 raise InputError("--ray-address and --workers only apply with --engine ray")
-            info = make_backend(args).build_index(request, progress=bar)
+            info = make_backend(args).build_index(request, slide_mpp=args.slide_mpp, progress=bar)
     finally:
         bar.close()
     for path, why in info.failed:
@@ -67,11 +67,18 @@ def _search(args: argparse.Namespace) -> int:
         raise InputError("give either --text QUERY or --slide SLIDE --box x,y,w,h")
     if args.box is not None and args.slide is None:
         raise InputError("--box needs --slide: the slide the region is on")
+    if args.k < 1:
+        raise InputError(f"-k: the number of hits must be at least 1, got {args.k}")
     region = Region.box(*parse_box(args.box)) if args.box else None
+    tiles = tile_options(args)
+    # Before loading a model: a mistyped index path should fail in a second, not a minute.
+    spec_keys = _index_spec_keys(args.index)
+    if region is not None:
+        _check_query_tiles(args.index, spec_keys, tiles)
     slide = SlideRef(args.slide, args.slide_mpp) if args.slide else None
     request = SearchRequest(
         args.index, args.model, text=args.text, slide=slide, region=region, k=args.k,
-        exclude_query_slide=not args.include_query_slide, tiles=tile_options(args),
+        exclude_query_slide=not args.include_query_slide, tiles=tiles,
     )
     backend = make_backend(args)
     result = backend.search(request)
@@ -93,3 +100,29 @@ def _search(args: argparse.Namespace) -> int:
         for path in write_hits_geojson(result.hits, args.geojson_dir):
             print(f"wrote {path}")
     return 0
+
+
+def _index_spec_keys(index: str) -> set[str]:
+    """The tile specs of the slides in the index at ``index`` (a clear error if there is none)."""
+    from backend.index import CohortIndex
+    from backend.index.store import DB_NAME
+
+    if not (Path(index) / DB_NAME).is_file():
+        raise InputError(f"{index}: no cohort index here; build one with: histoclip index COHORT --out {index}")
+    with CohortIndex.open(index, read_only=True) as opened:
+        return {s.spec_key for s in opened.slides()}
+
+
+def _check_query_tiles(index: str, spec_keys: set[str], tiles: Any) -> None:
+    """A region query cut with other tiles than the index's compares different scales: refuse
+    it unless some slide of the index has the query's tile spec."""
+    from backend.local import _spec
+
+    query = _spec(tiles).key()
+    # an index key is the spec's key plus "@<slide mpp>mpp" and mask suffixes
+    if spec_keys and not any(k == query or k.startswith(query + "@") or k.startswith(query + "-") for k in spec_keys):
+        found = ", ".join(sorted({k.split("@")[0] for k in spec_keys}))
+        raise InputError(
+            f"{index}: the index's tiles are {found}, the query's would be {query}; "
+            "give the --tile-size and --mpp the index was built with"
+        )
