@@ -103,6 +103,19 @@ def test_index_build_search_and_bad_slides(backend: LocalBackend, slides_dir: Pa
         opened.close()
 
 
+def test_search_sees_slides_added_after_the_first_search(
+    backend: LocalBackend, slides_dir: Path, cmu_slide: Path, tmp_path: Path
+) -> None:
+    index = str(tmp_path / "index")
+    backend.build_index(api.IndexRequest((str(cmu_slide),), index, "test-tiny", TILES))
+    query = api.SearchRequest(index, "test-tiny", text="tissue", k=10, tiles=TILES)
+    assert {h.slide_name for h in backend.search(query).hits} == {cmu_slide.name}
+    ndpi = slides_dir / "test3-DAPI-2-(387).ndpi"
+    backend.build_index(api.IndexRequest((str(ndpi),), index, "test-tiny", TILES))
+    assert {h.slide_name for h in backend.search(query).hits} == {cmu_slide.name, ndpi.name}
+    backend.close()
+
+
 def test_expand_slides_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=f"{tmp_path.name}: no slide files"):
         expand_slides([tmp_path])
