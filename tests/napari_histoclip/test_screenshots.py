@@ -1,13 +1,15 @@
 """PNG screenshots of the dock in use on CMU-1-Small-Region, for the README and for looking at.
 
 Written to a temp folder, or to ``$HISTOCLIP_SCREENSHOT_DIR`` (``docs/screenshots`` to refresh
-the committed ones). Full-window shots: with ``show=False`` a canvas-only shot can come back black.
+the committed ones). Full-window shots of a shown window: hidden, a canvas-only shot can come
+back black and a multiscale layer keeps the level it had before the camera moved.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from napari_histoclip._widgets._main import HistoclipWidget
 
 pytestmark = pytest.mark.gui
 WINDOW = (1440, 920)
+DOCK_WIDTH = 430
 MAX_BYTES = 400_000
 
 
@@ -32,7 +35,10 @@ def save_png(viewer, path: Path) -> Path:
     from PIL import Image
     from qtpy.QtWidgets import QApplication
 
-    QApplication.processEvents()
+    # napari slices asynchronously: give it time to load the level the zoom asks for.
+    for _ in range(20):
+        QApplication.processEvents()
+        time.sleep(0.05)
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(np.asarray(pixels)[..., :3])
     # Octree keeps rare saturated colours (labels, outlines) that median cut folds into grey.
@@ -41,15 +47,18 @@ def save_png(viewer, path: Path) -> Path:
 
 
 def test_screenshots_of_each_tab_in_use(
-    make_napari_viewer, qtbot, cmu_layer_data, local_backend, tiny_captioner, shot_dir, tmp_path, slides_dir, capsys
+    make_napari_viewer, qtbot, cmu_layer_data, local_backend, tiny_captioner, shot_dir, tmp_path, slides_dir, capsys,
+    notes,  # captured: no notification toasts over the canvas
 ) -> None:
     """The real backend with test-tiny, and the toy captioner (readable sentences)."""
     from napari.layers import Layer
 
     backend, captioner = local_backend, tiny_captioner
-    viewer = make_napari_viewer()
+    # Shown (under Xvfb): a hidden canvas never redraws, so napari keeps the zoomed-out level.
+    viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(*WINDOW)
     widget = HistoclipWidget(viewer, backend=backend)
+    widget.setMaximumWidth(DOCK_WIDTH)  # napari splits a shown window ~60/40: keep the canvas wide
     viewer.window.add_dock_widget(widget, name="HistoCLIP", area="right")
     viewer.add_layer(Layer.create(*cmu_layer_data))
     scale_bar = viewer.canvas.overlays.scale_bar
