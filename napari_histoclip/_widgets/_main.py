@@ -78,6 +78,7 @@ class HistoclipWidget(QWidget):
         super().__init__()
         self.viewer = viewer
         self._backend = backend
+        self._owns_backend = backend is None  # made by the factory: closed with the dock
         self._factory = backend_factory or local_backend
         self._random_warned: set[str] = set()
 
@@ -129,11 +130,15 @@ class HistoclipWidget(QWidget):
         self.refresh_models()
 
     def disconnect_viewer(self) -> None:
-        """Stop following the viewer's layers (the dock is closing)."""
+        """Stop following the viewer's layers (the dock is closing); idempotent."""
         for ev in self._viewer_events:
             ev.disconnect(self._layers_changed)
+        self._viewer_events = ()
         self.captions._watch(None)
         self.runner.cancel()
+        if self._owns_backend and hasattr(self._backend, "close"):
+            self._backend.close()  # index handles, loaded models
+        self._backend = None if self._owns_backend else self._backend
 
     # --- shared state the panels use ------------------------------------------------------
 
@@ -233,7 +238,10 @@ class HistoclipWidget(QWidget):
 
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
+        if self._owns_backend and hasattr(self._backend, "close"):
+            self._backend.close()
         self._backend = None
+        self._owns_backend = True
 
     def _show_state(self, state: TaskState | None) -> None:
         busy = state is not None
