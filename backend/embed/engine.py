@@ -103,6 +103,10 @@ def grid_key(slide: Any, spec: Any, *, tissue: Any = None, use_tissue: bool = Tr
     return key
 
 
+def _cache_key(slide: Any, model_id: str, spec: Any, grid_kw: dict[str, Any]) -> CacheKey:
+    return CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, **grid_kw))
+
+
 def _default_spec(spec: Any) -> Any:
     if spec is not None:
         return spec
@@ -138,8 +142,8 @@ def lookup_cached(
     spec = _default_spec(spec)
     model_id = model if isinstance(model, str) else str(model.model_id)
     with slide_arg(slide, mpp) as opened:
-        key = CacheKey(str(opened.fingerprint), model_id, grid_key(opened, spec, tissue=tissue, use_tissue=use_tissue))
-        return cache.load(key, slide_name=str(opened.name), slide_path=str(opened.path))
+        key = _cache_key(opened, model_id, spec, {"tissue": tissue, "use_tissue": use_tissue})
+        return _cached(cache, key, opened, None)
 
 
 # --- encoding ---------------------------------------------------------------------------
@@ -208,7 +212,7 @@ def iter_encoded_batches(
             if cancel is not None and cancel.is_set():
                 raise CancelledError(
                     f"{getattr(slide, 'name', slide)}: embedding cancelled after {pending[0][0]} of {len(indices)} tiles"
-                )
+                )  # callers that resumed re-raise it with whole-slide counts
             off, fut = pending.popleft()
             x = fut.result()
             nxt = next(offsets, None)
@@ -291,7 +295,7 @@ def iter_embed_slide(
         "cancel": cancel,
     }
     with slide_arg(slide, mpp) as slide:
-        key = CacheKey(str(slide.fingerprint), str(model.model_id), grid_key(slide, spec, **grid_kw))
+        key = _cache_key(slide, str(model.model_id), spec, grid_kw)
         name = str(slide.name)
         hit = _cached(cache, key, slide, region)
         if hit is not None:
@@ -374,12 +378,17 @@ def _encode(
         vectors[:done] = store.read(done)
     yield EmbedProgress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
 
-    for off, batch in iter_encoded_batches(slide, grid, model, wanted[done:], **encode_kw):
-        start = done + off
-        vectors[start : start + len(batch)] = batch
-        if store is not None:
-            store.append(batch)
-        yield EmbedProgress(start + len(batch), total, EmbedStage.ENCODING, name)
+    encoded = done
+    try:
+        for off, batch in iter_encoded_batches(slide, grid, model, wanted[done:], **encode_kw):
+            vectors[done + off : done + off + len(batch)] = batch
+            if store is not None:
+                store.append(batch)
+            encoded = done + off + len(batch)
+            yield EmbedProgress(encoded, total, EmbedStage.ENCODING, name)
+    except CancelledError as e:
+        kept = "; they stay in the cache and the next run resumes" if store is not None and encoded else ""
+        raise CancelledError(f"{name}: embedding cancelled after {encoded} of {total} tiles{kept}") from e
     if store is not None:
         store.finalize()
 
