@@ -78,4 +78,5 @@ def test_ui_stays_responsive_while_the_local_backend_embeds(make_napari_viewer, 
         print(f"[ui] worst UI-thread gap while LocalBackend embeds the NDPI slide (test-tiny): "
               f"{1000 * gap:.0f} ms over {took:.1f} s")
     assert gap < MAX_GAP_S
-    assert first_gap < 1.0
+    # The one-off import stall: ~0.2 s alone, up to ~0.5 s on a loaded 2-core machine.
+    assert first_gap < 2.0
