@@ -7,9 +7,11 @@ MLP mapper (prefix 10), and GPT-2 small from ``GPT2Config()`` defaults (12 layer
 50,257-token vocabulary, 124M parameters) with a word-level tokenizer of the same size. A
 region caption is ``Captioner.caption_images`` on one 224 px real H&E tile (kather2.tif): image
 encode + mapping + decoding with the KV cache, exactly 30 new tokens (EOS blocked until then).
-Prints the median of ``--runs`` timed runs after one warm-up for beam 3 (target < 2 s) and
-greedy (the baseline, same process), their ratio, the image-encode share, and the per-region
-time when ``--batch`` regions are captioned in one call.
+Prints the median of ``--runs`` timed runs (after one warm-up; beam, greedy and image encode
+interleaved so that other load falls on each alike) for beam 3 (target < 2 s) and greedy (the
+baseline), their ratio, the image-encode share, and the per-region time when ``--batch``
+regions are captioned in one call. Load averages before and after are printed: on a shared
+machine, quote the run with the lowest.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,14 +56,18 @@ def build(threads: int):
     return captioner, clip_model, tile
 
 
-def median_seconds(fn, runs: int) -> float:
-    fn()  # warm-up: first calls allocate and pick kernels
-    times = []
+def median_seconds(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median wall time of each function, runs interleaved (a, b, a, b, ...) so that load from
+    other processes on a shared machine falls on all of them alike; one warm-up call each."""
+    for fn in fns.values():
+        fn()  # warm-up: first calls allocate and pick kernels
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     greedy = DecodeConfig(strategy="greedy", **fixed)
     one = tile[None]
 
-    encode_s = median_seconds(lambda: clip_model.encode_images(one), args.runs)
-    beam_s = median_seconds(lambda: captioner.caption_images(one, clip_model, config=beam), args.runs)
-    greedy_s = median_seconds(lambda: captioner.caption_images(one, clip_model, config=greedy), args.runs)
+    med = median_seconds({
+        "encode": lambda: clip_model.encode_images(one),
+        "beam": lambda: captioner.caption_images(one, clip_model, config=beam),
+        "greedy": lambda: captioner.caption_images(one, clip_model, config=greedy),
+    }, args.runs)
+    encode_s, beam_s, greedy_s = med["encode"], med["beam"], med["greedy"]
     out = captioner.caption_images(one, clip_model, config=beam)[0]
     assert len(out.texts[0].split()) == args.tokens, out.texts[0]
 
@@ -100,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
           f"beam/greedy = {beam_s / greedy_s:.2f}")
     if args.batch > 1:
         batch = np.repeat(one, args.batch, axis=0)
-        batch_s = median_seconds(lambda: captioner.caption_images(batch, clip_model, config=beam),
-                                 max(1, args.runs // 2))
+        batch_s = median_seconds({"batch": lambda: captioner.caption_images(batch, clip_model, config=beam)},
+                                 max(1, args.runs // 2))["batch"]
         print(f"{args.batch} regions in one call, beam {args.beams}: {batch_s:.3f} s, "
               f"{batch_s / args.batch:.3f} s per region")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
