@@ -30,7 +30,7 @@ import numpy as np
 
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from training.data.images import read_rgb
-from training.data.tables import atomic_write_text
+from training.data.tables import atomic_path, atomic_write_text
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -103,12 +103,8 @@ class EmbeddingStore:
         parts = self.parts()
         index = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0  # never reuse a number
         target = self.root / f"part-{index:06d}.npz"
-        tmp = self.root / f".part-{index:06d}.tmp-{os.getpid()}.npz"
-        try:
+        with atomic_path(target) as tmp:
             np.savez(tmp, paths=np.asarray(list(paths), dtype=str), embeddings=emb)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def load(self, paths: Sequence[str]) -> np.ndarray:

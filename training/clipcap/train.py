@@ -39,7 +39,7 @@ from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
-from training.data.tables import atomic_write_text
+from training.data.tables import atomic_path, atomic_write_text
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 CAPTIONER_DIR = "captioner"
@@ -207,7 +207,6 @@ def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
 
 def _save_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any, state: TrainState,
                      config: TrainConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {
         "model": _trainable_state(model),
         "optimizer": opt.state_dict(),
@@ -218,12 +217,8 @@ def _save_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scal
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any,

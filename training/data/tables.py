@@ -1,9 +1,11 @@
-"""Reading and writing image-caption tables (CSV, TSV, JSON, JSON lines, Parquet)."""
+"""Reading and writing image-caption tables (CSV, TSV, JSON, JSON lines, Parquet), atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,33 +78,36 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str | os.P
         )
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix) for the block to write; renamed onto
+    ``path`` if the block succeeds, removed if it fails, so readers never see half a file."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write ``df`` atomically (temp file, then rename) as Parquet, CSV or JSON lines by suffix."""
+    """Write ``df`` atomically as Parquet, CSV or JSON lines, by the path's suffix."""
     path = Path(path)
     fmt = TableFormat(path.suffix.lower().lstrip("."))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         if fmt is TableFormat.PARQUET:
             df.to_parquet(tmp, index=False)
         elif fmt is TableFormat.CSV:
             df.to_csv(tmp, index=False)
         else:
             df.to_json(tmp, orient="records", lines=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a text file atomically (temp file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write a text file atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
