@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,10 @@ def add_parsers(sub: Any) -> None:
 def _index(args: argparse.Namespace) -> int:
     from backend.api import IndexRequest
 
+    missing = [c for c in args.cohort if not Path(c).exists()]
+    if missing:  # a typo: say so before an empty index is created for it
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{missing[0]}: no such file or folder{more}")
     request = IndexRequest(tuple(args.cohort), args.out, args.model, tile_options(args))
     bar = ProgressBar("cohort", unit="slide")
     try:

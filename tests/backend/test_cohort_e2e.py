@@ -158,7 +158,8 @@ def test_half_tile_shift_and_query_modes_figures(cohort: Cohort) -> None:
     ranks: dict[str, dict[str, tuple[int, float, int] | None]] = {}
     with CohortIndex.open(cohort.index, read_only=True) as index:
         for mode in ("tileset", "pooled"):
-            hits = index.search_region(emb.vectors, k, model_id=MODEL, mode=mode, exclude_slides=[emb.slide_fingerprint])
+            hits = index.search_region(emb.vectors, k, model_id=MODEL, mode=mode,
+                                       exclude_slides=[emb.slide_fingerprint])
             ranks[mode] = {n: _rank(hits, n, cohort.planted[n]) for n in (*ALIGNED, SHIFTED)}
             copies = {r[0] for r in ranks[mode].values() if r is not None}
             others = [h.score for i, h in enumerate(hits, 1) if i not in copies]
