@@ -41,3 +41,48 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     root = tmp_path_factory.getbasetemp() / "caches"
     monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(root / "histoclip"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+TOY_CAPTIONS = (
+    "dense fibrous stroma with scattered lymphocytes and small vessels",
+    "squamous epithelium with keratin pearls",
+    "adipose tissue with thin fibrous septa",
+    "tumor glands in desmoplastic stroma",
+    "necrosis with inflammatory debris",
+    "colonic mucosa with crypts and goblet cells",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> Path:
+    """A toy captioner bundle for ``test-tiny`` CLIP: a tiny GPT-2 and MLP mapper fitted in a
+    second to six histology sentences (random embeddings as their images).
+
+    Its captions are one of those sentences, whatever the region: it tests the whole path
+    (region embeddings of the real slide, mapping network, beam search, n-best with scores)
+    and gives the screenshots readable text, not a real description of the region.
+    """
+    import torch
+
+    from napari_histoclip._compat import keep_triton_out
+
+    keep_triton_out()
+    from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
+    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from backend.models.registry import resolve_model
+
+    dim = resolve_model("test-tiny").embed_dim
+    tok = word_tokenizer(TOY_CAPTIONS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ClipCapModel(MapperConfig(kind="mlp", clip_dim=dim, decoder_dim=64, prefix_length=3),
+                             tiny_gpt2(tok, n_layer=1, n_embd=64))
+        enc = tok([c + tok.eos_token for c in TOY_CAPTIONS], padding=True, return_tensors="pt", add_special_tokens=False)
+        images = torch.nn.functional.normalize(torch.randn(len(TOY_CAPTIONS), dim), dim=1)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(150):
+            opt.zero_grad()
+            model(images, enc.input_ids, enc.attention_mask).loss.backward()
+            opt.step()
+    return save_captioner(Captioner(model.eval(), tok, "test-tiny"), tmp_path_factory.mktemp("captioner") / "toy-captioner")

@@ -111,3 +111,39 @@ def test_demo_without_weights_fails_with_one_line_naming_the_fix(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "wisdomik/QuiltNet-B-32" in err and "--model /path/to/bundle" in err
     assert not (tmp_path / "CMU-1-Small-Region").exists()
+
+
+def test_caption_prints_the_n_best_with_scores(
+    cmu_slide: Path, tiny_captioner: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from tests.conftest import TOY_CAPTIONS
+
+    argv = ["caption", str(cmu_slide), "--box", "600,600,800,800", "--captioner", str(tiny_captioner),
+            "--beams", "3", "--n-best", "2", *FAST]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line[:2] in ("1.", "2.")]
+    assert len(lines) == 2
+    scores = [float(line.rsplit("(score ", 1)[1].rstrip(")")) for line in lines]
+    assert scores[0] >= scores[1]
+    best = lines[0][3:].rsplit("  (score", 1)[0]
+    assert best in TOY_CAPTIONS  # the toy decoder only knows its six sentences
+
+
+def test_caption_refuses_a_captioner_of_another_clip_model(
+    cmu_slide: Path, tiny_captioner: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_captioner, other)
+    manifest = json.loads((other / "histoclip.json").read_text())
+    manifest["clip_model_id"] = "quiltnet-b32"
+    (other / "histoclip.json").write_text(json.dumps(manifest))
+    assert main(["caption", str(cmu_slide), "--box", "600,600,800,800", "--captioner", str(other), *FAST]) == 1
+    err = capsys.readouterr().err
+    assert "quiltnet-b32" in err and "test-tiny" in err
+
+
+def test_caption_box_must_be_four_numbers(cmu_slide: Path, tiny_captioner: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["caption", str(cmu_slide), "--box", "1,2,3", "--captioner", str(tiny_captioner), *FAST]) == 1
+    assert "--box: expected x,y,w,h" in capsys.readouterr().err
