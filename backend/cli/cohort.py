@@ -107,13 +107,15 @@ def _search(args: argparse.Namespace) -> int:
 
 def _index_spec_keys(index: str) -> set[str]:
     """The tile specs of the slides in the index at ``index`` (a clear error if there is none)."""
-    from backend.index import CohortIndex
-    from backend.index.store import DB_NAME
+    from backend.index.store import DB_NAME, MetaStore
 
     if not (Path(index) / DB_NAME).is_file():
         raise InputError(f"{index}: no cohort index here; build one with: histoclip index COHORT --out {index}")
-    with CohortIndex.open(index, read_only=True) as opened:
-        return {s.spec_key for s in opened.slides()}
+    store = MetaStore(Path(index) / DB_NAME, read_only=True)  # the metadata only: no FAISS load
+    try:
+        return {s.spec_key for s in store.slides()}
+    finally:
+        store.close()
 
 
 def _check_query_tiles(index: str, spec_keys: set[str], tiles: Any) -> None:

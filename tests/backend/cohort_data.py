@@ -9,7 +9,6 @@ grid (which starts at the slide origin with a stride of one tile extent) or off 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,18 +86,6 @@ def write_slide(path: Path, image: np.ndarray, *, mpp: float = MPP, tile: int = 
     return path
 
 
-@dataclass(frozen=True)
-class Planted:
-    """Where a patch was pasted: slide file and level-0 box (x, y, w, h)."""
-
-    path: Path
-    box: tuple[int, int, int, int]
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
 def plant(image: np.ndarray, patch: np.ndarray, x: int, y: int) -> tuple[int, int, int, int]:
     """Paste ``patch`` into ``image`` at level-0 ``(x, y)``; returns the box."""
     h, w = patch.shape[:2]
@@ -113,12 +100,20 @@ def overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     return ix * iy / (b[2] * b[3])
 
 
-def plain_cohort(testdata: Path, folder: Path, n: int, size: tuple[int, int], *, seed: int = 0,
-                 tile: int = 256) -> list[Path]:
-    """``n`` tissue slides ``slide-<i>.tif`` of ``size`` in ``folder`` (no planted patch)."""
+def make_cohort(testdata: Path, folder: Path, n: int, size: tuple[int, int], *, seed: int = 0, tile: int = 256,
+                patch: np.ndarray | None = None, plant_at: dict[str, tuple[int, int]] | None = None,
+                ) -> tuple[list[Path], dict[str, tuple[int, int, int, int]]]:
+    """``n`` tissue slides ``gen-<i>.tif`` of ``size`` in ``folder``, with ``patch`` pasted into
+    those named in ``plant_at`` at the given level-0 (x, y). Returns the paths and the planted boxes."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_slide(folder / f"slide-{i}.tif", tissue_canvas(testdata, size, seed + i), tile=tile)
-            for i in range(n)]
+    paths, planted = [], {}
+    for i in range(n):
+        name = f"gen-{i}.tif"
+        image = tissue_canvas(testdata, size, seed + i)
+        if patch is not None and plant_at and name in plant_at:
+            planted[name] = plant(image, patch, *plant_at[name])
+        paths.append(write_slide(folder / name, image, tile=tile))
+    return paths, planted
 
 
 def tile_records(index_path: Path) -> set[tuple[str, int, int, float]]:

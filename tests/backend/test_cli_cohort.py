@@ -50,15 +50,8 @@ class Built:
 def built(tmp_path_factory: pytest.TempPathFactory, testdata: Path, slides_dir: Path) -> Built:
     root = tmp_path_factory.mktemp("cli-cohort")
     gen = root / "slides"
-    gen.mkdir()
-    patch = cd.patch_from(testdata, 2 * TS)
-    planted = {}
-    for i in range(3):
-        name = f"gen-{i}.tif"
-        image = cd.tissue_canvas(testdata, (1536, 1536), seed=200 + i)
-        if name in PLANT_AT:
-            planted[name] = cd.plant(image, patch, *PLANT_AT[name])
-        cd.write_slide(gen / name, image, tile=TS)
+    _, planted = cd.make_cohort(testdata, gen, 3, (1536, 1536), seed=200, tile=TS,
+                                patch=cd.patch_from(testdata, 2 * TS), plant_at=PLANT_AT)
     index = root / "index"
     code, out, err = run(["index", str(gen), str(slides_dir / NO_MPP), "--out", str(index), *MODEL_FLAGS])
     return Built(gen, index, planted, code, out, err)

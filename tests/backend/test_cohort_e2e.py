@@ -64,15 +64,8 @@ def request_for(folders: tuple[Path, ...], index: Path) -> api.IndexRequest:
 def cohort(tmp_path_factory: pytest.TempPathFactory, slides_dir: Path, testdata: Path) -> Cohort:
     root = tmp_path_factory.mktemp("cohort")
     gen = root / "generated"
-    gen.mkdir()
-    patch = cd.patch_from(testdata, 3 * TS)
-    planted = {}
-    for i in range(5):
-        name = f"gen-{i}.tif"
-        image = cd.tissue_canvas(testdata, SIZE, seed=100 + i)
-        if name in PLANT_AT:
-            planted[name] = cd.plant(image, patch, *PLANT_AT[name])
-        cd.write_slide(gen / name, image, tile=TS)
+    _, planted = cd.make_cohort(testdata, gen, 5, SIZE, seed=100, tile=TS,
+                                patch=cd.patch_from(testdata, 3 * TS), plant_at=PLANT_AT)
     backend = LocalBackend(root / "cache", "cpu")
     info = backend.build_index(request_for((gen, slides_dir), root / "index"))
     return Cohort(root, gen, slides_dir, root / "index", backend, info, planted)

@@ -68,7 +68,7 @@ def ray_cluster() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory, testdata: Path, slides_dir: Path) -> Cohort:
     root = tmp_path_factory.mktemp("ray-cohort")
-    paths = cd.plain_cohort(testdata, root / "slides", N_SLIDES, (2048, 2048), seed=50)
+    paths, _ = cd.make_cohort(testdata, root / "slides", N_SLIDES, (2048, 2048), seed=50)
     slides = (str(root / "slides"), str(slides_dir / NO_MPP))
     serial_index = root / "serial-index"
     info = LocalBackend(root / "serial-cache", "cpu").build_index(
