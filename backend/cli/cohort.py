@@ -32,7 +32,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--contact-sheet", help="write a PNG of the hits' thumbnails here")
     p.add_argument("--geojson-dir", help="write one QuPath GeoJSON of hit boxes per slide into this folder")
     add_model_flags(p)
-    add_tile_flags(p)
+    add_tile_flags(p, from_index=True)
     p.set_defaults(handler=_search)
 
 
@@ -73,9 +73,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise InputError(f"-k: the number of hits must be at least 1, got {args.k}")
     region = Region.box(*parse_box(args.box)) if args.box else None
-    tiles = tile_options(args)
     # Before loading a model: a mistyped index path should fail in a second, not a minute.
     spec_keys = _index_spec_keys(args.index)
+    _tiles_from_index(args, spec_keys)
+    tiles = tile_options(args)
     if region is not None:
         _check_query_tiles(args.index, spec_keys, tiles)
     slide = SlideRef(args.slide, args.slide_mpp) if args.slide else None
@@ -116,6 +117,25 @@ def _index_spec_keys(index: str) -> set[str]:
         return {s.spec_key for s in store.slides()}
     finally:
         store.close()
+
+
+def _tiles_from_index(args: argparse.Namespace, spec_keys: set[str]) -> None:
+    """Fill ``--mpp`` / ``--tile-size`` the user left out with the index's own tile spec."""
+    from backend.slides import TileSpec
+
+    specs = {TileSpec.from_key(k) for k in spec_keys}
+    if len(specs) == 1:
+        (spec,) = specs
+        if args.mpp is None:
+            args.mpp = spec.mpp or 0.0
+        if args.tile_size is None:
+            args.tile_size = spec.tile_size
+    elif args.mpp is None or args.tile_size is None:
+        found = ", ".join(sorted(s.key() for s in specs)) or "none (empty index)"
+        if args.box is not None:  # a text query needs no tiles; a region must match the index's
+            raise InputError(f"{args.index}: the index holds tiles of several specs ({found}); give --tile-size and --mpp")
+        args.mpp = 0.5 if args.mpp is None else args.mpp
+        args.tile_size = 224 if args.tile_size is None else args.tile_size
 
 
 def _check_query_tiles(index: str, spec_keys: set[str], tiles: Any) -> None:

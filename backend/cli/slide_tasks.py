@@ -27,9 +27,14 @@ def add_model_flags(p: argparse.ArgumentParser, default_model: str = "quiltnet-b
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
 
 
-def add_tile_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mpp", type=float, default=0.5, help="tile resolution in µm/px (default 0.5); 0 for level-0 pixels")
-    p.add_argument("--tile-size", type=int, default=224, help="tile side in pixels at --mpp (default 224)")
+def add_tile_flags(p: argparse.ArgumentParser, *, from_index: bool = False) -> None:
+    """``--mpp``, ``--tile-size``, ``--slide-mpp``; with ``from_index`` the first two default to
+    the tiles the index was built with (None here, filled in by the command)."""
+    default = "the index's" if from_index else None
+    p.add_argument("--mpp", type=float, default=None if from_index else 0.5,
+                   help=f"tile resolution in µm/px (default {default or 0.5}); 0 for level-0 pixels")
+    p.add_argument("--tile-size", type=int, default=None if from_index else 224,
+                   help=f"tile side in pixels at --mpp (default {default or 224})")
     p.add_argument("--slide-mpp", type=float, default=None, help="the slide's own µm/px, when its metadata has none")
 
 

@@ -63,6 +63,17 @@ class TileSpec:
         mpp = "native" if self.mpp is None else f"{self.mpp:g}"
         return f"t{self.tile_size}-mpp{mpp}-o{self.overlap}-mt{self.min_tissue:g}"
 
+    @classmethod
+    def from_key(cls, key: str) -> TileSpec:
+        """The spec a :meth:`key` names (anything the cache appended after ``@`` is ignored)."""
+        import re
+
+        m = re.fullmatch(r"t(\d+)-mpp(native|[\d.e+-]+)-o(\d+)-mt([\d.e+-]+)", key.split("@")[0])
+        if m is None:
+            raise InputError(f"tile spec key {key!r}: not of the form t<size>-mpp<mpp>-o<overlap>-mt<min tissue>")
+        size, mpp, overlap, min_tissue = m.groups()
+        return cls(int(size), None if mpp == "native" else float(mpp), int(overlap), float(min_tissue))
+
 
 @dataclass(frozen=True, eq=False)
 class TileGrid:

@@ -177,3 +177,28 @@ def test_slide_mpp_fills_in_only_for_slides_without_one(slides_dir: Path, tmp_pa
         extents = {s.slide_name: s.tile_extent for s in opened.slides()}
     assert keys[NO_MPP].endswith("@0.3mpp") and keys[ndpi.name].endswith("@0.228175mpp")
     assert extents[NO_MPP] == pytest.approx(TS * 0.5 / 0.3) and extents[ndpi.name] == pytest.approx(TS * 0.5 / 0.228175)
+
+
+def test_search_takes_the_tile_spec_from_the_index(tmp_path, cmu_slide, capsys) -> None:
+    """A region query without --mpp/--tile-size is cut like the index's tiles."""
+    from backend.cli import main
+
+    index = tmp_path / "idx"
+    fast = ["--model", "test-tiny", "--device", "cpu"]
+    assert main(["index", str(cmu_slide), "--out", str(index), "--mpp", "2.0", "--tile-size", "64", *fast]) == 0
+    capsys.readouterr()
+    argv = ["search", str(index), "--slide", str(cmu_slide), "--box", "600,600,600,600", "--include-query-slide", *fast]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[2] == cmu_slide.name  # its own slide ranks first
+    # An explicit spec other than the index's is still refused with both named.
+    assert main([*argv, "--mpp", "1.0"]) == 1
+    assert "t64-mpp2-o0-mt0.5" in capsys.readouterr().err
+
+
+def test_tile_spec_key_round_trips() -> None:
+    from backend.slides import TileSpec
+
+    for spec in (TileSpec(), TileSpec(64, 2.0), TileSpec(256, None, 16, 0.25)):
+        assert TileSpec.from_key(spec.key()) == spec
+        assert TileSpec.from_key(spec.key() + "@0.499mpp-alltiles") == spec
