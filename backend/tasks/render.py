@@ -4,6 +4,7 @@ hits as QuPath GeoJSON, one file per slide.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -150,11 +151,15 @@ def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> l
     """One QuPath GeoJSON per slide with its hit boxes as annotations (name: rank and score)."""
     per_slide: dict[str, list[tuple[int, Any]]] = defaultdict(list)
     for rank, hit in enumerate(hits, 1):
-        per_slide[hit.slide_name].append((rank, hit))
+        per_slide[hit.slide_path].append((rank, hit))
+    stems = [Path(p).stem for p in per_slide]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for slide_name, items in per_slide.items():
+    for slide_path, items in per_slide.items():
+        stem = Path(slide_path).stem
+        if stems.count(stem) > 1:  # same file name in two folders: keep both files apart
+            stem += "-" + hashlib.sha1(slide_path.encode()).hexdigest()[:8]
         features = []
         for rank, hit in items:
             x, y, w, h = (float(v) for v in hit.box)
@@ -169,7 +174,7 @@ def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> l
                     "measurements": {"score": float(hit.score), "rank": rank, "tiles": int(hit.n_tiles)},
                 },
             })
-        path = folder / f"{Path(slide_name).stem}.hits.geojson"
+        path = folder / f"{stem}.hits.geojson"
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
         os.replace(tmp, path)
