@@ -16,8 +16,9 @@ FAST = ["--model", "test-tiny", "--mpp", "2.0", "--tile-size", "64", "--device",
 
 
 def test_embed_skips_cached_slides_and_reports_bad_ones(
-    cmu_slide: Path, testdata: Path, capsys: pytest.CaptureFixture
+    cmu_slide: Path, testdata: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(tmp_path / "cache"))  # a cache no other test filled
     bad = testdata / "bad" / "broken.svs"
     assert main(["embed", str(cmu_slide), str(bad), *FAST]) == 1
     first = capsys.readouterr()
