@@ -2,7 +2,8 @@
 
 Each subcommand is a module exposing ``main(argv) -> int``, imported only when chosen, so
 ``python -m training --help`` is fast. Add a pipeline by adding a line to ``COMMANDS``.
-Errors raised on purpose (``HistoclipError``) are printed as one line without a traceback.
+Errors raised on purpose (``HistoclipError``) are printed as one line without a traceback
+(:func:`backend.cli.run_reporting_errors`, shared with ``histoclip``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from backend.errors import HistoclipError
+from backend.cli import run_reporting_errors
 
 # name -> (module with main(argv), one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -43,14 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage(), file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    try:
-        return int(module.main(rest) or 0)
-    except HistoclipError as e:
-        print(f"python -m training {name}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"python -m training {name}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(f"python -m training {name}", lambda: module.main(rest))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from backend import __version__
 from backend.errors import HistoclipError
@@ -38,18 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
+    """Call ``run`` and return its exit code; a ``HistoclipError`` becomes one line on stderr
+    (``<prog>: error: <message>``, exit 1) and Ctrl-C exit 130. Other exceptions are bugs and
+    keep their traceback. Shared by ``histoclip`` and ``python -m training``."""
+    try:
+        return int(run() or 0)
+    except HistoclipError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``histoclip`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except HistoclipError as e:
-        print(f"histoclip {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"histoclip {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_errors(f"histoclip {args.command}", lambda: args.handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover
