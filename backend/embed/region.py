@@ -167,19 +167,25 @@ def iter_embed_region(
     -------
     RegionEmbedding
     """
-    from backend.embed.engine import iter_embed_slide, load_model_arg, lookup_cached, slide_arg
+    from backend.embed.engine import iter_embed_slide
 
     as_polygon(region)  # fail on a bad region before opening anything
-    model = load_model_arg(model, engine_kwargs.pop("device", None))
-    mpp = engine_kwargs.pop("mpp", None)
-    lookup = {k: engine_kwargs[k] for k in ("tissue", "use_tissue") if k in engine_kwargs}
-    with slide_arg(slide, mpp) as opened:
-        hit = lookup_cached(opened, model, spec, cache=cache, **lookup)
-        if hit is not None:
-            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, hit.slide_name)
-            return region_from_embeddings(hit, region, from_cache=True)
-        sub = yield from iter_embed_slide(opened, model, spec, cache=None, region=region, **engine_kwargs)
-    return region_from_embeddings(sub, region, from_cache=False)
+    # iter_embed_slide(region=...) serves the region's tiles from a cached slide, else
+    # encodes just them (without writing a store); watch which it did.
+    events = iter_embed_slide(slide, model, spec, cache=cache, region=region, **engine_kwargs)
+    from_cache = False
+    try:
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                sub: SlideEmbeddings = stop.value
+                break
+            from_cache = event.stage == EmbedStage.CACHED
+            yield event
+    finally:
+        events.close()
+    return region_from_embeddings(sub, region, from_cache=from_cache)
 
 
 def embed_region(
