@@ -5,6 +5,7 @@ cache dir, see :func:`backend.paths.cache_root`)::
 
     <fingerprint>/<model-slug>/<spec_key>.zarr           finished store
     <fingerprint>/<model-slug>/<spec_key>.partial.zarr   store being written
+    <fingerprint>/<model-slug>/<spec_key>.lock           held (flock) by the job writing it
 
 Each store is a zarr group with arrays ``coords`` (N, 2) int64, ``grid_index`` (N, 2) int64
 and ``vectors`` (N, D) float32, and attributes naming the slide fingerprint, model id, tile
@@ -18,7 +19,8 @@ starts afresh. When all rows are written the directory is renamed to its final n
 finished store is never half-written.
 
 The key is the slide's *content* fingerprint, not its path: a moved or copied file is still a
-hit, a changed file is a miss.
+hit, a changed file is a miss. Names that are not already safe file names (hub ids, spec keys
+with ``@``) are sanitised and suffixed with a short hash of the original.
 """
 
 from __future__ import annotations

@@ -86,10 +86,6 @@ class TileLayout:
         out[:, 2:] = ext
         return out
 
-    def centres(self) -> np.ndarray:
-        """(N, 2) float64 level-0 (x, y) tile centres."""
-        return self.coords.astype(np.float64) + float(self.tile_extent) / 2.0
-
     def to_grid(self, values: np.ndarray, fill: Any = np.nan, dtype: Any = None) -> np.ndarray:
         """Scatter per-tile ``values`` (N, ...) onto the grid: (rows, cols, ...).
 
