@@ -54,17 +54,12 @@ def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def _all_names(cm: ClassMap) -> list[str]:
-    return [*cm.class_names, UNKNOWN_NAME] if cm.unknown_value is not None else list(cm.class_names)
-
-
 # --- table ------------------------------------------------------------------------------
 
 
 def predictions_frame(cm: ClassMap) -> Any:
-    """A pandas DataFrame, one row per tile: x, y, w, h (level-0 px), row, col, class,
-    probability (of the predicted class, NaN for "unknown" tiles' class) and ``p_<class>``
-    per class."""
+    """A pandas DataFrame, one row per tile: x, y, w, h (level-0 px), row, col, class (or
+    "unknown"), probability (the top class probability) and ``p_<class>`` per class."""
     import pandas as pd
 
     boxes = cm.layout.boxes()

@@ -41,6 +41,7 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 UNKNOWN_NAME = "unknown"
 UNKNOWN_COLOR: tuple[int, int, int] = (160, 160, 160)
 BACKGROUND_VALUE = 0
+_TEXT_BATCH = 256
 
 
 class TextFeatureCache:
@@ -68,7 +69,10 @@ class TextFeatureCache:
         with self._lock:
             missing = list(dict.fromkeys(p for p in prompts if (mid, p) not in self._features))
         if missing:
-            feats = _to_numpy(model.encode_text(missing))
+            # In chunks: a long prompt list must not become one huge text batch.
+            feats = np.concatenate(
+                [_to_numpy(model.encode_text(missing[i : i + _TEXT_BATCH])) for i in range(0, len(missing), _TEXT_BATCH)]
+            )
             feats = _normalise(feats)
             with self._lock:
                 self.encoded += len(missing)
