@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from backend.atomic import atomic_path
 from backend.errors import InputError
 from backend.tasks.zero_shot import UNKNOWN_COLOR, UNKNOWN_NAME, ClassMap
 
@@ -35,23 +33,6 @@ class QuPathObjectType(StrEnum):
     TILE = "tile"
     ANNOTATION = "annotation"
     DETECTION = "detection"
-
-
-@contextmanager
-def _atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    final = Path(path)
-    if final.is_dir():
-        raise InputError(f"export path {final} is a directory: give a file name")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- table ------------------------------------------------------------------------------
@@ -88,7 +69,7 @@ def write_predictions_table(cm: ClassMap, path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     frame = predictions_frame(cm)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         if path.suffix.lower() in (".parquet", ".pq"):
             try:
                 frame.to_parquet(tmp, index=False)
@@ -154,7 +135,7 @@ def write_geojson(
         raise InputError(f"GeoJSON object type {object_type!r}: choose one of {choices}") from e
     doc = {"type": "FeatureCollection", "features": geojson_features(cm, object_type)}
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
     return path
 
@@ -251,6 +232,6 @@ def write_overlay_png(
     """Write :func:`overlay_image` to a PNG file. Returns the path written."""
     image = overlay_image(cm, thumbnail, slide_dimensions, alpha=alpha, legend=legend)
     path = Path(path)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path

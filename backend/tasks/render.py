@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.atomic import atomic_path, atomic_write_text
 from backend.errors import HistoclipError, InputError
 
 # Perceptually ordered dark-blue -> yellow ramp (viridis anchors): similarity is read as
@@ -91,12 +92,9 @@ def write_heatmap_png(
     out.paste(Image.fromarray(ramp, "RGB"), (x0, y0))
     draw.text((x0 + bar_w + 4, y0), f"{hi:.2f}", fill="black", font=font, anchor="lt")
     draw.text((x0 + bar_w + 4, y1), f"{lo:.2f}", fill="black", font=font, anchor="lb")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    out.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG")
+    return Path(path)
 
 
 def write_contact_sheet(
@@ -139,12 +137,9 @@ def write_contact_sheet(
         name = hit.slide_name if len(hit.slide_name) <= 26 else hit.slide_name[:23] + "..."
         draw.text((x + 4, y + cell + 2), f"#{i + 1}  score {hit.score:.3f}", fill="black", font=font)
         draw.text((x + 4, y + cell + 17), name, fill=(60, 60, 60), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+    return Path(path)
 
 
 def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> list[Path]:
@@ -175,8 +170,5 @@ def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> l
                 },
             })
         path = folder / f"{stem}.hits.geojson"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": features})))
     return written

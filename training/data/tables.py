@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.atomic import atomic_path, atomic_write_text  # noqa: F401 (re-exported for training)
 from backend.errors import InputError
 
 if TYPE_CHECKING:
@@ -78,20 +77,6 @@ def require_columns(df: pd.DataFrame, columns: Sequence[str], source: str | os.P
         )
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside ``path`` (same suffix) for the block to write; renamed onto
-    ``path`` if the block succeeds, removed if it fails, so readers never see half a file."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{final.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``df`` atomically as Parquet, CSV or JSON lines, by the path's suffix."""
     path = Path(path)
@@ -104,10 +89,3 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         else:
             df.to_json(tmp, orient="records", lines=True)
     return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a text file atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
