@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from backend.atomic import atomic_path, atomic_write_text
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from training.data.images import read_rgb
-from training.data.tables import atomic_path, atomic_write_text
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1

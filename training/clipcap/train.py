@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from backend.api import Progress
+from backend.atomic import atomic_path, atomic_write_text
 from backend.caption import Captioner, ClipCapModel, MapperConfig, MapperKind, save_captioner
 from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
-from training.data.tables import atomic_path, atomic_write_text
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 CAPTIONER_DIR = "captioner"

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from backend.atomic import atomic_write_text
 from backend.errors import InputError
 from training.data.phash import DedupConfig, group_images
-from training.data.tables import TableFormat, atomic_write_text, read_table, write_table
+from training.data.tables import TableFormat, read_table, write_table
 
 SPLITS = ("train", "val", "test")
 

@@ -8,7 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backend.atomic import atomic_path, atomic_write_text  # noqa: F401 (re-exported for training)
+from backend.atomic import atomic_path
 from backend.errors import InputError
 
 if TYPE_CHECKING:

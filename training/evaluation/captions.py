@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training evaluate``; returns the exit code."""
+    from backend.atomic import atomic_write_text
     from backend.caption import DecodeConfig, DecodeStrategy, load_captioner
     from training.clipcap.encode import EmbeddingStore
-    from training.data.tables import atomic_write_text, read_table
+    from training.data.tables import read_table
 
     args = build_parser().parse_args(argv)
     store = EmbeddingStore(args.embeddings)
