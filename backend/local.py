@@ -12,7 +12,6 @@ A call may run on a worker thread; calls are safe to make from several threads a
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -47,11 +46,6 @@ def _relay(progress: api.ProgressCallback | None, stage: str = "") -> Callable[[
         progress(api.Progress(done=event.done, total=event.total, stage=label))
 
     return forward
-
-
-def _subset(emb: SlideEmbeddings, idx: np.ndarray) -> SlideEmbeddings:
-    """The tiles ``idx`` of ``emb``, on the same grid (so maps still line up with the slide)."""
-    return dataclasses.replace(emb, coords=emb.coords[idx], grid_index=emb.grid_index[idx], vectors=emb.vectors[idx])
 
 
 class LocalBackend:
@@ -161,29 +155,21 @@ class LocalBackend:
         With ``region``, only the tiles under it: taken from the cached slide when there is
         one, else encoded alone (a region's tiles are not cached as the slide's).
         """
-        from backend.embed import embed_slide, lookup_cached
-        from backend.embed.region import tiles_in_region
+        from backend.embed import embed_slide
 
         clip = self.model(model)
-        spec = _spec(tiles)
-        kwargs = dict(
-            cache=self.cache, mpp=slide.mpp, batch_size=self.batch_size, num_workers=self.num_workers, cancel=cancel
+        # With a region, the engine serves its tiles from the cached slide when there is one,
+        # else encodes only them (without caching a part of a slide).
+        emb = embed_slide(
+            slide.path, clip, _spec(tiles), cache=self.cache, mpp=slide.mpp, region=region,
+            batch_size=self.batch_size, num_workers=self.num_workers, cancel=cancel, progress=_relay(progress),
         )
-        if region is None:
-            return embed_slide(slide.path, clip, spec, progress=_relay(progress), **kwargs)
-        whole = lookup_cached(slide.path, clip, spec, cache=self.cache, mpp=slide.mpp)
-        if whole is None:
-            kwargs["cache"] = None
-            sub = embed_slide(slide.path, clip, spec, region=region, progress=_relay(progress), **kwargs)
-        else:
-            sub = whole
-        idx = tiles_in_region(sub.coords, sub.tile_extent, region)
-        if idx.size == 0:
+        if region is not None and emb.n_tiles == 0:
             x, y, w, h = region.bounds
             raise InputError(
                 f"{Path(slide.path).name}: region at ({x:.0f}, {y:.0f}) size {w:.0f} x {h:.0f} covers no tissue tile"
             )
-        return _subset(sub, idx)
+        return emb
 
     def embed_slide(
         self,

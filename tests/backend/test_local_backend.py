@@ -119,3 +119,11 @@ def test_search_sees_slides_added_after_the_first_search(
 def test_expand_slides_errors_name_the_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=f"{tmp_path.name}: no slide files"):
         expand_slides([tmp_path])
+
+
+def test_a_region_on_glass_is_a_clear_error(backend: LocalBackend, cmu_slide: Path) -> None:
+    request = api.ZeroShotRequest(
+        api.SlideRef(str(cmu_slide)), "test-tiny", ("tumor", "stroma"), region=api.Region.box(0, 0, 150, 150), tiles=TILES
+    )
+    with pytest.raises(InputError, match=r"CMU-1-Small-Region\.svs: region at \(0, 0\) size 150 x 150 covers no tissue tile"):
+        backend.zero_shot(request)
