@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +18,7 @@ MODEL = "test-model"
 DIM = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread() -> Iterator[None]:
-    # tiny indexes: OpenMP threads only add contention on a shared 2-core machine
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

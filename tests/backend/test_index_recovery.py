@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +29,7 @@ ADD_STAGES = ("metadata-written", "committed", "faiss-added")
 REBUILD_STAGES = ("rebuild-saved", "rebuild-committed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread() -> Iterator[None]:
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import hub_helpers  # sibling helper module (tests/backend is on sys.path)
 import numpy as np
 import pytest
 import torch
@@ -38,24 +39,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def smooth_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Tissue-like test images: low-frequency colour fields plus fine noise, uint8 (n, h, w, 3)."""
-    rng = np.random.default_rng(seed)
-    small = torch.from_numpy(rng.random((n, 3, 9, 9)).astype(np.float32))
-    big = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False)
-    big = big + 0.08 * torch.from_numpy(rng.standard_normal((n, 3, h, w)).astype(np.float32))
-    return (big.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return hub_helpers.smooth_images(n, h, w, seed)
 
 
 def make_hub_repo(hub: Path, repo: str, files: dict[str, bytes]) -> Path:
-    """Lay out ``repo`` in a Hugging Face hub cache the way huggingface_hub does (minus blobs)."""
-    root = hub / ("models--" + repo.replace("/", "--"))
-    snapshot = root / "snapshots" / REV
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (root / "refs").mkdir(exist_ok=True)
-    (root / "refs" / "main").write_text(REV)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
-    return snapshot
+    return hub_helpers.make_hub_repo(hub, repo, files, REV)
 
 
 def quilt_config() -> dict:
