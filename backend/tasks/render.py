@@ -116,6 +116,7 @@ def write_contact_sheet(
     if not hits:
         raise InputError("contact sheet: no hits to draw")
     label_h = 34
+    columns = max(1, min(columns, len(hits)))  # no empty columns for a short list
     rows = (len(hits) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * cell, rows * (cell + label_h)), "white")
     draw, font = ImageDraw.Draw(sheet), _font(12)
