@@ -12,7 +12,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
@@ -83,10 +83,15 @@ class HistoclipWidget(QWidget):
         self._random_warned: set[str] = set()
 
         self.model = ComboBox(label="Model", choices=[], nullable=False, tooltip="CLIP model from the registry")
+        self.model_other = LineEdit(
+            label="or model",
+            tooltip="any hf-hub:ORG/REPO open_clip id or a model bundle folder; when filled, used instead of the list",
+        )
+        self.model_other.native.setPlaceholderText("hf-hub:ORG/REPO or a model bundle folder")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.slide = ComboBox(label="Slide", choices=self._slide_choices, tooltip="the slide layer to work on")
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
-        self.header = Container(widgets=[self.model, self.device, self.slide, self.embed_button])
+        self.header = Container(widgets=[self.model, self.model_other, self.device, self.slide, self.embed_button])
         self.device.changed.connect(self._device_changed)
         self.embed_button.changed.connect(self.embed)
 
@@ -153,6 +158,9 @@ class HistoclipWidget(QWidget):
 
     @property
     def model_name(self) -> str:
+        other = str(self.model_other.value).strip()
+        if other:
+            return other
         if not self.model.value:
             raise UserError("Model: no model chosen (the registry listed none)")
         return str(self.model.value)

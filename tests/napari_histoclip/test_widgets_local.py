@@ -203,3 +203,25 @@ def test_plugin_menu_opens_the_dock_with_the_local_backend(make_napari_viewer, n
     _, widget = viewer.window.add_plugin_dock_widget("napari-histoclip", "HistoCLIP")
     assert isinstance(widget, HistoclipWidget) and isinstance(widget.backend, local_backend_cls)
     assert MODEL in widget.model.choices and not notes.errors
+
+
+def test_a_model_outside_the_list_is_used_and_its_errors_shown(dock, qtbot, local_backend, tmp_path, notes) -> None:
+    from napari_histoclip._compat import keep_triton_out
+
+    keep_triton_out()  # torch is imported here, after the canvas mapped Mesa: as the plugin does
+    from backend.models import save_bundle
+
+    bundle = save_bundle(local_backend.model(MODEL), tmp_path / "my-clip", name="my-clip")
+    dock.model_other.value = str(bundle)
+    assert dock.model_name == str(bundle)
+    dock.embed_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    assert any("bundle:my-clip@" in m or "my-clip" in m for m in notes.infos), notes.infos
+
+    dock.model_other.value = "hf-hub:nobody/not-cached"
+    dock.embed_button.native.click()
+    wait(qtbot, dock)
+    assert len(notes.errors) == 1 and "nobody/not-cached" in notes.errors[0]
+    dock.model_other.value = ""
+    assert dock.model_name == MODEL
