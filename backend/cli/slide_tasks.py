@@ -80,10 +80,11 @@ def announce_random(backend: Any, model: str) -> None:
         print(f"NOTE: model {model!r} has RANDOM weights (for tests): its labels, maps and captions mean nothing.")
 
 
-def _embed_with_bar(backend: Any, slide: Any, model: str, tiles: Any) -> Any:
-    bar = ProgressBar(Path(slide.path).name)
+def with_bar(slide_path: str, call: Any) -> Any:
+    """``call(progress)`` with a progress bar named after the slide, closed however it ends."""
+    bar = ProgressBar(Path(slide_path).name)
     try:
-        return backend.embed_slide(slide, model, tiles, progress=bar)
+        return call(bar)
     finally:
         bar.close()
 
@@ -189,7 +190,8 @@ def _embed(args: argparse.Namespace) -> int:
     failed = 0
     for path in expand_slides(args.slides):
         try:
-            r = _embed_with_bar(backend, SlideRef(path, args.slide_mpp), args.model, tiles)
+            slide = SlideRef(path, args.slide_mpp)
+            r = with_bar(path, lambda bar: backend.embed_slide(slide, args.model, tiles, progress=bar))
         except CancelledError:
             raise
         except HistoclipError as e:
@@ -207,7 +209,6 @@ def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tu
     from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
 
     tiles = tile_options(args)
-    _embed_with_bar(backend, slide, args.model, tiles)
     request = ZeroShotRequest(
         slide=slide,
         model=args.model,
@@ -217,7 +218,7 @@ def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tu
         unknown_threshold=getattr(args, "unknown_threshold", None),
         tiles=tiles,
     )
-    cm = backend.class_map(request)
+    cm = with_bar(slide.path, lambda bar: backend.class_map(request, progress=bar))  # embeds first if needed
     out.mkdir(parents=True, exist_ok=True)
     with open_slide(slide.path, mpp=slide.mpp) as opened:
         thumb = opened.thumbnail(1024)
@@ -250,9 +251,8 @@ def _write_heatmap(backend: Any, args: argparse.Namespace, slide: Any, query: st
     from backend.slides import open_slide
     from backend.tasks.render import write_heatmap_png
 
-    tiles = tile_options(args)
-    _embed_with_bar(backend, slide, args.model, tiles)
-    result = backend.heatmap(HeatmapRequest(slide, args.model, query, tiles=tiles))
+    request = HeatmapRequest(slide, args.model, query, tiles=tile_options(args))
+    result = with_bar(slide.path, lambda bar: backend.heatmap(request, progress=bar))  # embeds first if needed
     with open_slide(slide.path, mpp=slide.mpp) as opened:
         thumb, dims = opened.thumbnail(1024), opened.dimensions
     path = write_heatmap_png(result.similarity, result.geometry, out, thumbnail=thumb, slide_dimensions=dims, title=query)
