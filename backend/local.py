@@ -396,17 +396,18 @@ def cohort_slide_mpp(path: str | os.PathLike[str], fallback: float | None) -> fl
         return None if slide.mpp is not None else float(fallback)
 
 
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
-
-
 def expand_slides(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Slide files from files and folders (a folder contributes its slides, sorted by name)."""
+    from backend.slides import SLIDE_SUFFIXES
+
+    # A .dcm file is one instance of a DICOM slide (a folder), not a slide of its own.
+    files = tuple(s for s in SLIDE_SUFFIXES if s != ".dcm")
     out: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in SLIDE_SUFFIXES and f.is_file())
+            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(files) and f.is_file())
             if not found:
-                raise InputError(f"{p}: no slide files in this folder (looked for {', '.join(SLIDE_SUFFIXES)})")
+                raise InputError(f"{p}: no slide files in this folder (looked for {', '.join(files)})")
             out.extend(map(str, found))
         else:
             out.append(str(p))

@@ -16,15 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from backend.slides import SLIDE_SUFFIXES  # the formats the backend opens; light (numpy only)
 from napari_histoclip._slide import SlideInfo
 
 log = logging.getLogger(__name__)
 
-#: Slide formats the backend opens, lower case; ``.ome.tif`` is covered by ``.tif``.
-SLIDE_SUFFIXES: tuple[str, ...] = (
-    ".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".mrxs", ".scn", ".bif",
-    ".vms", ".vmu", ".dcm",
-)
 
 LayerData = tuple[Any, ...]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]

@@ -11,7 +11,7 @@ Light to import (numpy only); OpenSlide, tifffile, zarr, dask and scipy load whe
 from __future__ import annotations
 
 from backend.slides.fingerprint import slide_fingerprint
-from backend.slides.readers import ReaderName
+from backend.slides.readers import SLIDE_SUFFIXES, ReaderName
 from backend.slides.slide import MppSource, Slide, open_slide
 from backend.slides.tiling import (
     TileGrid,
@@ -26,6 +26,7 @@ from backend.slides.tissue import TissueMask, tissue_fraction, tissue_mask, tiss
 __all__ = [
     "MppSource",
     "ReaderName",
+    "SLIDE_SUFFIXES",
     "Slide",
     "TileGrid",
     "TileSpec",

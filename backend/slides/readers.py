@@ -30,6 +30,14 @@ from backend.errors import UnsupportedSlideError
 
 # Resolution tags outside this range are not a microscope's: 72/96/300 dpi screen or print
 # values give 85-350 µm/px. Such values are treated as absent rather than trusted.
+
+#: File name endings of the slide formats these readers open (DICOM WSIs are folders of ``.dcm``).
+SLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".mrxs", ".scn", ".bif",
+    ".vms", ".vmu", ".svslide", ".dcm",
+)
+
+
 PLAUSIBLE_MPP = (0.01, 50.0)
 
 
