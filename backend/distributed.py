@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import api
-from backend.errors import CancelledError, HistoclipError, InputError, ModelError, ModelMismatchError
+from backend.errors import CancelledError, HistoclipError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,9 @@ def build_index_ray(
         args = (request.model, request.tiles, str(cache.root.parent), options.device, options.batch_size, threads)
         actors = [actor_cls.options(**resources).remote(*args) for _ in range(n)]
         model_id, dim, pids = _wait_for_workers(ray, actors, request.model, cancel)
-        index = _open_index(Path(request.index_path), model_id, dim)
+        from backend.index import CohortIndex
+
+        index = CohortIndex.open_or_create(request.index_path, model_id=model_id, dim=dim)
         try:
             return _Driver(ray, actors, pids, index, cache, request, model_id, progress, cancel).run(slides, slide_mpp)
         finally:
@@ -232,24 +234,6 @@ def _wait_for_workers(ray: Any, actors: list[Any], model: str,
         raise ModelError(f"Ray workers could not load model {model!r}: {errors[0]}")
     model_id, dim = described[0][0], described[0][1]
     return model_id, dim, [pid for _, _, pid, _ in described]
-
-
-def _open_index(path: Path, model_id: str, dim: int) -> Any:
-    """The index at ``path`` (created when absent), checked to be of this model before any
-    slide is embedded: a mismatch found after hours of embedding helps nobody."""
-    from backend.index import CohortIndex
-    from backend.index.store import DB_NAME
-
-    if not (path / DB_NAME).exists():
-        return CohortIndex.create(path, model_id=model_id, dim=dim)
-    index = CohortIndex.open(path)
-    if index.model_id != model_id:
-        index.close()
-        raise ModelMismatchError(
-            f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
-            f"index with --model {index.model_id} or choose another --out"
-        )
-    return index
 
 
 def _last_line(e: BaseException) -> str:

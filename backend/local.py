@@ -330,13 +330,13 @@ class LocalBackend:
             index.close()
 
     def open_index(self, path: str | os.PathLike[str], model: str, *, create: bool = False, read_only: bool = False) -> Any:
-        """The cohort index at ``path``, created for ``model`` when ``create`` and absent."""
+        """The cohort index at ``path``; with ``create``, opened for writing with ``model`` (created
+        when absent, refused when it holds another model's embeddings)."""
         from backend.index import CohortIndex
-        from backend.index.store import DB_NAME
 
-        if create and not (Path(path) / DB_NAME).exists():
+        if create:
             clip = self.model(model)
-            return CohortIndex.create(path, model_id=str(clip.model_id), dim=int(clip.embed_dim))
+            return CohortIndex.open_or_create(path, model_id=str(clip.model_id), dim=int(clip.embed_dim))
         return CohortIndex.open(path, read_only=read_only)
 
     def _reader(self, path: str | os.PathLike[str]) -> Any:

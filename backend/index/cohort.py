@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.errors import CancelledError, InputError
+from backend.errors import CancelledError, InputError, ModelMismatchError
 from backend.index import build as b
 from backend.index import faiss_index as fi
 from backend.index import query as q
@@ -172,6 +172,21 @@ class CohortIndex:
             release_lock(lock)
             raise
         return self
+
+    @classmethod
+    def open_or_create(cls, path: str | Path, *, model_id: str, dim: int) -> CohortIndex:
+        """Open the index at ``path`` for writing, creating it when absent; an existing index of
+        another model is refused here, before any slide is embedded for it."""
+        if not (Path(path) / DB_NAME).exists():
+            return cls.create(path, model_id=model_id, dim=dim)
+        index = cls.open(path)
+        if index.model_id != model_id:
+            index.close()
+            raise ModelMismatchError(
+                f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
+                f"index with --model {index.model_id} or choose another --out"
+            )
+        return index
 
     def __enter__(self) -> CohortIndex:
         return self

@@ -127,3 +127,20 @@ def test_a_region_on_glass_is_a_clear_error(backend: LocalBackend, cmu_slide: Pa
     )
     with pytest.raises(InputError, match=r"CMU-1-Small-Region\.svs: region at \(0, 0\) size 150 x 150 covers no tissue tile"):
         backend.zero_shot(request)
+
+
+def test_index_of_another_model_is_refused_before_embedding(
+    backend: LocalBackend, cmu_slide: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from backend.models import save_bundle
+
+    index = str(tmp_path / "index")
+    backend.build_index(api.IndexRequest((str(cmu_slide),), index, "test-tiny", TILES))
+    other = str(save_bundle(backend.model("test-tiny"), tmp_path / "other-clip", name="other-clip"))
+
+    def no_embedding(*a, **k):
+        raise AssertionError("a slide was embedded for an index it cannot go into")
+
+    monkeypatch.setattr(backend, "embeddings", no_embedding)
+    with pytest.raises(ModelMismatchError, match=r"holds embeddings of model 'test-tiny', not 'bundle:other-clip@"):
+        backend.build_index(api.IndexRequest((str(cmu_slide),), index, other, TILES))
