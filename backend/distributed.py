@@ -175,7 +175,7 @@ def build_index_ray(
         to a worker, slides that cannot be embedded are listed in ``failed``.
     """
     from backend.embed import EmbeddingCache
-    from backend.local import expand_slides
+    from backend.slides import expand_slides
     from backend.paths import cache_root
 
     _check_options(options)

@@ -23,6 +23,7 @@ import numpy as np
 from backend import api
 from backend.embed import EmbeddingCache, EmbedProgress, SlideEmbeddings
 from backend.errors import InputError
+from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
 
 
@@ -394,21 +395,3 @@ def cohort_slide_mpp(path: str | os.PathLike[str], fallback: float | None) -> fl
 
     with open_slide(path) as slide:
         return None if slide.mpp is not None else float(fallback)
-
-
-def expand_slides(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Slide files from files and folders (a folder contributes its slides, sorted by name)."""
-    from backend.slides import SLIDE_SUFFIXES
-
-    # A .dcm file is one instance of a DICOM slide (a folder), not a slide of its own.
-    files = tuple(s for s in SLIDE_SUFFIXES if s != ".dcm")
-    out: list[str] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.name.lower().endswith(files) and f.is_file())
-            if not found:
-                raise InputError(f"{p}: no slide files in this folder (looked for {', '.join(files)})")
-            out.extend(map(str, found))
-        else:
-            out.append(str(p))
-    return out

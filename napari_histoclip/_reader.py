@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.slides import SLIDE_SUFFIXES  # the formats the backend opens; light (numpy only)
+from backend.slides import SLIDE_SUFFIXES, slide_target  # the backend's formats; light (numpy only)
 from napari_histoclip._slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -26,33 +26,23 @@ LayerData = tuple[Any, ...]
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerData]]
 
 
-def _folder_slide(folder: Path) -> Path | None:
-    """The slide a folder stands for: a DICOM WSI folder, or the data folder of a MIRAX file."""
-    try:
-        if any(p.suffix.lower() == ".dcm" for p in folder.iterdir() if p.is_file()):
-            return folder
-    except OSError:
-        return None
-    mirax = folder.with_suffix(".mrxs")
-    if (folder / "Slidedat.ini").is_file() and mirax.is_file():
-        return mirax
-    return None
-
-
 def slide_path(path: str | Path) -> Path | None:
     """The slide to open for ``path``, or None when it is not a slide format (no file access
-    beyond listing a folder)."""
+    beyond listing a folder). The backend's rule (``backend.slides.slide_target``): a ``.dcm``
+    file or DICOM folder stands for the folder, a MIRAX data folder for its ``.mrxs``."""
+    return slide_target(path)
+
+
+def _named_like_a_slide(path: str | Path) -> bool:
+    """A folder whose name ends like a slide file (``case.svs/``): ours to explain."""
     p = Path(path)
-    if p.is_dir():
-        return _folder_slide(p)
-    name = p.name.lower()
-    return p if name.endswith(SLIDE_SUFFIXES) else None
+    return p.name.lower().endswith(SLIDE_SUFFIXES) and p.is_dir()
 
 
 def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
     """npe2 ``get_reader``: a reader function when every path is a slide format, else None."""
     paths = [path] if isinstance(path, str | Path) else list(path)
-    if not paths or any(slide_path(p) is None for p in paths):
+    if not paths or any(slide_path(p) is None and not _named_like_a_slide(p) for p in paths):
         return None
     return read_slides
 
@@ -84,9 +74,12 @@ def read_slides(path: str | Sequence[str], *, mpp: float | None = None) -> list[
 def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData | None:
     """One slide as a layer data tuple, or None after notifying the user of why not."""
     target = slide_path(path)
+    if target is None and _named_like_a_slide(path):
+        target = Path(path)  # open_slide says why a folder is not a slide
     if target is None:
         _notify_error(f"{Path(path).name}: not a slide format ({', '.join(SLIDE_SUFFIXES)})")
         return None
+    slide = None
     try:
         slide = open_slide_quietly(target, mpp=mpp)
         probe_pixels(slide)
@@ -95,6 +88,8 @@ def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData
         w, h = slide.dimensions
         info = SlideInfo(path=str(target), name=slide.name, width=int(w), height=int(h), mpp=slide.mpp)
     except Exception as e:  # noqa: BLE001 - the reader must never raise into napari
+        if slide is not None:
+            slide.close()  # no layer holds it: release the file now, not at garbage collection
         _notify_error(_describe_error(target, e))
         log.debug("could not open %s", target, exc_info=True)
         return None

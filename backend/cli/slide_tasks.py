@@ -183,7 +183,7 @@ def add_parsers(sub: Any) -> None:
 def _embed(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
     from backend.errors import CancelledError, HistoclipError
-    from backend.local import expand_slides
+    from backend.slides import expand_slides
 
     backend, tiles = make_backend(args), tile_options(args)
     announce_random(backend, args.model)

@@ -5,12 +5,16 @@
 ...     grid = make_tile_grid(slide, TileSpec(tile_size=224, mpp=0.5))
 ...     tiles = read_tiles(slide, grid, range(32))                   # (32, 224, 224, 3) uint8
 
+``expand_slides`` is the one rule for which paths are slides (cohort folders, the CLI, the
+engines and the dock); DICOM WSI folders count as one slide each.
+
 Light to import (numpy only); OpenSlide, tifffile, zarr, dask and scipy load when used.
 """
 
 from __future__ import annotations
 
 from backend.slides.fingerprint import slide_fingerprint
+from backend.slides.folders import expand_slides, slide_target
 from backend.slides.readers import SLIDE_SUFFIXES, ReaderName
 from backend.slides.slide import MppSource, Slide, open_slide
 from backend.slides.tiling import (
@@ -28,6 +32,8 @@ __all__ = [
     "ReaderName",
     "SLIDE_SUFFIXES",
     "Slide",
+    "expand_slides",
+    "slide_target",
     "TileGrid",
     "TileSpec",
     "TissueMask",

@@ -28,7 +28,7 @@ def slide_fingerprint(path: str | Path, *, full_hash_limit: int = FULL_HASH_LIMI
     Parameters
     ----------
     path
-        The slide file. For folder formats (MRXS, VMS/VMU) the companion data files are
+        The slide file, or a DICOM WSI folder (its ``.dcm`` files are hashed). For folder formats (MRXS, VMS/VMU) the companion data files are
         hashed too, by their names relative to the slide and their contents.
     full_hash_limit
         Files of at most this many bytes are hashed whole; larger ones are sampled.
@@ -50,6 +50,13 @@ def slide_fingerprint(path: str | Path, *, full_hash_limit: int = FULL_HASH_LIMI
         raise SlideNotFoundError(path, "no such file")
     digest = hashlib.sha256(_VERSION)
     try:
+        if path.is_dir():  # a DICOM WSI folder: its .dcm files, by name and content
+            from backend.slides.dicom import dicom_files
+
+            for member in dicom_files(path):
+                digest.update(member.name.encode())
+                _hash_file(digest, member, full_hash_limit)
+            return digest.hexdigest()[:32]
         _hash_file(digest, path, full_hash_limit)
         for companion in _companions(path):
             digest.update(str(companion.relative_to(path.parent)).encode())
@@ -95,3 +102,29 @@ def _companions(path: Path) -> list[Path]:
         }
         return sorted(p for p in (path.parent / n for n in names if n) if p.is_file())
     return []
+
+
+def slide_identity(path: str | Path) -> str:
+    """A cheap 32-hex-digit token of a slide's files as they are now: path, size, mtime, inode.
+
+    Reads no file content (only ``stat``), so it suits names that must be unique per version
+    of a file within one process, such as dask array names, where the content hash of
+    :func:`slide_fingerprint` (~3 MiB read per file) would be wasted work. It changes when
+    the file is rewritten or moved; it is no cache key across machines.
+    """
+    path = Path(path).resolve()
+    digest = hashlib.sha256(b"histoclip-slide-identity-v1")
+    digest.update(str(path).encode())
+    if path.is_dir():
+        from backend.slides.dicom import dicom_files
+
+        members = dicom_files(path)
+    else:
+        members = [path, *_companions(path)]
+    for member in members:
+        try:
+            st = member.stat()
+        except OSError:
+            continue
+        digest.update(f"{member.name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0".encode())
+    return digest.hexdigest()[:32]

@@ -47,6 +47,7 @@ class ReaderName(StrEnum):
     OPENSLIDE = "openslide"
     TIFFFILE = "tifffile"
     PILLOW = "pillow"
+    WSIDICOM = "wsidicom"
 
 
 class NotThisFormat(Exception):
@@ -227,6 +228,10 @@ class PillowReader(SlideReader):
     def open(cls, path: Path) -> PillowReader:
         from PIL import Image, UnidentifiedImageError
 
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic in _TIFF_MAGIC:  # before Image.open: Pillow warns on stderr about damaged TIFFs
+            raise NotThisFormat("TIFF files are read with tifffile")
         try:
             image = Image.open(path)
         except UnidentifiedImageError as e:
@@ -264,6 +269,9 @@ class PillowReader(SlideReader):
             self._pixels = None
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
 # --- choosing a reader -------------------------------------------------------------------
 
 
@@ -299,6 +307,14 @@ def open_reader(path: Path) -> SlideReader:
         if reader.info.reader is ReaderName.OPENSLIDE and reader.info.vendor == "generic-tiff":
             return _prefer_tifffile(path, reader)
         return reader
+    from backend.slides.tiff import tiff_truncation
+
+    truncated = tiff_truncation(path)
+    if truncated:  # the readers' own words ("not a TIFF", "no 2-D image") would hide the cause
+        raise UnsupportedSlideError(path, truncated) from (refused[-1] if refused else last)
+    damaged = [e for e in refused if "truncated or damaged" in e.cause]
+    if damaged:  # the plain cause, not OpenSlide's "Short read" beside it
+        raise UnsupportedSlideError(path, damaged[0].cause) from damaged[0]
     if refused:
         # A reader recognised the file but cannot use it: that is the cause worth reading.
         cause = "; ".join(dict.fromkeys(e.cause for e in refused))

@@ -20,8 +20,8 @@ from backend.errors import (
     SlideReadError,
     UnsupportedSlideError,
 )
-from backend.slides.fingerprint import slide_fingerprint
-from backend.slides.readers import ReaderName, SlideReader, open_reader
+from backend.slides.fingerprint import slide_fingerprint, slide_identity
+from backend.slides.readers import SLIDE_SUFFIXES, ReaderName, SlideReader, open_reader
 
 if TYPE_CHECKING:
     import dask.array
@@ -44,7 +44,8 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     Parameters
     ----------
     path
-        SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, generic/pyramidal TIFF, OME-TIFF, PNG, JPEG...
+        SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, generic/pyramidal TIFF, OME-TIFF, PNG, JPEG...,
+        or a DICOM WSI: its folder or any one of its ``.dcm`` files (the slide is the folder).
     mpp
         µm per level-0 pixel. Overrides the metadata (``mpp_source`` becomes ``'user'``);
         needed for slides whose metadata has none.
@@ -71,15 +72,35 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise InputError(f"mpp must be a positive number of µm per level-0 pixel, got {mpp!r}")
     if not path.exists():
         raise SlideNotFoundError(path, "no such file")
+    if path.suffix.lower() == ".dcm" and path.is_file():
+        path = path.parent  # one file of a DICOM WSI: the slide is its folder
     if path.is_dir():
-        raise UnsupportedSlideError(path, "is a folder; open the slide file inside it (e.g. the .mrxs)")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as e:
-        raise SlideReadError(path, f"cannot read the file: {e.strerror or e}") from e
-    reader = open_reader(path)
+        reader = _open_folder(path)
+    else:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            raise SlideReadError(path, f"cannot read the file: {e.strerror or e}") from e
+        reader = open_reader(path)
     return Slide(path, reader, mpp=None if mpp is None else float(mpp))
+
+
+def _open_folder(path: Path) -> SlideReader:
+    """A DICOM WSI folder's reader, or the reason a folder is not a slide."""
+    from backend.slides.dicom import DicomReader, dicom_files
+
+    if dicom_files(path):
+        return DicomReader.open(path)
+    named_like = path.name.lower().endswith(SLIDE_SUFFIXES)
+    mirax = path.with_suffix(".mrxs")
+    hint = (
+        f"open {mirax.name} beside it, this is its data folder"
+        if mirax.is_file()
+        else "open the slide file inside it (e.g. the .mrxs), or a folder of DICOM WSI (.dcm) files"
+    )
+    what = "is a folder, not a slide file, although it is named like one" if named_like else "is a folder with no DICOM (.dcm) files"
+    raise UnsupportedSlideError(path, f"{what}; {hint}")
 
 
 class Slide:
@@ -136,8 +157,16 @@ class Slide:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Content hash of the file (and companions): the same for a renamed copy."""
+        """Content hash of the file (and companions): the same for a renamed copy.
+
+        Computed on first use (it reads ~3 MiB per file), then kept for this open slide.
+        """
         return slide_fingerprint(self.path)
+
+    @cached_property
+    def identity(self) -> str:
+        """A token of the files' path, size and mtime, from ``stat`` alone: names dask arrays."""
+        return slide_identity(self.path)
 
     def require_mpp(self) -> float:
         """µm per level-0 pixel, or ``MissingMppError`` saying how to supply it."""
@@ -259,7 +288,9 @@ class Slide:
                 da.from_array(
                     source,
                     chunks=(chunk, chunk, 3),
-                    name=f"slide-{self.fingerprint}-level{level}-chunk{chunk}",
+                    # stat-based, not the content fingerprint: the viewer opens slides on
+                    # its UI thread, where reading ~3 MiB per file for a name is a visible pause
+                    name=f"slide-{self.identity}-level{level}-chunk{chunk}",
                     asarray=False,
                     fancy=False,
                     lock=False,  # reads are thread-safe

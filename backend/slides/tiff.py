@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from backend.errors import SlideReadError, UnsupportedSlideError
+from backend.slides.quiet import library_logs_captured
 from backend.slides.readers import (
     NotThisFormat,
     ReaderInfo,
@@ -54,7 +55,11 @@ class _Plane:
         if self.photometric not in (0, 1, 2, 3, 6):  # MINISWHITE, MINISBLACK, RGB, PALETTE, YCBCR
             raise UnsupportedSlideError(path, f"unsupported TIFF photometric {page.photometric!r}")
         if lvl.dtype not in (np.uint8, np.uint16):
-            raise UnsupportedSlideError(path, f"unsupported pixel type {lvl.dtype} (only 8 and 16 bit)")
+            raise UnsupportedSlideError(
+                path,
+                f"unsupported pixel type {lvl.dtype}: only unsigned 8-bit and 16-bit integer pixels "
+                "(uint8, uint16) are read; convert the image to one of those",
+            )
         self.dtype = np.dtype(lvl.dtype)
         self.colormap = page.colormap if self.photometric == 3 else None
 
@@ -113,8 +118,11 @@ class TiffReader(SlideReader):
         self._tif = tif
         series = [s for s in tif.series if "Y" in s.axes and "X" in s.axes]
         if not series:
-            raise UnsupportedSlideError(path, "TIFF holds no 2-D image")
+            raise UnsupportedSlideError(path, tiff_truncation(path) or "the TIFF holds no 2-D image")
         main = max(series, key=lambda s: _yx_size(s))
+        damage = _data_past_end(path, main)
+        if damage:
+            raise UnsupportedSlideError(path, damage)
         self._planes = tuple(_Plane(path, main, i) for i in range(len(main.levels)))
         dims = [(p.width, p.height) for p in self._planes]
         self._associated: dict[str, Any] = {}
@@ -140,20 +148,27 @@ class TiffReader(SlideReader):
     def open(cls, path: Path) -> TiffReader:
         import tifffile
 
-        try:
-            tif = tifffile.TiffFile(path)
-        except tifffile.TiffFileError as e:
-            raise NotThisFormat(str(e)) from e
-        except OSError as e:
-            raise SlideReadError(path, f"cannot read the file: {e}") from e
-        try:
-            return cls(path, tif)
-        except UnsupportedSlideError:
-            tif.close()
-            raise
-        except Exception as e:  # a malformed TIFF can fail anywhere in tifffile's parsing
-            tif.close()
-            raise UnsupportedSlideError(path, f"invalid TIFF structure: {type(e).__name__}: {e}") from e
+        with library_logs_captured() as logged:  # tifffile logs what it skips; we say it ourselves
+            try:
+                tif = tifffile.TiffFile(path)
+            except tifffile.TiffFileError as e:
+                raise NotThisFormat(str(e)) from e
+            except OSError as e:
+                raise SlideReadError(path, f"cannot read the file: {e}") from e
+            try:
+                reader = cls(path, tif)
+            except UnsupportedSlideError:
+                tif.close()
+                raise
+            except Exception as e:  # a malformed TIFF can fail anywhere in tifffile's parsing
+                tif.close()
+                cause = tiff_truncation(path) or f"invalid TIFF structure: {type(e).__name__}: {e}"
+                raise UnsupportedSlideError(path, cause) from e
+        truncated = tiff_truncation(path) if logged else None
+        if truncated:  # tifffile skipped what lies past the end: a part of the slide is missing
+            reader.close()
+            raise UnsupportedSlideError(path, truncated)
+        return reader
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         plane = self._planes[level]
@@ -168,6 +183,71 @@ class TiffReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+
+
+_TRUNCATED = "the file is truncated or damaged (an incomplete copy or download?): "
+
+
+def tiff_truncation(path: Path) -> str | None:
+    """Why a TIFF-structured file is cut short, or None when its image directories all lie
+    inside it (also None for files that are not TIFFs).
+
+    Walks the chain of image directories (IFDs) with plain reads, so it works where tifffile
+    and OpenSlide give up. Classic TIFF and BigTIFF, either byte order.
+    """
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None or len(head) < 4:
+                return None
+            version = struct.unpack(order + "H", head[2:4])[0]
+            if version not in (42, 43):
+                return None
+            big = version == 43
+            off_fmt, off_size = (order + "Q", 8) if big else (order + "I", 4)
+            cnt_fmt, cnt_size, entry_size = (order + "Q", 8, 20) if big else (order + "H", 2, 12)
+            header_size = 16 if big else 8
+            if len(head) < header_size:
+                return _TRUNCATED + f"it has only {size:,} bytes, less than a TIFF header"
+            offset = struct.unpack(off_fmt, head[header_size - off_size : header_size])[0]
+            seen: set[int] = set()
+            index = 0
+            while offset and offset not in seen and index < 100_000:
+                seen.add(offset)
+                if offset + cnt_size > size:
+                    return _TRUNCATED + (
+                        f"it has {size:,} bytes but its image directory {index} starts at byte {offset:,}"
+                    )
+                f.seek(offset)
+                count = struct.unpack(cnt_fmt, f.read(cnt_size))[0]
+                end = offset + cnt_size + count * entry_size + off_size
+                if end > size:
+                    return _TRUNCATED + (
+                        f"it has {size:,} bytes but its image directory {index} runs to byte {end:,}"
+                    )
+                f.seek(end - off_size)
+                offset = struct.unpack(off_fmt, f.read(off_size))[0]
+                index += 1
+    except OSError:
+        return None
+    return None
+
+
+def _data_past_end(path: Path, series: Any) -> str | None:
+    """A message when a level's tiles or strips lie past the end of the file, else None."""
+    size = path.stat().st_size
+    for i, level in enumerate(series.levels):
+        page = level.keyframe
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+        if ends and max(ends) > size:
+            return _TRUNCATED + (
+                f"it has {size:,} bytes but the pixels of level {i} run to byte {max(ends):,}"
+            )
+    return None
 
 
 def _yx_size(series: Any) -> int:

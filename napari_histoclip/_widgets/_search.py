@@ -13,7 +13,7 @@ from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import hit_shapes_layer, is_ours
-from napari_histoclip._reader import open_slide_quietly, read_slide_layer, slide_path
+from napari_histoclip._reader import open_slide_quietly, read_slide_layer
 from napari_histoclip._slide import find_slide_layer, slide_of
 from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
 from napari_histoclip._widgets._main import UserError, handler
@@ -30,13 +30,15 @@ class ShownHit:
 
 
 def slides_in(folder: str | Path) -> list[str]:
-    """Slide files (and slide folders) directly in ``folder``, sorted."""
-    out = []
-    for p in sorted(Path(folder).iterdir()):
-        target = slide_path(p)
-        if target is not None and not p.name.startswith("."):
-            out.append(str(target))
-    return sorted(set(out))
+    """The slides in ``folder`` by the backend's one rule (``backend.slides.expand_slides``:
+    slide files and DICOM folders, one slide each), or [] when it holds none."""
+    from backend.errors import InputError
+    from backend.slides import expand_slides
+
+    try:
+        return expand_slides([folder])
+    except InputError:
+        return []
 
 
 def hit_thumbnails(hits: Any, size: int = THUMB) -> list[ShownHit]:

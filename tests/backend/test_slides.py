@@ -394,3 +394,62 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+# --- damaged files, unsupported pixel types, folders -----------------------------------------
+
+
+@pytest.mark.parametrize("keep", [100, 500_000, 1_500_000])
+def test_truncated_svs_says_so_and_prints_nothing(
+    cmu_slide: Path, tmp_path: Path, keep: int, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cut-short copy of the SVS: OpenSlide no longer sees it, tifffile finds no image (or
+    drops the pages past the end) and Pillow warns: one message of ours, nothing else."""
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(cmu_slide.read_bytes()[:keep])
+    caplog.set_level("DEBUG")
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(cut)
+    message = str(info.value)
+    assert message.startswith("cut.svs: the file is truncated or damaged")
+    assert f"it has {keep:,} bytes" in message
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []  # INFO and up
+
+
+def test_tiff_whose_tiles_run_past_its_end_is_called_truncated(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tif"
+    rng = np.random.default_rng(3)
+    tifffile.imwrite(whole, rng.integers(0, 256, (512, 512, 3), dtype=np.uint8), tile=(128, 128), photometric="rgb")
+    data = whole.read_bytes()
+    first_ifd = int.from_bytes(data[4:8], "little")
+    assert first_ifd < len(data) // 2  # tifffile writes the directory first: the cut hits the tiles
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) - 5000])
+    with pytest.raises(UnsupportedSlideError, match=r"cut.tif: the file is truncated or damaged.*pixels of level 0 run to byte"):
+        open_slide(cut)
+
+
+def test_signed_pixels_name_the_supported_types(tmp_path: Path) -> None:
+    path = tmp_path / "signed.ome.tif"
+    tifffile.imwrite(path, np.zeros((64, 64), dtype=np.int8), metadata={"axes": "YX"})
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(path)
+    message = str(info.value)
+    assert "unsupported pixel type int8" in message
+    assert "unsigned 8-bit and 16-bit" in message and "uint8, uint16" in message
+    assert "only 8 and 16 bit" not in message  # int8 *is* 8 bit: that wording was wrong
+
+
+def test_folder_named_like_a_slide_gets_a_clear_message(tmp_path: Path) -> None:
+    folder = tmp_path / "case.svs"
+    folder.mkdir()
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(folder)
+    assert str(info.value).startswith("case.svs: is a folder, not a slide file, although it is named like one")
+    mirax_data = tmp_path / "scan"
+    mirax_data.mkdir()
+    (tmp_path / "scan.mrxs").write_bytes(b"")
+    with pytest.raises(UnsupportedSlideError, match="open scan.mrxs beside it"):
+        open_slide(mirax_data)

@@ -172,3 +172,113 @@ def test_sample_data_uses_the_cache_and_says_so_offline(cmu_slide: Path, monkeyp
     shutil.copy(cmu_slide, tmp_path / "samples" / "CMU-1-Small-Region.svs")
     (layer,) = cmu_small_region()
     assert layer[1]["name"] == "CMU-1-Small-Region.svs" and layer[1]["scale"] == pytest.approx((0.499, 0.499))
+
+
+# --- DICOM, folders, handles and names ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> Path:
+    from dicom_data import dicom_wsi_folder
+
+    return dicom_wsi_folder(tmp_path_factory, cmu_slide)
+
+
+@pytest.mark.slow
+def test_dicom_folder_and_its_files_open_as_one_slide(dicom_wsi: Path, notes) -> None:
+    member = sorted(dicom_wsi.glob("*.dcm"))[0]
+    for path in (dicom_wsi, member):
+        reader = get_reader(str(path))
+        assert reader is not None
+        (layer_data,) = reader(str(path))
+        levels, kwargs, kind = layer_data
+        assert kind == "image" and levels[0].shape == (2967, 2220, 3)
+        assert kwargs["scale"] == pytest.approx((0.499, 0.499))  # the mpp the DICOM records
+        assert Path(kwargs["metadata"]["histoclip"]["path"]) == dicom_wsi
+        tile = np.asarray(levels[0][1000:1064, 1000:1064])
+        assert tile.shape == (64, 64, 3) and tile.std() > 5
+    assert not notes.errors
+
+
+def test_folder_named_like_a_slide_gets_our_message(tmp_path: Path, notes) -> None:
+    folder = tmp_path / "case.svs"
+    folder.mkdir()
+    reader = get_reader(str(folder))
+    assert reader is not None  # ours, so napari does not answer "refused the file"
+    assert reader(str(folder)) == [(None,)]
+    (message,) = notes.errors
+    assert message.startswith("case.svs: is a folder, not a slide file")
+
+
+def test_a_slide_whose_pixels_fail_is_closed(testdata: Path, monkeypatch: pytest.MonkeyPatch, notes) -> None:
+    import napari_histoclip._reader as reader_module
+
+    opened = []
+    original = reader_module.open_slide_quietly
+
+    def spy(path, **kwargs):
+        slide = original(path, **kwargs)
+        opened.append(slide)
+        return slide
+
+    monkeypatch.setattr(reader_module, "open_slide_quietly", spy)
+    assert read_slides(str(testdata / "bad" / "unreadable.svs")) == [(None,)]
+    (slide,) = opened
+    assert slide._closed  # released at once, not left to the garbage collector
+    assert "Bogus marker" in notes.errors[0]
+
+
+def test_layer_names_read_no_slide_content(cmu_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dask names come from stat, not the ~3 MiB content fingerprint: opening (on napari's
+    UI thread) and reopening on every hit click read nothing for them."""
+    import backend.slides.slide as slide_module
+
+    def no_hashing(path):
+        raise AssertionError(f"the reader hashed {path}")
+
+    monkeypatch.setattr(slide_module, "slide_fingerprint", no_hashing)
+    copy = tmp_path / "copy.svs"
+    copy.write_bytes(cmu_slide.read_bytes())
+    first = read_slides(str(copy))[0][0]
+    again = read_slides(str(copy))[0][0]
+    assert first[0]._level.name == again[0]._level.name  # same file, same dask name
+    copy.write_bytes(cmu_slide.read_bytes()[:-1] + b"\0")  # rewritten: a new name
+    changed = read_slides(str(copy))[0][0]
+    assert changed[0]._level.name != first[0]._level.name
+
+
+@pytest.mark.parametrize(
+    ("name", "both"),
+    [("x.svs", True), ("x.tif", True), ("x.ndpi", True), ("x.dcm", True), ("x.mrxs", False), ("x.svslide", False)],
+)
+def test_why_napari_asks_which_reader(our_plugin, tmp_path: Path, name: str, both: bool) -> None:
+    """napari's own reader also claims *.svs, *.tif, *.ndpi, *.dcm... and npe2 has no reader
+    priority: napari asks (MultipleReaderError; a dialog in the GUI) until the user saves a
+    preference, except for the formats only we claim. With the preference saved it opens ours."""
+    from napari.components import ViewerModel
+    from napari.errors import MultipleReaderError
+    from napari.plugins._npe2 import get_readers
+    from napari.settings import get_settings
+    from npe2 import PluginManifest
+
+    import napari_builtins
+
+    our_plugin.register(PluginManifest.from_file(Path(napari_builtins.__file__).parent / "builtins.yaml"))
+    path = tmp_path / name
+    readers = set(get_readers(str(path)))
+    assert readers == ({"napari", "napari-histoclip"} if both else {"napari-histoclip"})
+    if not both:
+        return
+    path.write_bytes(b"junk")
+    viewer = ViewerModel()
+    with pytest.raises(MultipleReaderError):  # what File > Open and drag-and-drop do (plugin=None)
+        viewer.open(str(path), plugin=None)
+    settings = get_settings()
+    suffix = "*" + path.suffix
+    settings.plugins.extension2reader = {**settings.plugins.extension2reader, suffix: "napari-histoclip"}
+    try:
+        assert viewer.open(str(path), plugin=None) == []  # ours: a notification, no dialog, no exception
+    finally:
+        settings.plugins.extension2reader = {
+            k: v for k, v in settings.plugins.extension2reader.items() if k != suffix
+        }
