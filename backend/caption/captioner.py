@@ -20,10 +20,20 @@ if TYPE_CHECKING:
 def check_clip_model_id(trained_with: str, given: str) -> None:
     """Raise :class:`ModelMismatchError` unless ``given`` is the CLIP model id ``trained_with``."""
     if str(given) != str(trained_with):
+        from backend.models.identity import is_legacy, mismatch_message, same_model_other_weights
+
+        trained_with, given = str(trained_with), str(given)
+        fix = f"Embed with {trained_with!r} or use a captioner trained for that model"
+        if is_legacy(trained_with):
+            fix += (
+                f"; if you know it was trained on these very weights, record them: set clip_model_id "
+                f"to {given!r} in the captioner bundle's histoclip.json"
+            )
+        if is_legacy(trained_with) or same_model_other_weights(trained_with, given):
+            raise ModelMismatchError(mismatch_message("the captioner", trained_with, given, fix))
         raise ModelMismatchError(
             f"captioner was trained on embeddings of CLIP model {trained_with!r}, "
-            f"but the embeddings given come from {given!r}: embed with {trained_with!r} "
-            "or use a captioner trained for that model"
+            f"but the embeddings given come from {given!r}: {fix[0].lower()}{fix[1:]}"
         )
 
 

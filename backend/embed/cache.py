@@ -26,6 +26,7 @@ with ``@``) are sanitised and suffixed with a short hash of the original.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from backend.embed.types import SlideEmbeddings
+from backend.errors import HistoclipError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,17 @@ FORMAT_VERSION = 1
 _FINAL_SUFFIX = ".zarr"
 _PARTIAL_SUFFIX = ".partial.zarr"
 _CHUNK_ROWS = 256  # rows of vectors per chunk: a batch rewrites at most ~0.5 MB (D=512)
+# flock's "someone else holds it" answers; any other errno means the filesystem cannot lock
+_HELD_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES})
+
+
+class EmbeddingCacheError(HistoclipError):
+    """The embedding cache cannot be used as it is (no file locks, a store from a newer
+    napari-histoclip, an I/O error): nothing was deleted; the message says what to do."""
+
+
+class _DamagedStore(Exception):
+    """A finished store whose content proves it unusable (its own checks failed)."""
 
 
 def _slug(text: str, max_len: int = 48) -> str:
@@ -123,7 +136,14 @@ class KeyLock:
 
     @classmethod
     def try_acquire(cls, path: Path) -> KeyLock | None:
-        """The lock, or None when another job holds it."""
+        """The lock, or None when another job holds it.
+
+        Raises
+        ------
+        EmbeddingCacheError
+            The filesystem cannot lock (``ENOLCK`` on some NFS/SMB mounts, ...): waiting for
+            the lock would wait forever, so this says which folder and how to fix it.
+        """
         try:
             import fcntl
         except ImportError:
@@ -132,9 +152,16 @@ class KeyLock:
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            return None
+            if e.errno in _HELD_ERRNOS:
+                return None
+            raise EmbeddingCacheError(
+                f"cannot lock {path} in the embedding cache folder {path.parent} "
+                f"({errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror}): the filesystem there does "
+                "not support file locks (common on NFS/SMB mounts). Put the cache on a local disk: set "
+                "HISTOCLIP_CACHE_DIR to a local folder (e.g. HISTOCLIP_CACHE_DIR=/tmp/histoclip-cache)"
+            ) from e
         return cls(path, fd)
 
     def release(self) -> None:
@@ -193,6 +220,13 @@ class PartialStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """What reading a store raises when its bytes are bad: zarr's errors (ValueErrors), JSON,
+    missing attributes, shapes, and the codecs' RuntimeErrors. Not OSError, MemoryError or
+    ImportError: those say nothing about the store."""
+    return (ValueError, KeyError, TypeError, IndexError, RuntimeError)
+
+
 class EmbeddingCache:
     """Per-slide embedding stores under one directory. Hold one and pass it to the engine.
 
@@ -236,21 +270,65 @@ class EmbeddingCache:
 
     # --- reading -----------------------------------------------------------------------
 
-    def load(self, key: CacheKey, *, slide_name: str = "", slide_path: str = "") -> SlideEmbeddings | None:
+    def load(
+        self, key: CacheKey, *, slide_name: str = "", slide_path: str = "", lock: KeyLock | None = None
+    ) -> SlideEmbeddings | None:
         """The finished store for ``key`` as :class:`SlideEmbeddings`, or None on a miss.
 
         ``slide_name`` and ``slide_path`` describe the file the caller opened (the store does
-        not keep a path). A store that cannot be read is removed, logged and treated as a miss.
+        not keep a path). A store whose content proves it damaged (bad metadata, undecodable
+        chunks, missing or non-finite rows, another key) is removed, logged and treated as a
+        miss, under the key's lock: ``lock`` if the caller holds it, else taken here; while
+        another job holds it the store is left to that job. Anything else (an I/O error,
+        memory, a store written by a newer napari-histoclip) is raised and nothing is deleted.
+
+        Raises
+        ------
+        EmbeddingCacheError
+            The store was written by a newer format version, or reading it failed with an
+            I/O error.
         """
         path = self.final_path(key)
         if not (path / "zarr.json").is_file():
+            self._note_legacy(key)
             return None
         try:
             return self._read(path, key, slide_name=slide_name, slide_path=slide_path)
-        except Exception as e:  # noqa: BLE001 - any damage means: recompute
-            log.warning("embedding cache %s is unreadable (%s: %s); removing it", path, type(e).__name__, e)
+        except OSError as e:  # transient or permission: the store may be fine
+            raise EmbeddingCacheError(f"cannot read the embedding cache store {path}: {e}") from e
+        except _DamagedStore as e:
+            why = str(e)
+        except _damage_errors() as e:  # zarr metadata, codec and shape errors: the bytes are bad
+            why = f"{type(e).__name__}: {e}"
+        self._remove_damaged(key, path, why, lock)
+        return None
+
+    def _remove_damaged(self, key: CacheKey, path: Path, why: str, lock: KeyLock | None) -> None:
+        own = lock if lock is not None else self.try_lock(key)
+        if own is None:  # the job holding the lock is rebuilding this store
+            log.warning("embedding cache %s is damaged (%s); another job holds its lock, leaving it", path, why)
+            return
+        try:
+            log.warning("embedding cache %s is damaged (%s); removing it", path, why)
             shutil.rmtree(path, ignore_errors=True)
-            return None
+        finally:
+            if lock is None:
+                own.release()
+
+    def _note_legacy(self, key: CacheKey) -> None:
+        """Say so when a store of the same slide was made by an older napari-histoclip that
+        keyed hub models by name only: it cannot be proven to match the weights now loaded."""
+        from backend.models.identity import legacy_ids
+
+        for old in legacy_ids(key.model_id):
+            legacy = self.final_path(CacheKey(key.fingerprint, old, key.spec_key))
+            if (legacy / "zarr.json").is_file():
+                log.warning(
+                    "embedding cache %s was made with model %r before napari-histoclip recorded which "
+                    "weights a model has; it is not used for %s (it may hold other weights). "
+                    "Delete it to free the space.",
+                    legacy, old, key.model_id,
+                )
 
     def _read(self, path: Path, key: CacheKey, *, slide_name: str, slide_path: str) -> SlideEmbeddings:
         import zarr
@@ -258,14 +336,21 @@ class EmbeddingCache:
 
         group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
         a = dict(group.attrs)
-        if a.get("format_version") != FORMAT_VERSION or not a.get("complete"):
-            raise ValueError(f"format_version {a.get('format_version')}, complete={a.get('complete')}")
+        version = a.get("format_version")
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise EmbeddingCacheError(
+                f"embedding cache store {path} has format version {version}, newer than the {FORMAT_VERSION} "
+                "this napari-histoclip reads (another install wrote it): upgrade napari-histoclip, or give "
+                "this one its own cache (HISTOCLIP_CACHE_DIR); the store was left as it is"
+            )
+        if version != FORMAT_VERSION or not a.get("complete"):
+            raise _DamagedStore(f"format_version {version!r}, complete={a.get('complete')!r}")
         found = CacheKey(a["slide_fingerprint"], a["model_id"], a["spec_key"])
         if found != key:
-            raise ValueError(f"store records {found}, expected {key}")
+            raise _DamagedStore(f"store records {found}, expected {key}")
         vectors = np.asarray(group["vectors"][:], dtype=np.float32)
         if int(a["done"]) != len(vectors) or not np.isfinite(vectors).all():
-            raise ValueError(f"done={a['done']} of {len(vectors)} rows, or non-finite vectors")
+            raise _DamagedStore(f"done={a['done']} of {len(vectors)} rows, or non-finite vectors")
         return SlideEmbeddings(
             slide_fingerprint=key.fingerprint,
             slide_name=slide_name,

@@ -311,17 +311,20 @@ def iter_embed_slide(
             yield EmbedProgress(0, 0, EmbedStage.WAITING, name)
             time.sleep(_LOCK_POLL_S)
         with lock:
-            hit = _cached(cache, key, slide, None)  # the other job may just have finished it
+            hit = _cached(cache, key, slide, None, lock)  # the other job may just have finished it
             if hit is not None:
                 yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
                 return hit
             return (yield from _encode(slide, model, spec, key, cache, None, grid_kw, encode_kw))
 
 
-def _cached(cache: EmbeddingCache | None, key: CacheKey, slide: Any, region: Any) -> SlideEmbeddings | None:
+def _cached(
+    cache: EmbeddingCache | None, key: CacheKey, slide: Any, region: Any, lock: Any = None
+) -> SlideEmbeddings | None:
     if cache is None:
         return None
-    hit = cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path))
+    # ``lock``: the key's lock when the caller holds it (a damaged store is then removed under it)
+    hit = cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path), lock=lock)
     if hit is not None and region is not None:
         from backend.embed.region import tiles_in_region
 

@@ -181,10 +181,16 @@ class CohortIndex:
             return cls.create(path, model_id=model_id, dim=dim)
         index = cls.open(path)
         if index.model_id != model_id:
+            from backend.models.identity import mismatch_message
+
             index.close()
             raise ModelMismatchError(
-                f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
-                f"index with --model {index.model_id} or choose another --out"
+                mismatch_message(
+                    f"cohort index {path}",
+                    index.model_id,
+                    model_id,
+                    "Build a new index for this model: choose another --out (or delete this index folder)",
+                )
             )
         return index
 

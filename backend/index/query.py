@@ -73,9 +73,13 @@ def normalise(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def _mismatch(what: str, theirs: str, ours: str, index_path: Path) -> ModelMismatchError:
+    from backend.models.identity import describe, mismatch_message
+
     return ModelMismatchError(
-        f"{what} were made with model {theirs!r}, but cohort index {index_path} holds "
-        f"embeddings of model {ours!r}: embed with {ours!r} or use an index built with {theirs!r}"
+        f"{what} were made with model {describe(theirs)}, which cohort index {index_path} does not hold: "
+        + mismatch_message(
+            "the index", ours, theirs, f"Embed with the index's model or rebuild the index with {describe(theirs)}"
+        )
     )
 
 

@@ -1,7 +1,7 @@
 """``ClipModel``: one interface over open_clip and transformers CLIP models.
 
 A ``ClipModel`` holds a loaded ``torch.nn.Module`` (``.module``, in eval mode), its tokenizer
-and preprocessing, and the identity used in cache keys (``model_id``). It never downloads:
+and preprocessing, and the identity of its weights used in cache keys (``model_id``). It never downloads:
 ``load_model`` builds it from files already on disk.
 """
 
@@ -27,8 +27,12 @@ class ClipModel:
     Attributes
     ----------
     model_id : str
-        Stable identity for cache keys: the registry name, the ``hf-hub:`` id, or
-        ``bundle:<name>@<sha256 prefix of the weights>``.
+        The identity of the weights, which embedding caches and cohort indexes are keyed by
+        (see ``backend.models.identity``): ``hf-hub:<org>/<repo>@<commit>`` for hub models
+        (the hub commit the weights were read from; also a model name that loads exactly
+        those), ``bundle:<name>@<sha256 prefix of the weights>`` for bundles, the name for
+        ``test-tiny``. It is not the name the model was asked for: ``quiltnet-b32`` and
+        ``hf-hub:wisdomik/QuiltNet-B-32`` read from one snapshot have one ``model_id``.
     entry : ModelEntry
     module : torch.nn.Module
     embed_dim : int

@@ -110,8 +110,9 @@ def _how_to_fix(repo_id: str) -> str:
 def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_dir: Path, why: str) -> str:
     listed = "; ".join(" or ".join(alts) for alts in missing)
     who = f"model {request.what!r} " if request.what else ""
+    at = f" at revision {request.revision}" if request.revision else ""
     return (
-        f"{who}needs files from the Hugging Face hub repository {request.repo_id} that are not in "
+        f"{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
         f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones. "
         + _how_to_fix(request.repo_id)
     )

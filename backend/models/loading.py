@@ -192,6 +192,24 @@ def _load_builtin(entry: ModelEntry, device: torch.device) -> ClipModel:
     )
 
 
+def hub_weights_id(entry: ModelEntry, weights: Path) -> str:
+    """The ``model_id`` of a hub model whose weights were read from ``weights``.
+
+    ``hf-hub:org/repo@<commit>`` from the hub-cache snapshot the file is in (see
+    ``backend.models.identity``); a file outside a snapshot folder falls back to the weights'
+    own sha256 (``hf-hub:org/repo@sha256:<12 hex>``).
+    """
+    from backend.models.identity import hub_model_id, snapshot_revision
+
+    assert entry.hub_id is not None
+    revision = snapshot_revision(weights)
+    if revision is None:
+        from backend.models.bundle import sha256_file
+
+        revision = "sha256:" + sha256_file(weights)[:12]
+    return hub_model_id(entry.hub_id, revision)
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -205,7 +223,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: Any) -> ClipModel:
     repo = entry.source
     files = hub.fetch(
-        hub.HubRequest(repo, {"config": (OPEN_CLIP_CONFIG,), "weights": OPEN_CLIP_WEIGHTS}, what=entry.name),
+        hub.HubRequest(
+            repo, {"config": (OPEN_CLIP_CONFIG,), "weights": OPEN_CLIP_WEIGHTS}, revision=entry.revision, what=entry.name
+        ),
         cache_dir=cache_dir,
     )
     config = _read_json(files["config"], f"hub repository {repo}")
@@ -241,7 +261,7 @@ def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir:
     return open_clip_model(
         module,
         entry=entry,
-        model_id=entry.name,
+        model_id=hub_weights_id(entry, files["weights"]),
         model_cfg=model_cfg,
         preprocessing=preprocessing,
         tokenizer=make_open_clip_tokenizer(model_cfg, tokenizer_dir),
@@ -267,7 +287,9 @@ def _load_hf_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: A
     required = {"config": (HF_CONFIG,), "weights": HF_WEIGHTS}
     required.update({name: (name,) for name in HF_TOKENIZER_REQUIRED})
     files = hub.fetch(
-        hub.HubRequest(entry.source, required, optional=HF_TOKENIZER_OPTIONAL, what=entry.name),
+        hub.HubRequest(
+            entry.source, required, optional=HF_TOKENIZER_OPTIONAL, revision=entry.revision, what=entry.name
+        ),
         cache_dir=cache_dir,
     )
     config = _read_json(files["config"], f"hub repository {entry.source}")
@@ -277,7 +299,7 @@ def _load_hf_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: A
         module.to(device),
         tokenizer=tokenizer,
         entry=entry,
-        model_id=entry.name,
+        model_id=hub_weights_id(entry, files["weights"]),
         preprocessing=preprocessing_from_hf(files.get("preprocessor_config.json"), image_size),
         embed_dim=int(module.config.projection_dim),
         context_length=int(module.config.text_config.max_position_embeddings),

@@ -8,13 +8,19 @@ A model is named in one of these forms (``resolve_model`` turns each into a ``Mo
   ``open_clip_config.json``), as open_clip names them;
 - a path to a model bundle directory (one with a ``histoclip.json``; see ``bundle.py``).
 
+A hub name may carry a revision, ``quiltnet-b32@<commit>`` or ``hf-hub:org/repo@<commit>``
+(a branch or tag works too): the model is then read from that snapshot. A loaded hub model's
+``model_id`` has this form (see ``identity.py``), so the id an index or cache records loads
+the very weights it was made with.
+
 This module imports neither torch nor open_clip: listing and resolving models is instant.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +31,9 @@ from backend.errors import ModelError, UnknownModelError
 HF_HUB_PREFIX = "hf-hub:"
 HF_URL = "https://huggingface.co/"
 MANIFEST_NAME = "histoclip.json"
+REVISION_SEP = "@"
+# what a hub revision may look like in a name (a commit, a branch or tag such as refs/pr/1)
+REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 
 # CLIP's own normalisation, which QuiltNet, PLIP and most CLIP fine-tunes keep.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,6 +161,7 @@ class ModelEntry:
     hub_url: str | None = None
     description: str = ""
     random_weights: bool = False
+    revision: str | None = None  # hub models: the commit, branch or tag to read (None: main)
 
     @property
     def hub_id(self) -> str | None:
@@ -301,9 +311,12 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     text = name_or_path.strip()
     if text.lower() in REGISTERED:
         return REGISTERED[text.lower()]
+    path = Path(text).expanduser()
+    base, revision = split_revision(text)
+    if revision is not None and not path.is_dir():
+        return replace(resolve_model(base), revision=revision)
     if text.startswith(HF_HUB_PREFIX):
         return _hub_id_entry(text)
-    path = Path(text).expanduser()
     if path.is_dir():
         return _bundle_entry(path)
     hint = ""
@@ -314,6 +327,21 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     elif any(sep in text for sep in ("/", "\\")):
         hint = f" (no directory {path})"
     raise UnknownModelError(f"unknown model {text!r}{hint}; use {_accepted()}")
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """``'quiltnet-b32@abc'`` -> ``('quiltnet-b32', 'abc')``; a name without one -> ``(name, None)``.
+
+    Only hub names (registered hub models, ``hf-hub:`` ids) take a revision; anything else,
+    e.g. a bundle path with an ``@`` in it, comes back whole.
+    """
+    base, sep, rev = name.strip().rpartition(REVISION_SEP)
+    if not sep or not base or not REVISION_PATTERN.fullmatch(rev):
+        return name, None
+    entry = REGISTERED.get(base.lower())
+    if base.startswith(HF_HUB_PREFIX) or (entry is not None and entry.source_kind is SourceKind.HUB):
+        return base, rev
+    return name, None
 
 
 def _hub_id_entry(hub_id: str) -> ModelEntry:

@@ -134,7 +134,7 @@ def test_quiltnet_parity_with_open_clip(quilt_home: Path, monkeypatch: pytest.Mo
     ref_tokenizer = open_clip.get_tokenizer(f"hf-hub:{QUILT_REPO}", cache_dir=hub_dir)
     ref.eval()
 
-    assert (ours.model_id, ours.embed_dim, ours.random_weights) == ("quiltnet-b32", 512, False)
+    assert (ours.model_id, ours.embed_dim, ours.random_weights) == (f"hf-hub:{QUILT_REPO}@{REV}", 512, False)
     assert ours.preprocessing == Preprocessing(image_size=224, mean=OPENAI_MEAN, std=OPENAI_STD)
     assert ours.logit_scale == pytest.approx(ref.logit_scale.exp().item())
     # the weights are the file's, not a fresh random init

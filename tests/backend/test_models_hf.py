@@ -94,7 +94,7 @@ def plip_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_plip_loads_from_the_hub_cache(plip_hub: Path) -> None:
     model = load_model("plip", device="cpu", cache_dir=plip_hub)
     assert isinstance(model, HfClipModel) and model.family is ModelFamily.HF_CLIP
-    assert (model.model_id, model.embed_dim, model.random_weights, model.context_length) == ("plip", 16, False, 77)
+    assert (model.model_id, model.embed_dim, model.random_weights, model.context_length) == (f"hf-hub:{PLIP_REPO}@{REV}", 16, False, 77)
     assert model.preprocessing.image_size == 32 and model.preprocessing.interpolation == "bicubic"
 
     texts = ["adenocarcinoma of the colon", "normal lymph node"]
@@ -137,7 +137,7 @@ def test_plip_bundle_round_trip(plip_hub: Path, tmp_path: Path) -> None:
     assert (path / "tokenizer").is_dir()
     loaded = load_model(path, device="cpu")
     assert isinstance(loaded, HfClipModel) and loaded.model_id.startswith("bundle:plip-ft@")
-    assert json.loads((path / "histoclip.json").read_text())["trained_from"] == "plip"
+    assert json.loads((path / "histoclip.json").read_text())["trained_from"] == f"hf-hub:{PLIP_REPO}@{REV}"
     images, texts = smooth_images(2, 32, 32), ["tumor", "stroma"]
     torch.testing.assert_close(loaded.encode_images(images), model.encode_images(images), atol=0, rtol=0)
     torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts), atol=0, rtol=0)
@@ -217,7 +217,7 @@ def test_hf_text_tower_parity_with_open_clip(biomed_hub: Path, monkeypatch: pyte
     from huggingface_hub import constants
 
     ours = load_model(f"hf-hub:{BIOMED_REPO}", device="cpu", cache_dir=biomed_hub)
-    assert (ours.model_id, ours.embed_dim, ours.context_length) == (f"hf-hub:{BIOMED_REPO}", 16, 24)
+    assert (ours.model_id, ours.embed_dim, ours.context_length) == (f"hf-hub:{BIOMED_REPO}@{REV}", 16, 24)
     assert ours.preprocessing.mean == (0.5, 0.5, 0.5) and ours.preprocessing.image_size == 32
     # open_clip resolves the text tower and tokenizer through the default cache only
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(biomed_hub))
