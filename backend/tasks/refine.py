@@ -317,6 +317,83 @@ def mark_rows(head: LinearHead, names: Sequence[str]) -> tuple[LinearHead, np.nd
     return head, np.array([index[n] for n in names], dtype=np.int64)
 
 
+def marked_tiles(embeddings: SlideEmbeddings, marks: Sequence[tuple[str, Sequence[tuple[int, int]]]]
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Tile indices and class names of marks given as ``(label, grid cells (row, col))``.
+
+    Raises InputError naming the first cell that is outside the grid or holds no tissue tile.
+    """
+    rows, cols = embeddings.grid_shape
+    lookup = np.full(rows * cols, -1, dtype=np.int64)
+    gi = embeddings.grid_index
+    lookup[gi[:, 0] * cols + gi[:, 1]] = np.arange(embeddings.n_tiles)
+    idx: list[int] = []
+    names: list[str] = []
+    for label, cells in marks:
+        for cell in cells:
+            r, c = (int(v) for v in cell)
+            tile = lookup[r * cols + c] if 0 <= r < rows and 0 <= c < cols else -1
+            if tile < 0:
+                where = "outside the grid" if not (0 <= r < rows and 0 <= c < cols) else "a cell without a tissue tile"
+                raise InputError(
+                    f"mark {label!r} at cell (row {r}, col {c}) of {embeddings.slide_name}: {where} "
+                    f"(the class map is {rows} x {cols}); marks go on tiles of the map"
+                )
+            idx.append(int(tile))
+            names.append(str(label))
+    return np.array(idx, dtype=np.int64), names
+
+
+def fit_marks(prior: LinearHead, slides: Sequence[tuple[SlideEmbeddings, Sequence[int] | np.ndarray, Sequence[str]]],
+              config: RefineConfig = RefineConfig()) -> tuple[LinearHead, list[tuple[np.ndarray, np.ndarray]], FitReport]:
+    """Fit the refined head on the marks of one or several slides.
+
+    Parameters
+    ----------
+    prior
+        The head to start from.
+    slides
+        Per slide: its embeddings, the marked tile indices and each mark's class name (a
+        name the prior lacks adds a class; a tile marked twice keeps its last mark).
+    config
+        Fitting hyper-parameters.
+
+    Returns
+    -------
+    (head, marks, report)
+        The refined head (``prior`` extended with new classes when there are no marks), and per
+        slide the kept ``(tile indices, class rows)``.
+    """
+    all_names: list[str] = []
+    checked = []
+    for emb, marked, names in slides:
+        idx = np.asarray(marked, dtype=np.int64).reshape(-1)
+        if len(idx) != len(names):
+            raise InputError(f"refine: {len(idx)} marked tiles but {len(names)} class names ({emb.slide_name})")
+        if len(idx) and (idx.min() < 0 or idx.max() >= emb.n_tiles):
+            bad = int(idx[(idx < 0) | (idx >= emb.n_tiles)][0])
+            raise InputError(f"refine: marked tile {bad} is not one of {emb.slide_name}'s {emb.n_tiles} tiles")
+        checked.append((emb, idx))
+        all_names.extend(names)
+    head, rows = mark_rows(prior, all_names)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    start = 0
+    for emb, idx in checked:
+        r = rows[start : start + len(idx)]
+        start += len(idx)
+        last = {int(i): k for k, i in enumerate(idx)}  # the last mark of a tile wins
+        keep = np.array(sorted(last.values()), dtype=np.int64)
+        kept.append((idx[keep], r[keep]))
+    n = sum(len(i) for i, _ in kept)
+    if n == 0:
+        return head, kept, FitReport(tuple(0 for _ in head.class_names), 0, 0)
+    vectors = np.concatenate([emb.vectors[i] for (emb, _), (i, _) in zip(checked, kept, strict=True)])
+    classes = np.concatenate([r for _, r in kept])
+    centre = feature_centre([emb.vectors for emb, _ in checked])
+    fitted, report = fit_head(head, centre, vectors, classes, config)
+    return fitted, kept, report
+
+
 def refine(embeddings: SlideEmbeddings, prior: LinearHead, marked: Sequence[int] | np.ndarray,
            mark_names: Sequence[str], *, config: RefineConfig = RefineConfig(),
            unknown_threshold: float | None = None, templates: tuple[str, ...] = ()) -> Refinement:
@@ -342,24 +419,24 @@ def refine(embeddings: SlideEmbeddings, prior: LinearHead, marked: Sequence[int]
     Refinement
         With no marks: the prior's map, exactly.
     """
-    idx = np.asarray(marked, dtype=np.int64).reshape(-1)
-    if len(idx) != len(mark_names):
-        raise InputError(f"refine: {len(idx)} marked tiles but {len(mark_names)} class names")
-    if len(idx) and (idx.min() < 0 or idx.max() >= embeddings.n_tiles):
-        bad = int(idx[(idx < 0) | (idx >= embeddings.n_tiles)][0])
-        raise InputError(f"refine: marked tile {bad} is not one of {embeddings.slide_name}'s {embeddings.n_tiles} tiles")
-    head, rows = mark_rows(prior, mark_names)
-    last = {int(i): k for k, i in enumerate(idx)}  # the last mark of a tile wins
-    keep = np.array(sorted(last.values()), dtype=np.int64)
-    idx, rows = idx[keep], rows[keep]
-    if len(idx):
-        head, report = fit_head(head, feature_centre(embeddings.vectors), embeddings.vectors[idx], rows, config)
-    else:
-        report = FitReport(tuple(0 for _ in head.class_names), 0, 0)
+    head, ((idx, rows),), report = fit_marks(prior, [(embeddings, marked, mark_names)], config)
     cm = head_class_map(embeddings, head, unknown_threshold=unknown_threshold, templates=templates)
     if len(idx):
         cm = with_marks(cm, idx, rows)
     return Refinement(cm, head, idx, rows, report)
+
+
+def class_query(head: LinearHead, name: str) -> np.ndarray:
+    """A unit (D,) query vector for class ``name``: its row minus the mean row (what raises its
+    logit over the others'), for searching a cohort index by inner product."""
+    if name not in head.class_names:
+        raise InputError(f"class {name!r} is not one of the classifier's classes {list(head.class_names)}")
+    w = head.weight.astype(np.float64)
+    q = w[head.class_names.index(name)] - w.mean(axis=0)
+    norm = float(np.linalg.norm(q))
+    if norm == 0.0:
+        raise InputError(f"class {name!r}: its weights do not differ from the other classes'; nothing to search for")
+    return (q / norm).astype(np.float32)
 
 
 def with_marks(cm: ClassMap, marked: np.ndarray, rows: np.ndarray) -> ClassMap:
@@ -415,6 +492,9 @@ def unsure_tiles(probabilities: np.ndarray, prior: np.ndarray | None = None, *, 
 
 __all__ = [
     "FeatureCentre",
+    "class_query",
+    "fit_marks",
+    "marked_tiles",
     "FitReport",
     "LinearHead",
     "RefineConfig",
