@@ -221,9 +221,136 @@ class SearchResult:
     hits: tuple[SearchHit, ...]
 
 
+# --- classifiers and few-shot refinement (interfaces item 8) ------------------------------------
+
+
+@dataclass(frozen=True)
+class TileMarks:
+    """Tiles a user marked with their right class: grid cells ``(row, col)`` of the class map.
+
+    ``label`` is a class name; one the prompts (or classifier) lack adds a class of its own.
+    """
+
+    label: str
+    cells: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class RefineRequest:
+    """Refine a slide's class map with marked tiles, from the cached embeddings.
+
+    The prior is the zero-shot classifier of ``labels`` (with ``synonyms`` and ``templates``,
+    as in :class:`ZeroShotRequest`) or, with ``classifier``, a classifier bundle (then ``model``
+    None means the classifier's model, ``tiles`` None its tile spec, and ``labels`` stay empty).
+    No marks: the prior's map, exactly.
+    """
+
+    slide: SlideRef
+    marks: tuple[TileMarks, ...] = ()
+    model: str | None = None
+    labels: tuple[str, ...] = ()
+    synonyms: tuple[tuple[str, ...], ...] = ()
+    templates: tuple[str, ...] = ()
+    classifier: str | None = None
+    unknown_threshold: float | None = None
+    tiles: TileOptions | None = None  # None: the classifier's, else TileOptions()
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """Apply a classifier bundle to a slide (or a region of it).
+
+    ``model`` None: the CLIP model the classifier records; ``tiles`` None: its tile spec;
+    ``unknown_threshold`` None: its own default.
+    """
+
+    slide: SlideRef
+    classifier: str
+    model: str | None = None
+    region: Region | None = None
+    unknown_threshold: float | None = None
+    tiles: TileOptions | None = None
+
+
+@dataclass(frozen=True)
+class SlideMarks:
+    """The marks made on one slide (for training a classifier from several slides)."""
+
+    slide: SlideRef
+    marks: tuple[TileMarks, ...]
+
+
+@dataclass(frozen=True)
+class SaveClassifierRequest:
+    """"Save as classifier": fit the refined head on marks from one or several slides and write
+    a classifier bundle at ``path``. The prior is as in :class:`RefineRequest`."""
+
+    path: str
+    slides: tuple[SlideMarks, ...]
+    model: str | None = None
+    labels: tuple[str, ...] = ()
+    synonyms: tuple[tuple[str, ...], ...] = ()
+    templates: tuple[str, ...] = ()
+    classifier: str | None = None
+    name: str | None = None  # default: the bundle folder's name
+    unknown_threshold: float | None = None
+    tiles: TileOptions | None = None
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    """A classifier bundle on disk: its classes, the model and tile spec it works on."""
+
+    path: str
+    name: str
+    labels: tuple[str, ...]
+    model: str
+    model_id: str
+    tiles: TileOptions
+    n_marks: int = 0
+
+
+@dataclass(frozen=True)
+class ClassSearchRequest:
+    """Search a cohort index for the tiles a classifier's class ``label`` scores highest."""
+
+    index_path: str
+    classifier: str
+    label: str
+    k: int = 10
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a widget may ask of a backend, in-process or remote."""
+
+    # Classifiers and few-shot refinement (interfaces item 8): class maps as zero-shot's.
+    def refine(
+        self,
+        request: RefineRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ZeroShotResult: ...
+
+    def classify(
+        self,
+        request: ClassifyRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ZeroShotResult: ...
+
+    def save_classifier(
+        self,
+        request: SaveClassifierRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ClassifierInfo: ...
+
+    def search_class(self, request: ClassSearchRequest) -> SearchResult: ...
 
     def list_models(self) -> list[ModelInfo]: ...
 

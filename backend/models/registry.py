@@ -398,3 +398,77 @@ def _bundle_entry(path: Path) -> ModelEntry:
     if not path.is_dir():
         raise UnknownModelError(f"model bundle directory {str(path)!r} does not exist; use {_accepted()}")
     return entry_from_manifest(path.resolve(), read_manifest(path))
+
+
+# --- bundles of every kind --------------------------------------------------------------------
+
+# What each bundle ``kind`` holds, and which function loads it (the registry only lists them).
+BUNDLE_KINDS: Mapping[str, str] = MappingProxyType({
+    "clip": "CLIP model (backend.models.load_model)",
+    "clipcap": "captioner (backend.caption.load_captioner)",
+    "classifier": "tile classifier over a CLIP model's embeddings (backend.models.classifier.load_classifier)",
+})
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """A bundle directory as the registry lists it, from its manifest alone.
+
+    ``model`` is the CLIP model a classifier or captioner works on (None for a CLIP bundle),
+    ``classes`` a classifier's class names.
+    """
+
+    path: str
+    kind: str
+    name: str
+    description: str
+    model: str | None = None
+    classes: tuple[str, ...] = ()
+
+
+def describe_bundle(path: str | Path) -> BundleInfo:
+    """What the bundle at ``path`` is (nothing is loaded; only ``histoclip.json`` is read).
+
+    Raises
+    ------
+    ModelError
+        No manifest, unreadable, or of a kind this version does not know (listing the kinds).
+    """
+    manifest = read_manifest(path)
+    kind = manifest.get("kind")
+    if kind not in BUNDLE_KINDS:
+        raise ModelError(
+            f"{Path(path) / MANIFEST_NAME}: bundle kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}; "
+            "upgrade napari-histoclip or check the bundle"
+        )
+    model: str | None = None
+    classes: tuple[str, ...] = ()
+    if kind == "classifier":
+        backbone = manifest.get("backbone")
+        model = str(backbone.get("model")) if isinstance(backbone, dict) else None
+        classes = tuple(str(c.get("name")) for c in manifest.get("classes") or () if isinstance(c, dict))
+    elif kind == "clipcap":
+        model = str(manifest.get("clip_model_id")) if manifest.get("clip_model_id") else None
+    return BundleInfo(str(Path(path)), str(kind), str(manifest.get("name", Path(path).name)), BUNDLE_KINDS[kind], model, classes)
+
+
+def list_bundles(folder: str | Path, kind: str | None = None) -> list[BundleInfo]:
+    """The bundles directly inside ``folder`` (optionally of one ``kind``), sorted by name.
+
+    Folders without a readable manifest of a known kind are skipped: a folder of bundles may
+    hold other things.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UnknownModelError(f"bundle folder {root}: no such directory")
+    if kind is not None and kind not in BUNDLE_KINDS:
+        raise UnknownModelError(f"bundle kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}")
+    out = []
+    for sub in sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file()):
+        try:
+            info = describe_bundle(sub)
+        except ModelError:
+            continue
+        if kind is None or info.kind == kind:
+            out.append(info)
+    return out
