@@ -171,6 +171,17 @@ def _labelled(label: str, error: Exception) -> Exception:
     return _LabelledError(label, error)
 
 
+def error_line(error: BaseException) -> str:
+    """An error as one line a user reads first: our errors as their message, others with
+    their type (a bare "KeyError: 'x'" says nothing without it)."""
+    from backend.errors import HistoclipError
+
+    text = " ".join(str(error).split())  # a multi-line message would show only its first line
+    if isinstance(error, HistoclipError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def show_task_error(error: Exception) -> None:
     """A failed task as one notification line; cancellation is information, not an error."""
     from napari.utils.notifications import show_error, show_info

@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit,
 
 from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
-from napari_histoclip._viewer import replace_layers
+from napari_histoclip._viewer import replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
@@ -145,8 +145,5 @@ class ZeroShotPanel(Container):
         """The selected shape of the active Shapes layer, as a region on the slide."""
         from napari_histoclip._shapes import shape_regions
 
-        layer = self.ctx.viewer.layers.selection.active
-        if type(layer).__name__ != "Shapes" or not layer.selected_data:
-            raise UserError("Where: select a shape (rectangle or polygon) in a Shapes layer first")
-        index = min(layer.selected_data)
+        layer, index = selected_shape(self.ctx.viewer, "Where")
         return shape_regions(layer, slide_layer, [index])[0]

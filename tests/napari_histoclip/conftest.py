@@ -95,7 +95,9 @@ def plugin_viewer(make_napari_viewer, npe2pm):
     if not MANIFEST.is_file():  # the manifest sits beside the package in this repo
         pytest.fail(f"napari.yaml not found at {MANIFEST}")
     npe2pm.register(PluginManifest.from_file(MANIFEST))
-    return make_napari_viewer(show=True)  # shown: the canvas has its real size, as for a user
+    viewer = make_napari_viewer(show=True)  # shown: the canvas has its real size, as for a user
+    viewer.window._qt_window.resize(1400, 1000)  # room for the canvas beside the dock
+    return viewer
 
 
 @pytest.fixture
