@@ -44,7 +44,7 @@ def handler(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (UserError, HistoclipError) as e:
-            show_error(str(e))
+            show_error(error_line(e, planned=True))
             return None
 
     return wrapped  # type: ignore[return-value]

@@ -57,7 +57,7 @@ def test_errors_become_notifications(make_napari_viewer, fake_backend, qtbot, no
     fake_backend.fail_with = SlideReadError("kidney-48-5.tif", "reading tile 3 failed: Bogus marker length")
     widget.embed()
     wait(qtbot, widget)
-    assert notes.errors[-1] == "Embedding kidney-48-5.tif: kidney-48-5.tif: reading tile 3 failed: Bogus marker length"
+    assert notes.errors[-1] == "reading tile 3 failed: Bogus marker length (Embedding kidney-48-5.tif)"
     fake_backend.fail_with = None
     widget.search.text.value = "tumor"
     widget.search.search_text()
