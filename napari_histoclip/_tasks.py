@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -171,13 +172,18 @@ def _labelled(label: str, error: Exception) -> Exception:
     return _LabelledError(label, error)
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces: a toast would show only the first line."""
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
 def error_line(error: BaseException, *, planned: bool = False) -> str:
     """An error as one line a user reads first: our errors (``HistoclipError``, or any when
     ``planned``) as their message, others with their type ("'x'" says nothing without
     "KeyError")."""
     from backend.errors import HistoclipError
 
-    text = " ".join(str(error).split())  # a multi-line message would show only its first line
+    text = one_line(str(error))
     if (planned or isinstance(error, HistoclipError)) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -192,7 +198,7 @@ def task_error_message(label: str, error: BaseException) -> str:
     """
     from backend.errors import SlideError
 
-    cause = " ".join(error.cause.split()) if isinstance(error, SlideError) and error.cause else error_line(error)
+    cause = one_line(error.cause) if isinstance(error, SlideError) and error.cause else error_line(error)
     return f"{cause} ({label})"
 
 
