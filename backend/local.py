@@ -210,7 +210,9 @@ class LocalBackend:
         """:meth:`zero_shot` returning the backend's own :class:`backend.tasks.ClassMap`
         (per-tile probabilities and colours, for the exporters)."""
         from backend.tasks import zero_shot
+        from backend.tasks.zero_shot import check_prompts
 
+        check_prompts(request.labels, request.synonyms, request.templates)  # before any embedding
         emb = self.embeddings(
             request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
         )

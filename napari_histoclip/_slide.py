@@ -110,10 +110,12 @@ def slide_of(layer: Any) -> SlideInfo | None:
 def slide_layers(layers: Iterable[Any]) -> list[Any]:
     """The image layers that show a slide (those our reader made), in layer-list order."""
     # Our result layers (maps, heatmaps) carry the slide too, and a "kind": they are not slides.
+    from napari.layers import Image  # isinstance: a plugin's layers may come proxied
+
     return [
         lyr
         for lyr in layers
-        if type(lyr).__name__ == "Image" and slide_of(lyr) is not None and "kind" not in lyr.metadata
+        if isinstance(lyr, Image) and slide_of(lyr) is not None and "kind" not in lyr.metadata
     ]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -171,20 +172,48 @@ def _labelled(label: str, error: Exception) -> Exception:
     return _LabelledError(label, error)
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces: a toast would show only the first line."""
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def error_line(error: BaseException, *, planned: bool = False) -> str:
+    """An error as one line a user reads first: our errors (``HistoclipError``, or any when
+    ``planned``) as their message, others with their type ("'x'" says nothing without
+    "KeyError")."""
+    from backend.errors import HistoclipError
+
+    text = one_line(str(error))
+    if (planned or isinstance(error, HistoclipError)) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def task_error_message(label: str, error: BaseException) -> str:
+    """The one line a failed task shows: the cause first, then which task.
+
+    napari's toast shows a fixed-width first line of a message and elides the rest, so
+    "Zero-shot on CMU-1-Small-Region.svs: ..." would hide why. A slide error's own message
+    repeats the slide's name, which the task label already says: its cause alone leads.
+    """
+    from backend.errors import SlideError
+
+    cause = one_line(error.cause) if isinstance(error, SlideError) and error.cause else error_line(error)
+    return f"{cause} ({label})"
+
+
 def show_task_error(error: Exception) -> None:
     """A failed task as one notification line; cancellation is information, not an error."""
     from napari.utils.notifications import show_error, show_info
 
     inner = error.error if isinstance(error, _LabelledError) else error
     label = error.label if isinstance(error, _LabelledError) else "task"
-    if type(inner).__name__ == "CancelledError":
+    from backend.errors import CancelledError, HistoclipError
+
+    if isinstance(inner, CancelledError):
         show_info(f"{label}: cancelled")
         return
-    from backend.errors import HistoclipError
-
-    if isinstance(inner, HistoclipError):
-        show_error(f"{label}: {inner}")
-    else:
+    if not isinstance(inner, HistoclipError):
         # Not a planned error: keep the traceback in the log for a bug report.
         log.error("%s failed", label, exc_info=inner)
-        show_error(f"{label}: {type(inner).__name__}: {inner}")
+    show_error(task_error_message(label, inner))

@@ -54,6 +54,39 @@ def replace_layers(
     return out
 
 
+def is_layer(layer: Any, kind: str) -> bool:
+    """Whether ``layer`` is a napari layer of ``kind`` (``"Shapes"``, ``"Image"``, ...).
+
+    ``isinstance``, not a type-name check: napari hands a plugin a ``PublicOnlyProxy`` of the
+    viewer, and what it returns (``viewer.layers.selection.active``) is proxied too; the
+    proxy passes ``isinstance`` but its type is the proxy's.
+    """
+    import napari.layers
+
+    return isinstance(layer, getattr(napari.layers, kind))
+
+
+def selected_shape(viewer: Any, what: str) -> tuple[Any, int]:
+    """The Shapes layer and index of the shape the user selected, or a UserError.
+
+    The active layer's selection counts first; when the active layer is another one (the user
+    clicked the slide in the layer list), the one Shapes layer with a selected shape does.
+    ``what`` names the form field for the message.
+    """
+    from napari_histoclip._widgets._main import UserError
+
+    active = viewer.layers.selection.active
+    candidates = [active] if is_layer(active, "Shapes") and active.selected_data else [
+        lyr for lyr in viewer.layers
+        if is_layer(lyr, "Shapes") and lyr.selected_data and lyr.metadata.get("kind") != "hits"
+    ]
+    if len(candidates) != 1:
+        many = f" ({len(candidates)} Shapes layers have a selection: make one of them active)" if candidates else ""
+        raise UserError(f"{what}: select a shape (rectangle or polygon) in a Shapes layer first{many}")
+    layer = candidates[0]
+    return layer, min(layer.selected_data)
+
+
 def camera_of(viewer: Any) -> Any:
     """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
     scene = getattr(viewer, "scene", None)
@@ -91,5 +124,5 @@ def show_only_slide(viewer: Any, info: SlideInfo) -> None:
             continue
         if Path(other.path).resolve() != want:
             lyr.visible = False
-        elif type(lyr).__name__ == "Image" and lyr.metadata.get("kind") is None:
+        elif is_layer(lyr, "Image") and lyr.metadata.get("kind") is None:
             lyr.visible = True  # the slide itself; its maps keep the user's choice

@@ -134,25 +134,103 @@ def parse_classes(
             ClassPrompt(c.name, (*c.synonyms, *(str(s) for s in syn)), c.color)
             for c, syn in zip(out, synonyms, strict=True)
         ]
-    names = [c.name.strip() for c in out]
-    if len(out) < 2:
-        raise InputError(f"classes: zero-shot needs at least 2 classes, got {names}")
-    if any(not n for n in names):
-        raise InputError(f"classes: empty class name in {names}")
-    if len(set(names)) != len(names):
-        raise InputError(f"classes: duplicate class names in {names}")
+    check_labels([c.name for c in out])
     return tuple(out)
 
 
+def class_key(name: str) -> str:
+    """A class name as compared for duplicates: case and runs of spaces do not count."""
+    return " ".join(str(name).split()).casefold()
+
+
+def check_labels(labels: Sequence[str]) -> None:
+    """At least two class names, none empty, no two the same class (see :func:`class_key`)."""
+    names = [str(n) for n in labels]
+    if len(names) < 2:
+        raise InputError(f"classes: zero-shot needs at least 2 classes, got {len(names)} ({names})")
+    empty = [i + 1 for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise InputError(f"classes: class {empty[0]} of {names} has an empty name")
+    seen: dict[str, str] = {}
+    for n in names:
+        other = seen.setdefault(class_key(n), n)
+        if other is not n:
+            raise InputError(
+                f"classes: {other!r} and {n!r} are the same class (names are compared ignoring case "
+                "and spaces); give each class once, with its other phrasings as synonyms"
+            )
+
+
+def check_template(template: str) -> str:
+    """One prompt template: exactly one ``{}`` (where the class name goes) and no other
+    format field; a literal brace is written ``{{`` or ``}}``."""
+    import string
+
+    t = str(template)
+    where = f"template {t!r}"
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(t) if name is not None]
+    except ValueError as e:
+        raise InputError(f"{where}: {e}; write {{}} where the class name goes and {{{{ or }}}} for a literal brace") from e
+    if any(any(f) for f in fields):
+        n, spec, conv = next(f for f in fields if any(f))
+        field = "{" + n + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+        raise InputError(
+            f"{where}: {field} is not allowed; write just {{}} where the class name "
+            "goes (nothing inside the braces), and {{ or }} for a literal brace"
+        )
+    if not fields:
+        raise InputError(f"{where}: has no {{}} where the class name goes (e.g. 'an H&E image of {{}}.')")
+    if len(fields) != 1:
+        raise InputError(
+            f"{where}: has {len(fields)} {{}} where it needs exactly one, where the class name goes "
+            "(e.g. 'an H&E image of {}.')"
+        )
+    return t
+
+
 def check_templates(templates: Sequence[str] | None) -> tuple[str, ...]:
-    """The templates to use: ``DEFAULT_TEMPLATES`` when none given; each must hold one ``{}``."""
+    """The templates to use: ``DEFAULT_TEMPLATES`` when none given; each checked by
+    :func:`check_template`."""
     if not templates:
         return DEFAULT_TEMPLATES
-    out = tuple(str(t) for t in templates)
-    for t in out:
-        if t.count("{}") != 1:
-            raise InputError(f"template {t!r}: must contain exactly one '{{}}' where the class name goes")
-    return out
+    return tuple(check_template(t) for t in templates)
+
+
+def check_prompts(
+    labels: Sequence[str],
+    synonyms: Sequence[Sequence[str]] | None = None,
+    templates: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """Check a zero-shot prompt set before any work is done; return the templates to use.
+
+    The one validator of class prompts: the backend's :func:`zero_shot` and the napari dock
+    both call it, so a prompt set is accepted or refused alike everywhere.
+
+    Parameters
+    ----------
+    labels
+        Class names, at least two; duplicates are found ignoring case and spaces
+        ("Tumor " and "tumor" are one class).
+    synonyms
+        Extra phrasings per class, in class order (empty or None: none).
+    templates
+        Prompt templates, each with exactly one ``{}`` and no other format field
+        (empty or None: :data:`DEFAULT_TEMPLATES`).
+
+    Raises
+    ------
+    InputError
+        Naming the bad class, synonym list or template and what is wrong with it.
+    """
+    check_labels(labels)
+    if synonyms:
+        if len(synonyms) != len(labels):
+            raise InputError(f"synonyms: {len(synonyms)} lists given for {len(labels)} classes")
+        for label, syn in zip(labels, synonyms, strict=True):
+            if isinstance(syn, str):
+                raise InputError(f"synonyms of {label!r}: give a list of phrasings, not the string {syn!r}")
+    return check_templates(templates)
 
 
 def class_text_features(
@@ -346,7 +424,7 @@ def zero_shot(
     """
     check_model(embeddings, model)
     parsed = parse_classes(classes, synonyms)
-    tmpl = check_templates(templates)
+    tmpl = check_prompts([c.name for c in parsed], None, templates)
     text = class_text_features(model, parsed, tmpl, text_cache)
     return classify(
         embeddings,

@@ -8,6 +8,7 @@ crowd the canvas. Each tab is a magicgui ``Container`` whose handlers tests call
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,11 +17,12 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, 
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
-from napari_histoclip._tasks import TaskRunner, TaskState
+from napari_histoclip._tasks import TaskRunner, TaskState, error_line
 
 if TYPE_CHECKING:
     import napari
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 BackendFactory = Callable[[str | None], Any]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
@@ -42,7 +44,7 @@ def handler(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (UserError, HistoclipError) as e:
-            show_error(str(e))
+            show_error(error_line(e, planned=True))
             return None
 
     return wrapped  # type: ignore[return-value]
@@ -141,9 +143,8 @@ class HistoclipWidget(QWidget):
         self._viewer_events = ()
         self.captions._watch(None)
         self.runner.cancel()
-        if self._owns_backend and hasattr(self._backend, "close"):
-            self._backend.close()  # index handles, loaded models
-        self._backend = None if self._owns_backend else self._backend
+        if self._owns_backend:
+            self._close_backend()
 
     # --- shared state the panels use ------------------------------------------------------
 
@@ -246,10 +247,27 @@ class HistoclipWidget(QWidget):
 
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
-        if self._owns_backend and hasattr(self._backend, "close"):
-            self._backend.close()
+        if self._owns_backend:
+            self._close_backend()
         self._backend = None
         self._owns_backend = True
+
+    def _close_backend(self) -> None:
+        """Close the backend this dock made (index handles, loaded models) and forget it.
+
+        Runs from Qt slots (a closed dock, a device change): an exception escaping one makes
+        PyQt abort napari, so a failure is logged with its traceback and shown, not raised.
+        """
+        backend, self._backend = self._backend, None
+        if backend is None or not hasattr(backend, "close"):
+            return
+        try:
+            backend.close()
+        except Exception as e:  # noqa: BLE001 - see above; the user is told
+            from napari.utils.notifications import show_error
+
+            log.error("closing the backend failed", exc_info=e)
+            show_error(f"HistoCLIP: closing the backend failed: {error_line(e)}")
 
     def _show_state(self, state: TaskState | None) -> None:
         busy = state is not None

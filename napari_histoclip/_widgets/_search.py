@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem
 from napari_histoclip._layers import hit_shapes_layer, is_ours
 from napari_histoclip._reader import open_slide_quietly, read_slide_layer
 from napari_histoclip._slide import find_slide_layer, slide_of
-from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
+from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, selected_shape, show_only_slide
 from napari_histoclip._widgets._main import UserError, handler
 
 THUMB = 96  # px, the result list's thumbnails
@@ -148,10 +148,8 @@ class SearchPanel(Container):
         from napari_histoclip._shapes import shape_regions
 
         slide_layer, info = self.ctx.require_slide()
-        layer = self.ctx.viewer.layers.selection.active
-        if type(layer).__name__ != "Shapes" or not layer.selected_data:
-            raise UserError("Search: select a shape (rectangle or polygon) on the slide first")
-        (region,) = shape_regions(layer, slide_layer, [min(layer.selected_data)])
+        layer, index = selected_shape(self.ctx.viewer, "Search")
+        (region,) = shape_regions(layer, slide_layer, [index])
         self._search(slide=self.ctx.slide_ref(info), region=region)
 
     def _search(self, **query: Any) -> None:

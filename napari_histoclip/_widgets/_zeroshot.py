@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit,
 
 from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
-from napari_histoclip._viewer import replace_layers
+from napari_histoclip._viewer import replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
@@ -66,24 +66,20 @@ class ZeroShotPanel(Container):
     def run(self) -> None:
         """Label the slide (or the selected shape) with the prompts; replaces earlier results."""
         from backend.api import ZeroShotRequest
+        from backend.tasks.zero_shot import check_prompts
 
         slide_layer, info = self.ctx.require_slide()
         rows = self.prompts.rows()
-        if len(rows) < 2:
-            raise UserError("Zero-shot: give at least two class prompts")
         labels = [r.label for r in rows]
-        if len(set(labels)) != len(labels):
-            raise UserError(f"Zero-shot: class prompts must differ ({', '.join(labels)})")
-        templates = tuple(t.strip() for t in self.templates.value.splitlines() if t.strip())
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise UserError(f"Templates: '{bad[0]}' has no {{}} where the class goes")
+        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
+        templates = self._templates()
+        check_prompts(labels, synonyms, templates)  # the backend's own check, before any work
         region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
         request = ZeroShotRequest(
             slide=self.ctx.slide_ref(info),
             model=self.ctx.model_name,
             labels=tuple(labels),
-            synonyms=tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else (),
+            synonyms=synonyms,
             templates=templates,
             unknown_threshold=self.threshold.value or None,
             region=region,
@@ -141,12 +137,13 @@ class ZeroShotPanel(Container):
 
     # --- internals ------------------------------------------------------------------------
 
+    def _templates(self) -> tuple[str, ...]:
+        """The template lines typed (blank lines skipped; empty: the backend's defaults)."""
+        return tuple(t.strip() for t in self.templates.value.splitlines() if t.strip())
+
     def _region(self, slide_layer: Any) -> Any:
         """The selected shape of the active Shapes layer, as a region on the slide."""
         from napari_histoclip._shapes import shape_regions
 
-        layer = self.ctx.viewer.layers.selection.active
-        if type(layer).__name__ != "Shapes" or not layer.selected_data:
-            raise UserError("Where: select a shape (rectangle or polygon) in a Shapes layer first")
-        index = min(layer.selected_data)
+        layer, index = selected_shape(self.ctx.viewer, "Where")
         return shape_regions(layer, slide_layer, [index])[0]

@@ -53,11 +53,11 @@ def test_errors_become_notifications(make_napari_viewer, fake_backend, qtbot, no
     viewer.add_layer(Layer.create(*read_slide_layer(Path(__file__).parents[2] / "../shared/testdata/slides/kidney-48-5.tif")))
     widget.zero_shot.prompts.set_rows([])
     widget.zero_shot.run()
-    assert "at least two class prompts" in notes.errors[-1]
+    assert "at least 2 classes" in notes.errors[-1]
     fake_backend.fail_with = SlideReadError("kidney-48-5.tif", "reading tile 3 failed: Bogus marker length")
     widget.embed()
     wait(qtbot, widget)
-    assert notes.errors[-1] == "Embedding kidney-48-5.tif: kidney-48-5.tif: reading tile 3 failed: Bogus marker length"
+    assert notes.errors[-1] == "reading tile 3 failed: Bogus marker length (Embedding kidney-48-5.tif)"
     fake_backend.fail_with = None
     widget.search.text.value = "tumor"
     widget.search.search_text()

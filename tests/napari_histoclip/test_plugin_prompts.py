@@ -1,0 +1,30 @@
+"""The dock checks prompts with the backend's validator before starting any work."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import open_slide
+
+from napari_histoclip._widgets._prompts import PromptRow
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.mark.parametrize(
+    ("rows", "templates", "says"),
+    [
+        (["Tumor ", "tumor", "fat"], "", "'Tumor' and 'tumor' are the same class"),
+        (["tumor  cells", "Tumor cells"], "", "'tumor  cells' and 'Tumor cells' are the same class"),
+        (["tumor", "stroma"], "an H&E image of {0}", "{0} is not allowed"),
+        (["tumor", "stroma"], "an H&E image of {} and {}", "has 2 {}"),
+        (["tumor"], "", "at least 2 classes"),
+    ],
+)
+def test_bad_prompts_are_refused_before_any_work(plugin_dock, plugin_viewer, cmu_slide, tmp_path, notes, rows, templates, says) -> None:
+    open_slide(plugin_viewer, cmu_slide)
+    panel = plugin_dock.zero_shot
+    panel.prompts.set_rows([PromptRow(r, "#ff0000") for r in rows])
+    panel.templates.value = templates
+    panel.run_button.native.click()
+    assert len(notes.errors) == 1 and says in notes.errors[0], notes.errors
+    assert not plugin_dock.runner.busy and plugin_dock.runner.last_duration == 0.0  # no task ran
