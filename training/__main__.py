@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("training.clipcap.encode", "CLIP image embeddings of prepared tables, once (resumable)"),
     "clipcap": ("training.clipcap.cli", "train a ClipCap captioner on precomputed embeddings"),
     "evaluate": ("training.evaluation.captions", "BLEU/METEOR/ROUGE-L/CIDEr of a captioner on a held-out split"),
+    "clip": ("training.clip.cli", "fine-tune a CLIP model (full, locked tower, LoRA) and write a model bundle"),
+    "eval": ("training.evaluation.cli", "zero-shot, linear-probe, retrieval, recall of a model; merge leaderboards"),
 }
 
 

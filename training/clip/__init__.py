@@ -1,0 +1,1 @@
+"""CLIP fine-tuning: data, losses, tuning modes (locked towers, LoRA), trainer."""

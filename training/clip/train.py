@@ -1,0 +1,398 @@
+"""CLIP fine-tuning (QuiltNet-style): ``python -m training clip --model M --train T --out RUN``.
+
+As open_clip's trainer: AdamW (no weight decay on norms, biases and the logit scale), linear
+warm-up then cosine decay, gradient clipping, the logit scale clamped to ln 100, gradient
+accumulation with cached features (:mod:`training.clip.step`), mixed precision on GPU, gradient
+checkpointing, DDP through torchrun with features gathered with gradient. Plus: checkpoints
+(``RUN/checkpoints/last.pt``, atomic, at epoch ends, every ``checkpoint_every`` steps and on
+cancel) that ``resume`` continues exactly; validation loss and/or zero-shot balanced accuracy
+on a labelled folder after every epoch, with early stopping on either; the best model written
+as a bundle (``RUN/model``) that the registry loads, its manifest carrying a training card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.api import Progress
+from backend.atomic import atomic_path, atomic_write_text
+from backend.errors import CancelledError, InputError
+from training.clip.augment import AugmentConfig
+from training.clip.config import RUN_FIELDS, ClipTrainConfig, StopMetric
+from training.clip.data import Rows, RowDataset, collate, load_rows
+from training.clip.losses import IN_BATCH_NEGATIVES, NEEDS_CLASS, NEEDS_PAIR_LABEL, NEEDS_TEXT, LossKind, TrainingLoss
+from training.clip.sampler import shard_batch, unique_batches
+from training.clip.step import MicroBatch, accumulated_backward
+from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
+from training.clipcap.train import _amp_dtype, _autocast, _Dist, _lr_lambda, _start_distributed
+
+CHECKPOINT = Path("checkpoints") / "last.pt"
+MODEL_DIR = "model"
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    batch_in_epoch: int = 0  # global micro-batches of ``epoch`` already taken
+    step: int = 0
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+    best: float = -math.inf  # higher is better (val loss is negated)
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClipTrainResult:
+    bundle: Path
+    history: list[dict[str, Any]]
+    steps: int
+    stopped_early: bool
+    best: dict[str, Any] | None
+
+
+def _check_rows(rows: Rows, loss: LossKind) -> None:
+    if loss in NEEDS_TEXT and rows.captions is None:
+        raise InputError(f"{rows.source}: loss {loss} needs captions (a caption column, or class labels to write them from)")
+    if loss in NEEDS_PAIR_LABEL and rows.targets is None:
+        raise InputError(f"{rows.source}: loss {loss} needs a 0/1 pair-label column (--pair-label-column)")
+    if loss in NEEDS_CLASS and rows.classes is None:
+        raise InputError(f"{rows.source}: loss {loss} needs class labels (class folders or --label-column)")
+
+
+def _load(config: ClipTrainConfig, path: str) -> Rows:
+    rows = load_rows(path, image_column=config.image_column, caption_column=config.caption_column,
+                     label_column=config.label_column, pair_label_column=config.pair_label_column,
+                     hard_negative_column=config.hard_negative_column if config.loss is LossKind.MNRL else None,
+                     group_column=config.group_column, caption_template=config.caption_template)
+    _check_rows(rows, config.loss)
+    return rows
+
+
+def epoch_batches(rows: Rows, config: ClipTrainConfig, world: int, epoch: int) -> list[list[int]]:
+    """Global micro-batches of one epoch (every rank computes the same list)."""
+    size = config.batch_size * world
+    if config.loss in IN_BATCH_NEGATIVES or config.loss is LossKind.SUPCON:
+        keys = rows.sampler_keys() if config.loss is not LossKind.SUPCON else [(k[0],) for k in rows.sampler_keys()]
+        batches = unique_batches(keys, size, seed=config.seed, epoch=epoch)
+    else:
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(rows)).tolist()
+        batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+    if not batches:
+        raise InputError(f"{rows.source}: {len(rows)} rows give no full batch of {size} (batch size x processes) "
+                         "without repeated images or captions; lower --batch-size")
+    return batches
+
+
+def _optimizer(core: torch.nn.Module, config: ClipTrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in core.named_parameters():
+        if p.requires_grad:
+            exclude = p.ndim < 2 or "bias" in name or "logit_scale" in name or "siglip_" in name
+            (no_decay if exclude else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+
+
+def _micro(model: Any, batch: dict[str, Any], device: torch.device) -> MicroBatch:
+    tokens = model.tokenize(batch["captions"]).to(device) if "captions" in batch else None
+    get = lambda k: batch[k].to(device) if k in batch else None  # noqa: E731
+    return MicroBatch(batch["pixels"].to(device), tokens, get("classes"), get("targets"), get("hard_negative"))
+
+
+def _augment_config(config: ClipTrainConfig, enabled: bool) -> AugmentConfig:
+    return AugmentConfig(enabled=enabled, colour=config.colour_jitter, strength=config.jitter_strength)
+
+
+def _loader(rows: Rows, model: Any, config: ClipTrainConfig, batches: list[list[int]], epoch: int,
+            augment: bool, workers: int) -> torch.utils.data.DataLoader:
+    ds = RowDataset(rows, model.preprocessing, _augment_config(config, augment), config.seed)
+    ds.epoch = epoch
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                                       prefetch_factor=4 if workers else None)
+
+
+def is_stream(spec: str) -> bool:
+    """A WebDataset shard spec (``.tar`` files, brace ranges allowed) rather than a table or folder."""
+    return ".tar" in spec and not Path(spec).is_dir()
+
+
+@dataclass(frozen=True)
+class Stream:
+    """WebDataset shards as a training source (image + caption per sample)."""
+
+    spec: str
+    samples: int
+    sha256: str
+    captions: tuple[str, ...] = ("",)  # streams always carry captions
+    targets: None = None
+    classes: None = None
+
+    source = property(lambda self: self.spec)
+
+    def record(self) -> dict[str, Any]:
+        return {"source": self.spec, "sha256": self.sha256, "rows": self.samples, "kind": "webdataset"}
+
+
+def _stream(spec: str, loss: LossKind) -> Stream:
+    import hashlib
+
+    from training.clip.data import count_samples, expand_shards
+
+    if loss not in IN_BATCH_NEGATIVES:
+        raise InputError(f"{spec}: WebDataset shards hold image-caption pairs; use loss clip, siglip or mnrl, not {loss}")
+    shards = expand_shards(spec)
+    listing = "\n".join(f"{s}\0{Path(s).stat().st_size}" for s in shards)
+    return Stream(spec, count_samples(shards), hashlib.sha256(listing.encode()).hexdigest())
+
+
+@torch.no_grad()
+def validation_loss(core: ClipNet, model: Any, rows: Rows, config: ClipTrainConfig, device: torch.device) -> float:
+    """Mean loss over the validation rows in batches of ``batch_size`` (no augmentation)."""
+    was = core.training
+    core.eval()
+    size = config.batch_size
+    if config.loss in IN_BATCH_NEGATIVES:
+        batches = unique_batches(rows.sampler_keys(), size, seed=config.seed, epoch=0) or [list(range(len(rows)))]
+    else:
+        batches = [list(range(i, min(i + size, len(rows)))) for i in range(0, len(rows), size)]
+    losses = []
+    scale = core.clip.logit_scale if hasattr(core.clip, "logit_scale") else None
+    for batch in _loader(rows, model, config, batches, 0, False, 0):
+        mb = _micro(model, batch, device)
+        img, txt, hard = core(mb.pixels, mb.tokens, mb.hard_negative)
+        from training.clip.losses import Features
+
+        losses.append(float(core.loss(Features(img, txt, mb.targets, mb.classes, hard), scale)))
+    core.train(was)
+    return float(np.mean(losses))
+
+
+def zeroshot_balanced_accuracy(model: Any, config: ClipTrainConfig) -> float:
+    from training.evaluation.data import load_class_folders, load_class_spec
+    from training.evaluation.features import image_features
+    from training.evaluation.metrics import classification_metrics
+    from training.evaluation.tasks import zero_shot_scores
+
+    data = load_class_folders(config.val_zeroshot)  # type: ignore[arg-type]
+    spec = load_class_spec(config.val_classes, data.class_names)
+    was = model.module.training
+    model.module.eval()
+    feats = image_features(model, data.paths, workers=1)
+    model.module.train(was)
+    m = classification_metrics(zero_shot_scores(model, feats, spec), np.asarray(data.labels), spec.labels)
+    return float(m["balanced_accuracy"])  # type: ignore[arg-type]
+
+
+def _training_card(config: ClipTrainConfig, model: Any, train_rows: Rows, val_rows: Rows | None, state: TrainState,
+                   world: int) -> dict[str, Any]:
+    best = [h for h in state.history if h.get("best")]
+    return {
+        "base_model": config.model, "base_model_id": model.model_id,
+        "base_weights": getattr(model, "weights_id", None) or getattr(model, "weights_identity", None),
+        "base_random_weights": bool(model.random_weights),
+        "data": {"train": train_rows.record(), "val": val_rows.record() if val_rows else None,
+                 "val_zeroshot": str(config.val_zeroshot) if config.val_zeroshot else None},
+        "settings": config.to_json(), "world_size": world, "steps": state.step,
+        "final_metrics": best[-1] if best else (state.history[-1] if state.history else {}),
+        "history": state.history,
+    }
+
+
+def train(config: ClipTrainConfig, *, progress: Callable[[Progress], None] | None = None,
+          cancel: threading.Event | None = None) -> ClipTrainResult:
+    """Fine-tune ``config.model`` (see the module docstring).
+
+    Parameters
+    ----------
+    progress
+        Called after every optimizer step (``stage`` "train loss L, N pairs/s") and epoch.
+    cancel
+        When set, the run stops after the current step, writes a checkpoint and raises
+        :class:`~backend.errors.CancelledError`; ``resume=True`` continues it exactly.
+    """
+    dist = _start_distributed(config.device)
+    try:
+        return _train(config, dist, progress, cancel)
+    finally:
+        if dist.owned:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], None] | None,
+           cancel: threading.Event | None) -> ClipTrainResult:
+    from backend.models import load_model, save_bundle
+
+    out = config.out_dir
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not config.resume:
+        raise InputError(f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out")
+    device = dist.device
+    train_rows: Any = _stream(config.train, config.loss) if is_stream(config.train) else _load(config, config.train)
+    val_rows = _load(config, config.val) if config.val else None
+    model = load_model(config.model, device=device)
+    loss_fn = TrainingLoss(config.loss).to(device)
+    tuning = TuningConfig(config.tuning, config.unlocked_layers, config.lora_tower, config.lora_rank,
+                          config.lora_alpha, config.lora_dropout, config.lora_targets)
+    peft_model = setup_tuning(model, tuning, train_logit_scale=config.loss is LossKind.CLIP)
+    if config.loss not in NEEDS_TEXT:  # image-only training: the text tower gets no gradient
+        lock_tower(model, Tower.TEXT, 0)
+    if config.grad_checkpointing:
+        set_grad_checkpointing(model)
+    core = ClipNet(model, loss_fn).to(device)
+    core.train()
+    if isinstance(train_rows, Stream):
+        n0 = train_rows.samples // (config.batch_size * dist.world_size)
+        if n0 == 0:
+            raise InputError(f"{config.train}: {train_rows.samples} samples give no full batch of "
+                             f"{config.batch_size * dist.world_size}; lower --batch-size")
+    else:
+        n0 = len(epoch_batches(train_rows, config, dist.world_size, 0))
+    steps_per_epoch = math.ceil(n0 / config.grad_accum) if n0 >= config.grad_accum else 1
+    total_steps = config.epochs * steps_per_epoch
+    optimizer = _optimizer(core, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, total_steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=_amp_dtype(device, config.precision) is torch.float16)
+    state = TrainState()
+    if config.resume and ckpt.exists():
+        state = _load_checkpoint(ckpt, core, optimizer, scheduler, scaler, config)
+    else:
+        torch.manual_seed(config.seed + dist.rank)
+    net: torch.nn.Module = core
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+    logit_scale = getattr(core.clip, "logit_scale", None)
+    loss_of = lambda f: loss_fn(f, logit_scale)  # noqa: E731
+    autocast = lambda: _autocast(device, config.precision)  # noqa: E731
+    trainable = [p for p in core.parameters() if p.requires_grad]
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            blob = {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(state),
+                    "config": config.to_json(), "rng": torch.get_rng_state()}
+            with atomic_path(ckpt) as tmp:
+                torch.save(blob, tmp)
+
+    def save() -> None:
+        if dist.is_main:
+            card = _training_card(config, model, train_rows, val_rows, state, dist.world_size)
+            save_bundle(merged_model(model, peft_model), out / MODEL_DIR, name=out.name or "fine-tuned",
+                        trained_from=model.model_id, extra={"training_card": card}, overwrite=True,
+                        description=f"{config.model} fine-tuned ({config.tuning}, {config.loss} loss)")
+
+    while state.epoch < config.epochs and not state.stopped_early:
+        if isinstance(train_rows, Stream):
+            from training.clip.data import web_dataset
+
+            n_micro = n0
+            usable = n_micro - n_micro % config.grad_accum if n_micro >= config.grad_accum else n_micro
+            ds = web_dataset(config.train, model.preprocessing, _augment_config(config, config.augment),
+                             seed=config.seed, epoch=state.epoch, skip=state.batch_in_epoch * config.batch_size)
+            loader = iter(torch.utils.data.DataLoader(ds, batch_size=config.batch_size, collate_fn=collate,
+                                                      num_workers=config.workers))
+        else:
+            batches = epoch_batches(train_rows, config, dist.world_size, state.epoch)
+            mine = [shard_batch(b, dist.rank, dist.world_size) for b in batches]
+            usable = len(mine) - len(mine) % config.grad_accum if len(mine) >= config.grad_accum else len(mine)
+            loader = iter(_loader(train_rows, model, config, mine[state.batch_in_epoch : usable], state.epoch,
+                                  config.augment, config.workers))
+        i = state.batch_in_epoch
+        while i < usable:
+            t0 = time.perf_counter()
+            group = [_micro(model, next(loader), device) for _ in range(min(config.grad_accum, usable - i))]
+            loss = accumulated_backward(net, core, loss_of, group, autocast=autocast, scale=scaler.scale)
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if isinstance(logit_scale, torch.nn.Parameter):
+                with torch.no_grad():
+                    logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            state.step += 1
+            i += len(group)
+            state.batch_in_epoch = i
+            state.loss_sum += loss
+            state.loss_steps += 1
+            if progress is not None:
+                pairs = sum(m.size for m in group) * dist.world_size / max(time.perf_counter() - t0, 1e-9)
+                progress(Progress(state.step, total_steps, f"train loss {loss:.4f}, {pairs:.1f} pairs/s"))
+            if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                checkpoint()
+            if cancel is not None and cancel.is_set():
+                checkpoint()
+                raise CancelledError(f"clip: cancelled at step {state.step}; checkpoint {ckpt} (resume with --resume)")
+        record: dict[str, Any] = {"epoch": state.epoch + 1, "step": state.step,
+                                  "train_loss": state.loss_sum / max(1, state.loss_steps),
+                                  "lr": scheduler.get_last_lr()[0]}
+        if val_rows is not None:
+            record["val_loss"] = validation_loss(core, model, val_rows, config, device)
+        if config.val_zeroshot is not None:
+            record["val_zeroshot_balanced_accuracy"] = zeroshot_balanced_accuracy(model, config)
+        score = _score(record, config)
+        state.epoch += 1
+        state.batch_in_epoch, state.loss_sum, state.loss_steps = 0, 0.0, 0
+        record["best"] = score is None or score > state.best + config.min_delta
+        state.history.append(record)
+        if record["best"]:
+            state.best = score if score is not None else state.best
+            state.bad_epochs = 0
+            save()
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
+        checkpoint()
+        if dist.is_main:
+            atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
+        if progress is not None:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+            progress(Progress(state.step, total_steps, f"epoch {state.epoch}: {shown}"))
+    if not (out / MODEL_DIR).exists():
+        save()
+    if dist.active:
+        torch.distributed.barrier()
+    best = [h for h in state.history if h.get("best")]
+    return ClipTrainResult(out / MODEL_DIR, list(state.history), state.step, state.stopped_early,
+                           best[-1] if best else None)
+
+
+def _score(record: dict[str, Any], config: ClipTrainConfig) -> float | None:
+    """Higher is better; None when there is nothing to compare (every epoch is then kept)."""
+    if config.stop_metric is StopMetric.ZEROSHOT:
+        return record.get("val_zeroshot_balanced_accuracy")
+    return -record["val_loss"] if "val_loss" in record else None
+
+
+def _load_checkpoint(path: Path, core: torch.nn.Module, opt: Any, sched: Any, scaler: Any,
+                     config: ClipTrainConfig) -> TrainState:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise InputError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e}); delete it to start over") from e
+    saved, now = blob["config"], config.to_json()
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in RUN_FIELDS if saved.get(k) != now[k]]
+    if changed:
+        raise InputError(f"checkpoint {path}: the run was started with other settings ({'; '.join(changed)}); "
+                         "resume with the same settings or use another --out")
+    core.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    scaler.load_state_dict(blob["scaler"])
+    torch.set_rng_state(blob["rng"])
+    return TrainState(**blob["state"])

@@ -1,0 +1,153 @@
+"""``python -m training eval TASK``: evaluate a registry model on labelled patches and pairs.
+
+Tasks: ``zeroshot``, ``linear-probe``, ``retrieval``, ``recall``, and ``merge`` (results ->
+leaderboard). Each task writes one JSON result (``--out``) of the schema in
+:mod:`training.evaluation.results`, so results of two models line up in ``merge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_EPILOG = """\
+examples:
+  python -m training eval zeroshot --model quiltnet-b32 --images crc/test --classes crc.json --out zs.json
+  python -m training eval linear-probe --model RUN/model --train crc/train --test crc/test --out lp.json
+  python -m training eval retrieval --model plip --pairs pairs.parquet --images crc/test --out ret.json
+  python -m training eval recall --model RUN/model --table cells.csv --descriptor-column cell_type --out rec.json
+  python -m training eval merge zs-base.json zs-tuned.json --out leaderboard.md   # and leaderboard.csv
+
+Labelled images: a folder with one sub-folder per class, or a table (--image-column, --label-column)
+whose image paths are relative to the table. --classes: a JSON list, {label: [synonyms]}, a text file
+(`label: synonym, synonym`), or CONCH's {"classnames": {label: [phrases]}, "templates": [... CLASSNAME ...]}.
+"""
+
+TASKS = ("zeroshot", "linear-probe", "retrieval", "recall", "merge")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and run")
+    g.add_argument("--model", required=True, help="registry name, hf-hub: id, or bundle folder (e.g. RUN/model)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="image-feature cache (default: $HISTOCLIP_CACHE_DIR or the user cache dir)")
+    g.add_argument("--no-cache", action="store_true", help="compute features without reading or writing the cache")
+    g.add_argument("--out", type=Path, required=True, help="result JSON file")
+    g.add_argument("--image-column", default="image", help="image path column of tables (default: %(default)s)")
+    g.add_argument("--label-column", default="label", help="class / 0-1 label column of tables (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training eval", description=__doc__.split("\n")[0],
+                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    z = sub.add_parser("zeroshot", help="zero-shot classification: acc@1/5, balanced accuracy, macro F1, confusion PNG")
+    _model_args(z)
+    z.add_argument("--images", required=True, type=Path, help="class folders or a labelled table")
+    z.add_argument("--classes", type=Path, default=None,
+                   help="class-name file (see below; default: the labels themselves, '_' read as space)")
+    z.add_argument("--templates", type=Path, default=None,
+                   help="templates file (one a line or a JSON list; {} or CLASSNAME marks the class; "
+                        "default: the class file's, else the backend's H&E templates)")
+    z.add_argument("--confusion-png", type=Path, default=None, help="confusion matrix image (default: OUT.png)")
+
+    lp = sub.add_parser("linear-probe", help="logistic-regression probe on frozen features, full and few-shot")
+    _model_args(lp)
+    lp.add_argument("--train", required=True, type=Path, help="training images (class folders or table)")
+    lp.add_argument("--test", required=True, type=Path, help="test images, same classes")
+    lp.add_argument("--val", type=Path, default=None, help="validation images for the C sweep "
+                    "(default: a stratified split of --train per seed)")
+    lp.add_argument("--seeds", type=int, default=5, help="seeds averaged (>= 5 for the reported std; default: %(default)s)")
+    lp.add_argument("--shots", default="1,2,4,8,16", help="few-shot sizes per class, comma separated; '' for none")
+    lp.add_argument("--val-fraction", type=float, default=0.2, help="share of --train held out for the C sweep")
+
+    r = sub.add_parser("retrieval", help="image<->text recall@1/5/10 and ranks; image->image top-k, vote, mAP@k")
+    _model_args(r)
+    r.add_argument("--pairs", type=Path, default=None, help="table of image + caption rows (several per image allowed)")
+    r.add_argument("--caption-column", default="caption")
+    r.add_argument("--images", type=Path, default=None, help="labelled images for image->image retrieval")
+
+    rc = sub.add_parser("recall", help="specific / non-specific recall@1,3,5,10,20, MRR@10, nDCG@10 on pair tables")
+    _model_args(rc)
+    rc.add_argument("--table", required=True, type=Path, help="(image, caption, 0/1 label, descriptor) table")
+    rc.add_argument("--caption-column", default="caption")
+    rc.add_argument("--descriptor-column", default="descriptor",
+                    help="column whose value restricts the corpus for 'specific' recall")
+
+    m = sub.add_parser("merge", help="leaderboard (Markdown + CSV beside it) from result JSON files")
+    m.add_argument("results", nargs="+", type=Path)
+    m.add_argument("--out", type=Path, required=True, help="Markdown file; the CSV gets the same name with .csv")
+    return p
+
+
+def _shots(text: str) -> tuple[int, ...]:
+    from backend.errors import InputError
+
+    try:
+        out = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError as e:
+        raise InputError(f"--shots: expected comma-separated integers, got {text!r}") from e
+    if any(s < 1 for s in out):
+        raise InputError(f"--shots: sizes must be >= 1, got {text!r}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training eval``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.task == "merge":
+        from training.evaluation.results import merge_results
+
+        md, csv = merge_results(args.results, args.out)
+        print(f"eval merge: {len(args.results)} results -> {md}, {csv}")
+        return 0
+
+    from backend.cli.slide_tasks import ProgressBar
+    from backend.models import load_model
+    from backend.paths import cache_root
+    from training.evaluation import tasks
+    from training.evaluation.data import load_class_spec, load_labelled
+    from training.evaluation.results import write_result
+
+    model = load_model(args.model, device=args.device)
+    if model.random_weights:
+        print(f"NOTE: model {args.model!r} has RANDOM weights: its scores mean nothing.", file=sys.stderr)
+    common: dict[str, Any] = {"cache_dir": None if args.no_cache else (args.cache_dir or cache_root()),
+                              "batch_size": args.batch_size}
+    cols = {"image_column": args.image_column, "label_column": args.label_column}
+    bar = ProgressBar(args.task, unit="image")
+    try:
+        if args.task == "zeroshot":
+            data = load_labelled(args.images, **cols)
+            spec = load_class_spec(args.classes, data.class_names, args.templates)
+            png = args.confusion_png or args.out.with_suffix(".png")
+            result = tasks.run_zeroshot(model, args.model, data, spec, confusion_png=png, progress=bar, **common)
+        elif args.task == "linear-probe":
+            from training.evaluation.probe import ProbeConfig
+
+            config = ProbeConfig(seeds=args.seeds, val_fraction=args.val_fraction)
+            val = load_labelled(args.val, **cols) if args.val else None
+            result = tasks.run_linear_probe(model, args.model, load_labelled(args.train, **cols),
+                                            load_labelled(args.test, **cols), val=val, shots=_shots(args.shots),
+                                            config=config, progress=bar, **common)
+        elif args.task == "retrieval":
+            labelled = load_labelled(args.images, **cols) if args.images else None
+            result = tasks.run_retrieval(model, args.model, pairs=args.pairs, labelled=labelled,
+                                         image_column=args.image_column, caption_column=args.caption_column,
+                                         progress=bar, **common)
+        else:
+            result = tasks.run_recall(model, args.model, args.table, image_column=args.image_column,
+                                      caption_column=args.caption_column, label_column=args.label_column,
+                                      descriptor_column=args.descriptor_column, progress=bar, **common)
+    finally:
+        bar.close()
+    write_result(result, args.out)
+    shown = {k: v for k, v in result["metrics"].items() if isinstance(v, float)}
+    head = ", ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:6])
+    print(f"eval {args.task}: {head} -> {args.out}")
+    return 0
