@@ -112,7 +112,7 @@ class Catalog:
                     return entry
         return None
 
-    def lookup(self, key: str) -> Entry:
+    def lookup(self, key: str) -> Entry:  # raises SlideNotFoundError or InputError (see _missing)
         """The entry with id or relative path ``key`` (exactly as listed), checked afresh."""
         if not isinstance(key, str) or not key or "\0" in key or len(key) > 4096:
             raise self._missing(str(key)[:200])
@@ -129,7 +129,7 @@ class Catalog:
         """One entry, or every entry under the listed folder ``key`` ("" for all of them)."""
         try:
             return [self.lookup(key)]
-        except SlideNotFoundError:
+        except (InputError, SlideNotFoundError):
             prefix = key.rstrip("/") + "/" if key.strip("/") else ""
             under = [e for e in self.entries(refresh=True) if e.relpath.startswith(prefix) and self._still_valid(e)]
             if not under or "\0" in key:
@@ -147,10 +147,14 @@ class Catalog:
         is_dir = self.kind is not EntryKind.SLIDE
         return os.path.lexists(path) and _inside(path, entry.root) and self._accept(os.path.realpath(path), is_dir)
 
-    def _missing(self, key: str) -> SlideNotFoundError:
-        what = {"slide": "slide", "index": "cohort index", "bundle": "model bundle"}[self.kind]
+    def _missing(self, key: str) -> Exception:
+        """A slide not on the server is a SlideNotFoundError, an index or bundle an InputError."""
+        what = {"slide": "slide", "index": "cohort index", "bundle": "bundle"}[self.kind]
         listing = {"slide": "/v1/slides", "index": "/v1/indexes", "bundle": "/v1/capabilities"}[self.kind]
-        return SlideNotFoundError(key, f"no {what} of that id or name on this server (see {listing})")
+        cause = f"no {what} of that id or name on this server (see {listing})"
+        if self.kind is EntryKind.SLIDE:
+            return SlideNotFoundError(key, cause)
+        return InputError(f"{key}: {cause}")
 
     def new_index_path(self, name: str) -> str:
         """Where a new index called ``name`` goes: a plain folder name in the first index root."""
