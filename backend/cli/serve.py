@@ -1,0 +1,85 @@
+"""``histoclip serve``: the backend over HTTP for napari clients on other machines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from backend.errors import InputError
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the backend over HTTP (models, caches and indexes stay on this machine)")
+    p.add_argument("--slides", action="append", default=[], metavar="DIR", help="a folder of slides clients may use (repeatable)")
+    p.add_argument("--indexes", action="append", default=[], metavar="DIR", help="a folder of cohort indexes (repeatable; new ones go in the first)")
+    p.add_argument("--models", action="append", default=[], metavar="DIR", help="a folder of model and captioner bundles (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--state-dir", default=None, help="job records and tokens (default: <cache dir>/server)")
+    p.add_argument("--tokens", default=None, help="token file (default: <state dir>/tokens.json)")
+    p.add_argument("--add-token", metavar="NAME", default=None, help="make a token for NAME, print it once, and exit")
+    p.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without tokens")
+    p.add_argument("--allow-hub-models", action="store_true", help="let clients name any hf-hub: model (downloads onto this server)")
+    p.add_argument("--workers", type=int, default=1, help="worker threads per device (default 1)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
+    p.add_argument("--max-jobs-per-token", type=int, default=None, help="unfinished jobs one token may have (default 4)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from backend.paths import cache_root
+    from backend.server import Limits, ServerConfig
+
+    limits = Limits()
+    if args.max_body_bytes is not None:
+        limits = replace(limits, max_body_bytes=args.max_body_bytes)
+    if args.max_jobs_per_token is not None:
+        limits = replace(limits, max_jobs_per_token=args.max_jobs_per_token)
+    if args.workers < 1:
+        raise InputError(f"--workers: at least 1, got {args.workers}")
+    state_dir = Path(args.state_dir) if args.state_dir else cache_root() / "server"
+    return ServerConfig(
+        slide_roots=tuple(map(Path, args.slides)), index_roots=tuple(map(Path, args.indexes)),
+        model_roots=tuple(map(Path, args.models)), state_dir=state_dir,
+        token_file=Path(args.tokens) if args.tokens else None, device=args.device, batch_size=args.batch_size,
+        workers=args.workers, allow_hub_models=args.allow_hub_models, limits=limits,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from backend.server import check_bind
+    from backend.server.auth import TokenStore
+
+    config = config_from_args(args)
+    tokens = TokenStore(config.tokens_path)
+    if args.add_token is not None:
+        token = tokens.add(args.add_token)
+        print(f"token for {args.add_token} (shown once; the server keeps only its hash in {config.tokens_path}):")
+        print(token)
+        return 0
+    check_bind(args.host, n_tokens=len(tokens), insecure=args.insecure)
+    config = config.resolved()
+    if not config.slide_roots:
+        print("histoclip serve: note: no --slides folder given; clients can use no slide", file=sys.stderr)
+    if len(tokens) == 0:
+        print(f"histoclip serve: WARNING: no tokens in {config.tokens_path}: anyone who can reach "
+              f"{args.host}:{args.port} may use this server", file=sys.stderr)
+    try:
+        import uvicorn
+
+        from backend.server import create_app
+    except ImportError as e:
+        raise InputError(f"histoclip serve needs the server extra: pip install 'napari-histoclip[server]' ({e})") from e
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    app = create_app(config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0

@@ -1,0 +1,268 @@
+"""The FastAPI app of ``histoclip serve``: routes under ``/v1``, a guard in front of them.
+
+The event loop only parses, checks and answers: every backend call runs on a job worker
+thread (see :mod:`backend.server.jobs`), and file-system walks run in the thread pool, so
+``/v1/health`` answers at once while a slide embeds.
+
+Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
+
+    GET    /v1/health                 liveness and API version
+    GET    /v1/capabilities           API version, models, bundles, indexes, devices, limits, calls
+    GET    /v1/models                 the Backend's list_models()
+    GET    /v1/slides, /v1/slides/ID  slides by opaque id (relative path, size; mpp, levels)
+    GET    /v1/indexes                cohort indexes by id
+    POST   /v1/calls/ROUTE            a Backend call (see backend.remote.wire.CALLS): 200 with
+                                      the result when it finishes within the client's wait
+                                      (``Prefer: wait=SECONDS``), else 202 with a job
+    GET    /v1/jobs, /v1/jobs/ID      job records of this token
+    GET    /v1/jobs/ID/events         server-sent events (progress, state, end); Last-Event-ID resumes
+    GET    /v1/jobs/ID/result         the result of a finished job
+    DELETE /v1/jobs/ID                cancel (within one batch; what was written stays cached)
+    GET    /v1/metrics                Prometheus text
+    GET    /v1/openapi.json, /v1/docs the schema
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from backend.errors import HistoclipError, InputError
+from backend.remote.wire import API_VERSION, CALLS, decode, encode, error_to_wire
+from backend.server.config import ServerConfig
+from backend.server.guard import Guard
+from backend.server.jobs import Job, JobState, Priority, QueueFullError
+from backend.server.state import ServerState
+
+log = logging.getLogger("histoclip.server")
+KEEPALIVE_S = 0.5  # an SSE comment this often: a client sees a dead server, and checks its cancel
+
+
+def _error(exc: BaseException, state: ServerState | None = None) -> JSONResponse:
+    status, body = error_to_wire(exc)
+    if state is not None and "path" in body["error"]:
+        body["error"]["path"] = state.public(body["error"]["path"], "path")
+    return JSONResponse(body, status_code=status)
+
+
+def _too_busy(e: QueueFullError, retry_after: int) -> JSONResponse:
+    body = {"error": {"type": "LimitError", "message": f"server busy: {e}; retry in {retry_after} s"}}
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(retry_after)})
+
+
+def _wait_of(prefer: str | None, cap: float) -> float:
+    match = re.search(r"\bwait=(\d+(?:\.\d+)?)", prefer or "")
+    if prefer and "respond-async" in prefer and not match:
+        return 0.0
+    return min(float(match.group(1)), cap) if match else cap
+
+
+def _result_response(job: Job, state: ServerState) -> Response:
+    if job.state is JobState.DONE:
+        body, media = encode(job.result)
+        return Response(body, media_type=media)
+    if job.exc is not None:
+        return _error(job.exc, state)
+    return JSONResponse({"error": job.error or {"type": "HistoclipError", "message": f"job {job.id} is {job.state}"}},
+                        status_code=409)
+
+
+async def _until_finished(job: Job, timeout: float) -> None:
+    ev = job.watch()
+    try:
+        deadline = time.monotonic() + timeout
+        while not job.state.finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ev.clear()
+            try:
+                await asyncio.wait_for(ev.wait(), left)
+            except asyncio.TimeoutError:
+                return
+    finally:
+        job.unwatch(ev)
+
+
+def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
+    """The server app for ``config``; ``backend`` (default: a new LocalBackend) does the work."""
+    state = ServerState(config, backend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        state.close()
+
+    app = FastAPI(title="histoclip", version=API_VERSION, openapi_url="/v1/openapi.json", docs_url="/v1/docs",
+                  redoc_url=None, lifespan=lifespan)
+    app.state.histoclip = state
+    app.add_middleware(Guard, state=state)
+
+    def own_job(request: Request, job_id: str) -> Job:
+        job = state.jobs.get(job_id)
+        if job is None or job.token != request.state.token:  # another token's job does not exist for you
+            raise _NotFound(f"job {job_id[:64]!r}: no such job for this token (see /v1/jobs)")
+        return job
+
+    @app.exception_handler(HistoclipError)
+    async def _on_error(request: Request, exc: HistoclipError) -> JSONResponse:
+        return _error(exc, state)
+
+    @app.exception_handler(_NotFound)
+    async def _on_missing(request: Request, exc: _NotFound) -> JSONResponse:
+        return JSONResponse({"error": {"type": "HistoclipError", "message": str(exc)}}, status_code=404)
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ready": True, "api_version": API_VERSION}
+
+    @app.get("/v1/capabilities")
+    async def capabilities() -> dict[str, Any]:
+        def gather() -> dict[str, Any]:
+            from dataclasses import asdict
+
+            from backend.device import pick_device
+
+            return {
+                "api_version": API_VERSION,
+                "models": [asdict(m) for m in state.backend.list_models()],
+                "bundles": [{"id": e.id, "name": e.relpath} for e in state.bundles.entries()],
+                "indexes": [{"id": e.id, "name": e.relpath} for e in state.indexes.entries()],
+                "device": str(pick_device(state.config.device)),
+                "workers": state.config.workers,
+                "limits": asdict(state.config.limits),
+                "calls": {c.route: {"method": c.method, "bulk": c.bulk} for c in CALLS.values()},
+            }
+
+        return await run_in_threadpool(gather)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        body, media = encode(await run_in_threadpool(state.backend.list_models))
+        return Response(body, media_type=media)
+
+    @app.get("/v1/slides")
+    async def slides() -> list[dict[str, Any]]:
+        entries = await run_in_threadpool(state.slides.entries)
+        return [{"id": e.id, "name": e.relpath, "bytes": e.size} for e in sorted(entries, key=lambda e: e.relpath)]
+
+    @app.get("/v1/slides/{slide_id:path}")
+    async def slide(slide_id: str, request: Request) -> dict[str, Any]:
+        request.state.audit["slide"] = slide_id[:64]
+
+        def describe() -> dict[str, Any]:
+            from backend.slides import open_slide
+
+            entry = state.slides.lookup(slide_id)
+            with open_slide(state.slides.resolve(slide_id)) as s:
+                return {"id": entry.id, "name": entry.relpath, "bytes": entry.size, "mpp": s.mpp,
+                        "levels": [list(d) for d in s.level_dimensions], "fingerprint": s.fingerprint}
+
+        return await run_in_threadpool(describe)
+
+    @app.get("/v1/indexes")
+    async def indexes() -> list[dict[str, Any]]:
+        entries = await run_in_threadpool(state.indexes.entries)
+        return [{"id": e.id, "name": e.relpath} for e in sorted(entries, key=lambda e: e.relpath)]
+
+    @app.post("/v1/calls/{route}", status_code=200)
+    async def call(route: str, request: Request) -> Response:
+        spec = CALLS.get(route)
+        if spec is None:
+            raise InputError(f"call {route[:64]!r}: no such call; calls are {', '.join(CALLS)}")
+        request.state.audit["call"] = route
+        body = await request.body()
+        req = decode(spec.request, body, request.headers.get("content-type", ""), where=route)
+        state.check_limits(req)
+        request.state.audit["slide"] = state.slide_of(req)
+        local = await run_in_threadpool(state.localize, spec, req)
+        try:
+            job = state.jobs.submit(route, lambda j: state.run(spec, local, j), token=request.state.token,
+                                    slide=state.slide_of(req), priority=Priority.BULK if spec.bulk else Priority.INTERACTIVE)
+        except QueueFullError as e:
+            return _too_busy(e, state.config.limits.retry_after_s)
+        wait = 0.0 if spec.bulk else _wait_of(request.headers.get("prefer"), state.config.direct_wait_s)
+        if wait > 0:
+            await _until_finished(job, wait)
+        if job.state.finished:
+            return _result_response(job, state)
+        await run_in_threadpool(state.jobs.persist, job)
+        return JSONResponse(job.record(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @app.get("/v1/jobs")
+    async def jobs(request: Request) -> list[dict[str, Any]]:
+        return [j.record() for j in state.jobs.jobs() if j.token == request.state.token]
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job(job_id: str, request: Request) -> dict[str, Any]:
+        return own_job(request, job_id).record()
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def cancel(job_id: str, request: Request) -> dict[str, Any]:
+        j = own_job(request, job_id)
+        state.jobs.cancel(j)
+        return j.record()
+
+    @app.get("/v1/jobs/{job_id}/result")
+    async def result(job_id: str, request: Request) -> Response:
+        j = own_job(request, job_id)
+        if not j.state.finished:
+            return JSONResponse({"error": {"type": "HistoclipError", "message": f"job {j.id} is still {j.state}"}},
+                                status_code=409)
+        if j.state is JobState.DONE and j.restored:
+            raise InputError(f"job {j.id}: its result was not kept over a server restart; run the call again")
+        return _result_response(j, state)
+
+    @app.get("/v1/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        j = own_job(request, job_id)
+        try:
+            after = int(request.headers.get("last-event-id") or request.query_params.get("after") or 0)
+        except ValueError as e:
+            raise InputError(f"Last-Event-ID: expected an event number, got {request.headers.get('last-event-id')!r}") from e
+        return StreamingResponse(_stream(j, after), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/metrics")
+    async def metrics() -> PlainTextResponse:
+        from backend.server.metrics import render
+
+        return PlainTextResponse(await run_in_threadpool(render, state), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class _NotFound(Exception):
+    pass
+
+
+async def _stream(job: Job, after: int) -> Any:
+    ev = job.watch()
+    try:
+        sent = max(0, after)
+        while True:
+            ev.clear()
+            batch = job.events[sent:]
+            for e in batch:
+                yield f"id: {e['id']}\nevent: {e['event']}\ndata: {json.dumps(e['data'])}\n\n"
+                sent = e["id"]
+                if e["event"] == "end":
+                    return
+            try:
+                await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                yield ": ping\n\n"
+    finally:
+        job.unwatch(ev)
+
+
+__all__ = ["ServerConfig", "create_app"]

@@ -1,0 +1,171 @@
+"""What a client may name: the slides, indexes and bundles under the server's roots.
+
+A client never sends a server path. It names an entry by its opaque id (a hash of the root
+and the relative path) or by the relative path exactly as the listing shows it; both are looked
+up in a table made by walking the roots, so no client string is ever joined to a path. Walking
+does not follow symlinked folders, and a symlinked file is listed only when its target is
+inside a root. Before an entry is used its real path is checked again (a link may have been
+swapped since the walk): still inside its root, still a file (or folder) of the right kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from backend.errors import InputError, SlideNotFoundError
+
+_NEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_ENTRIES = 200_000
+RESCAN_AFTER_S = 10.0
+MIN_RESCAN_GAP_S = 1.0  # a flood of unknown ids must not become a flood of walks
+
+
+class EntryKind(StrEnum):
+    SLIDE = "slide"
+    INDEX = "index"
+    BUNDLE = "bundle"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    relpath: str  # posix, relative to its root
+    root: Path
+    path: Path  # root / relpath (real path checked again by Catalog.resolve)
+    size: int
+
+
+def _inside(path: str, root: Path) -> bool:
+    real = os.path.realpath(path)
+    return os.path.commonpath([real, str(root)]) == str(root)
+
+
+class Catalog:
+    """The entries of one kind under ``roots`` (absolute, real paths); safe from any thread."""
+
+    def __init__(self, kind: EntryKind, roots: tuple[Path, ...]) -> None:
+        self.kind = kind
+        self.roots = tuple(Path(os.path.realpath(r)) for r in roots)
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        self._by_path: dict[str, Entry] = {}
+        self._scanned = -1e9
+        if kind is EntryKind.SLIDE:
+            from backend.slides import SLIDE_SUFFIXES
+
+            # A .dcm file is one instance of a DICOM slide, not a slide of its own.
+            self._suffixes = tuple(s for s in SLIDE_SUFFIXES if s != ".dcm")
+
+    # --- walking ------------------------------------------------------------------------------
+
+    def _accept(self, path: str, is_dir: bool) -> bool:
+        if self.kind is EntryKind.SLIDE:
+            return not is_dir and path.lower().endswith(self._suffixes) and os.path.isfile(path)
+        marker = "meta.sqlite" if self.kind is EntryKind.INDEX else "histoclip.json"
+        return is_dir and os.path.isfile(os.path.join(path, marker))
+
+    def _walk(self) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        for root in self.roots:
+            for top, dirs, files in os.walk(root, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                names = [(f, False) for f in sorted(files)] + [(d, True) for d in dirs]
+                for name, is_dir in names:
+                    path = os.path.join(top, name)
+                    if name.startswith(".") or not self._accept(path, is_dir) or not _inside(path, root):
+                        continue
+                    rel = Path(path).relative_to(root).as_posix()
+                    key = hashlib.sha256(f"{self.kind}\0{root}\0{rel}".encode()).hexdigest()[:16]
+                    size = os.stat(path).st_size if not is_dir else 0
+                    found[key] = Entry(key, rel, root, Path(path), size)
+                    if len(found) >= MAX_ENTRIES:
+                        return found
+                if self.kind is not EntryKind.SLIDE:
+                    dirs[:] = [d for d in dirs if not self._accept(os.path.join(top, d), True)]
+        return found
+
+    def entries(self, *, refresh: bool = False) -> list[Entry]:
+        """Every entry, walking the roots again when the last walk is older than 10 s."""
+        with self._lock:
+            now = time.monotonic()
+            stale = now - self._scanned > (MIN_RESCAN_GAP_S if refresh else RESCAN_AFTER_S)
+            if stale:
+                self._entries = self._walk()
+                self._by_path = {str(e.path): e for e in self._entries.values()}
+                self._scanned = now
+            return list(self._entries.values())
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def _find(self, key: str, check: Callable[[Entry], bool]) -> Entry | None:
+        for refresh in (False, True):
+            for entry in self.entries(refresh=refresh):
+                if check(entry):
+                    return entry
+        return None
+
+    def lookup(self, key: str) -> Entry:  # raises SlideNotFoundError or InputError (see _missing)
+        """The entry with id or relative path ``key`` (exactly as listed), checked afresh."""
+        if not isinstance(key, str) or not key or "\0" in key or len(key) > 4096:
+            raise self._missing(str(key)[:200])
+        entry = self._find(key, lambda e: key in (e.id, e.relpath))
+        if entry is None or not self._still_valid(entry):
+            raise self._missing(key)
+        return entry
+
+    def resolve(self, key: str) -> str:
+        """The server path of the entry ``key`` names (see :meth:`lookup`)."""
+        return os.path.realpath(self.lookup(key).path)
+
+    def expand(self, key: str) -> list[Entry]:
+        """One entry, or every entry under the listed folder ``key`` ("" for all of them)."""
+        try:
+            return [self.lookup(key)]
+        except (InputError, SlideNotFoundError):
+            prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+            under = [e for e in self.entries(refresh=True) if e.relpath.startswith(prefix) and self._still_valid(e)]
+            if not under or "\0" in key:
+                raise
+            return sorted(under, key=lambda e: e.relpath)
+
+    def public(self, server_path: str) -> str | None:
+        """The id of the entry at ``server_path`` (a path the backend reports back), if any."""
+        with self._lock:
+            entry = self._by_path.get(server_path) or self._by_path.get(os.path.realpath(server_path))
+        return entry.id if entry else None
+
+    def _still_valid(self, entry: Entry) -> bool:
+        path = str(entry.path)
+        is_dir = self.kind is not EntryKind.SLIDE
+        return os.path.lexists(path) and _inside(path, entry.root) and self._accept(os.path.realpath(path), is_dir)
+
+    def _missing(self, key: str) -> Exception:
+        """A slide not on the server is a SlideNotFoundError, an index or bundle an InputError."""
+        what = {"slide": "slide", "index": "cohort index", "bundle": "bundle"}[self.kind]
+        listing = {"slide": "/v1/slides", "index": "/v1/indexes", "bundle": "/v1/capabilities"}[self.kind]
+        cause = f"no {what} of that id or name on this server (see {listing})"
+        if self.kind is EntryKind.SLIDE:
+            return SlideNotFoundError(key, cause)
+        return InputError(f"{key}: {cause}")
+
+    def new_index_path(self, name: str) -> str:
+        """Where a new index called ``name`` goes: a plain folder name in the first index root."""
+        if not self.roots:
+            raise InputError("index: this server has no --indexes folder to build indexes in")
+        if not isinstance(name, str) or not _NEW_NAME.fullmatch(name) or name.endswith((".", "..")):
+            raise InputError(
+                f"index_path {str(name)[:100]!r}: a new index is named by a plain folder name "
+                "(letters, digits, '.', '_', '-'), not a path"
+            )
+        path = self.roots[0] / name
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+            raise InputError(f"index_path {name!r}: exists on the server and is not an index folder")
+        return str(path)

@@ -1,0 +1,195 @@
+"""What one server holds: its backend, catalogs, tokens and jobs, and the rules that turn a
+client's request (ids) into a backend call (server paths) and its result back (ids).
+
+Both directions walk the request and result dataclasses generically (by field name and type),
+so a new request type of :mod:`backend.api` is served once it has a line in
+:data:`backend.remote.wire.CALLS`:
+
+- a :class:`~backend.api.SlideRef`'s ``path`` and every string of a field named ``slides`` are
+  slide ids (or listed relative paths, or a listed folder for ``slides``);
+- ``index_path`` names a cohort index; ``captioner``, ``classifier`` and ``bundle`` a bundle;
+- ``model`` is a registry name or a bundle under ``--models`` (``hf-hub:`` ids only with
+  ``allow_hub_models``): never a server path a client makes up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import threading
+from typing import Any
+
+from backend import api
+from backend.errors import InputError, UnknownModelError
+from backend.remote.wire import Call, EmbedRequest
+from backend.server.auth import TokenStore
+from backend.server.catalog import Catalog, EntryKind
+from backend.server.config import ServerConfig
+from backend.server.jobs import Job, JobManager
+
+BUNDLE_FIELDS = ("captioner", "classifier", "bundle")
+
+
+class ServerState:
+    """The objects behind one app; every method may be called from any thread."""
+
+    def __init__(self, config: ServerConfig, backend: Any | None = None) -> None:
+        self.config = config.resolved()
+        self.tokens = TokenStore(self.config.tokens_path)
+        self.slides = Catalog(EntryKind.SLIDE, self.config.slide_roots)
+        self.indexes = Catalog(EntryKind.INDEX, self.config.index_roots)
+        self.bundles = Catalog(EntryKind.BUNDLE, self.config.model_roots)
+        if backend is None:
+            from backend.local import LocalBackend
+
+            backend = LocalBackend(self.config.cache_dir, self.config.device,
+                                   batch_size=self.config.batch_size, num_workers=self.config.num_workers)
+        self.backend = backend
+        limits = self.config.limits
+        self.jobs = JobManager(self.config.state_dir, workers=self.config.workers,
+                               interactive_workers=self.config.interactive_workers,
+                               max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token)
+        self._names: frozenset[str] | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.jobs.close()
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    # --- auth -------------------------------------------------------------------------------
+
+    def authorize(self, token: str | None) -> str | None:
+        """The token's name; with no tokens configured (loopback or --insecure) everyone is
+        ``anonymous``."""
+        if len(self.tokens) == 0:
+            return "anonymous"
+        return self.tokens.check(token)
+
+    # --- models -----------------------------------------------------------------------------
+
+    def registry_names(self) -> frozenset[str]:
+        with self._lock:
+            if self._names is None:
+                from backend.models import list_models
+
+                self._names = frozenset(e.name for e in list_models())
+            return self._names
+
+    def model(self, name: str | None) -> str | None:
+        if name is None or name in self.registry_names():
+            return name
+        if self.config.allow_hub_models and isinstance(name, str) and name.startswith("hf-hub:"):
+            return name
+        try:
+            return self.bundles.resolve(name)
+        except Exception as e:  # noqa: BLE001 - a clear error below names the choices
+            bundles = [b.relpath for b in self.bundles.entries()]
+            choices = ", ".join(sorted(self.registry_names()) + bundles)
+            raise UnknownModelError(f"model {str(name)[:200]!r}: not on this server; choose one of {choices}") from e
+
+    # --- requests in, results out -----------------------------------------------------------
+
+    def check_limits(self, request: Any) -> None:
+        """Regions per request and pixels per region, ``k``: 422 past the server's limits."""
+        limits = self.config.limits
+        regions = getattr(request, "regions", None)
+        if regions is not None and len(regions) > limits.max_regions:
+            raise InputError(f"regions: {len(regions)} regions, this server takes at most {limits.max_regions} per request")
+        single = getattr(request, "region", None)
+        for i, region in enumerate(list(regions or ()) + ([single] if single is not None else [])):
+            _, _, w, h = region.bounds
+            if w * h > limits.max_region_pixels:
+                raise InputError(
+                    f"region {i}: {w:.0f} x {h:.0f} level-0 pixels is more than this server's "
+                    f"{limits.max_region_pixels} per region; draw a smaller region"
+                )
+        k = getattr(request, "k", None)
+        if isinstance(k, int) and not 1 <= k <= limits.max_k:
+            raise InputError(f"k: {k} hits asked for; between 1 and {limits.max_k}")
+
+    def localize(self, call: Call, request: Any) -> Any:
+        """``request`` with the client's names replaced by server paths (raises on unknown names)."""
+        return self._localize(call, request)
+
+    def _localize(self, call: Call, obj: Any) -> Any:
+        if isinstance(obj, api.SlideRef):
+            return dataclasses.replace(obj, path=self.slides.resolve(obj.path))
+        if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+            return obj
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            if f.name == "model":
+                changes[f.name] = self.model(value)
+            elif f.name == "index_path":
+                changes[f.name] = self._index(call, value)
+            elif f.name in BUNDLE_FIELDS:
+                changes[f.name] = self.bundles.resolve(value)
+            elif f.name == "slides":
+                changes[f.name] = tuple(os.path.realpath(e.path) for key in value for e in self.slides.expand(key))
+            else:
+                changes[f.name] = self._localize(call, value)
+        return dataclasses.replace(obj, **changes)
+
+    def _index(self, call: Call, name: str) -> str:
+        if call.method != "build_index":
+            return self.indexes.resolve(name)
+        try:
+            return self.indexes.resolve(name)
+        except Exception:  # noqa: BLE001 - building: an unknown name is a new index
+            return self.indexes.new_index_path(name)
+
+    def public(self, obj: Any, field: str = "") -> Any:
+        """``obj`` (a result) with server paths replaced by ids or root-relative names."""
+        if isinstance(obj, str):
+            return self._public_path(obj, field)
+        if isinstance(obj, tuple):
+            return tuple(self.public(v, field) for v in obj)
+        if isinstance(obj, list):
+            return [self.public(v, field) for v in obj]
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            return dataclasses.replace(obj, **{f.name: self.public(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)})
+        return obj
+
+    def _public_path(self, text: str, field: str) -> str:
+        if not os.path.isabs(text):
+            return text
+        for catalog in (self.slides, self.indexes, self.bundles):
+            found = catalog.public(text)
+            if found is not None:
+                return found
+            for root in catalog.roots:
+                if os.path.commonpath([os.path.realpath(text), str(root)]) == str(root):
+                    return os.path.relpath(os.path.realpath(text), root)
+        # A path outside every root (an index built elsewhere): its name, never the server's layout.
+        return os.path.basename(text) if field.endswith("path") or field in ("failed", "slides") else text
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self, call: Call, request: Any, job: Job) -> Any:
+        """Run ``call`` on the backend in a worker thread, with the job's progress and cancel."""
+        method = getattr(self.backend, call.method)
+        params = inspect.signature(method).parameters
+        kwargs: dict[str, Any] = {}
+        if "progress" in params:
+            kwargs["progress"] = self.jobs.progress_of(job)
+        if "cancel" in params:
+            kwargs["cancel"] = job.cancel
+        if isinstance(request, EmbedRequest):
+            result = method(request.slide, request.model, request.tiles, **kwargs)
+        else:
+            result = method(request, **kwargs)
+        return self.public(result)
+
+    def slide_of(self, request: Any) -> str:
+        """The slide id a request is about, for the audit log."""
+        slide = getattr(request, "slide", None)
+        if isinstance(slide, api.SlideRef):
+            return slide.path
+        slides = getattr(request, "slides", None)
+        return ",".join(slides)[:200] if slides else ""
