@@ -246,10 +246,12 @@ class HistoclipWidget(QWidget):
 
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
-        if self._owns_backend and hasattr(self._backend, "close"):
+        # An injected backend (a remote one especially) picks its own device: it is kept.
+        if not self._owns_backend:
+            return
+        if hasattr(self._backend, "close"):
             self._backend.close()
         self._backend = None
-        self._owns_backend = True
 
     def _show_state(self, state: TaskState | None) -> None:
         busy = state is not None
