@@ -9,6 +9,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
+from backend.caption.config import DecodeConfig
+
 from napari_histoclip._shapes import caption_layer_kwargs, choose_caption, nbest, set_captions, shape_regions
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
@@ -27,9 +29,11 @@ class CaptionPanel(Container):
         default = os.environ.get(CAPTIONER_ENV, "")
         self.captioner = FileEdit(label="Captioner", mode="d", value=default or None,
                                   tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
-        self.beams = SpinBox(label="Beams", value=3, min=1, max=10)
-        self.n_best = SpinBox(label="N-best", value=3, min=1, max=10)
-        self.max_tokens = SpinBox(label="Max tokens", value=24, min=4, max=80, tooltip="caption length limit")
+        # Defaults and limits are the backend's (DecodeConfig), checked before work starts.
+        self.beams = SpinBox(label="Beams", value=DecodeConfig.num_beams, min=1, max=10)
+        self.n_best = SpinBox(label="N-best", value=3, min=1, max=10, tooltip="captions per shape, at most the beams")
+        self.max_tokens = SpinBox(label="Max tokens", value=DecodeConfig.max_new_tokens, min=1, max=80,
+                                  tooltip="caption length limit")
         self.caption_button = PushButton(text="Caption shapes", tooltip="the selected shapes, or all if none is selected")
         self.which = Label(value="select a shape to see its captions")
         self.nbest_list = QListWidget()
@@ -85,15 +89,16 @@ class CaptionPanel(Container):
         indices = [i for i in indices if layer.shape_type[i] in ("rectangle", "polygon", "ellipse")]
         if not indices:
             raise UserError(f"{layer.name}: no rectangles, polygons or ellipses to caption")
+        config = self.decode_config()
         regions = shape_regions(layer, slide_layer, indices)
         request = CaptionRequest(
             slide=self.ctx.slide_ref(info),
             regions=tuple(regions),
             captioner=str(self.captioner.value),
             model=self.ctx.model_name,
-            beams=int(self.beams.value),
-            n_best=min(int(self.n_best.value), int(self.beams.value)),
-            max_tokens=int(self.max_tokens.value),
+            beams=config.num_beams,
+            n_best=config.n_best,
+            max_tokens=config.max_new_tokens,
         )
         backend = self.ctx.backend
 
@@ -103,6 +108,17 @@ class CaptionPanel(Container):
 
         self.ctx.run(f"Captioning {len(regions)} region(s)", lambda progress, cancel: backend.caption(
             request, progress=progress, cancel=cancel), done)
+
+    def decode_config(self) -> DecodeConfig:
+        """The form's decoding settings, checked by the backend's rules.
+
+        Raises
+        ------
+        backend.errors.InputError
+            E.g. n-best above the beams, naming both.
+        """
+        return DecodeConfig(num_beams=int(self.beams.value), n_best=int(self.n_best.value),
+                            max_new_tokens=int(self.max_tokens.value))
 
     def show_shape(self, index: int | None) -> None:
         """Show shape ``index``'s n-best captions and current caption in the form."""
