@@ -24,6 +24,8 @@ CAPTION_COLOR = "#101010"
 WRAP = 36
 MAX_LINES = 3  # more would cover the region it describes  # characters per caption line on the canvas: long captions stay readable
 _ELLIPSE_VERTICES = 32
+#: What a new shape starts with: no caption, score, class or n-best list.
+BLANK: dict[str, Any] = {CAPTION: "", CAPTION_SCORE: np.nan, CAPTION_TEXT: "", CLASS: "", NBEST: ""}
 
 
 def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, 
         features={CAPTION: np.array([], dtype=object), CAPTION_SCORE: np.array([], dtype=float),
                   CAPTION_TEXT: np.array([], dtype=object), CLASS: np.array([], dtype=object),
                   NBEST: np.array([], dtype=object)},
-        feature_defaults={CAPTION: "", CAPTION_SCORE: np.nan, CAPTION_TEXT: "", CLASS: "", NBEST: ""},
+        feature_defaults=dict(BLANK),
         text=caption_text_style(info),
         opacity=1.0,  # the layer's opacity also fades the caption text
     )
@@ -60,16 +62,26 @@ def caption_text_style(info: SlideInfo) -> dict[str, Any]:
 
 def ensure_caption_columns(layer: Any) -> None:
     """Give a user's own Shapes layer our feature columns (empty strings where missing)."""
-    n = len(layer.data)
     feats = layer.features
-    for col, fill in ((CAPTION, ""), (CAPTION_SCORE, np.nan), (CAPTION_TEXT, ""), (CLASS, ""), (NBEST, "")):
-        if col not in feats.columns:
-            feats[col] = [fill] * n
+    missing = [col for col in BLANK if col not in feats.columns]
+    if missing:
+        feats = feats.copy()
+        for col in missing:
+            feats[col] = [BLANK[col]] * len(layer.data)
+    store_features(layer, feats)
+
+
+def store_features(layer: Any, feats: Any) -> None:
+    """Set a Shapes layer's feature table, new shapes starting blank in our columns.
+
+    napari makes the defaults of the next drawn shape from the table's last row whenever the
+    table is set (``_get_default_column``), so without this a new shape would inherit that
+    shape's caption, class, score and n-best list, show them and export them to QuPath. The
+    user's own columns keep napari's behaviour.
+    """
     layer.features = feats
-    defaults = layer.feature_defaults
-    for col, fill in ((CAPTION, ""), (CAPTION_SCORE, np.nan), (CAPTION_TEXT, ""), (CLASS, ""), (NBEST, "")):
-        if col not in defaults.columns:
-            defaults[col] = [fill]
+    defaults = {col: layer.feature_defaults[col].iloc[0] for col in layer.feature_defaults.columns}
+    defaults.update({col: blank for col, blank in BLANK.items() if col in defaults})
     layer.feature_defaults = defaults
 
 
@@ -146,7 +158,7 @@ def set_captions(layer: Any, indices: Sequence[int], captions: Sequence[Any]) ->
         feats.loc[i, CAPTION_SCORE] = score
         _redisplay(feats, i)
         feats.loc[i, NBEST] = "\n".join(f"{s:.3f}\t{t}" for t, s in zip(cap.texts, cap.scores, strict=False))
-    layer.features = feats
+    store_features(layer, feats)
     layer.refresh_text()
 
 
@@ -173,7 +185,7 @@ def choose_caption(layer: Any, index: int, text: str) -> None:
     scores = dict(nbest(layer, index))
     feats.loc[index, CAPTION_SCORE] = scores.get(text, np.nan)  # edited text has no score
     _redisplay(feats, index)
-    layer.features = feats
+    store_features(layer, feats)
     layer.refresh_text()
 
 
@@ -184,7 +196,7 @@ def set_classes(layer: Any, indices: Sequence[int], classes: Sequence[str]) -> N
     for i, cls in zip(indices, classes, strict=True):
         feats.loc[i, CLASS] = cls
         _redisplay(feats, i)
-    layer.features = feats
+    store_features(layer, feats)
     layer.refresh_text()
 
 

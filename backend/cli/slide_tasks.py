@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from backend.caption.config import DecodeConfig
 from backend.errors import InputError
 
 DEMO_LABELS = ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue", "necrosis", "mucus")
@@ -165,9 +166,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("slide", metavar="SLIDE")
     p.add_argument("--box", required=True, help="level-0 region x,y,w,h")
     p.add_argument("--captioner", required=True, help="captioner bundle directory (written by python -m training clipcap)")
-    p.add_argument("--beams", type=int, default=3)
+    p.add_argument("--beams", type=int, default=DecodeConfig.num_beams)
     p.add_argument("--n-best", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=30)
+    p.add_argument("--max-tokens", type=int, default=DecodeConfig.max_new_tokens)
     add_model_flags(p)
     add_tile_flags(p)
     p.set_defaults(handler=_caption)
@@ -284,6 +285,7 @@ def _caption(args: argparse.Namespace) -> int:
     from backend.api import CaptionRequest, Region, SlideRef
 
     box = parse_box(args.box)
+    DecodeConfig(num_beams=args.beams, n_best=args.n_best, max_new_tokens=args.max_tokens)  # before any work
     backend = make_backend(args)
     announce_random(backend, args.model)
     request = CaptionRequest(

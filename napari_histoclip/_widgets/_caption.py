@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from backend.caption.config import DecodeConfig
 
 from napari_histoclip._shapes import caption_layer_kwargs, choose_caption, nbest, set_captions, shape_regions
 from napari_histoclip._slide import slide_of
@@ -15,6 +18,15 @@ from napari_histoclip._viewer import add_layer_data
 from napari_histoclip._widgets._main import UserError, handler
 
 CAPTIONER_ENV = "HISTOCLIP_CAPTIONER"
+
+
+class CaptionScope(StrEnum):
+    """Which shapes "Caption shapes" captions. Uncaptioned by default: napari selects a shape
+    just drawn, so "the selection" would caption only the last one drawn."""
+
+    UNCAPTIONED = "uncaptioned shapes"
+    SELECTED = "selected shapes"
+    ALL = "all shapes"
 
 
 class CaptionPanel(Container):
@@ -27,10 +39,14 @@ class CaptionPanel(Container):
         default = os.environ.get(CAPTIONER_ENV, "")
         self.captioner = FileEdit(label="Captioner", mode="d", value=default or None,
                                   tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
-        self.beams = SpinBox(label="Beams", value=3, min=1, max=10)
-        self.n_best = SpinBox(label="N-best", value=3, min=1, max=10)
-        self.max_tokens = SpinBox(label="Max tokens", value=24, min=4, max=80, tooltip="caption length limit")
-        self.caption_button = PushButton(text="Caption shapes", tooltip="the selected shapes, or all if none is selected")
+        # Defaults and limits are the backend's (DecodeConfig), checked before work starts.
+        self.beams = SpinBox(label="Beams", value=DecodeConfig.num_beams, min=1, max=10)
+        self.n_best = SpinBox(label="N-best", value=3, min=1, max=10, tooltip="captions per shape, at most the beams")
+        self.max_tokens = SpinBox(label="Max tokens", value=DecodeConfig.max_new_tokens, min=1, max=80,
+                                  tooltip="caption length limit")
+        self.scope = ComboBox(label="Caption", choices=[c.value for c in CaptionScope], value=CaptionScope.UNCAPTIONED.value,
+                              tooltip="which shapes to caption: those without a caption, the selected ones, or all")
+        self.caption_button = PushButton(text="Caption shapes", tooltip="caption the shapes chosen above")
         self.which = Label(value="select a shape to see its captions")
         self.nbest_list = QListWidget()
         self.nbest_list.setWordWrap(True)
@@ -42,7 +58,7 @@ class CaptionPanel(Container):
         self.cls_button = PushButton(text="Set class of selected shapes")
         super().__init__(
             widgets=[self.shapes, self.new_layer_button, self.captioner, self.beams, self.n_best,
-                     self.max_tokens, self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
+                     self.max_tokens, self.scope, self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
             labels=True,
         )
         # The n-best list sits under the "which shape" label.
@@ -72,7 +88,7 @@ class CaptionPanel(Container):
 
     @handler
     def caption(self) -> None:
-        """Caption the selected shapes (all shapes if none is selected) in a worker."""
+        """Caption the shapes the scope combo chooses (uncaptioned, selected or all) in a worker."""
         from backend.api import CaptionRequest
 
         slide_layer, info = self.ctx.require_slide()
@@ -81,19 +97,17 @@ class CaptionPanel(Container):
             raise UserError("Regions: draw rectangles or polygons in a regions layer first")
         if not self.captioner.value or str(self.captioner.value) in ("", "."):
             raise UserError(f"Captioner: choose a captioner bundle folder (or set ${CAPTIONER_ENV})")
-        indices = sorted(layer.selected_data) or list(range(len(layer.data)))
-        indices = [i for i in indices if layer.shape_type[i] in ("rectangle", "polygon", "ellipse")]
-        if not indices:
-            raise UserError(f"{layer.name}: no rectangles, polygons or ellipses to caption")
+        indices = self.shapes_to_caption(layer)
+        config = self.decode_config()
         regions = shape_regions(layer, slide_layer, indices)
         request = CaptionRequest(
             slide=self.ctx.slide_ref(info),
             regions=tuple(regions),
             captioner=str(self.captioner.value),
             model=self.ctx.model_name,
-            beams=int(self.beams.value),
-            n_best=min(int(self.n_best.value), int(self.beams.value)),
-            max_tokens=int(self.max_tokens.value),
+            beams=config.num_beams,
+            n_best=config.n_best,
+            max_tokens=config.max_new_tokens,
         )
         backend = self.ctx.backend
 
@@ -103,6 +117,46 @@ class CaptionPanel(Container):
 
         self.ctx.run(f"Captioning {len(regions)} region(s)", lambda progress, cancel: backend.caption(
             request, progress=progress, cancel=cancel), done)
+
+    def shapes_to_caption(self, layer: Any) -> list[int]:
+        """The area shapes of ``layer`` the scope combo chooses (lines and paths have no area).
+
+        Raises
+        ------
+        UserError
+            None to caption, saying why and what to choose instead.
+        """
+        from napari_histoclip._shapes import CAPTION
+
+        scope = CaptionScope(self.scope.value)
+        areas = [i for i, kind in enumerate(layer.shape_type) if kind in ("rectangle", "polygon", "ellipse")]
+        if not areas:
+            raise UserError(f"{layer.name}: no rectangles, polygons or ellipses to caption")
+        if scope is CaptionScope.SELECTED:
+            chosen = [i for i in sorted(layer.selected_data) if i in areas]
+            if not chosen:
+                raise UserError(f"{layer.name}: no shape selected; select shapes, or caption "
+                                f"{CaptionScope.UNCAPTIONED.value} or {CaptionScope.ALL.value}")
+            return chosen
+        if scope is CaptionScope.UNCAPTIONED:
+            captions = layer.features[CAPTION] if CAPTION in layer.features.columns else None
+            chosen = [i for i in areas if captions is None or str(captions.iloc[i]) in ("", "nan", "None")]
+            if not chosen:
+                raise UserError(f"{layer.name}: every shape has a caption; choose {CaptionScope.ALL.value!r} "
+                                "to caption them again")
+            return chosen
+        return areas
+
+    def decode_config(self) -> DecodeConfig:
+        """The form's decoding settings, checked by the backend's rules.
+
+        Raises
+        ------
+        backend.errors.InputError
+            E.g. n-best above the beams, naming both.
+        """
+        return DecodeConfig(num_beams=int(self.beams.value), n_best=int(self.n_best.value),
+                            max_new_tokens=int(self.max_tokens.value))
 
     def show_shape(self, index: int | None) -> None:
         """Show shape ``index``'s n-best captions and current caption in the form."""
@@ -173,9 +227,12 @@ class CaptionPanel(Container):
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         slide = self.ctx.slide_layer() if hasattr(self, "ctx") else None
         want = slide_of(slide).path if slide is not None and slide_of(slide) else None
+        from napari.layers import Shapes
+
         out = []
         for lyr in self.ctx.viewer.layers:
-            if type(lyr).__name__ != "Shapes" or lyr.metadata.get("kind") == "hits":
+            # isinstance, not the type's name: a plugin's viewer hands out proxies of layers.
+            if not isinstance(lyr, Shapes) or lyr.metadata.get("kind") == "hits":
                 continue
             own = slide_of(lyr)
             # Shapes of another slide would caption the wrong pixels; unowned ones are allowed.

@@ -98,7 +98,10 @@ class ExportPanel(Container):
             set_classes(shapes, missing, majority_classes(shapes, class_map, missing))
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return [(lyr.name, lyr) for lyr in self._on_slide() if type(lyr).__name__ == "Shapes" and not is_ours(lyr, "hits")]
+        from napari.layers import Shapes
+
+        # isinstance, not the type's name: a plugin's viewer hands out proxies of layers.
+        return [(lyr.name, lyr) for lyr in self._on_slide() if isinstance(lyr, Shapes) and not is_ours(lyr, "hits")]
 
     def _class_map_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lyr.name, lyr) for lyr in self._on_slide() if is_ours(lyr, "class_map")]

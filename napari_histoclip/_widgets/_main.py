@@ -247,10 +247,10 @@ class HistoclipWidget(QWidget):
 
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
-        if self._owns_backend:
-            self._close_backend()
-        self._backend = None
-        self._owns_backend = True
+        # An injected backend (a remote one especially) picks its own device: it is kept.
+        if not self._owns_backend:
+            return
+        self._close_backend()
 
     def _close_backend(self) -> None:
         """Close the backend this dock made (index handles, loaded models) and forget it.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def slide_size(path: str) -> tuple[int, int]:
         h, w = tf.pages[0].shape[:2]
     return int(w), int(h)
 
+
+
+def label_phase(label: str) -> int:
+    """A per-label phase of the fake class fields, the same in every process (``hash(str)``
+    is salted per process by PYTHONHASHSEED, so maps would differ between runs)."""
+    return zlib.crc32(label.encode("utf-8")) % 7
 
 @dataclass
 class FakeBackend:
@@ -118,7 +125,7 @@ class FakeBackend:
         r, c = np.mgrid[0:rows, 0:cols]
         # Smooth class fields that depend on the label text, so new prompts give a new map.
         logits = np.stack(
-            [np.sin(r / 2.0 + (hash(lab) % 7)) + np.cos(c / 3.0 + i) for i, lab in enumerate(request.labels)]
+            [np.sin(r / 2.0 + label_phase(lab)) + np.cos(c / 3.0 + i) for i, lab in enumerate(request.labels)]
         ).astype(np.float32)
         e = np.exp(logits - logits.max(axis=0))
         probs = e / e.sum(axis=0)

@@ -32,8 +32,6 @@ def wait(qtbot, widget: HistoclipWidget) -> None:
 def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
     assert dock.model.value == "fake-clip"
     assert dock.slide.value is not None and slide_of(dock.slide.value).name == "CMU-1-Small-Region.svs"
-    dock.device.value = "cpu"
-    assert dock._backend is None  # remade for the new device on next use
 
 
 def test_errors_become_notifications(make_napari_viewer, fake_backend, qtbot, notes) -> None:
@@ -94,3 +92,35 @@ def test_a_closed_dock_stops_listening(dock, slides_dir) -> None:
     assert dock.slide.value is before  # a connected dock would have switched to the new slide
     shapes.selected_data = {0} if len(shapes.data) else set()
     assert dock.captions._watched is None
+
+
+def test_injected_backend_survives_a_device_change(dock, fake_backend, qtbot) -> None:
+    """An injected backend (a remote one especially) picks its own device: a device change
+    keeps it, and the dock still works through it."""
+    dock.device.value = "cpu"
+    assert dock.backend is fake_backend
+    dock.zero_shot.run()
+    wait(qtbot, dock)
+    assert "zero_shot" in fake_backend.calls
+
+
+def test_fake_maps_are_the_same_in_every_process(cmu_slide) -> None:
+    """The test double's class maps do not depend on PYTHONHASHSEED (``hash(str)`` does)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hashlib; sys.path.insert(0, sys.argv[1]);"
+        "from fakes import FakeBackend; from backend.api import SlideRef, ZeroShotRequest;"
+        "r = FakeBackend().zero_shot(ZeroShotRequest(SlideRef(sys.argv[2]), 'fake-clip',"
+        " ('tumor', 'stroma', 'necrosis', 'fat', 'mucosa', 'lymphocytes')));"
+        "print(hashlib.sha1(r.probabilities.tobytes()).hexdigest())"
+    )
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(cmu_slide)],
+                             env=env, capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1, digests
