@@ -312,6 +312,10 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     if text.lower() in REGISTERED:
         return REGISTERED[text.lower()]
     path = Path(text).expanduser()
+    if not path.is_dir() and any(sep in text for sep in ("/", "\\")):
+        from backend.atomic import recover_dir
+
+        recover_dir(path)  # a bundle whose replacement was killed half-way
     base, revision = split_revision(text)
     if revision is not None and not path.is_dir():
         return replace(resolve_model(base), revision=revision)
@@ -374,7 +378,10 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     ModelError
         The directory has no manifest, or it is not valid JSON / not an object.
     """
+    from backend.atomic import recover_dir
+
     bundle_dir = Path(bundle_dir).expanduser()
+    recover_dir(bundle_dir)  # a replacement killed half-way left the previous bundle aside
     manifest = bundle_dir / MANIFEST_NAME
     if not manifest.is_file():
         raise ModelError(
