@@ -102,6 +102,16 @@ def remove_stale_temps(path: str | os.PathLike[str], suffix: str | None = None) 
     return removed
 
 
+def leftover_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every temporary (file or folder) of this module's naming in ``folder``, whoever left it.
+
+    For tests and housekeeping: after a finished write there should be none.
+    """
+    pattern = re.compile(rf"\..+\.(?:{_TMP}|{_OLD})-[0-9a-f]{{6}}-\d+-[0-9a-f]{{8}}.*")
+    root = Path(folder)
+    return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.is_dir() else []
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Make a rename or create in ``folder`` durable (no-op where folders cannot be opened)."""
     if os.name == "nt":

@@ -193,3 +193,22 @@ def test_save_bundle_never_overwrites_a_folder_that_is_not_a_bundle(tmp_path: Pa
     assert json.loads((bundle / "histoclip.json").read_text())["name"] == "second"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "results", "tiny"]
     assert load_model(bundle, device="cpu").model_id.startswith("bundle:second@")
+
+
+def test_leftover_temps_sees_what_atomic_writes_leave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What tests assert "no temp left" with: it must see a real leftover (the old glob
+    ``.*.tmp`` never matched these names)."""
+    from backend.atomic import leftover_temps
+
+    atomic_write_text(tmp_path / "tiles.geojson", "{}")
+    assert leftover_temps(tmp_path) == []
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)  # the cleanup is lost
+    monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        atomic_write_text(tmp_path / "tiles.geojson", "{}")
+    monkeypatch.undo()
+    (left,) = leftover_temps(tmp_path)
+    assert left.name.startswith(".tiles.tmp-") and left.suffix == ".geojson"
+    assert not list(tmp_path.glob(".*.tmp"))  # the glob the tests used to rely on
+    aside = _bundle(temp_sibling(tmp_path / "model", "old"), "x")
+    assert aside in leftover_temps(tmp_path)

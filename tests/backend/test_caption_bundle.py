@@ -20,7 +20,6 @@ from backend.caption import (
 from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, ModelError, ModelMismatchError, UnknownModelError
 
-torch.set_num_threads(2)
 
 CONFIG = DecodeConfig(num_beams=3, n_best=2, max_new_tokens=6)
 

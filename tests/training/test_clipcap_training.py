@@ -22,7 +22,6 @@ from training.clipcap.encode import EmbeddingStore, encode_images
 from training.clipcap.train import TrainConfig, build_model, train
 from training.evaluation.captions import CaptionScorer, evaluate_captioner, references_by_image
 
-torch.set_num_threads(2)
 
 # class -> (source tiles, caption templates)
 CLASSES = {
