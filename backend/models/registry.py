@@ -294,8 +294,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     Returns
     -------
     ModelEntry
-        A hub id of a registered model resolves to that model's entry (so caches keyed by
-        the entry's name are shared).
+        A hub id of a registered model resolves to that model's entry. A hub name with
+        ``@revision`` (as a loaded hub model's ``model_id`` has) gives the entry with that
+        ``revision``, read from that snapshot.
 
     Raises
     ------
@@ -324,7 +325,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     if path.is_dir():
         return _bundle_entry(path)
     hint = ""
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if text.startswith("bundle:"):
+        hint = " (that is the weights identity of a model bundle, not a name: give the bundle's folder)"
+    elif text.count("/") == 1 and not text.startswith((".", "/", "~")):
         hint = f" (for a hub repository write 'hf-hub:{text}')"
     elif path.exists():
         hint = f" ({path} is a file; a bundle is a directory)"
