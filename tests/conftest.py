@@ -11,6 +11,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread budget for every test, set once before anything imports torch (which reads it
+# for its intra-op pool), numpy's BLAS or FAISS, and inherited by subprocesses: the machines'
+# cores are shared. Test modules do not set thread counts themselves.
+TEST_THREADS = os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = (REPO_ROOT / ".." / "shared" / "testdata").resolve()

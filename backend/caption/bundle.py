@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,15 @@ from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load
 from backend.errors import HistoclipError, InputError, UnknownModelError
 
 # The registry owns the envelope: manifest name, reading, weights checks, atomic replacement.
-from backend.models.bundle import BundleError, _replace_dir, _subdir, _verified_weights, sha256_file
+from backend.atomic import make_temp_dir, recover_dir
+from backend.models.bundle import (
+    BundleError,
+    _replace_dir,
+    _subdir,
+    _verified_weights,
+    check_replaceable,
+    sha256_file,
+)
 from backend.models.registry import MANIFEST_NAME, read_manifest as _read_any_manifest
 
 FORMAT_VERSION = 1
@@ -77,10 +84,9 @@ def save_captioner(
     from safetensors.torch import save_file
 
     target = Path(path).expanduser().resolve()
-    if target.exists() and not (target.is_dir() and ((target / MANIFEST_NAME).is_file() or not any(target.iterdir()))):
-        raise InputError(f"captioner bundle {target}: exists and is not a histoclip bundle; refusing to overwrite it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    recover_dir(target)
+    check_replaceable(target, "captioner bundle")
+    tmp = make_temp_dir(target)
     try:
         model = captioner.model
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.mapper.state_dict().items()}
@@ -124,7 +130,7 @@ def read_captioner_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         No manifest, unreadable, of another kind or of a newer format, or fields missing.
     """
     root = Path(path).expanduser()
-    if not root.is_dir():
+    if not root.is_dir() and not recover_dir(root):
         raise UnknownModelError(f"captioner bundle {root}: no such directory")
     manifest = _read_any_manifest(root)
     where = root / MANIFEST_NAME

@@ -25,7 +25,8 @@ A bundle is a directory::
 ``kind`` says what the bundle holds; ``load_model`` reads ``clip`` bundles. Other kinds
 (captioners, classifiers) share the manifest envelope (``format_version``, ``kind``,
 ``name``, ``weights``) and are read by their own loaders (see ``bundle_kind``).
-Bundles are written atomically: into a temporary directory beside the target, then renamed.
+Bundles are written atomically: into a temporary directory beside the target, fsynced, then
+swapped in, so the path holds the old or the new bundle at every moment (``backend.atomic``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from backend.atomic import make_temp_dir, recover_dir, replace_dir
 from backend.errors import InputError, ModelError, WeightsNotFoundError
 from backend.models.registry import (
     MANIFEST_NAME,
@@ -306,7 +307,7 @@ def save_bundle(
     extra
         JSON-serialisable metadata kept as ``extra`` (training settings, metrics).
     overwrite
-        Replace an existing bundle at ``path``.
+        Replace an existing bundle at ``path`` (a folder that is not a bundle is never replaced).
 
     Returns
     -------
@@ -316,7 +317,8 @@ def save_bundle(
     Raises
     ------
     InputError
-        ``path`` exists and ``overwrite`` is false, or ``extra`` is not JSON-serialisable.
+        ``path`` exists and ``overwrite`` is false, ``path`` is a file or a folder that is not
+        a bundle, or ``extra`` is not JSON-serialisable.
     """
     import backend
     from backend.models.clip import OpenClipModel
@@ -324,8 +326,10 @@ def save_bundle(
     from safetensors.torch import save_model
 
     path = Path(path).expanduser()
+    recover_dir(path)
     if path.exists() and not overwrite:
         raise InputError(f"bundle directory {path} already exists; choose another path or pass overwrite=True")
+    check_replaceable(path)
     name = name or path.name
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -352,9 +356,7 @@ def save_bundle(
     except (TypeError, ValueError) as e:
         raise InputError(f"save_bundle extra= must be JSON-serialisable: {e}") from e
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = make_temp_dir(path)
     try:
         if isinstance(model, OpenClipModel):
             manifest["model_config"] = model.model_config
@@ -383,15 +385,25 @@ def save_bundle(
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` into place; an old bundle is swapped out, then removed."""
+    """Move the finished ``tmp`` into place: ``path`` holds the old bundle or the new one at
+    every moment, also when the process is killed (see :func:`backend.atomic.replace_dir`)."""
+    replace_dir(tmp, path)
+
+
+def check_replaceable(path: Path, what: str = "bundle") -> None:
+    """Refuse to overwrite ``path`` unless it is missing, an empty folder or a histoclip bundle.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a file, or a folder that holds something else than a bundle.
+    """
     if not path.exists():
-        os.replace(tmp, path)
         return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        os.replace(old, path)  # put the previous bundle back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    if not path.is_dir():
+        raise InputError(f"{what} path {path} is a file, not a bundle folder; refusing to overwrite it")
+    if not (path / MANIFEST_NAME).is_file() and any(path.iterdir()):
+        raise InputError(
+            f"{what} path {path} is a folder that is not a histoclip bundle (it has no {MANIFEST_NAME}); "
+            "refusing to overwrite it: choose another path, or move its contents away"
+        )

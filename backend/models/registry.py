@@ -294,8 +294,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     Returns
     -------
     ModelEntry
-        A hub id of a registered model resolves to that model's entry (so caches keyed by
-        the entry's name are shared).
+        A hub id of a registered model resolves to that model's entry. A hub name with
+        ``@revision`` (as a loaded hub model's ``model_id`` has) gives the entry with that
+        ``revision``, read from that snapshot.
 
     Raises
     ------
@@ -312,6 +313,10 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     if text.lower() in REGISTERED:
         return REGISTERED[text.lower()]
     path = Path(text).expanduser()
+    if not path.is_dir() and any(sep in text for sep in ("/", "\\")):
+        from backend.atomic import recover_dir
+
+        recover_dir(path)  # a bundle whose replacement was killed half-way
     base, revision = split_revision(text)
     if revision is not None and not path.is_dir():
         return replace(resolve_model(base), revision=revision)
@@ -320,7 +325,9 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     if path.is_dir():
         return _bundle_entry(path)
     hint = ""
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    if text.startswith("bundle:"):
+        hint = " (that is the weights identity of a model bundle, not a name: give the bundle's folder)"
+    elif text.count("/") == 1 and not text.startswith((".", "/", "~")):
         hint = f" (for a hub repository write 'hf-hub:{text}')"
     elif path.exists():
         hint = f" ({path} is a file; a bundle is a directory)"
@@ -374,7 +381,10 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     ModelError
         The directory has no manifest, or it is not valid JSON / not an object.
     """
+    from backend.atomic import recover_dir
+
     bundle_dir = Path(bundle_dir).expanduser()
+    recover_dir(bundle_dir)  # a replacement killed half-way left the previous bundle aside
     manifest = bundle_dir / MANIFEST_NAME
     if not manifest.is_file():
         raise ModelError(

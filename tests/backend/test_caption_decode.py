@@ -11,7 +11,6 @@ from backend.caption import Captioner, ClipCapModel, DecodeConfig, DecodeStrateg
 from backend.caption.testing import tiny_gpt2, word_tokenizer
 from backend.errors import InputError, ModelMismatchError
 
-torch.set_num_threads(2)
 # pytest resets warning filters per test; decode.py's own filter for this message applies outside tests
 pytestmark = pytest.mark.filterwarnings("ignore:Passing `.*` with `inputs_embeds`:UserWarning")
 

@@ -9,7 +9,6 @@ from backend.caption import ClipCapModel, MapperConfig, MapperKind, build_mapper
 from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, WeightsNotFoundError
 
-torch.set_num_threads(2)
 
 CAPTIONS = ["h&e stained colorectal tissue with glands", "blank background slide area", "red pen marker on glass"]
 

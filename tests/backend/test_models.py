@@ -31,7 +31,6 @@ from backend.models import (
 from backend.models.bundle import BundleError, bundle_model_id, sha256_file
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
 
-torch.set_num_threads(1)  # the machine's cores are shared
 
 QUILT_REPO = "wisdomik/QuiltNet-B-32"
 REV = "0123456789abcdef0123456789abcdef01234567"

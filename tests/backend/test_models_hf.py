@@ -17,7 +17,6 @@ from backend.errors import WeightsNotFoundError
 from backend.models import HfClipModel, ModelFamily, load_model, save_bundle
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
 
-torch.set_num_threads(1)
 
 PLIP_REPO = "vinid/plip"
 REV = "89abcdef0123456789abcdef0123456789abcdef"

@@ -13,7 +13,7 @@ import torch
 
 from backend.embed import EmbeddingCache, EmbedStage, embed_slide
 from backend.embed.cache import CacheKey
-from backend.errors import ModelMismatchError, WeightsNotFoundError
+from backend.errors import ModelMismatchError, UnknownModelError, WeightsNotFoundError
 from backend.index import CohortIndex
 from backend.models import load_model, resolve_model
 from backend.models.identity import describe, is_legacy, legacy_ids
@@ -140,6 +140,8 @@ def test_names_with_a_revision() -> None:
     assert is_legacy("quiltnet-b32") and is_legacy("hf-hub:org/other") and not is_legacy("test-tiny")
     assert not is_legacy(f"hf-hub:org/other@{REV_A}") and not is_legacy("bundle:x@0123456789ab")
     assert describe(f"hf-hub:{QUILT_REPO}@{REV_A}").startswith(f"quiltnet-b32 at hub commit {REV_A[:12]}")
+    with pytest.raises(UnknownModelError, match="weights identity of a model bundle"):
+        resolve_model("bundle:tiny-ft@0123456789ab")
 
 
 def test_a_bundle_folder_with_an_at_sign_is_still_a_bundle(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backend.atomic import leftover_temps
 from backend.embed import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
 from backend.tasks import DEFAULT_TEMPLATES, ClassPrompt, TextFeatureCache, text_heatmap, zero_shot
@@ -204,4 +205,4 @@ def test_exports_are_written_and_parse(model, labelled, tmp_path: Path) -> None:
     x, y = (emb.coords[0] + 50) // 2
     assert tuple(img[y, x]) != (230, 230, 230)
     assert tuple(img[5, 5]) == (230, 230, 230)  # grid cell (0, 0) has no tile: untouched
-    assert not list(tmp_path.glob(".*.tmp"))  # no temp files left behind
+    assert not leftover_temps(tmp_path)  # no temp files left behind

@@ -22,7 +22,6 @@ from training.clipcap.encode import EmbeddingStore, encode_images
 from training.clipcap.train import TrainConfig, build_model, train
 from training.evaluation.captions import CaptionScorer, evaluate_captioner, references_by_image
 
-torch.set_num_threads(2)
 
 # class -> (source tiles, caption templates)
 CLASSES = {
@@ -180,6 +179,76 @@ def test_torchrun_style_process_group(workspace, monkeypatch):
     captioner = load_captioner(result.captioner, device="cpu")
     assert captioner.model.decoder_frozen and captioner.model.config.kind == "transformer"
     assert len(result.history) == 1 and np.isfinite(result.history[0]["val_loss"])
+
+
+# One DDP rank: records the rows it trains on and the gradients each optimizer step applies
+# (read in clip_grad_norm_, after DDP's all-reduce), then writes them for the test to compare.
+_RANK_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+import training.clipcap.train as t
+
+rows_seen, grads = [], []
+real_collate, real_clip = t.collate, torch.nn.utils.clip_grad_norm_
+
+def collate(data, rows, pad_id):
+    rows_seen.append([int(r) for r in rows])
+    return real_collate(data, rows, pad_id)
+
+def clip(params, *args, **kwargs):
+    params = list(params)
+    grads.append(torch.cat([p.grad.detach().flatten() for p in params]).clone())
+    return real_clip(params, *args, **kwargs)
+
+t.collate, torch.nn.utils.clip_grad_norm_ = collate, clip
+cfg = json.loads(sys.argv[1])
+paths = {k: Path(v) for k, v in cfg.items() if k in ("train", "val", "embeddings", "out_dir")}
+t.train(t.TrainConfig(**{**cfg, **paths}))
+torch.save({"rows": rows_seen, "grads": grads}, sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_train_on_disjoint_data_with_equal_gradients(workspace, tmp_path):
+    """Two real processes (gloo, CPU), as torchrun starts them: each rank takes its own rows
+    and every optimizer step applies the same all-reduced gradient on both."""
+    import os
+    import subprocess
+    import sys
+
+    ws = workspace
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {"out_dir": str(tmp_path / "run"), "train": str(ws["train"]), "val": str(ws["val"]),
+           "embeddings": str(ws["emb"]), "decoder": str(ws["decoder"]), "prefix_length": 4, "epochs": 1,
+           "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "device": "cpu"}
+    repo = Path(__file__).resolve().parents[2]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, json.dumps(cfg), str(tmp_path / f"r{rank}.pt")],
+                                      cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    r0, r1 = (torch.load(tmp_path / f"r{rank}.pt", weights_only=True) for rank in range(2))
+
+    rows0, rows1 = ({r for batch in r["rows"] for r in batch} for r in (r0, r1))
+    n_rows = len(pd.read_parquet(ws["train"]))
+    assert rows0 and rows1 and not rows0 & rows1  # disjoint shares ...
+    assert len(rows0) == len(rows1) == n_rows // 2  # ... of equal size, covering the split
+    assert len(r0["grads"]) == len(r1["grads"]) == len(r0["rows"]) > 1  # same steps on both ranks
+    for g0, g1 in zip(r0["grads"], r1["grads"]):
+        torch.testing.assert_close(g0, g1, rtol=0, atol=1e-7)  # one all-reduced gradient
+    assert not torch.equal(r0["grads"][0], r0["grads"][1])  # and real gradients, step by step
+    assert (tmp_path / "run" / "captioner" / "histoclip.json").is_file()  # rank 0 saved the bundle
 
 
 def test_encode_resumes_and_belongs_to_one_model(workspace, tmp_path):

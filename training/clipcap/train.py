@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from backend.api import Progress
-from backend.atomic import atomic_path, atomic_write_text
+from backend.atomic import atomic_path, atomic_write_text, remove_stale_temps
 from backend.caption import Captioner, ClipCapModel, MapperConfig, MapperKind, save_captioner
 from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
@@ -321,6 +321,8 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
            cancel: threading.Event | None) -> TrainResult:
     out = Path(config.out_dir)
     ckpt = out / CHECKPOINT
+    if dist.is_main:  # a run killed inside torch.save left its (checkpoint-sized) temp behind
+        remove_stale_temps(ckpt)
     if ckpt.exists() and not config.resume:
         raise InputError(
             f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out"
