@@ -118,8 +118,9 @@ def _need(x: torch.Tensor | None, loss: str, what: str = "captions") -> torch.Te
 class TrainingLoss(nn.Module):
     """The chosen loss, holding any parameters of its own (SigLIP's scale and bias).
 
-    ``forward(features, logit_scale)``: ``logit_scale`` is the model's log temperature (used by
-    ``clip``).
+    ``forward(features, logit_scale, param_grad=True)``: ``logit_scale`` is the model's log
+    temperature (used by ``clip``); ``param_grad=False`` detaches the temperature (and SigLIP's
+    scale and bias), so that accumulation passes count their gradient once per step.
     """
 
     def __init__(self, kind: LossKind | str) -> None:
@@ -129,13 +130,14 @@ class TrainingLoss(nn.Module):
             self.siglip_scale = nn.Parameter(torch.tensor(math.log(10.0)))
             self.siglip_bias = nn.Parameter(torch.tensor(-10.0))
 
-    def forward(self, f: Features, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, f: Features, logit_scale: torch.Tensor | None = None, param_grad: bool = True) -> torch.Tensor:
+        keep = (lambda t: t) if param_grad else (lambda t: t.detach())
         if self.kind is LossKind.CLIP:
             if logit_scale is None:
                 raise InputError("loss clip: the model has no logit scale")
-            return clip_loss(f, logit_scale)
+            return clip_loss(f, keep(logit_scale))
         if self.kind is LossKind.SIGLIP:
-            return siglip_loss(f, self.siglip_scale, self.siglip_bias)
+            return siglip_loss(f, keep(self.siglip_scale), keep(self.siglip_bias))
         if self.kind is LossKind.MNRL:
             return mnrl_loss(f)
         if self.kind is LossKind.CONTRASTIVE:

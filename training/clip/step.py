@@ -68,7 +68,7 @@ def _features(out: tuple[Any, ...], mb: MicroBatch) -> Features:
 def accumulated_backward(
     net: torch.nn.Module,
     core: torch.nn.Module,
-    loss_fn: Callable[[Features], torch.Tensor],
+    loss_fn: Callable[[Features, bool], torch.Tensor],
     micro: Sequence[MicroBatch],
     *,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
@@ -78,14 +78,16 @@ def accumulated_backward(
 
     ``net`` is what is called with gradient (the DDP wrapper, or ``core`` itself); ``core`` the
     unwrapped :class:`~training.clip.tuning.ClipNet` used for the no-grad feature cache.
-    ``loss_fn`` takes the gathered global features; ``scale`` is the AMP loss scaler's.
+    ``loss_fn(features, param_grad)`` takes the gathered global features; ``param_grad`` is
+    true in exactly one pass, so the loss's own parameters (temperature) get their gradient once
+    (open_clip's ``accum_freq`` counts it once per micro-batch). ``scale`` is the AMP loss scaler's.
     """
     ddp = hasattr(net, "no_sync")
     if len(micro) == 1:
         mb = micro[0]
         with autocast():
             out = net(mb.pixels, mb.tokens, mb.hard_negative)
-        loss = loss_fn(gather_features(_features(out, mb)))
+        loss = loss_fn(gather_features(_features(out, mb)), True)
         scale(loss).backward()
         return float(loss.detach())
     with torch.no_grad(), autocast():
@@ -99,7 +101,7 @@ def accumulated_backward(
             parts = [fresh if k == j else c for k, c in enumerate(cached)]
             total = Features(*(_cat([getattr(p, k) for p in parts])
                                for k in ("image", "text", "target", "classes", "hard_negative")))
-            loss = loss_fn(gather_features(total))
+            loss = loss_fn(gather_features(total), j == len(micro) - 1)
             scale(loss).backward()
         cached[j] = replace(fresh, image=fresh.image.detach(),
                             text=None if fresh.text is None else fresh.text.detach(),

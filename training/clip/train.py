@@ -276,7 +276,7 @@ def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], 
 
         net = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     logit_scale = getattr(core.clip, "logit_scale", None)
-    loss_of = lambda f: loss_fn(f, logit_scale)  # noqa: E731
+    loss_of = lambda f, param_grad: loss_fn(f, logit_scale, param_grad)  # noqa: E731
     autocast = lambda: _autocast(device, config.precision)  # noqa: E731
     trainable = [p for p in core.parameters() if p.requires_grad]
 
