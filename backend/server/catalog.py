@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from backend.errors import InputError, SlideNotFoundError
+from backend.errors import InputError, SlideNotFoundError, UnknownModelError
 
 _NEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MAX_ENTRIES = 200_000
@@ -129,7 +129,7 @@ class Catalog:
         """One entry, or every entry under the listed folder ``key`` ("" for all of them)."""
         try:
             return [self.lookup(key)]
-        except (InputError, SlideNotFoundError):
+        except (InputError, SlideNotFoundError, UnknownModelError):
             prefix = key.rstrip("/") + "/" if key.strip("/") else ""
             under = [e for e in self.entries(refresh=True) if e.relpath.startswith(prefix) and self._still_valid(e)]
             if not under or "\0" in key:
@@ -148,12 +148,15 @@ class Catalog:
         return os.path.lexists(path) and _inside(path, entry.root) and self._accept(os.path.realpath(path), is_dir)
 
     def _missing(self, key: str) -> Exception:
-        """A slide not on the server is a SlideNotFoundError, an index or bundle an InputError."""
+        """A slide not on the server is a SlideNotFoundError, a bundle an UnknownModelError, an
+        index an InputError: the classes the local backend raises for files that are not there."""
         what = {"slide": "slide", "index": "cohort index", "bundle": "bundle"}[self.kind]
         listing = {"slide": "/v1/slides", "index": "/v1/indexes", "bundle": "/v1/capabilities"}[self.kind]
         cause = f"no {what} of that id or name on this server (see {listing})"
         if self.kind is EntryKind.SLIDE:
             return SlideNotFoundError(key, cause)
+        if self.kind is EntryKind.BUNDLE:  # as the local backend says of a bundle folder that is not there
+            return UnknownModelError(f"{key}: {cause}")
         return InputError(f"{key}: {cause}")
 
     def new_index_path(self, name: str) -> str:
