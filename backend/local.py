@@ -520,10 +520,20 @@ class LocalBackend:
                 self._readers[key] = CohortIndex.open(path, read_only=True)
             return self._readers[key]
 
-    def search(self, request: api.SearchRequest) -> api.SearchResult:
+    def search(
+        self,
+        request: api.SearchRequest,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> api.SearchResult:
+        from backend.errors import CancelledError
+
         if (request.text is None) == (request.region is None):
             raise InputError("search: give either a text query or a region of a slide, not both or neither")
         clip = self.model(request.model)
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("search: cancelled")
         index = self._reader(request.index_path)  # stays open: opening a 1M-tile index costs 0.3-0.8 s
         if request.text is not None:
             query = np.asarray(clip.encode_text([request.text]).cpu(), dtype=np.float32)[0]
@@ -532,7 +542,11 @@ class LocalBackend:
         else:
             if request.slide is None:
                 raise InputError("search: a region query needs the slide it was drawn on")
-            emb = self.embeddings(request.slide, request.model, request.tiles, region=request.region)
+            emb = self.embeddings(
+                request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
+            )
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("search: cancelled")
             exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
             with self._search_lock:
                 hits = index.search_region(

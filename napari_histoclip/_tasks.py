@@ -71,6 +71,8 @@ class TaskRunner:
         self._relay.progress.connect(self._on_progress)
         self._cancel: threading.Event | None = None
         self._state: TaskState | None = None
+        self._closed = False
+        self._after_close: Callable[[], None] | None = None
         self.worker: Any = None
         #: Wall time of the last finished task, seconds (shown in tests and the status line).
         self.last_duration: float = 0.0
@@ -84,6 +86,19 @@ class TaskRunner:
         if self._cancel is not None:
             self._cancel.set()
 
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """The dock is closing: cancel the running task and drop its result and progress (its
+        layers must not appear after the dock is gone); ``then`` runs once no task is running
+        (now, or when the cancelled task has stopped). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        if self.busy:
+            self._after_close = then
+        elif then is not None:
+            then()
+
     def run(
         self,
         label: str,
@@ -94,6 +109,8 @@ class TaskRunner:
         """Start ``fn`` unless a task is running (then notify and return False)."""
         from napari.utils.notifications import show_warning
 
+        if self._closed:
+            return False  # a closed dock starts nothing
         if self.busy:
             assert self._state is not None
             show_warning(f"{label}: wait for '{self._state.label}' to finish, or cancel it")
@@ -106,19 +123,27 @@ class TaskRunner:
         self._set_state(TaskState(label))
         t0 = time.perf_counter()
 
-        def finish() -> None:
+        def finish() -> bool:
+            """End the task; False when the dock closed meanwhile (then nothing is shown)."""
             self.last_duration = time.perf_counter() - t0
             self._cancel = None
             self.worker = None
+            if self._closed:
+                self._state = None
+                then, self._after_close = self._after_close, None
+                if then is not None:
+                    then()
+                return False
             self._set_state(None)
+            return True
 
         def done(result: T) -> None:
-            finish()
-            on_done(result)
+            if finish():
+                on_done(result)
 
         def failed(error: Exception) -> None:
-            finish()
-            (on_error or show_task_error)(_labelled(label, error))
+            if finish():
+                (on_error or show_task_error)(_labelled(label, error))
 
         def emit(p: Any) -> None:
             self._relay.progress.emit(p)
@@ -145,7 +170,7 @@ class TaskRunner:
     # --- internals ------------------------------------------------------------------------
 
     def _on_progress(self, p: Any) -> None:
-        if self._state is None:
+        if self._state is None or self._closed:
             return
         self._set_state(
             TaskState(

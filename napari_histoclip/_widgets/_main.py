@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from napari_histoclip._settings import DockSettings, load_settings, save_settings
 
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line
@@ -48,6 +52,12 @@ def handler(fn: F) -> F:
             return None
 
     return wrapped  # type: ignore[return-value]
+
+
+def _path_text(value: Any) -> str:
+    """A FileEdit's path as text, "" for none (magicgui shows an empty one as ".")."""
+    text = str(value or "").strip()
+    return "" if text in ("", ".") else text
 
 
 def local_backend(device: str | None) -> Any:
@@ -133,18 +143,38 @@ class HistoclipWidget(QWidget):
         for ev in self._viewer_events:
             ev.connect(self._layers_changed)
         # A closed dock must stop listening, or the viewer's events reach deleted Qt widgets.
+        # napari's close button only unparents the dock's widget (see event()); quitting
+        # destroys it.
+        self._closed = False
+        self._docked = False
         self.destroyed.connect(lambda *_: self.disconnect_viewer())
         self.refresh_models()
+        self._restore_settings()
+        for widget in (self.model, self.model_other, self.search.index):
+            widget.changed.connect(self._remember)
+
+    def event(self, event: QEvent) -> bool:
+        """Close when napari takes the dock down: its close button unparents this widget."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.disconnect_viewer()
+        return super().event(event)
 
     def disconnect_viewer(self) -> None:
-        """Stop following the viewer's layers (the dock is closing); idempotent."""
+        """The dock is closing: stop following the viewer's layers, cancel the running task
+        (whose result is then dropped), remember the choices and release the backend it made
+        (models, open indexes) once the task has stopped. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for ev in self._viewer_events:
             ev.disconnect(self._layers_changed)
         self._viewer_events = ()
         self.captions._watch(None)
-        self.runner.cancel()
-        if self._owns_backend:
-            self._close_backend()
+        self._remember()
+        self.runner.close(then=self._close_backend if self._owns_backend else None)
 
     # --- shared state the panels use ------------------------------------------------------
 
@@ -251,6 +281,23 @@ class HistoclipWidget(QWidget):
         if not self._owns_backend:
             return
         self._close_backend()
+
+    def _settings_now(self) -> DockSettings:
+        return DockSettings().updated(
+            model=self.model.value, model_other=str(self.model_other.value).strip(),
+            index=_path_text(self.search.index.value),
+        )
+
+    def _remember(self, *_: Any) -> None:
+        save_settings(self._settings_now())
+
+    def _restore_settings(self) -> None:
+        saved = load_settings()
+        if saved.model and saved.model in [v for v in self.model.choices]:
+            self.model.value = saved.model
+        self.model_other.value = saved.model_other
+        if saved.index and Path(saved.index).exists():
+            self.search.index.value = saved.index
 
     def _close_backend(self) -> None:
         """Close the backend this dock made (index handles, loaded models) and forget it.

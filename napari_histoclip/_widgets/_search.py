@@ -41,12 +41,17 @@ def slides_in(folder: str | Path) -> list[str]:
         return []
 
 
-def hit_thumbnails(hits: Any, size: int = THUMB) -> list[ShownHit]:
-    """Read a thumbnail of each hit box from its slide (in the worker: this reads pixels)."""
+def hit_thumbnails(hits: Any, size: int = THUMB, cancel: Any = None) -> list[ShownHit]:
+    """Read a thumbnail of each hit box from its slide (in the worker: this reads pixels);
+    a set ``cancel`` event stops it with ``CancelledError``."""
+    from backend.errors import CancelledError
+
     opened: dict[str, Any] = {}
     out = []
     try:
-        for hit in hits:
+        for i, hit in enumerate(hits):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"search: cancelled while reading thumbnails ({i} of {len(hits)})")
             thumb = None
             try:
                 slide = opened.get(hit.slide_path) or open_slide_quietly(hit.slide_path)
@@ -165,7 +170,8 @@ class SearchPanel(Container):
         backend = self.ctx.backend
 
         def work(progress: Any, cancel: Any) -> list[ShownHit]:
-            return hit_thumbnails(backend.search(request).hits)
+            hits = backend.search(request, progress=progress, cancel=cancel).hits
+            return hit_thumbnails(hits, cancel=cancel)
 
         self.ctx.run("Searching", work, self.show_hits)
 

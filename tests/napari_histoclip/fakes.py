@@ -173,8 +173,10 @@ class FakeBackend:
         (Path(request.index_path) / "slides.txt").write_text("\n".join(request.slides))
         return IndexInfo(request.index_path, request.model, len(request.slides), n_vec)
 
-    def search(self, request: SearchRequest) -> SearchResult:
+    def search(self, request: SearchRequest, *, progress=None, cancel=None) -> SearchResult:  # noqa: ANN001
         self.calls.append("search")
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("search cancelled")
         slides_file = Path(request.index_path) / "slides.txt"
         if not slides_file.is_file():
             from backend.errors import InputError
