@@ -35,7 +35,7 @@ SIDECAR_FORMATS: dict[str, tuple[str, str | None]] = {
 }
 
 _INSTALL = "install the optional reader: pip install 'napari-histoclip[formats]' (slideio)"
-_CONVERT = "or convert the slide to OME-TIFF (e.g. with QuPath or bfconvert)"
+_CONVERT = "convert the slide to OME-TIFF (e.g. with QuPath, bfconvert or the scanner's software)"
 
 
 def vsi_side_folder(path: Path) -> Path:
@@ -58,7 +58,7 @@ def open_sidecar(path: Path) -> SlideReader | None:
     name, driver = entry
     if driver is None:
         raise UnsupportedSlideError(
-            path, f"{name} files are not read here (OpenSlide, tifffile and slideio do not); {_CONVERT[3:]}"
+            path, f"{name} files are not read here (OpenSlide, tifffile and slideio do not); {_CONVERT}"
         )
     if driver == "VSI":
         side = vsi_side_folder(path)
@@ -73,7 +73,7 @@ def open_sidecar(path: Path) -> SlideReader | None:
     except ImportError as e:
         where = " (the .vsi holds only previews; its pixels are in the .ets files)" if driver == "VSI" else ""
         raise UnsupportedSlideError(
-            path, f"{name}: OpenSlide and tifffile cannot read its pixels{where}; {_INSTALL}, {_CONVERT}"
+            path, f"{name}: OpenSlide and tifffile cannot read its pixels{where}; {_INSTALL}, or {_CONVERT}"
         ) from e
     # slideio lists a VSI's own TIFF directories (the previews) as its first scenes, then one
     # scene per .ets file: only those hold the slide.
@@ -150,7 +150,7 @@ class SlideioReader(SlideReader):
                 if skip_scenes
                 else "the file holds no image scene"
             )
-            raise UnsupportedSlideError(path, f"{format_name}: {what}; {_CONVERT[3:]} with the vendor's software")
+            raise UnsupportedSlideError(path, f"{format_name}: {what}; {_CONVERT}")
         scene = max(scenes, key=lambda s: int(s.rect[2]) * int(s.rect[3]))  # the slide, not a preview
         try:
             return cls(path, handle, scene, format_name)
