@@ -148,3 +148,15 @@ def test_a_cohort_with_a_dicom_slide_indexes_it(dicom_wsi: Path, cmu_slide: Path
     # The same tissue, re-encoded: about the same tiles pass the tissue test.
     assert set(tiles) == {"case-dicom", "case-svs.svs"}
     assert abs(tiles["case-dicom"] - tiles["case-svs.svs"]) <= 2 and tiles["case-dicom"] > 20
+
+
+def test_concurrent_reads_match_serial_ones(dicom_wsi: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    boxes = [((x, y), level, (256, 256)) for level in (0, 1) for x in (0, 700, 1500) for y in (0, 1200, 2600)]
+    with open_slide(dicom_wsi) as slide:
+        serial = [slide.read_region(*b) for b in boxes]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(lambda b: slide.read_region(*b), boxes * 3))
+    for i, region in enumerate(parallel):
+        np.testing.assert_array_equal(region, serial[i % len(boxes)])
