@@ -78,8 +78,8 @@ def expand_slides(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
                     found.append(target)
             if not found:
                 raise InputError(
-                    f"{p}: no slides in this folder (looked for files ending {', '.join(FILE_SUFFIXES)} "
-                    "and DICOM WSI folders of .dcm files)"
+                    f"{p}: no slide files or DICOM WSI folders in this folder (looked for files "
+                    f"ending {', '.join(FILE_SUFFIXES)} and folders of .dcm files)"
                 )
             out.update((str(t), None) for t in found)
         else:

@@ -31,10 +31,11 @@ from backend.errors import UnsupportedSlideError
 # Resolution tags outside this range are not a microscope's: 72/96/300 dpi screen or print
 # values give 85-350 µm/px. Such values are treated as absent rather than trusted.
 
-#: File name endings of the slide formats these readers open (DICOM WSIs are folders of ``.dcm``).
+#: File name endings of the slide formats these readers open (DICOM WSIs are folders of
+#: ``.dcm``; VSI and CZI need the optional slideio, and are refused with that remedy without it).
 SLIDE_SUFFIXES: tuple[str, ...] = (
     ".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".mrxs", ".scn", ".bif",
-    ".vms", ".vmu", ".svslide", ".dcm",
+    ".vms", ".vmu", ".svslide", ".dcm", ".vsi", ".czi",
 )
 
 
@@ -48,6 +49,7 @@ class ReaderName(StrEnum):
     TIFFFILE = "tifffile"
     PILLOW = "pillow"
     WSIDICOM = "wsidicom"
+    SLIDEIO = "slideio"
 
 
 class NotThisFormat(Exception):
@@ -284,7 +286,12 @@ def open_reader(path: Path) -> SlideReader:
         No reader recognises the file, or those that do cannot use it; the message lists
         what each reader said.
     """
+    from backend.slides.sidecar import open_sidecar
     from backend.slides.tiff import TiffReader  # here to keep the import graph one-way
+
+    sidecar = open_sidecar(path)  # VSI/CZI/LIF: never the other readers (a VSI's TIFF is a preview)
+    if sidecar is not None:
+        return sidecar
 
     openers: tuple[tuple[str, Callable[[Path], SlideReader]], ...] = (
         ("OpenSlide", OpenSlideReader.open),

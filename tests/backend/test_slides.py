@@ -453,3 +453,77 @@ def test_folder_named_like_a_slide_gets_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "scan.mrxs").write_bytes(b"")
     with pytest.raises(UnsupportedSlideError, match="open scan.mrxs beside it"):
         open_slide(mirax_data)
+
+
+# --- formats whose pixels are not in the TIFF (VSI), or no TIFF at all (CZI, LIF) -------------
+
+
+@pytest.fixture
+def fake_vsi(tmp_path: Path) -> Path:
+    """A VSI as cellSens lays it out: a TIFF of previews, and the pixels in _NAME_/stack1/*.ets
+    (here not a real ETS: no such file can be written without the vendor's software)."""
+    vsi = tmp_path / "case.vsi"
+    tifffile.imwrite(vsi, np.full((64, 96, 3), 120, dtype=np.uint8), photometric="rgb")
+    (tmp_path / "_case_" / "stack1").mkdir(parents=True)
+    (tmp_path / "_case_" / "stack1" / "frame_t.ets").write_bytes(b"SIS\0" + bytes(252))
+    return vsi
+
+
+def test_vsi_is_never_opened_as_its_preview(fake_vsi: Path) -> None:
+    with tifffile.TiffFile(fake_vsi) as tif:  # what the TIFF readers would have shown
+        assert tif.series[0].shape == (64, 96, 3)
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(fake_vsi)
+    message = str(info.value)
+    assert message.startswith("case.vsi: Olympus/Evident VSI: slideio finds only the previews")
+    assert "_case_/" in message and "OME-TIFF" in message
+
+
+def test_vsi_without_slideio_names_the_format_and_the_remedy(
+    fake_vsi: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "slideio", None)  # as on an install without the extra
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(fake_vsi)
+    message = str(info.value)
+    assert message.startswith("case.vsi: Olympus/Evident VSI: OpenSlide and tifffile cannot read its pixels")
+    assert "pip install 'napari-histoclip[formats]'" in message and "OME-TIFF" in message
+
+
+def test_vsi_without_its_side_folder_says_which_folder(fake_vsi: Path) -> None:
+    shutil.rmtree(fake_vsi.parent / "_case_")
+    with pytest.raises(UnsupportedSlideError, match=r"case.vsi: .*side folder _case_/ .*missing"):
+        open_slide(fake_vsi)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("scan.czi", "scan.czi: Zeiss CZI: slideio cannot read it"), ("scan.lif", "scan.lif: Leica LIF files are not read here")],
+)
+def test_czi_and_lif_are_named(tmp_path: Path, name: str, expected: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"ZISRAWFILE" + bytes(200))
+    with pytest.raises(UnsupportedSlideError) as info:
+        open_slide(path)
+    assert str(info.value).startswith(expected)
+
+
+@pytest.mark.parametrize(("name", "driver"), [(CMU, "SVS"), (NDPI, "NDPI")])
+def test_slideio_reader_reads_what_openslide_reads(slides_dir: Path, name: str, driver: str) -> None:
+    """The slideio path, on formats both read (no VSI or CZI in the test data): same pixels,
+    levels, mpp, white outside the image."""
+    import slideio  # in the testing extra: the optional reader is tested, never skipped
+
+    from backend.slides.sidecar import SlideioReader
+
+    reader = SlideioReader.open(slides_dir / name, driver, driver, slideio)
+    try:
+        with open_slide(slides_dir / name) as ref:
+            assert reader.info.reader is ReaderName.SLIDEIO
+            assert reader.info.level_dimensions[:3] == ref.level_dimensions[:3]
+            assert reader.info.mpp == pytest.approx(ref.mpp, rel=1e-3)
+            for level in range(min(3, ref.level_count)):
+                box = ((-64, 96), level, (300, 200))  # whole pixels of every level: no rounding question
+                np.testing.assert_array_equal(reader.read_region(*box), ref.read_region(*box))
+    finally:
+        reader.close()

@@ -124,3 +124,39 @@ def test_cohort_folders_count_each_dicom_folder_as_one_slide(dicom_wsi: Path, cm
     ]
     with open_slide(expand_slides([cohort])[1]) as slide:
         assert slide.reader is ReaderName.WSIDICOM
+
+
+def test_a_cohort_with_a_dicom_slide_indexes_it(dicom_wsi: Path, cmu_slide: Path, tmp_path: Path) -> None:
+    """The local engine expands the folder by the same rule and embeds the DICOM slide."""
+    from backend import api
+    from backend.local import LocalBackend
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    shutil.copytree(dicom_wsi, cohort / "case-dicom")
+    shutil.copy(cmu_slide, cohort / "case-svs.svs")
+    backend = LocalBackend(cache_dir=tmp_path / "cache", device="cpu")
+    try:
+        info = backend.build_index(
+            api.IndexRequest((str(cohort),), str(tmp_path / "index"), "test-tiny", api.TileOptions(tile_size=64, mpp=2.0))
+        )
+        index = backend.open_index(tmp_path / "index", "test-tiny", read_only=True)
+        tiles = {Path(s.slide_path).name: s.n_tiles for s in index.slides()}
+    finally:
+        backend.close()
+    assert info.failed == () and info.n_slides == 2
+    # The same tissue, re-encoded: about the same tiles pass the tissue test.
+    assert set(tiles) == {"case-dicom", "case-svs.svs"}
+    assert abs(tiles["case-dicom"] - tiles["case-svs.svs"]) <= 2 and tiles["case-dicom"] > 20
+
+
+def test_concurrent_reads_match_serial_ones(dicom_wsi: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    boxes = [((x, y), level, (256, 256)) for level in (0, 1) for x in (0, 700, 1500) for y in (0, 1200, 2600)]
+    with open_slide(dicom_wsi) as slide:
+        serial = [slide.read_region(*b) for b in boxes]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(lambda b: slide.read_region(*b), boxes * 3))
+    for i, region in enumerate(parallel):
+        np.testing.assert_array_equal(region, serial[i % len(boxes)])

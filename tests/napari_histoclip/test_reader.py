@@ -282,3 +282,25 @@ def test_why_napari_asks_which_reader(our_plugin, tmp_path: Path, name: str, bot
         settings.plugins.extension2reader = {
             k: v for k, v in settings.plugins.extension2reader.items() if k != suffix
         }
+
+
+def test_manifest_claims_exactly_the_formats_the_reader_takes() -> None:
+    import yaml
+
+    from backend.slides import SLIDE_SUFFIXES
+
+    manifest = yaml.safe_load((Path(__file__).resolve().parents[2] / "napari.yaml").read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    assert sorted(reader["filename_patterns"]) == sorted("*" + s for s in SLIDE_SUFFIXES)
+    for suffix in SLIDE_SUFFIXES:
+        assert get_reader(f"/nowhere/x{suffix}") is not None
+
+
+def test_a_vsi_gets_the_remedy_not_its_preview(tmp_path: Path, notes) -> None:
+    import tifffile
+
+    vsi = tmp_path / "case.vsi"
+    tifffile.imwrite(vsi, np.full((64, 96, 3), 120, dtype=np.uint8), photometric="rgb")
+    assert read_slides(str(vsi)) == [(None,)]
+    (message,) = notes.errors
+    assert message.startswith("case.vsi: Olympus/Evident VSI") and "_case_/" in message
