@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "backend.cli.inspect",
     "backend.cli.slide_tasks",
     "backend.cli.cohort",
+    "backend.cli.classifiers",
 )
 
 
