@@ -72,3 +72,48 @@ def local_backend_cls():
 def local_backend(local_backend_cls, tmp_path_factory):
     """One in-process backend per test module (loaded models and cached embeddings reused)."""
     return local_backend_cls(cache_dir=tmp_path_factory.mktemp("histoclip-cache"), device="cpu")
+
+
+# --- the plugin path: the dock as napari's Plugins menu makes it ------------------------------
+
+MANIFEST = Path(__file__).resolve().parents[2] / "napari_histoclip" / "napari.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The dock's remembered choices (model, index) go to a temp dir, never the user's config."""
+    root = tmp_path_factory.mktemp("histoclip-config")
+    monkeypatch.setenv("HISTOCLIP_CONFIG_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def plugin_viewer(make_napari_viewer, npe2pm):
+    """A real ``napari.Viewer`` with this repo's manifest registered (reader and dock)."""
+    from npe2 import PluginManifest
+
+    if not MANIFEST.is_file():  # the manifest sits beside the package in this repo
+        pytest.fail(f"napari.yaml not found at {MANIFEST}")
+    npe2pm.register(PluginManifest.from_file(MANIFEST))
+    return make_napari_viewer(show=True)  # shown: the canvas has its real size, as for a user
+
+
+@pytest.fixture
+def plugin_dock(plugin_viewer):
+    """The HistoCLIP dock made by ``add_plugin_dock_widget``, as Plugins > HistoCLIP makes it.
+
+    The widget gets napari's ``PublicOnlyProxy`` of the viewer (``dock.viewer``) and makes its
+    own ``LocalBackend`` (caches in the temp dir the autouse fixtures set). Use
+    ``plugin_viewer`` for the real viewer (drawing with ``mouse.py``, checking layers).
+    """
+    _, widget = plugin_viewer.window.add_plugin_dock_widget("napari-histoclip", "HistoCLIP")
+    if "test-tiny" in [c for c in widget.model.choices]:
+        widget.model.value = "test-tiny"  # random weights, builds in a second on CPU
+    return widget
+
+
+def open_slide(viewer, path) -> object:
+    """Open a slide with the plugin's reader (File > Open's path); returns its image layer."""
+    layers = viewer.open(str(path), plugin="napari-histoclip")
+    assert layers, f"the reader opened nothing from {path}"
+    return layers[0]
