@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "backend.cli.slide_tasks",
     "backend.cli.cohort",
     "backend.cli.serve",
+    "backend.cli.classifiers",
 )
 
 
