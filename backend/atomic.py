@@ -153,11 +153,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = temp_sibling(final, _TMP, final.suffix)
     try:
         yield tmp
+        if tmp.is_file():  # a writer may have made it private (mkstemp: 0600): share as open() would
+            os.chmod(tmp, 0o666 & ~_umask())
         fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process umask. Read from /proc where it can be (setting it to read it, as
+    ``os.umask`` must, briefly changes it for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -1,175 +1,100 @@
-"""Shapes and class maps to QuPath GeoJSON, and QuPath GeoJSON annotations back to shapes.
+"""Layers <-> QuPath objects: shapes and class maps out, QuPath GeoJSON annotations back in.
 
-Coordinates are level-0 corner pixels ``(x, y)``, origin top left: what QuPath reads and
-writes. Each feature carries QuPath's ``objectType``, ``name`` (the caption) and
-``classification`` ``{name, color}`` properties. A class map becomes one MultiPolygon per class,
-traced along tile edges (exact, with holes), instead of one square per tile.
+Writing is the backend's one QuPath writer (:func:`backend.tasks.geojson.write_qupath_geojson`);
+this module only turns layers into its :class:`~backend.tasks.geojson.QuPathObject` records,
+and reads annotations back as shapes. Coordinates are level-0 corner pixels ``(x, y)``, origin
+top left. A class map becomes one MultiPolygon per class, traced along tile edges (exact, with
+holes), instead of one square per tile.
 
-Pure Python (numpy, json): no Qt.
+Pure Python (numpy, json): no Qt, no torch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_histoclip._layers import PALETTE, UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
+from backend.tasks.geojson import QuPathObject, class_color, mask_polygons, ring_area
+from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL
 from napari_histoclip._shapes import CAPTION, CLASS, shape_regions
 from napari_histoclip._slide import SlideInfo, corner_xy_to_data_rc, data_rc_to_corner_xy, layer_to_world
 
-
-def rgb_ints(color: str) -> list[int]:
-    return [int(round(v * 255)) for v in hex_to_rgba(color)[:3]]
-
-
-def _feature(geometry: dict[str, Any], name: str = "", cls: str = "", color: str | None = None) -> dict[str, Any]:
-    props: dict[str, Any] = {"objectType": "annotation", "isLocked": False}
-    if name:
-        props["name"] = name
-    if cls:
-        props["classification"] = {"name": cls, "color": rgb_ints(color or PALETTE[0])}
-    return {"type": "Feature", "geometry": geometry, "properties": props}
+#: Shapes-layer metadata key: class name -> "#rrggbb", the colour each class exports with.
+CLASS_COLORS = "class_colors"
+AREA_KINDS = ("rectangle", "polygon", "ellipse")
 
 
-def _closed(ring: np.ndarray) -> list[list[float]]:
-    pts = [[round(float(x), 2), round(float(y), 2)] for x, y in ring]
-    if pts and pts[0] != pts[-1]:
-        pts.append(pts[0])
-    return pts
+def _text(value: Any) -> str:
+    return "" if str(value) in ("", "nan", "None") else str(value)
 
 
-# --- shapes -> features ---------------------------------------------------------------------
+# --- shapes -> objects ----------------------------------------------------------------------
 
 
-def shapes_features(
+def shapes_objects(
     shapes_layer: Any,
     slide_layer: Any,
-    class_colors: Mapping[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """One Polygon feature per area shape, named by its caption and classified by its class.
+    classes: Mapping[int, str] | None = None,
+) -> list[QuPathObject]:
+    """One annotation per area shape, named by its caption and classified by its class.
 
-    Lines and paths are skipped (QuPath annotations here are areas).
+    ``classes`` gives shapes a class for this export only (shape index -> class), where the
+    shape has none; the layer is not changed. Lines and paths are skipped (QuPath annotations
+    here are areas).
     """
-    class_colors = dict(class_colors or {})
     feats = shapes_layer.features
     out = []
     for i, kind in enumerate(shapes_layer.shape_type):
-        if kind not in ("rectangle", "polygon", "ellipse"):
+        if kind not in AREA_KINDS:
             continue
         (region,) = shape_regions(shapes_layer, slide_layer, [i])
-        caption = str(feats[CAPTION].iloc[i]) if CAPTION in feats.columns else ""
-        cls = str(feats[CLASS].iloc[i]) if CLASS in feats.columns else ""
-        caption = "" if caption in ("nan", "None") else caption
-        cls = "" if cls in ("nan", "None") else cls
-        if cls and cls not in class_colors:
-            class_colors[cls] = PALETTE[len(class_colors) % len(PALETTE)]
-        geom = {"type": "Polygon", "coordinates": [_closed(np.asarray(region.points))]}
-        out.append(_feature(geom, caption, cls, class_colors.get(cls)))
+        caption = _text(feats[CAPTION].iloc[i]) if CAPTION in feats.columns else ""
+        cls = _text(feats[CLASS].iloc[i]) if CLASS in feats.columns else ""
+        cls = cls or (classes or {}).get(i, "")
+        out.append(QuPathObject(((np.asarray(region.points, dtype=float),),), name=caption, classification=cls))
     return out
 
 
-# --- class map -> polygons ------------------------------------------------------------------
+def recorded_colors(shapes_layer_or_metadata: Any) -> dict[str, str]:
+    """The class colours a shapes layer recorded (its metadata, or the metadata itself)."""
+    meta = shapes_layer_or_metadata if isinstance(shapes_layer_or_metadata, Mapping) else shapes_layer_or_metadata.metadata
+    return dict(meta.get(CLASS_COLORS) or {})
 
 
-def mask_rings(mask: np.ndarray) -> list[np.ndarray]:
-    """Trace the boundary of a boolean grid along cell edges.
-
-    Returns rings of grid-vertex coordinates ``(x=col, y=row)``, cell ``(r, c)`` spanning
-    ``[c, c + 1] x [r, r + 1]``, collinear vertices removed, not closed. Outer rings have a
-    positive shoelace area (y down), holes a negative one.
-    """
-    m = np.pad(np.asarray(mask, bool), 1)
-    inner = m[1:-1, 1:-1]
-    edges: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    # Clockwise (y down) around each cell, kept where the neighbour across is outside.
-    sides = (
-        (~m[:-2, 1:-1], (0, 0), (1, 0)),   # top: (c, r) -> (c + 1, r)
-        (~m[1:-1, 2:], (1, 0), (1, 1)),    # right: (c + 1, r) -> (c + 1, r + 1)
-        (~m[2:, 1:-1], (1, 1), (0, 1)),    # bottom: (c + 1, r + 1) -> (c, r + 1)
-        (~m[1:-1, :-2], (0, 1), (0, 0)),   # left: (c, r + 1) -> (c, r)
-    )
-    for open_side, (ax, ay), (bx, by) in sides:
-        rr, cc = np.nonzero(inner & open_side)
-        for r, c in zip(rr.tolist(), cc.tolist(), strict=True):
-            edges[(c + ax, r + ay)].append((c + bx, r + by))
-    rings = []
-    while edges:
-        start = next(iter(edges))
-        ring = [start]
-        prev, cur = start, edges[start].pop()
-        if not edges[start]:
-            del edges[start]
-        while cur != start:
-            ring.append(cur)
-            outs = edges[cur]
-            nxt = outs[0] if len(outs) == 1 else _rightmost(prev, cur, outs)
-            outs.remove(nxt)
-            if not outs:
-                del edges[cur]
-            prev, cur = cur, nxt
-        rings.append(_drop_collinear(np.array(ring, dtype=float)))
-    return rings
+def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mapping[str, str] | None = None) -> None:
+    """Fix the export colour of each new class of a shapes layer, in its metadata: ``known``'s
+    (a class map's legend) or the name's. Every export of the layer (the dock's, File > Save)
+    then gives a class the same colour."""
+    colors = recorded_colors(shapes_layer)
+    for cls in classes:
+        if cls and cls not in colors:
+            colors[cls] = "#{:02x}{:02x}{:02x}".format(*class_color(cls, known))
+    shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: colors}
 
 
-def _rightmost(prev: tuple[int, int], cur: tuple[int, int], outs: list[tuple[int, int]]) -> tuple[int, int]:
-    """At a pinch (two cells touching at a corner), turn right: hug the cell just walked."""
-    dx, dy = cur[0] - prev[0], cur[1] - prev[1]
-    right = (cur[0] - dy, cur[1] + dx)
-    return right if right in outs else outs[0]
+# --- class map -> objects -------------------------------------------------------------------
 
 
-def _drop_collinear(ring: np.ndarray) -> np.ndarray:
-    prev = np.roll(ring, 1, axis=0)
-    nxt = np.roll(ring, -1, axis=0)
-    cross = (ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - ring[:, 1]) - (ring[:, 1] - prev[:, 1]) * (nxt[:, 0] - ring[:, 0])
-    return ring[cross != 0]
+def class_map_legend(labels_layer: Any) -> dict[str, str]:
+    """Class name -> colour of a class-map Labels layer we made."""
+    meta = labels_layer.metadata
+    return dict(zip(meta.get("labels", []), meta.get("colors", []), strict=False))
 
 
-def ring_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return float((x * np.roll(y, -1) - np.roll(x, -1) * y).sum() / 2)
-
-
-def _inside(point: np.ndarray, ring: np.ndarray) -> bool:
-    x, y = point
-    xs, ys = ring[:, 0], ring[:, 1]
-    xn, yn = np.roll(xs, -1), np.roll(ys, -1)
-    crosses = (ys > y) != (yn > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xint = xs + (y - ys) * (xn - xs) / (yn - ys)
-    return bool(np.count_nonzero(crosses & (x < xint)) % 2)
-
-
-def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
-    """Polygons (exterior, then holes) of a boolean grid, in grid-vertex ``(x, y)``."""
-    rings = mask_rings(mask)
-    outers = [r for r in rings if ring_area(r) > 0]
-    polys: list[list[np.ndarray]] = [[r] for r in outers]
-    for hole in (r for r in rings if ring_area(r) < 0):
-        # A point strictly inside the hole: the centre of the cell left of its first edge.
-        (ax, ay), (bx, by) = hole[0], hole[1]
-        d = np.sign([bx - ax, by - ay])
-        probe = (hole[0] + hole[1]) / 2 + 0.5 * np.array([d[1], -d[0]])
-        owners = [i for i, o in enumerate(outers) if _inside(probe, o)]
-        if owners:
-            polys[min(owners, key=lambda i: ring_area(outers[i]))].append(hole)
-    return polys
-
-
-def class_map_features(labels_layer: Any, info: SlideInfo) -> list[dict[str, Any]]:
-    """One MultiPolygon feature per class present in a class-map Labels layer we made.
+def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
+    """One MultiPolygon annotation per class present in a class-map Labels layer we made.
 
     Tiles are traced in grid space and mapped to level-0 corner pixels through the layer's
     scale and translate, then clipped to the slide.
     """
+    from backend.tasks.geojson import to_rgb
+
     meta = labels_layer.metadata
     labels = list(meta.get("labels", []))
     colors = list(meta.get("colors", []))
@@ -179,14 +104,15 @@ def class_map_features(labels_layer: Any, info: SlideInfo) -> list[dict[str, Any
         if value == 0:
             continue
         if value <= len(labels):
-            name, color = labels[value - 1], colors[value - 1] if value - 1 < len(colors) else PALETTE[0]
+            name = labels[value - 1]
+            color = colors[value - 1] if value - 1 < len(colors) else None
         else:
             name, color = UNKNOWN_LABEL, UNKNOWN_COLOR
-        polygons = []
-        for rings in mask_polygons(data == value):
-            polygons.append([_closed(_grid_to_corner(r, labels_layer, info)) for r in rings])
-        geom = {"type": "MultiPolygon", "coordinates": polygons}
-        out.append(_feature(geom, name, name, color))
+        polygons = tuple(
+            tuple(_grid_to_corner(r, labels_layer, info) for r in rings) for rings in mask_polygons(data == value)
+        )
+        out.append(QuPathObject(polygons, name=name, classification=name,
+                                color=to_rgb(color) if color else None, multipart=True))
     return out
 
 
@@ -201,34 +127,18 @@ def _grid_to_corner(ring_xy: np.ndarray, layer: Any, info: SlideInfo) -> np.ndar
 # --- files ----------------------------------------------------------------------------------
 
 
-def write_geojson(path: str | os.PathLike[str], features: Iterable[Mapping[str, Any]]) -> Path:
-    """Write a FeatureCollection atomically (temp file renamed into place)."""
-    from backend.errors import InputError
-
-    final = Path(path)
-    if final.is_dir():
-        raise InputError(f"{final}: is a folder; give a .geojson file name")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"type": "FeatureCollection", "features": list(features)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
-
-
 @dataclass(frozen=True)
 class Annotation:
-    """An area annotation read from GeoJSON: exterior ring in level-0 corner ``(x, y)``."""
+    """An area annotation read from GeoJSON: one ring in level-0 corner ``(x, y)``.
+
+    ``hole`` marks the ring of a hole of another annotation (see :func:`read_geojson`).
+    """
 
     ring: np.ndarray
     name: str = ""
     cls: str = ""
     color: str | None = None
+    hole: bool = False
 
     @property
     def is_box(self) -> bool:
@@ -243,8 +153,13 @@ def read_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation], int]:
     """Area annotations of a QuPath (or any) GeoJSON file, and how many features were skipped.
 
     Accepts a FeatureCollection, a bare list of features (QuPath's default export) or one
-    Feature. Polygons keep their exterior ring (napari shapes have no holes); each polygon of a
-    MultiPolygon becomes its own annotation.
+    Feature. Each polygon of a MultiPolygon becomes its own annotation.
+
+    napari shapes cannot hold holes. Dropping a hole would silently turn a ring of tumour
+    around necrosis into a solid tumour region; so each hole comes back as an annotation of
+    its own (``hole=True``, named "hole in NAME", no class): the boundary stays on the canvas
+    and in a re-export, where it reads as what it is. The caller warns the user (napari shows
+    no holes in the outer shape).
 
     Raises
     ------
@@ -277,18 +192,28 @@ def read_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation], int]:
             continue
         name, cls, color = _qupath_props(props)
         for poly in polys:
-            try:
-                ring = np.asarray(poly[0], dtype=float)[:, :2]
-            except (TypeError, ValueError, IndexError):
+            rings = [_ring(r) for r in (poly if isinstance(poly, Sequence) else [])]
+            if not rings or rings[0] is None:
                 skipped += 1
                 continue
-            if len(ring) > 1 and np.array_equal(ring[0], ring[-1]):
-                ring = ring[:-1]
-            if len(ring) < 3:
-                skipped += 1
-                continue
-            out.append(Annotation(ring, name, cls, color))
+            out.append(Annotation(rings[0], name, cls, color))
+            for ring in rings[1:]:
+                if ring is None:
+                    skipped += 1
+                else:
+                    out.append(Annotation(ring, f"hole in {name or cls or 'annotation'}", "", color, hole=True))
     return out, skipped
+
+
+def _ring(coords: Any) -> np.ndarray | None:
+    """An open (n, 2) ring of at least 3 vertices, or None for anything else."""
+    try:
+        ring = np.asarray(coords, dtype=float)[:, :2]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if len(ring) > 1 and np.array_equal(ring[0], ring[-1]):
+        ring = ring[:-1]
+    return ring if len(ring) >= 3 and abs(ring_area(ring)) > 0 else None
 
 
 def _qupath_props(props: Mapping[str, Any]) -> tuple[str, str, str | None]:
@@ -323,4 +248,10 @@ def annotations_layer(annotations: Sequence[Annotation], info: SlideInfo, name: 
         CLASS: [a.cls for a in annotations],
         "nbest": [""] * len(annotations),
     }
+    # The file's class colours are the ones the layer exports with again.
+    colors: dict[str, str] = {}
+    for a in annotations:
+        if a.cls and a.color and a.cls not in colors:
+            colors[a.cls] = a.color
+    kwargs["metadata"] = {**kwargs["metadata"], CLASS_COLORS: colors}
     return (data, kwargs, "shapes")

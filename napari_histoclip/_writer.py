@@ -23,10 +23,12 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     """
     from napari.layers import Shapes
 
-    from napari_histoclip._geojson import shapes_features, write_geojson
+    from backend.tasks.geojson import write_qupath_geojson
+    from napari_histoclip._geojson import recorded_colors, shapes_objects
 
     keep = ("shape_type", "features", "scale", "translate", "metadata", "name")
     layer = Shapes(data, **{k: attributes[k] for k in keep if k in attributes})
     info = SlideInfo.from_metadata(layer.metadata) or SlideInfo("", layer.name, 0, 0, None)
-    written = write_geojson(path, shapes_features(layer, _SlideFrame(info)))
+    # The class colours the layer recorded: the same ones the dock's export writes.
+    written = write_qupath_geojson(path, shapes_objects(layer, _SlideFrame(info)), known_colors=recorded_colors(layer))
     return [str(written)]

@@ -3,9 +3,8 @@
 - :func:`write_overlay_png`: the class map blended over the slide thumbnail, with a legend.
 - :func:`write_predictions_table`: one row per tile (x, y, w, h, class, probability per
   class) as CSV, or Parquet when the suffix is ``.parquet`` (needs pyarrow).
-- :func:`write_geojson`: a QuPath-compatible GeoJSON FeatureCollection of tiles (QuPath >= 0.4
-  conventions: ``objectType``, ``classification`` {name, color}, ``measurements`` as a
-  name -> value object), in level-0 pixel coordinates with the origin at the top left.
+- :func:`write_geojson`: a QuPath-compatible GeoJSON FeatureCollection of tiles, through the
+  project's one QuPath writer (:mod:`backend.tasks.geojson`).
 
 Every writer goes through a temporary file renamed into place, so an interrupted export
 never leaves a half-written file under the final name.
@@ -13,10 +12,7 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +20,11 @@ import numpy as np
 
 from backend.atomic import atomic_path
 from backend.errors import InputError
+from backend.tasks.geojson import QuPathObject, QuPathObjectType, parse_object_type, write_qupath_geojson
 from backend.tasks.zero_shot import UNKNOWN_COLOR, UNKNOWN_NAME, ClassMap
 
-
-class QuPathObjectType(StrEnum):
-    """How QuPath should import each tile: as tile objects or as annotations."""
-
-    TILE = "tile"
-    ANNOTATION = "annotation"
-    DETECTION = "detection"
+__all__ = ["QuPathObjectType", "geojson_objects", "predictions_frame", "write_geojson", "write_overlay_png",
+           "write_predictions_table"]
 
 
 # --- table ------------------------------------------------------------------------------
@@ -83,33 +75,26 @@ def write_predictions_table(cm: ClassMap, path: str | os.PathLike[str]) -> Path:
 # --- GeoJSON ----------------------------------------------------------------------------
 
 
-def geojson_features(
+def geojson_objects(
     cm: ClassMap, object_type: QuPathObjectType | str = QuPathObjectType.TILE
-) -> list[dict[str, Any]]:
-    """One GeoJSON Feature per tile, with QuPath's property conventions."""
-    object_type = QuPathObjectType(object_type)
-    colors = {name: list(c) for name, c in zip(cm.class_names, cm.colors, strict=True)}
-    colors[UNKNOWN_NAME] = list(UNKNOWN_COLOR)
+) -> list[QuPathObject]:
+    """One QuPath object per tile: its square, class and per-class probabilities."""
+    object_type = parse_object_type(object_type)
     names = cm.label_names()
     ext = float(cm.layout.tile_extent)
-    features = []
+    out = []
     for i, ((x, y), (r, c)) in enumerate(zip(cm.layout.coords.tolist(), cm.layout.grid_index.tolist(), strict=True)):
-        x1, y1 = x + ext, y + ext
         measurements = {f"p({name})": float(p) for name, p in zip(cm.class_names, cm.probabilities[i], strict=True)}
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid4()),  # QuPath >= 0.4 reads a UUID here as the object id
-                "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x1, y], [x1, y1], [x, y1], [x, y]]]},
-                "properties": {
-                    "objectType": object_type.value,
-                    "name": f"tile r{r} c{c}",
-                    "classification": {"name": names[i], "color": colors[names[i]]},
-                    "measurements": measurements,
-                },
-            }
-        )
-    return features
+        out.append(QuPathObject.box(x, y, ext, ext, name=f"tile r{r} c{c}", classification=names[i],
+                                    object_type=object_type, measurements=measurements))
+    return out
+
+
+def class_map_colors(cm: ClassMap) -> dict[str, tuple[int, int, int]]:
+    """The class map's legend: class name -> RGB, "unknown" included."""
+    colors = {name: tuple(int(v) for v in c) for name, c in zip(cm.class_names, cm.colors, strict=True)}
+    colors[UNKNOWN_NAME] = tuple(UNKNOWN_COLOR)
+    return colors  # type: ignore[return-value]
 
 
 def write_geojson(
@@ -124,20 +109,12 @@ def write_geojson(
     ----------
     cm : ClassMap
     path : path
-        Output file (``.geojson`` or ``.json``).
+        Output file (``.geojson`` or ``.json``) in an existing folder.
     object_type : {"tile", "annotation", "detection"}
         How QuPath imports each tile.
     """
-    try:
-        object_type = QuPathObjectType(object_type)
-    except ValueError as e:
-        choices = ", ".join(t.value for t in QuPathObjectType)
-        raise InputError(f"GeoJSON object type {object_type!r}: choose one of {choices}") from e
-    doc = {"type": "FeatureCollection", "features": geojson_features(cm, object_type)}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-    return path
+    objects = geojson_objects(cm, parse_object_type(object_type))
+    return write_qupath_geojson(path, objects, known_colors=class_map_colors(cm))
 
 
 # --- PNG overlay ------------------------------------------------------------------------

@@ -5,7 +5,6 @@ hits as QuPath GeoJSON, one file per slide.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.atomic import atomic_path, atomic_write_text
+from backend.atomic import atomic_path
 from backend.errors import HistoclipError, InputError
+
+HIT_COLOR = (0, 120, 255)  # blue: apart from H&E's pinks and purples
 
 # Perceptually ordered dark-blue -> yellow ramp (viridis anchors): similarity is read as
 # "brighter is closer" without a rainbow's false edges.
@@ -144,7 +145,12 @@ def write_contact_sheet(
 
 
 def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> list[Path]:
-    """One QuPath GeoJSON per slide with its hit boxes as annotations (name: rank and score)."""
+    """One QuPath GeoJSON per slide with its hit boxes as annotations (name: rank and score).
+
+    ``folder`` is the output folder the command line names (``--geojson-dir``): made if missing.
+    """
+    from backend.tasks.geojson import QuPathObject, write_qupath_geojson
+
     per_slide: dict[str, list[tuple[int, Any]]] = defaultdict(list)
     for rank, hit in enumerate(hits, 1):
         per_slide[hit.slide_path].append((rank, hit))
@@ -156,20 +162,11 @@ def write_hits_geojson(hits: Sequence[Any], folder: str | os.PathLike[str]) -> l
         stem = Path(slide_path).stem
         if stems.count(stem) > 1:  # same file name in two folders: keep both files apart
             stem += "-" + hashlib.sha1(slide_path.encode()).hexdigest()[:8]
-        features = []
-        for rank, hit in items:
-            x, y, w, h = (float(v) for v in hit.box)
-            ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
-            features.append({
-                "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
-                "properties": {
-                    "objectType": "annotation",
-                    "name": f"hit {rank} (score {hit.score:.3f})",
-                    "classification": {"name": "search hit", "color": [0, 120, 255]},
-                    "measurements": {"score": float(hit.score), "rank": rank, "tiles": int(hit.n_tiles)},
-                },
-            })
-        path = folder / f"{stem}.hits.geojson"
-        written.append(atomic_write_text(path, json.dumps({"type": "FeatureCollection", "features": features})))
+        objects = [
+            QuPathObject.box(*(float(v) for v in hit.box), name=f"hit {rank} (score {hit.score:.3f})",
+                             classification="search hit", color=HIT_COLOR,
+                             measurements={"score": float(hit.score), "rank": rank, "tiles": int(hit.n_tiles)})
+            for rank, hit in items
+        ]
+        written.append(write_qupath_geojson(folder / f"{stem}.hits.geojson", objects))
     return written

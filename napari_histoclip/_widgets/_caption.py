@@ -203,6 +203,7 @@ class CaptionPanel(Container):
     @handler
     def set_class(self) -> None:
         """Give the selected shapes (or the shown one) the typed class label."""
+        from napari_histoclip._geojson import record_class_colors
         from napari_histoclip._shapes import set_classes
 
         layer = self.shapes.value
@@ -211,7 +212,10 @@ class CaptionPanel(Container):
             indices = [self._shown]
         if layer is None or not indices:
             raise UserError("Class: select one or more shapes first")
-        set_classes(layer, indices, [self.cls.value.strip()] * len(indices))
+        cls = self.cls.value.strip()
+        set_classes(layer, indices, [cls] * len(indices))
+        # Its export colour, fixed now: a class map's on this slide if it has the class.
+        record_class_colors(layer, [cls], self._class_map_colors())
 
     # --- internals ------------------------------------------------------------------------
 
@@ -220,6 +224,19 @@ class CaptionPanel(Container):
         if layer is None or self._shown is None or self._shown >= len(layer.data):
             raise UserError("Caption: select a shape first")
         return layer, self._shown
+
+    def _class_map_colors(self) -> dict[str, str]:
+        from napari_histoclip._geojson import class_map_legend
+        from napari_histoclip._layers import is_ours
+
+        slide = self.ctx.slide_layer()
+        want = slide_of(slide).path if slide is not None and slide_of(slide) else None
+        colors: dict[str, str] = {}
+        for lyr in self.ctx.viewer.layers:
+            own = slide_of(lyr)
+            if is_ours(lyr, "class_map") and (own is None or own.path == want):
+                colors = {**class_map_legend(lyr), **colors}
+        return colors
 
     def _choose_item(self, item: QListWidgetItem) -> None:
         self.choose(self.nbest_list.row(item))

@@ -20,7 +20,8 @@ class ExportPanel(Container):
         self.ctx = ctx
         self.shapes = ComboBox(label="Shapes", choices=self._shapes_choices, nullable=True)
         self.class_map = ComboBox(label="Class map", choices=self._class_map_choices, nullable=True)
-        self.classify = CheckBox(text="Shapes without a class take the class map's", value=True)
+        self.classify = CheckBox(text="Shapes without a class take the class map's", value=True,
+                                 tooltip="in the exported file only; the shapes layer is not changed")
         self.path = FileEdit(label="Save to", mode="w", filter="*.geojson", value=None)
         self.export_button = PushButton(text="Export QuPath GeoJSON")
         self.import_path = FileEdit(label="Import", mode="r", filter="*.geojson *.json", value=None)
@@ -36,8 +37,12 @@ class ExportPanel(Container):
 
     @handler
     def export(self) -> None:
-        """Write the chosen shapes and class map as one QuPath GeoJSON FeatureCollection."""
-        from napari_histoclip._geojson import class_map_features, shapes_features, write_geojson
+        """Write the chosen shapes and class map as one QuPath GeoJSON FeatureCollection.
+
+        The layers are read, never changed: classes taken from the class map go to the file only.
+        """
+        from backend.tasks.geojson import write_qupath_geojson
+        from napari_histoclip._geojson import class_map_legend, class_map_objects, recorded_colors, shapes_objects
 
         slide_layer, info = self.ctx.require_slide()
         shapes, class_map = self.shapes.value, self.class_map.value
@@ -47,19 +52,22 @@ class ExportPanel(Container):
         if not target or str(target) in ("", ".") or Path(target).is_dir():
             raise UserError("Save to: choose a .geojson file name")
         target = Path(target) if Path(target).suffix else Path(target).with_suffix(".geojson")
-        colors = {}
+        if not target.parent.is_dir():
+            raise UserError(f"Save to: the folder {target.parent} does not exist; create it or choose another")
+        # One colour per class: the shapes layer's recorded colours (what File > Save writes),
+        # then the class map's legend, then the name's (backend.tasks.geojson.class_color).
+        known: dict[str, str] = {}
+        objects = []
         if class_map is not None:
-            colors = dict(zip(class_map.metadata.get("labels", []), class_map.metadata.get("colors", []), strict=False))
-            if shapes is not None and self.classify.value:
-                self._classify(shapes, class_map)
+            known.update(class_map_legend(class_map))
+        if shapes is not None:
+            known.update(recorded_colors(shapes))
+            classes = self._majority(shapes, class_map) if class_map is not None and self.classify.value else {}
+            objects += shapes_objects(shapes, slide_layer, classes)  # on the UI thread: a snapshot
 
         def work(progress: Any, cancel: Any) -> tuple[Path, int]:
-            features = []
-            if shapes is not None:
-                features += shapes_features(shapes, slide_layer, colors)
-            if class_map is not None:
-                features += class_map_features(class_map, info)
-            return write_geojson(target, features), len(features)
+            found = objects + (class_map_objects(class_map, info) if class_map is not None else [])
+            return write_qupath_geojson(target, found, known_colors=known), len(found)
 
         def done(out: tuple[Path, int]) -> None:
             from napari.utils.notifications import show_info
@@ -83,19 +91,26 @@ class ExportPanel(Container):
         if not annotations:
             raise UserError(f"{Path(source).name}: no polygon annotations in it ({skipped} other features)")
         layer = add_layer_data(self.ctx.viewer, annotations_layer(annotations, info, f"{info.stem}: {Path(source).stem}"))
-        note = f"; {skipped} points, lines or empty features skipped" if skipped else ""
-        (show_warning if skipped else show_info)(f"{Path(source).name}: {len(annotations)} annotations imported{note}")
+        holes = sum(a.hole for a in annotations)
+        notes = []
+        if holes:
+            notes.append(f"{holes} hole(s) imported as shapes of their own, named 'hole in ...' "
+                         "(napari shapes cannot have holes)")
+        if skipped:
+            notes.append(f"{skipped} points, lines or empty features skipped")
+        note = "; " + "; ".join(notes) if notes else ""
+        (show_warning if notes else show_info)(f"{Path(source).name}: {len(annotations)} annotations imported{note}")
         return layer
 
     @staticmethod
-    def _classify(shapes: Any, class_map: Any) -> None:
-        """Label shapes that have no class with the class map's majority class under them."""
-        from napari_histoclip._shapes import CLASS, ensure_caption_columns, majority_classes, set_classes
+    def _majority(shapes: Any, class_map: Any) -> dict[int, str]:
+        """The class map's majority class under each shape that has no class (shape index ->
+        class), for the export only."""
+        from napari_histoclip._shapes import CLASS, majority_classes
 
-        ensure_caption_columns(shapes)
-        missing = [i for i, c in enumerate(shapes.features[CLASS]) if str(c) in ("", "nan", "None")]
-        if missing:
-            set_classes(shapes, missing, majority_classes(shapes, class_map, missing))
+        have = shapes.features[CLASS] if CLASS in shapes.features.columns else None
+        missing = [i for i in range(len(shapes.data)) if have is None or str(have.iloc[i]) in ("", "nan", "None")]
+        return dict(zip(missing, majority_classes(shapes, class_map, missing), strict=True)) if missing else {}
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Shapes

@@ -12,16 +12,8 @@ from napari.layers import Layer
 
 from backend.api import Caption, GridGeometry, ZeroShotResult
 from backend.errors import InputError
-from napari_histoclip._geojson import (
-    annotations_layer,
-    class_map_features,
-    mask_polygons,
-    mask_rings,
-    read_geojson,
-    ring_area,
-    shapes_features,
-    write_geojson,
-)
+from backend.tasks.geojson import mask_polygons, mask_rings, qupath_features, ring_area, write_qupath_geojson
+from napari_histoclip._geojson import annotations_layer, class_map_objects, read_geojson, shapes_objects
 from napari_histoclip._layers import class_map_layers
 from napari_histoclip._shapes import CLASS, caption_layer_kwargs, set_captions, shape_regions
 from napari_histoclip._slide import SlideInfo
@@ -52,7 +44,7 @@ def test_shapes_round_trip_through_qupath_geojson(tmp_path: Path) -> None:
     feats = shapes.features
     feats.loc[0, CLASS] = "Tumor"
     shapes.features = feats
-    out = write_geojson(tmp_path / "a.geojson", shapes_features(shapes, slide, {"Tumor": "#c80000"}))
+    out = write_qupath_geojson(tmp_path / "a.geojson", shapes_objects(shapes, slide), known_colors={"Tumor": "#c80000"})
     doc = json.loads(out.read_text())
     first = doc["features"][0]
     assert first["properties"]["name"] == "dense tumour"
@@ -86,9 +78,11 @@ def test_qupath_exports_read_as_lists_with_points_skipped(tmp_path: Path) -> Non
     path = tmp_path / "qupath.json"
     path.write_text(json.dumps(doc))
     annotations, skipped = read_geojson(path)
-    assert skipped == 1 and len(annotations) == 2
+    assert skipped == 1 and len(annotations) == 3  # the second polygon's hole is a shape of its own
     assert annotations[0].cls == "Stroma" and annotations[0].color == "#00ff00"
     assert annotations[1].is_box and not annotations[0].is_box
+    hole = annotations[2]
+    assert hole.hole and hole.name == "hole in Stroma" and hole.cls == "" and not annotations[1].hole
 
 
 def test_unreadable_geojson_names_the_file(tmp_path: Path) -> None:
@@ -122,7 +116,7 @@ def test_class_map_becomes_one_multipolygon_per_class_on_the_tiles() -> None:
     res = ZeroShotResult(("tumor", "stroma"), cm, np.zeros((2, 2, 3), np.float32), geom, False)
     viewer = ViewerModel()
     labels = viewer.add_layer(Layer.create(*class_map_layers(res, INFO, ["#ff0000", "#0000ff"])[0]))
-    feats = class_map_features(labels, INFO)
+    feats = qupath_features(class_map_objects(labels, INFO))
     assert [f["properties"]["name"] for f in feats] == ["tumor", "stroma"]
     tumor = feats[0]
     assert tumor["geometry"]["type"] == "MultiPolygon"
