@@ -4,7 +4,15 @@ Every request and result is a frozen dataclass of plain values (str, int, float,
 arrays), so a remote form (HTTP) can serialise them without the widgets noticing. Long calls
 take a ``progress`` callback, called with a :class:`Progress`, and a ``cancel`` event; a
 cancelled call raises :class:`backend.errors.CancelledError` and keeps what it had written
-(embeddings already cached stay cached).
+(embeddings already cached stay cached). Loading a model is a stage of its own
+(``Progress(0, 0, "loading model NAME")``), and cancel takes effect as soon as the load returns.
+
+Every method of a :class:`Backend` may be called from any thread, several at once, and
+``close()`` from any thread.
+
+Defaults come from what the data records: a search without ``model`` uses the model the index
+was built with and, for a region query, the index's own tiles; a caption without ``model`` the
+CLIP model its captioner bundle was trained with. An explicit model that differs is an error.
 
 Geometry: boxes and polygons are in level-0 pixels of the slide, (x, y) order. Maps over the
 tile grid come with ``scale`` and ``translate`` in level-0 pixels, (row, col) order, so that a
@@ -18,18 +26,29 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Progress:
-    """How far a long call has got: ``done`` of ``total`` units (tiles, slides), and what."""
+    """How far a long call has got: ``done`` of ``total`` units (tiles, slides), and what.
+
+    The one progress type of the project (embedding engine, index builds, training encode).
+    ``total == 0`` means "no count yet" (loading a model, waiting for another job); ``stage``
+    starts with a word saying what is happening (``loading``, ``cached``, ``encoding``, ...),
+    followed by what it is about (a model or slide name).
+    """
 
     done: int
     total: int
     stage: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """``done / total``, 1.0 when there is nothing to count."""
+        return 1.0 if self.total == 0 else self.done / self.total
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -77,10 +96,17 @@ class TileOptions:
     mpp: float | None = 0.5
     min_tissue: float = 0.5
 
+    def to_spec(self) -> Any:
+        """The :class:`backend.slides.TileSpec` these options describe (imports the slide code)."""
+        from backend.slides import TileSpec
+
+        return TileSpec(tile_size=self.tile_size, mpp=self.mpp, min_tissue=self.min_tissue)
+
 
 @dataclass(frozen=True)
 class SlideRef:
-    """A slide file, with the mpp a user gave when its metadata has none."""
+    """A slide file, with the µm/px a user gave for it: a fallback, used only when the slide's
+    metadata has none (a slide that records its resolution keeps it)."""
 
     path: str
     mpp: float | None = None
@@ -160,7 +186,7 @@ class CaptionRequest:
     slide: SlideRef
     regions: tuple[Region, ...]
     captioner: str  # a captioner bundle path
-    model: str  # the CLIP model the captioner was trained with (checked)
+    model: str | None = None  # None: the CLIP model the bundle records; another one is an error
     beams: int = 3
     n_best: int = 3
     max_tokens: int = 30
@@ -180,10 +206,11 @@ class CaptionResult:
 
 @dataclass(frozen=True)
 class IndexRequest:
-    slides: tuple[str, ...]  # slide files; a folder is expanded by the caller
+    slides: tuple[str, ...]  # slide files or folders of slides
     index_path: str
     model: str
     tiles: TileOptions = field(default_factory=TileOptions)
+    slide_mpp: float | None = None  # µm/px for the slides whose metadata has none
 
 
 @dataclass(frozen=True)
@@ -198,13 +225,13 @@ class IndexInfo:
 @dataclass(frozen=True)
 class SearchRequest:
     index_path: str
-    model: str  # the model the index was built with (a mismatch is an error)
+    model: str | None = None  # None: the model the index records; another one is an error
     text: str | None = None
     slide: SlideRef | None = None
     region: Region | None = None
     k: int = 10
     exclude_query_slide: bool = True
-    tiles: TileOptions = field(default_factory=TileOptions)
+    tiles: TileOptions | None = None  # None: the index's own tiles (for a region query)
 
 
 @dataclass(frozen=True)
@@ -396,4 +423,10 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> IndexInfo: ...
 
-    def search(self, request: SearchRequest) -> SearchResult: ...
+    def search(
+        self,
+        request: SearchRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> SearchResult: ...

@@ -146,7 +146,6 @@ def _share(total: float, n: int) -> float:
 def build_index_ray(
     request: api.IndexRequest,
     *,
-    slide_mpp: float | None = None,
     options: RayOptions = RayOptions(),
     cache_dir: str | os.PathLike[str] | None = None,
     progress: api.ProgressCallback | None = None,
@@ -157,9 +156,8 @@ def build_index_ray(
     Parameters
     ----------
     request
-        Slides (files or folders), index directory, model and tile options.
-    slide_mpp
-        µm per pixel for the slides whose metadata has none (others keep theirs).
+        Slides (files or folders), index directory, model, tile options, and the µm per
+        pixel for the slides whose metadata has none (``slide_mpp``; others keep theirs).
     options
         Cluster address, workers, device, batch size.
     cache_dir
@@ -175,6 +173,7 @@ def build_index_ray(
         to a worker, slides that cannot be embedded are listed in ``failed``.
     """
     from backend.embed import EmbeddingCache
+    from backend.local import recordable_model_name
     from backend.slides import expand_slides
     from backend.paths import cache_root
 
@@ -192,9 +191,11 @@ def build_index_ray(
         model_id, dim, pids = _wait_for_workers(ray, actors, request.model, cancel)
         from backend.index import CohortIndex
 
-        index = CohortIndex.open_or_create(request.index_path, model_id=model_id, dim=dim)
+        index = CohortIndex.open_or_create(request.index_path, model_id=model_id, dim=dim,
+                                           model_name=recordable_model_name(request.model))
         try:
-            return _Driver(ray, actors, pids, index, cache, request, model_id, progress, cancel).run(slides, slide_mpp)
+            return _Driver(ray, actors, pids, index, cache, request, model_id, progress, cancel).run(
+                slides, request.slide_mpp)
         finally:
             index.close()
     finally:
@@ -259,14 +260,14 @@ class _Driver:
 
     def _plan(self, slides: list[str], slide_mpp: float | None) -> list[tuple[str, float | None]]:
         """The slides still to embed, each with the mpp to open it with."""
-        from backend.local import cohort_slide_mpp
+        from backend.local import slide_mpp_fallback
         from backend.slides import slide_fingerprint
 
         todo = []
         for path in slides:
             try:
                 if not self.index.contains(slide_fingerprint(path)):
-                    todo.append((path, cohort_slide_mpp(path, slide_mpp)))
+                    todo.append((path, slide_mpp_fallback(path, slide_mpp)))
             except (HistoclipError, OSError) as e:
                 self.failed.append((path, str(e)))
         return todo
@@ -300,7 +301,6 @@ class _Driver:
     def _finish(self, ref: Any, i: int, path: str, mpp: float | None, free: list[int]) -> str:
         """Collect one slide's result; add it to the index. Returns a note for the progress."""
         from backend.embed import lookup_cached
-        from backend.local import _spec
 
         name = Path(path).name
         try:
@@ -321,7 +321,7 @@ class _Driver:
         if status == "failed":
             self.failed.append((path, why))
             return note + " (failed)"
-        emb = lookup_cached(path, self.model_id, _spec(self.request.tiles), cache=self.cache, mpp=mpp)
+        emb = lookup_cached(path, self.model_id, self.request.tiles.to_spec(), cache=self.cache, mpp=mpp)
         if emb is None:  # the worker said done, so the store must be there
             raise HistoclipError(f"{name}: embeddings missing from the cache at {self.cache.root} "
                                  "(is the cache directory shared by every Ray node?)")

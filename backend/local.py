@@ -6,8 +6,14 @@ napari share one code path. Models load on first use on the device picked once
 to the on-disk cache and are reused by every task, so relabelling with new prompts, a text
 heatmap, a search or the caption of an embedded region reads no pixel.
 
-A call may run on a worker thread; calls are safe to make from several threads at once
-(model loading and the text-feature cache are locked; the embedding cache locks per slide).
+Threads: every method may be called from any thread, several at once, and :meth:`close` from
+any thread (napari calls in from its worker pool, whose idle threads Qt retires after 30 s).
+Models, captioners and open indexes are made once per key under a lock of that key (loading
+one model does not hold up a search with another); an open index serialises its own calls
+and its SQLite connection is not bound to the thread that opened it (see
+:class:`backend.index.CohortIndex`); the text-feature cache locks itself; the embedding cache
+locks per slide, across threads and processes. Model inference runs concurrently (torch
+releases the GIL; a forward pass under ``inference_mode`` changes no state).
 """
 
 from __future__ import annotations
@@ -16,37 +22,74 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from backend import api
-from backend.embed import EmbeddingCache, EmbedProgress, SlideEmbeddings
-from backend.errors import InputError
+from backend.embed import EmbeddingCache, SlideEmbeddings
+from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
 from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
 
-
-def _spec(tiles: api.TileOptions) -> Any:
-    from backend.slides import TileSpec
-
-    return TileSpec(tile_size=tiles.tile_size, mpp=tiles.mpp, min_tissue=tiles.min_tissue)
+T = TypeVar("T")
 
 
 def _geometry(layout: Any) -> api.GridGeometry:
     return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
 
 
-def _relay(progress: api.ProgressCallback | None, stage: str = "") -> Callable[[EmbedProgress], None] | None:
-    """Turn the engine's progress events into the interface's :class:`backend.api.Progress`."""
-    if progress is None:
-        return None
+def _check_cancel(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError(f"{what}: cancelled")
 
-    def forward(event: EmbedProgress) -> None:
-        label = f"{stage}{event.stage}" + (f" {event.slide_name}" if event.slide_name else "")
-        progress(api.Progress(done=event.done, total=event.total, stage=label))
 
-    return forward
+class _Once(Generic[T]):
+    """Objects made once per key and shared by every thread.
+
+    Each key has its own lock, so making one (loading a model: seconds) does not block threads
+    that want another that is ready; two threads asking for the same missing key make it once.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, T] = {}
+        self._making: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], T], *, missing: Callable[[], None] | None = None) -> T:
+        """The object of ``key``, made by ``make()`` if absent (``missing()`` is called first)."""
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+            making = self._making.setdefault(key, threading.Lock())
+        if missing is not None:
+            missing()
+        with making:
+            with self._lock:
+                if key in self._items:  # another thread made it while we waited
+                    return self._items[key]
+            item = make()
+            with self._lock:
+                self._items[key] = item
+                self._making.pop(key, None)
+            return item
+
+    def take_all(self) -> list[T]:
+        """Remove and return every object made so far."""
+        with self._lock:
+            items, self._items = list(self._items.values()), {}
+        return items
+
+
+def recordable_model_name(name: str) -> str:
+    """What an index records as the name its model loads by: a bundle folder as an absolute
+    path (a search may run from another directory), registry names and hub ids as given."""
+    from backend.models.registry import HF_HUB_PREFIX, REGISTERED
+
+    path = Path(name).expanduser()
+    if name.lower() in REGISTERED or name.startswith(HF_HUB_PREFIX) or not path.is_dir():
+        return name
+    return str(path.resolve())
 
 
 class LocalBackend:
@@ -77,19 +120,19 @@ class LocalBackend:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.text_cache = TextFeatureCache()
-        self._models: dict[str, Any] = {}
-        self._captioners: dict[str, Any] = {}
-        self._readers: dict[str, Any] = {}  # read-only cohort indexes, kept open between searches
-        self._lock = threading.Lock()
-        self._search_lock = threading.Lock()  # an index handle is not for two threads at once
+        self._models: _Once[Any] = _Once()
+        self._captioners: _Once[Any] = _Once()
+        self._readers: _Once[Any] = _Once()  # read-only cohort indexes, kept open between searches
 
     def close(self) -> None:
-        """Close the cohort indexes held open for searching (models are simply dropped)."""
-        with self._lock:
-            readers, self._readers = self._readers, {}
-            self._models.clear()
-            self._captioners.clear()
-        for index in readers.values():
+        """Close the cohort indexes held open for searching (models are simply dropped).
+
+        From any thread; a search running meanwhile finishes first (the index waits for it).
+        The backend stays usable: what a later call needs is loaded or opened again.
+        """
+        self._models.take_all()
+        self._captioners.take_all()
+        for index in self._readers.take_all():
             index.close()
 
     def __enter__(self) -> LocalBackend:
@@ -115,29 +158,84 @@ class LocalBackend:
             for e in list_models()
         ]
 
-    def model(self, name: str) -> Any:
-        """The loaded :class:`backend.models.ClipModel` for ``name`` (loaded once, then kept)."""
-        with self._lock:
-            if name not in self._models:
-                from backend.device import pick_device
-                from backend.models import load_model
+    def model(
+        self,
+        name: str,
+        *,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """The loaded :class:`backend.models.ClipModel` for ``name`` (loaded once, then kept).
 
-                self._models[name] = load_model(name, device=pick_device(self.device_request))
-            return self._models[name]
+        Before a load, ``progress`` gets ``Progress(0, 0, "loading model NAME")``; ``cancel`` is
+        checked once the load returns (the model stays loaded for the next call).
+        """
+
+        def load() -> Any:
+            from backend.device import pick_device
+            from backend.models import load_model
+
+            return load_model(name, device=pick_device(self.device_request))
+
+        loading = []
+
+        def announce() -> None:
+            loading.append(True)
+            if progress is not None:
+                progress(api.Progress(0, 0, f"loading model {name}"))
+
+        clip = self._models.get(name, load, missing=announce)
+        if loading:  # a load (ours or another thread's) took time: the user may have given up
+            _check_cancel(cancel, f"loading model {name}")
+        return clip
 
     def captioner(self, path: str, clip_model_id: str) -> Any:
         """The captioner bundle at ``path``, checked against the CLIP model of the embeddings."""
-        with self._lock:
-            if path not in self._captioners:
-                from backend.caption import load_captioner
-                from backend.device import pick_device
 
-                self._captioners[path] = load_captioner(
-                    path, clip_model_id=clip_model_id, device=pick_device(self.device_request)
-                )
-            captioner = self._captioners[path]
+        def load() -> Any:
+            from backend.caption import load_captioner
+            from backend.device import pick_device
+
+            return load_captioner(path, clip_model_id=clip_model_id, device=pick_device(self.device_request))
+
+        captioner = self._captioners.get(str(path), load)
         captioner.check_model_id(clip_model_id)
         return captioner
+
+    def captioner_model(self, path: str) -> str:
+        """The CLIP model the captioner bundle at ``path`` records it was trained with (reads
+        its manifest only): the model a caption request without one uses."""
+        from backend.caption import read_captioner_manifest
+
+        return str(read_captioner_manifest(path)["clip_model_id"])
+
+    def _recorded_model(
+        self,
+        given: str | None,
+        recorded_name: str,
+        recorded_id: str,
+        what: str,
+        progress: api.ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> Any:
+        """The model ``what`` (an index, a captioner) was made with: ``given`` or, when None, the
+        one it records; a model of another id is refused."""
+        name = given or recorded_name
+        try:
+            clip = self.model(name, progress=progress, cancel=cancel)
+        except ModelError as e:
+            if given is not None:
+                raise
+            raise type(e)(
+                f"{what} records model {recorded_name!r}, which cannot be loaded here ({e}); "
+                "give the model it was made with"
+            ) from e
+        if str(clip.model_id) != recorded_id:
+            raise ModelMismatchError(
+                f"{what} was made with model {recorded_id!r}, but model {name!r} is {str(clip.model_id)!r}: "
+                f"leave the model out to use {recorded_id!r}, or use one made with {name!r}"
+            )
+        return clip
 
     # --- embeddings -------------------------------------------------------------------------
 
@@ -155,15 +253,17 @@ class LocalBackend:
 
         With ``region``, only the tiles under it: taken from the cached slide when there is
         one, else encoded alone (a region's tiles are not cached as the slide's).
+        ``slide.mpp`` is used only if the slide's metadata has none (:func:`slide_mpp_fallback`).
         """
         from backend.embed import embed_slide
 
-        clip = self.model(model)
+        clip = self.model(model, progress=progress, cancel=cancel)
+        mpp = slide_mpp_fallback(slide.path, slide.mpp)
         # With a region, the engine serves its tiles from the cached slide when there is one,
         # else encodes only them (without caching a part of a slide).
         emb = embed_slide(
-            slide.path, clip, _spec(tiles), cache=self.cache, mpp=slide.mpp, region=region,
-            batch_size=self.batch_size, num_workers=self.num_workers, cancel=cancel, progress=_relay(progress),
+            slide.path, clip, tiles.to_spec(), cache=self.cache, mpp=mpp, region=region,
+            batch_size=self.batch_size, num_workers=self.num_workers, cancel=cancel, progress=progress,
         )
         if region is not None and emb.n_tiles == 0:
             x, y, w, h = region.bounds
@@ -181,10 +281,13 @@ class LocalBackend:
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.EmbedResult:
+        from backend.embed import EmbedStage
+
         from_cache = []
 
         def watch(p: api.Progress) -> None:
-            from_cache.append(p.stage.startswith("cached"))
+            if not p.stage.startswith("loading"):
+                from_cache.append(p.stage.startswith(EmbedStage.CACHED))
             if progress is not None:
                 progress(p)
 
@@ -272,12 +375,18 @@ class LocalBackend:
 
         if not request.regions:
             raise InputError("caption: no region given; draw a rectangle or polygon first")
-        clip = self.model(request.model)
+        # The bundle records the CLIP model it was trained on: the default, and the check.
+        trained_with = self.captioner_model(request.captioner)
+        clip = self._recorded_model(
+            request.model, trained_with, trained_with, f"captioner {request.captioner}", progress, cancel
+        )
+        model = request.model or trained_with
         captioner = self.captioner(request.captioner, str(clip.model_id))
         vectors = []
         for region in request.regions:
-            emb = self.embeddings(request.slide, request.model, request.tiles, region=region, progress=progress, cancel=cancel)
+            emb = self.embeddings(request.slide, model, request.tiles, region=region, progress=progress, cancel=cancel)
             vectors.append(pool(emb.vectors))
+        _check_cancel(cancel, "caption")
         config = DecodeConfig(num_beams=request.beams, n_best=request.n_best, max_new_tokens=request.max_tokens)
         captions = captioner.caption(np.stack(vectors), model_id=str(clip.model_id), config=config)
         return api.CaptionResult(captions=tuple(captions))
@@ -456,7 +565,6 @@ class LocalBackend:
         self,
         request: api.IndexRequest,
         *,
-        slide_mpp: float | None = None,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.IndexInfo:
@@ -464,13 +572,12 @@ class LocalBackend:
 
         A slide that cannot be read is reported in ``IndexInfo.failed`` and the others go on;
         slides already in the index are skipped, so a rerun after an interruption resumes.
-        ``slide_mpp`` is used for the slides whose metadata has no mpp (see
-        :func:`cohort_slide_mpp`).
+        ``request.slide_mpp`` is used for the slides whose metadata has no mpp.
         """
-        from backend.errors import CancelledError, HistoclipError
+        from backend.errors import HistoclipError
 
         slides = expand_slides(request.slides)
-        index = self.open_index(request.index_path, request.model, create=True)
+        index = self.open_index(request.index_path, request.model, create=True, progress=progress, cancel=cancel)
         failed: list[tuple[str, str]] = []
         try:
             for i, path in enumerate(slides):
@@ -479,7 +586,7 @@ class LocalBackend:
                 if progress is not None:
                     progress(api.Progress(i, len(slides), f"slide {Path(path).name}"))
                 try:
-                    ref = api.SlideRef(path, cohort_slide_mpp(path, slide_mpp))
+                    ref = api.SlideRef(path, request.slide_mpp)
                     emb = self.embeddings(ref, request.model, request.tiles, cancel=cancel)
                 except CancelledError:
                     raise
@@ -500,25 +607,32 @@ class LocalBackend:
         finally:
             index.close()
 
-    def open_index(self, path: str | os.PathLike[str], model: str, *, create: bool = False, read_only: bool = False) -> Any:
+    def open_index(
+        self,
+        path: str | os.PathLike[str],
+        model: str,
+        *,
+        create: bool = False,
+        read_only: bool = False,
+        progress: api.ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
         """The cohort index at ``path``; with ``create``, opened for writing with ``model`` (created
         when absent, refused when it holds another model's embeddings)."""
         from backend.index import CohortIndex
 
         if create:
-            clip = self.model(model)
-            return CohortIndex.open_or_create(path, model_id=str(clip.model_id), dim=int(clip.embed_dim))
+            clip = self.model(model, progress=progress, cancel=cancel)
+            return CohortIndex.open_or_create(
+                path, model_id=str(clip.model_id), dim=int(clip.embed_dim), model_name=recordable_model_name(model)
+            )
         return CohortIndex.open(path, read_only=read_only)
 
     def _reader(self, path: str | os.PathLike[str]) -> Any:
         """A read-only handle on the index at ``path``, opened once; it keeps up with writers."""
         from backend.index import CohortIndex
 
-        key = str(Path(path).resolve())
-        with self._lock:
-            if key not in self._readers:
-                self._readers[key] = CohortIndex.open(path, read_only=True)
-            return self._readers[key]
+        return self._readers.get(str(Path(path).resolve()), lambda: CohortIndex.open(path, read_only=True))
 
     def search(
         self,
@@ -527,31 +641,29 @@ class LocalBackend:
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.SearchResult:
-        from backend.errors import CancelledError
+        from backend.index.recorded import query_tiles
 
         if (request.text is None) == (request.region is None):
             raise InputError("search: give either a text query or a region of a slide, not both or neither")
-        clip = self.model(request.model)
-        if cancel is not None and cancel.is_set():
-            raise CancelledError("search: cancelled")
-        index = self._reader(request.index_path)  # stays open: opening a 1M-tile index costs 0.3-0.8 s
+        if request.region is not None and request.slide is None:
+            raise InputError("search: a region query needs the slide it was drawn on")
+        where = f"cohort index {request.index_path}"
+        # Index first, then the model: a mistyped path fails in a second, not after a load.
+        # The reader stays open: opening a 1M-tile index costs 0.3-0.8 s.
+        index, keys = self._search_open(request.index_path, lambda ix: (ix, ix.spec_keys()))
+        tiles = query_tiles(keys, request.tiles, str(request.index_path)) if request.region else None
+        clip = self._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
+        model = request.model or index.model_name
         if request.text is not None:
-            query = np.asarray(clip.encode_text([request.text]).cpu(), dtype=np.float32)[0]
-            with self._search_lock:
-                hits = index.search(query, request.k, model_id=str(clip.model_id))
+            query = self.text_cache.encode(clip, [request.text])[0]
+            _check_cancel(cancel, "search")
+            hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=str(clip.model_id)))
         else:
-            if request.slide is None:
-                raise InputError("search: a region query needs the slide it was drawn on")
-            emb = self.embeddings(
-                request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
-            )
-            if cancel is not None and cancel.is_set():
-                raise CancelledError("search: cancelled")
+            emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
             exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
-            with self._search_lock:
-                hits = index.search_region(
-                    emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude
-                )
+            _check_cancel(cancel, "search")
+            hits = self._search_open(request.index_path, lambda ix: ix.search_region(
+                emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
         return api.SearchResult(
             hits=tuple(
                 api.SearchHit(
@@ -565,13 +677,24 @@ class LocalBackend:
             )
         )
 
+    def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
+        """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
+        after it was handed out, once more on a newly opened one."""
+        from backend.index.cohort import IndexClosedError
 
-def cohort_slide_mpp(path: str | os.PathLike[str], fallback: float | None) -> float | None:
-    """The mpp to open a cohort slide with: ``fallback`` only when its metadata has none.
+        try:
+            return run(self._reader(path))
+        except IndexClosedError:
+            return run(self._reader(path))
 
-    One ``--slide-mpp`` given for a whole cohort must not override the slides that do
-    record their resolution (an NDPI at 0.23 µm/px is not at 0.5). Opens the slide only when
-    there is a fallback to decide about.
+
+def slide_mpp_fallback(path: str | os.PathLike[str], fallback: float | None) -> float | None:
+    """The mpp to open a slide with: ``fallback`` only when its metadata has none.
+
+    A user's µm/px (``--slide-mpp``, the dock's field, ``SlideRef.mpp``) is for slides that
+    record none; it never overrides the slides that do (an NDPI at 0.23 µm/px is not at 0.5,
+    and one value given for a whole cohort must not rescale the slides that know theirs).
+    Opens the slide only when there is a fallback to decide about.
     """
     if fallback is None:
         return None

@@ -3,7 +3,7 @@
 Each subcommand is a module exposing ``main(argv) -> int``, imported only when chosen, so
 ``python -m training --help`` is fast. Add a pipeline by adding a line to ``COMMANDS``.
 Errors raised on purpose (``HistoclipError``) are printed as one line without a traceback
-(:func:`backend.cli.run_reporting_errors`, shared with ``histoclip``).
+(:func:`backend.report.run_reporting_errors`, shared with ``histoclip``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from backend.cli import run_reporting_errors
+from backend.report import run_reporting_errors
 
 # name -> (module with main(argv), one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clip": ("training.clip.cli", "fine-tune a CLIP model (full, locked tower, LoRA) and write a model bundle"),
     "eval": ("training.evaluation.cli", "zero-shot, linear-probe, retrieval, recall of a model; merge leaderboards"),
 }
+
+# Pipelines that run transformers models, whose own bars (loading, writing weights) are noise.
+_TRANSFORMERS = ("clipcap", "evaluate")
 
 
 def _usage() -> str:
@@ -45,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"python -m training: unknown command {name!r}; choose one of {', '.join(COMMANDS)}\n", file=sys.stderr)
         print(_usage(), file=sys.stderr)
         return 2
+    if name in _TRANSFORMERS:
+        from backend.report import quiet_library_bars
+
+        quiet_library_bars()
     module = importlib.import_module(COMMANDS[name][0])
     return run_reporting_errors(f"python -m training {name}", lambda: module.main(rest))
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from backend import __version__
-from backend.errors import HistoclipError
+from backend.report import run_reporting_errors
 
 # Modules that contribute subcommands, in the order ``--help`` lists them.
 _COMMAND_MODULES = (
@@ -38,20 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)
     return parser
-
-
-def run_reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
-    """Call ``run`` and return its exit code; a ``HistoclipError`` becomes one line on stderr
-    (``<prog>: error: <message>``, exit 1) and Ctrl-C exit 130. Other exceptions are bugs and
-    keep their traceback. Shared by ``histoclip`` and ``python -m training``."""
-    try:
-        return int(run() or 0)
-    except HistoclipError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,21 +22,31 @@ DEMO_QUERY = "tumor cells with large nuclei"
 # --- shared flags -----------------------------------------------------------------------------
 
 
-def add_model_flags(p: argparse.ArgumentParser, default_model: str = "quiltnet-b32") -> None:
-    p.add_argument("--model", default=default_model, help=f"registry name, hf-hub:ORG/REPO or bundle path (default {default_model})")
+DEFAULT_MODEL = "quiltnet-b32"
+
+
+def add_model_flags(p: argparse.ArgumentParser, recorded: str | None = None) -> None:
+    """``--model``, ``--device``, ``--batch-size``. With ``recorded`` (which model a file records,
+    for the help), ``--model`` defaults to None: the command uses the recorded model."""
+    default = recorded or DEFAULT_MODEL
+    p.add_argument("--model", default=None if recorded else DEFAULT_MODEL,
+                   help=f"registry name, hf-hub:ORG/REPO or bundle path (default: {default})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
 
 
+SLIDE_MPP_HELP = "µm/px of slides whose metadata has none (slides that record theirs keep it)"
+
+
 def add_tile_flags(p: argparse.ArgumentParser, *, from_index: bool = False) -> None:
     """``--mpp``, ``--tile-size``, ``--slide-mpp``; with ``from_index`` the first two default to
-    the tiles the index was built with (None here, filled in by the command)."""
+    None: the tiles the index was built with (the backend reads them from the index)."""
     default = "the index's" if from_index else None
     p.add_argument("--mpp", type=float, default=None if from_index else 0.5,
                    help=f"tile resolution in µm/px (default {default or 0.5}); 0 for level-0 pixels")
     p.add_argument("--tile-size", type=int, default=None if from_index else 224,
                    help=f"tile side in pixels at --mpp (default {default or 224})")
-    p.add_argument("--slide-mpp", type=float, default=None, help="the slide's own µm/px, when its metadata has none")
+    p.add_argument("--slide-mpp", type=float, default=None, help=SLIDE_MPP_HELP)
 
 
 def make_backend(args: argparse.Namespace) -> Any:
@@ -44,12 +54,33 @@ def make_backend(args: argparse.Namespace) -> Any:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.slide_mpp is not None and not args.slide_mpp > 0:
+        raise InputError(f"--slide-mpp: must be a positive number of µm per pixel, got {args.slide_mpp}")
+    if args.model and _uses_transformers(args.model):
+        from backend.report import quiet_library_bars
+
+        quiet_library_bars()
     return LocalBackend(device=args.device, batch_size=args.batch_size)
 
 
+def _uses_transformers(model: str) -> bool:
+    """Whether ``model`` is a transformers CLIP (its loading draws a bar of its own)."""
+    from backend.errors import ModelError
+    from backend.models import ModelFamily
+    from backend.models.registry import resolve_model
+
+    try:
+        return resolve_model(model).family == ModelFamily.HF_CLIP
+    except ModelError:  # not resolvable: the load that follows says why
+        return False
+
+
 def tile_options(args: argparse.Namespace) -> Any:
+    """The ``--tile-size`` / ``--mpp`` tiles; None when they are left to the index (search)."""
     from backend.api import TileOptions
 
+    if args.tile_size is None or args.mpp is None:
+        return None
     if args.tile_size < 8:
         raise InputError(f"--tile-size: must be at least 8 pixels, got {args.tile_size}")
     if args.mpp < 0:
@@ -57,32 +88,16 @@ def tile_options(args: argparse.Namespace) -> Any:
     return TileOptions(tile_size=args.tile_size, mpp=args.mpp or None)
 
 
-class ProgressBar:
-    """A tqdm bar on stderr fed with :class:`backend.api.Progress` events."""
-
-    def __init__(self, desc: str, unit: str = "tile") -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=0, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-    def __call__(self, p: Any) -> None:
-        if self._bar.total != p.total:
-            self._bar.reset(total=p.total)
-        self._bar.set_postfix_str(p.stage.split(" ")[0], refresh=False)
-        self._bar.n = p.done
-        self._bar.refresh()
-
-    def close(self) -> None:
-        self._bar.close()
-
-
 def announce_random(backend: Any, model: str) -> None:
+    """Say so on stdout when ``model`` has random weights (test models)."""
     if backend.model(model).random_weights:
         print(f"NOTE: model {model!r} has RANDOM weights (for tests): its labels, maps and captions mean nothing.")
 
 
 def with_bar(slide_path: str, call: Any) -> Any:
     """``call(progress)`` with a progress bar named after the slide, closed however it ends."""
+    from backend.report import ProgressBar
+
     bar = ProgressBar(Path(slide_path).name)
     try:
         return call(bar)
@@ -169,7 +184,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--beams", type=int, default=DecodeConfig.num_beams)
     p.add_argument("--n-best", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=DecodeConfig.max_new_tokens)
-    add_model_flags(p)
+    add_model_flags(p, recorded="the CLIP model the captioner was trained with")
     add_tile_flags(p)
     p.set_defaults(handler=_caption)
 
@@ -221,7 +236,7 @@ def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tu
     )
     cm = with_bar(slide.path, lambda bar: backend.class_map(request, progress=bar))  # embeds first if needed
     out.mkdir(parents=True, exist_ok=True)
-    with open_slide(slide.path, mpp=slide.mpp) as opened:
+    with open_slide(slide.path) as opened:  # for the thumbnail: mpp plays no part
         thumb = opened.thumbnail(1024)
         dims = opened.dimensions
     table = getattr(args, "table", "csv")
@@ -254,7 +269,7 @@ def _write_heatmap(backend: Any, args: argparse.Namespace, slide: Any, query: st
 
     request = HeatmapRequest(slide, args.model, query, tiles=tile_options(args))
     result = with_bar(slide.path, lambda bar: backend.heatmap(request, progress=bar))  # embeds first if needed
-    with open_slide(slide.path, mpp=slide.mpp) as opened:
+    with open_slide(slide.path) as opened:  # for the thumbnail: mpp plays no part
         thumb, dims = opened.thumbnail(1024), opened.dimensions
     path = write_heatmap_png(result.similarity, result.geometry, out, thumbnail=thumb, slide_dimensions=dims, title=query)
     print(f"heatmap of {query!r}: wrote {path}")
@@ -284,10 +299,13 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 def _caption(args: argparse.Namespace) -> int:
     from backend.api import CaptionRequest, Region, SlideRef
 
+    from backend.report import quiet_library_bars
+
     box = parse_box(args.box)
     DecodeConfig(num_beams=args.beams, n_best=args.n_best, max_new_tokens=args.max_tokens)  # before any work
     backend = make_backend(args)
-    announce_random(backend, args.model)
+    quiet_library_bars()  # the decoder is a transformers model
+    announce_random(backend, args.model or backend.captioner_model(args.captioner))
     request = CaptionRequest(
         slide=SlideRef(args.slide, args.slide_mpp),
         regions=(Region.box(*box),),
@@ -298,7 +316,7 @@ def _caption(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         tiles=tile_options(args),
     )
-    (caption,) = backend.caption(request).captions
+    (caption,) = with_bar(args.slide, lambda bar: backend.caption(request, progress=bar)).captions
     for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
         print(f"{rank}. {text}  (score {score:.3f})")
     return 0

@@ -26,16 +26,16 @@ from backend.embed.region import (
     region_from_embeddings,
     tiles_in_region,
 )
-from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings, TileLayout
+from backend.embed.types import EmbedStage, SlideEmbeddings, TileLayout, embed_progress
 
 __all__ = [
     "CacheKey",
-    "EmbedProgress",
     "EmbedStage",
     "EmbeddingCache",
     "RegionEmbedding",
     "SlideEmbeddings",
     "TileLayout",
+    "embed_progress",
     "embed_region",
     "embed_slide",
     "grid_key",

@@ -5,7 +5,7 @@ while the model encodes the current one (slide readers and torch release the GIL
 busy model the pipeline runs at the model's own speed. Encoding runs under
 ``torch.inference_mode``; on a GPU with fp16/bf16 autocast and channels-last inputs.
 
-The engine is a generator yielding :class:`EmbedProgress` events and returning
+The engine is a generator yielding :class:`backend.api.Progress` events and returning
 :class:`SlideEmbeddings` (``napari``'s ``thread_worker`` turns both into signals); use
 :func:`embed_slide` for a plain call with a progress callback. A ``cancel`` event stops it
 within one batch with :class:`~backend.errors.CancelledError`; whatever was encoded stays in
@@ -28,7 +28,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
-from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings
+from backend.api import Progress
+from backend.embed.types import EmbedStage, SlideEmbeddings, embed_progress
 from backend.errors import CancelledError, InputError
 
 T = TypeVar("T")
@@ -245,7 +246,7 @@ def iter_embed_slide(
     device: Any = None,
     channels_last: bool | None = None,
     cancel: CancelSignal | None = None,
-) -> Generator[EmbedProgress, None, SlideEmbeddings]:
+) -> Generator[Progress, None, SlideEmbeddings]:
     """Embed the tissue tiles of a slide (or of one region of it), resuming from the cache.
 
     Parameters
@@ -276,9 +277,10 @@ def iter_embed_slide(
 
     Yields
     ------
-    EmbedProgress
-        One event at the start (``resumed`` when a partial store was found), one per batch,
-        one at the end (or a single ``cached`` event on a cache hit).
+    backend.api.Progress
+        Tiles done of total, stage ``"<EmbedStage> <slide name>"``: one event at the start
+        (``resumed`` when a partial store was found), one per batch, one at the end (or a
+        single ``cached`` event on a cache hit).
 
     Returns
     -------
@@ -299,7 +301,7 @@ def iter_embed_slide(
         name = str(slide.name)
         hit = _cached(cache, key, slide, region)
         if hit is not None:
-            yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
+            yield embed_progress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
             return hit
         if cache is None or region is not None:  # nothing will be written: no lock needed
             return (yield from _encode(slide, model, spec, key, None, region, grid_kw, encode_kw))
@@ -308,12 +310,12 @@ def iter_embed_slide(
             # Another job (thread or process) is filling this store: wait for it, cancellably.
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"{name}: cancelled while waiting for another job embedding this slide")
-            yield EmbedProgress(0, 0, EmbedStage.WAITING, name)
+            yield embed_progress(0, 0, EmbedStage.WAITING, name)
             time.sleep(_LOCK_POLL_S)
         with lock:
             hit = _cached(cache, key, slide, None, lock)  # the other job may just have finished it
             if hit is not None:
-                yield EmbedProgress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
+                yield embed_progress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)
                 return hit
             return (yield from _encode(slide, model, spec, key, cache, None, grid_kw, encode_kw))
 
@@ -341,7 +343,7 @@ def _encode(
     region: Any,
     grid_kw: dict[str, Any],
     encode_kw: dict[str, Any],
-) -> Generator[EmbedProgress, None, SlideEmbeddings]:
+) -> Generator[Progress, None, SlideEmbeddings]:
     """Make the grid, resume or start the store (if ``cache``), encode what is missing."""
     from backend.slides import make_tile_grid
 
@@ -379,7 +381,7 @@ def _encode(
     done = store.done if store is not None else 0
     if done:
         vectors[:done] = store.read(done)
-    yield EmbedProgress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
+    yield embed_progress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
 
     encoded = done
     try:
@@ -388,14 +390,14 @@ def _encode(
             if store is not None:
                 store.append(batch)
             encoded = done + off + len(batch)
-            yield EmbedProgress(encoded, total, EmbedStage.ENCODING, name)
+            yield embed_progress(encoded, total, EmbedStage.ENCODING, name)
     except CancelledError as e:
         kept = "; they stay in the cache and the next run resumes" if store is not None and encoded else ""
         raise CancelledError(f"{name}: embedding cancelled after {encoded} of {total} tiles{kept}") from e
     if store is not None:
         store.finalize()
 
-    yield EmbedProgress(total, total, EmbedStage.DONE, name)
+    yield embed_progress(total, total, EmbedStage.DONE, name)
     return SlideEmbeddings(
         slide_fingerprint=key.fingerprint,
         slide_name=name,
@@ -424,7 +426,7 @@ def embed_slide(
     model: Any,
     spec: Any = None,
     *,
-    progress: Callable[[EmbedProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     **kwargs: Any,
 ) -> SlideEmbeddings:
     """:func:`iter_embed_slide` as a plain call, with an optional ``progress`` callback."""

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.embed.types import EmbedProgress, EmbedStage, SlideEmbeddings, _frozen
+from backend.api import Progress
+from backend.embed.types import EmbedStage, SlideEmbeddings, _frozen
 from backend.errors import InputError
 
 RegionArg = Any  # (x, y, w, h) box, (N, 2) polygon array, or an object with .kind and .points
@@ -144,7 +145,7 @@ def iter_embed_region(
     *,
     cache: Any = None,
     **engine_kwargs: Any,
-) -> Generator[EmbedProgress, None, RegionEmbedding]:
+) -> Generator[Progress, None, RegionEmbedding]:
     """Embed one region: from the cache when the slide is embedded, else only its tiles.
 
     Parameters
@@ -162,7 +163,7 @@ def iter_embed_region(
 
     Yields
     ------
-    EmbedProgress
+    Progress
     Returns
     -------
     RegionEmbedding
@@ -181,7 +182,7 @@ def iter_embed_region(
             except StopIteration as stop:
                 sub: SlideEmbeddings = stop.value
                 break
-            from_cache = event.stage == EmbedStage.CACHED
+            from_cache = event.stage.split(" ")[0] == EmbedStage.CACHED
             yield event
     finally:
         events.close()
@@ -195,7 +196,7 @@ def embed_region(
     spec: Any = None,
     *,
     cache: Any = None,
-    progress: Callable[[EmbedProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
     **engine_kwargs: Any,
 ) -> RegionEmbedding:
     """:func:`iter_embed_region` with an optional ``progress`` callback instead of a generator."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from backend.api import Progress
+
 
 def _frozen(a: Any, dtype: Any) -> np.ndarray:
     """A read-only, C-contiguous copy-or-view, so a frozen dataclass really is frozen."""
@@ -202,7 +204,7 @@ class SlideEmbeddings:
 
 
 class EmbedStage(StrEnum):
-    """What an :class:`EmbedProgress` event reports."""
+    """The first word of the ``stage`` of the engine's :class:`backend.api.Progress` events."""
 
     CACHED = "cached"  # served whole from the cache, nothing encoded
     WAITING = "waiting"  # another job is embedding the same slide, model and spec
@@ -211,15 +213,6 @@ class EmbedStage(StrEnum):
     DONE = "done"
 
 
-@dataclass(frozen=True)
-class EmbedProgress:
-    """``done`` of ``total`` tiles of ``slide_name`` are encoded."""
-
-    done: int
-    total: int
-    stage: EmbedStage
-    slide_name: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return 1.0 if self.total == 0 else self.done / self.total
+def embed_progress(done: int, total: int, stage: EmbedStage, slide_name: str = "") -> Progress:
+    """The engine's progress event: ``done`` of ``total`` tiles, stage ``"<stage> <slide name>"``."""
+    return Progress(int(done), int(total), f"{stage} {slide_name}" if slide_name else str(stage))

@@ -7,11 +7,12 @@ in-memory index of a read-only open whose FAISS file is missing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from backend.api import Progress, ProgressCallback
 from backend.errors import CancelledError, InputError
 from backend.index import faiss_index as fi
 from backend.index.records import IndexPolicy, SlideRecord
@@ -19,9 +20,6 @@ from backend.index.store import MetaStore
 
 #: Fewer vectors than this cannot train the IVF index's codebooks meaningfully.
 MIN_IVF_VECTORS = 256
-
-#: ``progress(done, total)`` callback of long operations.
-Progress = Callable[[int, int], None]
 
 
 def kind_for(n_live: int, policy: IndexPolicy) -> fi.IndexKind:
@@ -60,10 +58,12 @@ def build_index(
     dim: int,
     kind: fi.IndexKind,
     policy: IndexPolicy,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> Any:
     """A FAISS index of ``kind`` holding ``slides``' vectors in order (labels from 0).
+
+    ``progress`` gets ``Progress(slides added, slides, "rebuild <kind>")``.
 
     Raises
     ------
@@ -83,7 +83,7 @@ def build_index(
             raise CancelledError(f"rebuild of cohort index {store.path.parent} cancelled")
         fi.add(index, store.read_vectors(s, dim))
         if progress is not None:
-            progress(i + 1, len(slides))
+            progress(Progress(i + 1, len(slides), f"rebuild {kind}"))
     return index
 
 

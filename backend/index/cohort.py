@@ -49,15 +49,17 @@ region's tiles) together with the id of the model that made them.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from backend.api import ProgressCallback
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from backend.index import build as b
 from backend.index import faiss_index as fi
@@ -74,15 +76,37 @@ from backend.index.records import (
 )
 from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
 
-Progress = b.Progress
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class IndexClosedError(InputError):
+    """The index was closed (perhaps by another thread) before this call."""
+
+
+def _serialised(method: F) -> F:
+    """Run ``method`` under the index's lock (see :class:`CohortIndex` on threads)."""
+
+    @functools.wraps(method)
+    def locked(self: CohortIndex, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]
 
 
 class CohortIndex:
     """A cohort's tile embeddings, searchable by a tile, a text prompt or a region.
 
     Get one with :meth:`create` or :meth:`open`, use it as a context manager (or call
-    :meth:`close`), which saves the FAISS file. Not thread-safe: one thread at a time; one
-    writer process at a time (others may open it ``read_only``).
+    :meth:`close`), which saves the FAISS file. One writer process at a time (others may open
+    it ``read_only``).
+
+    Threads: every method may be called from any thread, and :meth:`close` from another
+    thread than the one that opened the index. Calls on one index run one at a time, under
+    one lock: a search first catches up with a live writer (it grows the FAISS index and the
+    view), and FAISS does not allow a search while vectors are added; searches of different
+    indexes run in parallel. The SQLite connection underneath is shared the same way (see
+    :class:`~backend.index.store.MetaStore`).
     """
 
     def __init__(self, path: Path, store: MetaStore, policy: IndexPolicy, lock: Any) -> None:
@@ -92,18 +116,23 @@ class CohortIndex:
         self.policy = policy
         self._lock = lock
         self.model_id: str = store.get_info("model_id") or ""
+        # The name to load the model by; indexes made before it was recorded: the id, which
+        # is the loadable name of registry and hub models.
+        self.model_name: str = store.get_info("model_name") or self.model_id
         self.dim: int = int(store.get_info("dim") or 0)
         self._index: Any = None
         self._gen = store.generation  # generation of the FAISS index held in memory
         self._view = q.View.empty()
         self._unsaved = 0
         self._closed = False
+        self._mutex = threading.RLock()  # see the class docstring
 
     # --- lifecycle ----------------------------------------------------------------------
 
     @classmethod
     def create(
-        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None
+        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None,
+        model_name: str | None = None,
     ) -> CohortIndex:
         """Create an empty index in directory ``path`` (new, or existing and empty).
 
@@ -117,6 +146,9 @@ class CohortIndex:
             Embedding dimension of that model.
         policy
             Size thresholds and search knobs, stored with the index.
+        model_name
+            The name the model is loaded by (registry name, hub id, bundle path), recorded so
+            that a search can load it without being told; default ``model_id``.
         """
         path = Path(path)
         if not model_id or dim < 2:
@@ -129,7 +161,7 @@ class CohortIndex:
         lock = acquire_lock(path)
         policy = policy or IndexPolicy()
         info = {"model_id": model_id, "dim": str(int(dim)), "policy": json.dumps(asdict(policy)),
-                "trained_n": "0"}
+                "trained_n": "0", "model_name": model_name or model_id}
         try:
             store = MetaStore.create(path / DB_NAME, info)
         except BaseException:
@@ -174,11 +206,13 @@ class CohortIndex:
         return self
 
     @classmethod
-    def open_or_create(cls, path: str | Path, *, model_id: str, dim: int) -> CohortIndex:
+    def open_or_create(
+        cls, path: str | Path, *, model_id: str, dim: int, model_name: str | None = None
+    ) -> CohortIndex:
         """Open the index at ``path`` for writing, creating it when absent; an existing index of
         another model is refused here, before any slide is embedded for it."""
         if not (Path(path) / DB_NAME).exists():
-            return cls.create(path, model_id=model_id, dim=dim)
+            return cls.create(path, model_id=model_id, dim=dim, model_name=model_name)
         index = cls.open(path)
         if index.model_id != model_id:
             from backend.models.identity import mismatch_message
@@ -200,6 +234,7 @@ class CohortIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_serialised
     def close(self) -> None:
         """Save the FAISS file (unless read-only), close the store, release the lock."""
         if self._closed:
@@ -213,6 +248,7 @@ class CohortIndex:
             self._store.close()
             release_lock(self._lock)
 
+    @_serialised
     def flush(self, *, force: bool = False) -> None:
         """Write the FAISS file of the current generation if vectors were added since."""
         self._check_open(write=True)
@@ -222,18 +258,27 @@ class CohortIndex:
 
     # --- contents -----------------------------------------------------------------------
 
+    @_serialised
     def __len__(self) -> int:
         """Number of live vectors (tiles of slides in the index)."""
         return self._view.n_live
 
+    @_serialised
     def contains(self, fingerprint: str) -> bool:
         """True if a slide with this fingerprint is in the index."""
         return self._view.by_fingerprint(fingerprint) is not None
 
+    @_serialised
     def slides(self) -> list[SlideRecord]:
         """The slides in the index (live versions), in vector-id order."""
         return [s for s in self._view.slides if s.live]
 
+    @_serialised
+    def spec_keys(self) -> set[str]:
+        """The tile-spec keys of the slides in the index (see :mod:`backend.index.recorded`)."""
+        return {s.spec_key for s in self.slides()}
+
+    @_serialised
     def stats(self) -> IndexStats:
         """Kind, sizes and generation of the index."""
         f = self._faiss_path()
@@ -251,12 +296,13 @@ class CohortIndex:
 
     # --- adding -------------------------------------------------------------------------
 
+    @_serialised
     def add(
         self,
         emb: EmbeddingSet,
         slide_path: str | Path | None = None,
         *,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> AddResult:
         """Add one slide's embeddings; idempotent.
@@ -318,6 +364,7 @@ class CohortIndex:
         return AddResult(status, slide.fingerprint, slide.slide_path, record.n_tiles,
                          old.fingerprint if old is not None else None, rebuilt)
 
+    @_serialised
     def remove(self, slide: str) -> bool:
         """Retire a slide (by fingerprint, path or name); False if it is not in the index."""
         self._check_open(write=True)
@@ -331,11 +378,12 @@ class CohortIndex:
         self._maintain(None, None)
         return True
 
+    @_serialised
     def rebuild(
         self,
         kind: fi.IndexKind | str | None = None,
         *,
-        progress: Progress | None = None,
+        progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
         """Rebuild the FAISS index from the store: drop retired vectors, (re)train if IVF.
@@ -345,7 +393,7 @@ class CohortIndex:
         kind
             ``flat`` or ``ivf``; by default chosen from the live count and the policy.
         progress
-            Called with ``(slides done, slides total)``.
+            Called with ``Progress(slides done, slides total, "rebuild <kind>")``.
         cancel
             Set it to stop; the index is left as it was and :class:`CancelledError` raised.
         """
@@ -368,6 +416,7 @@ class CohortIndex:
 
     # --- searching ----------------------------------------------------------------------
 
+    @_serialised
     def search(
         self,
         query: np.ndarray,
@@ -406,6 +455,7 @@ class CohortIndex:
                for v in queries]
         return out[0] if single else out
 
+    @_serialised
     def search_region(
         self,
         tile_vectors: np.ndarray,
@@ -459,7 +509,7 @@ class CohortIndex:
 
     def _check_open(self, *, write: bool = False) -> None:
         if self._closed:
-            raise InputError(f"cohort index {self.path} is closed")
+            raise IndexClosedError(f"cohort index {self.path} is closed")
         if write and self._lock is None:
             raise InputError(f"cohort index {self.path} is open read-only")
 
@@ -511,7 +561,7 @@ class CohortIndex:
                 self._unsaved += s.n_tiles
                 have = self._index.ntotal
 
-    def _maintain(self, progress: Progress | None, cancel: threading.Event | None) -> bool:
+    def _maintain(self, progress: ProgressCallback | None, cancel: threading.Event | None) -> bool:
         """Rebuild when the policy says so; True if it did."""
         trained = int(self._store.get_info("trained_n") or 0)
         due = b.rebuild_due(fi.kind_of(self._index), self._view.n_live, self._view.n_total, trained, self.policy)

@@ -32,8 +32,9 @@ TOUCH_SLACK = 1.0
 
 
 @dataclass(frozen=True)
-class Region:
-    """A connected group of hit tiles on one slide.
+class Place:
+    """A connected group of hit tiles on one slide: one place a search reports (not a drawn
+    :class:`backend.api.Region`).
 
     Attributes
     ----------
@@ -156,7 +157,7 @@ def merge_adjacent(
     scores: np.ndarray,
     margin: float = MERGE_MARGIN,
     limit: int | None = None,
-) -> list[Region]:
+) -> list[Place]:
     """Group hit tiles into regions of touching, similarly good tiles, best region first.
 
     Parameters
@@ -168,7 +169,7 @@ def merge_adjacent(
 
     Returns
     -------
-    list of Region
+    list of Place
         Sorted by the best member's score, highest first.
     """
     labels = group_adjacent(slide, xy, extent, scores, margin)
@@ -182,7 +183,7 @@ def best_regions(
     tile_rank: np.ndarray,
     region_rank: np.ndarray,
     limit: int | None = None,
-) -> list[Region]:
+) -> list[Place]:
     """Regions of ``labels`` in order of ``region_rank``, with boxes, at most ``limit``.
 
     Parameters
@@ -215,14 +216,14 @@ def best_regions(
     out = []
     for r in top.tolist():
         members = np.flatnonzero(labels == r)
-        out.append(Region(members=members, best=int(best[r]), box=bounding_box(xy[members], extent[members])))
+        out.append(Place(members=members, best=int(best[r]), box=bounding_box(xy[members], extent[members])))
     return out
 
 
-def singletons(n: int, xy: np.ndarray, extent: np.ndarray, scores: np.ndarray) -> list[Region]:
+def singletons(n: int, xy: np.ndarray, extent: np.ndarray, scores: np.ndarray) -> list[Place]:
     """One region per hit (no merging), the best ``n`` in score order."""
     order = np.argsort(-np.asarray(scores), kind="stable")[:n]
     return [
-        Region(members=np.array([i]), best=int(i), box=tile_box(xy[i, 0], xy[i, 1], extent[i]))
+        Place(members=np.array([i]), best=int(i), box=tile_box(xy[i, 0], xy[i, 1], extent[i]))
         for i in order
     ]

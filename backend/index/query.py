@@ -19,7 +19,7 @@ from backend.errors import InputError, ModelMismatchError
 from backend.index import faiss_index as fi
 from backend.index.merge import (
     SUPPORT_MARGIN,
-    Region,
+    Place,
     best_regions,
     bounding_box,
     group_adjacent,
@@ -251,7 +251,7 @@ class View:
         extent = np.array([self.slides[i].tile_extent for i in sidx], dtype=np.float64)
         return sidx, xy, extent
 
-    def hit(self, region: Region, sidx: np.ndarray, xy: np.ndarray, extent: np.ndarray, score: float) -> Hit:
+    def hit(self, region: Place, sidx: np.ndarray, xy: np.ndarray, extent: np.ndarray, score: float) -> Hit:
         s = self.slides[int(sidx[region.best])]
         b = region.best
         return Hit(
@@ -348,6 +348,6 @@ def search_tileset(
         near_best = per_query >= per_query.max(axis=1, keepdims=True) - SUPPORT_MARGIN
         support = r.members[np.any(near_best, axis=0)]
         best = int(support[np.argmax(mean_sim[support])])  # the most representative tile
-        place = Region(members=support, best=best, box=bounding_box(xy[support], extent[support]))
+        place = Place(members=support, best=best, box=bounding_box(xy[support], extent[support]))
         hits.append(view.hit(place, sidx, xy, extent, float(place_score[places[r.best]])))
     return hits

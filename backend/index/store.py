@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -89,7 +90,14 @@ def _record(row: tuple) -> SlideRecord:
 
 
 class MetaStore:
-    """The SQLite file of one cohort index. Not thread-safe; one writer process at a time.
+    """The SQLite file of one cohort index; usable from any thread, one writer process at a time.
+
+    Threads: one connection opened with ``check_same_thread=False``, every use of it under one
+    re-entrant lock (a transaction holds it from ``BEGIN`` to ``COMMIT``). Not a connection per
+    thread: the threads that use an index are a pool's (Qt retires idle ones after 30 s), so a
+    per-thread connection would leak with its thread, and :meth:`close` could not close the
+    connections of other threads (sqlite3 refuses that). The store's statements take
+    microseconds to milliseconds next to a FAISS search, so serialising them costs nothing.
 
     Parameters
     ----------
@@ -102,12 +110,13 @@ class MetaStore:
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
+        self._lock = threading.RLock()  # guards self._db (see the class docstring)
         if not path.is_file():
             raise InputError(f"{path}: metadata store not found (is {path.parent} a cohort index?)")
         uri = f"{path.resolve().as_uri()}?mode={'ro' if read_only else 'rw'}"
         try:
             # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             if not read_only:
                 self._db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
             self._db.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
@@ -135,24 +144,35 @@ class MetaStore:
         return cls(path)
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._db.close()
+        """Close the connection (idempotent; from any thread)."""
+        with self._lock:
+            self._db.close()
 
     # --- transactions and info ----------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if the block raises. Holds the
+        store's lock throughout, so no other thread's statement lands inside it."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
+        with self._lock:
+            return self._db.execute(sql, params).fetchone()
+
+    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     def get_info(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM info WHERE key = ?", (key,)).fetchone()
+        row = self._fetchone("SELECT value FROM info WHERE key = ?", (key,))
         return None if row is None else row[0]
 
     def set_info(self, db: sqlite3.Connection, key: str, value: str) -> None:
@@ -168,20 +188,12 @@ class MetaStore:
     def slides(self, *, live_only: bool = True) -> list[SlideRecord]:
         """Slide versions in vector-id order (retired ones too unless ``live_only``)."""
         where = "WHERE live = 1 " if live_only else ""
-        rows = self._db.execute(f"SELECT {_SLIDE_COLUMNS} FROM slides {where}ORDER BY id_start, slide_id")
+        rows = self._fetchall(f"SELECT {_SLIDE_COLUMNS} FROM slides {where}ORDER BY id_start, slide_id")
         return [_record(r) for r in rows]
-
-    def find_live(self, *, fingerprint: str | None = None, slide_path: str | None = None) -> SlideRecord | None:
-        """The live slide with this fingerprint (or path), if any."""
-        column, value = ("fingerprint", fingerprint) if fingerprint is not None else ("slide_path", slide_path)
-        row = self._db.execute(
-            f"SELECT {_SLIDE_COLUMNS} FROM slides WHERE live = 1 AND {column} = ?", (value,)
-        ).fetchone()
-        return None if row is None else _record(row)
 
     def n_total(self) -> int:
         """Vector ids used in the current generation (live and retired): the FAISS ``ntotal``."""
-        row = self._db.execute("SELECT COALESCE(MAX(id_start + n_tiles), 0) FROM slides").fetchone()
+        row = self._fetchone("SELECT COALESCE(MAX(id_start + n_tiles), 0) FROM slides")
         return int(row[0])
 
     def insert_slide(
@@ -231,7 +243,7 @@ class MetaStore:
         return self._check(np.frombuffer(blob, dtype="<f2"), slide, dim, "vectors").astype(np.float32)
 
     def _blob(self, column: str, slide: SlideRecord) -> tuple[bytes]:
-        row = self._db.execute(f"SELECT {column} FROM slide_data WHERE slide_id = ?", (slide.slide_id,)).fetchone()
+        row = self._fetchone(f"SELECT {column} FROM slide_data WHERE slide_id = ?", (slide.slide_id,))
         if row is None:
             raise InputError(f"{self.path}: slide {slide.slide_name!r} has no {column} (store damaged)")
         return row

@@ -259,7 +259,7 @@ def test_encode_resumes_and_belongs_to_one_model(workspace, tmp_path):
     cancel = threading.Event()
     with pytest.raises(CancelledError, match="rerun to resume"):
         encode_images(paths, model, tmp_path / "emb", batch_size=8, shard_size=8,
-                      progress=lambda done, total: cancel.set(), cancel=cancel)
+                      progress=lambda p: cancel.set(), cancel=cancel)
     first = EmbeddingStore(tmp_path / "emb").encoded_paths()
     assert len(first) == 8
     result = encode_images(paths, model, tmp_path / "emb", batch_size=8, shard_size=8)

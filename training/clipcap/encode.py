@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.api import Progress, ProgressCallback
 from backend.atomic import atomic_path, atomic_write_text
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from training.data.images import read_rgb
@@ -150,7 +151,7 @@ def encode_images(
     batch_size: int = 64,
     shard_size: int = 4096,
     workers: int = 2,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> EncodeResult:
     """Encode image files with ``clip_model`` into the store at ``out_dir`` (resumable).
@@ -171,7 +172,7 @@ def encode_images(
     workers
         Threads decoding images ahead of the model.
     progress
-        Called with (images done, images to do).
+        Called with ``Progress(images done, images to do, "encoding images")``.
     cancel
         When set, stops after the current batch, keeping the parts written so far.
 
@@ -206,7 +207,7 @@ def encode_images(
                 written += len(pending_paths)
                 pending_paths, pending = [], []
             if progress is not None:
-                progress(min(start + batch_size, len(todo)), len(todo))
+                progress(Progress(min(start + batch_size, len(todo)), len(todo), "encoding images"))
     if pending_paths:
         store.append(pending_paths, np.concatenate(pending))
         written += len(pending_paths)
@@ -247,13 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training encode``; returns the exit code."""
     from backend.models import load_model
+    from backend.report import ProgressBar
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.shard_size < 1:
         raise InputError(f"--batch-size and --shard-size must be >= 1, got {args.batch_size}, {args.shard_size}")
     paths = image_paths_of(args.tables, args.image_column)
     model = load_model(args.model, device=args.device)
-    r = encode_images(paths, model, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-                      workers=args.workers)
+    bar = ProgressBar("encode", unit="image")
+    try:
+        r = encode_images(paths, model, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+                          workers=args.workers, progress=bar)
+    finally:
+        bar.close()
     print(f"encode: {r.encoded} images encoded, {r.already_stored} already stored, model {r.model_id}, store {r.store}")
     return 0
