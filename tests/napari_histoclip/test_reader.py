@@ -322,3 +322,16 @@ def test_the_dock_and_the_backend_use_the_same_folder_rule(tmp_path: Path) -> No
     assert slides_in(tmp_path / "empty") == []
     for child in [*tmp_path.iterdir(), tmp_path / "dicom-case" / "level-0.dcm"]:
         assert slide_path(child) == slide_target(child)
+
+
+def test_a_truncated_slide_is_one_notification_and_nothing_on_the_console(
+    cmu_slide: Path, tmp_path: Path, notes, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(cmu_slide.read_bytes()[:500_000])
+    caplog.set_level("INFO")
+    assert read_slides(str(cut)) == [(None,)]
+    (message,) = notes.errors
+    assert message.startswith("cut.svs: the file is truncated or damaged")
+    assert capfd.readouterr() == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []
