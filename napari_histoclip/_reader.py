@@ -5,6 +5,9 @@ slide format, fast and without opening files; the reader function it returns nev
 slide that fails to open becomes one clear notification (``"<file>: <cause>"``) and the null
 layer sentinel ``[(None,)]``, so napari neither shows a traceback nor says "no reader found".
 
+Which paths are slides is the backend's rule (``backend.slides.slide_target``): slide files, DICOM
+WSI folders and their ``.dcm`` files; a folder named like a slide file gets our own message.
+
 Levels stay dask arrays backed by ``backend.slides`` (light: no torch), so napari reads only the
 tiles it draws, never a whole level.
 """

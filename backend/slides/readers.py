@@ -1,6 +1,9 @@
 """The small internal interface every slide reader implements, and the choice of reader.
 
-Readers are tried in order: OpenSlide first (widest format coverage: SVS, NDPI with its full
+DICOM WSI folders (and their ``.dcm`` files) are wsidicom's (``backend.slides.dicom``, chosen
+by ``open_slide``); VSI, CZI and LIF go to ``backend.slides.sidecar`` (slideio, or a refusal
+with the remedy) and never to the readers below, which would show a VSI's preview as the slide.
+For everything else, readers are tried in order: OpenSlide first (widest format coverage: SVS, NDPI with its full
 pyramid, MRXS, SCN, BIF, Philips TIFF, tiled generic TIFF), then tifffile for TIFF and
 OME-TIFF that OpenSlide rejects (plain stripped TIFF, OME-TIFF pyramids), then Pillow for PNG,
 JPEG and other flat images. Each reader either opens the file, says the format is not its

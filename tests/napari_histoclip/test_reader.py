@@ -304,3 +304,34 @@ def test_a_vsi_gets_the_remedy_not_its_preview(tmp_path: Path, notes) -> None:
     assert read_slides(str(vsi)) == [(None,)]
     (message,) = notes.errors
     assert message.startswith("case.vsi: Olympus/Evident VSI") and "_case_/" in message
+
+
+def test_the_dock_and_the_backend_use_the_same_folder_rule(tmp_path: Path) -> None:
+    from backend.slides import expand_slides, slide_target
+    from napari_histoclip._reader import slide_path
+    from napari_histoclip._widgets._search import slides_in
+
+    for name in ("b.svs", "a.ndpi", "c.vsi", ".hidden.svs", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "_c_").mkdir()
+    (tmp_path / "dicom-case").mkdir()
+    (tmp_path / "dicom-case" / "level-0.dcm").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    assert [Path(p).name for p in slides_in(tmp_path)] == ["a.ndpi", "b.svs", "c.vsi", "dicom-case"]
+    assert slides_in(tmp_path) == expand_slides([tmp_path])
+    assert slides_in(tmp_path / "empty") == []
+    for child in [*tmp_path.iterdir(), tmp_path / "dicom-case" / "level-0.dcm"]:
+        assert slide_path(child) == slide_target(child)
+
+
+def test_a_truncated_slide_is_one_notification_and_nothing_on_the_console(
+    cmu_slide: Path, tmp_path: Path, notes, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(cmu_slide.read_bytes()[:500_000])
+    caplog.set_level("INFO")
+    assert read_slides(str(cut)) == [(None,)]
+    (message,) = notes.errors
+    assert message.startswith("cut.svs: the file is truncated or damaged")
+    assert capfd.readouterr() == ("", "")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 20] == []
