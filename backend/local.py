@@ -550,9 +550,7 @@ class LocalBackend:
 
         clf = self.classifier(request.classifier)
         query = class_query(clf.head, request.label)
-        index = self._reader(request.index_path)
-        with self._search_lock:
-            hits = index.search(query, request.k, model_id=clf.model_id)
+        hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=clf.model_id))
         return api.SearchResult(hits=tuple(
             api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
                           score=float(h.score), n_tiles=int(h.n_tiles))
