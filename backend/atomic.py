@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,13 +113,26 @@ def leftover_temps(folder: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in root.iterdir() if pattern.fullmatch(p.name)) if root.is_dir() else []
 
 
+# fsync on a folder is refused by some filesystems (FUSE, some network mounts): durability
+# there is the filesystem's business, and the rename itself already happened
+_NO_DIR_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM, errno.EACCES})
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
-    """Make a rename or create in ``folder`` durable (no-op where folders cannot be opened)."""
+    """Make a rename or create in ``folder`` durable (no-op where folders cannot be synced)."""
     if os.name == "nt":
         return
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in _NO_DIR_FSYNC:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in _NO_DIR_FSYNC:
+            raise
     finally:
         os.close(fd)
 
@@ -193,10 +207,12 @@ def exchange(a: Path, b: Path) -> bool:
 
     Returns False, having changed nothing, where the OS or the filesystem cannot.
     """
+    if not sys.platform.startswith("linux"):
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # not Linux, or a libc without it (glibc < 2.28)
+    except (OSError, AttributeError, TypeError):  # a libc without it (glibc < 2.28, musl < 1.2.4)
         return False
     at_fdcwd = -100
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]

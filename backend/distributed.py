@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import api
-from backend.errors import CancelledError, HistoclipError, InputError, ModelError
+from backend.errors import CancelledError, HistoclipError, InputError, ModelError, ModelMismatchError
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,12 @@ def _wait_for_workers(ray: Any, actors: list[Any], model: str,
     errors = [err for *_, err in described if err]
     if errors:
         raise ModelError(f"Ray workers could not load model {model!r}: {errors[0]}")
+    ids = sorted({d[0] for d in described})
+    if len(ids) > 1:  # e.g. machines whose hub caches hold different snapshots of the model
+        raise ModelMismatchError(
+            f"Ray workers loaded different weights for model {model!r}: {', '.join(ids)}; their embeddings "
+            f"cannot share one index. Give every machine the same weights: pin one, --model {ids[0]}"
+        )
     model_id, dim = described[0][0], described[0][1]
     return model_id, dim, [pid for _, _, pid, _ in described]
 

@@ -220,11 +220,19 @@ class PartialStore:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _damage_errors() -> tuple[type[BaseException], ...]:
-    """What reading a store raises when its bytes are bad: zarr's errors (ValueErrors), JSON,
-    missing attributes, shapes, and the codecs' RuntimeErrors. Not OSError, MemoryError or
-    ImportError: those say nothing about the store."""
-    return (ValueError, KeyError, TypeError, IndexError, RuntimeError)
+def _proves_damage(e: Exception) -> bool:
+    """Whether an error reading a store says its bytes are bad: zarr's metadata errors
+    (ValueErrors, JSON), missing attributes, shapes, and RuntimeErrors raised by a codec
+    decoding a chunk. Not OSError, MemoryError, ImportError or other RuntimeErrors (an event
+    loop shutting down, ...): those say nothing about the store."""
+    if isinstance(e, (ValueError, KeyError, TypeError, IndexError)):
+        return True
+    if isinstance(e, RuntimeError):
+        import traceback
+
+        frames = traceback.extract_tb(e.__traceback__)
+        return any("codecs" in f.filename or f.filename.startswith("numcodecs") for f in frames)
+    return False
 
 
 class EmbeddingCache:
@@ -298,8 +306,10 @@ class EmbeddingCache:
             raise EmbeddingCacheError(f"cannot read the embedding cache store {path}: {e}") from e
         except _DamagedStore as e:
             why = str(e)
-        except _damage_errors() as e:  # zarr metadata, codec and shape errors: the bytes are bad
-            why = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            if not _proves_damage(e):
+                raise
+            why = f"{type(e).__name__}: {e}"  # zarr metadata, codec and shape errors: the bytes are bad
         self._remove_damaged(key, path, why, lock)
         return None
 

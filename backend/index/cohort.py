@@ -215,16 +215,22 @@ class CohortIndex:
             return cls.create(path, model_id=model_id, dim=dim, model_name=model_name)
         index = cls.open(path)
         if index.model_id != model_id:
-            from backend.models.identity import mismatch_message
+            from backend.models.identity import is_legacy, mismatch_message, same_model_other_weights
 
             index.close()
-            raise ModelMismatchError(
-                mismatch_message(
-                    f"cohort index {path}",
-                    index.model_id,
-                    model_id,
-                    "Build a new index for this model: choose another --out (or delete this index folder)",
+            if is_legacy(index.model_id) or same_model_other_weights(index.model_id, model_id):
+                # the same model name, but not provably the same weights
+                raise ModelMismatchError(
+                    mismatch_message(
+                        f"cohort index {path}",
+                        index.model_id,
+                        model_id,
+                        "Build a new index for these weights: choose another --out (or delete this index folder)",
+                    )
                 )
+            raise ModelMismatchError(
+                f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
+                f"index with --model {index.model_id} or choose another --out"
             )
         return index
 

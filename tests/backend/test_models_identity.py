@@ -154,3 +154,20 @@ def test_a_bundle_folder_with_an_at_sign_is_still_a_bundle(tmp_path: Path) -> No
 def test_a_pinned_revision_missing_from_the_cache_names_it(hub: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match=f"at revision {REV_B}"):
         load_model(f"quiltnet-b32@{REV_B}", device="cpu")
+
+
+def test_ray_workers_with_different_weights_are_refused() -> None:
+    """Workers on machines whose hub caches hold other snapshots load other weights under one
+    name: their vectors must not go into one index."""
+    from types import SimpleNamespace
+
+    from backend.distributed import _wait_for_workers
+
+    described = [(f"hf-hub:{QUILT_REPO}@{REV_A}", 32, 11, ""), (f"hf-hub:{QUILT_REPO}@{REV_B}", 32, 12, "")]
+    ray = SimpleNamespace(wait=lambda refs, **kw: (refs, []), get=lambda refs: described,
+                          exceptions=SimpleNamespace(RayError=RuntimeError))
+    actors = [SimpleNamespace(describe=SimpleNamespace(remote=lambda: object())) for _ in described]
+    with pytest.raises(ModelMismatchError, match=f"different weights for model 'quiltnet-b32'.*@{REV_B}"):
+        _wait_for_workers(ray, actors, "quiltnet-b32", None)
+    described[1] = described[0][:2] + (12, "")
+    assert _wait_for_workers(ray, actors, "quiltnet-b32", None)[0] == described[0][0]
