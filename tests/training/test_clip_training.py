@@ -223,3 +223,23 @@ def test_transformers_clip_trains_with_lora_on_the_text_tower(tiles: Path, tmp_p
     torch.testing.assert_close(tuned.encode_image_tensors(pixels), base.encode_image_tensors(pixels))
     texts = ["pink and purple h&e stained tissue", "empty white glass background"]
     assert (tuned.encode_text(texts) - base.encode_text(texts)).abs().max() > 1e-4
+
+
+def test_cli_flags_map_onto_the_config(tmp_path: Path, capsys) -> None:
+    from training.__main__ import main
+    from training.clip.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "--model", "test-tiny", "--train", "t.csv", "--out", str(tmp_path), "--loss", "mnrl",
+        "--hard-negative-column", "hard", "--tuning", "lora", "--lora-tower", "image", "--lora-rank", "4",
+        "--lora-targets", "c_fc, c_proj", "--grad-accum", "4", "--no-augment", "--colour-jitter", "hsv",
+        "--val-zeroshot", "val", "--stop-metric", "zeroshot", "--grad-checkpointing"])
+    c = config_from_args(args)
+    assert (c.loss, c.tuning, c.lora_tower, c.lora_rank, c.lora_targets) == ("mnrl", "lora", "image", 4, ("c_fc", "c_proj"))
+    assert (c.grad_accum, c.augment, c.colour_jitter, c.stop_metric, c.grad_checkpointing) == (4, False, "hsv", "zeroshot", True)
+    assert c.out_dir == tmp_path and c.hard_negative_column == "hard" and c.val_zeroshot == Path("val")
+    with pytest.raises(SystemExit):
+        main(["clip", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--unlocked-layers", "--lora-dropout", "--warmup-steps", "--resume", "--workers", "losses (--loss):"):
+        assert flag in text
