@@ -122,3 +122,17 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path: Path) 
         assert got["grads"].keys() == grads.keys()
         for k in grads:  # DDP averaged the ranks' gradients
             torch.testing.assert_close(got["grads"][k], grads[k], atol=1e-6, rtol=1e-4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    from training.clip.tuning import set_grad_checkpointing
+
+    model = load_model("test-tiny", device="cpu")
+    loss1, g1 = _single([_batch(model)])
+    ckpt = load_model("test-tiny", device="cpu")
+    set_grad_checkpointing(ckpt)
+    core = ClipNet(ckpt, TrainingLoss("clip")).train()
+    loss2 = accumulated_backward(core, core, lambda f, g: core.loss(f, core.clip.logit_scale, g), [_batch(ckpt)])
+    assert loss2 == pytest.approx(loss1, rel=1e-5)
+    for k, v in _grads(core).items():
+        torch.testing.assert_close(v, g1[k], atol=1e-6, rtol=1e-4)

@@ -195,3 +195,51 @@ def test_config_and_data_errors(tiles: Path, tmp_path: Path) -> None:
         train(ClipTrainConfig(**FAST, train=str(tiles / "train.csv"), out_dir=tmp_path / "r", loss="contrastive"))
     with pytest.raises(InputError, match="no full batch of 64"):
         train(ClipTrainConfig(**{**FAST, "batch_size": 64}, train=str(tiles / "train.csv"), out_dir=tmp_path / "r"))
+
+
+@pytest.mark.slow
+def test_transformers_clip_trains_with_lora_on_the_text_tower(tiles: Path, tmp_path: Path) -> None:
+    import importlib
+    import sys
+
+    from transformers import CLIPConfig, CLIPModel
+
+    from backend.models import ModelFamily, save_bundle
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
+    hf = importlib.import_module("test_models_hf")  # its hand-made PLIP-shaped hub repo
+    hub = tmp_path / "hub"
+    snapshot = hf.make_hub_repo(hub, hf.PLIP_REPO, hf.clip_tokenizer_files())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        CLIPModel(CLIPConfig.from_dict(hf.tiny_clip_config())).save_pretrained(snapshot)
+    base = load_model("plip", device="cpu", cache_dir=hub)
+    bundle = save_bundle(base, tmp_path / "plip-tiny")
+    result = train(ClipTrainConfig(**{**FAST, "model": str(bundle), "lr": 1e-2}, train=str(tiles / "train.csv"),
+                                   out_dir=tmp_path / "run", epochs=1, tuning="lora", lora_tower="text"))
+    tuned = load_model(result.bundle, device="cpu")
+    assert tuned.family is ModelFamily.HF_CLIP
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tuned.encode_image_tensors(pixels), base.encode_image_tensors(pixels))
+    texts = ["pink and purple h&e stained tissue", "empty white glass background"]
+    assert (tuned.encode_text(texts) - base.encode_text(texts)).abs().max() > 1e-4
+
+
+def test_cli_flags_map_onto_the_config(tmp_path: Path, capsys) -> None:
+    from training.__main__ import main
+    from training.clip.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([
+        "--model", "test-tiny", "--train", "t.csv", "--out", str(tmp_path), "--loss", "mnrl",
+        "--hard-negative-column", "hard", "--tuning", "lora", "--lora-tower", "image", "--lora-rank", "4",
+        "--lora-targets", "c_fc, c_proj", "--grad-accum", "4", "--no-augment", "--colour-jitter", "hsv",
+        "--val-zeroshot", "val", "--stop-metric", "zeroshot", "--grad-checkpointing"])
+    c = config_from_args(args)
+    assert (c.loss, c.tuning, c.lora_tower, c.lora_rank, c.lora_targets) == ("mnrl", "lora", "image", 4, ("c_fc", "c_proj"))
+    assert (c.grad_accum, c.augment, c.colour_jitter, c.stop_metric, c.grad_checkpointing) == (4, False, "hsv", "zeroshot", True)
+    assert c.out_dir == tmp_path and c.hard_negative_column == "hard" and c.val_zeroshot == Path("val")
+    with pytest.raises(SystemExit):
+        main(["clip", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--unlocked-layers", "--lora-dropout", "--warmup-steps", "--resume", "--workers", "losses (--loss):"):
+        assert flag in text

@@ -201,7 +201,7 @@ def _training_card(config: ClipTrainConfig, model: Any, train_rows: Rows, val_ro
     best = [h for h in state.history if h.get("best")]
     return {
         "base_model": config.model, "base_model_id": model.model_id,
-        "base_weights": getattr(model, "weights_id", None) or getattr(model, "weights_identity", None),
+        "base_weights": str(model.model_id),  # the weights identity (hub commit or weights sha256)
         "base_random_weights": bool(model.random_weights),
         "data": {"train": train_rows.record(), "val": val_rows.record() if val_rows else None,
                  "val_zeroshot": str(config.val_zeroshot) if config.val_zeroshot else None},

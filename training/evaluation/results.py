@@ -66,8 +66,8 @@ def model_record(model: Any, name: str) -> dict[str, Any]:
     return {
         "name": str(name),
         "model_id": str(model.model_id),
-        # the weights identity (hub commit / weights sha256) where the model carries one
-        "weights": getattr(model, "weights_id", None) or getattr(model, "weights_identity", None),
+        # model_id is the weights identity (hf-hub:ORG/REPO@COMMIT, bundle:NAME@SHA256 prefix)
+        "weights": str(model.model_id),
         "family": str(getattr(model.family, "value", model.family)),
         "random_weights": bool(model.random_weights),
     }
