@@ -132,6 +132,8 @@ class HistoclipWidget(QWidget):
             (self.export, "Export"),
         ):
             self.tabs.addTab(panel.native, title)
+        from napari_histoclip._widgets._refine import add_refine_tab  # few-shot refine (issue 13)
+        self.refine = add_refine_tab(self)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.header.native)

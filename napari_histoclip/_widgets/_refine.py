@@ -1,0 +1,323 @@
+"""Refine tab: paint the right class on a few tiles of the class map; the whole map follows.
+
+The user paints on the zero-shot class-map Labels layer with napari's own brush and label
+picker (the layer's label values are 1 + class index). The class map has one pixel per tile,
+so the brush paints whole tiles: a tile is marked when the brush covers its centre, which for a
+brush of a tile or more is when the paint covers most of it. Painting 0 (the eraser) unmarks.
+"Refine" sends the marks to ``Backend.refine`` (the cached embeddings; no pixel is read) and
+replaces the class map, probability layers and legend; "Where is it unsure?" lists the tiles
+where a next mark helps most, each a click from its place. Marks are kept per slide, can be
+undone stroke by stroke, and "Save as classifier" turns the marks of every slide into a
+classifier bundle. A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
+and has its own list and buttons, and the Zero-shot tab is already full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from napari_histoclip._layers import default_color, is_ours
+from napari_histoclip._slide import slide_of
+from napari_histoclip._viewer import frame_box
+from napari_histoclip._widgets._main import UserError, handler
+
+Cell = tuple[int, int]
+
+
+@dataclass
+class SlideMarks:
+    """The marks on one slide: cell -> class name, and the strokes that made them (for undo)."""
+
+    marks: dict[Cell, str] = field(default_factory=dict)
+    # Per stroke: the cells it touched, each with its mark and map value before the stroke.
+    strokes: list[list[tuple[Cell, str | None, int]]] = field(default_factory=list)
+
+    def as_request(self) -> tuple[Any, ...]:
+        """The marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
+        from backend.api import TileMarks
+
+        by_class: dict[str, list[Cell]] = {}
+        for cell, name in self.marks.items():
+            by_class.setdefault(name, []).append(cell)
+        return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
+
+
+def painted_cells(event_value: Any, shape: tuple[int, int]) -> list[tuple[Cell, int]]:
+    """``(cell, new value)`` of every pixel a napari Labels ``paint`` event changed."""
+    out: list[tuple[Cell, int]] = []
+    for atom in event_value or ():
+        key, mask, value = getattr(atom, "slice_key", None), getattr(atom, "mask", None), getattr(atom, "new_value", None)
+        if key is None or value is None:
+            continue
+        rows = np.arange(shape[0])[key[0]]
+        cols = np.arange(shape[1])[key[1]]
+        grid = np.ones((len(rows), len(cols)), bool) if mask is None else np.asarray(mask, bool).reshape(len(rows), len(cols))
+        for i, j in np.argwhere(grid):
+            out.append(((int(rows[i]), int(cols[j])), int(value)))
+    return out
+
+
+class RefinePanel(Container):
+    """Marks painted on the class map, Refine, the unsure tiles, undo and save as classifier."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.help = Label(value="Paint the right class on a few tiles of the class map with napari's brush "
+                                "(pick the class in the layer's label box), then Refine.")
+        self.help.native.setWordWrap(True)
+        self.marks_label = Label(value="no marks")
+        self.refine_button = PushButton(text="Refine")
+        self.undo_button = PushButton(text="Undo last stroke")
+        self.clear_button = PushButton(text="Clear marks")
+        self.n_unsure = SpinBox(label="Unsure tiles", value=10, min=1, max=200)
+        self.unsure = QListWidget()
+        self.unsure.setMinimumWidth(0)
+        self.unsure.setToolTip("where the refined map is least sure or disagrees most with the prompts; click to go there")
+        self.save_path = LineEdit(label="Classifier", value="", tooltip="a new folder for the classifier bundle")
+        self.save_path.native.setPlaceholderText("folder to save the classifier bundle in")
+        self.save_button = PushButton(text="Save as classifier")
+        super().__init__(
+            widgets=[self.help, self.marks_label, self.refine_button, self.undo_button, self.clear_button,
+                     self.n_unsure, self.save_path, self.save_button],
+            labels=True,
+        )
+        self.native.layout().insertWidget(6, self.unsure)
+        self.native.layout().addStretch(1)
+        self.slides: dict[str, SlideMarks] = {}
+        self._watched: Any = None  # the class-map layer whose paint events we follow
+        self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
+        self._unsure_cells: list[Cell] = []
+        self.refine_button.changed.connect(self.refine)
+        self.undo_button.changed.connect(self.undo)
+        self.clear_button.changed.connect(self.clear)
+        self.save_button.changed.connect(self.save)
+        self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
+        ctx.viewer.layers.events.inserted.connect(self._layer_added)
+        ctx.destroyed.connect(lambda *_: self.disconnect_viewer())
+
+    def disconnect_viewer(self) -> None:
+        """Stop following the viewer (the dock is closing): its events must not reach dead widgets."""
+        self._unwatch()
+        try:
+            self.ctx.viewer.layers.events.inserted.disconnect(self._layer_added)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+
+    # --- marks from paint -------------------------------------------------------------------
+
+    def class_map_layer(self, info: Any) -> Any:
+        """The whole-slide class-map layer of ``info``'s slide (zero-shot or refined)."""
+        for layer in self.ctx.viewer.layers:
+            own = slide_of(layer)
+            if (is_ours(layer, "class_map") and own is not None and own.path == info.path
+                    and not layer.metadata.get("region", False)):
+                return layer
+        return None
+
+    def _layer_added(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and is_ours(layer, "class_map") and not layer.metadata.get("region", False):
+            self._watch(layer)
+
+    def _watch(self, layer: Any) -> None:
+        self._unwatch()
+        self._watched = layer
+        layer.events.paint.connect(self._painted)
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            try:
+                self._watched.events.paint.disconnect(self._painted)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self._watched = None
+
+    def _painted(self, event: Any) -> None:
+        layer = self._watched
+        info = slide_of(layer) if layer is not None else None
+        if info is None:
+            return
+        labels = list(layer.metadata.get("labels", ()))
+        state = self.slides.setdefault(info.path, SlideMarks())
+        stroke, revert = [], []
+        for cell, value in painted_cells(event.value, layer.data.shape):
+            before = self._value_before(event.value, cell)
+            if before == 0 or not (0 <= value <= len(labels)):
+                revert.append((cell, before))  # no tissue there, or not a class: not a mark
+                continue
+            stroke.append((cell, state.marks.get(cell), before))
+            if value == 0:
+                state.marks.pop(cell, None)
+            else:
+                state.marks[cell] = labels[value - 1]
+        if revert:
+            data = np.asarray(layer.data)
+            for (r, c), before in revert:
+                data[r, c] = before
+            layer.refresh()
+        if stroke:
+            state.strokes.append(stroke)
+        self._show_count(info)
+
+    @staticmethod
+    def _value_before(event_value: Any, cell: Cell) -> int:
+        for atom in event_value or ():
+            key, old = getattr(atom, "slice_key", None), getattr(atom, "old_values", None)
+            if key is None or old is None:
+                continue
+            r0 = key[0].start or 0
+            c0 = key[1].start or 0
+            r, c = cell[0] - r0, cell[1] - c0
+            old = np.asarray(old)
+            if 0 <= r < old.shape[0] and 0 <= c < old.shape[1]:
+                return int(old[r, c])
+        return 0
+
+    def _show_count(self, info: Any) -> None:
+        state = self.slides.get(info.path)
+        n = len(state.marks) if state else 0
+        per = ", ".join(f"{t.label} {len(t.cells)}" for t in state.as_request()) if state and n else ""
+        self.marks_label.value = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+
+    # --- handlers -------------------------------------------------------------------------
+
+    def _prompts(self) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...], tuple[str, ...], list[str], float | None]:
+        zs = self.ctx.zero_shot
+        rows = zs.prompts.rows()
+        if len(rows) < 2:
+            raise UserError("Refine: the Zero-shot tab needs at least two class prompts to start from")
+        templates = tuple(t.strip() for t in zs.templates.value.splitlines() if t.strip())
+        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
+        return tuple(r.label for r in rows), synonyms, templates, [r.color for r in rows], zs.threshold.value or None
+
+    @handler
+    def refine(self) -> None:
+        """Refine the chosen slide's class map with its marks (no marks: the zero-shot map)."""
+        from backend.api import RefineRequest
+
+        _, info = self.ctx.require_slide()
+        if self.class_map_layer(info) is None:
+            raise UserError("Refine: label the slide in the Zero-shot tab first, then paint marks on its class map")
+        labels, synonyms, templates, colors, threshold = self._prompts()
+        state = self.slides.setdefault(info.path, SlideMarks())
+        marks = state.as_request()
+        common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
+                      unknown_threshold=threshold)
+        request = RefineRequest(self.ctx.slide_ref(info), marks, **common)
+        prior_request = RefineRequest(self.ctx.slide_ref(info), (), **common)
+        backend, k = self.ctx.backend, int(self.n_unsure.value)
+
+        def work(progress: Any, cancel: Any) -> tuple[Any, Any]:
+            refined = backend.refine(request, progress=progress, cancel=cancel)
+            prior = backend.refine(prior_request, progress=progress, cancel=cancel) if marks else refined
+            return refined, prior
+
+        def done(results: tuple[Any, Any]) -> None:
+            refined, prior = results
+            self.ctx.warn_random(refined, request.model)
+            all_colors = list(colors) + [default_color(i) for i in range(len(colors), len(refined.labels))]
+            self.ctx.zero_shot.show_result(refined, info, all_colors, False)
+            self.show_unsure(refined, prior, info, k)
+
+        self.ctx.run(f"Refining {info.name} ({len(state.marks)} marks)", work, done)
+
+    def show_unsure(self, result: Any, prior: Any, info: Any, k: int) -> None:
+        """Fill the list with the tiles where a mark would help most (marked tiles left out)."""
+        from backend.tasks.refine import unsure_tiles
+
+        cells = np.argwhere(np.asarray(result.class_map) > 0)
+        probs = np.asarray(result.probabilities)[:, cells[:, 0], cells[:, 1]].T
+        prior_p = np.asarray(prior.probabilities)[:, cells[:, 0], cells[:, 1]].T
+        marked = self.slides.get(info.path, SlideMarks()).marks
+        exclude = [i for i, (r, c) in enumerate(cells) if (int(r), int(c)) in marked]
+        top = unsure_tiles(probs, prior_p, k=k, exclude=exclude)
+        self.unsure.clear()
+        self._unsure_cells = [(int(cells[i, 0]), int(cells[i, 1])) for i in top]
+        self._shown = (result, info)
+        for i in top:
+            p = probs[i]
+            best = int(np.argmax(p))
+            QListWidgetItem(f"tile ({cells[i, 0]}, {cells[i, 1]}): {result.labels[best]} {p[best]:.2f}", self.unsure)
+
+    def go_to(self, row: int) -> None:
+        """Centre and zoom the viewer on the ``row``-th unsure tile."""
+        if self._shown is None or not 0 <= row < len(self._unsure_cells):
+            return
+        result, info = self._shown
+        r, c = self._unsure_cells[row]
+        (sr, sc), (tr, tc) = result.geometry.scale, result.geometry.translate
+        # geometry: level-0 pixels, (row, col); a map pixel is centred on its tile.
+        y, x = tr + r * sr, tc + c * sc
+        frame_box(self.ctx.viewer, (x - sc / 2, y - sr / 2, sc, sr), info)
+
+    @handler
+    def undo(self) -> None:
+        """Take back the last stroke's marks and refine again."""
+        _, info = self.ctx.require_slide()
+        state = self.slides.get(info.path)
+        if state is None or not state.strokes:
+            raise UserError("Undo: no marks to take back on this slide")
+        stroke = state.strokes.pop()
+        layer = self.class_map_layer(info)
+        for cell, mark, value in reversed(stroke):
+            if mark is None:
+                state.marks.pop(cell, None)
+            else:
+                state.marks[cell] = mark
+            if layer is not None:
+                np.asarray(layer.data)[cell] = value
+        if layer is not None:
+            layer.refresh()
+        self._show_count(info)
+        self.refine()
+
+    @handler
+    def clear(self) -> None:
+        """Drop every mark of this slide and show the zero-shot map again."""
+        _, info = self.ctx.require_slide()
+        self.slides.pop(info.path, None)
+        self._show_count(info)
+        self.refine()
+
+    @handler
+    def save(self) -> None:
+        """Write a classifier bundle trained on the marks of every slide marked so far."""
+        from backend.api import SaveClassifierRequest, SlideMarks as ApiSlideMarks, SlideRef
+
+        path = self.save_path.value.strip()
+        if not path:
+            raise UserError("Classifier: give a folder to save the classifier bundle in")
+        labels, synonyms, templates, _, threshold = self._prompts()
+        slides = []
+        for slide_path, state in self.slides.items():
+            if state.marks:
+                layer = next((lyr for lyr in self.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
+                mpp = slide_of(layer).mpp if layer is not None else None
+                slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), state.as_request()))
+        if not slides:
+            raise UserError("Save as classifier: paint a few marks on a class map first")
+        request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, labels=labels,
+                                        synonyms=synonyms, templates=templates, unknown_threshold=threshold,
+                                        overwrite=True)
+        backend = self.ctx.backend
+
+        def done(info: Any) -> None:
+            from napari.utils.notifications import show_info
+
+            show_info(f"classifier {info.name!r} saved to {info.path}: {len(info.labels)} classes, "
+                      f"{info.n_marks} marks from {len(slides)} slide(s)")
+
+        self.ctx.run("Saving classifier", lambda progress, cancel: backend.save_classifier(
+            request, progress=progress, cancel=cancel), done)
+
+
+def add_refine_tab(ctx: Any) -> RefinePanel:
+    """Make the Refine panel and add it to the dock's tabs (the dock's one hook)."""
+    panel = RefinePanel(ctx)
+    ctx.tabs.addTab(panel.native, "Refine")
+    return panel

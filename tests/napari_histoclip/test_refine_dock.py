@@ -1,0 +1,116 @@
+"""The Refine tab in a real viewer: paint tiles with napari's brush (real mouse events), Refine,
+the unsure list, undo, and save as classifier; ``test-tiny`` on CMU-1-Small-Region."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mouse
+from conftest import open_slide
+
+pytestmark = pytest.mark.gui
+MAP = "CMU-1-Small-Region: class map"
+
+
+def wait(qtbot, dock) -> None:
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=180_000)
+
+
+def paint(qtbot, viewer, layer, cell: tuple[int, int], value: int) -> None:
+    """One brush stroke of ``value`` on the class-map pixel ``cell`` (one tile), by mouse."""
+    layer.selected_label = value
+    layer.brush_size = 1
+    widget = mouse._prepare(qtbot, viewer, layer, "paint")
+    viewer.reset_view()  # paint mode's controls may have narrowed the canvas
+    qtbot.wait(mouse.STEP_MS)
+    pos = mouse.data_to_canvas(viewer, layer, cell)
+    mouse._send(widget, "move", pos, held=False)
+    qtbot.wait(mouse.STEP_MS)
+    mouse._send(widget, "press", pos, held=True)
+    qtbot.wait(mouse.STEP_MS)
+    mouse._send(widget, "release", pos, held=False)
+    qtbot.wait(mouse.STEP_MS)
+
+
+def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes,
+                                           tmp_path: Path) -> None:
+    from backend.models.classifier import load_classifier
+
+    viewer, dock = plugin_viewer, plugin_dock
+    open_slide(viewer, cmu_slide)
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    zs_layer = viewer.layers[MAP]
+    zero_shot = np.array(zs_layer.data)
+    labels = list(zs_layer.metadata["labels"])
+    viewer.reset_view()
+
+    tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(zero_shot > 0)]
+    # Two tiles per class, each painted with a class the zero-shot map did not give it.
+    wanted: dict[tuple[int, int], int] = {}
+    for k in range(len(labels)):
+        for cell in [c for c in tissue if zero_shot[c] != k + 1 and c not in wanted][:2]:
+            wanted[cell] = k + 1
+    for cell, value in wanted.items():
+        paint(qtbot, viewer, zs_layer, cell, value)
+    background = tuple(int(v) for v in np.argwhere(zero_shot == 0)[0])
+    paint(qtbot, viewer, zs_layer, background, 1)  # no tissue there: not a mark, and undone
+    marks = dock.refine.slides[str(cmu_slide)].marks
+    assert marks == {cell: labels[v - 1] for cell, v in wanted.items()}
+    assert zs_layer.data[background] == 0
+    assert f"{len(wanted)} marked tiles" in dock.refine.marks_label.value
+
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    refined = viewer.layers[MAP]
+    assert refined is not zs_layer  # the map, probabilities and legend were replaced
+    for cell, value in wanted.items():
+        assert refined.data[cell] == value
+        assert viewer.layers[f"CMU-1-Small-Region: p({labels[value - 1]})"].data[cell] == pytest.approx(1.0)
+    assert not np.array_equal(refined.data, zero_shot)
+
+    # The unsure list: tiles not marked; a click centres the view on one.
+    items = dock.refine.unsure
+    assert items.count() == 10
+    assert not set(dock.refine._unsure_cells) & set(wanted)
+    from napari_histoclip._viewer import camera_of
+
+    before = tuple(camera_of(viewer).center)
+    items.itemClicked.emit(items.item(3))
+    r, c = dock.refine._unsure_cells[3]
+    centre = refined.data_to_world((r, c))
+    assert tuple(camera_of(viewer).center)[-2:] == pytest.approx(tuple(centre), rel=1e-3)
+    assert tuple(camera_of(viewer).center) != before
+
+    # Undo the last stroke: its mark is gone, the map refined again without it.
+    last = list(wanted)[-1]
+    dock.refine.undo_button.native.click()
+    wait(qtbot, dock)
+    assert last not in dock.refine.slides[str(cmu_slide)].marks
+
+    # Save as classifier: a bundle of the dock's classes, trained on the remaining marks.
+    bundle = tmp_path / "dock-classifier"
+    dock.refine.save_path.value = str(bundle)
+    dock.refine.save_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    clf = load_classifier(bundle)
+    assert clf.class_names == tuple(labels) and clf.card["slides"][0]["marks"] == len(wanted) - 1
+
+    # Clear: back to the zero-shot map, exactly; painting the new map still makes marks.
+    dock.refine.clear_button.native.click()
+    wait(qtbot, dock)
+    np.testing.assert_array_equal(viewer.layers[MAP].data, zero_shot)
+    paint(qtbot, viewer, viewer.layers[MAP], tissue[0], 2)
+    assert dock.refine.slides[str(cmu_slide)].marks == {tissue[0]: labels[1]}
+
+
+def test_refine_without_a_class_map_says_what_to_do(plugin_viewer, plugin_dock, cmu_slide: Path, notes) -> None:
+    open_slide(plugin_viewer, cmu_slide)
+    plugin_dock.refine.refine_button.native.click()
+    assert notes.errors and "label the slide in the Zero-shot tab first" in notes.errors[0]
