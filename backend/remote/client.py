@@ -232,6 +232,12 @@ class HttpBackend:
 
         return self._get(f"/v1/slides/{quote(slide_id, safe='')}").json()
 
+    def thumbnail_png(self, slide_id: str, size: int = 1024) -> bytes:
+        """A PNG overview of the slide, ``size`` pixels on its long side (for outputs and previews)."""
+        from urllib.parse import quote
+
+        return self._get(f"/v1/slides/{quote(slide_id, safe='')}/thumbnail?size={int(size)}").content
+
     def indexes(self) -> list[dict[str, Any]]:
         return self._get("/v1/indexes").json()
 

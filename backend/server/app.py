@@ -10,6 +10,7 @@ Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
     GET    /v1/capabilities           API version, models, bundles, indexes, devices, limits, calls
     GET    /v1/models                 the Backend's list_models()
     GET    /v1/slides, /v1/slides/ID  slides by opaque id (relative path, size; mpp, levels)
+    GET    /v1/slides/ID/thumbnail    a PNG overview (``?size=`` long side, at most 2048)
     GET    /v1/indexes                cohort indexes by id
     POST   /v1/calls/ROUTE            a Backend call (see backend.remote.wire.CALLS): 200 with
                                       the result when it finishes within the client's wait
@@ -154,6 +155,26 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
     async def slides() -> list[dict[str, Any]]:
         entries = await run_in_threadpool(state.slides.entries)
         return [{"id": e.id, "name": e.relpath, "bytes": e.size} for e in sorted(entries, key=lambda e: e.relpath)]
+
+    @app.get("/v1/slides/{slide_id:path}/thumbnail")
+    async def thumbnail(slide_id: str, request: Request, size: int = 1024) -> Response:
+        request.state.audit["slide"] = slide_id[:64]
+        if not 16 <= size <= 2048:
+            raise InputError(f"size: a thumbnail is 16 to 2048 pixels on its long side, got {size}")
+
+        def render() -> bytes:
+            import io
+
+            from PIL import Image
+
+            from backend.slides import open_slide
+
+            with open_slide(state.slides.resolve(slide_id)) as s:
+                buf = io.BytesIO()
+                Image.fromarray(s.thumbnail(size)).save(buf, format="PNG")
+                return buf.getvalue()
+
+        return Response(await run_in_threadpool(render), media_type="image/png")
 
     @app.get("/v1/slides/{slide_id:path}")
     async def slide(slide_id: str, request: Request) -> dict[str, Any]:
