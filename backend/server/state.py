@@ -52,11 +52,15 @@ class ServerState:
         self.jobs = JobManager(self.config.state_dir, workers=self.config.workers,
                                interactive_workers=self.config.interactive_workers,
                                max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token)
+        from backend.server.batching import Encoders
+
+        self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.jobs.close()
+        self.batcher.close()
         close = getattr(self.backend, "close", None)
         if close is None:
             return
