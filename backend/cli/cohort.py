@@ -86,7 +86,14 @@ def _search(args: argparse.Namespace) -> int:
     )
     backend = make_backend(args)
     result = backend.search(request)
-    print_hits(result.hits)
+    rows = [("RANK", "SCORE", "SLIDE", "BOX x,y,w,h", "TILES")]
+    for i, h in enumerate(result.hits, 1):
+        rows.append((str(i), f"{h.score:.3f}", h.slide_name, ",".join(f"{v:.0f}" for v in h.box), str(h.n_tiles)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if not result.hits:
+        print("no hits")
     if args.contact_sheet:
         from backend.tasks.render import write_contact_sheet
 
@@ -97,18 +104,6 @@ def _search(args: argparse.Namespace) -> int:
         for path in write_hits_geojson(result.hits, args.geojson_dir):
             print(f"wrote {path}")
     return 0
-
-
-def print_hits(hits: Any) -> None:
-    """The hits as a table on stdout (rank, score, slide, box, tiles), or "no hits"."""
-    rows = [("RANK", "SCORE", "SLIDE", "BOX x,y,w,h", "TILES")]
-    for i, h in enumerate(hits, 1):
-        rows.append((str(i), f"{h.score:.3f}", h.slide_name, ",".join(f"{v:.0f}" for v in h.box), str(h.n_tiles)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    if not hits:
-        print("no hits")
 
 
 def _index_spec_keys(index: str) -> set[str]:

@@ -126,7 +126,6 @@ def _caption(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from backend.api import Region, SearchRequest, SlideRef
-    from backend.cli.cohort import print_hits
     from backend.cli.slide_tasks import parse_box
 
     if (args.text is None) == (args.box is None):
@@ -140,6 +139,21 @@ def _search(args: argparse.Namespace) -> int:
         result = remote.search(request)
     print_hits(result.hits)
     return 0
+
+
+def print_hits(hits: Any) -> None:
+    """The hits as ``histoclip search`` prints them (rank, score, slide, box, tiles), or "no hits".
+
+    The same table as the local command's; it stays inline there to keep this branch's merge
+    small: the local ``_search`` can call this helper."""
+    rows = [("RANK", "SCORE", "SLIDE", "BOX x,y,w,h", "TILES")]
+    for i, h in enumerate(hits, 1):
+        rows.append((str(i), f"{h.score:.3f}", h.slide_name, ",".join(f"{v:.0f}" for v in h.box), str(h.n_tiles)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if not hits:
+        print("no hits")
 
 
 def _index(args: argparse.Namespace) -> int:
