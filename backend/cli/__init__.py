@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Captions, cohort search and zero-shot class maps for whole-slide images.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--server", metavar="URL", default=None,
+                        help="run zero-shot, heatmap, caption, search or index on a histoclip server "
+                             "(token from $HISTOCLIP_TOKEN)")
+    parser.add_argument("--server-ca", metavar="FILE", default=None, help="CA bundle to verify the server's TLS certificate")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).add_parsers(sub)
@@ -44,7 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``histoclip`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_reporting_errors(f"histoclip {args.command}", lambda: args.handler(args))
+
+    def run() -> int | None:
+        handler = args.handler
+        if args.server:
+            from backend.cli.remote import handler_for
+
+            handler = handler_for(args)
+        return handler(args)
+
+    return run_reporting_errors(f"histoclip {args.command}", run)
 
 
 if __name__ == "__main__":  # pragma: no cover

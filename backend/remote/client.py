@@ -18,15 +18,17 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+import numpy as np
 
 from backend import api
 from backend.errors import CancelledError
 from backend.remote.wire import (
-    API_VERSION, CALLS, JSON_TYPE, AuthError, EmbedRequest, LimitError, RemoteError, ServerUnreachableError,
+    API_VERSION, CALLS, JSON_TYPE, AuthError, EmbedRequest, EncodeImageRequest, EncodeResult, EncodeTextRequest,
+    LimitError, RemoteError, ServerUnreachableError,
     check_version, decode, encode, error_from_wire,
 )
 
@@ -232,12 +234,36 @@ class HttpBackend:
 
         return self._get(f"/v1/slides/{quote(slide_id, safe='')}").json()
 
+    def thumbnail_png(self, slide_id: str, size: int = 1024) -> bytes:
+        """A PNG overview of the slide, ``size`` pixels on its long side (for outputs and previews)."""
+        from urllib.parse import quote
+
+        return self._get(f"/v1/slides/{quote(slide_id, safe='')}/thumbnail?size={int(size)}").content
+
     def indexes(self) -> list[dict[str, Any]]:
         return self._get("/v1/indexes").json()
 
     def jobs(self) -> list[dict[str, Any]]:
         """The records of this token's jobs (queued, running, done, interrupted ...)."""
         return self._get("/v1/jobs").json()
+
+    # --- encoders (not in the Backend interface) ---------------------------------------------
+
+    def _encode(self, kind: str, request: Any) -> Any:
+        self._check_version()
+        body, media = encode(request)
+        r = self._request("POST", f"/v1/encode/{kind}", content=body, headers={"Content-Type": media})
+        if r.status_code != 200:
+            raise self._error(r)
+        return decode(EncodeResult, r.content, r.headers.get("content-type", JSON_TYPE), where=f"encode-{kind}")
+
+    def encode_texts(self, model: str, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings (N, D) float32 of ``texts`` by the server's ``model``."""
+        return self._encode("text", EncodeTextRequest(model, tuple(texts))).vectors
+
+    def encode_images(self, model: str, images: np.ndarray) -> np.ndarray:
+        """Unit-norm embeddings (B, D) of uint8 RGB crops (B, H, W, 3) or one (H, W, 3)."""
+        return self._encode("image", EncodeImageRequest(model, np.asarray(images))).vectors
 
     # --- the Backend interface ---------------------------------------------------------------
 

@@ -53,6 +53,28 @@ class EmbedRequest:
 
 
 @dataclass(frozen=True)
+class EncodeTextRequest:
+    """Texts to embed with ``model`` (``POST /v1/encode/text``; batched across clients)."""
+
+    model: str
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EncodeImageRequest:
+    """RGB crops to embed with ``model``: uint8 (B, H, W, 3) (``POST /v1/encode/image``)."""
+
+    model: str
+    images: np.ndarray
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    vectors: np.ndarray  # (B, D) float32, unit norm
+    model_id: str
+
+
+@dataclass(frozen=True)
 class Call:
     """One ``Backend`` method as an HTTP route ``POST /v1/calls/{route}``.
 
@@ -231,9 +253,11 @@ def unpack(body: bytes) -> tuple[Any, dict[str, np.ndarray]]:
         if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset <= offset + nbytes <= len(data)):
             raise errors.InputError(f"array bundle: array {name!r} lies outside the body")
         try:
-            arrays[name] = np.load(io.BytesIO(data[offset : offset + nbytes]), allow_pickle=False, max_header_size=MAX_NPY_HEADER)
+            array = np.load(io.BytesIO(data[offset : offset + nbytes]), allow_pickle=False, max_header_size=MAX_NPY_HEADER)
         except ValueError as e:
             raise errors.InputError(f"array bundle: array {name!r} is not a plain .npy ({e})") from e
+        # Read from a buffer, numpy hands back a read-only view: a caller may write to a result.
+        arrays[name] = array if array.flags.writeable else array.copy()
     return meta, arrays
 
 
@@ -329,7 +353,8 @@ def check_version(server_version: str, where: str) -> None:
 
 
 __all__ = [
-    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "EmbedRequest", "JSON_TYPE",
+    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "EmbedRequest", "EncodeImageRequest",
+    "EncodeResult", "EncodeTextRequest", "JSON_TYPE",
     "JobInterruptedError", "LimitError", "RemoteError", "ServerUnreachableError", "check_version",
     "decode", "encode", "error_from_wire", "error_to_wire", "from_plain", "pack", "to_plain", "unpack",
 ]

@@ -10,10 +10,12 @@ Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
     GET    /v1/capabilities           API version, models, bundles, indexes, devices, limits, calls
     GET    /v1/models                 the Backend's list_models()
     GET    /v1/slides, /v1/slides/ID  slides by opaque id (relative path, size; mpp, levels)
+    GET    /v1/slides/ID/thumbnail    a PNG overview (``?size=`` long side, at most 2048)
     GET    /v1/indexes                cohort indexes by id
     POST   /v1/calls/ROUTE            a Backend call (see backend.remote.wire.CALLS): 200 with
                                       the result when it finishes within the client's wait
                                       (``Prefer: wait=SECONDS``), else 202 with a job
+    POST   /v1/encode/text|image      embed texts or uploaded crops (batched across clients)
     GET    /v1/jobs, /v1/jobs/ID      job records of this token
     GET    /v1/jobs/ID/events         server-sent events (progress, state, end); Last-Event-ID resumes
     GET    /v1/jobs/ID/result         the result of a finished job
@@ -37,7 +39,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from backend.errors import HistoclipError, InputError
-from backend.remote.wire import API_VERSION, CALLS, decode, encode, error_to_wire
+import numpy as np
+
+from backend.remote.wire import (
+    API_VERSION, CALLS, EncodeImageRequest, EncodeResult, EncodeTextRequest, decode, encode, error_to_wire,
+)
 from backend.server.config import ServerConfig
 from backend.server.guard import Guard
 from backend.server.jobs import Job, JobState, Priority, QueueFullError
@@ -155,6 +161,26 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
         entries = await run_in_threadpool(state.slides.entries)
         return [{"id": e.id, "name": e.relpath, "bytes": e.size} for e in sorted(entries, key=lambda e: e.relpath)]
 
+    @app.get("/v1/slides/{slide_id:path}/thumbnail")
+    async def thumbnail(slide_id: str, request: Request, size: int = 1024) -> Response:
+        request.state.audit["slide"] = slide_id[:64]
+        if not 16 <= size <= 2048:
+            raise InputError(f"size: a thumbnail is 16 to 2048 pixels on its long side, got {size}")
+
+        def render() -> bytes:
+            import io
+
+            from PIL import Image
+
+            from backend.slides import open_slide
+
+            with open_slide(state.slides.resolve(slide_id)) as s:
+                buf = io.BytesIO()
+                Image.fromarray(s.thumbnail(size)).save(buf, format="PNG")
+                return buf.getvalue()
+
+        return Response(await run_in_threadpool(render), media_type="image/png")
+
     @app.get("/v1/slides/{slide_id:path}")
     async def slide(slide_id: str, request: Request) -> dict[str, Any]:
         request.state.audit["slide"] = slide_id[:64]
@@ -197,6 +223,24 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             return _result_response(job, state)
         await run_in_threadpool(state.jobs.persist, job)
         return JSONResponse(job.record(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @app.post("/v1/encode/{kind}")
+    async def encode_items(kind: str, request: Request) -> Response:
+        """Embed texts or uploaded RGB crops; items of concurrent requests share model calls."""
+        kinds = {"text": EncodeTextRequest, "image": EncodeImageRequest}
+        if kind not in kinds:
+            raise InputError(f"encode/{kind[:32]}: encode 'text' or 'image'")
+        request.state.audit["call"] = f"encode-{kind}"
+        req = decode(kinds[kind], await request.body(), request.headers.get("content-type", ""), where=f"encode-{kind}")
+        items = list(req.texts) if kind == "text" else _crops(req.images, state.config.limits)
+        if not items or len(items) > state.config.limits.max_regions:
+            raise InputError(f"encode-{kind}: {len(items)} items; between 1 and {state.config.limits.max_regions} per request")
+        model = await run_in_threadpool(state.model, req.model)
+        batcher = state.batcher.get(kind, model)
+        vectors = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(item)) for item in items))
+        clip = await run_in_threadpool(state.backend.model, model)
+        body, media = encode(EncodeResult(np.stack(vectors), str(clip.model_id)))
+        return Response(body, media_type=media)
 
     @app.get("/v1/jobs")
     async def jobs(request: Request) -> list[dict[str, Any]]:
@@ -243,6 +287,18 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
 
 class _NotFound(Exception):
     pass
+
+
+def _crops(images: np.ndarray, limits: Any) -> list[np.ndarray]:
+    """The uploaded crops, checked: uint8 RGB, (H, W, 3) or (B, H, W, 3), within the pixel cap."""
+    if images.ndim == 3:
+        images = images[None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise InputError(f"encode-image.images: expected uint8 (B, H, W, 3) RGB, got {images.dtype} {images.shape}")
+    b, h, w, _ = images.shape
+    if min(h, w) < 8 or h * w > limits.max_region_pixels:
+        raise InputError(f"encode-image.images: crops of {w} x {h} pixels; between 8 and {limits.max_region_pixels} pixels each")
+    return list(images)
 
 
 async def _stream(job: Job, after: int) -> Any:

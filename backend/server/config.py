@@ -51,6 +51,9 @@ class ServerConfig:
         hour of embedding.
     direct_wait_s
         The longest a request waits for an interactive call before it becomes a job (202).
+    batch_max, batch_wait_ms
+        Cross-client batching of ``/v1/encode/*``: at most this many items per model call, the
+        first waiting at most this long for company.
     """
 
     slide_roots: tuple[Path, ...] = ()
@@ -66,6 +69,8 @@ class ServerConfig:
     interactive_workers: int = 1
     direct_wait_s: float = 5.0
     allow_hub_models: bool = False
+    batch_max: int = 32  # cross-client encoding: items per model call (1: no batching)
+    batch_wait_ms: float = 5.0  # and how long the first item waits for others
     limits: Limits = field(default_factory=Limits)
 
     @property

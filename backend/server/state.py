@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import os
 import threading
 from typing import Any
@@ -29,6 +30,7 @@ from backend.server.config import ServerConfig
 from backend.server.jobs import Job, JobManager
 
 BUNDLE_FIELDS = ("captioner", "classifier", "bundle")
+log = logging.getLogger("histoclip.server")
 
 
 class ServerState:
@@ -50,14 +52,24 @@ class ServerState:
         self.jobs = JobManager(self.config.state_dir, workers=self.config.workers,
                                interactive_workers=self.config.interactive_workers,
                                max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token)
+        from backend.server.batching import Encoders
+
+        self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.jobs.close()
+        self.batcher.close()
         close = getattr(self.backend, "close", None)
-        if close is not None:
+        if close is None:
+            return
+        try:
             close()
+        except Exception as e:  # noqa: BLE001 - the process is ending; say what was not closed
+            # LocalBackend keeps index readers opened on worker threads; sqlite refuses to
+            # close them from the shutdown thread. The OS releases them as the process exits.
+            log.warning("closing the backend at shutdown failed (%s: %s)", type(e).__name__, e)
 
     # --- auth -------------------------------------------------------------------------------
 
