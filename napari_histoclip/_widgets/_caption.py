@@ -113,7 +113,9 @@ class CaptionPanel(Container):
 
         def done(result: Any) -> None:
             set_captions(layer, indices, result.captions)
-            self.show_shape(indices[0])
+            # The form follows the canvas: the selected shape's captions, if one is selected.
+            selected = sorted(i for i in layer.selected_data if i < len(layer.data))
+            self.show_shape(selected[0] if selected else indices[0])
 
         self.ctx.run(f"Captioning {len(regions)} region(s)", lambda progress, cancel: backend.caption(
             request, progress=progress, cancel=cancel), done)

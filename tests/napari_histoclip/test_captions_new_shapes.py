@@ -76,6 +76,7 @@ def test_caption_shapes_captions_the_uncaptioned_by_default(drawn, plugin_viewer
     wait(qtbot, dock)
     assert layer.features[CAPTION].iloc[0] == chosen
     assert all(layer.features[CAPTION].iloc[1:])  # both new shapes, not only the selected one
+    assert panel.which.value.startswith("shape 2")  # the dock shows the shape selected on the canvas
 
     panel.scope.value = "selected shapes"
     layer.selected_data = {0}
