@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from qtpy.QtCore import QObject, Signal
@@ -42,11 +42,15 @@ class TaskState:
     done: int = 0
     total: int = 0
     stage: str = ""
+    cancelling: bool = False
 
     @property
     def text(self) -> str:
         what = f"{self.label}: {self.stage}" if self.stage else self.label
-        return f"{what} {self.done}/{self.total}" if self.total else what
+        what = f"{what} {self.done}/{self.total}" if self.total else what
+        # The backend stops at its next check (after a model load returns, at the next batch):
+        # until then the footer says the click was taken.
+        return f"cancelling… ({what})" if self.cancelling else what
 
 
 class _Relay(QObject):
@@ -85,6 +89,8 @@ class TaskRunner:
         """Ask the running task to stop; the backend raises CancelledError at its next check."""
         if self._cancel is not None:
             self._cancel.set()
+            if self._state is not None and not self._closed:
+                self._set_state(replace(self._state, cancelling=True))
 
     def close(self, then: Callable[[], None] | None = None) -> None:
         """The dock is closing: cancel the running task and drop its result and progress (its
@@ -173,11 +179,11 @@ class TaskRunner:
         if self._state is None or self._closed:
             return
         self._set_state(
-            TaskState(
-                self._state.label,
-                int(getattr(p, "done", 0)),
-                int(getattr(p, "total", 0)),
-                str(getattr(p, "stage", "")),
+            replace(
+                self._state,
+                done=int(getattr(p, "done", 0)),
+                total=int(getattr(p, "total", 0)),
+                stage=str(getattr(p, "stage", "")),
             )
         )
 

@@ -258,8 +258,8 @@ class HistoclipWidget(QWidget):
             ref, model, progress=progress, cancel=cancel), done)
 
     def cancel(self) -> None:
+        """Ask the running task to stop (the footer says so until it has)."""
         self.runner.cancel()
-        self.status.value = "cancelling…"
 
     # --- internals ------------------------------------------------------------------------
 
@@ -328,8 +328,12 @@ class HistoclipWidget(QWidget):
             self.progress.max, self.progress.value = 1, 0
             return
         self.status.value = state.text
-        # total 0: unknown length; a full bar would lie, an empty one says "started".
-        self.progress.max = max(state.total, 1)
-        self.progress.value = min(state.done, self.progress.max)
+        self.cancel_button.enabled = not state.cancelling
+        if state.total <= 0:
+            # Unknown length (loading a model, opening an index): Qt's busy bar says "working".
+            self.progress.value, self.progress.max = 0, 0
+        else:
+            self.progress.max = state.total
+            self.progress.value = min(state.done, state.total)
 
 
