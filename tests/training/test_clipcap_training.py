@@ -153,7 +153,20 @@ def test_cancel_and_resume_continue_the_run_exactly(workspace):
         train(TrainConfig(out_dir=out, **base))
     with pytest.raises(InputError, match=r"lr: 0.003 -> 0.001"):
         train(TrainConfig(out_dir=out, resume=True, **{**base, "lr": 1e-3}))
+    # a run killed inside torch.save left its temp: the next run removes it (its pid is dead)
+    import os
+    import subprocess
+    import sys
+
+    from backend.atomic import leftover_temps, temp_sibling
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = temp_sibling(out / "checkpoints" / "last.pt", "tmp", ".pt")
+    stale = mine.with_name(mine.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-", 1))
+    stale.write_bytes(b"half a checkpoint")
     resumed = train(TrainConfig(out_dir=out, resume=True, **base))
+    assert not stale.exists() and leftover_temps(out / "checkpoints") == []
 
     assert resumed.steps == straight.steps
     for a, b in zip(resumed.history, straight.history):
