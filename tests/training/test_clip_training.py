@@ -143,8 +143,9 @@ def test_resume_equals_uninterrupted_and_card(tiles: Path, tmp_path: Path) -> No
 def test_bundle_runs_in_histoclip_zero_shot(tiles: Path, tmp_path: Path, cmu_slide: Path, capsys) -> None:
     from backend.cli import main as histoclip
 
-    result = train(ClipTrainConfig(**FAST, train=str(tiles / "train"), out_dir=tmp_path / "run", epochs=1,
-                                   val_zeroshot=tiles / "test", stop_metric="zeroshot"))
+    result = train(ClipTrainConfig(**FAST, train=str(tiles / "train.csv"), out_dir=tmp_path / "run", epochs=1,
+                                   val_zeroshot=tiles / "test", val_classes=tiles / "classes.json",
+                                   stop_metric="zeroshot"))
     assert "val_zeroshot_balanced_accuracy" in result.history[0]
     model = load_model(result.bundle, device="cpu")
     assert model.model_id.startswith("bundle:run@")
@@ -193,6 +194,8 @@ def test_config_and_data_errors(tiles: Path, tmp_path: Path) -> None:
         ClipTrainConfig(model="test-tiny", train="x", out_dir=tmp_path, stop_metric="zeroshot")
     with pytest.raises(InputError, match="loss contrastive needs a 0/1 pair-label column"):
         train(ClipTrainConfig(**FAST, train=str(tiles / "train.csv"), out_dir=tmp_path / "r", loss="contrastive"))
+    with pytest.raises(InputError, match="48 rows give no full batch of 8"):  # 3 distinct captions only
+        train(ClipTrainConfig(**FAST, train=str(tiles / "train"), out_dir=tmp_path / "r"))
     with pytest.raises(InputError, match="no full batch of 64"):
         train(ClipTrainConfig(**{**FAST, "batch_size": 64}, train=str(tiles / "train.csv"), out_dir=tmp_path / "r"))
 
