@@ -158,17 +158,13 @@ def print_hits(hits: Any) -> None:
 
 def _index(args: argparse.Namespace) -> int:
     from backend.api import IndexRequest
-    from backend.cli.slide_tasks import ProgressBar, tile_options
+    from backend.cli.slide_tasks import tile_options, with_bar
 
     if args.engine != "local":
         raise InputError("--engine: with --server the server decides how to spread the work; leave --engine out")
     request = IndexRequest(tuple(args.cohort), args.out, args.model, tile_options(args))
-    bar = ProgressBar("cohort", unit="slide")
-    try:
-        with client(args) as remote:
-            info = remote.build_index(request, progress=bar)
-    finally:
-        bar.close()
+    with client(args) as remote:
+        info = with_bar("cohort", lambda bar: remote.build_index(request, progress=bar))
     for path, why in info.failed:
         print(f"histoclip index: skipped {path}: {why}", file=sys.stderr)
     print(f"{info.index_path}: {info.n_slides} slides, {info.n_vectors} tiles ({info.model_id}) on {args.server}")

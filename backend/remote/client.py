@@ -172,8 +172,10 @@ class HttpBackend:
               cancel: threading.Event | None) -> Any:
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"{route}: cancelled before it was sent")
+        spec = CALLS.get(route)
+        if spec is None:
+            raise RemoteError(f"{route}: this version of backend.api has no such call (upgrade napari-histoclip)")
         self._check_version()
-        spec = CALLS[route]
         body, media = encode(request)
         r = self._request("POST", f"/v1/calls/{route}", idempotent=spec.idempotent, content=body,
                           headers={"Content-Type": media, "Prefer": f"wait={self.wait_s}"})
@@ -294,3 +296,21 @@ class HttpBackend:
     def search(self, request: api.SearchRequest, *, progress: api.ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> api.SearchResult:
         return self._call("search", request, progress, cancel)
+
+    # Classifiers (interfaces item 8): served when backend.api has their request types.
+
+    def refine(self, request: Any, *, progress: api.ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> api.ZeroShotResult:
+        return self._call("refine", request, progress, cancel)
+
+    def classify(self, request: Any, *, progress: api.ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> api.ZeroShotResult:
+        return self._call("classify", request, progress, cancel)
+
+    def save_classifier(self, request: Any, *, progress: api.ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> Any:
+        """``request.path`` is a plain name: the bundle goes in the server's first ``--models`` folder."""
+        return self._call("save-classifier", request, progress, cancel)
+
+    def search_class(self, request: Any) -> api.SearchResult:
+        return self._call("search-class", request, None, None)

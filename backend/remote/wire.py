@@ -91,7 +91,7 @@ class Call:
     idempotent: bool = True
 
 
-# The coordinator adds refine/classify here (and a one-line method on HttpBackend).
+# A new Backend method is served with one line here and a one-line method on HttpBackend.
 CALLS: dict[str, Call] = {
     c.route: c
     for c in (
@@ -103,6 +103,16 @@ CALLS: dict[str, Call] = {
         Call("search", "search", api.SearchRequest, api.SearchResult),
     )
 }
+# Classifier calls (interfaces item 8), served when backend.api defines their types: they were
+# written beside this module and meet it at the merge.
+for _route, _method, _request, _result, _idempotent in (
+    ("refine", "refine", "RefineRequest", "ZeroShotResult", True),
+    ("classify", "classify", "ClassifyRequest", "ZeroShotResult", True),
+    ("save-classifier", "save_classifier", "SaveClassifierRequest", "ClassifierInfo", False),
+    ("search-class", "search_class", "ClassSearchRequest", "SearchResult", True),
+):
+    if hasattr(api, _request) and hasattr(api, _result):
+        CALLS[_route] = Call(_route, _method, getattr(api, _request), getattr(api, _result), idempotent=_idempotent)
 
 
 # --- values <-> JSON + arrays --------------------------------------------------------------

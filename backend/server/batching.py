@@ -117,6 +117,12 @@ class Encoders:
         pixels = torch.cat([clip.preprocess_batch(np.ascontiguousarray(im)[None]) for im in images])
         return list(np.asarray(clip.encode_image_tensors(pixels).cpu(), dtype=np.float32))
 
+    def totals(self, kind: str) -> tuple[int, int]:
+        """(model calls, items) of the ``kind`` encoders so far, over all models."""
+        with self._lock:
+            chosen = [b for (k, _), b in self._batchers.items() if k == kind]
+        return sum(b.batches for b in chosen), sum(b.items for b in chosen)
+
     def close(self) -> None:
         with self._lock:
             batchers, self._batchers = list(self._batchers.values()), {}

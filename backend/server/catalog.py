@@ -159,16 +159,17 @@ class Catalog:
             return UnknownModelError(f"{key}: {cause}")
         return InputError(f"{key}: {cause}")
 
-    def new_index_path(self, name: str) -> str:
-        """Where a new index called ``name`` goes: a plain folder name in the first index root."""
+    def new_path(self, name: str, field: str) -> str:
+        """Where a new index or bundle called ``name`` goes: a plain folder name in the first root."""
+        flag = "--indexes" if self.kind is EntryKind.INDEX else "--models"
         if not self.roots:
-            raise InputError("index: this server has no --indexes folder to build indexes in")
+            raise InputError(f"{field}: this server has no {flag} folder to write in")
         if not isinstance(name, str) or not _NEW_NAME.fullmatch(name) or name.endswith((".", "..")):
             raise InputError(
-                f"index_path {str(name)[:100]!r}: a new index is named by a plain folder name "
+                f"{field} {str(name)[:100]!r}: a new {self.kind} is named by a plain folder name "
                 "(letters, digits, '.', '_', '-'), not a path"
             )
         path = self.roots[0] / name
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
-            raise InputError(f"index_path {name!r}: exists on the server and is not an index folder")
+            raise InputError(f"{field} {name!r}: exists on the server and is not a folder of that kind")
         return str(path)

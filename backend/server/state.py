@@ -9,7 +9,9 @@ so a new request type of :mod:`backend.api` is served once it has a line in
   slide ids (or listed relative paths, or a listed folder for ``slides``);
 - ``index_path`` names a cohort index; ``captioner``, ``classifier`` and ``bundle`` a bundle;
 - ``model`` is a registry name or a bundle under ``--models`` (``hf-hub:`` ids only with
-  ``allow_hub_models``): never a server path a client makes up.
+  ``allow_hub_models``): never a server path a client makes up;
+- a ``path`` field (``SaveClassifierRequest``) is a new bundle: a plain name in the first
+  ``--models`` folder.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class ServerState:
     def _localize(self, call: Call, obj: Any) -> Any:
         if isinstance(obj, api.SlideRef):
             return dataclasses.replace(obj, path=self.slides.resolve(obj.path))
+        if isinstance(obj, tuple):
+            return tuple(self._localize(call, v) for v in obj)
         if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
             return obj
         changes: dict[str, Any] = {}
@@ -142,8 +146,10 @@ class ServerState:
                 changes[f.name] = self._index(call, value)
             elif f.name in BUNDLE_FIELDS:
                 changes[f.name] = self.bundles.resolve(value)
-            elif f.name == "slides":
+            elif f.name == "slides" and all(isinstance(v, str) for v in value):
                 changes[f.name] = tuple(os.path.realpath(e.path) for key in value for e in self.slides.expand(key))
+            elif f.name == "path":  # a request's own path is what it writes: a new bundle
+                changes[f.name] = self.bundles.new_path(value, "path")
             else:
                 changes[f.name] = self._localize(call, value)
         return dataclasses.replace(obj, **changes)
@@ -154,7 +160,7 @@ class ServerState:
         try:
             return self.indexes.resolve(name)
         except Exception:  # noqa: BLE001 - building: an unknown name is a new index
-            return self.indexes.new_index_path(name)
+            return self.indexes.new_path(name, "index_path")
 
     def public(self, obj: Any, field: str = "") -> Any:
         """``obj`` (a result) with server paths replaced by ids or root-relative names."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,25 +15,11 @@ from backend import api
 TILES = api.TileOptions(tile_size=64, mpp=2.0)
 
 
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
+def serve(app: Any) -> Any:
+    """Run ``app`` on a free loopback port in a thread; a context manager yielding its URL."""
+    from backend.server.threaded import serve_in_thread
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    return serve_in_thread(app)
 
 
 @dataclass
