@@ -4,6 +4,8 @@ The user paints on the zero-shot class-map Labels layer with napari's own brush 
 picker (the layer's label values are 1 + class index). The class map has one pixel per tile,
 so the brush paints whole tiles: a tile is marked when the brush covers its centre, which for a
 brush of a tile or more is when the paint covers most of it. Painting 0 (the eraser) unmarks.
+napari emits no paint event where a stroke changes nothing, so painting a tile with the class
+the map already gives it does not mark it (a confirmation mark needs another class first).
 "Refine" sends the marks to ``Backend.refine`` (the cached embeddings; no pixel is read) and
 replaces the class map, probability layers and legend; "Where is it unsure?" lists the tiles
 where a next mark helps most, each a click from its place. Marks are kept per slide, can be

@@ -114,3 +114,48 @@ def test_refine_without_a_class_map_says_what_to_do(plugin_viewer, plugin_dock, 
     open_slide(plugin_viewer, cmu_slide)
     plugin_dock.refine.refine_button.native.click()
     assert notes.errors and "label the slide in the Zero-shot tab first" in notes.errors[0]
+
+
+def test_screenshots_before_and_after_refine(make_napari_viewer, qtbot, cmu_layer_data, local_backend, tmp_path,
+                                             capsys, notes) -> None:
+    """``refine-before.png`` (zero-shot map with painted marks) and ``refine-after.png`` (the
+    refined map, legend and unsure list), to ``$HISTOCLIP_SCREENSHOT_DIR`` or a temp dir."""
+    import os
+    import sys
+
+    from napari.layers import Layer
+    from PIL import Image
+    from test_screenshots import DOCK_WIDTH, MAX_BYTES, WINDOW, save_png
+
+    from napari_histoclip._widgets._main import HistoclipWidget
+
+    out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*WINDOW)
+    dock = HistoclipWidget(viewer, backend=local_backend)
+    dock.setMaximumWidth(DOCK_WIDTH)
+    viewer.window.add_dock_widget(dock, name="HistoCLIP", area="right")
+    viewer.add_layer(Layer.create(*cmu_layer_data))
+    dock.model.value = "test-tiny"
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    dock.tabs.setCurrentIndex(dock.tabs.count() - 1)
+    layer = viewer.layers[MAP]
+    zero_shot = np.array(layer.data)
+    tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(zero_shot > 0)]
+    layer.brush_size = 1
+    for i, cell in enumerate(tissue[::7][:8]):
+        layer.paint(cell, 1 + i % len(layer.metadata["labels"]))  # what the brush calls
+    viewer.reset_view()
+    shots = [save_png(viewer, out / "refine-before.png")]
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    assert dock.refine.unsure.count() == 10
+    shots.append(save_png(viewer, out / "refine-after.png"))
+    for path in shots:
+        assert 0 < path.stat().st_size < MAX_BYTES, path
+        assert np.asarray(Image.open(path).convert("RGB")).std() > 20  # not blank
+    with capsys.disabled():
+        print(f"\n[screenshots] {', '.join(p.name for p in shots)} in {out}", file=sys.stderr)
