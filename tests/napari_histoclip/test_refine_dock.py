@@ -106,8 +106,30 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
     dock.refine.clear_button.native.click()
     wait(qtbot, dock)
     np.testing.assert_array_equal(viewer.layers[MAP].data, zero_shot)
-    paint(qtbot, viewer, viewer.layers[MAP], tissue[0], 2)
-    assert dock.refine.slides[str(cmu_slide)].marks == {tissue[0]: labels[1]}
+    cell = next(c for c in tissue if zero_shot[c] != 2)
+    paint(qtbot, viewer, viewer.layers[MAP], cell, 2)
+    assert dock.refine.slides[str(cmu_slide)].marks == {cell: labels[1]}
+
+    # Apply the saved classifier: its map replaces the class map; Refine then refines it.
+    from backend.api import ClassifyRequest, SlideRef
+
+    dock.refine.apply_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    applied = viewer.layers[MAP]
+    assert applied.metadata["classifier"] == str(bundle) and applied.metadata["labels"] == labels
+    from napari_histoclip._slide import slide_of
+
+    info = slide_of(applied)
+    expected = dock.backend.classify(ClassifyRequest(SlideRef(info.path, info.mpp), str(bundle)))
+    np.testing.assert_array_equal(applied.data, expected.class_map)
+    assert not dock.refine.slides.get(str(cmu_slide)) or not dock.refine.slides[str(cmu_slide)].marks
+    target = next(c for c in tissue if applied.data[c] != 3)
+    paint(qtbot, viewer, applied, target, 3)
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    again = viewer.layers[MAP]
+    assert again.metadata["classifier"] == str(bundle) and again.data[target] == 3
 
 
 def test_refine_without_a_class_map_says_what_to_do(plugin_viewer, plugin_dock, cmu_slide: Path, notes) -> None:
