@@ -10,7 +10,8 @@ the map already gives it does not mark it (a confirmation mark needs another cla
 replaces the class map, probability layers and legend; "Where is it unsure?" lists the tiles
 where a next mark helps most, each a click from its place. Marks are kept per slide, can be
 undone stroke by stroke, and "Save as classifier" turns the marks of every slide into a
-classifier bundle; "Apply classifier" labels a slide with a bundle (then Refine refines it). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
+classifier bundle; "Apply classifier" labels a slide with a bundle (then Refine refines it).
+"Add class" gives the map a class the prompts lack (a name and painted examples, no prompt). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
 and has its own list and buttons, and the Zero-shot tab is already full.
 """
 
@@ -76,6 +77,9 @@ class RefinePanel(Container):
         self.refine_button = PushButton(text="Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
+        self.new_class = LineEdit(label="New class", value="",
+                                  tooltip="a class the prompts lack: add it, then paint its tiles (no prompt needed)")
+        self.add_class_button = PushButton(text="Add class")
         self.n_unsure = SpinBox(label="Unsure tiles", value=10, min=1, max=200)
         self.unsure = QListWidget()
         self.unsure.setMinimumWidth(0)
@@ -86,17 +90,19 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.refine_button, self.undo_button, self.clear_button,
-                     self.n_unsure, self.save_path, self.save_button, self.apply_button],
+            widgets=[self.help, self.marks_label, self.new_class, self.add_class_button, self.refine_button,
+                     self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
+                     self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(6, self.unsure)
+        self.native.layout().insertWidget(8, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
         self._watched: Any = None  # the class-map layer whose paint events we follow
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
+        self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
         self.clear_button.changed.connect(self.clear)
         self.save_button.changed.connect(self.save)
@@ -209,6 +215,37 @@ class RefinePanel(Container):
         return tuple(r.label for r in rows), synonyms, templates, [r.color for r in rows], zs.threshold.value or None
 
     @handler
+    def add_class(self) -> None:
+        """Give the class map a class of its own for ``New class`` (label value n + 1), to paint."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
+
+        name = self.new_class.value.strip()
+        if not name:
+            raise UserError("New class: type the name of the class to add")
+        _, info = self.ctx.require_slide()
+        layer = self.class_map_layer(info)
+        if layer is None:
+            raise UserError("New class: label the slide in the Zero-shot tab first")
+        labels = list(layer.metadata.get("labels", ()))
+        if name in labels:
+            raise UserError(f"New class: {name!r} is already a class ({', '.join(labels)})")
+        n = len(labels)
+        if np.any(np.asarray(layer.data) == n + 1):
+            raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
+                            "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
+        color = default_color(n)
+        colors = [*layer.metadata.get("colors", ()), color]
+        table = dict(layer.colormap.color_dict)
+        table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
+        layer.colormap = DirectLabelColormap(color_dict=table)
+        layer.features = {"index": np.arange(n + 3), "class": ["no tissue", *labels, name, UNKNOWN_LABEL]}
+        layer.metadata["labels"], layer.metadata["colors"] = [*labels, name], colors
+        layer.selected_label = n + 1  # ready to paint it
+        self.new_class.value = ""
+
+    @handler
     def refine(self) -> None:
         """Refine the chosen slide's class map with its marks (no marks: the zero-shot map)."""
         from backend.api import RefineRequest
@@ -224,6 +261,8 @@ class RefinePanel(Container):
             colors = list(self.class_map_layer(info).metadata.get("colors", ()))
         else:
             labels, synonyms, templates, colors, threshold = self._prompts()
+            added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
+            colors = [*colors, *added]  # classes added here keep the colour they were painted in
             common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
                           unknown_threshold=threshold)
         request = RefineRequest(self.ctx.slide_ref(info), marks, **common)

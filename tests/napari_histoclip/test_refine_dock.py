@@ -181,3 +181,32 @@ def test_screenshots_before_and_after_refine(make_napari_viewer, qtbot, cmu_laye
         assert np.asarray(Image.open(path).convert("RGB")).std() > 20  # not blank
     with capsys.disabled():
         print(f"\n[screenshots] {', '.join(p.name for p in shots)} in {out}", file=sys.stderr)
+
+
+def test_a_new_class_from_painted_examples(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes) -> None:
+    viewer, dock = plugin_viewer, plugin_dock
+    open_slide(viewer, cmu_slide)
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    layer = viewer.layers[MAP]
+    labels = list(layer.metadata["labels"])
+    n = len(labels)
+    dock.refine.new_class.value = "folds"
+    dock.refine.add_class_button.native.click()
+    assert not notes.errors, notes.errors
+    assert layer.metadata["labels"] == [*labels, "folds"] and layer.selected_label == n + 1
+    tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(np.asarray(layer.data) > 0)]
+    for cell in tissue[:3]:
+        paint(qtbot, viewer, layer, cell, n + 1)
+    assert set(dock.refine.slides[str(cmu_slide)].marks.values()) == {"folds"}
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    refined = viewer.layers[MAP]
+    assert refined.metadata["labels"] == [*labels, "folds"]
+    assert all(refined.data[c] == n + 1 for c in tissue[:3])
+    assert "folds" in dock.zero_shot.legend.value
+    assert "CMU-1-Small-Region: p(folds)" in [lyr.name for lyr in viewer.layers]
+    dock.refine.new_class.value = "folds"
+    dock.refine.add_class_button.native.click()
+    assert notes.errors and "already a class" in notes.errors[-1]
