@@ -4,11 +4,14 @@ The user paints on the zero-shot class-map Labels layer with napari's own brush 
 picker (the layer's label values are 1 + class index). The class map has one pixel per tile,
 so the brush paints whole tiles: a tile is marked when the brush covers its centre, which for a
 brush of a tile or more is when the paint covers most of it. Painting 0 (the eraser) unmarks.
+napari emits no paint event where a stroke changes nothing, so painting a tile with the class
+the map already gives it does not mark it (a confirmation mark needs another class first).
 "Refine" sends the marks to ``Backend.refine`` (the cached embeddings; no pixel is read) and
 replaces the class map, probability layers and legend; "Where is it unsure?" lists the tiles
 where a next mark helps most, each a click from its place. Marks are kept per slide, can be
 undone stroke by stroke, and "Save as classifier" turns the marks of every slide into a
-classifier bundle. A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
+classifier bundle; "Apply classifier" labels a slide with a bundle (then Refine refines it).
+"Add class" gives the map a class the prompts lack (a name and painted examples, no prompt). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
 and has its own list and buttons, and the Zero-shot tab is already full.
 """
 
@@ -74,6 +77,9 @@ class RefinePanel(Container):
         self.refine_button = PushButton(text="Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
+        self.new_class = LineEdit(label="New class", value="",
+                                  tooltip="a class the prompts lack: add it, then paint its tiles (no prompt needed)")
+        self.add_class_button = PushButton(text="Add class")
         self.n_unsure = SpinBox(label="Unsure tiles", value=10, min=1, max=200)
         self.unsure = QListWidget()
         self.unsure.setMinimumWidth(0)
@@ -81,21 +87,26 @@ class RefinePanel(Container):
         self.save_path = LineEdit(label="Classifier", value="", tooltip="a new folder for the classifier bundle")
         self.save_path.native.setPlaceholderText("folder to save the classifier bundle in")
         self.save_button = PushButton(text="Save as classifier")
+        self.apply_button = PushButton(text="Apply classifier",
+                                       tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.refine_button, self.undo_button, self.clear_button,
-                     self.n_unsure, self.save_path, self.save_button],
+            widgets=[self.help, self.marks_label, self.new_class, self.add_class_button, self.refine_button,
+                     self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
+                     self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(6, self.unsure)
+        self.native.layout().insertWidget(8, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
         self._watched: Any = None  # the class-map layer whose paint events we follow
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
+        self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
         self.clear_button.changed.connect(self.clear)
         self.save_button.changed.connect(self.save)
+        self.apply_button.changed.connect(self.apply)
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
         ctx.viewer.layers.events.inserted.connect(self._layer_added)
         ctx.destroyed.connect(lambda *_: self.disconnect_viewer())
@@ -110,11 +121,19 @@ class RefinePanel(Container):
 
     # --- marks from paint -------------------------------------------------------------------
 
+    def _source(self, info_or_path: Any) -> str | None:
+        """The classifier bundle the slide's class map came from (None: zero-shot prompts)."""
+        layer = self._map_of(getattr(info_or_path, "path", info_or_path))
+        return None if layer is None else layer.metadata.get("classifier")
+
     def class_map_layer(self, info: Any) -> Any:
-        """The whole-slide class-map layer of ``info``'s slide (zero-shot or refined)."""
+        """The whole-slide class-map layer of ``info``'s slide (zero-shot, classifier or refined)."""
+        return self._map_of(info.path)
+
+    def _map_of(self, slide_path: str) -> Any:
         for layer in self.ctx.viewer.layers:
             own = slide_of(layer)
-            if (is_ours(layer, "class_map") and own is not None and own.path == info.path
+            if (is_ours(layer, "class_map") and own is not None and own.path == slide_path
                     and not layer.metadata.get("region", False)):
                 return layer
         return None
@@ -196,6 +215,37 @@ class RefinePanel(Container):
         return tuple(r.label for r in rows), synonyms, templates, [r.color for r in rows], zs.threshold.value or None
 
     @handler
+    def add_class(self) -> None:
+        """Give the class map a class of its own for ``New class`` (label value n + 1), to paint."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
+
+        name = self.new_class.value.strip()
+        if not name:
+            raise UserError("New class: type the name of the class to add")
+        _, info = self.ctx.require_slide()
+        layer = self.class_map_layer(info)
+        if layer is None:
+            raise UserError("New class: label the slide in the Zero-shot tab first")
+        labels = list(layer.metadata.get("labels", ()))
+        if name in labels:
+            raise UserError(f"New class: {name!r} is already a class ({', '.join(labels)})")
+        n = len(labels)
+        if np.any(np.asarray(layer.data) == n + 1):
+            raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
+                            "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
+        color = default_color(n)
+        colors = [*layer.metadata.get("colors", ()), color]
+        table = dict(layer.colormap.color_dict)
+        table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
+        layer.colormap = DirectLabelColormap(color_dict=table)
+        layer.features = {"index": np.arange(n + 3), "class": ["no tissue", *labels, name, UNKNOWN_LABEL]}
+        layer.metadata["labels"], layer.metadata["colors"] = [*labels, name], colors
+        layer.selected_label = n + 1  # ready to paint it
+        self.new_class.value = ""
+
+    @handler
     def refine(self) -> None:
         """Refine the chosen slide's class map with its marks (no marks: the zero-shot map)."""
         from backend.api import RefineRequest
@@ -203,11 +253,18 @@ class RefinePanel(Container):
         _, info = self.ctx.require_slide()
         if self.class_map_layer(info) is None:
             raise UserError("Refine: label the slide in the Zero-shot tab first, then paint marks on its class map")
-        labels, synonyms, templates, colors, threshold = self._prompts()
+        classifier = self._source(info)
         state = self.slides.setdefault(info.path, SlideMarks())
         marks = state.as_request()
-        common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
-                      unknown_threshold=threshold)
+        if classifier is not None:  # the map came from a classifier: refine that one
+            common: dict[str, Any] = dict(classifier=classifier)
+            colors = list(self.class_map_layer(info).metadata.get("colors", ()))
+        else:
+            labels, synonyms, templates, colors, threshold = self._prompts()
+            added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
+            colors = [*colors, *added]  # classes added here keep the colour they were painted in
+            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
+                          unknown_threshold=threshold)
         request = RefineRequest(self.ctx.slide_ref(info), marks, **common)
         prior_request = RefineRequest(self.ctx.slide_ref(info), (), **common)
         backend, k = self.ctx.backend, int(self.n_unsure.value)
@@ -219,9 +276,11 @@ class RefinePanel(Container):
 
         def done(results: tuple[Any, Any]) -> None:
             refined, prior = results
-            self.ctx.warn_random(refined, request.model)
+            self.ctx.warn_random(refined, request.model or str(classifier))
             all_colors = list(colors) + [default_color(i) for i in range(len(colors), len(refined.labels))]
-            self.ctx.zero_shot.show_result(refined, info, all_colors, False)
+            layers = self.ctx.zero_shot.show_result(refined, info, all_colors, False)
+            if classifier is not None:
+                layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
             self.show_unsure(refined, prior, info, k)
 
         self.ctx.run(f"Refining {info.name} ({len(state.marks)} marks)", work, done)
@@ -292,7 +351,11 @@ class RefinePanel(Container):
         path = self.save_path.value.strip()
         if not path:
             raise UserError("Classifier: give a folder to save the classifier bundle in")
-        labels, synonyms, templates, _, threshold = self._prompts()
+        bases = {self._source(p) for p, st in self.slides.items() if st.marks}
+        if len(bases) > 1:
+            raise UserError("Save as classifier: the marked slides' maps come from different sources "
+                            "(prompts and classifiers); mark slides labelled the same way")
+        base = bases.pop() if bases else None
         slides = []
         for slide_path, state in self.slides.items():
             if state.marks:
@@ -301,9 +364,13 @@ class RefinePanel(Container):
                 slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), state.as_request()))
         if not slides:
             raise UserError("Save as classifier: paint a few marks on a class map first")
-        request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, labels=labels,
-                                        synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                        overwrite=True)
+        if base is not None:
+            request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
+        else:
+            labels, synonyms, templates, _, threshold = self._prompts()
+            request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, labels=labels,
+                                            synonyms=synonyms, templates=templates, unknown_threshold=threshold,
+                                            overwrite=True)
         backend = self.ctx.backend
 
         def done(info: Any) -> None:
@@ -313,6 +380,31 @@ class RefinePanel(Container):
                       f"{info.n_marks} marks from {len(slides)} slide(s)")
 
         self.ctx.run("Saving classifier", lambda progress, cancel: backend.save_classifier(
+            request, progress=progress, cancel=cancel), done)
+
+    @handler
+    def apply(self) -> None:
+        """Label the chosen slide with the classifier bundle named in the folder field; its map
+        replaces the class map, and Refine then refines that classifier."""
+        from backend.api import ClassifyRequest
+
+        path = self.save_path.value.strip()
+        if not path:
+            raise UserError("Classifier: give the folder of a classifier bundle to apply")
+        _, info = self.ctx.require_slide()
+        request = ClassifyRequest(self.ctx.slide_ref(info), path)
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            self.ctx.warn_random(result, path)
+            self.slides.pop(info.path, None)  # marks were made against another map
+            self._show_count(info)
+            colors = [default_color(i) for i in range(len(result.labels))]
+            layers = self.ctx.zero_shot.show_result(result, info, colors, False)
+            layers[0].metadata["classifier"] = path  # Refine and Save then start from it
+            self.show_unsure(result, result, info, int(self.n_unsure.value))
+
+        self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
             request, progress=progress, cancel=cancel), done)
 
 

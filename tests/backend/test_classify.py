@@ -88,6 +88,12 @@ def test_save_as_classifier_then_classify_another_slide(slides, tmp_path: Path, 
     np.testing.assert_array_equal(result.class_map[::-1], refined.class_map)
     # And on the slide it was trained on, the classifier gives refine's map.
     np.testing.assert_array_equal(backend.classify(api.ClassifyRequest(one, str(bundle))).class_map, refined.class_map)
+    # A region: only the tiles under it, labelled as on the whole slide.
+    box = api.Region.box(0, 0, 5 * 224, 5 * 224)
+    part = backend.classify(api.ClassifyRequest(one, str(bundle), region=box))
+    assert (part.class_map > 0).sum() == 25
+    assert part.class_map.shape == refined.class_map.shape  # the slide's grid, tiles outside left 0
+    np.testing.assert_array_equal(part.class_map[:5, :5], refined.class_map[:5, :5])
 
 
 def test_bundle_reloads_and_is_listed(slides, tmp_path: Path) -> None:

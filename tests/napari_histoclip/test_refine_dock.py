@@ -106,11 +106,107 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
     dock.refine.clear_button.native.click()
     wait(qtbot, dock)
     np.testing.assert_array_equal(viewer.layers[MAP].data, zero_shot)
-    paint(qtbot, viewer, viewer.layers[MAP], tissue[0], 2)
-    assert dock.refine.slides[str(cmu_slide)].marks == {tissue[0]: labels[1]}
+    cell = next(c for c in tissue if zero_shot[c] != 2)
+    paint(qtbot, viewer, viewer.layers[MAP], cell, 2)
+    assert dock.refine.slides[str(cmu_slide)].marks == {cell: labels[1]}
+
+    # Apply the saved classifier: its map replaces the class map; Refine then refines it.
+    from backend.api import ClassifyRequest, SlideRef
+
+    dock.refine.apply_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    applied = viewer.layers[MAP]
+    assert applied.metadata["classifier"] == str(bundle) and applied.metadata["labels"] == labels
+    from napari_histoclip._slide import slide_of
+
+    info = slide_of(applied)
+    expected = dock.backend.classify(ClassifyRequest(SlideRef(info.path, info.mpp), str(bundle)))
+    np.testing.assert_array_equal(applied.data, expected.class_map)
+    assert not dock.refine.slides.get(str(cmu_slide)) or not dock.refine.slides[str(cmu_slide)].marks
+    target = next(c for c in tissue if applied.data[c] != 3)
+    paint(qtbot, viewer, applied, target, 3)
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    again = viewer.layers[MAP]
+    assert again.metadata["classifier"] == str(bundle) and again.data[target] == 3
 
 
 def test_refine_without_a_class_map_says_what_to_do(plugin_viewer, plugin_dock, cmu_slide: Path, notes) -> None:
     open_slide(plugin_viewer, cmu_slide)
     plugin_dock.refine.refine_button.native.click()
     assert notes.errors and "label the slide in the Zero-shot tab first" in notes.errors[0]
+
+
+def test_screenshots_before_and_after_refine(make_napari_viewer, qtbot, cmu_layer_data, local_backend, tmp_path,
+                                             capsys, notes) -> None:
+    """``refine-before.png`` (zero-shot map with painted marks) and ``refine-after.png`` (the
+    refined map, legend and unsure list), to ``$HISTOCLIP_SCREENSHOT_DIR`` or a temp dir."""
+    import os
+    import sys
+
+    from napari.layers import Layer
+    from PIL import Image
+    from test_screenshots import DOCK_WIDTH, MAX_BYTES, WINDOW, save_png
+
+    from napari_histoclip._widgets._main import HistoclipWidget
+
+    out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*WINDOW)
+    dock = HistoclipWidget(viewer, backend=local_backend)
+    dock.setMaximumWidth(DOCK_WIDTH)
+    viewer.window.add_dock_widget(dock, name="HistoCLIP", area="right")
+    viewer.add_layer(Layer.create(*cmu_layer_data))
+    dock.model.value = "test-tiny"
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    dock.tabs.setCurrentIndex(dock.tabs.count() - 1)
+    layer = viewer.layers[MAP]
+    zero_shot = np.array(layer.data)
+    tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(zero_shot > 0)]
+    layer.brush_size = 1
+    for i, cell in enumerate(tissue[::7][:8]):
+        layer.paint(cell, 1 + i % len(layer.metadata["labels"]))  # what the brush calls
+    viewer.reset_view()
+    shots = [save_png(viewer, out / "refine-before.png")]
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    assert dock.refine.unsure.count() == 10
+    shots.append(save_png(viewer, out / "refine-after.png"))
+    for path in shots:
+        assert 0 < path.stat().st_size < MAX_BYTES, path
+        assert np.asarray(Image.open(path).convert("RGB")).std() > 20  # not blank
+    with capsys.disabled():
+        print(f"\n[screenshots] {', '.join(p.name for p in shots)} in {out}", file=sys.stderr)
+
+
+def test_a_new_class_from_painted_examples(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes) -> None:
+    viewer, dock = plugin_viewer, plugin_dock
+    open_slide(viewer, cmu_slide)
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    layer = viewer.layers[MAP]
+    labels = list(layer.metadata["labels"])
+    n = len(labels)
+    dock.refine.new_class.value = "folds"
+    dock.refine.add_class_button.native.click()
+    assert not notes.errors, notes.errors
+    assert layer.metadata["labels"] == [*labels, "folds"] and layer.selected_label == n + 1
+    tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(np.asarray(layer.data) > 0)]
+    for cell in tissue[:3]:
+        paint(qtbot, viewer, layer, cell, n + 1)
+    assert set(dock.refine.slides[str(cmu_slide)].marks.values()) == {"folds"}
+    dock.refine.refine_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    refined = viewer.layers[MAP]
+    assert refined.metadata["labels"] == [*labels, "folds"]
+    assert all(refined.data[c] == n + 1 for c in tissue[:3])
+    assert "folds" in dock.zero_shot.legend.value
+    assert "CMU-1-Small-Region: p(folds)" in [lyr.name for lyr in viewer.layers]
+    dock.refine.new_class.value = "folds"
+    dock.refine.add_class_button.native.click()
+    assert notes.errors and "already a class" in notes.errors[-1]
