@@ -189,9 +189,6 @@ class PartialStore:
             shutil.rmtree(self.path, ignore_errors=True)
         return self.final_path
 
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
 
 class EmbeddingCache:
     """Per-slide embedding stores under one directory. Hold one and pass it to the engine.
