@@ -194,6 +194,11 @@ class LocalBackend:
                 "give the model it was made with"
             ) from e
         if str(clip.model_id) != recorded_id:
+            if given is None:  # the recorded name now loads other weights
+                raise ModelMismatchError(
+                    f"{what} was made with model {recorded_id!r}, but {name!r} now loads as "
+                    f"{str(clip.model_id)!r}: make it again with {name!r}, or give the model it was made with"
+                )
             raise ModelMismatchError(
                 f"{what} was made with model {recorded_id!r}, but model {name!r} is {str(clip.model_id)!r}: "
                 f"leave the model out to use {recorded_id!r}, or use one made with {name!r}"

@@ -18,12 +18,10 @@ MODEL = "test-tiny"
 BOX = api.Region.box(600, 600, 600, 600)
 
 
+
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> str:
-    path = tmp_path_factory.mktemp("defaults") / "index"
-    with LocalBackend(cache_dir=path.parent / "cache", device="cpu") as b:
-        b.build_index(api.IndexRequest((str(cmu_slide),), str(path), MODEL, TILES))
-    return str(path)
+def index(cmu_tiny_index: str) -> str:
+    return cmu_tiny_index
 
 
 @pytest.fixture()
@@ -55,7 +53,9 @@ def test_search_refuses_another_model_or_other_tiles(
                                          tiles=api.TileOptions(tile_size=224, mpp=2.0)))
 
 
-def test_search_reports_loading_and_honours_cancel(backend: LocalBackend, index: str, cmu_slide: Path) -> None:
+def test_search_reports_loading_and_honours_cancel(
+    backend: LocalBackend, index: str, cmu_slide: Path, tmp_path: Path
+) -> None:
     seen: list[api.Progress] = []
     cancel = threading.Event()
 
@@ -80,7 +80,7 @@ def test_search_reports_loading_and_honours_cancel(backend: LocalBackend, index:
             cancel.set()
 
     region = api.SearchRequest(index, slide=api.SlideRef(str(cmu_slide)), region=api.Region.box(0, 0, 2000, 2900))
-    with LocalBackend(cache_dir=Path(index).parent / "other-cache", device="cpu", batch_size=4) as fresh:
+    with LocalBackend(cache_dir=tmp_path / "other-cache", device="cpu", batch_size=4) as fresh:
         with pytest.raises(CancelledError):
             fresh.search(region, progress=stop_when_encoding, cancel=cancel)
 

@@ -40,12 +40,10 @@ def on_thread(call: Callable[[], Any]) -> Any:
     return out["value"]
 
 
+
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> str:
-    path = tmp_path_factory.mktemp("threads") / "index"
-    with LocalBackend(cache_dir=path.parent / "cache", device="cpu") as b:
-        b.build_index(api.IndexRequest((str(cmu_slide),), str(path), MODEL, TILES))
-    return str(path)
+def index(cmu_tiny_index: str) -> str:
+    return cmu_tiny_index
 
 
 def test_a_search_works_after_its_thread_exits_and_close_works_from_another(index: str, tmp_path: Path) -> None:
