@@ -22,13 +22,14 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from backend import api
 from backend.embed import EmbeddingCache, SlideEmbeddings
 from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
+from backend.once import Once
 from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
 
@@ -42,43 +43,6 @@ def _geometry(layout: Any) -> api.GridGeometry:
 def _check_cancel(cancel: threading.Event | None, what: str) -> None:
     if cancel is not None and cancel.is_set():
         raise CancelledError(f"{what}: cancelled")
-
-
-class _Once(Generic[T]):
-    """Objects made once per key and shared by every thread.
-
-    Each key has its own lock, so making one (loading a model: seconds) does not block threads
-    that want another that is ready; two threads asking for the same missing key make it once.
-    """
-
-    def __init__(self) -> None:
-        self._items: dict[str, T] = {}
-        self._making: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, make: Callable[[], T], *, missing: Callable[[], None] | None = None) -> T:
-        """The object of ``key``, made by ``make()`` if absent (``missing()`` is called first)."""
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
-            making = self._making.setdefault(key, threading.Lock())
-        if missing is not None:
-            missing()
-        with making:
-            with self._lock:
-                if key in self._items:  # another thread made it while we waited
-                    return self._items[key]
-            item = make()
-            with self._lock:
-                self._items[key] = item
-                self._making.pop(key, None)
-            return item
-
-    def take_all(self) -> list[T]:
-        """Remove and return every object made so far."""
-        with self._lock:
-            items, self._items = list(self._items.values()), {}
-        return items
 
 
 def recordable_model_name(name: str) -> str:
@@ -120,9 +84,9 @@ class LocalBackend:
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.text_cache = TextFeatureCache()
-        self._models: _Once[Any] = _Once()
-        self._captioners: _Once[Any] = _Once()
-        self._readers: _Once[Any] = _Once()  # read-only cohort indexes, kept open between searches
+        self._models: Once[Any] = Once()
+        self._captioners: Once[Any] = Once()
+        self._readers: Once[Any] = Once()  # read-only cohort indexes, kept open between searches
 
     def close(self) -> None:
         """Close the cohort indexes held open for searching (models are simply dropped).
@@ -231,6 +195,11 @@ class LocalBackend:
                 "give the model it was made with"
             ) from e
         if str(clip.model_id) != recorded_id:
+            if given is None:  # the recorded name now loads other weights
+                raise ModelMismatchError(
+                    f"{what} was made with model {recorded_id!r}, but {name!r} now loads as "
+                    f"{str(clip.model_id)!r}: make it again with {name!r}, or give the model it was made with"
+                )
             raise ModelMismatchError(
                 f"{what} was made with model {recorded_id!r}, but model {name!r} is {str(clip.model_id)!r}: "
                 f"leave the model out to use {recorded_id!r}, or use one made with {name!r}"

@@ -166,7 +166,7 @@ def pipeline_slide(slide_path: Path, model, spec, *, batch: int, workers: int, c
 
     t_open = time.perf_counter()
     gen = iter_embed_slide(slide_path, model, spec, cache=cache, batch_size=batch, num_workers=workers)
-    if next(gen).stage == "cached":
+    if next(gen).stage.startswith("cached"):
         raise RuntimeError(f"{slide_path.name} was already in {cache}: not a throughput measurement")
     setup = time.perf_counter() - t_open
     with Clock() as clock:

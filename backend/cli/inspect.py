@@ -43,12 +43,13 @@ def _source(entry: Any) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     from backend.errors import HistoclipError
+    from backend.local import slide_mpp_fallback
     from backend.slides import open_slide, tissue_mask
 
     failed = 0
     for path in args.slides:
         try:
-            with open_slide(path, mpp=args.slide_mpp) as slide:
+            with open_slide(path, mpp=slide_mpp_fallback(path, args.slide_mpp)) as slide:
                 mask = tissue_mask(slide)
                 print(_describe(slide, mask.fraction))
         except HistoclipError as e:

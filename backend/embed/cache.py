@@ -216,9 +216,6 @@ class PartialStore:
             shutil.rmtree(self.path, ignore_errors=True)
         return self.final_path
 
-    def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
 
 def _proves_damage(e: Exception) -> bool:
     """Whether an error reading a store says its bytes are bad: zarr's metadata errors

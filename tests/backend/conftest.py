@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,16 @@ def one_faiss_thread() -> Iterator[None]:
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cmu_tiny_index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> str:
+    """A cohort index of CMU-1 alone, test-tiny, 64 px tiles at 2 µm/px. Read it, never grow it."""
+    from backend import api
+    from backend.local import LocalBackend
+
+    path = tmp_path_factory.mktemp("cmu-tiny-index") / "index"
+    with LocalBackend(cache_dir=path.parent / "cache", device="cpu") as backend:
+        backend.build_index(api.IndexRequest((str(cmu_slide),), str(path), "test-tiny",
+                                             api.TileOptions(tile_size=64, mpp=2.0)))
+    return str(path)

@@ -40,12 +40,10 @@ def on_thread(call: Callable[[], Any]) -> Any:
     return out["value"]
 
 
+
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> str:
-    path = tmp_path_factory.mktemp("threads") / "index"
-    with LocalBackend(cache_dir=path.parent / "cache", device="cpu") as b:
-        b.build_index(api.IndexRequest((str(cmu_slide),), str(path), MODEL, TILES))
-    return str(path)
+def index(cmu_tiny_index: str) -> str:
+    return cmu_tiny_index
 
 
 def test_a_search_works_after_its_thread_exits_and_close_works_from_another(index: str, tmp_path: Path) -> None:
@@ -121,3 +119,42 @@ def test_concurrent_calls_give_the_serial_results(index: str, cmu_slide: Path, t
     for name, value in results:
         assert _same(value, expected[name]), name
     on_thread(backend.close)
+
+
+def test_once_makes_each_key_once_and_a_slow_key_blocks_no_other() -> None:
+    import time
+
+    from backend.once import Once
+
+    once: Once[object] = Once()
+    made: list[str] = []
+    slow_started = threading.Event()
+
+    def make(key: str, seconds: float = 0.0) -> object:
+        if seconds:
+            slow_started.set()
+            time.sleep(seconds)
+        made.append(key)
+        return object()
+
+    slow = [on_thread_async(lambda: once.get("slow", lambda: make("slow", 1.0))) for _ in range(3)]
+    assert slow_started.wait(10)
+    t0 = time.monotonic()
+    fast = once.get("fast", lambda: make("fast"))
+    assert time.monotonic() - t0 < 0.5  # not held up by the slow key's load
+    assert once.get("fast", lambda: make("again")) is fast
+    results = [f() for f in slow]
+    assert all(r is results[0] for r in results) and made.count("slow") == 1
+
+
+def on_thread_async(call: Callable[[], Any]) -> Callable[[], Any]:
+    """Start ``call()`` on a thread; returns a function that joins it and gives its result."""
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.setdefault("value", call()))
+    t.start()
+
+    def result() -> Any:
+        t.join(timeout=30)
+        return out["value"]
+
+    return result
