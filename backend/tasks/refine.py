@@ -18,7 +18,7 @@ vectors raises a marked class almost everywhere at once; on centred vectors it
 moves tiles in proportion to how much they resemble the marked ones *relative to the slide*.
 The pulls keep a few marks from flipping the slide; with no marks the head is the prior, and the
 map is the prior's map exactly. The fitted head is again linear (``W x + b``), which is what a
-classifier bundle stores (:mod:`backend.classifier`) and applies to other slides.
+classifier bundle stores (:mod:`backend.models.classifier`) and applies to other slides.
 
 Measured with ``python benchmarks/refine_methods.py --draws 10`` on the tests' planted-texture
 slide (225 tiles of 5 real textures, ``test-tiny`` features; its zero-shot labels 22 % of the
