@@ -105,6 +105,25 @@ def test_real_tokenizer_passages_fit_its_context(clip_tokenizer: SimpleNamespace
     assert " ".join(passages).split() == report.split()
 
 
+@pytest.mark.slow  # transformers import
+def test_transformers_tokenizer_counted_untruncated(clip_tokenizer: SimpleNamespace, tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    bpe = clip_tokenizer.tokenizer  # CLIP's BPE as a transformers tokenizer (as a PLIP-like model has)
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    (tmp_path / "vocab.json").write_text(json.dumps({rename.get(t, t): i for t, i in bpe.encoder.items()}))
+    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    hf = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=77)
+    count_hf, count_oc = token_counter(SimpleNamespace(tokenizer=hf)), token_counter(clip_tokenizer)
+    long_text = "pleomorphic nuclei in desmoplastic stroma. " * 30
+    for text in ("tumour cells.", long_text):
+        assert count_hf(text) == count_oc(text)
+    assert count_hf(long_text) > 77  # not truncated at the context
+    passages, _, _ = split_report(long_text, count_hf, 77)
+    assert all(count_hf(p) <= 77 for p in passages) and len(passages) > 1
+
+
 def test_token_counter_rejects_unknown_tokenizer() -> None:
     with pytest.raises(Exception, match="cannot count tokens"):
         token_counter(SimpleNamespace(tokenizer=object(), model_id="m"))
