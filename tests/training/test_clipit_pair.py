@@ -245,6 +245,19 @@ def test_pair_images_with_injected_encoders_table_and_report(tmp_path: Path) -> 
     assert report["images_per_passage"] == {"max": 2, "median": 2.0} and report["passages_used"] == 2
     assert report["top_passages"][0]["labels"] == {"a": 2}
     json.dumps(report)  # JSON-serialisable
+    assert report["passages_unused"] == 1
+
+    # a floor no pair reaches: no rows, every image counted below it, the outputs still written
+    strict = PairConfig(k=2, floor=1.0)
+    image_vec.update(b1=[0, 1, 0.01, 0])  # no image exactly on a passage any more
+    none = pair_images(data, passages, encode_images=encode_images, encode_texts=encode_texts, config=strict)
+    assert len(none.passage) == 0 and len(pairs_table(none, data, passages)) == 0
+    empty = pairing_report(none, data, passages, SplitStats(3, 3, 0, 0, 0), strict)
+    assert empty["share_below_floor"] == 1.0 and empty["images_per_passage"] is None and empty["pairs"] == 0
+    from training.clipit.pair import write_histogram
+
+    with Image.open(write_histogram(none.score, tmp_path / "h.png", strict.floor)) as im:
+        assert im.format == "PNG"
 
 
 def test_unreadable_image_error_names_the_file(tmp_path: Path) -> None:

@@ -210,6 +210,7 @@ def pairing_report(pairs: Pairs, data: LabelledImages, passages: Sequence[Passag
         "score": {"min": float(scores.min()), "median": float(np.median(scores)), "max": float(scores.max())}
         if len(scores) else None,
         "passages_used": int(len(used)),
+        "passages_unused": int(len(passages) - len(used)),
         "images_per_passage": {"max": int(used.max()), "median": float(np.median(used))} if len(used) else None,
         "top_passages": top_passages,
     }
