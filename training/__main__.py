@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("training.evaluation.captions", "BLEU/METEOR/ROUGE-L/CIDEr of a captioner on a held-out split"),
     "clip": ("training.clip.cli", "fine-tune a CLIP model (full, locked tower, LoRA) and write a model bundle"),
     "eval": ("training.evaluation.cli", "zero-shot, linear-probe, retrieval, recall of a model; merge leaderboards"),
+    "pair": ("training.clipit.cli", "pair labelled images with passages of an unpaired report corpus (CLIP-IT)"),
 }
 
 # Pipelines that run transformers models, whose own bars (loading, writing weights) are noise.
