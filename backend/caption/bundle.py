@@ -32,7 +32,7 @@ import torch
 from backend import __version__
 from backend.caption.captioner import Captioner, check_clip_model_id
 from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load_tokenizer
-from backend.errors import HistoclipError, InputError, UnknownModelError
+from backend.errors import HistoclipError, UnknownModelError
 
 # The registry owns the envelope: manifest name, reading, weights checks, atomic replacement.
 from backend.atomic import make_temp_dir, recover_dir
