@@ -34,10 +34,19 @@ def render(state: Any) -> str:
     batcher = getattr(state, "batcher", None)
     if batcher is not None:
         lines += batcher.metric_lines()
-    torch = sys.modules.get("torch")  # only when models are loaded: metrics never import torch
-    if torch is not None and torch.cuda.is_available():
-        lines += ["# HELP histoclip_gpu_memory_bytes GPU memory allocated by torch, by device.",
-                  "# TYPE histoclip_gpu_memory_bytes gauge"]
-        for i in range(torch.cuda.device_count()):
-            lines.append(f'histoclip_gpu_memory_bytes{{device="cuda:{i}"}} {torch.cuda.memory_allocated(i)}')
+    lines += _gpu_lines()
     return "\n".join(lines) + "\n"
+
+
+def _gpu_lines() -> list[str]:
+    """GPU memory, when torch is loaded (metrics never import it) and has finished importing:
+    a worker thread may be in the middle of ``import torch`` while metrics are scraped."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None) if torch is not None else None
+    if cuda is None or not hasattr(cuda, "memory_allocated") or not cuda.is_available():
+        return []
+    lines = ["# HELP histoclip_gpu_memory_bytes GPU memory allocated by torch, by device.",
+             "# TYPE histoclip_gpu_memory_bytes gauge"]
+    for i in range(cuda.device_count()):
+        lines.append(f'histoclip_gpu_memory_bytes{{device="cuda:{i}"}} {cuda.memory_allocated(i)}')
+    return lines
