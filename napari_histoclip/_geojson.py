@@ -22,11 +22,14 @@ import numpy as np
 
 from backend.tasks.geojson import QuPathObject, class_color, mask_polygons, ring_area
 from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL
-from napari_histoclip._shapes import CAPTION, CLASS, shape_regions
+from napari_histoclip._shapes import CAPTION, CLASS, points_in_polygon, shape_regions
 from napari_histoclip._slide import SlideInfo, corner_xy_to_data_rc, data_rc_to_corner_xy, layer_to_world
 
 #: Shapes-layer metadata key: class name -> "#rrggbb", the colour each class exports with.
 CLASS_COLORS = "class_colors"
+#: GeoJSON property (true) of the objects that hold the Refine tab's painted marks: an import
+#: gives them back as marks, not shapes.
+REFINE_MARK = "histoclipRefineMarks"
 AREA_KINDS = ("rectangle", "polygon", "ellipse")
 
 
@@ -116,12 +119,71 @@ def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
     return out
 
 
-def _grid_to_corner(ring_xy: np.ndarray, layer: Any, info: SlideInfo) -> np.ndarray:
+def _grid_to_corner(ring_xy: np.ndarray, layer: Any, info: SlideInfo, clip: bool = True) -> np.ndarray:
     # Grid vertex (x=c, y=r) is the corner of cell (r, c): napari data (r - 0.5, c - 0.5).
     rc = ring_xy[:, ::-1] - 0.5
     slide_rc = layer_to_world(layer, rc) / np.asarray(info.scale)
     xy = data_rc_to_corner_xy(slide_rc)
-    return np.clip(xy, 0, [info.width, info.height])
+    return np.clip(xy, 0, [info.width, info.height]) if clip else xy
+
+
+# --- refine marks <-> objects ---------------------------------------------------------------
+
+
+def refine_mark_objects(marks: Mapping[tuple[int, int], str], labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
+    """The Refine tab's marks (class-map cell -> class) as one MultiPolygon annotation per
+    class, the marked tiles merged along their edges, flagged with :data:`REFINE_MARK`.
+
+    Not clipped to the slide (unlike :func:`class_map_objects`): an edge tile keeps its centre,
+    which is what :func:`annotation_marks` reads back.
+    """
+    from backend.tasks.geojson import to_rgb
+
+    legend = class_map_legend(labels_layer)
+    shape = np.asarray(labels_layer.data).shape
+    by_class: dict[str, list[tuple[int, int]]] = {}
+    for cell, name in marks.items():
+        by_class.setdefault(name, []).append(cell)
+    out = []
+    for name, cells in by_class.items():
+        mask = np.zeros(shape, bool)
+        mask[tuple(np.array(cells).T)] = True
+        polygons = tuple(tuple(_grid_to_corner(r, labels_layer, info, clip=False) for r in rings)
+                         for rings in mask_polygons(mask))
+        out.append(QuPathObject(polygons, name=f"refine marks: {name}", classification=name,
+                                color=to_rgb(legend[name]) if name in legend else None, multipart=True,
+                                properties={REFINE_MARK: True}))
+    return out
+
+
+def annotation_marks(annotations: Sequence[Annotation], labels_layer: Any, info: SlideInfo) -> dict[tuple[int, int], str]:
+    """Class-map cells (tissue only) -> class of the :data:`REFINE_MARK` annotations read from a
+    file: a tile is marked when its centre lies inside a mark polygon and outside its holes
+    (the holes follow their polygon, as :func:`read_geojson` returns them)."""
+    data = np.asarray(labels_layer.data)
+    tissue = np.argwhere(data > 0)
+    centres = data_rc_to_corner_xy(layer_to_world(labels_layer, tissue) / np.asarray(info.scale))
+    out: dict[tuple[int, int], str] = {}
+    current: list[Any] = []  # [class, inside mask] of the polygon whose holes may follow
+
+    def flush() -> None:
+        if current:
+            for r, c in tissue[current[1]]:
+                out[(int(r), int(c))] = current[0]
+            current.clear()
+
+    for a in annotations:
+        if not a.refine_mark:
+            continue
+        inside = points_in_polygon(centres, a.ring)
+        if a.hole:
+            if current:
+                current[1] &= ~inside
+        elif a.cls:
+            flush()
+            current.extend([a.cls, inside])
+    flush()
+    return out
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -139,6 +201,7 @@ class Annotation:
     cls: str = ""
     color: str | None = None
     hole: bool = False
+    refine_mark: bool = False  # the Refine tab's marks (:data:`REFINE_MARK`), not a shape
 
     @property
     def is_box(self) -> bool:
@@ -191,17 +254,19 @@ def read_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation], int]:
             skipped += 1
             continue
         name, cls, color = _qupath_props(props)
+        mark = props.get(REFINE_MARK) is True
         for poly in polys:
             rings = [_ring(r) for r in (poly if isinstance(poly, Sequence) else [])]
             if not rings or rings[0] is None:
                 skipped += 1
                 continue
-            out.append(Annotation(rings[0], name, cls, color))
+            out.append(Annotation(rings[0], name, cls, color, refine_mark=mark))
             for ring in rings[1:]:
                 if ring is None:
                     skipped += 1
                 else:
-                    out.append(Annotation(ring, f"hole in {name or cls or 'annotation'}", "", color, hole=True))
+                    out.append(Annotation(ring, f"hole in {name or cls or 'annotation'}", "", color, hole=True,
+                                          refine_mark=mark))
     return out, skipped
 
 

@@ -237,3 +237,33 @@ def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] |
         votes = votes[votes > 0]
         out.append(names[int(np.bincount(votes).argmax())] if votes.size and np.bincount(votes).argmax() < len(names) else "")
     return out
+
+
+def shape_marks(shapes_layer: Any, class_map: Any) -> dict[tuple[int, int], str]:
+    """Refine marks from shapes that have a class: class-map cell ``(row, col)`` -> class.
+
+    A tile counts as marked by a shape when the tile's centre lies inside the shape (the rule
+    painting follows: for a shape of a tile or more, the tiles it covers most of). Tiles
+    without tissue (map value 0) are left out; where shapes overlap, the later shape wins.
+    Lines, paths and shapes without a class mark nothing. ``class_map`` is a Labels layer we
+    made; both layers may have their own scale and translate (world coordinates are compared).
+    """
+    if CLASS not in shapes_layer.features.columns:
+        return {}
+    data = np.asarray(class_map.data)
+    tissue = np.argwhere(data > 0)
+    if not len(tissue):
+        return {}
+    world_centres = tissue * np.asarray(class_map.scale)[-2:] + np.asarray(class_map.translate)[-2:]
+    out: dict[tuple[int, int], str] = {}
+    for i, kind in enumerate(shapes_layer.shape_type):
+        cls = str(shapes_layer.features[CLASS].iloc[i])
+        if kind not in ("rectangle", "polygon", "ellipse") or cls in ("", "nan", "None"):
+            continue
+        verts = np.asarray(shapes_layer.data[i], dtype=float)[:, -2:]
+        if kind == "ellipse":
+            verts = _ellipse_polygon(verts)
+        world = verts * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
+        for r, c in tissue[points_in_polygon(world_centres, world)]:
+            out[(int(r), int(c))] = cls
+    return out

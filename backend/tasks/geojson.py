@@ -60,6 +60,9 @@ class QuPathObject:
     object_type: QuPathObjectType = QuPathObjectType.ANNOTATION
     measurements: Mapping[str, float] = field(default_factory=dict)
     multipart: bool = False  # a MultiPolygon even of one piece (a class map's class)
+    # Further GeoJSON properties (e.g. a flag a reader recognises); QuPath keeps unknown ones.
+    # They never replace the standard properties above.
+    properties: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def box(cls, x: float, y: float, w: float, h: float, **kwargs: Any) -> QuPathObject:
@@ -120,6 +123,8 @@ def qupath_feature(obj: QuPathObject, color: RGB | None = None) -> dict[str, Any
         props["classification"] = {"name": obj.classification, "color": list(color or class_color(obj.classification))}
     if obj.measurements:
         props["measurements"] = {k: float(v) for k, v in obj.measurements.items()}
+    for key, value in obj.properties.items():
+        props.setdefault(key, value)
     # QuPath >= 0.4 reads a UUID here as the object id.
     return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": props}
 

@@ -1,4 +1,5 @@
-"""Export tab: shapes (captions, classes) and the class map to QuPath GeoJSON, and back in."""
+"""Export tab: shapes (captions, classes), the class map and the Refine tab's painted marks to
+QuPath GeoJSON, and back in (marks return to the Refine tab, the rest as shapes)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ class ExportPanel(Container):
         self.class_map = ComboBox(label="Class map", choices=self._class_map_choices, nullable=True)
         self.classify = CheckBox(text="Shapes without a class take the class map's", value=True,
                                  tooltip="in the exported file only; the shapes layer is not changed")
+        self.marks = CheckBox(text="Refine marks", value=True,
+                              tooltip="the tiles painted on the Refine tab, one annotation per class; "
+                                      "an import gives them back as marks")
         self.path = FileEdit(label="Save to", mode="w", filter="*.geojson", value=None)
         self.export_button = PushButton(text="Export QuPath GeoJSON")
         self.import_path = FileEdit(label="Import", mode="r", filter="*.geojson *.json", value=None)
         self.import_button = PushButton(text="Import as shapes")
         super().__init__(
-            widgets=[self.shapes, self.class_map, self.classify, self.path, self.export_button,
+            widgets=[self.shapes, self.class_map, self.classify, self.marks, self.path, self.export_button,
                      self.import_path, self.import_button],
             labels=True,
         )
@@ -42,12 +46,16 @@ class ExportPanel(Container):
         The layers are read, never changed: classes taken from the class map go to the file only.
         """
         from backend.tasks.geojson import write_qupath_geojson
-        from napari_histoclip._geojson import class_map_legend, class_map_objects, recorded_colors, shapes_objects
+        from napari_histoclip._geojson import (
+            class_map_legend, class_map_objects, recorded_colors, refine_mark_objects, shapes_objects)
 
         slide_layer, info = self.ctx.require_slide()
         shapes, class_map = self.shapes.value, self.class_map.value
-        if shapes is None and class_map is None:
-            raise UserError("Export: choose a shapes layer, a class map, or both")
+        refine = getattr(self.ctx, "refine", None)
+        state = refine.slides.get(info.path) if refine is not None and self.marks.value else None
+        marks = dict(state.marks) if state is not None else {}  # painted ones: shapes export as shapes
+        if shapes is None and class_map is None and not marks:
+            raise UserError("Export: choose a shapes layer, a class map, or both (or paint refine marks)")
         target = self.path.value
         if not target or str(target) in ("", ".") or Path(target).is_dir():
             raise UserError("Save to: choose a .geojson file name")
@@ -64,6 +72,10 @@ class ExportPanel(Container):
             known.update(recorded_colors(shapes))
             classes = self._majority(shapes, class_map) if class_map is not None and self.classify.value else {}
             objects += shapes_objects(shapes, slide_layer, classes)  # on the UI thread: a snapshot
+        if marks:
+            mark_map = refine.class_map_layer(info)
+            known.update({k: v for k, v in class_map_legend(mark_map).items() if k not in known})
+            objects += refine_mark_objects(marks, mark_map, info)
 
         def work(progress: Any, cancel: Any) -> tuple[Path, int]:
             found = objects + (class_map_objects(class_map, info) if class_map is not None else [])
@@ -78,7 +90,8 @@ class ExportPanel(Container):
 
     @handler
     def import_geojson(self) -> Any:
-        """Read QuPath GeoJSON annotations onto the current slide as a shapes layer."""
+        """Read QuPath GeoJSON annotations onto the current slide as a shapes layer, and its refine
+        marks back onto the Refine tab; returns the shapes layer (None: the file held marks only)."""
         from napari.utils.notifications import show_info, show_warning
 
         from napari_histoclip._geojson import annotations_layer, read_geojson
@@ -90,7 +103,19 @@ class ExportPanel(Container):
         annotations, skipped = read_geojson(source)
         if not annotations:
             raise UserError(f"{Path(source).name}: no polygon annotations in it ({skipped} other features)")
-        layer = add_layer_data(self.ctx.viewer, annotations_layer(annotations, info, f"{info.stem}: {Path(source).stem}"))
+        marks = [a for a in annotations if a.refine_mark]
+        annotations = [a for a in annotations if not a.refine_mark]
+        refine = getattr(self.ctx, "refine", None)
+        if marks and (refine is None or refine.class_map_layer(info) is None):
+            raise UserError(f"{Path(source).name}: it holds refine marks; label {info.name} in the Zero-shot tab "
+                            "first, then import it (marks sit on the class map's tiles)")
+        layer = None
+        if annotations:
+            layer = add_layer_data(self.ctx.viewer, annotations_layer(annotations, info,
+                                                                      f"{info.stem}: {Path(source).stem}"))
+        done = [f"{len(annotations)} annotations imported"] if annotations else []
+        if marks:
+            done.append(f"{refine.import_marks(info, marks)} tiles marked on the Refine tab")
         holes = sum(a.hole for a in annotations)
         notes = []
         if holes:
@@ -99,7 +124,7 @@ class ExportPanel(Container):
         if skipped:
             notes.append(f"{skipped} points, lines or empty features skipped")
         note = "; " + "; ".join(notes) if notes else ""
-        (show_warning if notes else show_info)(f"{Path(source).name}: {len(annotations)} annotations imported{note}")
+        (show_warning if notes else show_info)(f"{Path(source).name}: {', '.join(done)}{note}")
         return layer
 
     @staticmethod

@@ -11,7 +11,13 @@ replaces the class map, probability layers and legend; "Where is it unsure?" lis
 where a next mark helps most, each a click from its place. Marks are kept per slide, can be
 undone stroke by stroke, and "Save as classifier" turns the marks of every slide into a
 classifier bundle; "Apply classifier" labels a slide with a bundle (then Refine refines it).
-"Add class" gives the map a class the prompts lack (a name and painted examples, no prompt). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
+"Add class" gives the map a class the prompts lack (a name and painted examples, no prompt).
+Shapes with a class (the Caption tab's class field) mark too: every tissue tile whose centre lies
+inside such a shape counts as a mark of its class when Refine or Save runs
+(``napari_histoclip._shapes.shape_marks``); a painted mark wins over a shape's on the same tile.
+Shape marks live on the shapes (delete the shape or clear its class to drop them), so Undo and
+Clear act on painted marks only. Painted marks go to QuPath GeoJSON with the Export tab and come
+back as marks on import (:meth:`RefinePanel.import_marks`). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
 and has its own list and buttons, and the Zero-shot tab is already full.
 """
 
@@ -42,12 +48,17 @@ class SlideMarks:
 
     def as_request(self) -> tuple[Any, ...]:
         """The marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
-        from backend.api import TileMarks
+        return marks_request(self.marks)
 
-        by_class: dict[str, list[Cell]] = {}
-        for cell, name in self.marks.items():
-            by_class.setdefault(name, []).append(cell)
-        return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
+
+def marks_request(marks: dict[Cell, str]) -> tuple[Any, ...]:
+    """``cell -> class`` marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
+    from backend.api import TileMarks
+
+    by_class: dict[str, list[Cell]] = {}
+    for cell, name in marks.items():
+        by_class.setdefault(name, []).append(cell)
+    return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
 
 
 def painted_cells(event_value: Any, shape: tuple[int, int]) -> list[tuple[Cell, int]]:
@@ -71,7 +82,8 @@ class RefinePanel(Container):
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self.help = Label(value="Paint the right class on a few tiles of the class map with napari's brush "
-                                "(pick the class in the layer's label box), then Refine.")
+                                "(pick the class in the layer's label box), or draw shapes and give them a class "
+                                "in the Caption tab, then Refine.")
         self.help.native.setWordWrap(True)
         self.marks_label = Label(value="no marks")
         self.refine_button = PushButton(text="Refine")
@@ -198,10 +210,55 @@ class RefinePanel(Container):
         return 0
 
     def _show_count(self, info: Any) -> None:
-        state = self.slides.get(info.path)
-        n = len(state.marks) if state else 0
-        per = ", ".join(f"{t.label} {len(t.cells)}" for t in state.as_request()) if state and n else ""
+        marks = self.marks_of(info.path)
+        n = len(marks)
+        per = ", ".join(f"{t.label} {len(t.cells)}" for t in marks_request(marks)) if n else ""
         self.marks_label.value = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+
+    def marks_of(self, slide_path: str) -> dict[Cell, str]:
+        """Every mark on a slide: tiles under its classified shapes, then its painted marks
+        (which win on a tile both mark)."""
+        from napari.layers import Shapes
+
+        from napari_histoclip._shapes import shape_marks
+
+        out: dict[Cell, str] = {}
+        layer = self._map_of(slide_path)
+        if layer is not None:
+            for shapes in self.ctx.viewer.layers:
+                own = slide_of(shapes)
+                if isinstance(shapes, Shapes) and not is_ours(shapes, "hits") and own is not None \
+                        and own.path == slide_path:
+                    out.update(shape_marks(shapes, layer))
+        state = self.slides.get(slide_path)
+        out.update(state.marks if state else {})
+        return out
+
+    def import_marks(self, info: Any, annotations: Any) -> int:
+        """Make refine-mark annotations read from GeoJSON (``_geojson.Annotation`` with
+        ``refine_mark``) marks of ``info``'s slide again, painted on its class map as a brush
+        would (one stroke: Undo takes them back). Returns the number of tiles marked."""
+        from napari_histoclip._geojson import annotation_marks
+
+        layer = self.class_map_layer(info)
+        if layer is None:
+            raise UserError(f"Import: the file has refine marks; label {info.name} in the Zero-shot tab first, "
+                            "then import it (marks sit on the class map's tiles)")
+        cells = annotation_marks(annotations, layer, info)
+        labels = list(layer.metadata.get("labels", ()))
+        state = self.slides.setdefault(info.path, SlideMarks())
+        data = np.asarray(layer.data)
+        stroke = []
+        for cell, name in cells.items():
+            stroke.append((cell, state.marks.get(cell), int(data[cell])))
+            state.marks[cell] = name
+            if name in labels:  # a class the map lacks still marks; it has no colour to show yet
+                data[cell] = labels.index(name) + 1
+        if stroke:
+            state.strokes.append(stroke)
+            layer.refresh()
+        self._show_count(info)
+        return len(cells)
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -254,8 +311,9 @@ class RefinePanel(Container):
         if self.class_map_layer(info) is None:
             raise UserError("Refine: label the slide in the Zero-shot tab first, then paint marks on its class map")
         classifier = self._source(info)
-        state = self.slides.setdefault(info.path, SlideMarks())
-        marks = state.as_request()
+        all_marks = self.marks_of(info.path)
+        marks = marks_request(all_marks)
+        self._show_count(info)  # shape marks are counted when Refine reads them
         if classifier is not None:  # the map came from a classifier: refine that one
             common: dict[str, Any] = dict(classifier=classifier)
             colors = list(self.class_map_layer(info).metadata.get("colors", ()))
@@ -283,7 +341,7 @@ class RefinePanel(Container):
                 layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
             self.show_unsure(refined, prior, info, k)
 
-        self.ctx.run(f"Refining {info.name} ({len(state.marks)} marks)", work, done)
+        self.ctx.run(f"Refining {info.name} ({len(all_marks)} marks)", work, done)
 
     def show_unsure(self, result: Any, prior: Any, info: Any, k: int) -> None:
         """Fill the list with the tiles where a mark would help most (marked tiles left out)."""
@@ -292,7 +350,7 @@ class RefinePanel(Container):
         cells = np.argwhere(np.asarray(result.class_map) > 0)
         probs = np.asarray(result.probabilities)[:, cells[:, 0], cells[:, 1]].T
         prior_p = np.asarray(prior.probabilities)[:, cells[:, 0], cells[:, 1]].T
-        marked = self.slides.get(info.path, SlideMarks()).marks
+        marked = self.marks_of(info.path)
         exclude = [i for i, (r, c) in enumerate(cells) if (int(r), int(c)) in marked]
         top = unsure_tiles(probs, prior_p, k=k, exclude=exclude)
         self.unsure.clear()
@@ -351,17 +409,19 @@ class RefinePanel(Container):
         path = self.save_path.value.strip()
         if not path:
             raise UserError("Classifier: give a folder to save the classifier bundle in")
-        bases = {self._source(p) for p, st in self.slides.items() if st.marks}
+        paths = [*self.slides, *(s.path for lyr in self.ctx.viewer.layers
+                                 if is_ours(lyr, "class_map") and (s := slide_of(lyr)) is not None)]
+        marked = {p: m for p in dict.fromkeys(paths) if (m := self.marks_of(p))}
+        bases = {self._source(p) for p in marked}
         if len(bases) > 1:
             raise UserError("Save as classifier: the marked slides' maps come from different sources "
                             "(prompts and classifiers); mark slides labelled the same way")
         base = bases.pop() if bases else None
         slides = []
-        for slide_path, state in self.slides.items():
-            if state.marks:
-                layer = next((lyr for lyr in self.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
-                mpp = slide_of(layer).mpp if layer is not None else None
-                slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), state.as_request()))
+        for slide_path, marks in marked.items():
+            layer = next((lyr for lyr in self.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
+            mpp = slide_of(layer).mpp if layer is not None else None
+            slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), marks_request(marks)))
         if not slides:
             raise UserError("Save as classifier: paint a few marks on a class map first")
         if base is not None:
