@@ -72,7 +72,11 @@ class TaskRunner:
     def __init__(self, on_state: Callable[[TaskState | None], None]) -> None:
         self._on_state = on_state
         self._relay = _Relay()
-        self._relay.progress.connect(self._on_progress)
+        # Progress is coalesced: a worker may report thousands of tiles a second, and a queued
+        # signal per report would keep the UI thread repainting the footer back to back.
+        self._relay.progress.connect(self._take_progress)
+        self._pending_lock = threading.Lock()
+        self._pending: Any = None
         self._cancel: threading.Event | None = None
         self._state: TaskState | None = None
         self._closed = False
@@ -152,7 +156,11 @@ class TaskRunner:
                 (on_error or show_task_error)(_labelled(label, error))
 
         def emit(p: Any) -> None:
-            self._relay.progress.emit(p)
+            with self._pending_lock:
+                queued = self._pending is not None
+                self._pending = p
+            if not queued:  # the UI thread takes the latest report when it gets to it
+                self._relay.progress.emit(None)
 
         if sync_mode():
             try:
@@ -174,6 +182,12 @@ class TaskRunner:
         return True
 
     # --- internals ------------------------------------------------------------------------
+
+    def _take_progress(self, _: Any = None) -> None:
+        with self._pending_lock:
+            p, self._pending = self._pending, None
+        if p is not None:
+            self._on_progress(p)
 
     def _on_progress(self, p: Any) -> None:
         if self._state is None or self._closed:
