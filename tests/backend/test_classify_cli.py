@@ -88,7 +88,9 @@ def test_the_no_tile_guard_catches_an_uncached_run(cmu_slide: Path, bundle: Path
     """The patch NO_TILES makes does stop a run that needs tiles (so the test above can fail)."""
     monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(tmp_path / "empty-cache"))
     namespace: dict = {"__name__": "guard"}
-    exec(NO_TILES.replace("sys.exit(main(sys.argv[1:]))", ""), namespace)  # patch only
+    # Only the guard's definition: its patch line would outlive this test (monkeypatch below
+    # would then "restore" the guard, and every later test in the session would read no tile).
+    exec(NO_TILES.split("backend.slides.read_tiles =")[0], namespace)
     import backend.slides
     import backend.slides.tiling
 
