@@ -153,12 +153,13 @@ def check_labels(labels: Sequence[str]) -> None:
         raise InputError(f"classes: class {empty[0]} of {names} has an empty name")
     seen: dict[str, str] = {}
     for n in names:
-        other = seen.setdefault(class_key(n), n)
-        if other is not n:
+        key = class_key(n)
+        if key in seen:  # by key, not identity: two equal literals may be one object
             raise InputError(
-                f"classes: {other!r} and {n!r} are the same class (names are compared ignoring case "
-                "and spaces); give each class once, with its other phrasings as synonyms"
+                f"classes: duplicate class: {seen[key]!r} and {n!r} are the same class (names are "
+                "compared ignoring case and spaces); give each class once, with its other phrasings as synonyms"
             )
+        seen[key] = n
 
 
 def check_template(template: str) -> str:
