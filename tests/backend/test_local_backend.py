@@ -142,5 +142,5 @@ def test_index_of_another_model_is_refused_before_embedding(
         raise AssertionError("a slide was embedded for an index it cannot go into")
 
     monkeypatch.setattr(backend, "embeddings", no_embedding)
-    with pytest.raises(ModelMismatchError, match=r"was made with model 'test-tiny', not with 'bundle:other-clip@"):
+    with pytest.raises(ModelMismatchError, match=r"holds embeddings of model 'test-tiny', not 'bundle:other-clip@"):
         backend.build_index(api.IndexRequest((str(cmu_slide),), index, other, TILES))

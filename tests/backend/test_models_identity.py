@@ -50,7 +50,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _embed(slide: Path, model, cache: EmbeddingCache):
     stages: list[EmbedStage] = []
-    emb = embed_slide(slide, model, SPEC, cache=cache, batch_size=16, progress=lambda p: stages.append(p.stage))
+    emb = embed_slide(slide, model, SPEC, cache=cache, batch_size=16, progress=lambda p: stages.append(p.stage.split()[0]))  # 'cached NAME'
     return emb, stages
 
 
