@@ -16,7 +16,6 @@ from training.clip.losses import TrainingLoss
 from training.clip.step import MicroBatch, accumulated_backward
 from training.clip.tuning import ClipNet, TuningConfig, merged_model, setup_tuning, trainable_parameters
 
-torch.set_num_threads(1)
 N, SIZE = 8, 32  # global batch, test-tiny's image size
 
 
@@ -92,7 +91,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         model = load_model("test-tiny", device="cpu")

@@ -26,7 +26,6 @@ from training.evaluation.features import image_features, text_features
 from training.evaluation.metrics import classification_metrics, image_retrieval, ranking_metrics
 from training.evaluation.tasks import zero_shot_scores
 
-torch.set_num_threads(2)
 FAST = {"model": "test-tiny", "batch_size": 8, "workers": 0, "lr": 1e-3, "warmup_steps": 2, "device": "cpu",
         "weight_decay": 0.0}
 

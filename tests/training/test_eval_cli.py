@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from backend.errors import InputError
@@ -15,7 +14,6 @@ from tile_classes import CLASSES, make_tile_classes
 from training.__main__ import main
 from training.evaluation.data import load_class_spec, load_labelled
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval merge: {len(args.results)} results -> {md}, {csv}")
         return 0
 
-    from backend.cli.slide_tasks import ProgressBar
+    from backend.report import ProgressBar
     from backend.models import load_model
     from backend.paths import cache_root
     from training.evaluation import tasks
