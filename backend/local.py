@@ -520,11 +520,7 @@ class LocalBackend:
         clf = self.classifier(request.classifier)
         query = class_query(clf.head, request.label)
         hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=clf.model_id))
-        return api.SearchResult(hits=tuple(
-            api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
-                          score=float(h.score), n_tiles=int(h.n_tiles))
-            for h in hits
-        ))
+        return _search_result(hits)
 
     # --- cohort index -----------------------------------------------------------------------
 
@@ -631,18 +627,7 @@ class LocalBackend:
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search_region(
                 emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
-        return api.SearchResult(
-            hits=tuple(
-                api.SearchHit(
-                    slide_name=h.slide_name,
-                    slide_path=h.slide_path,
-                    box=tuple(float(v) for v in h.box),
-                    score=float(h.score),
-                    n_tiles=int(h.n_tiles),
-                )
-                for h in hits
-            )
-        )
+        return _search_result(hits)
 
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
@@ -653,6 +638,15 @@ class LocalBackend:
             return run(self._reader(path))
         except IndexClosedError:
             return run(self._reader(path))
+
+
+def _search_result(hits: Any) -> api.SearchResult:
+    """The index's hits as the interface's plain :class:`backend.api.SearchResult`."""
+    return api.SearchResult(hits=tuple(
+        api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
+                      score=float(h.score), n_tiles=int(h.n_tiles))
+        for h in hits
+    ))
 
 
 def slide_mpp_fallback(path: str | os.PathLike[str], fallback: float | None) -> float | None:
