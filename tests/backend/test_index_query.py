@@ -8,6 +8,7 @@ else) as a 3x3 block on three slides.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,6 +224,10 @@ def test_empty_index_and_large_k(tmp_path: Path, cohort: SyntheticCohort) -> Non
 def test_benchmark_smoke(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # main() sets the thread variables for its own process: give them back afterwards (the
+    # module's one_faiss_thread fixture gives back FAISS's pool, which main also sets).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, os.environ.get(var, ""))
     spec = importlib.util.spec_from_file_location("search_scale", REPO / "benchmarks" / "search_scale.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "search_scale", module)
