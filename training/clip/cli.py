@@ -14,7 +14,7 @@ from training.clip.augment import ColourJitter
 from training.clip.config import ClipTrainConfig, StopMetric
 from training.clip.losses import LossKind
 from training.clip.tuning import Tower, TuningMode
-from training.clipcap.train import Precision
+from training.common.run import Precision
 
 _EPILOG = """\
 data (--train / --val):

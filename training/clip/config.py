@@ -11,7 +11,7 @@ from backend.errors import InputError
 from training.clip.augment import ColourJitter
 from training.clip.losses import LossKind
 from training.clip.tuning import Tower, TuningMode
-from training.clipcap.train import Precision
+from training.common.run import Precision
 
 
 class StopMetric(StrEnum):

@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from backend.api import Progress
-from backend.atomic import atomic_path, atomic_write_text
+from backend.atomic import atomic_write_text
 from backend.errors import CancelledError, InputError
 from training.clip.augment import AugmentConfig
 from training.clip.config import RUN_FIELDS, ClipTrainConfig, StopMetric
@@ -34,23 +34,22 @@ from training.clip.losses import IN_BATCH_NEGATIVES, NEEDS_CLASS, NEEDS_PAIR_LAB
 from training.clip.sampler import shard_batch, unique_batches
 from training.clip.step import MicroBatch, accumulated_backward
 from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
-from training.clipcap.train import _amp_dtype, _autocast, _Dist, _lr_lambda, _start_distributed
+from training.common.run import (Dist, EarlyStopping, adamw, autocast, distributed, grad_scaler,
+                                 load_checkpoint, prepare_run_dir, save_checkpoint, warmup_cosine, wrap_ddp)
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
 MODEL_DIR = "model"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass
-class TrainState:
+class TrainState(EarlyStopping):
+    """Where a run is; saved in checkpoints (``best``: higher is better, a val loss is negated)."""
+
     epoch: int = 0
     batch_in_epoch: int = 0  # global micro-batches of ``epoch`` already taken
     step: int = 0
     loss_sum: float = 0.0
     loss_steps: int = 0
-    best: float = -math.inf  # higher is better (val loss is negated)
-    bad_epochs: int = 0
-    stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -94,16 +93,6 @@ def epoch_batches(rows: Rows, config: ClipTrainConfig, world: int, epoch: int) -
         raise InputError(f"{rows.source}: {len(rows)} rows give no full batch of {size} (batch size x processes) "
                          "without repeated images or captions; lower --batch-size")
     return batches
-
-
-def _optimizer(core: torch.nn.Module, config: ClipTrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in core.named_parameters():
-        if p.requires_grad:
-            exclude = p.ndim < 2 or "bias" in name or "logit_scale" in name or "siglip_" in name
-            (no_decay if exclude else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
 
 
 def _micro(model: Any, batch: dict[str, Any], device: torch.device) -> MicroBatch:
@@ -223,22 +212,16 @@ def train(config: ClipTrainConfig, *, progress: Callable[[Progress], None] | Non
         When set, the run stops after the current step, writes a checkpoint and raises
         :class:`~backend.errors.CancelledError`; ``resume=True`` continues it exactly.
     """
-    dist = _start_distributed(config.device)
-    try:
+    with distributed(config.device) as dist:
         return _train(config, dist, progress, cancel)
-    finally:
-        if dist.owned:
-            torch.distributed.destroy_process_group()
 
 
-def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], None] | None,
+def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], None] | None,
            cancel: threading.Event | None) -> ClipTrainResult:
     from backend.models import load_model, save_bundle
 
     out = config.out_dir
-    ckpt = out / CHECKPOINT
-    if ckpt.exists() and not config.resume:
-        raise InputError(f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out")
+    ckpt = prepare_run_dir(out, config.resume, dist)
     device = dist.device
     train_rows: Any = _stream(config.train, config.loss) if is_stream(config.train) else _load(config, config.train)
     val_rows = _load(config, config.val) if config.val else None
@@ -262,31 +245,24 @@ def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], 
         n0 = len(epoch_batches(train_rows, config, dist.world_size, 0))
     steps_per_epoch = math.ceil(n0 / config.grad_accum) if n0 >= config.grad_accum else 1
     total_steps = config.epochs * steps_per_epoch
-    optimizer = _optimizer(core, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=_amp_dtype(device, config.precision) is torch.float16)
+    optimizer = adamw(core.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
+    scaler = grad_scaler(device, config.precision)
     state = TrainState()
     if config.resume and ckpt.exists():
         state = _load_checkpoint(ckpt, core, optimizer, scheduler, scaler, config)
     else:
         torch.manual_seed(config.seed + dist.rank)
-    net: torch.nn.Module = core
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_ddp(core, dist)
     logit_scale = getattr(core.clip, "logit_scale", None)
     loss_of = lambda f, param_grad: loss_fn(f, logit_scale, param_grad)  # noqa: E731
-    autocast = lambda: _autocast(device, config.precision)  # noqa: E731
+    amp = lambda: autocast(device, config.precision)  # noqa: E731
     trainable = [p for p in core.parameters() if p.requires_grad]
 
     def checkpoint() -> None:
         if dist.is_main:
-            blob = {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": asdict(state),
-                    "config": config.to_json(), "rng": torch.get_rng_state()}
-            with atomic_path(ckpt) as tmp:
-                torch.save(blob, tmp)
+            save_checkpoint(ckpt, model=core.state_dict(), optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            state=state, config=config.to_json())
 
     def save() -> None:
         if dist.is_main:
@@ -315,7 +291,7 @@ def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], 
         while i < usable:
             t0 = time.perf_counter()
             group = [_micro(model, next(loader), device) for _ in range(min(config.grad_accum, usable - i))]
-            loss = accumulated_backward(net, core, loss_of, group, autocast=autocast, scale=scaler.scale)
+            loss = accumulated_backward(net, core, loss_of, group, autocast=amp, scale=scaler.scale)
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             scaler.step(optimizer)
@@ -348,15 +324,10 @@ def _train(config: ClipTrainConfig, dist: _Dist, progress: Callable[[Progress], 
         score = _score(record, config)
         state.epoch += 1
         state.batch_in_epoch, state.loss_sum, state.loss_steps = 0, 0.0, 0
-        record["best"] = score is None or score > state.best + config.min_delta
+        record["best"] = state.update(score, min_delta=config.min_delta, patience=config.patience)
         state.history.append(record)
         if record["best"]:
-            state.best = score if score is not None else state.best
-            state.bad_epochs = 0
             save()
-        else:
-            state.bad_epochs += 1
-            state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         checkpoint()
         if dist.is_main:
             atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
@@ -381,18 +352,7 @@ def _score(record: dict[str, Any], config: ClipTrainConfig) -> float | None:
 
 def _load_checkpoint(path: Path, core: torch.nn.Module, opt: Any, sched: Any, scaler: Any,
                      config: ClipTrainConfig) -> TrainState:
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise InputError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e}); delete it to start over") from e
-    saved, now = blob["config"], config.to_json()
-    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in RUN_FIELDS if saved.get(k) != now[k]]
-    if changed:
-        raise InputError(f"checkpoint {path}: the run was started with other settings ({'; '.join(changed)}); "
-                         "resume with the same settings or use another --out")
-    core.load_state_dict(blob["model"])
-    opt.load_state_dict(blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    scaler.load_state_dict(blob["scaler"])
-    torch.set_rng_state(blob["rng"])
-    return TrainState(**blob["state"])
+    saved, state = load_checkpoint(path, optimizer=opt, scheduler=sched, scaler=scaler, config=config.to_json(),
+                                   run_fields=RUN_FIELDS)
+    core.load_state_dict(saved)
+    return TrainState(**state)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from backend.api import Progress
 from backend.caption import MapperKind
-from training.clipcap.train import Precision, TrainConfig, train
+from training.clipcap.train import TrainConfig, train
+from training.common.run import Precision
 
 _EPILOG = """\
 pipeline:

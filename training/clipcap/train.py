@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,22 +33,19 @@ from typing import Any
 import torch
 
 from backend.api import Progress
-from backend.atomic import atomic_path, atomic_write_text, remove_stale_temps
+from backend.atomic import atomic_write_text
 from backend.caption import Captioner, ClipCapModel, MapperConfig, MapperKind, save_captioner
 from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
+from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, adamw, autocast, distributed, grad_scaler,
+                                 load_checkpoint, prepare_run_dir, save_checkpoint, warmup_cosine, wrap_ddp)
 
-CHECKPOINT = Path("checkpoints") / "last.pt"
+__all__ = ["CAPTIONER_DIR", "CHECKPOINT", "Precision", "TrainConfig", "TrainResult", "TrainState", "build_model",
+           "train", "validation_loss"]
+
 CAPTIONER_DIR = "captioner"
-
-
-class Precision(StrEnum):
-    AUTO = "auto"  # bf16 (or fp16 without bf16 support) on CUDA, fp32 elsewhere
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"
 
 
 @dataclass(frozen=True)
@@ -113,17 +109,14 @@ _RUN_FIELDS = ("train", "val", "embeddings", "decoder", "tokenizer", "decoder_re
 
 
 @dataclass
-class TrainState:
-    """Where a run is; saved in checkpoints."""
+class TrainState(EarlyStopping):
+    """Where a run is; saved in checkpoints (``best``: the lowest validation loss, negated)."""
 
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of ``epoch`` already taken
     step: int = 0  # optimizer steps
     epoch_loss_sum: float = 0.0
     epoch_tokens: int = 0
-    best_val: float = math.inf
-    bad_epochs: int = 0
-    stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -136,68 +129,8 @@ class TrainResult:
     stopped_early: bool
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-    active: bool  # running in a process group (torchrun)
-    owned: bool = False  # the group was started here, so it is ended here
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _start_distributed(device: str | None) -> _Dist:
-    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; otherwise a single process."""
-    from backend.device import pick_device
-
-    if "WORLD_SIZE" not in os.environ:
-        return _Dist(0, 1, pick_device(device), False)
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device is None or not str(device).startswith("cpu"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    owned = not dist.is_initialized()
-    if owned:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return _Dist(dist.get_rank(), dist.get_world_size(), dev, True, owned)
-
-
-def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager[Any]:
-    dtype = _amp_dtype(device, precision)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def _amp_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
-    if precision is Precision.AUTO:
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[precision]
-
-
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
-
-
 def _optimizer(model: ClipCapModel, config: TrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no decay on biases and norms
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    return adamw(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
@@ -205,50 +138,21 @@ def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
     return {"mapper": model.mapper.state_dict(), "decoder": decoder}
 
 
-def _save_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any, state: TrainState,
-                     config: TrainConfig) -> None:
-    blob = {
-        "model": _trainable_state(model),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": asdict(state),
-        "config": config.to_json(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-
-
 def _load_checkpoint(path: Path, model: ClipCapModel, opt: Any, sched: Any, scaler: Any,
                      config: TrainConfig) -> TrainState:
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise InputError(f"checkpoint {path}: unreadable ({type(e).__name__}: {e}); delete it to start over") from e
-    saved, now = blob["config"], config.to_json()
-    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _RUN_FIELDS if saved.get(k) != now[k]]
-    if changed:
-        raise InputError(
-            f"checkpoint {path}: the run was started with other settings ({'; '.join(changed)}); "
-            "resume with the same settings or use another --out"
-        )
-    model.mapper.load_state_dict(blob["model"]["mapper"])
-    if blob["model"]["decoder"] is not None:
-        model.decoder.load_state_dict(blob["model"]["decoder"])
-    opt.load_state_dict(blob["optimizer"])
-    sched.load_state_dict(blob["scheduler"])
-    scaler.load_state_dict(blob["scaler"])
-    torch.set_rng_state(blob["rng"])
-    if blob.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["cuda_rng"])
-    return TrainState(**blob["state"])
+    saved, state = load_checkpoint(path, optimizer=opt, scheduler=sched, scaler=scaler, config=config.to_json(),
+                                   run_fields=_RUN_FIELDS)
+    model.mapper.load_state_dict(saved["mapper"])
+    if saved["decoder"] is not None:
+        model.decoder.load_state_dict(saved["decoder"])
+    if "best_val" in state:  # checkpoints before training.common kept the lowest loss, not a score
+        state["best"] = -state.pop("best_val")
+    return TrainState(**state)
 
 
 @torch.no_grad()
 def validation_loss(model: ClipCapModel, data: CaptionSet, *, batch_size: int, pad_id: int, device: torch.device,
-                    precision: Precision = Precision.FP32, dist: _Dist | None = None) -> float:
+                    precision: Precision = Precision.FP32, dist: Dist | None = None) -> float:
     """Token-weighted mean prefix-LM loss over ``data`` (summed over ranks under DDP)."""
     was_training = model.training
     model.eval()
@@ -256,7 +160,7 @@ def validation_loss(model: ClipCapModel, data: CaptionSet, *, batch_size: int, p
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in iter_eval_batches(data, batch_size, pad_id, rank, world):
         b = batch.to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             out = model(b.embeddings, b.input_ids, b.attention_mask)
         total += torch.tensor([float(out.loss) * out.n_tokens, out.n_tokens], dtype=torch.float64, device=device)
     if dist is not None and dist.active:
@@ -309,24 +213,14 @@ def train(
     -------
     TrainResult
     """
-    dist = _start_distributed(config.device)
-    try:
+    with distributed(config.device) as dist:
         return _train(config, dist, progress, cancel)
-    finally:
-        if dist.owned:
-            torch.distributed.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None] | None,
+def _train(config: TrainConfig, dist: Dist, progress: Callable[[Progress], None] | None,
            cancel: threading.Event | None) -> TrainResult:
     out = Path(config.out_dir)
-    ckpt = out / CHECKPOINT
-    if dist.is_main:  # a run killed inside torch.save left its (checkpoint-sized) temp behind
-        remove_stale_temps(ckpt)
-    if ckpt.exists() and not config.resume:
-        raise InputError(
-            f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or use another --out"
-        )
+    ckpt = prepare_run_dir(out, config.resume, dist)
 
     store = EmbeddingStore(config.embeddings)
     model, tokenizer = build_model(config, store.embed_dim)
@@ -346,25 +240,21 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
                                   rank=dist.rank, world_size=dist.world_size))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
     optimizer = _optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(config.warmup_steps, config.epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=_amp_dtype(device, config.precision) is torch.float16)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.epochs * steps_per_epoch)
+    scaler = grad_scaler(device, config.precision)
     state = TrainState()
     if config.resume and ckpt.exists():
         state = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler, config)
     else:
         torch.manual_seed(config.seed + dist.rank)
-    net: torch.nn.Module = model
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_ddp(model, dist)
     clip_model_id = store.model_id
     total_steps = config.epochs * steps_per_epoch
 
     def checkpoint() -> None:
         if dist.is_main:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, scaler, state, config)
+            save_checkpoint(ckpt, model=_trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, state=state, config=config.to_json())
 
     def save_bundle() -> None:
         if dist.is_main:
@@ -382,7 +272,7 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
                 b = collate(train_set, rows, pad_id).to(device)
                 sync = j == len(group) - 1 or not dist.active
                 with contextlib.nullcontext() if sync else net.no_sync():  # all-reduce once per step
-                    with _autocast(device, config.precision):
+                    with autocast(device, config.precision):
                         result = net(b.embeddings, b.input_ids, b.attention_mask)
                     scaler.scale(result.loss / len(group)).backward()
                 state.epoch_loss_sum += result.loss.detach().item() * result.n_tokens
@@ -413,13 +303,8 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
                               "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]})
         state.epoch += 1
         state.batch_in_epoch, state.epoch_loss_sum, state.epoch_tokens = 0, 0.0, 0
-        if val_loss is None or val_loss < state.best_val - config.min_delta:
-            state.best_val = val_loss if val_loss is not None else state.best_val
-            state.bad_epochs = 0
+        if state.update(None if val_loss is None else -val_loss, min_delta=config.min_delta, patience=config.patience):
             save_bundle()
-        else:
-            state.bad_epochs += 1
-            state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         checkpoint()
         if dist.is_main:
             atomic_write_text(out / "history.json", json.dumps(state.history, indent=2))
@@ -434,7 +319,7 @@ def _train(config: TrainConfig, dist: _Dist, progress: Callable[[Progress], None
         torch.distributed.barrier()
     return TrainResult(
         captioner=out / CAPTIONER_DIR,
-        best_val_loss=None if math.isinf(state.best_val) else state.best_val,
+        best_val_loss=None if math.isinf(state.best) else -state.best,
         history=list(state.history),
         steps=state.step,
         stopped_early=state.stopped_early,
