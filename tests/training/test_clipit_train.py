@@ -69,6 +69,19 @@ def test_distillation_term_is_cosine_distance_over_rows_with_text() -> None:
     assert float(loss.total) == pytest.approx(float(loss.ce) + 0.5 * 1.5)
 
 
+def test_text_targets_average_k_passages_and_mark_images_without_text() -> None:
+    from training.clipit.train import TextTargets, epoch_batches
+
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    t = TextTargets.of(emb, [[0, 1], [], [2]])  # image 1 was below the pairing floor
+    assert t.has_text.tolist() == [True, False, True]
+    assert torch.allclose(t.embeddings, torch.tensor([[0.7071068, 0.7071068], [0.0, 0.0], [0.6, 0.8]]))
+    one = epoch_batches(10, 4, 1, seed=3, epoch=0)
+    assert [len(b) for b in one] == [4, 4, 2] and sorted(sum(one, [])) == list(range(10))
+    assert one == epoch_batches(10, 4, 1, seed=3, epoch=0) != epoch_batches(10, 4, 1, seed=3, epoch=1)
+    assert [len(b) for b in epoch_batches(11, 2, 2, seed=3, epoch=0)] == [4, 4, 2]  # splits evenly over 2 ranks
+
+
 # ---------------------------------------------------------------- patches
 
 
@@ -230,3 +243,36 @@ def test_cli_documents_every_flag_and_is_a_training_command(capsys) -> None:
     args = parser.parse_args(["--model", "m", "--pairs", "p.csv", "--val", "v", "--out", "o", "--lambda", "0.5",
                               "--head", "late_fusion", "--no-augment"])
     assert args.distill_weight == 0.5 and args.head == "late_fusion" and not args.augment and args.lora_rank == 16
+
+
+def _ddp_worker(rank: int, world: int, port: int, config: ClipitConfig) -> None:
+    import os
+
+    from training.clipit.pipeline import run
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    run(config)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_as_one_on_the_whole_batch(data: Path, tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.numpy import load_file
+
+    from training.clipit.pipeline import run
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    quick = dict(tuning="frozen", epochs=1, teacher_epochs=5, augment=False)
+    mp.start_processes(_ddp_worker, args=(2, port, _config(data, tmp_path / "ddp", **quick)), nprocs=2, join=True,
+                       start_method="spawn")
+    one = run(_config(data, tmp_path / "one", **quick, batch_size=2 * FAST["batch_size"]))
+    ddp = json.loads((tmp_path / "ddp" / "report.json").read_text())
+    assert ddp["card"]["world_size"] == 2 and one.report["card"]["world_size"] == 1
+    a, b = load_file(str(tmp_path / "ddp" / "classifier" / "head.safetensors")), load_file(str(one.bundle / "head.safetensors"))
+    for k in a:  # each rank took half of every global batch; DDP averaged their gradients
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5)

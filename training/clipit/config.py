@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from backend.errors import InputError
-from training.common.run import Precision
+from training.common.run import Precision, plain_json
 
 
 class Tuning(StrEnum):
@@ -98,12 +98,7 @@ class ClipitConfig:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (paths as strings, enums as their values, tuples as lists)."""
-        def plain(v: Any) -> Any:
-            if isinstance(v, (Path, StrEnum)):
-                return str(v)
-            return list(v) if isinstance(v, tuple) else v
-        return {k: plain(v) for k, v in asdict(self).items()}
-
+        return plain_json(self)
 
 # Settings that define a run: resuming with other values would silently change it.
 RUN_FIELDS = ("model", "pairs", "train", "val", "text_model", "image_column", "label_column", "text_column",

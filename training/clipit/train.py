@@ -29,8 +29,8 @@ from training.clip.sampler import shard_batch
 from training.clipit.config import RUN_FIELDS, ClipitConfig
 from training.clipit.data import ImageSet, PatchDataset, per_image
 from training.clipit.student import Student, clipit_loss
-from training.common.run import (Dist, EarlyStopping, adamw, autocast, grad_scaler, load_checkpoint, prepare_run_dir,
-                                 save_checkpoint, warmup_cosine, wrap_ddp)
+from training.common.run import (Dist, EarlyStopping, autocast, load_checkpoint, optimization, prepare_run_dir,
+                                 save_checkpoint, wrap_ddp)
 
 BEST = "best.pt"
 
@@ -151,9 +151,9 @@ def train_arm(name: str, config: ClipitConfig, student: Student, model: Any, tra
     ckpt = prepare_run_dir(out, config.resume, dist)
     n0 = len(epoch_batches(len(train.items), config.batch_size, dist.world_size, config.seed, 0))
     total_steps = config.epochs * n0
-    optimizer = adamw(student.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
-    scaler = grad_scaler(device, config.precision)
+    optimizer, scheduler, scaler = optimization(student.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                                warmup=config.warmup_steps, total=total_steps, device=device,
+                                                precision=config.precision)
     state = ArmState()
     if config.resume and ckpt.exists():
         saved, fields = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler, scaler=scaler,

@@ -149,6 +149,23 @@ def adamw(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, lr: flo
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def optimization(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, lr: float, weight_decay: float,
+                 warmup: int, total: int, device: torch.device,
+                 precision: Precision) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """A trainer's :func:`adamw`, its :func:`warmup_cosine` schedule over ``total`` steps and its :func:`grad_scaler`."""
+    optimizer = adamw(named_parameters, lr=lr, weight_decay=weight_decay)
+    return optimizer, warmup_cosine(optimizer, warmup, total), grad_scaler(device, precision)
+
+
+def plain_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (paths as strings, enums as their values, tuples as lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (Path, StrEnum)):
+            return str(v)
+        return list(v) if isinstance(v, tuple) else v
+    return {k: plain(v) for k, v in asdict(config).items()}
+
+
 @dataclass
 class EarlyStopping:
     """Early-stopping bookkeeping (a trainer's state dataclass inherits it; saved in checkpoints).
