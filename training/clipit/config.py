@@ -53,7 +53,8 @@ class ClipitConfig:
     teacher_lr: float = 1e-3
     epochs: int = 10
     batch_size: int = 32  # per process
-    lr: float = 1e-4
+    lr: float = 1e-4  # the image tower's (LoRA adapters or all its weights)
+    head_lr: float = 1e-3  # the new linear head and projection, which start from scratch
     weight_decay: float = 0.01
     warmup_steps: int = 50
     max_grad_norm: float = 1.0
@@ -84,7 +85,7 @@ class ClipitConfig:
         for name in ("batch_size", "lora_rank", "teacher_hidden"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "teacher_lr"):
+        for name in ("lr", "head_lr", "teacher_lr"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: must be > 0, got {getattr(self, name)}")
         if not self.distill_weight >= 0:
@@ -104,4 +105,4 @@ class ClipitConfig:
 RUN_FIELDS = ("model", "pairs", "train", "val", "text_model", "image_column", "label_column", "text_column",
               "tile_size", "tuning", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "head", "fusion_alpha",
               "distill_weight", "teacher_hidden", "teacher_epochs", "teacher_lr", "epochs", "batch_size", "lr",
-              "weight_decay", "warmup_steps", "max_grad_norm", "augment", "seed")
+              "head_lr", "weight_decay", "warmup_steps", "max_grad_norm", "augment", "seed")

@@ -153,7 +153,8 @@ def train_arm(name: str, config: ClipitConfig, student: Student, model: Any, tra
     total_steps = config.epochs * n0
     optimizer, scheduler, scaler = optimization(student.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                                 warmup=config.warmup_steps, total=total_steps, device=device,
-                                                precision=config.precision)
+                                                precision=config.precision,
+                                                lr_by_prefix={"head.": config.head_lr, "proj.": config.head_lr})
     state = ArmState()
     if config.resume and ckpt.exists():
         saved, fields = load_checkpoint(ckpt, optimizer=optimizer, scheduler=scheduler, scaler=scaler,

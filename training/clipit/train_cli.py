@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training (each arm)")
     t.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: %(default)s)")
     t.add_argument("--batch-size", type=int, default=32, help="inputs per step and process (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate of the image tower: LoRA adapters or all its weights (default: %(default)s)")
+    t.add_argument("--head-lr", type=float, default=1e-3,
+                   help="peak learning rate of the new linear head and projection (default: %(default)s)")
     t.add_argument("--weight-decay", type=float, default=0.01,
                    help="AdamW weight decay, not on biases and norms (default: %(default)s)")
     t.add_argument("--warmup-steps", type=int, default=50, help="linear warm-up steps before cosine decay (default: %(default)s)")
