@@ -222,6 +222,14 @@ def test_bad_inputs_name_the_file_row_and_cause(data: Path, tmp_path: Path) -> N
     bad(pairs.assign(label=[other] + list(pairs.label[1:])), rf"row 0: .* has label '{other}' here but")
     bad(pairs.drop(columns="text"), r"no column 'text'")
     bad(pairs[pairs.label == "he_tissue"], r"names 1 class\(es\)", with_train=False)
+    from training.clipit.data import load_images
+
+    with pytest.raises(InputError, match=r"test images .*: class\(es\) \['tumour'\] are not among the training classes"):
+        (tmp_path / "t" / "tumour").mkdir(parents=True)
+        (tmp_path / "t" / "he_tissue").mkdir()
+        for d in ("tumour", "he_tissue"):
+            Image.new("RGB", (8, 8)).save(tmp_path / "t" / d / "x.png")
+        load_images(tmp_path / "t", train.class_names, image_column="image", label_column="label", what="test images")
     with pytest.raises(InputError, match="distill_weight"):
         _config(data, tmp_path, distill_weight=-1)
     with pytest.raises(InputError, match=r"tuning: 'lorax' is not one of"):
