@@ -207,7 +207,7 @@ def test_early_stopping_stops_without_improvement(data: Path, tmp_path: Path) ->
 # ---------------------------------------------------------------- inputs
 
 
-def test_bad_inputs_name_the_file_row_and_cause(data: Path, tmp_path: Path) -> None:
+def test_bad_inputs_name_the_file_row_and_cause(data: Path, tmp_path: Path, monkeypatch) -> None:
     pairs = pd.read_csv(data / "pairs.csv")
     train = load_class_folders(data / "train")
 
@@ -221,6 +221,11 @@ def test_bad_inputs_name_the_file_row_and_cause(data: Path, tmp_path: Path) -> N
     other = "he_tissue" if pairs.label[0] != "he_tissue" else "background"
     bad(pairs.assign(label=[other] + list(pairs.label[1:])), rf"row 0: .* has label '{other}' here but")
     bad(pairs.drop(columns="text"), r"no column 'text'")
+    # paths as `pair --images train` wrote them: relative to the working folder, not the table's
+    rel = pairs.assign(image=[str(Path(p).relative_to(data)) for p in pairs.image])
+    rel.to_csv(tmp_path / "rel.csv", index=False)
+    monkeypatch.chdir(data)
+    assert load_pairs(tmp_path / "rel.csv", train)[1].row_image.tolist() == load_pairs(data / "pairs.csv", train)[1].row_image.tolist()
     bad(pairs[pairs.label == "he_tissue"], r"names 1 class\(es\)", with_train=False)
     from training.clipit.data import load_images
 

@@ -35,7 +35,7 @@ from training.clip.sampler import shard_batch, unique_batches
 from training.clip.step import MicroBatch, accumulated_backward
 from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
 from training.common.run import (Dist, EarlyStopping, autocast, distributed, load_checkpoint, optimization,
-                                 prepare_run_dir, save_checkpoint, wrap_ddp)
+                                 optimizer_step, prepare_run_dir, save_checkpoint, wrap_ddp)
 
 MODEL_DIR = "model"
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -292,12 +292,7 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
             t0 = time.perf_counter()
             group = [_micro(model, next(loader), device) for _ in range(min(config.grad_accum, usable - i))]
             loss = accumulated_backward(net, core, loss_of, group, autocast=amp, scale=scaler.scale)
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(optimizer, scheduler, scaler, trainable, config.max_grad_norm)
             if isinstance(logit_scale, torch.nn.Parameter):
                 with torch.no_grad():
                     logit_scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -40,7 +40,7 @@ from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
 from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, autocast, distributed, load_checkpoint,
-                                 optimization, prepare_run_dir, save_checkpoint, wrap_ddp)
+                                 optimization, optimizer_step, prepare_run_dir, save_checkpoint, wrap_ddp)
 
 __all__ = ["CAPTIONER_DIR", "CHECKPOINT", "Precision", "TrainConfig", "TrainResult", "TrainState", "build_model",
            "train", "validation_loss"]
@@ -273,12 +273,8 @@ def _train(config: TrainConfig, dist: Dist, progress: Callable[[Progress], None]
                     scaler.scale(result.loss / len(group)).backward()
                 state.epoch_loss_sum += result.loss.detach().item() * result.n_tokens
                 state.epoch_tokens += result.n_tokens
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(optimizer, scheduler, scaler, [p for p in model.parameters() if p.requires_grad],
+                           config.max_grad_norm)
             state.step += 1
             i += len(group)
             state.batch_in_epoch = i

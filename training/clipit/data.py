@@ -118,6 +118,15 @@ class Pairs:
         return out
 
 
+def _pair_image(table: Path, value: object, row: int) -> Path:
+    """An image of the pairs table: relative to the table's folder, or else (``python -m training
+    pair --images rel/dir`` writes the paths as it was given them) to the working folder."""
+    p = resolve_image(table, value, row)
+    if not p.exists() and Path(str(value)).expanduser().exists():
+        p = Path(str(value)).expanduser()
+    return p.resolve()
+
+
 def load_pairs(path: Path, train: LabelledImages | None, *, image_column: str = "image", label_column: str = "label",
                text_column: str = "text") -> tuple[LabelledImages, Pairs]:
     """The pairs table, joined to the labelled training images.
@@ -132,7 +141,7 @@ def load_pairs(path: Path, train: LabelledImages | None, *, image_column: str = 
     df = read_table(path, [image_column, label_column, text_column])
     if len(df) == 0:
         raise InputError(f"{path}: the pairs table has no rows")
-    images = [resolve_image(path, v, r).resolve() for r, v in enumerate(df[image_column])]
+    images = [_pair_image(path, v, r) for r, v in enumerate(df[image_column])]
     for r, (t, lab) in enumerate(zip(df[text_column], df[label_column], strict=True)):
         if not isinstance(t, str) or not t.strip():
             raise InputError(f"{path}: row {r}: {text_column!r} must be a non-empty passage, got {t!r}")

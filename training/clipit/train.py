@@ -29,8 +29,8 @@ from training.clip.sampler import shard_batch
 from training.clipit.config import RUN_FIELDS, ClipitConfig
 from training.clipit.data import ImageSet, PatchDataset, per_image
 from training.clipit.student import Student, clipit_loss
-from training.common.run import (Dist, EarlyStopping, autocast, load_checkpoint, optimization, prepare_run_dir,
-                                 save_checkpoint, wrap_ddp)
+from training.common.run import (Dist, EarlyStopping, autocast, load_checkpoint, optimization, optimizer_step,
+                                 prepare_run_dir, save_checkpoint, wrap_ddp)
 
 BEST = "best.pt"
 
@@ -185,12 +185,7 @@ def train_arm(name: str, config: ClipitConfig, student: Student, model: Any, tra
                 logits, z = net(batch["pixels"].to(device))
             loss = clipit_loss(logits, batch["label"].to(device), z, text[image], has_text[image], config.distill_weight)
             scaler.scale(loss.total).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            optimizer_step(optimizer, scheduler, scaler, trainable, config.max_grad_norm)
             state.step += 1
             state.batch_in_epoch += 1
             state.ce_sum += loss.ce.item()

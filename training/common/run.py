@@ -163,6 +163,18 @@ def optimization(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, 
     return optimizer, warmup_cosine(optimizer, warmup, total), grad_scaler(device, precision)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
+                   parameters: Iterable[torch.nn.Parameter], max_grad_norm: float) -> None:
+    """One optimizer step after the backward passes: unscale, clip the gradient norm, step (skipped
+    by the scaler on inf/NaN under fp16), update the scale, clear the gradients, step the schedule."""
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
 def plain_json(config: Any) -> dict[str, Any]:
     """A config dataclass as plain JSON values (paths as strings, enums as their values, tuples as lists)."""
     def plain(v: Any) -> Any:
