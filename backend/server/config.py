@@ -24,6 +24,7 @@ class Limits:
     max_regions: int = 64
     max_region_pixels: int = 16384 * 16384  # level-0 pixels of one region's bounding box
     max_k: int = 1000
+    max_tile_pixels: int = 2048 * 2048  # pixels of one display region (/v1/slides/ID/region)
     max_jobs_per_token: int = 4
     max_queued: int = 64
     retry_after_s: int = 2

@@ -57,12 +57,16 @@ class ServerState:
         from backend.server.batching import Encoders
 
         self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
+        from backend.server.pixels import SlidePool
+
+        self.pixels = SlidePool()  # open slides for display tiles, thumbnails and slide info
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.jobs.close()
         self.batcher.close()
+        self.pixels.close()
         close = getattr(self.backend, "close", None)
         if close is None:
             return
