@@ -118,6 +118,13 @@ class Catalog:
                 self._scanned = now
             return list(self._entries.values())
 
+    def invalidate(self) -> None:
+        """Walk the roots again at the next lookup: the server has just written an entry (an
+        index, a bundle). Without this a name looked up within the rescan gap of the walk made
+        when the call started is "not on this server" though it was just built."""
+        with self._lock:
+            self._scanned = -1e9
+
     # --- lookups ------------------------------------------------------------------------------
 
     def _find(self, key: str, check: Callable[[Entry], bool]) -> Entry | None:

@@ -202,10 +202,15 @@ class ServerState:
             kwargs["progress"] = self.jobs.progress_of(job)
         if "cancel" in params:
             kwargs["cancel"] = job.cancel
-        if isinstance(request, EmbedRequest):
-            result = method(request.slide, request.model, request.tiles, **kwargs)
-        else:
-            result = method(request, **kwargs)
+        writes = {"build_index": self.indexes, "save_classifier": self.bundles}.get(call.method)
+        try:
+            if isinstance(request, EmbedRequest):
+                result = method(request.slide, request.model, request.tiles, **kwargs)
+            else:
+                result = method(request, **kwargs)
+        finally:
+            if writes is not None:  # even a failed build may have written an index that can be resumed
+                writes.invalidate()
         return self.public(result)
 
     def slide_of(self, request: Any) -> str:

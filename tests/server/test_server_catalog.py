@@ -1,5 +1,6 @@
-"""The server's slides: display pixels streamed by region (exactly the slide's pixels), and
-DICOM WSI folders listed as one slide each by the backend's one folder rule."""
+"""What the server lists: display pixels of its slides streamed by region (exactly the slide's
+pixels), DICOM WSI folders as one slide each by the backend's one folder rule, and an index it
+has just built found at once."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Running, running_server, slide_id
+from conftest import TILES, Running, running_server, slide_id
 
+from backend import api
 from backend.errors import InputError, SlideNotFoundError
 from backend.remote import HttpBackend
 from backend.remote.pixels import RemoteSlideInfo, remote_multiscale
@@ -68,3 +70,19 @@ def test_dicom_folders_are_one_slide_each(tmp_path_factory: pytest.TempPathFacto
         for name in ("cases/case-2", "cases/case-1/" + next(dicom.glob("*.dcm")).name, "cases/linked-out"):
             r = httpx.get(f"{running.url}/v1/slides/{name}", headers=running.headers())
             assert r.status_code == 404, name
+
+
+def test_an_index_just_built_is_found_at_once(module_server: Running, cmu_slide: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-suite failure of the conformance and CLI tests (2026-12-01): a build faster than
+    the catalog's rescan gap left the new index "not on this server" for its first search."""
+    from backend.server import catalog
+
+    monkeypatch.setattr(catalog, "MIN_RESCAN_GAP_S", 3600.0)  # no walk on a miss: only the server's own writes
+    monkeypatch.setattr(catalog, "RESCAN_AFTER_S", 3600.0)
+    with HttpBackend(module_server.url, module_server.token) as client:
+        assert "just-built" not in [i["name"] for i in client.indexes()]  # walked now, before the build
+        info = client.build_index(api.IndexRequest((cmu_slide.name,), "just-built", "test-tiny", TILES))
+        assert info.n_slides == 1 and "just-built" in [i["name"] for i in client.indexes()]
+        hits = client.search(api.SearchRequest("just-built", "test-tiny", text="tumor", k=2)).hits
+        assert hits and {h.slide_name for h in hits} == {cmu_slide.name}
