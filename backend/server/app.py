@@ -278,7 +278,10 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             return JSONResponse({"error": {"type": "HistoclipError", "message": f"job {j.id} is still {j.state}"}},
                                 status_code=409)
         if j.state is JobState.DONE and j.restored:
-            raise InputError(f"job {j.id}: its result was not kept over a server restart; run the call again")
+            stored = await run_in_threadpool(state.jobs.stored_result, j)
+            if stored is None:
+                raise InputError(f"job {j.id}: its result was not kept over a server restart; run the call again")
+            return Response(stored[0], media_type=stored[1])
         return _result_response(j, state)
 
     @app.get("/v1/jobs/{job_id}/events")
