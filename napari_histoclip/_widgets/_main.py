@@ -104,6 +104,10 @@ class HistoclipWidget(QWidget):
         self.slide = ComboBox(label="Slide", choices=self._slide_choices, tooltip="the slide layer to work on")
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
         self.header = Container(widgets=[self.model, self.model_other, self.device, self.slide, self.embed_button])
+        from napari_histoclip._widgets._backend_picker import BackendPicker  # this computer or a server (issue 12)
+
+        self.backend_picker = BackendPicker(self)
+        self.header.insert(0, self.backend_picker)
         self.device.changed.connect(self._device_changed)
         self.embed_button.changed.connect(self.embed)
 
