@@ -53,7 +53,7 @@ class ClassifierTasks:
 
         name = given or clf.model
         clip = self.model(name, progress=progress, cancel=cancel)
-        if given is None and clf.backbone is BackboneSource.BUNDLE and str(clip.model_id) != clf.model_id:
+        if given is None and clf.backbone_source is BackboneSource.BUNDLE and str(clip.model_id) != clf.model_id:
             # The bundle was saved again at this path since its backbone was loaded: load the new one.
             self._models.discard(name)
             clip = self.model(name, progress=progress, cancel=cancel)
@@ -196,7 +196,7 @@ class ClassifierTasks:
         )
         clip = self.model(model)
         prior = self.classifier(request.classifier) if request.classifier is not None else None
-        own = prior is not None and prior.backbone is BackboneSource.BUNDLE
+        own = prior is not None and prior.backbone_source is BackboneSource.BUNDLE
         path = Path(request.path).expanduser()
         clf = Classifier(
             name=request.name or path.name,

@@ -99,7 +99,12 @@ def towers_of(manifest: Mapping[str, Any], where: Path) -> Towers:
 def image_state(module: Any, family: ModelFamily) -> dict[str, Any]:
     """The image tower's tensors of ``module`` (CPU, contiguous, unshared: safetensors-ready)."""
     prefixes = IMAGE_PREFIXES[family]
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items() if k.startswith(prefixes)}
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items() if k.startswith(prefixes)}
+    if not state:
+        raise InputError(f"save_bundle towers='image': the {type(module).__name__} has no image-tower weights "
+                         f"({', '.join(p + '*' for p in prefixes)}); merge LoRA adapters into it first "
+                         "(peft's merge_and_unload) so its parameters have their own names")
+    return state
 
 
 def load_image_state(module: Any, family: ModelFamily, weights: Path, path: Path) -> None:

@@ -102,7 +102,7 @@ class Classifier:
         The training card (JSON-ready): how it was made, from what.
     path : Path or None
         Where it was loaded from.
-    backbone : BackboneSource
+    backbone_source : BackboneSource
         Where the image tower comes from (set by :func:`load_classifier`).
     trained_from, trained_from_id : str or None
         A ``bundle`` backbone's base model (registry name and model id).
@@ -116,7 +116,7 @@ class Classifier:
     unknown_threshold: float | None = None
     card: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
-    backbone: BackboneSource = BackboneSource.REGISTRY
+    backbone_source: BackboneSource = BackboneSource.REGISTRY
     trained_from: str | None = None
     trained_from_id: str | None = None
 
@@ -334,7 +334,7 @@ def load_classifier(path: str | os.PathLike[str]) -> Classifier:
         unknown_threshold=None if threshold is None else float(threshold),
         card=dict(manifest.get("card") or {}),
         path=root,
-        backbone=source,
+        backbone_source=source,
         trained_from=backbone.get("trained_from"),
         trained_from_id=backbone.get("trained_from_id"),
     )

@@ -41,13 +41,28 @@ def _frozen(a: Any, name: str) -> np.ndarray:
     return out
 
 
-def _names_and_colors(head: Any) -> None:
-    object.__setattr__(head, "class_names", tuple(str(c) for c in head.class_names))
-    object.__setattr__(head, "colors", tuple(tuple(int(v) for v in c) for c in head.colors))
+class _Classes:
+    """What every head has: class names and colours, and a vision weight (C, D)."""
+
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    weight: np.ndarray
+
+    def _names_and_colors(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "colors", tuple(tuple(int(v) for v in c) for c in self.colors))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.weight.shape[1])
 
 
 @dataclass(frozen=True, eq=False)
-class LinearHead:
+class LinearHead(_Classes):
     """A linear classifier over L2-normalised tile embeddings: ``logits = weight @ x + bias``.
 
     Attributes
@@ -80,15 +95,7 @@ class LinearHead:
         b.setflags(write=False)
         object.__setattr__(self, "weight", w)
         object.__setattr__(self, "bias", b)
-        _names_and_colors(self)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.weight.shape[1])
+        self._names_and_colors()
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """``x @ weight.T + bias`` for unit-norm embeddings ``x`` (N, D): (N, C) float32."""
@@ -112,7 +119,7 @@ class LinearHead:
 
 
 @dataclass(frozen=True, eq=False)
-class FusionHead:
+class FusionHead(_Classes):
     """CLIP-IT's late-fusion head: vision logits blended with a text-space MLP's.
 
     Attributes
@@ -168,15 +175,7 @@ class FusionHead:
         for name, value in (("weight", w), ("bias", b), ("proj_weight", pw), ("proj_bias", pb),
                             ("text_layers", tuple(layers)), ("alpha", alpha)):
             object.__setattr__(self, name, value)
-        _names_and_colors(self)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.weight.shape[1])
+        self._names_and_colors()
 
     @property
     def text_dim(self) -> int:

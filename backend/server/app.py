@@ -7,7 +7,7 @@ thread (see :mod:`backend.server.jobs`), and file-system walks run in the thread
 Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
 
     GET    /v1/health                 liveness and API version
-    GET    /v1/capabilities           API version, models, bundles, indexes, devices, limits, calls
+    GET    /v1/capabilities           API version, models, bundles, classifiers, indexes, devices, limits, calls
     GET    /v1/models                 the Backend's list_models()
     GET    /v1/slides, /v1/slides/ID  slides by opaque id (relative path, size; mpp, levels)
     GET    /v1/slides/ID/thumbnail    a PNG overview (``?size=`` long side, at most 2048)
@@ -139,11 +139,13 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             from dataclasses import asdict
 
             from backend.device import pick_device
+            from backend.server.classifiers import classifier_listing
 
             return {
                 "api_version": API_VERSION,
                 "models": [asdict(m) for m in state.backend.list_models()],
                 "bundles": [{"id": e.id, "name": e.relpath} for e in state.bundles.entries()],
+                "classifiers": classifier_listing(state),  # classes and backbone of the classifier bundles
                 "indexes": [{"id": e.id, "name": e.relpath} for e in state.indexes.entries()],
                 "device": str(pick_device(state.config.device)),
                 "workers": state.config.workers,

@@ -242,4 +242,6 @@ class ServerState:
         if isinstance(slide, api.SlideRef):
             return slide.path
         slides = getattr(request, "slides", None)
-        return ",".join(slides)[:200] if slides else ""
+        # IndexRequest lists slide names; SaveClassifierRequest the marks of each slide (SlideMarks).
+        names = [s if isinstance(s, str) else str(getattr(getattr(s, "slide", None), "path", "")) for s in slides or ()]
+        return ",".join(names)[:200]

@@ -72,10 +72,10 @@ def test_round_trip(tiny, tmp_path: Path, kind: str, source: str) -> None:
     manifest = json.loads((path / "histoclip.json").read_text())
     assert manifest["head"]["type"] == kind and manifest["backbone"]["source"] == source
     if source == "registry":
-        assert back.backbone is BackboneSource.REGISTRY and back.model == "test-tiny" and back.model_id == tiny.model_id
+        assert back.backbone_source is BackboneSource.REGISTRY and back.model == "test-tiny" and back.model_id == tiny.model_id
         assert not (path / "backbone").exists()
         return
-    assert back.backbone is BackboneSource.BUNDLE and back.model == str(path / "backbone")
+    assert back.backbone_source is BackboneSource.BUNDLE and back.model == str(path / "backbone")
     assert (back.trained_from, back.trained_from_id) == ("test-tiny", str(tiny.model_id))
     assert manifest["backbone"]["model"] == "backbone" and manifest["backbone"]["path"] == "backbone"
     from backend.models import load_model
@@ -186,6 +186,6 @@ def test_a_session_one_bundle_still_loads(tmp_path: Path) -> None:
         "created": "2026-11-30T10:00:00Z", "histoclip_version": "0.1.0",
     }))
     clf = load_classifier(root)
-    assert isinstance(clf.head, LinearHead) and clf.backbone is BackboneSource.REGISTRY
+    assert isinstance(clf.head, LinearHead) and clf.backbone_source is BackboneSource.REGISTRY
     assert (clf.model, clf.model_id, clf.trained_from) == ("test-tiny", "test-tiny", None)
     np.testing.assert_array_equal(clf.head.weight, head.weight)
