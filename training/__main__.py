@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clip": ("training.clip.cli", "fine-tune a CLIP model (full, locked tower, LoRA) and write a model bundle"),
     "eval": ("training.evaluation.cli", "zero-shot, linear-probe, retrieval, recall of a model; merge leaderboards"),
     "pair": ("training.clipit.cli", "pair labelled images with passages of an unpaired report corpus (CLIP-IT)"),
+    "clipit": ("training.clipit.train_cli", "distil paired passages into a vision classifier (CLIP-IT) and write its bundle"),
 }
 
 # Pipelines that run transformers models, whose own bars (loading, writing weights) are noise.

@@ -41,6 +41,11 @@ def test_no_weight_decay_on_biases_norms_and_logit_scale() -> None:
     decay, no_decay = opt.param_groups
     assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])] and decay["weight_decay"] == 0.1
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    head = torch.nn.Linear(4, 2)
+    both = torch.nn.ModuleDict({"tower": m, "head": head})
+    groups = adamw(both.named_parameters(), lr=1e-4, weight_decay=0.1, lr_by_prefix={"head.": 1e-2}).param_groups
+    rates = {(g["lr"], g["weight_decay"]): len(g["params"]) for g in groups}
+    assert rates == {(1e-4, 0.1): 1, (1e-4, 0.0): 4, (1e-2, 0.1): 1, (1e-2, 0.0): 1}
 
 
 @dataclass

@@ -34,8 +34,8 @@ from training.clip.losses import IN_BATCH_NEGATIVES, NEEDS_CLASS, NEEDS_PAIR_LAB
 from training.clip.sampler import shard_batch, unique_batches
 from training.clip.step import MicroBatch, accumulated_backward
 from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
-from training.common.run import (Dist, EarlyStopping, adamw, autocast, distributed, grad_scaler,
-                                 load_checkpoint, prepare_run_dir, save_checkpoint, warmup_cosine, wrap_ddp)
+from training.common.run import (Dist, EarlyStopping, autocast, distributed, load_checkpoint, optimization,
+                                 prepare_run_dir, save_checkpoint, wrap_ddp)
 
 MODEL_DIR = "model"
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -245,9 +245,9 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         n0 = len(epoch_batches(train_rows, config, dist.world_size, 0))
     steps_per_epoch = math.ceil(n0 / config.grad_accum) if n0 >= config.grad_accum else 1
     total_steps = config.epochs * steps_per_epoch
-    optimizer = adamw(core.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps)
-    scaler = grad_scaler(device, config.precision)
+    optimizer, scheduler, scaler = optimization(core.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                                warmup=config.warmup_steps, total=total_steps, device=device,
+                                                precision=config.precision)
     state = TrainState()
     if config.resume and ckpt.exists():
         state = _load_checkpoint(ckpt, core, optimizer, scheduler, scaler, config)

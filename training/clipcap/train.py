@@ -39,8 +39,8 @@ from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
-from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, adamw, autocast, distributed, grad_scaler,
-                                 load_checkpoint, prepare_run_dir, save_checkpoint, warmup_cosine, wrap_ddp)
+from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, autocast, distributed, load_checkpoint,
+                                 optimization, prepare_run_dir, save_checkpoint, wrap_ddp)
 
 __all__ = ["CAPTIONER_DIR", "CHECKPOINT", "Precision", "TrainConfig", "TrainResult", "TrainState", "build_model",
            "train", "validation_loss"]
@@ -127,10 +127,6 @@ class TrainResult:
     history: list[dict[str, Any]]
     steps: int
     stopped_early: bool
-
-
-def _optimizer(model: ClipCapModel, config: TrainConfig) -> torch.optim.Optimizer:
-    return adamw(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _trainable_state(model: ClipCapModel) -> dict[str, Any]:
@@ -239,9 +235,9 @@ def _train(config: TrainConfig, dist: Dist, progress: Callable[[Progress], None]
     n_batches = len(epoch_batches(len(train_set), config.batch_size, epoch=0, seed=config.seed,
                                   rank=dist.rank, world_size=dist.world_size))
     steps_per_epoch = math.ceil(n_batches / config.grad_accum)
-    optimizer = _optimizer(model, config)
-    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.epochs * steps_per_epoch)
-    scaler = grad_scaler(device, config.precision)
+    optimizer, scheduler, scaler = optimization(model.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                                warmup=config.warmup_steps, total=config.epochs * steps_per_epoch,
+                                                device=device, precision=config.precision)
     state = TrainState()
     if config.resume and ckpt.exists():
         state = _load_checkpoint(ckpt, model, optimizer, scheduler, scaler, config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -138,15 +138,38 @@ def decays(name: str, param: torch.Tensor) -> bool:
     return not (param.ndim < 2 or "bias" in name or "logit_scale" in name or "siglip_" in name)
 
 
-def adamw(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, lr: float,
-          weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, in two groups: with and without weight decay (:func:`decays`)."""
-    decay, no_decay = [], []
+def adamw(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, lr: float, weight_decay: float,
+          lr_by_prefix: Mapping[str, float] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with and without weight decay (:func:`decays`).
+
+    ``lr_by_prefix`` gives parameters whose names start with a prefix their own learning rate
+    (e.g. a new head beside a pretrained tower); the rest train at ``lr``.
+    """
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {(True, lr): [], (False, lr): []}
     for name, p in named_parameters:
         if p.requires_grad:
-            (decay if decays(name, p) else no_decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+            rate = next((r for pre, r in (lr_by_prefix or {}).items() if name.startswith(pre)), lr)
+            groups.setdefault((decays(name, p), rate), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": rate}
+                              for (decay, rate), ps in groups.items()], lr=lr)
+
+
+def optimization(named_parameters: Iterable[tuple[str, torch.nn.Parameter]], *, lr: float, weight_decay: float,
+                 warmup: int, total: int, device: torch.device, precision: Precision,
+                 lr_by_prefix: Mapping[str, float] | None = None,
+                 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
+    """A trainer's :func:`adamw`, its :func:`warmup_cosine` schedule over ``total`` steps and its :func:`grad_scaler`."""
+    optimizer = adamw(named_parameters, lr=lr, weight_decay=weight_decay, lr_by_prefix=lr_by_prefix)
+    return optimizer, warmup_cosine(optimizer, warmup, total), grad_scaler(device, precision)
+
+
+def plain_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (paths as strings, enums as their values, tuples as lists)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (Path, StrEnum)):
+            return str(v)
+        return list(v) if isinstance(v, tuple) else v
+    return {k: plain(v) for k, v in asdict(config).items()}
 
 
 @dataclass
