@@ -134,3 +134,36 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
     assert loss2 == pytest.approx(loss1, rel=1e-5)
     for k, v in _grads(core).items():
         torch.testing.assert_close(v, g1[k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_a_bundle_on_disjoint_halves(testdata: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tile_classes import make_tile_classes
+
+    repo = Path(__file__).resolve().parents[2]
+    tiles = make_tile_classes(testdata, tmp_path / "tiles", {"train": 8})
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training",
+           "clip", "--model", "test-tiny", "--train", str(tiles / "train.csv"), "--out", str(run), "--device", "cpu",
+           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--lr", "1e-3", "--warmup-steps", "1", "--data-log"]
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model bundle" in done.stdout  # rank 0 reports once
+    card = json.loads((run / "model" / "histoclip.json").read_text())["extra"]["training_card"]
+    steps = card["steps"]  # 24 rows, 9 captions: 2-3 global batches of 2 x 4 without a repeated caption
+    assert card["world_size"] == 2 and 2 <= steps <= 3
+    tuned = load_model(run / "model", device="cpu")
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    assert (tuned.encode_image_tensors(pixels) - load_model("test-tiny", device="cpu").encode_image_tensors(pixels)
+            ).abs().max() > 1e-4  # it trained
+    logs = [[json.loads(line) for line in (run / f"data-rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, steps + 1))
+    seen = [[i for r in log for i in r["ids"]] for log in logs]
+    for a, b in zip(logs[0], logs[1], strict=True):
+        assert len(a["ids"]) == len(b["ids"]) == 4 and not set(a["ids"]) & set(b["ids"])  # halves of one batch
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 8 * steps  # each row once
