@@ -37,7 +37,7 @@ def _single(micro: list[MicroBatch], loss: str = "clip") -> tuple[float, dict[st
     return value, _grads(core)
 
 
-def test_lora_trains_only_adapters_and_merges_exactly() -> None:
+def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
     model = load_model("test-tiny", device="cpu")
     images = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     texts = ["tumour", "stroma", "fat", "glass"]
@@ -56,6 +56,12 @@ def test_lora_trains_only_adapters_and_merges_exactly() -> None:
     assert not any("lora" in n for n, _ in merged.module.named_parameters())
     torch.testing.assert_close(merged.encode_image_tensors(images), unmerged[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(merged.encode_text(texts), unmerged[1], atol=1e-5, rtol=1e-4)
+    # and so does the bundle written from the merged model, read back by the registry
+    from backend.models import save_bundle
+
+    reread = load_model(save_bundle(merged, tmp_path / "lora-bundle"), device="cpu")
+    torch.testing.assert_close(reread.encode_image_tensors(images), unmerged[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reread.encode_text(texts), unmerged[1], atol=1e-5, rtol=1e-4)
     base = load_model("test-tiny", device="cpu")
     assert (base.encode_image_tensors(images) - unmerged[0]).abs().max() > 1e-3  # the adapters mattered
 
@@ -73,6 +79,19 @@ def test_locked_image_tower_unlocks_last_layers() -> None:
     assert visual and all(n.startswith(("visual.transformer.resblocks.1.", "visual.ln_post", "visual.proj"))
                           for n in visual)
     assert "token_embedding.weight" in names and "logit_scale" in names
+
+
+def test_locked_text_tower_unlocks_last_layers() -> None:
+    model = load_model("test-tiny", device="cpu")
+    setup_tuning(model, TuningConfig("lock-text", unlocked_layers=1), train_logit_scale=True)
+    names = {n for n, _ in trainable_parameters(model.module)}
+    text = {n for n in names if not n.startswith("visual.") and n != "logit_scale"}
+    assert text and all(n.startswith(("transformer.resblocks.1.", "ln_final", "text_projection")) for n in text)
+    assert {n for n, _ in model.module.named_parameters() if n.startswith("visual.")} <= names  # image tower trains
+    frozen = load_model("test-tiny", device="cpu")
+    setup_tuning(frozen, TuningConfig("lock-text"), train_logit_scale=False)
+    assert not any(n.startswith(("transformer.", "token_embedding", "ln_final", "text_projection"))
+                   for n, _ in trainable_parameters(frozen.module))
 
 
 def test_accumulation_equals_one_pass() -> None:

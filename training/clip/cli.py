@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without improvement (0: never)")
     g.add_argument("--min-delta", type=float, default=0.0, help="smallest improvement that counts")
     g.add_argument("--seed", type=int, default=0,
-                   help="seeds the initial weights' randomness, batch order and augmentation (default: %(default)s)")
+                   help="seeds LoRA initialisation, dropout, batch order and augmentation (default: %(default)s)")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto; torchrun: one GPU per rank)")
