@@ -155,10 +155,11 @@ def fsync_tree(root: str | os.PathLike[str]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers that go by it still can) for
     the block to write; fsynced and renamed onto ``path`` if the block succeeds, removed if it
-    fails. Temps of the same target left by dead processes are removed first."""
+    fails. Temps of the same target left by dead processes are removed first. ``mode`` (e.g.
+    0o600 for a secret): the file's permissions instead of the umask's."""
     final = Path(path)
     if final.is_dir():
         raise InputError(f"{final} is a directory: give a file name")
@@ -168,7 +169,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_file():  # a writer may have made it private (mkstemp: 0600): share as open() would
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, mode if mode is not None else 0o666 & ~_umask())
         fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)
@@ -190,10 +191,16 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a UTF-8 text file atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
+    """Write a UTF-8 text file atomically (see :func:`atomic_path`); with ``mode`` the file has
+    those permissions from its creation on (a secret is never readable by others, not even
+    briefly)."""
+    with atomic_path(path, mode=mode) as tmp:
+        if mode is None:
+            tmp.write_text(text, encoding="utf-8")
+        else:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w", encoding="utf-8") as f:
+                f.write(text)
     return Path(path)
 
 

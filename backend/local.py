@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backend import api
+from backend.classifiers import ClassifierTasks, geometry
 from backend.embed import EmbeddingCache, SlideEmbeddings
 from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
 from backend.once import Once
@@ -34,10 +35,6 @@ from backend.slides import expand_slides  # the one folder-to-slides rule, re-ex
 from backend.tasks import TextFeatureCache
 
 T = TypeVar("T")
-
-
-def _geometry(layout: Any) -> api.GridGeometry:
-    return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
 
 
 def _check_cancel(cancel: threading.Event | None, what: str) -> None:
@@ -56,8 +53,11 @@ def recordable_model_name(name: str) -> str:
     return str(path.resolve())
 
 
-class LocalBackend:
+class LocalBackend(ClassifierTasks):
     """A :class:`backend.api.Backend` that runs models in this process.
+
+    The classifier and refine methods (classify, refine, save_classifier, search_class) are
+    :class:`backend.classifiers.ClassifierTasks`'.
 
     Parameters
     ----------
@@ -265,7 +265,7 @@ class LocalBackend:
             slide_name=emb.slide_name,
             model_id=emb.model_id,
             n_tiles=emb.n_tiles,
-            geometry=_geometry(emb.layout),
+            geometry=geometry(emb.layout),
             from_cache=bool(from_cache) and all(from_cache),
             random_weights=bool(self.model(model).random_weights),
         )
@@ -305,14 +305,7 @@ class LocalBackend:
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.ZeroShotResult:
-        cm = self.class_map(request, progress=progress, cancel=cancel)
-        return api.ZeroShotResult(
-            labels=tuple(cm.class_names),
-            class_map=cm.label_map,
-            probabilities=cm.probability_maps,
-            geometry=_geometry(cm.layout),
-            random_weights=bool(self.model(request.model).random_weights),
-        )
+        return self.class_map_result(self.class_map(request, progress=progress, cancel=cancel), request.model)
 
     def heatmap(
         self,
@@ -328,7 +321,7 @@ class LocalBackend:
         return api.HeatmapResult(
             query=request.query,
             similarity=hm.map,
-            geometry=_geometry(hm.layout),
+            geometry=geometry(hm.layout),
             random_weights=bool(self.model(request.model).random_weights),
         )
 
@@ -359,168 +352,6 @@ class LocalBackend:
         config = DecodeConfig(num_beams=request.beams, n_best=request.n_best, max_new_tokens=request.max_tokens)
         captions = captioner.caption(np.stack(vectors), model_id=str(clip.model_id), config=config)
         return api.CaptionResult(captions=tuple(captions))
-
-    # --- classifiers and few-shot refinement (interfaces item 8) -------------------------------
-
-    def classifier(self, path: str | os.PathLike[str]) -> Any:
-        """The classifier bundle at ``path`` (a few KB, sha256-checked: read on every call, so a
-        re-saved bundle is never served stale)."""
-        from backend.models.classifier import load_classifier
-
-        return load_classifier(path)
-
-    def _prior(self, request: Any, what: str) -> tuple[Any, str, api.TileOptions, tuple[str, ...], float | None, dict]:
-        """The head a refine/save request starts from: (head, model, tiles, templates,
-        unknown threshold, card entry), from its classifier bundle or its prompts."""
-        from backend.tasks.refine import text_head
-        from backend.tasks.zero_shot import _colors, check_templates, class_text_features, parse_classes
-
-        if request.classifier is not None:
-            if request.labels:
-                raise InputError(f"{what}: give either prompts (labels) or a classifier to start from, not both")
-            clf = self.classifier(request.classifier)
-            model = request.model or clf.model
-            clf.check_model_id(str(self.model(model).model_id))
-            tiles = request.tiles or api.TileOptions(**clf.tiles)
-            card = {"prior": "classifier", "classifier": clf.name, "classifier_card": dict(clf.card)}
-            return clf.head, model, tiles, (), clf.unknown_threshold, card
-        if request.model is None:
-            raise InputError(f"{what}: name the CLIP model (model=...) the prompts are encoded with, or give a classifier")
-        parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None)
-        templates = check_templates(list(request.templates) or None)
-        clip = self.model(request.model)
-        text = class_text_features(clip, parsed, templates, self.text_cache)
-        head = text_head(text, float(clip.logit_scale), [c.name for c in parsed], _colors(parsed))
-        card = {"prior": "zero-shot prompts", "prompts": {c.name: list(c.synonyms) for c in parsed},
-                "templates": list(templates)}
-        return head, request.model, request.tiles or api.TileOptions(), templates, None, card
-
-    def refinement(
-        self,
-        request: api.RefineRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`refine` returning the backend's :class:`backend.tasks.refine.Refinement`
-        (the refined ClassMap for the exporters, the head, the kept marks)."""
-        from backend.tasks.refine import marked_tiles, refine
-
-        head, model, tiles, templates, threshold, _ = self._prior(request, "refine")
-        emb = self.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
-        idx, names = marked_tiles(emb, [(m.label, m.cells) for m in request.marks])
-        if request.unknown_threshold is not None:
-            threshold = request.unknown_threshold
-        return refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
-
-    def refine(
-        self,
-        request: api.RefineRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        r = self.refinement(request, progress=progress, cancel=cancel)
-        model = request.model or self.classifier(request.classifier).model
-        return self._class_map_result(r.class_map, model)
-
-    def classifier_class_map(
-        self,
-        request: api.ClassifyRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`classify` returning the backend's own :class:`backend.tasks.ClassMap`."""
-        from backend.tasks.refine import head_class_map
-
-        clf = self.classifier(request.classifier)
-        model = request.model or clf.model
-        clf.check_model_id(str(self.model(model).model_id))
-        tiles = request.tiles or api.TileOptions(**clf.tiles)
-        # The backbone is the registry model unchanged: its cached embeddings are all we need.
-        emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
-        threshold = request.unknown_threshold if request.unknown_threshold is not None else clf.unknown_threshold
-        return head_class_map(emb, clf.head, unknown_threshold=threshold)
-
-    def classify(
-        self,
-        request: api.ClassifyRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        cm = self.classifier_class_map(request, progress=progress, cancel=cancel)
-        return self._class_map_result(cm, request.model or self.classifier(request.classifier).model)
-
-    def _class_map_result(self, cm: Any, model: str) -> api.ZeroShotResult:
-        return api.ZeroShotResult(
-            labels=tuple(cm.class_names),
-            class_map=cm.label_map,
-            probabilities=cm.probability_maps,
-            geometry=_geometry(cm.layout),
-            random_weights=bool(self.model(model).random_weights),
-        )
-
-    def save_classifier(
-        self,
-        request: api.SaveClassifierRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ClassifierInfo:
-        """Fit the refined head on the marks of every slide of ``request`` and write it as a
-        classifier bundle (:mod:`backend.models.classifier`)."""
-        from dataclasses import asdict
-
-        from backend.models.classifier import Classifier, save_classifier
-        from backend.tasks.refine import RefineConfig, fit_marks, marked_tiles
-
-        if not request.slides:
-            raise InputError("save as classifier: no slide given; pass the slides the marks were made on")
-        head, model, tiles, _, threshold, card = self._prior(request, "save as classifier")
-        per_slide = []
-        for sm in request.slides:
-            emb = self.embeddings(sm.slide, model, tiles, progress=progress, cancel=cancel)
-            idx, names = marked_tiles(emb, [(m.label, m.cells) for m in sm.marks])
-            per_slide.append((emb, idx, names))
-        config = RefineConfig()
-        fitted, kept, report = fit_marks(head, per_slide, config)
-        card.update(
-            method="few-shot refine: logistic head pulled towards its prior (backend.tasks.refine)",
-            config=asdict(config),
-            marks_per_class=dict(zip(fitted.class_names, report.marks_per_class, strict=True)),
-            marks_fit=report.marks_fit,
-            iterations=report.iterations,
-            slides=[{"name": emb.slide_name, "fingerprint": emb.slide_fingerprint, "marks": int(len(k[0]))}
-                    for (emb, _, _), k in zip(per_slide, kept, strict=True)],
-        )
-        clip = self.model(model)
-        path = Path(request.path).expanduser()
-        clf = Classifier(
-            name=request.name or path.name,
-            head=fitted,
-            model=model,
-            model_id=str(clip.model_id),
-            tiles={"tile_size": tiles.tile_size, "mpp": tiles.mpp, "min_tissue": tiles.min_tissue},
-            unknown_threshold=request.unknown_threshold if request.unknown_threshold is not None else threshold,
-            card=card,
-        )
-        written = save_classifier(clf, path, overwrite=request.overwrite)
-        return api.ClassifierInfo(
-            path=str(written), name=clf.name, labels=fitted.class_names, model=model, model_id=clf.model_id,
-            tiles=tiles, n_marks=sum(len(k[0]) for k in kept),
-        )
-
-    def search_class(self, request: api.ClassSearchRequest) -> api.SearchResult:
-        """The places of a cohort index its classifier's class ``label`` scores highest: the
-        class's weight direction as the query (no model is loaded)."""
-        from backend.tasks.refine import class_query
-
-        clf = self.classifier(request.classifier)
-        query = class_query(clf.head, request.label)
-        hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=clf.model_id))
-        return _search_result(hits)
 
     # --- cohort index -----------------------------------------------------------------------
 
@@ -627,7 +458,7 @@ class LocalBackend:
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search_region(
                 emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
-        return _search_result(hits)
+        return search_result(hits)
 
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
@@ -640,7 +471,7 @@ class LocalBackend:
             return run(self._reader(path))
 
 
-def _search_result(hits: Any) -> api.SearchResult:
+def search_result(hits: Any) -> api.SearchResult:
     """The index's hits as the interface's plain :class:`backend.api.SearchResult`."""
     return api.SearchResult(hits=tuple(
         api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),

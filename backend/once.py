@@ -39,6 +39,11 @@ class Once(Generic[T]):
                 self._making.pop(key, None)
             return item
 
+    def discard(self, key: str) -> None:
+        """Forget the object of ``key`` (the next :meth:`get` makes it again)."""
+        with self._lock:
+            self._items.pop(key, None)
+
     def take_all(self) -> list[T]:
         """Remove and return every object made so far."""
         with self._lock:

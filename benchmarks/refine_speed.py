@@ -125,12 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         ("apply a saved classifier (load + classify + maps)", apply, 100.0),
         ("  of which classify + label map", apply_only, None),
     ]
+    print_rows(rows, b_wall)
+    return 0
+
+
+def print_rows(rows: list[tuple[str, Timer, float | None]], baseline_ms: float, width: int = 52) -> None:
+    """One line per ``(label, timer, target ms or None)``: medians, the ratio to the baseline,
+    PASS/MISSED against the target; then the load average (the machine may be shared)."""
     for label, t, target in rows:
         wall, cpu = t.median_ms()
         verdict = "" if target is None else f"  target < {target:.0f} ms: {'PASS' if wall < target else 'MISSED'}"
-        print(f"{label:52s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU   x{wall / b_wall:5.2f} baseline{verdict}")
+        print(f"{label:{width}s} {wall:8.1f} ms wall {cpu:8.1f} ms CPU   x{wall / baseline_ms:5.2f} baseline{verdict}")
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    return 0
 
 
 if __name__ == "__main__":

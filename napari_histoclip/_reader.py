@@ -97,10 +97,13 @@ def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData
         log.debug("could not open %s", target, exc_info=True)
         return None
     if info.mpp is None:
+        from napari_histoclip._mpp import FIELD
+
         _notify_info(
-            f"{Path(target).name}: no microns-per-pixel in its metadata; shown in pixels "
-            "(scale bars and µm measurements are unavailable)"
+            f"{Path(target).name}: no microns-per-pixel in its metadata; shown at 1 unit per pixel "
+            f"(the scale bar does not measure it) until you give its µm/px in {FIELD}"
         )
+    info = _prepare_viewer(info)
     kwargs = info.layer_kwargs(
         name=info.name,
         rgb=True,
@@ -193,6 +196,20 @@ def _shape_of(shape: tuple[int, ...], key: Any) -> tuple[int, ...]:
             out.extend(shape[i:])
             break
     return tuple(out)
+
+
+def _prepare_viewer(info: SlideInfo) -> SlideInfo:
+    """Slides with and without mpp in one unit on the viewer this slide opens in, napari's
+    current one (``napari_histoclip._mpp.prepare_viewer``); ``info`` as it must arrive."""
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    except Exception:  # noqa: BLE001 - no Qt app (a script): nothing to keep consistent
+        return info
+    from napari_histoclip._mpp import prepare_viewer
+
+    return prepare_viewer(viewer, info)
 
 
 def open_slide_quietly(path: str | Path, *, mpp: float | None = None) -> Any:

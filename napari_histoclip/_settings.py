@@ -1,4 +1,6 @@
-"""What the dock remembers between openings: the model and the cohort index the user chose.
+"""What the dock remembers between openings: the model and the cohort index the user chose,
+and the µm/px the user gave for slides whose metadata has none (by the slide's content
+fingerprint, so a renamed or moved copy keeps it).
 
 A small JSON file in the user's config dir (``$HISTOCLIP_CONFIG_DIR``, else the platform's,
 e.g. ``~/.config/histoclip/dock.json``), written atomically. A file that cannot be read is
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +37,24 @@ def config_root() -> Path:
 
 @dataclass(frozen=True)
 class DockSettings:
-    """The dock's remembered choices (empty string: none)."""
+    """The dock's remembered choices (empty string: none); ``slide_mpp`` maps a slide's
+    fingerprint (``backend.slides.slide_fingerprint``) to the µm/px the user gave for it."""
 
     model: str = ""
     model_other: str = ""
     index: str = ""
+    slide_mpp: Mapping[str, float] = field(default_factory=dict)
 
     def updated(self, **changes: Any) -> DockSettings:
+        """These text choices changed (None: none)."""
         return replace(self, **{k: str(v or "") for k, v in changes.items()})
+
+    def with_slide_mpp(self, fingerprint: str, mpp: float | None) -> DockSettings:
+        """The µm/px of the slide ``fingerprint`` remembered (None: forgotten)."""
+        values = {k: v for k, v in self.slide_mpp.items() if k != fingerprint}
+        if mpp is not None:
+            values[fingerprint] = float(mpp)
+        return replace(self, slide_mpp=values)
 
 
 def settings_path() -> Path:
@@ -60,8 +74,26 @@ def load_settings() -> DockSettings:
     if not isinstance(raw, dict):
         log.warning("%s: expected a JSON object, got %s; starting afresh", path, type(raw).__name__)
         return DockSettings()
-    known = {f.name for f in fields(DockSettings)}
-    return DockSettings(**{k: str(v) for k, v in raw.items() if k in known and isinstance(v, str)})
+    known = {f.name for f in fields(DockSettings)} - {"slide_mpp"}
+    texts = {k: str(v) for k, v in raw.items() if k in known and isinstance(v, str)}
+    return DockSettings(**texts, slide_mpp=_mpp_entries(raw.get("slide_mpp"), path))
+
+
+def _mpp_entries(raw: Any, path: Path) -> dict[str, float]:
+    """The remembered µm/px values that are positive numbers (others dropped, logged)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        log.warning("%s: slide_mpp should map slide fingerprints to µm/px, got %s; ignored", path, type(raw).__name__)
+        return {}
+    out = {}
+    for key, value in raw.items():
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        if ok:
+            out[str(key)] = float(value)
+        else:
+            log.warning("%s: slide_mpp[%r] = %r is not a positive µm/px; ignored", path, key, value)
+    return out
 
 
 def save_settings(settings: DockSettings) -> None:
@@ -70,6 +102,6 @@ def save_settings(settings: DockSettings) -> None:
 
     path = settings_path()
     try:
-        atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
+        atomic_write_text(path, json.dumps({**asdict(settings), "slide_mpp": dict(settings.slide_mpp)}, indent=2) + "\n")
     except OSError as e:
         log.warning("%s: cannot remember the dock's choices (%s)", path, e)

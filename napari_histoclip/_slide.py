@@ -44,6 +44,9 @@ class SlideInfo:
         Level-0 size in pixels.
     mpp
         Microns per level-0 pixel, or None when neither the metadata nor the user gave one.
+    world_units
+        Without mpp: the unit napari's world gives its layers, ``"um"`` (at a nominal 1 µm
+        per pixel) beside slides in µm, else ``""`` (pixels); see ``napari_histoclip._mpp``.
     """
 
     path: str
@@ -51,6 +54,7 @@ class SlideInfo:
     width: int
     height: int
     mpp: float | None = None
+    world_units: str = ""
 
     @property
     def stem(self) -> str:
@@ -71,7 +75,9 @@ class SlideInfo:
 
     @property
     def units(self) -> tuple[str, str] | None:
-        return (MICRONS, MICRONS) if self.mpp else None
+        """Layer units: µm when the mpp is known, else the world's (None: napari's pixels)."""
+        unit = MICRONS if self.mpp else self.world_units
+        return (unit, unit) if unit else None
 
     def to_metadata(self) -> dict[str, Any]:
         """A plain dict for ``layer.metadata[META_KEY]`` (plain values survive saving)."""
@@ -89,6 +95,7 @@ class SlideInfo:
                 width=int(entry.get("width", 0)),
                 height=int(entry.get("height", 0)),
                 mpp=float(entry["mpp"]) if entry.get("mpp") else None,
+                world_units=str(entry.get("world_units") or ""),
             )
         except (TypeError, ValueError):
             return None

@@ -32,7 +32,7 @@ import torch
 from backend import __version__
 from backend.caption.captioner import Captioner, check_clip_model_id
 from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load_tokenizer
-from backend.errors import HistoclipError, UnknownModelError
+from backend.errors import HistoclipError
 
 # The registry owns the envelope: manifest name, reading, weights checks, atomic replacement.
 from backend.atomic import make_temp_dir, recover_dir
@@ -42,6 +42,7 @@ from backend.models.bundle import (
     _subdir,
     _verified_weights,
     check_replaceable,
+    read_kind_manifest,
     sha256_file,
 )
 from backend.models.registry import MANIFEST_NAME, read_manifest as _read_any_manifest
@@ -129,24 +130,8 @@ def read_captioner_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     ModelError
         No manifest, unreadable, of another kind or of a newer format, or fields missing.
     """
-    root = Path(path).expanduser()
-    if not root.is_dir() and not recover_dir(root):
-        raise UnknownModelError(f"captioner bundle {root}: no such directory")
-    manifest = _read_any_manifest(root)
-    where = root / MANIFEST_NAME
-    kind = manifest.get("kind")
-    if kind != KIND:
-        raise BundleError(f"{where}: a {kind!r} bundle, not a captioner ({KIND!r}); pass a captioner bundle")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise BundleError(
-            f"{where}: format_version {version!r} is not supported (this version reads "
-            f"<= {FORMAT_VERSION}); upgrade napari-histoclip"
-        )
-    missing = [k for k in ("clip_model_id", "mapper", "decoder", "tokenizer", "weights") if k not in manifest]
-    if missing:
-        raise BundleError(f"{where}: missing fields {missing}")
-    return manifest
+    return read_kind_manifest(path, KIND, "captioner",
+                              ("clip_model_id", "mapper", "decoder", "tokenizer", "weights"), FORMAT_VERSION)
 
 
 def load_captioner(

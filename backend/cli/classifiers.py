@@ -1,8 +1,8 @@
 """``histoclip classify``: apply a classifier bundle to a slide, writing what ``zero-shot`` writes.
 
-The classifier records the CLIP model and the tile spec it was trained on; both are the
-defaults here, so a slide already embedded with that model is classified from its cached
-embeddings without reading a tile.
+The classifier records the CLIP model (or holds its own image-only backbone, a CLIP-IT
+student) and the tile spec it was trained on; both are the defaults here, so a slide already
+embedded with that model is classified from its cached embeddings without reading a tile.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from backend.cli.slide_tasks import announce_random, make_backend, with_bar
+from backend.cli.slide_tasks import announce_random, make_backend, with_bar, write_class_map_files
 from backend.errors import InputError
 
 
@@ -24,7 +24,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--unknown-threshold", type=float, default=None,
                    help="label tiles 'unknown' below this top probability (default: the classifier's)")
     p.add_argument("--table", choices=("csv", "parquet"), default="csv", help="tile prediction table format")
-    p.add_argument("--model", default=None, help="the CLIP model (default: the one the classifier records)")
+    p.add_argument("--model", default=None, help="the CLIP model (default: the one the classifier records, or its own backbone)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
     p.add_argument("--mpp", type=float, default=None, help="tile resolution in µm/px (default: the classifier's)")
@@ -53,28 +53,14 @@ def _tiles(args: argparse.Namespace, recorded: Any) -> Any:
 
 def _classify(args: argparse.Namespace) -> int:
     from backend.api import ClassifyRequest, SlideRef
-    from backend.slides import open_slide
-    from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
 
     backend = make_backend(args)
     clf = backend.classifier(args.classifier)
-    model = args.model or clf.model
+    model = args.model or clf.model  # a classifier with its own backbone: that bundle folder
     announce_random(backend, model)
     slide = SlideRef(args.slide, args.slide_mpp)
-    request = ClassifyRequest(slide, args.classifier, model=model, unknown_threshold=args.unknown_threshold,
+    request = ClassifyRequest(slide, args.classifier, model=args.model, unknown_threshold=args.unknown_threshold,
                               tiles=_tiles(args, clf.tiles))
     cm = with_bar(slide.path, lambda bar: backend.classifier_class_map(request, progress=bar))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open_slide(slide.path, mpp=slide.mpp) as opened:
-        thumb, dims = opened.thumbnail(1024), opened.dimensions
-    written = [
-        write_overlay_png(cm, out / "class_map.png", thumbnail=thumb, slide_dimensions=dims),
-        write_predictions_table(cm, out / f"tiles.{args.table}"),
-        write_geojson(cm, out / "tiles.geojson"),
-    ]
-    counts = ", ".join(f"{k} {v}" for k, v in cm.counts().items())
-    print(f"{Path(slide.path).name}: {len(cm.labels)} tiles classified by {clf.name!r}: {counts}")
-    for path in written:
-        print(f"  wrote {path}")
+    write_class_map_files(cm, slide.path, Path(args.out), args.table, f"tiles classified by {clf.name!r}")
     return 0

@@ -27,6 +27,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
     p.add_argument("--max-jobs-per-token", type=int, default=None, help="unfinished jobs one token may have (default 4)")
+    p.add_argument("--call-timeout", action="append", default=[], metavar="[ROUTE=]SECONDS",
+                   help="stop a call running longer (504): SECONDS for every call, ROUTE=SECONDS for one "
+                        "(e.g. zero-shot=60; repeatable; default: no limit)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=_serve)
 
@@ -45,12 +48,37 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.workers < 1:
         raise InputError(f"--workers: at least 1, got {args.workers}")
     state_dir = Path(args.state_dir) if args.state_dir else cache_root() / "server"
+    default_timeout, timeouts = parse_call_timeouts(args.call_timeout)
     return ServerConfig(
         slide_roots=tuple(map(Path, args.slides)), index_roots=tuple(map(Path, args.indexes)),
         model_roots=tuple(map(Path, args.models)), state_dir=state_dir,
         token_file=Path(args.tokens) if args.tokens else None, device=args.device, batch_size=args.batch_size,
         workers=args.workers, allow_hub_models=args.allow_hub_models, limits=limits,
+        call_timeout_s=default_timeout, call_timeouts=timeouts,
     )
+
+
+def parse_call_timeouts(values: list[str]) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """``--call-timeout`` values (``SECONDS`` or ``ROUTE=SECONDS``) as the config's two fields."""
+    from backend.remote.wire import CALLS
+
+    default: float | None = None
+    per_route: dict[str, float] = {}
+    for value in values:
+        route, _, text = value.rpartition("=")
+        try:
+            seconds = float(text)
+        except ValueError as e:
+            raise InputError(f"--call-timeout {value!r}: expected SECONDS or ROUTE=SECONDS, e.g. zero-shot=60") from e
+        if not seconds > 0:
+            raise InputError(f"--call-timeout {value!r}: the limit must be more than 0 seconds")
+        if route and route not in CALLS:
+            raise InputError(f"--call-timeout {value!r}: no call {route!r}; calls are {', '.join(CALLS)}")
+        if route:
+            per_route[route] = seconds
+        else:
+            default = seconds
+    return default, tuple(sorted(per_route.items()))
 
 
 def _serve(args: argparse.Namespace) -> int:

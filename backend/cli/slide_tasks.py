@@ -221,8 +221,6 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tuple, synonyms: tuple, out: Path) -> Any:
     from backend.api import ZeroShotRequest
-    from backend.slides import open_slide
-    from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
 
     tiles = tile_options(args)
     request = ZeroShotRequest(
@@ -235,21 +233,30 @@ def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tu
         tiles=tiles,
     )
     cm = with_bar(slide.path, lambda bar: backend.class_map(request, progress=bar))  # embeds first if needed
+    write_class_map_files(cm, slide.path, out, getattr(args, "table", "csv"), "tiles")
+    return cm
+
+
+def write_class_map_files(cm: Any, slide_path: str, out: Path, table: str, what: str) -> list[Path]:
+    """What ``zero-shot`` and ``classify`` write for a class map: ``class_map.png`` over the
+    slide's thumbnail, the tile table (``csv`` or ``parquet``) and ``tiles.geojson``; then a line
+    of class counts (``N <what>: ...``) and the files written, on stdout."""
+    from backend.slides import open_slide
+    from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
+
     out.mkdir(parents=True, exist_ok=True)
-    with open_slide(slide.path) as opened:  # for the thumbnail: mpp plays no part
-        thumb = opened.thumbnail(1024)
-        dims = opened.dimensions
-    table = getattr(args, "table", "csv")
+    with open_slide(slide_path) as opened:  # for the thumbnail: mpp plays no part
+        thumb, dims = opened.thumbnail(1024), opened.dimensions
     written = [
         write_overlay_png(cm, out / "class_map.png", thumbnail=thumb, slide_dimensions=dims),
         write_predictions_table(cm, out / f"tiles.{table}"),
         write_geojson(cm, out / "tiles.geojson"),
     ]
     counts = ", ".join(f"{k} {v}" for k, v in cm.counts().items())
-    print(f"{Path(slide.path).name}: {len(cm.labels)} tiles: {counts}")
+    print(f"{Path(slide_path).name}: {len(cm.labels)} {what}: {counts}")
     for path in written:
         print(f"  wrote {path}")
-    return cm
+    return written
 
 
 def _zero_shot(args: argparse.Namespace) -> int:

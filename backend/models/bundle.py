@@ -19,8 +19,14 @@ A bundle is a directory::
      "hf_text_config": "text_config" | null,
      "embed_dim": 512, "license": "...", "description": "...",
      "trained_from": "quiltnet-b32", "random_weights": false,
+     "towers": "image",            # optional: only the image tower is stored (see below)
      "weights": {"file": "model.safetensors", "sha256": "<hex>", "bytes": 123},
      "created": "2024-01-01T00:00:00Z", "histoclip_version": "0.1.0", "extra": {...}}
+
+An image-only bundle (``"towers": "image"``: a CLIP-IT student's backbone, written inside its
+classifier bundle) stores only the image tower's weights and no tokenizer; it loads as a
+``ClipModel`` whose text calls raise :class:`~backend.errors.ModelError`. Without ``towers``
+(every bundle before it) both towers are stored.
 
 ``kind`` says what the bundle holds; ``load_model`` reads ``clip`` bundles. Other kinds
 (captioners, classifiers) share the manifest envelope (``format_version``, ``kind``,
@@ -31,6 +37,7 @@ swapped in, so the path holds the old or the new bundle at every moment (``backe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,10 +45,11 @@ import shutil
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Mapping
 
 from backend.atomic import make_temp_dir, recover_dir, replace_dir
-from backend.errors import InputError, ModelError, WeightsNotFoundError
+from backend.errors import InputError, ModelError, UnknownModelError, WeightsNotFoundError
 from backend.models.registry import (
     MANIFEST_NAME,
     ModelEntry,
@@ -66,6 +74,60 @@ class BundleKind(StrEnum):
     """What a bundle holds. Other packages add kinds here as they gain loaders."""
 
     CLIP = "clip"
+
+
+class Towers(StrEnum):
+    """Which towers' weights a ``clip`` bundle stores."""
+
+    BOTH = "both"
+    IMAGE = "image"  # the image tower only: no text can be encoded
+
+
+# The image tower's parameters, by the library's module names (the rest is the text tower
+# and the shared temperature, which only text-image similarity uses).
+IMAGE_PREFIXES = {ModelFamily.OPEN_CLIP: ("visual.",), ModelFamily.HF_CLIP: ("vision_model.", "visual_projection.")}
+
+
+def towers_of(manifest: Mapping[str, Any], where: Path) -> Towers:
+    """The manifest's ``towers`` (absent: both)."""
+    try:
+        return Towers(manifest.get("towers", Towers.BOTH.value))
+    except ValueError as e:
+        raise BundleError(f"{where}: towers {manifest.get('towers')!r} is not one of {[t.value for t in Towers]}") from e
+
+
+def image_state(module: Any, family: ModelFamily) -> dict[str, Any]:
+    """The image tower's tensors of ``module`` (CPU, contiguous, unshared: safetensors-ready)."""
+    prefixes = IMAGE_PREFIXES[family]
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items() if k.startswith(prefixes)}
+    if not state:
+        raise InputError(f"save_bundle towers='image': the {type(module).__name__} has no image-tower weights "
+                         f"({', '.join(p + '*' for p in prefixes)}); merge LoRA adapters into it first "
+                         "(peft's merge_and_unload) so its parameters have their own names")
+    return state
+
+
+def load_image_state(module: Any, family: ModelFamily, weights: Path, path: Path) -> None:
+    """Load an image-only weights file into ``module``: every image-tower tensor, nothing else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"bundle {path}: cannot read the image-tower weights {weights.name} ({e})") from e
+    prefixes = IMAGE_PREFIXES[family]
+    stray = sorted(k for k in state if not k.startswith(prefixes))
+    if stray:
+        raise BundleError(f"bundle {path}: an image-only bundle holds non-image weights {stray[:3]}; re-export it")
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise BundleError(f"bundle {path}: weights {weights.name} do not fit its model_config: {e}") from e
+    missing = sorted(k for k in result.missing_keys if k.startswith(prefixes))
+    if missing or result.unexpected_keys:
+        raise BundleError(f"bundle {path}: image-tower weights {weights.name} do not fit its model_config "
+                          f"(missing {missing[:3]}, unexpected {sorted(result.unexpected_keys)[:3]})")
 
 
 class TokenizerType(StrEnum):
@@ -101,6 +163,35 @@ def bundle_kind(path: str | os.PathLike[str]) -> str:
 
 
 # --- reading ----------------------------------------------------------------------------
+
+
+def read_kind_manifest(path: str | os.PathLike[str], kind: str, what: str, required: tuple[str, ...],
+                       format_version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """The ``histoclip.json`` of a bundle of ``kind`` (captioner, classifier ...), checked: the
+    kind, a supported ``format_version``, the ``required`` fields (no weights are read).
+
+    Raises
+    ------
+    UnknownModelError
+        No such directory.
+    BundleError
+        No manifest, of another kind or a newer format, or a required field missing.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir() and not recover_dir(root):
+        raise UnknownModelError(f"{what} bundle {root}: no such directory")
+    manifest = read_manifest(root)
+    where = root / MANIFEST_NAME
+    if manifest.get("kind") != kind:
+        raise BundleError(f"{where}: a {manifest.get('kind')!r} bundle, not a {what} ({kind!r}); pass a {what} bundle")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= format_version:
+        raise BundleError(f"{where}: format_version {version!r} is not supported (this version reads "
+                          f"<= {format_version}); upgrade napari-histoclip")
+    missing = [k for k in required if k not in manifest]
+    if missing:
+        raise BundleError(f"{where}: missing fields {missing}")
+    return manifest
 
 
 def _field(manifest: Mapping[str, Any], key: str, types: type | tuple[type, ...], where: Path) -> Any:
@@ -144,6 +235,10 @@ def entry_from_manifest(path: Path, manifest: Mapping[str, Any]) -> ModelEntry:
         raise BundleError(f"{where}: bad 'preprocessing': {e}") from e
     name = _field(manifest, "name", str, where)
     arch = manifest.get("arch")
+    image_only = towers_of(manifest, where) is Towers.IMAGE
+    description = str(manifest.get("description", ""))
+    if image_only:
+        description = f"{description} (image tower only: a classifier's backbone; no text)".strip()
     return ModelEntry(
         name=name,
         family=family,
@@ -154,8 +249,9 @@ def entry_from_manifest(path: Path, manifest: Mapping[str, Any]) -> ModelEntry:
         embed_dim=int(_field(manifest, "embed_dim", int, where)),
         preprocessing=preprocessing,
         hub_url=None,
-        description=str(manifest.get("description", "")),
+        description=description,
         random_weights=bool(manifest.get("random_weights", False)),
+        image_only=image_only,
     )
 
 
@@ -200,8 +296,13 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device | No
     dev = pick_device(device)
     model_id = bundle_model_id(entry.name, sha)
     if entry.family is ModelFamily.HF_CLIP:
-        return _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
-    return _load_open_clip_bundle(path, manifest, entry, weights, model_id, dev)
+        model = _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
+    else:
+        model = _load_open_clip_bundle(path, manifest, entry, weights, model_id, dev)
+    if entry.image_only:
+        model.image_only = True
+        model.trained_from = str(manifest.get("trained_from") or "") or None
+    return model
 
 
 def _subdir(path: Path, manifest: Mapping[str, Any], key: str) -> Path | None:
@@ -233,17 +334,20 @@ def _load_open_clip_bundle(
         build_cfg["text_cfg"]["hf_model_name"] = str(text_config_dir)
     tokenizer_dir = _subdir(path, _field(manifest, "tokenizer", dict, where), "path")
     module = build_open_clip_module(build_cfg)
-    try:
-        load_model(module, str(weights), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
-        raise BundleError(f"bundle {path}: weights {weights.name} do not fit its model_config: {e}") from e
+    if entry.image_only:  # the text tower stays as built: encode_text refuses to run it
+        load_image_state(module, ModelFamily.OPEN_CLIP, weights, path)
+    else:
+        try:
+            load_model(module, str(weights), strict=True)
+        except (SafetensorError, RuntimeError, OSError) as e:
+            raise BundleError(f"bundle {path}: weights {weights.name} do not fit its model_config: {e}") from e
     return open_clip_model(
         module,
         entry=entry,
         model_id=model_id,
         model_cfg=model_cfg,
         preprocessing=entry.preprocessing or Preprocessing(),
-        tokenizer=make_open_clip_tokenizer(model_cfg, tokenizer_dir),
+        tokenizer=None if entry.image_only else make_open_clip_tokenizer(model_cfg, tokenizer_dir),
         device=device,
         random_weights=entry.random_weights,
     )
@@ -256,9 +360,14 @@ def _load_hf_clip_bundle(
 
     where = path / MANIFEST_NAME
     tokenizer_dir = _subdir(path, _field(manifest, "tokenizer", dict, where), "path")
-    if tokenizer_dir is None:
+    config = _field(manifest, "model_config", dict, where)
+    if entry.image_only:
+        module, tokenizer = build_hf_clip(config, None, weights=None)
+        load_image_state(module, ModelFamily.HF_CLIP, weights, path)
+    elif tokenizer_dir is None:
         raise BundleError(f"{where}: a transformers CLIP bundle needs tokenizer.path")
-    module, tokenizer = build_hf_clip(_field(manifest, "model_config", dict, where), tokenizer_dir, weights=weights)
+    else:
+        module, tokenizer = build_hf_clip(config, tokenizer_dir, weights=weights)
     return HfClipModel(
         module.to(device),
         tokenizer=tokenizer,
@@ -286,6 +395,7 @@ def save_bundle(
     random_weights: bool | None = None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    towers: Towers | str = Towers.BOTH,
 ) -> Path:
     """Write ``model`` as a bundle directory, atomically.
 
@@ -308,6 +418,9 @@ def save_bundle(
         JSON-serialisable metadata kept as ``extra`` (training settings, metrics).
     overwrite
         Replace an existing bundle at ``path`` (a folder that is not a bundle is never replaced).
+    towers
+        ``"image"``: store only the image tower (and no tokenizer); the bundle then loads as a
+        model that cannot encode text. Default: both towers.
 
     Returns
     -------
@@ -325,6 +438,14 @@ def save_bundle(
     from backend.models.hf_clip import HfClipModel
     from safetensors.torch import save_model
 
+    try:
+        towers = Towers(towers)
+    except ValueError as e:
+        raise InputError(f"save_bundle towers={towers!r}: choose one of {[t.value for t in Towers]}") from e
+    image_only = towers is Towers.IMAGE
+    if getattr(model, "image_only", False) and not image_only:
+        raise InputError(f"save_bundle: {model.model_id!r} is an image-only model (its text tower was never "
+                         "loaded); save it with towers='image'")
     path = Path(path).expanduser()
     recover_dir(path)
     if path.exists() and not overwrite:
@@ -351,37 +472,54 @@ def save_bundle(
         "histoclip_version": backend.__version__,
         "extra": dict(extra or {}),
     }
+    if image_only:
+        manifest["towers"] = Towers.IMAGE.value
     try:
         json.dumps(manifest["extra"])
     except (TypeError, ValueError) as e:
         raise InputError(f"save_bundle extra= must be JSON-serialisable: {e}") from e
 
-    tmp = make_temp_dir(path)
-    try:
+    with writing_bundle(path) as tmp:
         if isinstance(model, OpenClipModel):
             manifest["model_config"] = model.model_config
             text = getattr(model.module, "text", None)
             if model.model_config.get("text_cfg", {}).get("hf_model_name") and hasattr(text, "config"):
                 text.config.save_pretrained(tmp / TEXT_CONFIG_DIR)
                 manifest["hf_text_config"] = TEXT_CONFIG_DIR
-            if hasattr(model.tokenizer, "save_pretrained"):  # open_clip's HFTokenizer
+            if hasattr(model.tokenizer, "save_pretrained") and not image_only:  # open_clip's HFTokenizer
                 model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
                 manifest["tokenizer"] = {"type": TokenizerType.HF.value, "context_length": model.context_length, "path": TOKENIZER_DIR}
         elif isinstance(model, HfClipModel):
             manifest["model_config"] = model.model_config
-            model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-            manifest["tokenizer"] = {"type": TokenizerType.HF.value, "context_length": model.context_length, "path": TOKENIZER_DIR}
+            manifest["tokenizer"] = {"type": TokenizerType.HF.value, "context_length": model.context_length}
+            if not image_only:
+                model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+                manifest["tokenizer"]["path"] = TOKENIZER_DIR
         else:
             raise InputError(f"save_bundle cannot save a {type(model).__name__}")
-        save_model(model.module, str(tmp / WEIGHTS_NAME))
+        if image_only:
+            from safetensors.torch import save_file
+
+            save_file(image_state(model.module, model.family), str(tmp / WEIGHTS_NAME))
+        else:
+            save_model(model.module, str(tmp / WEIGHTS_NAME))
         weights = tmp / WEIGHTS_NAME
         manifest["weights"].update(sha256=sha256_file(weights), bytes=weights.stat().st_size)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def writing_bundle(path: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``path`` to write a bundle in; moved into place when the
+    block ends, removed when it raises (``path`` never holds half a bundle)."""
+    tmp = make_temp_dir(path)
+    try:
+        yield tmp
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:

@@ -1,61 +1,82 @@
 """Classifier bundles: a tile classifier over a CLIP model's image embeddings.
 
-Few-shot refine heads ("save as classifier") are written in this kind now; CLIP-IT students
-will be too (with their own backbone weights). A bundle is a directory in the registry's bundle
-envelope (``backend.models.bundle``)::
+Few-shot refine heads ("save as classifier") and CLIP-IT students are written in this kind. A
+bundle is a directory in the registry's bundle envelope (``backend.models.bundle``)::
 
     histoclip.json     {"format_version": 1, "kind": "classifier", "name": "<name>",
                         "weights": {"file": "head.safetensors", "sha256": ..., "bytes": ...},
-                        "head": {"type": "linear", "n_classes": C, "embed_dim": D},
+                        "head": {"type": "linear", "n_classes": C, "embed_dim": D}
+                             or {"type": "late_fusion", ..., "text_dim": T, "text_layers": L, "alpha": a},
                         "classes": [{"name": "tumor", "color": [r, g, b]}, ...],
                         "backbone": {"source": "registry", "model": "quiltnet-b32",
-                                     "model_id": "<the loaded model's model_id>"},
+                                     "model_id": "<the loaded model's model_id>"}
+                                 or {"source": "bundle", "path": "backbone", "model": "backbone",
+                                     "model_id": "<the backbone bundle's model_id>", "sha256": ...,
+                                     "trained_from": "quiltnet-b32", "trained_from_id": ...},
                         "tiles": {"tile_size": 224, "mpp": 0.5, "min_tissue": 0.5},
                         "unknown_threshold": null,
                         "card": {training card: method, prompts, marks per class, slides, ...},
                         "created": "...", "histoclip_version": "..."}
-    head.safetensors   "weight" (C, D) float32 and "bias" (C,) float32: logits = weight @ x + bias
+    head.safetensors   "weight" (C, D), "bias" (C,); a late-fusion head also "proj.weight" (T, D),
+                       "proj.bias" (T,), "text.{i}.weight", "text.{i}.bias" (see backend.models.heads)
+    backbone/          source "bundle" only: an image-only ``clip`` bundle ("towers": "image")
 
 ``backbone.source`` ``registry`` means the image tower is the registry model ``model``
 unchanged, so a slide's cached embeddings of that model are all a classification needs (no
-pixel is read); ``model_id`` pins the exact weights it was trained on (a different model id at
-load time is an error, not a silent mismatch). Weights are safetensors (loading runs no code)
-and are checked against the manifest's sha256; bundles are written atomically.
+pixel is read); ``bundle`` that the image tower is the bundle's own ``backbone/`` (a CLIP-IT
+student, LoRA merged), whose embeddings the engine caches under its own model id. ``model_id``
+pins the exact weights the head was trained on (a different model id at load time is an error,
+not a silent mismatch). Weights are safetensors (loading runs no code) and are checked against
+the manifest's sha256 (the backbone's too); bundles are written atomically.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from backend.errors import HistoclipError, InputError, ModelMismatchError, UnknownModelError
-from backend.models.bundle import BundleError, _replace_dir, _verified_weights, sha256_file
+from backend.errors import HistoclipError, InputError, ModelMismatchError
+from backend.models.bundle import (
+    BundleError,
+    BundleKind,
+    Towers,
+    _subdir,
+    _verified_weights,
+    bundle_model_id,
+    read_kind_manifest,
+    sha256_file,
+    towers_of,
+    writing_bundle,
+)
+from backend.models.heads import FusionHead, Head, HeadType, LinearHead, head_from_tensors, head_manifest, head_tensors
 from backend.models.registry import MANIFEST_NAME, read_manifest
-from backend.tasks.refine import LinearHead
+
+if TYPE_CHECKING:
+    from backend.models.clip import ClipModel
 
 KIND = "classifier"
 FORMAT_VERSION = 1
 HEAD_FILE = "head.safetensors"
+BACKBONE_DIR = "backbone"
+REQUIRED = ("name", "weights", "head", "classes", "backbone", "tiles")
+
+__all__ = [
+    "BackboneSource", "Classifier", "FusionHead", "HeadType", "LinearHead", "is_classifier_bundle",
+    "load_classifier", "read_classifier_manifest", "save_classifier",
+]
 
 
 class BackboneSource(StrEnum):
     """Where a classifier's image tower comes from."""
 
     REGISTRY = "registry"  # an unchanged registry model (name, hub id or CLIP bundle path)
-
-
-class HeadType(StrEnum):
-    LINEAR = "linear"
+    BUNDLE = "bundle"  # the classifier's own image-only backbone/ bundle (a CLIP-IT student)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,12 +86,14 @@ class Classifier:
     Attributes
     ----------
     name : str
-    head : LinearHead
-        Class names, colours and the linear head over L2-normalised embeddings.
+    head : LinearHead or FusionHead
+        Class names, colours and the head over L2-normalised embeddings.
     model : str
-        The CLIP model whose image embeddings it classifies (a registry name, hub id or path).
+        The CLIP model whose image embeddings it classifies (a registry name, hub id or path;
+        for a loaded ``bundle`` backbone the absolute path of ``<bundle>/backbone``). To save
+        with ``backbone=``: the base model the backbone was trained from.
     model_id : str
-        That model's ``model_id`` when the classifier was trained (checked when applied).
+        That model's ``model_id`` (checked when applied).
     tiles : dict
         ``tile_size``, ``mpp`` and ``min_tissue`` of the tiles it was trained on.
     unknown_threshold : float or None
@@ -79,16 +102,23 @@ class Classifier:
         The training card (JSON-ready): how it was made, from what.
     path : Path or None
         Where it was loaded from.
+    backbone_source : BackboneSource
+        Where the image tower comes from (set by :func:`load_classifier`).
+    trained_from, trained_from_id : str or None
+        A ``bundle`` backbone's base model (registry name and model id).
     """
 
     name: str
-    head: LinearHead
+    head: Head
     model: str
     model_id: str
     tiles: Mapping[str, Any]
     unknown_threshold: float | None = None
     card: Mapping[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    backbone_source: BackboneSource = BackboneSource.REGISTRY
+    trained_from: str | None = None
+    trained_from_id: str | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -123,7 +153,26 @@ def _check_tiles(tiles: Mapping[str, Any], where: Any) -> dict[str, Any]:
     return out
 
 
-def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+def _save_backbone(classifier: Classifier, backbone: ClipModel, folder: Path) -> dict[str, Any]:
+    """Write ``backbone`` as the image-only bundle ``folder``; the manifest's ``backbone`` entry."""
+    from backend.models.bundle import save_bundle
+
+    if int(backbone.embed_dim) != classifier.head.embed_dim:
+        raise InputError(f"classifier {classifier.name!r}: its head takes {classifier.head.embed_dim}-d embeddings "
+                         f"but the backbone {backbone.model_id!r} makes {backbone.embed_dim}-d ones")
+    # An image-only backbone saved again (a classifier refined from a CLIP-IT one) keeps its
+    # name: the same weights then have the same model id, and slides embedded with it stay cached.
+    name = backbone.entry.name if backbone.image_only else f"{classifier.name}-backbone"
+    save_bundle(backbone, folder, name=name, trained_from=classifier.model, towers=Towers.IMAGE,
+                description=f"image tower of classifier {classifier.name!r} (from {classifier.model})")
+    sha = read_manifest(folder)["weights"]["sha256"]
+    return {"source": BackboneSource.BUNDLE.value, "path": BACKBONE_DIR, "model": BACKBONE_DIR,
+            "model_id": bundle_model_id(name, sha), "sha256": sha,
+            "trained_from": classifier.model, "trained_from_id": classifier.model_id}
+
+
+def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, overwrite: bool = False,
+                    backbone: ClipModel | None = None) -> Path:
     """Write ``classifier`` as a bundle directory at ``path``, atomically.
 
     Parameters
@@ -134,6 +183,11 @@ def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, ove
         The bundle directory.
     overwrite
         Replace an existing classifier bundle there (anything else there is never replaced).
+    backbone
+        The classifier's own image tower (a CLIP-IT student, LoRA merged): written as the
+        image-only bundle ``path/backbone`` (no text-tower weights), and the manifest's backbone
+        is ``source: bundle``; ``classifier.model`` / ``model_id`` then name the base model it
+        was trained from. None: the backbone is ``classifier.model`` unchanged (``registry``).
 
     Returns
     -------
@@ -156,7 +210,7 @@ def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, ove
         "kind": KIND,
         "name": classifier.name,
         "weights": {"file": HEAD_FILE},
-        "head": {"type": HeadType.LINEAR.value, "n_classes": head.n_classes, "embed_dim": head.embed_dim},
+        "head": head_manifest(head),
         "classes": [{"name": n, "color": list(c)} for n, c in zip(head.class_names, head.colors, strict=True)],
         "backbone": {"source": BackboneSource.REGISTRY.value, "model": classifier.model, "model_id": classifier.model_id},
         "tiles": _check_tiles(classifier.tiles, "classifier tiles"),
@@ -169,18 +223,20 @@ def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, ove
         json.dumps(manifest)
     except (TypeError, ValueError) as e:
         raise InputError(f"classifier {classifier.name!r}: its training card is not JSON-serialisable ({e})") from e
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        save_file({"weight": np.ascontiguousarray(head.weight), "bias": np.ascontiguousarray(head.bias)},
-                  str(tmp / HEAD_FILE))
+    with writing_bundle(target) as tmp:
+        if backbone is not None:
+            manifest["backbone"] = _save_backbone(classifier, backbone, tmp / BACKBONE_DIR)
+        save_file(head_tensors(head), str(tmp / HEAD_FILE))
         manifest["weights"].update(sha256=sha256_file(tmp / HEAD_FILE), bytes=(tmp / HEAD_FILE).stat().st_size)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
+
+
+def _choice(value: Any, choices: type[StrEnum], what: str, where: Path) -> Any:
+    if value not in {c.value for c in choices}:
+        raise BundleError(f"{where}: {what} {value!r} is not one this version reads ({[c.value for c in choices]}); "
+                          "upgrade napari-histoclip")
+    return choices(value)
 
 
 def read_classifier_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -193,43 +249,56 @@ def read_classifier_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     ModelError
         No manifest, of another kind or a newer format, or a field missing or malformed.
     """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise UnknownModelError(f"classifier bundle {root}: no such directory")
-    manifest = read_manifest(root)
-    where = root / MANIFEST_NAME
-    if manifest.get("kind") != KIND:
-        raise BundleError(f"{where}: a {manifest.get('kind')!r} bundle, not a classifier ({KIND!r}); pass a classifier bundle")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise BundleError(f"{where}: format_version {version!r} is not supported (this version reads "
-                          f"<= {FORMAT_VERSION}); upgrade napari-histoclip")
-    missing = [k for k in ("name", "weights", "head", "classes", "backbone", "tiles") if k not in manifest]
-    if missing:
-        raise BundleError(f"{where}: missing fields {missing}")
-    head = manifest["head"]
-    if not isinstance(head, dict) or head.get("type") not in {t.value for t in HeadType}:
-        raise BundleError(f"{where}: head type {head.get('type') if isinstance(head, dict) else head!r} is not one of "
-                          f"{[t.value for t in HeadType]}")
-    backbone = manifest["backbone"]
-    if not isinstance(backbone, dict) or backbone.get("source") not in {s.value for s in BackboneSource}:
-        raise BundleError(f"{where}: backbone source {backbone.get('source') if isinstance(backbone, dict) else backbone!r} "
-                          f"is not one this version reads ({[s.value for s in BackboneSource]}); upgrade napari-histoclip")
+    manifest = read_kind_manifest(path, KIND, "classifier", REQUIRED, FORMAT_VERSION)
+    where = Path(path).expanduser() / MANIFEST_NAME
+    head, backbone = manifest["head"], manifest["backbone"]
+    _choice(head.get("type") if isinstance(head, dict) else head, HeadType, "head type", where)
+    source = _choice(backbone.get("source") if isinstance(backbone, dict) else backbone, BackboneSource,
+                     "backbone source", where)
     if not isinstance(backbone.get("model"), str) or not isinstance(backbone.get("model_id"), str):
         raise BundleError(f"{where}: backbone needs string 'model' and 'model_id', got {backbone!r}")
+    if source is BackboneSource.BUNDLE and not isinstance(backbone.get("path"), str):
+        raise BundleError(f"{where}: a 'bundle' backbone needs 'path' (the backbone folder), got {backbone!r}")
     classes = manifest["classes"]
     if not isinstance(classes, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in classes):
         raise BundleError(f"{where}: 'classes' must be a list of {{'name': ..., 'color': [r, g, b]}}")
     return manifest
 
 
+def _backbone_dir(root: Path, backbone: Mapping[str, Any]) -> Path:
+    """The checked ``backbone/`` folder of a ``bundle`` backbone: an image-only CLIP bundle whose
+    weights are the ones the classifier recorded (the weights file itself is hashed when loaded)."""
+    where = root / MANIFEST_NAME
+    folder = _subdir(root, backbone, "path")
+    if folder is None:
+        raise BundleError(f"{where}: backbone 'path' is null; a 'bundle' backbone names its folder")
+    sub = read_manifest(folder)
+    if sub.get("kind") != BundleKind.CLIP.value or towers_of(sub, folder / MANIFEST_NAME) is not Towers.IMAGE:
+        raise BundleError(f"{folder}: the backbone of {root.name} must be an image-only 'clip' bundle "
+                          f"(kind {sub.get('kind')!r}, towers {sub.get('towers')!r})")
+    sha = (sub.get("weights") or {}).get("sha256") if isinstance(sub.get("weights"), dict) else None
+    recorded = backbone.get("sha256")
+    model_id = bundle_model_id(str(sub.get("name")), str(sha)) if isinstance(sha, str) else None
+    if (isinstance(recorded, str) and sha != recorded) or model_id != backbone["model_id"]:
+        raise BundleError(
+            f"{folder}: the backbone was replaced or tampered with (its manifest says weights sha256 "
+            f"{str(sha)[:12]}... = {model_id!r}, but {where.name} of {root.name} recorded "
+            f"{str(recorded)[:12]}... = {backbone['model_id']!r}); copy the whole classifier bundle again"
+        )
+    return folder
+
+
 def load_classifier(path: str | os.PathLike[str]) -> Classifier:
     """Load a classifier bundle (safetensors; the weights' sha256 is checked).
+
+    For a ``bundle`` backbone, ``Classifier.model`` is the absolute path of its ``backbone/``
+    folder (load it with ``load_model``) and ``model_id`` its recorded model id.
 
     Raises
     ------
     UnknownModelError, ModelError
-        See :func:`read_classifier_manifest`; also corrupt or ill-shaped weights.
+        See :func:`read_classifier_manifest`; also corrupt or ill-shaped weights, a backbone
+        that is not the one recorded.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -237,16 +306,20 @@ def load_classifier(path: str | os.PathLike[str]) -> Classifier:
     root = Path(path).expanduser().resolve()
     manifest = read_classifier_manifest(root)
     where = root / MANIFEST_NAME
+    backbone = manifest["backbone"]
+    source = BackboneSource(backbone["source"])
+    model = str(_backbone_dir(root, backbone)) if source is BackboneSource.BUNDLE else backbone["model"]
     weights, _ = _verified_weights(root, manifest)
     try:
         tensors = load_file(str(weights))
-        weight, bias = tensors["weight"], tensors["bias"]
-    except (SafetensorError, OSError, KeyError) as e:
-        raise BundleError(f"{weights}: cannot read the head's 'weight' and 'bias' ({e})") from e
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"{weights}: cannot read the head's tensors ({e})") from e
     classes = manifest["classes"]
     colors = [tuple(c.get("color") or (127, 127, 127)) for c in classes]
     try:
-        head = LinearHead(tuple(c["name"] for c in classes), tuple(colors), weight, bias)
+        head = head_from_tensors(manifest["head"], tensors, [c["name"] for c in classes], colors)
+    except KeyError as e:
+        raise BundleError(f"{weights}: the {manifest['head']['type']} head's tensor {e} is missing") from e
     except InputError as e:
         raise BundleError(f"{where}: {e}") from e
     if head.n_classes < 2:
@@ -255,10 +328,13 @@ def load_classifier(path: str | os.PathLike[str]) -> Classifier:
     return Classifier(
         name=str(manifest["name"]),
         head=head,
-        model=manifest["backbone"]["model"],
-        model_id=manifest["backbone"]["model_id"],
+        model=model,
+        model_id=backbone["model_id"],
         tiles=_check_tiles(manifest["tiles"], where),
         unknown_threshold=None if threshold is None else float(threshold),
         card=dict(manifest.get("card") or {}),
         path=root,
+        backbone_source=source,
+        trained_from=backbone.get("trained_from"),
+        trained_from_id=backbone.get("trained_from_id"),
     )

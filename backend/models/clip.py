@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from backend.errors import InputError
+from backend.errors import InputError, ModelError
 from backend.models.preprocess import preprocess_batch
 from backend.models.registry import ModelEntry, ModelFamily, Preprocessing
 
@@ -46,6 +46,10 @@ class ClipModel:
     """
 
     family: ModelFamily
+    # An image-only bundle (a classifier's backbone) has no trained text tower: text calls
+    # raise ModelError. ``trained_from`` names the model it was derived from (for the message).
+    image_only: bool = False
+    trained_from: str | None = None
 
     def __init__(
         self,
@@ -108,8 +112,23 @@ class ClipModel:
         with torch.inference_mode():
             return self._encode(self._image_features, pixels.to(self.device, torch.float32))
 
+    def _check_text_tower(self) -> None:
+        if self.image_only:
+            base = f"; encode text with the model it was trained from ({self.trained_from})" if self.trained_from else ""
+            raise ModelError(
+                f"model {self.model_id!r} is an image-only model (a classifier's backbone): it has no text "
+                f"tower, so it cannot encode text (prompts, text queries, heatmaps){base}"
+            )
+
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Embed texts: float32 (B, D), unit norm."""
+        """Embed texts: float32 (B, D), unit norm.
+
+        Raises
+        ------
+        ModelError
+            The model is image-only (a classifier's backbone).
+        """
+        self._check_text_tower()
         texts = _check_texts(texts)
         if not texts:  # some tokenizers reject an empty batch
             return torch.zeros((0, self.embed_dim), dtype=torch.float32, device=self.device)
@@ -118,6 +137,7 @@ class ClipModel:
 
     def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embed token ids from ``tokenize``: float32 (B, D), unit norm."""
+        self._check_text_tower()
         with torch.inference_mode():
             return self._encode(self._text_features, tokens.to(self.device))
 
@@ -156,6 +176,7 @@ class OpenClipModel(ClipModel):
         return float(self.module.logit_scale.detach().exp().item())
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        self._check_text_tower()
         tokens = self.tokenizer(_check_texts(texts), context_length=self.context_length)
         return tokens.to(self.device)
 

@@ -42,6 +42,7 @@ class HfClipModel(ClipModel):
         return float(self.module.logit_scale.detach().exp().item())
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        self._check_text_tower()
         # CLIP's text tower is causal and pools at the end-of-text token, so padding after it
         # cannot change the result: token ids alone are enough (no attention mask needed).
         out = self.tokenizer(
@@ -106,12 +107,13 @@ def load_state_dict_file(weights: Path) -> dict[str, torch.Tensor]:
 
 def build_hf_clip(
     config: dict[str, Any],
-    tokenizer_dir: Path,
+    tokenizer_dir: Path | None,
     *,
     weights: Path | None,
 ) -> tuple[torch.nn.Module, Any]:
     """A ``CLIPModel`` from a ``CLIPConfig`` dict and a weights file (loaded strictly), plus
-    the tokenizer in ``tokenizer_dir``. Local files only."""
+    the tokenizer in ``tokenizer_dir`` (None: no tokenizer, for an image-only model). Local
+    files only."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     try:
@@ -127,6 +129,8 @@ def build_hf_clip(
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ModelError(f"weights {weights} do not fit the model config: {e}") from e
+    if tokenizer_dir is None:
+        return module, None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:

@@ -162,6 +162,7 @@ class ModelEntry:
     description: str = ""
     random_weights: bool = False
     revision: str | None = None  # hub models: the commit, branch or tag to read (None: main)
+    image_only: bool = False  # a bundle of the image tower alone (a classifier's backbone): no text
 
     @property
     def hub_id(self) -> str | None:
@@ -416,7 +417,8 @@ def _bundle_entry(path: Path) -> ModelEntry:
 BUNDLE_KINDS: Mapping[str, str] = MappingProxyType({
     "clip": "CLIP model (backend.models.load_model)",
     "clipcap": "captioner (backend.caption.load_captioner)",
-    "classifier": "tile classifier over a CLIP model's embeddings (backend.models.classifier.load_classifier)",
+    "classifier": "tile classifier over a CLIP model's embeddings, or over its own image-only backbone "
+                  "(backend.models.classifier.load_classifier)",
 })
 
 
@@ -424,8 +426,10 @@ BUNDLE_KINDS: Mapping[str, str] = MappingProxyType({
 class BundleInfo:
     """A bundle directory as the registry lists it, from its manifest alone.
 
-    ``model`` is the CLIP model a classifier or captioner works on (None for a CLIP bundle),
-    ``classes`` a classifier's class names.
+    ``model`` is the CLIP model a classifier or captioner works on (None for a CLIP bundle; for
+    a classifier with its own backbone, that backbone's folder), ``classes`` a classifier's
+    class names, ``trained_from`` the base model of a classifier's own backbone or of a CLIP
+    bundle, ``image_only`` whether a CLIP bundle (or a classifier's backbone) has no text tower.
     """
 
     path: str
@@ -434,6 +438,8 @@ class BundleInfo:
     description: str
     model: str | None = None
     classes: tuple[str, ...] = ()
+    trained_from: str | None = None
+    image_only: bool = False
 
 
 def describe_bundle(path: str | Path) -> BundleInfo:
@@ -453,13 +459,25 @@ def describe_bundle(path: str | Path) -> BundleInfo:
         )
     model: str | None = None
     classes: tuple[str, ...] = ()
+    trained_from: str | None = None
+    image_only = False
     if kind == "classifier":
         backbone = manifest.get("backbone")
-        model = str(backbone.get("model")) if isinstance(backbone, dict) else None
+        backbone = backbone if isinstance(backbone, dict) else {}
+        if backbone.get("source") == "bundle" and isinstance(backbone.get("path"), str):
+            model = str(Path(path) / backbone["path"])  # what it runs on: its own image-only backbone
+            trained_from, image_only = backbone.get("trained_from"), True
+        elif backbone.get("model") is not None:
+            model = str(backbone.get("model"))
         classes = tuple(str(c.get("name")) for c in manifest.get("classes") or () if isinstance(c, dict))
     elif kind == "clipcap":
         model = str(manifest.get("clip_model_id")) if manifest.get("clip_model_id") else None
-    return BundleInfo(str(Path(path)), str(kind), str(manifest.get("name", Path(path).name)), BUNDLE_KINDS[kind], model, classes)
+    elif kind == "clip":
+        trained_from = manifest.get("trained_from")
+        image_only = manifest.get("towers") == "image"
+    description = BUNDLE_KINDS[kind] + (" (image tower only)" if kind == "clip" and image_only else "")
+    return BundleInfo(str(Path(path)), str(kind), str(manifest.get("name", Path(path).name)), description, model,
+                      classes, None if trained_from is None else str(trained_from), image_only)
 
 
 def list_bundles(folder: str | Path, kind: str | None = None) -> list[BundleInfo]:

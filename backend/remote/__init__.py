@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from backend.remote.client import TOKEN_ENV, HttpBackend
 from backend.remote.wire import (
-    ApiVersionError, AuthError, JobInterruptedError, LimitError, RemoteError, ServerUnreachableError,
+    ApiVersionError, AuthError, CallTimeoutError, JobInterruptedError, LimitError, RemoteError, ServerUnreachableError,
 )
 
 __all__ = [
-    "ApiVersionError", "AuthError", "HttpBackend", "JobInterruptedError", "LimitError", "RemoteError",
+    "ApiVersionError", "AuthError", "CallTimeoutError", "HttpBackend", "JobInterruptedError", "LimitError", "RemoteError",
     "ServerUnreachableError", "TOKEN_ENV",
 ]

@@ -242,6 +242,21 @@ class HttpBackend:
 
         return self._get(f"/v1/slides/{quote(slide_id, safe='')}/thumbnail?size={int(size)}").content
 
+    def read_region(self, slide_id: str, level: int, location: tuple[int, int], size: tuple[int, int], *,
+                    format: str = "png") -> np.ndarray:
+        """Display pixels of the server's slide: ``(h, w, 3)`` uint8 RGB of ``size`` (w, h) pixels of
+        ``level`` whose top-left is the level-0 pixel ``location`` (``format`` png: lossless, or jpeg)."""
+        import io
+        from urllib.parse import quote
+
+        from PIL import Image
+
+        (x, y), (w, h) = location, size
+        r = self._get(f"/v1/slides/{quote(slide_id, safe='')}/region?level={int(level)}&x={int(x)}&y={int(y)}"
+                      f"&w={int(w)}&h={int(h)}&format={format}")
+        with Image.open(io.BytesIO(r.content)) as image:
+            return np.asarray(image.convert("RGB"))
+
     def indexes(self) -> list[dict[str, Any]]:
         return self._get("/v1/indexes").json()
 

@@ -294,7 +294,12 @@ def decode(tp: Any, body: bytes, content_type: str, where: str = "result") -> An
 
 # --- errors ----------------------------------------------------------------------------------
 
+class CallTimeoutError(errors.HistoclipError):
+    """The server stopped a call that ran past its time limit (504; ``--call-timeout``)."""
+
+
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (CallTimeoutError, 504),
     (errors.SlideNotFoundError, 404),
     (errors.UnknownModelError, 404),
     (errors.ModelMismatchError, 409),
@@ -319,7 +324,8 @@ def error_from_wire(payload: Any, status: int) -> errors.HistoclipError:
     if not isinstance(info, dict):
         return errors.HistoclipError(f"server answered {status} without an error description: {str(payload)[:200]}")
     name = str(info.get("type"))
-    remote = {c.__name__: c for c in (RemoteError, AuthError, ApiVersionError, LimitError, JobInterruptedError)}
+    remote = {c.__name__: c for c in (RemoteError, AuthError, ApiVersionError, LimitError, JobInterruptedError,
+                                      CallTimeoutError)}
     cls = remote.get(name) or getattr(errors, name, None)
     message = str(info.get("message", ""))
     if not (isinstance(cls, type) and issubclass(cls, errors.HistoclipError)):
@@ -363,7 +369,7 @@ def check_version(server_version: str, where: str) -> None:
 
 
 __all__ = [
-    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "EmbedRequest", "EncodeImageRequest",
+    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "CallTimeoutError", "EmbedRequest", "EncodeImageRequest",
     "EncodeResult", "EncodeTextRequest", "JSON_TYPE",
     "JobInterruptedError", "LimitError", "RemoteError", "ServerUnreachableError", "check_version",
     "decode", "encode", "error_from_wire", "error_to_wire", "from_plain", "pack", "to_plain", "unpack",

@@ -7,10 +7,12 @@ thread (see :mod:`backend.server.jobs`), and file-system walks run in the thread
 Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
 
     GET    /v1/health                 liveness and API version
-    GET    /v1/capabilities           API version, models, bundles, indexes, devices, limits, calls
+    GET    /v1/capabilities           API version, models, bundles, classifiers, indexes, devices, limits, calls
     GET    /v1/models                 the Backend's list_models()
     GET    /v1/slides, /v1/slides/ID  slides by opaque id (relative path, size; mpp, levels)
     GET    /v1/slides/ID/thumbnail    a PNG overview (``?size=`` long side, at most 2048)
+    GET    /v1/slides/ID/region       display pixels: ``?level=&x=&y=&w=&h=[&format=png|jpeg]``
+                                      (x, y level-0; w, h pixels of the level), PNG or JPEG
     GET    /v1/indexes                cohort indexes by id
     POST   /v1/calls/ROUTE            a Backend call (see backend.remote.wire.CALLS): 200 with
                                       the result when it finishes within the client's wait
@@ -137,11 +139,13 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             from dataclasses import asdict
 
             from backend.device import pick_device
+            from backend.server.classifiers import classifier_listing
 
             return {
                 "api_version": API_VERSION,
                 "models": [asdict(m) for m in state.backend.list_models()],
                 "bundles": [{"id": e.id, "name": e.relpath} for e in state.bundles.entries()],
+                "classifiers": classifier_listing(state),  # classes and backbone of the classifier bundles
                 "indexes": [{"id": e.id, "name": e.relpath} for e in state.indexes.entries()],
                 "device": str(pick_device(state.config.device)),
                 "workers": state.config.workers,
@@ -168,30 +172,43 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             raise InputError(f"size: a thumbnail is 16 to 2048 pixels on its long side, got {size}")
 
         def render() -> bytes:
-            import io
+            from backend.server.pixels import TileFormat, encode_tile
 
-            from PIL import Image
-
-            from backend.slides import open_slide
-
-            with open_slide(state.slides.resolve(slide_id)) as s:
-                buf = io.BytesIO()
-                Image.fromarray(s.thumbnail(size)).save(buf, format="PNG")
-                return buf.getvalue()
+            with state.pixels.slide(state.slides.resolve(slide_id)) as s:
+                return encode_tile(s.thumbnail(size), TileFormat.PNG)
 
         return Response(await run_in_threadpool(render), media_type="image/png")
+
+    @app.get("/v1/slides/{slide_id:path}/region")
+    async def region(slide_id: str, request: Request, level: int, x: int, y: int, w: int, h: int,
+                     format: str = "png") -> Response:
+        """Pixels of one level for display (the dock's streamed slide layer reads its chunks here)."""
+        from backend.server.pixels import MEDIA, TileFormat, check_region, encode_tile
+
+        request.state.audit["slide"] = slide_id[:64]
+        try:
+            fmt = TileFormat(format)
+        except ValueError as e:
+            raise InputError(f"format: {format[:20]!r} is not one of {', '.join(TileFormat)}") from e
+
+        def read() -> bytes:
+            with state.pixels.slide(state.slides.resolve(slide_id)) as s:
+                check_region(s, level, x, y, w, h, state.config.limits.max_tile_pixels)
+                return encode_tile(s.read_region((x, y), level, (w, h)), fmt)
+
+        return Response(await run_in_threadpool(read), media_type=MEDIA[fmt],
+                        headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/v1/slides/{slide_id:path}")
     async def slide(slide_id: str, request: Request) -> dict[str, Any]:
         request.state.audit["slide"] = slide_id[:64]
 
         def describe() -> dict[str, Any]:
-            from backend.slides import open_slide
-
             entry = state.slides.lookup(slide_id)
-            with open_slide(state.slides.resolve(slide_id)) as s:
+            with state.pixels.slide(state.slides.resolve(slide_id)) as s:
                 return {"id": entry.id, "name": entry.relpath, "bytes": entry.size, "mpp": s.mpp,
-                        "levels": [list(d) for d in s.level_dimensions], "fingerprint": s.fingerprint}
+                        "levels": [list(d) for d in s.level_dimensions],
+                        "downsamples": [float(d) for d in s.level_downsamples], "fingerprint": s.fingerprint}
 
         return await run_in_threadpool(describe)
 
@@ -263,7 +280,10 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             return JSONResponse({"error": {"type": "HistoclipError", "message": f"job {j.id} is still {j.state}"}},
                                 status_code=409)
         if j.state is JobState.DONE and j.restored:
-            raise InputError(f"job {j.id}: its result was not kept over a server restart; run the call again")
+            stored = await run_in_threadpool(state.jobs.stored_result, j)
+            if stored is None:
+                raise InputError(f"job {j.id}: its result was not kept over a server restart; run the call again")
+            return Response(stored[0], media_type=stored[1])
         return _result_response(j, state)
 
     @app.get("/v1/jobs/{job_id}/events")

@@ -62,8 +62,7 @@ class TokenStore:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         data = {"tokens": [{"name": n, "sha256": h, "created": created} for n, h in self._entries]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps(data, indent=1))
-        os.chmod(self.path, 0o600)
+        atomic_write_text(self.path, json.dumps(data, indent=1), mode=0o600)
         return token
 
     def check(self, token: str | None) -> str | None:

@@ -6,6 +6,11 @@ up in a table made by walking the roots, so no client string is ever joined to a
 does not follow symlinked folders, and a symlinked file is listed only when its target is
 inside a root. Before an entry is used its real path is checked again (a link may have been
 swapped since the walk): still inside its root, still a file (or folder) of the right kind.
+
+Which paths are slides is the backend's one rule (``backend.slides.slide_target``, the rule of
+``expand_slides``): slide files and DICOM WSI folders (one slide, however many ``.dcm`` files);
+a ``.dcm`` file is part of its folder's slide, not a slide of its own. A DICOM folder is served
+only when every one of its ``.dcm`` files resolves inside the root.
 """
 
 from __future__ import annotations
@@ -48,6 +53,17 @@ def _inside(path: str, root: Path) -> bool:
     return os.path.commonpath([real, str(root)]) == str(root)
 
 
+def _size(path: str, is_dir: bool, kind: EntryKind) -> int:
+    """Bytes of a slide: the file, or the ``.dcm`` files of a DICOM folder (0 for other folders)."""
+    if not is_dir:
+        return os.stat(path).st_size
+    if kind is not EntryKind.SLIDE:
+        return 0
+    from backend.slides.dicom import dicom_files
+
+    return sum(f.stat().st_size for f in dicom_files(Path(path)))
+
+
 class Catalog:
     """The entries of one kind under ``roots`` (absolute, real paths); safe from any thread."""
 
@@ -58,17 +74,17 @@ class Catalog:
         self._entries: dict[str, Entry] = {}
         self._by_path: dict[str, Entry] = {}
         self._scanned = -1e9
-        if kind is EntryKind.SLIDE:
-            from backend.slides import SLIDE_SUFFIXES
-
-            # A .dcm file is one instance of a DICOM slide, not a slide of its own.
-            self._suffixes = tuple(s for s in SLIDE_SUFFIXES if s != ".dcm")
 
     # --- walking ------------------------------------------------------------------------------
 
-    def _accept(self, path: str, is_dir: bool) -> bool:
+    def _accept(self, path: str, is_dir: bool, root: Path) -> bool:
         if self.kind is EntryKind.SLIDE:
-            return not is_dir and path.lower().endswith(self._suffixes) and os.path.isfile(path)
+            from backend.slides.dicom import dicom_files
+            from backend.slides.folders import slide_target
+
+            if is_dir != os.path.isdir(path) or slide_target(path) != Path(path):
+                return False  # not a slide by the backend's rule (a .dcm file, a MIRAX data folder ...)
+            return not is_dir or all(_inside(str(f), root) for f in dicom_files(Path(path)))
         marker = "meta.sqlite" if self.kind is EntryKind.INDEX else "histoclip.json"
         return is_dir and os.path.isfile(os.path.join(path, marker))
 
@@ -80,16 +96,15 @@ class Catalog:
                 names = [(f, False) for f in sorted(files)] + [(d, True) for d in dirs]
                 for name, is_dir in names:
                     path = os.path.join(top, name)
-                    if name.startswith(".") or not self._accept(path, is_dir) or not _inside(path, root):
+                    if name.startswith(".") or not self._accept(path, is_dir, root) or not _inside(path, root):
                         continue
                     rel = Path(path).relative_to(root).as_posix()
                     key = hashlib.sha256(f"{self.kind}\0{root}\0{rel}".encode()).hexdigest()[:16]
-                    size = os.stat(path).st_size if not is_dir else 0
-                    found[key] = Entry(key, rel, root, Path(path), size)
+                    found[key] = Entry(key, rel, root, Path(path), _size(path, is_dir, self.kind))
                     if len(found) >= MAX_ENTRIES:
                         return found
-                if self.kind is not EntryKind.SLIDE:
-                    dirs[:] = [d for d in dirs if not self._accept(os.path.join(top, d), True)]
+                # An accepted folder (an index, a bundle, a DICOM slide) is one entry: not walked into.
+                dirs[:] = [d for d in dirs if not self._accept(os.path.join(top, d), True, root)]
         return found
 
     def entries(self, *, refresh: bool = False) -> list[Entry]:
@@ -102,6 +117,13 @@ class Catalog:
                 self._by_path = {str(e.path): e for e in self._entries.values()}
                 self._scanned = now
             return list(self._entries.values())
+
+    def invalidate(self) -> None:
+        """Walk the roots again at the next lookup: the server has just written an entry (an
+        index, a bundle). Without this a name looked up within the rescan gap of the walk made
+        when the call started is "not on this server" though it was just built."""
+        with self._lock:
+            self._scanned = -1e9
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -144,8 +166,9 @@ class Catalog:
 
     def _still_valid(self, entry: Entry) -> bool:
         path = str(entry.path)
-        is_dir = self.kind is not EntryKind.SLIDE
-        return os.path.lexists(path) and _inside(path, entry.root) and self._accept(os.path.realpath(path), is_dir)
+        is_dir = os.path.isdir(path) if self.kind is EntryKind.SLIDE else True
+        return (os.path.lexists(path) and _inside(path, entry.root)
+                and self._accept(os.path.realpath(path), is_dir, entry.root))
 
     def _missing(self, key: str) -> Exception:
         """A slide not on the server is a SlideNotFoundError, a bundle an UnknownModelError, an

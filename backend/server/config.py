@@ -24,6 +24,7 @@ class Limits:
     max_regions: int = 64
     max_region_pixels: int = 16384 * 16384  # level-0 pixels of one region's bounding box
     max_k: int = 1000
+    max_tile_pixels: int = 2048 * 2048  # pixels of one display region (/v1/slides/ID/region)
     max_jobs_per_token: int = 4
     max_queued: int = 64
     retry_after_s: int = 2
@@ -54,6 +55,10 @@ class ServerConfig:
     batch_max, batch_wait_ms
         Cross-client batching of ``/v1/encode/*``: at most this many items per model call, the
         first waiting at most this long for company.
+    call_timeout_s, call_timeouts
+        The longest a call may run once a worker takes it (None: no limit), and per-route
+        limits (``(("zero-shot", 60.0), ...)``) that take precedence. A call past its limit is
+        stopped at its next batch (what it embedded stays cached) and answered with 504.
     """
 
     slide_roots: tuple[Path, ...] = ()
@@ -72,6 +77,12 @@ class ServerConfig:
     batch_max: int = 32  # cross-client encoding: items per model call (1: no batching)
     batch_wait_ms: float = 5.0  # and how long the first item waits for others
     limits: Limits = field(default_factory=Limits)
+    call_timeout_s: float | None = None
+    call_timeouts: tuple[tuple[str, float], ...] = ()
+
+    def timeout_for(self, route: str) -> float | None:
+        """Seconds the call ``route`` may run (None: no limit)."""
+        return dict(self.call_timeouts).get(route, self.call_timeout_s)
 
     @property
     def tokens_path(self) -> Path:

@@ -3,9 +3,11 @@
 Each job keeps its progress events (numbered, so a client that lost its event stream
 reattaches with ``Last-Event-ID`` and misses nothing) and, once done, its result in memory.
 Jobs handed to a client (202) are recorded on disk (``state_dir/jobs/ID.json``, written
-atomically at each change of state and at most once a second for progress); a server that
-starts finds the records of jobs that were queued or running and marks them ``interrupted``.
-Their work is not lost: the embedding cache keeps every finished batch, so a rerun resumes.
+atomically at each change of state and at most once a second for progress), and so is the
+result of one that finished (``ID.result``, the bytes ``/v1/jobs/ID/result`` sends), so a
+restarted server still serves it; a server that starts finds the records of jobs that were
+queued or running and marks them ``interrupted``. Their work is not lost: the embedding cache
+keeps every finished batch, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Job:
     result: Any = None
     exc: BaseException | None = None  # what the call raised: a direct answer sends its status
     persisted: bool = False
-    restored: bool = False  # read from disk at start: its result (if any) was not kept
+    restored: bool = False  # read from disk at start: its result, if any, is in ID.result
     cancel: threading.Event = field(default_factory=threading.Event)
     events: list[dict[str, Any]] = field(default_factory=list)
     _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
@@ -174,6 +176,26 @@ class JobManager:
         """Keep ``job`` on disk from now on (it was handed to a client)."""
         job.persisted = True
         self._save(job, force=True)
+        if job.state is JobState.DONE:  # it finished before it was handed out
+            self._save_result(job)
+
+    def _save_result(self, job: Job) -> None:
+        from backend.atomic import atomic_path
+        from backend.remote.wire import encode
+
+        body, _ = encode(job.result)
+        with atomic_path(self.dir / f"{job.id}.result") as tmp:
+            tmp.write_bytes(body)
+
+    def stored_result(self, job: Job) -> tuple[bytes, str] | None:
+        """The body and content type of the result a finished job left on disk, if it did."""
+        from backend.remote.wire import BUNDLE_TYPE, JSON_TYPE, MAGIC
+
+        try:
+            body = (self.dir / f"{job.id}.result").read_bytes()
+        except FileNotFoundError:
+            return None
+        return body, BUNDLE_TYPE if body.startswith(MAGIC) else JSON_TYPE
 
     # --- the queue --------------------------------------------------------------------------
 
@@ -201,6 +223,7 @@ class JobManager:
             del self._jobs[j.id]
             if j.persisted:
                 (self.dir / f"{j.id}.json").unlink(missing_ok=True)
+                (self.dir / f"{j.id}.result").unlink(missing_ok=True)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -266,6 +289,11 @@ class JobManager:
             stats[0] += 1
             stats[1] += job.finished - job.started
         self._save(job, force=True)
+        if state is JobState.DONE and job.persisted:
+            try:
+                self._save_result(job)
+            except OSError as e:  # the client that waits still gets it from memory
+                log.warning("job %s: its result could not be kept on disk (%s)", job.id, e)
         job.emit("end", job.record())
 
     def progress_of(self, job: Job) -> Callable[[Progress], None]:

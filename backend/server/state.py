@@ -25,7 +25,8 @@ from typing import Any
 
 from backend import api
 from backend.errors import InputError, UnknownModelError
-from backend.remote.wire import Call, EmbedRequest
+from backend.errors import CancelledError
+from backend.remote.wire import Call, CallTimeoutError, EmbedRequest
 from backend.server.auth import TokenStore
 from backend.server.catalog import Catalog, EntryKind
 from backend.server.config import ServerConfig
@@ -57,12 +58,16 @@ class ServerState:
         from backend.server.batching import Encoders
 
         self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
+        from backend.server.pixels import SlidePool
+
+        self.pixels = SlidePool()  # open slides for display tiles, thumbnails and slide info
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self.jobs.close()
         self.batcher.close()
+        self.pixels.close()
         close = getattr(self.backend, "close", None)
         if close is None:
             return
@@ -198,10 +203,37 @@ class ServerState:
             kwargs["progress"] = self.jobs.progress_of(job)
         if "cancel" in params:
             kwargs["cancel"] = job.cancel
-        if isinstance(request, EmbedRequest):
-            result = method(request.slide, request.model, request.tiles, **kwargs)
-        else:
-            result = method(request, **kwargs)
+        writes = {"build_index": self.indexes, "save_classifier": self.bundles}.get(call.method)
+        limit = self.config.timeout_for(call.route)
+        expired = threading.Event()
+        timer = None
+        if limit is not None:  # counted from when a worker takes the call, not while it queues
+
+            def expire() -> None:
+                expired.set()
+                job.cancel.set()  # the backend stops at its next check (the next batch)
+
+            timer = threading.Timer(limit, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            if isinstance(request, EmbedRequest):
+                result = method(request.slide, request.model, request.tiles, **kwargs)
+            else:
+                result = method(request, **kwargs)
+        except CancelledError as e:
+            if expired.is_set():
+                raise CallTimeoutError(
+                    f"{call.route}: stopped after {limit:g} s, this server's time limit for the call "
+                    "(histoclip serve --call-timeout); what was embedded stays cached, so running it "
+                    "again resumes"
+                ) from e
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if writes is not None:  # even a failed build may have written an index that can be resumed
+                writes.invalidate()
         return self.public(result)
 
     def slide_of(self, request: Any) -> str:
@@ -210,4 +242,6 @@ class ServerState:
         if isinstance(slide, api.SlideRef):
             return slide.path
         slides = getattr(request, "slides", None)
-        return ",".join(slides)[:200] if slides else ""
+        # IndexRequest lists slide names; SaveClassifierRequest the marks of each slide (SlideMarks).
+        names = [s if isinstance(s, str) else str(getattr(getattr(s, "slide", None), "path", "")) for s in slides or ()]
+        return ",".join(names)[:200]

@@ -173,8 +173,9 @@ class Slide:
         if self.mpp is None:
             raise MissingMppError(
                 self.path,
-                "no microns-per-pixel in the slide's metadata; pass it explicitly "
-                "(the slide's own µm/px, e.g. --slide-mpp 0.25 on the command line, or open_slide(path, mpp=0.25))",
+                "no microns-per-pixel in the slide's metadata; give the slide's own µm/px: --slide-mpp 0.25 "
+                "on the command line, the µm/px field under Slide in napari's HistoCLIP dock, or "
+                "open_slide(path, mpp=0.25) in Python",
             )
         return self.mpp
 

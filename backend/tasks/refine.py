@@ -59,65 +59,8 @@ import numpy as np
 
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
-from backend.tasks.zero_shot import PALETTE, ClassMap
-
-
-@dataclass(frozen=True, eq=False)
-class LinearHead:
-    """A linear classifier over L2-normalised tile embeddings: ``logits = weight @ x + bias``.
-
-    Attributes
-    ----------
-    class_names : tuple of str
-        The classes, in row order.
-    colors : tuple of RGB
-        One colour per class (the map's legend).
-    weight : (C, D) float32
-    bias : (C,) float32
-    """
-
-    class_names: tuple[str, ...]
-    colors: tuple[tuple[int, int, int], ...]
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def __post_init__(self) -> None:
-        w = np.ascontiguousarray(self.weight, dtype=np.float32)
-        b = np.ascontiguousarray(self.bias, dtype=np.float32).reshape(-1)
-        n = len(self.class_names)
-        if w.ndim != 2 or len(w) != n or b.shape != (n,) or len(self.colors) != n:
-            raise InputError(
-                f"classifier head: {n} class names, {len(self.colors)} colours, weight {w.shape} and "
-                f"bias {b.shape} do not agree (expected weight (C, D) and bias (C,) with C = {n})"
-            )
-        if not (np.isfinite(w).all() and np.isfinite(b).all()):
-            raise InputError("classifier head: weight or bias holds NaN or infinity")
-        w.setflags(write=False)
-        b.setflags(write=False)
-        object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "bias", b)
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-        object.__setattr__(self, "colors", tuple(tuple(int(v) for v in c) for c in self.colors))
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.weight.shape[1])
-
-    def extended(self, new_names: Sequence[str]) -> LinearHead:
-        """This head with classes ``new_names`` appended, each starting as the mean of the rows."""
-        new = [n for n in new_names if n not in self.class_names]
-        if not new:
-            return self
-        w = np.concatenate([self.weight, np.repeat(self.weight.mean(axis=0, keepdims=True), len(new), axis=0)])
-        b = np.concatenate([self.bias, np.full(len(new), self.bias.mean(), np.float32)])
-        used = set(self.colors)
-        free = [c for c in PALETTE if c not in used] or list(PALETTE)
-        colors = self.colors + tuple(free[i % len(free)] for i in range(len(new)))
-        return LinearHead((*self.class_names, *new), colors, w, b)
+from backend.models.heads import FusionHead, LinearHead  # LinearHead re-exported: it lived here
+from backend.tasks.zero_shot import ClassMap
 
 
 def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequence[str],
@@ -127,12 +70,14 @@ def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequen
     return LinearHead(tuple(class_names), tuple(colors), weight, np.zeros(len(class_names), np.float32))
 
 
-def head_class_map(embeddings: SlideEmbeddings, head: LinearHead, *, unknown_threshold: float | None = None,
-                   templates: tuple[str, ...] = (), model_id: str | None = None) -> ClassMap:
+def head_class_map(embeddings: SlideEmbeddings, head: LinearHead | FusionHead, *,
+                   unknown_threshold: float | None = None, templates: tuple[str, ...] = (),
+                   model_id: str | None = None) -> ClassMap:
     """Apply ``head`` to every tile of ``embeddings``: the class map (softmax of the logits).
 
-    Computed as :func:`backend.tasks.zero_shot.classify` does (the same operations in the same
-    order), so the zero-shot head (:func:`text_head`) gives the zero-shot map bit for bit.
+    A linear head is computed as :func:`backend.tasks.zero_shot.classify` does (the same
+    operations in the same order), so the zero-shot head (:func:`text_head`) gives the
+    zero-shot map bit for bit; a late-fusion head through its own ``logits``.
     """
     if head.embed_dim != embeddings.embed_dim:
         raise ModelMismatchError(
@@ -141,9 +86,12 @@ def head_class_map(embeddings: SlideEmbeddings, head: LinearHead, *, unknown_thr
         )
     if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
         raise InputError(f"unknown_threshold: must be within [0, 1], got {unknown_threshold}")
-    logits = head.weight @ embeddings.vectors.T  # (C, N): reductions over contiguous rows
-    if head.bias.any():
-        logits += head.bias[:, None]
+    if isinstance(head, LinearHead):
+        logits = head.weight @ embeddings.vectors.T  # (C, N): reductions over contiguous rows
+        if head.bias.any():
+            logits += head.bias[:, None]
+    else:
+        logits = np.ascontiguousarray(head.logits(embeddings.vectors).T)
     logits -= logits.max(axis=0)
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=0)

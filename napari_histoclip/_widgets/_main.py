@@ -19,7 +19,8 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
-
+from napari_histoclip._mpp import is_user_mpp, missing_mpp_message, parse_mpp, set_slide_mpp, watch_units
+from napari_histoclip._mpp_memory import MppMemory
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line
 
@@ -102,8 +103,18 @@ class HistoclipWidget(QWidget):
         self.model_other.native.setPlaceholderText("hf-hub:ORG/REPO or a model bundle folder")
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.slide = ComboBox(label="Slide", choices=self._slide_choices, tooltip="the slide layer to work on")
+        self.mpp = LineEdit(label="µm/px", tooltip="µm per level-0 pixel of a slide whose metadata has none "
+                            "(remembered for that slide); from the metadata otherwise")
+        self.mpp.native.editingFinished.connect(self._mpp_typed)
+        self.slide.changed.connect(self._show_mpp)
+        self._mpp_memory = MppMemory(self)
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
-        self.header = Container(widgets=[self.model, self.model_other, self.device, self.slide, self.embed_button])
+        self.header = Container(widgets=[self.model, self.model_other, self.device, self.slide, self.mpp,
+                                          self.embed_button])
+        from napari_histoclip._widgets._backend_picker import BackendPicker  # this computer or a server (issue 12)
+
+        self.backend_picker = BackendPicker(self)
+        self.header.insert(0, self.backend_picker)
         self.device.changed.connect(self._device_changed)
         self.embed_button.changed.connect(self.embed)
 
@@ -144,6 +155,7 @@ class HistoclipWidget(QWidget):
         self._viewer_events = (events.inserted, events.removed, events.reordered)
         for ev in self._viewer_events:
             ev.connect(self._layers_changed)
+        watch_units(viewer)  # slides with and without mpp in one unit (napari_histoclip._mpp)
         # A closed dock must stop listening, or the viewer's events reach deleted Qt widgets.
         # napari's close button only unparents the dock's widget (see event()); quitting
         # destroys it.
@@ -152,6 +164,9 @@ class HistoclipWidget(QWidget):
         self.destroyed.connect(lambda *_: self.disconnect_viewer())
         self.refresh_models()
         self._restore_settings()
+        for layer in slide_layers(viewer.layers):
+            self._mpp_memory.recall(layer)
+        self._show_mpp()
         for widget in (self.model, self.model_other, self.search.index):
             widget.changed.connect(self._remember)
 
@@ -210,8 +225,12 @@ class HistoclipWidget(QWidget):
         return layer, info
 
     def slide_ref(self, info: SlideInfo) -> Any:
+        """The slide for a request, with the µm/px the user gave when its metadata has none
+        (the backend uses it only then); a UserError saying where to give it when missing."""
         from backend.api import SlideRef
 
+        if info.mpp is None:
+            raise UserError(missing_mpp_message(info.name))
         return SlideRef(info.path, info.mpp)
 
     def run(self, label: str, fn: Callable[..., Any], on_done: Callable[[Any], None]) -> bool:
@@ -261,12 +280,34 @@ class HistoclipWidget(QWidget):
         """Ask the running task to stop (the footer says so until it has)."""
         self.runner.cancel()
 
+    @handler
+    def set_mpp(self, text: str) -> None:
+        """Give the chosen slide (which has no mpp of its own) the µm/px ``text`` (empty: none);
+        remembered for the slide; its layers are rescaled to µm."""
+        layer = self.slide.value
+        info = slide_of(layer) if layer is not None else None
+        if layer is None or info is None:
+            raise UserError("µm/px: open a whole-slide image first")
+        if info.mpp is not None and not is_user_mpp(layer):
+            raise UserError(f"µm/px: {info.name} records {info.mpp:.4g} µm/px in its metadata, which is used")
+        try:
+            value = parse_mpp(text, info.name)
+        except ValueError as e:
+            raise UserError(str(e)) from e
+        if value != info.mpp:
+            set_slide_mpp(self.viewer.layers, info.path, value)
+            self._mpp_memory.remember(info.path, value)
+        self._show_mpp()
+
     # --- internals ------------------------------------------------------------------------
 
     def _slide_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(lyr.name, lyr) for lyr in slide_layers(self.viewer.layers)]
 
     def _layers_changed(self, event: Any = None) -> None:
+        added = getattr(event, "value", None)
+        if event is not None and getattr(event, "type", "") == "inserted" and added in slide_layers([added]):
+            self._mpp_memory.recall(added)
         before = self.slide.value
         self.slide.reset_choices()
         added = getattr(event, "value", None)
@@ -277,6 +318,26 @@ class HistoclipWidget(QWidget):
         for panel in (self.zero_shot, self.captions, self.search, self.export):
             panel.reset_choices()
 
+    def _show_mpp(self, *_: Any) -> None:
+        """The µm/px field follows the chosen slide: its metadata's (read only), the user's, or
+        empty with a hint when it has none."""
+        layer = self.slide.value
+        info = slide_of(layer) if layer is not None else None
+        edit = self.mpp.native
+        if info is None:
+            self.mpp.value, hint, editable = "", "open a slide", False
+        elif info.mpp is not None and not is_user_mpp(layer):
+            self.mpp.value, hint, editable = f"{info.mpp:.4g}", "", False
+        else:
+            self.mpp.value = f"{info.mpp:.6g}" if info.mpp else ""
+            hint, editable = "not in the slide's metadata: type it (e.g. 0.25 for 40x)", True
+        edit.setPlaceholderText(hint)
+        edit.setReadOnly(not editable)
+
+    def _mpp_typed(self) -> None:
+        if not self.mpp.native.isReadOnly():
+            self.set_mpp(self.mpp.value)
+
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
         # An injected backend (a remote one especially) picks its own device: it is kept.
@@ -285,7 +346,7 @@ class HistoclipWidget(QWidget):
         self._close_backend()
 
     def _settings_now(self) -> DockSettings:
-        return DockSettings().updated(
+        return load_settings().updated(
             model=self.model.value, model_other=str(self.model_other.value).strip(),
             index=_path_text(self.search.index.value),
         )

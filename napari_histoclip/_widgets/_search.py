@@ -79,6 +79,50 @@ def _icon(pixels: np.ndarray | None) -> QIcon:
                                                  Qt.TransformationMode.SmoothTransformation))
 
 
+def build_with_user_mpp(
+    backend: Any,
+    slides: list[str],
+    index: str,
+    model: str,
+    remembered: dict[str, float],
+    given: dict[str, float],
+    progress: Any,
+    cancel: Any,
+) -> tuple[Any, list[str]]:
+    """Build the index of ``slides`` (in a worker), the slides without mpp with their user
+    µm/px (``IndexRequest.slide_mpp``, one request per value); returns the last ``IndexInfo``
+    with every request's failures, and the slides left out for want of a µm/px."""
+    from dataclasses import replace
+
+    from backend.api import IndexRequest, Progress
+
+    from napari_histoclip._mpp import plan_index
+
+    groups, missing = plan_index(slides, remembered, given, cancel)
+    # Slides with their own mpp first (slide_mpp None), then one request per user value.
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0.0))
+    total = sum(len(paths) for _, paths in ordered)
+    info, failed, offset = None, [], 0
+    for mpp, paths in ordered:
+        def relay(p: Any, base: int = offset, n: int = len(paths)) -> None:
+            # one bar over every request: a request counts its own slides
+            progress(Progress(base + p.done, total, p.stage) if p.total == n else p)
+
+        request = IndexRequest(tuple(paths), index, model, slide_mpp=mpp)
+        info = backend.build_index(request, progress=relay, cancel=cancel)
+        failed.extend(info.failed)
+        offset += len(paths)
+    if info is None:  # every slide lacks a µm/px: nothing to build
+        from backend.errors import InputError
+
+        from napari_histoclip._mpp import FIELD
+
+        raise InputError(f"{Path(index).name}: nothing to index: no µm/px in the metadata of "
+                         f"{', '.join(Path(p).name for p in missing)}; open each, give its µm/px in {FIELD}, "
+                         "then build again")
+    return replace(info, failed=tuple(failed)), missing
+
+
 class SearchPanel(Container):
     """Index choice and building, queries, and a clickable result list."""
 
@@ -113,8 +157,14 @@ class SearchPanel(Container):
 
     @handler
     def build_index(self) -> None:
-        """Embed every slide in the folder into the index (resumable), with progress."""
-        from backend.api import IndexRequest
+        """Embed every slide in the folder into the index (resumable), with progress.
+
+        Slides without mpp go in with the µm/px the user gave for them (open in the viewer, or
+        remembered from before); those without one are left out, and the user is told which and
+        where to give it (a rebuild adds them: slides already indexed are skipped).
+        """
+        from napari_histoclip._mpp_memory import user_mpp_of_open_slides
+        from napari_histoclip._settings import load_settings
 
         folder = self.folder.value
         if not folder or not Path(folder).is_dir() or str(folder) == ".":
@@ -125,19 +175,28 @@ class SearchPanel(Container):
         index = self.index.value
         if not index or str(index) in ("", "."):
             index = Path(folder) / "histoclip-index"
-        request = IndexRequest(tuple(slides), str(index), self.ctx.model_name)
-        backend = self.ctx.backend
+        model, backend = self.ctx.model_name, self.ctx.backend
+        remembered, given = dict(load_settings().slide_mpp), user_mpp_of_open_slides(self.ctx.viewer.layers)
 
-        def done(info: Any) -> None:
+        def work(progress: Any, cancel: Any) -> tuple[Any, list[str]]:
+            return build_with_user_mpp(backend, slides, str(index), model, remembered, given, progress, cancel)
+
+        def done(out: tuple[Any, list[str]]) -> None:
             from napari.utils.notifications import show_info, show_warning
 
+            from napari_histoclip._mpp import FIELD
+
+            info, missing = out
             self.index.value = info.index_path
             show_info(f"{Path(info.index_path).name}: {info.n_slides} slides, {info.n_vectors} tiles indexed")
             for path, why in getattr(info, "failed", ()):
                 show_warning(f"{Path(path).name}: left out of the index: {why}")
+            if missing:
+                names = ", ".join(Path(p).name for p in missing)
+                show_warning(f"left out of the index, no µm/px in their metadata: {names}; open each, give its "
+                             f"µm/px in {FIELD}, then build again (the slides indexed are kept)")
 
-        self.ctx.run(f"Indexing {len(slides)} slides", lambda progress, cancel: backend.build_index(
-            request, progress=progress, cancel=cancel), done)
+        self.ctx.run(f"Indexing {len(slides)} slides", work, done)
 
     @handler
     def search_text(self) -> None:

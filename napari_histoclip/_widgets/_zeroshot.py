@@ -1,13 +1,22 @@
-"""Zero-shot tab: class prompts to a class map and probability maps; a text query to a heatmap."""
+"""Zero-shot tab: class prompts (or a trained classifier) to a class map and probability maps;
+a text query to a heatmap.
+
+A trained classifier (a CLIP-IT student, a saved few-shot head) is offered here as a second
+*label source* beside the text prompts, not in a tab of its own: its result is the same class
+map with the same probability layers, legend, "unknown" threshold, whole-slide-or-shape scope,
+export and Refine path, so only where the labels come from differs. A tab of its own would
+repeat every one of those controls and split one task ("label this slide") over two tabs.
+The Refine tab's "Apply classifier" stays for applying the bundle it has just saved.
+"""
 
 from __future__ import annotations
 
 import html
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, TextEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, TextEdit
 
-from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
+from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
@@ -15,13 +24,38 @@ from napari_histoclip._widgets._prompts import PromptTable
 
 WHOLE_SLIDE = "whole slide"
 SELECTED_SHAPE = "selected shape"
+TEXT_PROMPTS = "text prompts"
+CLASSIFIER = "a trained classifier"
 
 
-def legend_html(entries: list[LegendEntry]) -> str:
-    """The legend as rich text: a colour swatch, the class and its share of the tissue."""
+def bundle_classes(path: str) -> list[tuple[str, str]] | None:
+    """A classifier bundle's classes and colours (``#rrggbb``) from its manifest alone, or None
+    when ``path`` is not a classifier bundle on this computer (e.g. a server's bundle name)."""
+    from backend.errors import HistoclipError
+    from backend.models.registry import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except HistoclipError:
+        return None
+    classes = manifest.get("classes") if manifest.get("kind") == "classifier" else None
+    if not isinstance(classes, list):
+        return None
+    out = []
+    for i, c in enumerate(classes):
+        rgb = c.get("color") if isinstance(c, dict) else None
+        ok = isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
+        out.append((str(c.get("name") if isinstance(c, dict) else c),
+                    "#{:02x}{:02x}{:02x}".format(*rgb) if ok else default_color(i)))
+    return out
+
+
+def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
+    """The legend as rich text: a colour swatch, the class and (``shares``) its share of the tissue."""
     rows = "".join(
         f'<tr><td style="background-color:{e.color}">&nbsp;&nbsp;&nbsp;&nbsp;</td>'
-        f"<td>&nbsp;{html.escape(e.label)}</td><td align='right'>&nbsp;{100 * e.fraction:.0f} %</td></tr>"
+        f"<td>&nbsp;{html.escape(e.label)}</td>"
+        + (f"<td align='right'>&nbsp;{100 * e.fraction:.0f} %</td>" if shares else "") + "</tr>"
         for e in entries
     )
     return f"<table cellspacing='2'>{rows}</table>"
@@ -32,6 +66,11 @@ class ZeroShotPanel(Container):
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
+        self.source = ComboBox(label="Labels from", choices=[TEXT_PROMPTS, CLASSIFIER], value=TEXT_PROMPTS,
+                               tooltip="the classes of the map: text prompts (zero-shot), or a trained classifier bundle")
+        self.classifier = FileEdit(label="Classifier", mode="d", value="",
+                                   tooltip="a classifier bundle folder (CLIP-IT student or saved from Refine); "
+                                           "on a server, the bundle's name there")
         self.prompts = PromptTable()
         self.templates = TextEdit(
             label="Templates",
@@ -50,12 +89,15 @@ class ZeroShotPanel(Container):
         self.query = LineEdit(label="Text query", value="", tooltip="e.g. 'tumor cells with mitoses'")
         self.heatmap_button = PushButton(text="Heatmap")
         super().__init__(
-            widgets=[self.templates, self.threshold, self.scope, self.run_button, self.legend,
-                     self.query, self.heatmap_button],
+            widgets=[self.source, self.classifier, self.templates, self.threshold, self.scope, self.run_button,
+                     self.legend, self.query, self.heatmap_button],
             labels=True,
         )
-        self.native.layout().insertWidget(0, self.prompts)
+        self.native.layout().insertWidget(1, self.prompts)
         self.native.layout().addStretch(1)
+        self.source.changed.connect(self._source_changed)
+        self.classifier.changed.connect(self._classifier_changed)
+        self._source_changed()
         self.run_button.changed.connect(self.run)
         self.heatmap_button.changed.connect(self.run_heatmap)
         self.query.native.returnPressed.connect(self.run_heatmap)
@@ -64,10 +106,13 @@ class ZeroShotPanel(Container):
 
     @handler
     def run(self) -> None:
-        """Label the slide (or the selected shape) with the prompts; replaces earlier results."""
+        """Label the slide (or the selected shape) with the prompts or the classifier; replaces
+        earlier results."""
         from backend.api import ZeroShotRequest
         from backend.tasks.zero_shot import check_prompts
 
+        if self.source.value == CLASSIFIER:
+            return self.run_classifier()
         slide_layer, info = self.ctx.require_slide()
         rows = self.prompts.rows()
         labels = [r.label for r in rows]
@@ -92,6 +137,31 @@ class ZeroShotPanel(Container):
             self.show_result(result, info, colors, region is not None)
 
         self.ctx.run(f"Zero-shot on {info.name}", lambda progress, cancel: backend.zero_shot(
+            request, progress=progress, cancel=cancel), done)
+
+    @handler
+    def run_classifier(self) -> None:
+        """Label the slide (or the selected shape) with the chosen classifier bundle; its map
+        carries the bundle (``metadata["classifier"]``), so Refine then refines that classifier."""
+        from backend.api import ClassifyRequest
+
+        path = self._classifier_path()
+        if not path:
+            raise UserError("Classifier: choose the folder of a classifier bundle (or type its name on the server)")
+        slide_layer, info = self.ctx.require_slide()
+        region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
+        request = ClassifyRequest(self.ctx.slide_ref(info), path, region=region,
+                                  unknown_threshold=self.threshold.value or None)
+        known = dict(bundle_classes(path) or ())
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            self.ctx.warn_random(result, path)
+            colors = [known.get(name, default_color(i)) for i, name in enumerate(result.labels)]
+            layers = self.show_result(result, info, colors, region is not None)
+            layers[0].metadata["classifier"] = path
+
+        self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
             request, progress=progress, cancel=cancel), done)
 
     def show_result(self, result: Any, info: Any, colors: list[str], region: bool) -> list[Any]:
@@ -136,6 +206,31 @@ class ZeroShotPanel(Container):
             request, progress=progress, cancel=cancel), done)
 
     # --- internals ------------------------------------------------------------------------
+
+    def _classifier_path(self) -> str:
+        value = self.classifier.value
+        text = "" if value is None else str(value).strip()
+        return "" if text in ("", ".") else text
+
+    def _source_changed(self, *_: Any) -> None:
+        """Show the controls of the chosen label source (prompts and templates, or the bundle)."""
+        prompts = self.source.value == TEXT_PROMPTS
+        self.prompts.setVisible(prompts)
+        self.templates.visible = prompts
+        self.classifier.visible = not prompts
+        self.legend.value = ""
+        if not prompts:
+            self._classifier_changed()
+
+    def _classifier_changed(self, *_: Any) -> None:
+        """The chosen bundle's classes as the legend, before any run (read from its manifest)."""
+        path = self._classifier_path()
+        classes = bundle_classes(path) if path else None
+        if classes is None:
+            self.legend.value = "" if not path else f"{html.escape(path)}: classes shown after the first run"
+            return
+        entries = [LegendEntry(i + 1, name, color, 0.0) for i, (name, color) in enumerate(classes)]
+        self.legend.value = legend_html(entries, shares=False)
 
     def _templates(self) -> tuple[str, ...]:
         """The template lines typed (blank lines skipped; empty: the backend's defaults)."""

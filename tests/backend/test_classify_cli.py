@@ -62,13 +62,35 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_classify_writes_zero_shot_files_and_a_cached_run_reads_no_tile(cmu_slide: Path, bundle: Path,
-                                                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["registry", "bundle"])
+def test_classify_writes_zero_shot_files_and_a_cached_run_reads_no_tile(cmu_slide: Path, bundle: Path, tmp_path: Path,
+                                                                         source: str, capsys, monkeypatch) -> None:
+    """Both backbone sources: the registry model unchanged (the saved refine head), and the
+    classifier's own image-only backbone (a CLIP-IT student: cached under its own model id).
+    The second source's first run is in-process (``main``, the same code path, without a
+    process's 6 s of imports); every second run is a process of its own."""
+    name = "cmu-classifier"
+    if source == "bundle":
+        from dataclasses import replace
+
+        from backend.models import load_model
+        from backend.models.classifier import load_classifier, save_classifier
+
+        name = "student"
+        bundle = save_classifier(replace(load_classifier(bundle), name=name), tmp_path / name,
+                                 backbone=load_model("test-tiny", device="cpu"))
+        assert (bundle / "backbone").is_dir()
     cache = tmp_path / "cache"
     args = ["classify", str(cmu_slide), "--classifier", str(bundle), "--device", "cpu"]
-    first = _run([*args, "--out", str(tmp_path / "first")], cache)
-    assert first.returncode == 0, first.stderr
-    assert "RANDOM weights" in first.stdout and "34 tiles classified by 'cmu-classifier'" in first.stdout
+    if source == "registry":
+        first = _run([*args, "--out", str(tmp_path / "first")], cache)
+        assert first.returncode == 0, first.stderr
+        stdout = first.stdout
+    else:
+        monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(cache))
+        assert main([*args, "--out", str(tmp_path / "first")]) == 0
+        stdout = capsys.readouterr().out
+    assert "RANDOM weights" in stdout and f"34 tiles classified by {name!r}" in stdout
     out = tmp_path / "first"
     assert {p.name for p in out.iterdir()} == {"class_map.png", "tiles.csv", "tiles.geojson"}  # as zero-shot's
     rows = _rows(out / "tiles.csv")

@@ -124,6 +124,7 @@ def test_missing_mpp_is_never_invented(slides_dir: Path, synthetic: dict[str, An
     message = str(info.value)
     assert message.startswith(f"{TCGA}: no microns-per-pixel")
     assert "--slide-mpp 0.25" in message and "mpp=0.25" in message
+    assert "µm/px field under Slide in napari's HistoCLIP dock" in message  # not the CLI only
     # 72 dpi in a JPEG would be 352.8 µm/px: a screen resolution, not a microscope's.
     with open_slide(synthetic["jpeg"]) as slide:
         assert slide.mpp is None

@@ -22,7 +22,6 @@ def token_env(module_server: Running, monkeypatch: pytest.MonkeyPatch) -> Runnin
     return module_server
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone, failed once in the full-suite order (2026-12-01): order-dependent state not yet found")
 @pytest.mark.slow
 def test_remote_zero_shot_heatmap_index_search(token_env: Running, cmu_slide: Path, tmp_path: Path, capsys) -> None:
     url = token_env.url

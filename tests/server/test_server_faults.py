@@ -126,7 +126,6 @@ def _start(cmd: list[str], env: dict[str, str], url: str) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone, failed once in the full-suite order (2026-12-01): order-dependent state not yet found")
 def test_sigkill_mid_embedding_then_restart_resumes(tmp_path: Path, slides_dir: Path, cmu_slide: Path) -> None:
     from backend.server.auth import TokenStore
 
@@ -164,7 +163,11 @@ def test_sigkill_mid_embedding_then_restart_resumes(tmp_path: Path, slides_dir: 
             remote.wait_for_job(job_id)
         seen: list[api.Progress] = []
         result = remote.embed_slide(api.SlideRef(cmu_slide.name), "test-tiny", FINE, progress=seen.append)
-        assert seen[0].stage.startswith("resumed") and seen[0].done >= 2 * BATCH, seen[:3]
+        # The restarted server loads its model first (a "loading model" stage, total unknown),
+        # then resumes the slide from the batches the killed one wrote.
+        work = [p for p in seen if p.total > 0]
+        assert seen[0].stage == "loading model test-tiny" and seen[0].total == 0, seen[:3]
+        assert work[0].stage.startswith("resumed") and work[0].done >= 2 * BATCH, seen[:3]
         labels = ("tumor", "stroma", "fat")
         got = remote.zero_shot(api.ZeroShotRequest(api.SlideRef(cmu_slide.name), "test-tiny", labels, tiles=FINE))
         remote.close()

@@ -145,3 +145,49 @@ def test_health_stays_fast_while_a_slide_embeds(slow_server, cmu_slide: Path) ->
     p50, p99 = np.percentile(times, [50, 99]) * 1000
     print(f"\n/v1/health while embedding: n={len(times)} p50={p50:.1f} ms p99={p99:.1f} ms (shared 2-core machine)")
     assert len(times) >= 20 and p99 < 250  # the target is 100 ms; generous on a shared machine
+
+
+def test_a_call_past_its_time_limit_is_stopped_with_504(tmp_path: Path, slides_dir: Path, cmu_slide: Path) -> None:
+    from backend.cli.serve import parse_call_timeouts
+    from backend.errors import InputError
+    from backend.remote import CallTimeoutError
+
+    assert parse_call_timeouts(["120", "zero-shot=0.5"]) == (120.0, (("zero-shot", 0.5),))
+    for bad, why in (("zero-shot=abc", "SECONDS or ROUTE=SECONDS"), ("nope=3", "no call 'nope'; calls are embed"),
+                     ("0", "more than 0 seconds")):
+        with pytest.raises(InputError, match=why):
+            parse_call_timeouts([bad])
+    backend = LocalBackend(cache_dir=tmp_path / "cache", device="cpu", batch_size=BATCH, num_workers=1)
+    backend.model("test-tiny")  # loaded before: the limit is spent on tiles
+    limits = (("embed", 1.0), ("zero-shot", 1.0))
+    with running_server(tmp_path, (slides_dir,), backend=backend, call_timeouts=limits) as running:
+        remote = HttpBackend(running.url, running.token)
+        seen: list[api.Progress] = []
+        with pytest.raises(CallTimeoutError, match=r"embed: stopped after 1 s, this server's time limit .*--call-timeout"):
+            remote.embed_slide(api.SlideRef(cmu_slide.name), "test-tiny", FINE, progress=seen.append)
+        assert seen[-1].done < seen[-1].total  # stopped midway (what was embedded stays cached, as a cancel's)
+        (job,) = running.state.jobs.jobs()
+        assert job.state == "failed" and job.error["type"] == "CallTimeoutError"
+        body = {"slide": {"path": cmu_slide.name}, "model": "test-tiny", "labels": ["a", "b"],
+                "tiles": {"tile_size": 32, "mpp": 0.5, "min_tissue": 0.5}}  # ~2400 tiles: more than 1 s
+        r = httpx.post(f"{running.url}/v1/calls/zero-shot", json=body, headers={**running.headers(), "Prefer": "wait=60"},
+                       timeout=120)
+        assert r.status_code == 504 and "zero-shot: stopped after 1 s" in r.json()["error"]["message"]
+        remote.close()
+
+
+def test_a_restarted_server_serves_the_results_of_finished_jobs(tmp_path: Path, slides_dir: Path, cmu_slide: Path) -> None:
+    with running_server(tmp_path, (slides_dir,)) as running:
+        remote = HttpBackend(running.url, running.token)
+        first = remote.embed_slide(api.SlideRef(cmu_slide.name), "test-tiny", SMALL)  # a job (202), then done
+        (job,) = running.state.jobs.jobs()
+        remote.close()
+    import shutil
+
+    # The same records under a new server (its token store is new: the same name, a new secret).
+    shutil.copytree(tmp_path / "state" / "jobs", tmp_path / "restart" / "state" / "jobs")
+    with running_server(tmp_path / "restart", (slides_dir,)) as again:
+        remote = HttpBackend(again.url, again.token)
+        assert [j["state"] for j in remote.jobs()] == ["done"]
+        assert remote.wait_for_job(job.id) == first
+        remote.close()

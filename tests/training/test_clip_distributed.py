@@ -37,7 +37,7 @@ def _single(micro: list[MicroBatch], loss: str = "clip") -> tuple[float, dict[st
     return value, _grads(core)
 
 
-def test_lora_trains_only_adapters_and_merges_exactly() -> None:
+def test_lora_trains_only_adapters_and_merges_exactly(tmp_path: Path) -> None:
     model = load_model("test-tiny", device="cpu")
     images = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     texts = ["tumour", "stroma", "fat", "glass"]
@@ -56,6 +56,12 @@ def test_lora_trains_only_adapters_and_merges_exactly() -> None:
     assert not any("lora" in n for n, _ in merged.module.named_parameters())
     torch.testing.assert_close(merged.encode_image_tensors(images), unmerged[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(merged.encode_text(texts), unmerged[1], atol=1e-5, rtol=1e-4)
+    # and so does the bundle written from the merged model, read back by the registry
+    from backend.models import save_bundle
+
+    reread = load_model(save_bundle(merged, tmp_path / "lora-bundle"), device="cpu")
+    torch.testing.assert_close(reread.encode_image_tensors(images), unmerged[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reread.encode_text(texts), unmerged[1], atol=1e-5, rtol=1e-4)
     base = load_model("test-tiny", device="cpu")
     assert (base.encode_image_tensors(images) - unmerged[0]).abs().max() > 1e-3  # the adapters mattered
 
@@ -73,6 +79,19 @@ def test_locked_image_tower_unlocks_last_layers() -> None:
     assert visual and all(n.startswith(("visual.transformer.resblocks.1.", "visual.ln_post", "visual.proj"))
                           for n in visual)
     assert "token_embedding.weight" in names and "logit_scale" in names
+
+
+def test_locked_text_tower_unlocks_last_layers() -> None:
+    model = load_model("test-tiny", device="cpu")
+    setup_tuning(model, TuningConfig("lock-text", unlocked_layers=1), train_logit_scale=True)
+    names = {n for n, _ in trainable_parameters(model.module)}
+    text = {n for n in names if not n.startswith("visual.") and n != "logit_scale"}
+    assert text and all(n.startswith(("transformer.resblocks.1.", "ln_final", "text_projection")) for n in text)
+    assert {n for n, _ in model.module.named_parameters() if n.startswith("visual.")} <= names  # image tower trains
+    frozen = load_model("test-tiny", device="cpu")
+    setup_tuning(frozen, TuningConfig("lock-text"), train_logit_scale=False)
+    assert not any(n.startswith(("transformer.", "token_embedding", "ln_final", "text_projection"))
+                   for n, _ in trainable_parameters(frozen.module))
 
 
 def test_accumulation_equals_one_pass() -> None:
@@ -134,3 +153,36 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
     assert loss2 == pytest.approx(loss1, rel=1e-5)
     for k, v in _grads(core).items():
         torch.testing.assert_close(v, g1[k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_a_bundle_on_disjoint_halves(testdata: Path, tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tile_classes import make_tile_classes
+
+    repo = Path(__file__).resolve().parents[2]
+    tiles = make_tile_classes(testdata, tmp_path / "tiles", {"train": 8})
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training",
+           "clip", "--model", "test-tiny", "--train", str(tiles / "train.csv"), "--out", str(run), "--device", "cpu",
+           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--lr", "1e-3", "--warmup-steps", "1", "--data-log"]
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model bundle" in done.stdout  # rank 0 reports once
+    card = json.loads((run / "model" / "histoclip.json").read_text())["extra"]["training_card"]
+    steps = card["steps"]  # 24 rows, 9 captions: 2-3 global batches of 2 x 4 without a repeated caption
+    assert card["world_size"] == 2 and 2 <= steps <= 3
+    tuned = load_model(run / "model", device="cpu")
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    assert (tuned.encode_image_tensors(pixels) - load_model("test-tiny", device="cpu").encode_image_tensors(pixels)
+            ).abs().max() > 1e-4  # it trained
+    logs = [[json.loads(line) for line in (run / f"data-rank{r}.jsonl").read_text().splitlines()] for r in range(2)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, steps + 1))
+    seen = [[i for r in log for i in r["ids"]] for log in logs]
+    for a, b in zip(logs[0], logs[1], strict=True):
+        assert len(a["ids"]) == len(b["ids"]) == 4 and not set(a["ids"]) & set(b["ids"])  # halves of one batch
+    assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 8 * steps  # each row once

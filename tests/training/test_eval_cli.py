@@ -90,12 +90,15 @@ def test_retrieval_recall_and_merge(tiles: Path, tmp_path: Path) -> None:
     assert board.with_suffix(".csv").is_file()
 
 
-def test_class_spec_errors_and_label_tables(tiles: Path, tmp_path: Path) -> None:
+def test_class_spec_errors_and_label_tables(tiles: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = load_labelled(tiles / "test")
     assert data.class_names == tuple(sorted(CLASSES))
     (tmp_path / "few.json").write_text(json.dumps({"he_tissue": ["h&e"]}))
     with pytest.raises(InputError, match="no phrases for the data's class"):
         load_class_spec(tmp_path / "few.json", data.class_names)
+    assert _run("linear-probe", "--model", "no-such-model", "--train", "t", "--test", "t", "--seeds", "3",
+                "--out", "x") == 1  # refused before the (unknown) model is looked up
+    assert "--seeds: 3 is too few; the probe reports mean +- std over at least 5 seeds" in capsys.readouterr().err
     table = load_labelled(tiles / "test.csv")
     assert len(table) == len(data) and table.class_names == data.class_names
     pd.DataFrame({"image": [3.0], "label": ["a"]}).to_csv(tmp_path / "bad.csv", index=False)

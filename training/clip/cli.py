@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=d["patience"].default,
                    help="stop after this many epochs without improvement (0: never)")
     g.add_argument("--min-delta", type=float, default=0.0, help="smallest improvement that counts")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds LoRA initialisation, dropout, batch order and augmentation (default: %(default)s)")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto; torchrun: one GPU per rank)")
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-loading processes (decode + augment behind compute; default: %(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N optimizer steps")
     g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    g.add_argument("--data-log", action="store_true",
+                   help="write RUN/data-rank{R}.jsonl: the row indices (tables) or sample keys (shards) of every "
+                        "step, per process, to audit what each rank trained on")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 

@@ -64,6 +64,7 @@ class ClipTrainConfig:
     seed: int = 0
     device: str | None = None
     workers: int = 2
+    data_log: bool = False  # RUN/data-rank{R}.jsonl: the row / sample ids of every step, per rank
 
     def __post_init__(self) -> None:
         for name, kind in (("loss", LossKind), ("tuning", TuningMode), ("lora_tower", Tower),

@@ -6,7 +6,7 @@ Sources (``load_rows`` picks by what it is given):
 - a table with a label column (class-supervised) or a 0/1 pair-label column (pairs);
 - a folder with one sub-folder per class; captions, when a loss needs them, are written from
   the class names with ``caption_template``;
-- WebDataset tar shards (``data/{000..099}.tar``), streamed (see :func:`web_dataset`).
+- WebDataset tar shards (``data/{000..099}.tar``), streamed (:mod:`training.clip.stream`).
 
 Every image that reaches the image tower is decoded pixels: :func:`check_pixels` fails,
 naming the row, on anything else (a path string that was never read, say).
@@ -170,7 +170,7 @@ class RowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         r = self.rows
-        item: dict[str, Any] = {"pixels": self._image(r.images[i], i, rng)}
+        item: dict[str, Any] = {"pixels": self._image(r.images[i], i, rng), "id": i}
         if r.captions is not None:
             item["caption"] = r.captions[i]
         if r.classes is not None:
@@ -183,7 +183,7 @@ class RowDataset(torch.utils.data.Dataset):
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"pixels": torch.stack([it["pixels"] for it in items])}
+    out: dict[str, Any] = {"pixels": torch.stack([it["pixels"] for it in items]), "ids": [it["id"] for it in items]}
     if "caption" in items[0]:
         out["captions"] = [it["caption"] for it in items]
     if "cls" in items[0]:
@@ -193,63 +193,3 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if "hard_negative" in items[0]:
         out["hard_negative"] = torch.stack([it["hard_negative"] for it in items])
     return out
-
-
-# --- WebDataset shards --------------------------------------------------------------------
-
-IMAGE_KEYS = "jpg;jpeg;png;tif;tiff;webp"
-CAPTION_KEYS = "txt;caption;text"
-
-
-def expand_shards(spec: str) -> list[str]:
-    """``data/{000..009}.tar`` (brace ranges) or ``a.tar::b.tar`` -> shard paths, each checked."""
-    import braceexpand
-
-    shards = [s for part in spec.split("::") for s in braceexpand.braceexpand(part)]
-    missing = [s for s in shards if not Path(s).is_file()]
-    if missing:
-        raise InputError(f"webdataset {spec}: shard {missing[0]} not found ({len(missing)} of {len(shards)} missing)")
-    return shards
-
-
-def count_samples(shards: Sequence[str]) -> int:
-    """Samples in tar shards (distinct keys with an image), read from the tar headers only."""
-    import tarfile
-
-    n = 0
-    for s in shards:
-        keys = set()
-        with tarfile.open(s) as tar:
-            for m in tar:
-                stem, _, ext = m.name.rpartition(".")
-                if ext.lower() in IMAGE_KEYS.split(";"):
-                    keys.add(stem)
-        n += len(keys)
-    return n
-
-
-def web_dataset(spec: str, preprocessing: Preprocessing, augment_config: AugmentConfig, *, seed: int, epoch: int,
-                skip: int = 0) -> Any:
-    """A WebDataset pipeline of ``{"pixels", "caption"}`` items.
-
-    Shards are split over DDP ranks and DataLoader workers (read in parallel); their order is
-    permuted by (seed, epoch) and samples are not shuffled across shards, so the stream is
-    reproducible and ``skip`` (samples already taken this epoch, per rank) resumes it exactly.
-    """
-    import webdataset as wds
-
-    shards = expand_shards(spec)
-    order = np.random.default_rng([seed, epoch]).permutation(len(shards))
-    urls = [shards[i] for i in order]
-
-    def to_item(sample: tuple[Any, ...]) -> dict[str, Any]:
-        key, image, caption = sample
-        rgb = check_pixels(image, f"webdataset sample {key}")
-        rng = np.random.default_rng([seed, epoch, int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)])
-        text = caption.decode() if isinstance(caption, bytes) else str(caption)
-        return {"pixels": to_model_input(augment(rgb, augment_config, rng), preprocessing), "caption": text}
-
-    ds = (wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
-                         empty_check=False)
-          .decode("rgb8").to_tuple("__key__", IMAGE_KEYS, CAPTION_KEYS).map(to_item))
-    return ds.slice(skip, None) if skip else ds

@@ -32,6 +32,7 @@ from training.clip.config import RUN_FIELDS, ClipTrainConfig, StopMetric
 from training.clip.data import Rows, RowDataset, collate, load_rows
 from training.clip.losses import IN_BATCH_NEGATIVES, NEEDS_CLASS, NEEDS_PAIR_LABEL, NEEDS_TEXT, LossKind, TrainingLoss
 from training.clip.sampler import shard_batch, unique_batches
+from training.clip.stream import Stream, is_stream, next_group, round_robin
 from training.clip.step import MicroBatch, accumulated_backward
 from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
 from training.common.run import (Dist, EarlyStopping, autocast, distributed, load_checkpoint, optimization,
@@ -113,38 +114,13 @@ def _loader(rows: Rows, model: Any, config: ClipTrainConfig, batches: list[list[
                                        prefetch_factor=4 if workers else None)
 
 
-def is_stream(spec: str) -> bool:
-    """A WebDataset shard spec (``.tar`` files, brace ranges allowed) rather than a table or folder."""
-    return ".tar" in spec and not Path(spec).is_dir()
-
-
-@dataclass(frozen=True)
-class Stream:
-    """WebDataset shards as a training source (image + caption per sample)."""
-
-    spec: str
-    samples: int
-    sha256: str
-    captions: tuple[str, ...] = ("",)  # streams always carry captions
-    targets: None = None
-    classes: None = None
-
-    source = property(lambda self: self.spec)
-
-    def record(self) -> dict[str, Any]:
-        return {"source": self.spec, "sha256": self.sha256, "rows": self.samples, "kind": "webdataset"}
-
-
-def _stream(spec: str, loss: LossKind) -> Stream:
-    import hashlib
-
-    from training.clip.data import count_samples, expand_shards
-
-    if loss not in IN_BATCH_NEGATIVES:
-        raise InputError(f"{spec}: WebDataset shards hold image-caption pairs; use loss clip, siglip or mnrl, not {loss}")
-    shards = expand_shards(spec)
-    listing = "\n".join(f"{s}\0{Path(s).stat().st_size}" for s in shards)
-    return Stream(spec, count_samples(shards), hashlib.sha256(listing.encode()).hexdigest())
+def _stream(config: ClipTrainConfig) -> Stream:
+    if config.loss not in IN_BATCH_NEGATIVES or config.hard_negative_column:
+        raise InputError(f"{config.train}: WebDataset shards hold image-caption pairs; use loss clip, siglip or mnrl "
+                         f"(without hard negatives), not {config.loss}"
+                         + (f" with --hard-negative-column {config.hard_negative_column}"
+                            if config.hard_negative_column else ""))
+    return Stream.open(config.train)
 
 
 @torch.no_grad()
@@ -223,7 +199,7 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
     out = config.out_dir
     ckpt = prepare_run_dir(out, config.resume, dist)
     device = dist.device
-    train_rows: Any = _stream(config.train, config.loss) if is_stream(config.train) else _load(config, config.train)
+    train_rows: Any = _stream(config) if is_stream(config.train) else _load(config, config.train)
     val_rows = _load(config, config.val) if config.val else None
     model = load_model(config.model, device=device)
     loss_fn = TrainingLoss(config.loss).to(device)
@@ -258,6 +234,10 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
     loss_of = lambda f, param_grad: loss_fn(f, logit_scale, param_grad)  # noqa: E731
     amp = lambda: autocast(device, config.precision)  # noqa: E731
     trainable = [p for p in core.parameters() if p.requires_grad]
+    data_log = None
+    if config.data_log:  # which rows / samples each rank trained on, per step (appended on resume)
+        out.mkdir(parents=True, exist_ok=True)
+        data_log = (out / f"data-rank{dist.rank}.jsonl").open("a", encoding="utf-8", buffering=1)
 
     def checkpoint() -> None:
         if dist.is_main:
@@ -272,15 +252,13 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
                         description=f"{config.model} fine-tuned ({config.tuning}, {config.loss} loss)")
 
     while state.epoch < config.epochs and not state.stopped_early:
-        if isinstance(train_rows, Stream):
-            from training.clip.data import web_dataset
-
-            n_micro = n0
-            usable = n_micro - n_micro % config.grad_accum if n_micro >= config.grad_accum else n_micro
-            ds = web_dataset(config.train, model.preprocessing, _augment_config(config, config.augment),
-                             seed=config.seed, epoch=state.epoch, skip=state.batch_in_epoch * config.batch_size)
-            loader = iter(torch.utils.data.DataLoader(ds, batch_size=config.batch_size, collate_fn=collate,
-                                                      num_workers=config.workers))
+        streamed = isinstance(train_rows, Stream)
+        if streamed:  # an upper bound: the epoch ends when the first stream (of any rank) is spent
+            usable = n0 - n0 % config.grad_accum if n0 >= config.grad_accum else n0
+            shards = train_rows.epoch(config.batch_size, model.preprocessing, _augment_config(config, config.augment),
+                                      rank=dist.rank, world=dist.world_size, workers=config.workers, seed=config.seed,
+                                      epoch=state.epoch, position=state.batch_in_epoch)
+            loader = round_robin(shards.loader(), len(shards.shards), state.batch_in_epoch)
         else:
             batches = epoch_batches(train_rows, config, dist.world_size, state.epoch)
             mine = [shard_batch(b, dist.rank, dist.world_size) for b in batches]
@@ -290,7 +268,14 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         i = state.batch_in_epoch
         while i < usable:
             t0 = time.perf_counter()
-            group = [_micro(model, next(loader), device) for _ in range(min(config.grad_accum, usable - i))]
+            size = min(config.grad_accum, usable - i)
+            raw = next_group(loader, size, dist.active) if streamed else [next(loader) for _ in range(size)]
+            if raw is None:
+                break
+            if data_log is not None:
+                data_log.write(json.dumps({"step": state.step + 1, "epoch": state.epoch + 1,
+                                           "ids": [x for b in raw for x in b["ids"]]}) + "\n")
+            group = [_micro(model, b, device) for b in raw]
             loss = accumulated_backward(net, core, loss_of, group, autocast=amp, scale=scaler.scale)
             optimizer_step(optimizer, scheduler, scaler, trainable, config.max_grad_norm)
             if isinstance(logit_scale, torch.nn.Parameter):
@@ -329,6 +314,8 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         if progress is not None:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
             progress(Progress(state.step, total_steps, f"epoch {state.epoch}: {shown}"))
+    if data_log is not None:
+        data_log.close()
     if not (out / MODEL_DIR).exists():
         save()
     if dist.active:

@@ -27,6 +27,7 @@ whose image paths are relative to the table. --classes: a JSON list, {label: [sy
 """
 
 TASKS = ("zeroshot", "linear-probe", "retrieval", "recall", "merge")
+MIN_SEEDS = 5  # the protocol's mean +- std is over at least this many seeds
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--test", required=True, type=Path, help="test images, same classes")
     lp.add_argument("--val", type=Path, default=None, help="validation images for the C sweep "
                     "(default: a stratified split of --train per seed)")
-    lp.add_argument("--seeds", type=int, default=5, help="seeds averaged (>= 5 for the reported std; default: %(default)s)")
+    lp.add_argument("--seeds", type=int, default=5, help=f"seeds averaged, at least {MIN_SEEDS} (default: %(default)s)")
     lp.add_argument("--shots", default="1,2,4,8,16", help="few-shot sizes per class, comma separated; '' for none")
     lp.add_argument("--val-fraction", type=float, default=0.2, help="share of --train held out for the C sweep")
 
@@ -100,6 +101,11 @@ def _shots(text: str) -> tuple[int, ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training eval``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.task == "linear-probe" and args.seeds < MIN_SEEDS:  # before the model loads: fail fast
+        from backend.errors import InputError
+
+        raise InputError(f"--seeds: {args.seeds} is too few; the probe reports mean +- std over at least "
+                         f"{MIN_SEEDS} seeds")
     if args.task == "merge":
         from training.evaluation.results import merge_results
 

@@ -1,0 +1,82 @@
+"""The Zero-shot tab's second label source, "a trained classifier", through the dock napari's
+Plugins menu makes: a CLIP-IT-style bundle (its own image-only backbone) labels the whole slide
+and a drawn rectangle; the legend shows the bundle's classes and colours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import open_slide
+from mouse import draw_rectangle
+
+pytestmark = pytest.mark.gui
+NAMES = ("tumor", "stroma", "fat")
+COLORS = ((200, 10, 10), (10, 200, 10), (10, 10, 200))
+MAP = "CMU-1-Small-Region: class map"
+
+
+def wait(qtbot, dock) -> None:
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=180_000)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from backend.models import load_model
+    from backend.models.classifier import Classifier, save_classifier
+    from backend.models.heads import LinearHead
+
+    tiny = load_model("test-tiny", device="cpu")
+    rng = np.random.default_rng(0)
+    head = LinearHead(NAMES, COLORS, 20 * rng.normal(size=(3, 32)), rng.normal(size=3))
+    clf = Classifier("student", head, "test-tiny", str(tiny.model_id), {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5})
+    return str(save_classifier(clf, tmp_path_factory.mktemp("dock-classifier") / "student", backbone=tiny))
+
+
+def test_zero_shot_tab_labels_with_a_trained_classifier(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes,
+                                                        student: str) -> None:
+    from backend.api import ClassifyRequest, SlideRef
+
+    from napari_histoclip._widgets._zeroshot import CLASSIFIER, SELECTED_SHAPE, TEXT_PROMPTS
+
+    viewer, dock = plugin_viewer, plugin_dock
+    zs = dock.zero_shot
+    open_slide(viewer, cmu_slide)
+    zs.source.value = CLASSIFIER
+    assert zs.prompts.isHidden() and not zs.templates.visible and zs.classifier.visible
+    zs.run_button.native.click()  # no bundle chosen yet: said, nothing run
+    assert any("choose the folder of a classifier bundle" in e for e in notes.errors), notes.errors
+    notes.errors.clear()
+
+    zs.classifier.value = student
+    for name in NAMES:  # the bundle's classes as the legend before any run, in its colours
+        assert name in zs.legend.value
+    assert "#c80a0a" in zs.legend.value
+    zs.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    layer = viewer.layers[MAP]
+    assert tuple(layer.metadata["labels"]) == NAMES and layer.metadata["classifier"] == student
+    expected = dock.backend.classify(ClassifyRequest(SlideRef(str(cmu_slide)), student))
+    np.testing.assert_array_equal(np.asarray(layer.data), expected.class_map)
+    assert "#c80a0a" in zs.legend.value and "%" in zs.legend.value  # after the run: shares of the tissue
+
+    # A drawn rectangle: only the tiles under it, labelled as on the whole slide.
+    viewer.reset_view()
+    dock.captions.new_layer_button.native.click()
+    shapes = viewer.layers[-1]
+    draw_rectangle(qtbot, viewer, shapes, (400, 300), (1600, 1500))
+    zs.scope.value = SELECTED_SHAPE
+    zs.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    region = np.asarray(viewer.layers[MAP + " (region)"].data)
+    inside = region > 0
+    assert 0 < inside.sum() < (expected.class_map > 0).sum()
+    np.testing.assert_array_equal(region[inside], expected.class_map[inside])
+    assert viewer.layers[MAP + " (region)"].metadata["classifier"] == student
+
+    zs.source.value = TEXT_PROMPTS  # back to prompts: the table again
+    assert not zs.prompts.isHidden() and not zs.classifier.visible
