@@ -98,7 +98,7 @@ def _head(student: Student, class_names: tuple[str, ...], config: ClipitConfig, 
 
         return FusionHead(class_names, colors, weight, bias, student.proj.weight.detach().cpu().float().numpy(),
                           student.proj.bias.detach().cpu().float().numpy(), mlp_layers(teacher.mlp), config.fusion_alpha)
-    from backend.tasks.refine import LinearHead
+    from backend.models.heads import LinearHead
 
     return LinearHead(class_names, colors, weight, bias)
 
