@@ -23,7 +23,7 @@ from training.clipit.student import clipit_loss
 from training.evaluation.data import LabelledImages, load_class_folders
 
 FAST = dict(model="test-tiny", batch_size=8, lr=3e-3, head_lr=3e-2, warmup_steps=2, workers=0, device="cpu", teacher_epochs=60,
-            teacher_hidden=32, tuning="lora", lora_rank=4, epochs=4, patience=0)
+            teacher_hidden=32, tuning="lora", lora_rank=4, epochs=3, patience=0)
 
 
 @pytest.fixture(scope="module")
