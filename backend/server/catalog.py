@@ -103,6 +103,11 @@ class Catalog:
                 self._scanned = now
             return list(self._entries.values())
 
+    def invalidate(self) -> None:
+        """Walk the roots again at the next lookup (the server itself just wrote an entry)."""
+        with self._lock:
+            self._scanned = -1e9
+
     # --- lookups ------------------------------------------------------------------------------
 
     def _find(self, key: str, check: Callable[[Entry], bool]) -> Entry | None:

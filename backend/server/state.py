@@ -202,6 +202,8 @@ class ServerState:
             result = method(request.slide, request.model, request.tiles, **kwargs)
         else:
             result = method(request, **kwargs)
+        if call.method == "save_classifier":  # a new bundle: a client may name it in its next call
+            self.bundles.invalidate()
         return self.public(result)
 
     def slide_of(self, request: Any) -> str:
