@@ -20,8 +20,15 @@ NAMES = ("tumor", "stroma", "fat")
 SPEC = {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5}
 
 
-def test_classify_refine_and_save_over_http_equal_local(tmp_path: Path, slides_dir: Path) -> None:
+def test_classify_refine_and_save_over_http_equal_local(tmp_path: Path, slides_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.models import load_model
+    from backend.server import catalog
+
+    # The catalog walks its roots once here: a bundle the server writes must be found without
+    # waiting for the next walk (it was missed when a walk had happened within a second).
+    monkeypatch.setattr(catalog, "RESCAN_AFTER_S", 1e9)
+    monkeypatch.setattr(catalog, "MIN_RESCAN_GAP_S", 1e9)
     from backend.models.classifier import Classifier, save_classifier
     from backend.models.heads import LinearHead
 
