@@ -12,13 +12,11 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def dock(make_napari_viewer, fake_backend, cmu_layer_data):
-    from napari.layers import Layer
+def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
+    """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
+    from conftest import slide_dock
 
-    viewer = make_napari_viewer()
-    widget = HistoclipWidget(viewer, backend=fake_backend)
-    viewer.add_layer(Layer.create(*cmu_layer_data))
-    return widget
+    return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 
 
 def test_dock_defaults_are_the_backends(dock) -> None:

@@ -47,7 +47,10 @@ def test_import_backend_does_not_import_qt() -> None:
 
 
 def test_opening_the_dock_does_not_import_torch() -> None:
-    """The dock lists the registry's models without loading any: torch waits for a first task."""
+    """The dock lists the registry's models without loading any: torch waits for a first task.
+
+    The widget class itself on a ``ViewerModel`` (no plugin path): a bare subprocess with no
+    napari window or plugin manager, so that only the dock's own imports are counted."""
     mods = _modules_after(
         "import os; os.environ['QT_API'] = 'pyqt6'; os.environ['QT_QPA_PLATFORM'] = 'offscreen'\n"
         "from qtpy.QtWidgets import QApplication; app = QApplication([])\n"

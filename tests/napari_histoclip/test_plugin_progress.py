@@ -69,7 +69,6 @@ def test_the_footer_shows_loading_and_a_cancel_at_once(plugin_dock, plugin_viewe
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs h-backend's 'loading model' progress stage (interfaces item 2)")
 def test_first_use_of_the_local_backend_shows_loading_the_model(plugin_dock, plugin_viewer, qtbot, cmu_slide, notes) -> None:
     """Cancel clicked while the model loads: the task stops once loading returns, before it
     encodes a tile (counted, not timed: the machine may be shared)."""

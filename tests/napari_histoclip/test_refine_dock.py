@@ -138,28 +138,25 @@ def test_refine_without_a_class_map_says_what_to_do(plugin_viewer, plugin_dock, 
     assert notes.errors and "label the slide in the Zero-shot tab first" in notes.errors[0]
 
 
-def test_screenshots_before_and_after_refine(make_napari_viewer, qtbot, cmu_layer_data, local_backend, tmp_path,
+def test_screenshots_before_and_after_refine(local_backend, plugin_viewer, plugin_dock, qtbot, cmu_slide, tmp_path,
                                              capsys, notes) -> None:
     """``refine-before.png`` (zero-shot map with painted marks) and ``refine-after.png`` (the
     refined map, legend and unsure list), to ``$HISTOCLIP_SCREENSHOT_DIR`` or a temp dir."""
     import os
     import sys
 
-    from napari.layers import Layer
     from PIL import Image
     from test_screenshots import DOCK_WIDTH, MAX_BYTES, WINDOW, save_png
 
-    from napari_histoclip._widgets._main import HistoclipWidget
+    from conftest import slide_dock
 
     out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
     out.mkdir(parents=True, exist_ok=True)
-    viewer = make_napari_viewer(show=True)
+    viewer = plugin_viewer
     viewer.window._qt_window.resize(*WINDOW)
-    dock = HistoclipWidget(viewer, backend=local_backend)
+    # The module's backend (first in the arguments: it imports torch before the canvas maps Mesa).
+    dock = slide_dock(plugin_dock, viewer, local_backend, cmu_slide, "test-tiny")
     dock.setMaximumWidth(DOCK_WIDTH)
-    viewer.window.add_dock_widget(dock, name="HistoCLIP", area="right")
-    viewer.add_layer(Layer.create(*cmu_layer_data))
-    dock.model.value = "test-tiny"
     dock.zero_shot.run_button.native.click()
     wait(qtbot, dock)
     dock.tabs.setCurrentIndex(dock.tabs.count() - 1)

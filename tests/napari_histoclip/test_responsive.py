@@ -1,5 +1,10 @@
 """While a slide is embedded or relabelled, the UI thread keeps ticking (no gap > 250 ms while
-embedding; relabelling updates its layers in place)."""
+embedding; relabelling updates its layers in place).
+
+The two embedding cases build the widget class on a hidden viewer, not through the plugin path:
+they bound the dock's own UI-thread gaps at 250 ms of wall time, and a shown canvas adds
+llvmpipe repaints that a loaded 2-core machine stretches past that (384 and 274 ms seen through
+the plugin path at load ~7, 2026-12-01). The relabel case goes through the plugin path."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from napari_histoclip._widgets._main import HistoclipWidget
 pytestmark = pytest.mark.gui
 MAX_GAP_S = 0.25
 MAX_RELABEL_GAP_S = 3.0
+MAX_UPDATE_CPU_S = 0.5  # UI-thread CPU seconds to update a relabel's layers (rebuilt: 1-2.3 s)
 
 
 def worst_gap_while(qtbot, widget: HistoclipWidget, start) -> tuple[float, float]:
@@ -74,7 +80,6 @@ def test_ui_stays_responsive_while_embedding(make_napari_viewer, qtbot, cmu_laye
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="failed once after the progress coalescing at 10:57, cause not yet read; see the h-plugin-a report")
 def test_relabelling_from_the_plugin_dock_does_not_freeze_the_ui(plugin_dock, plugin_viewer, qtbot, cmu_slide, notes, capsys) -> None:
     """New prompts on an embedded slide: the result layers are updated, not rebuilt."""
     from conftest import open_slide
@@ -93,26 +98,34 @@ def test_relabelling_from_the_plugin_dock_does_not_freeze_the_ui(plugin_dock, pl
     class_map = plugin_viewer.layers["CMU-1-Small-Region: class map"]
     # The user rewords the prompts (colours stay with their rows, as in the table).
     panel.prompts.set_rows([PromptRow(c.upper() if i < 6 else c + " tissue", colors[i]) for i, c in enumerate(classes)])
-    shown: list[float] = []
+    shown: list[tuple[float, float]] = []
     show = panel.show_result
+    changes: list[str] = []
+    for ev in (plugin_viewer.layers.events.inserted, plugin_viewer.layers.events.removed):
+        ev.connect(lambda e: changes.append(f"{e.type} {e.value.name}"))
 
     def timed(*args, **kwargs):  # noqa: ANN002, ANN003
-        t = time.perf_counter()
+        # The UI thread's own CPU time, not wall time: on a 2-core machine shared by several
+        # test runs (load 10 and more) the same in-place update took 250-870 ms of wall time,
+        # which failed a 250 ms wall-clock bound 3 runs in 4 (the cause of the old xfail).
+        t, c = time.perf_counter(), time.thread_time()
         out = show(*args, **kwargs)
-        shown.append(time.perf_counter() - t)
+        shown.append((time.perf_counter() - t, time.thread_time() - c))
         return out
 
     panel.show_result = timed
     gap, took = worst_gap_while(qtbot, dock, panel.run_button.native.click)
     with capsys.disabled():
         print(f"\n[ui] worst UI-thread gap while relabelling (8 classes): {1000 * gap:.0f} ms over {took:.1f} s; "
-              f"layers updated in {1000 * shown[0]:.0f} ms")
+              f"layers updated in {1000 * shown[0][0]:.0f} ms ({1000 * shown[0][1]:.0f} ms UI-thread CPU)")
     assert not notes.errors, notes.errors
     assert plugin_viewer.layers["CMU-1-Small-Region: class map"] is class_map  # updated in place
     assert "CMU-1-Small-Region: p(nerve tissue)" in plugin_viewer.layers
     assert "CMU-1-Small-Region: p(nerve)" not in plugin_viewer.layers
-    # The result's layers, on the UI thread: replacing them took seconds, updating them ms.
-    assert shown[0] < MAX_GAP_S
+    # Updated, not rebuilt: no layer was added or removed (8 probability maps renamed in place).
+    assert not changes, changes
+    # Rebuilding the layers cost the UI thread 1-2.3 s; updating them a fraction of that.
+    assert shown[0][1] < MAX_UPDATE_CPU_S
     # The whole relabel, repaints included (Mesa llvmpipe, 2 cores shared by several runs:
     # ~1 s seen here under a load of 10-17, 14 s when the layers were rebuilt).
     assert gap < MAX_RELABEL_GAP_S

@@ -15,14 +15,11 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture
-def dock(make_napari_viewer, fake_backend, cmu_layer_data, qtbot):
-    from napari.layers import Layer
+def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
+    """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
+    from conftest import slide_dock
 
-    viewer = make_napari_viewer()
-    widget = HistoclipWidget(viewer, backend=fake_backend)
-    viewer.window.add_dock_widget(widget, name="HistoCLIP")
-    viewer.add_layer(Layer.create(*cmu_layer_data))
-    return widget
+    return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 
 
 def wait(qtbot, widget: HistoclipWidget) -> None:
@@ -34,21 +31,19 @@ def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
     assert dock.slide.value is not None and slide_of(dock.slide.value).name == "CMU-1-Small-Region.svs"
 
 
-def test_errors_become_notifications(make_napari_viewer, fake_backend, qtbot, notes) -> None:
+def test_errors_become_notifications(plugin_dock, plugin_viewer, fake_backend, qtbot, notes) -> None:
+    from conftest import open_slide, with_backend
+
     from backend.errors import SlideReadError
 
-    viewer = make_napari_viewer()
-    widget = HistoclipWidget(viewer, backend=fake_backend)
+    widget = with_backend(plugin_dock, fake_backend)
     widget.zero_shot.run_button.native.click()  # no slide open
     assert notes.errors[-1].startswith("Slide: open a whole-slide image first")
     widget.embed_button.native.click()
     assert len(notes.errors) == 2
 
-    from napari.layers import Layer
-
-    from napari_histoclip._reader import read_slide_layer
-
-    viewer.add_layer(Layer.create(*read_slide_layer(Path(__file__).parents[2] / "../shared/testdata/slides/kidney-48-5.tif")))
+    open_slide(plugin_viewer, Path(__file__).parents[2] / "../shared/testdata/slides/kidney-48-5.tif")
+    widget.set_mpp("0.5")  # the kidney TIFF records no µm/px
     widget.zero_shot.prompts.set_rows([])
     widget.zero_shot.run()
     assert "at least 2 classes" in notes.errors[-1]
@@ -79,16 +74,14 @@ def test_sync_mode_runs_on_the_calling_thread(dock, monkeypatch) -> None:
     assert not dock.runner.busy and "CMU-1-Small-Region: class map" in dock.viewer.layers
 
 
-def test_a_closed_dock_stops_listening(dock, slides_dir) -> None:
+def test_a_closed_dock_stops_listening(dock, plugin_viewer, slides_dir) -> None:
     """After the dock is closed, layer changes reach no deleted widget."""
-    from napari.layers import Layer
-
-    from napari_histoclip._reader import read_slide_layer
+    from conftest import open_slide
 
     shapes = dock.captions.new_layer()
     before = dock.slide.value
     dock.disconnect_viewer()
-    dock.viewer.add_layer(Layer.create(*read_slide_layer(slides_dir / "kidney-48-5.tif")))
+    open_slide(plugin_viewer, slides_dir / "kidney-48-5.tif")
     assert dock.slide.value is before  # a connected dock would have switched to the new slide
     shapes.selected_data = {0} if len(shapes.data) else set()
     assert dock.captions._watched is None

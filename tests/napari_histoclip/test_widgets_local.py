@@ -17,7 +17,20 @@ MPP = 0.499
 
 
 @pytest.fixture
-def dock(make_napari_viewer, local_backend, cmu_layer_data):
+def dock(plugin_dock, plugin_viewer, local_backend, cmu_slide):
+    """The dock as Plugins > HistoCLIP makes it, CMU opened by the reader, on the module's
+    ``LocalBackend`` (its loaded model and cached embeddings serve every test here)."""
+    from conftest import slide_dock
+
+    return slide_dock(plugin_dock, plugin_viewer, local_backend, cmu_slide, MODEL)
+
+
+@pytest.fixture
+def hidden_dock(make_napari_viewer, local_backend, cmu_layer_data):
+    """The widget class built directly on a hidden viewer (no GL draws), for the one test that
+    the plugin path's shown canvas fails for now: there a relabel's in-place Labels update
+    draws "RuntimeError: Could not find texture with id N" (vispy, LabelNode) in the Qt event
+    loop, seen 2026-12-01 under PyQt6/llvmpipe; to be diagnosed (see the h-plugin report)."""
     from napari.layers import Layer
 
     viewer = make_napari_viewer()
@@ -36,8 +49,10 @@ def test_registry_models_are_listed(dock) -> None:
     assert MODEL in dock.model.choices
 
 
-def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, qtbot, local_backend, cmu_slide, notes) -> None:
+def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(hidden_dock, qtbot, local_backend, cmu_slide, notes) -> None:
     from backend.api import SlideRef
+
+    dock = hidden_dock
 
     panel = dock.zero_shot
     panel.run_button.native.click()
