@@ -12,6 +12,8 @@ steps of each are not timed (allocator, first-touch, the loader filling its queu
 rounds of the paired ratio b / a (medians of a and b are printed too). Target: b / a >= 0.85.
 
     .venv/bin/python benchmarks/train_throughput.py            # ~4 min on 2 idle cores
+"""
+
 from __future__ import annotations
 
 import argparse
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side and round (>= 1)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per side and round")
     p.add_argument("--rounds", type=int, default=3, help="rounds; the figure is the median of their b/a")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="trainer's data-loading processes")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
 
     import torch

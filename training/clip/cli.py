@@ -22,8 +22,9 @@ data (--train / --val):
   relative to the table; a folder with one sub-folder per class (captions written from the class
   names with --caption-template); a table with --label-column (class-supervised) or with
   --pair-label-column (0/1 pairs, for the contrastive and cosine losses); or WebDataset shards,
-  e.g. 'shards/{000..099}.tar' (image + .txt caption per sample; streamed, split over processes
-  and --workers).
+  e.g. 'shards/{000..099}.tar' (image + .txt caption [+ .group image id] per sample; streamed:
+  shards dealt to processes and --workers by size, read in parallel, duplicate-free batches,
+  --resume exact for any worker count; an epoch ends when the first worker's shards run out).
 
 losses (--loss):
   clip         symmetric InfoNCE with the model's learnable temperature (default)

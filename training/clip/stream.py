@@ -115,8 +115,9 @@ def _raw(sample: dict[str, Any]) -> _Raw:
     image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     caption = next((sample[e] for e in CAPTION_EXTS if e in sample), None)
     if image is None or caption is None:
-        what = "an image (" + ", ".join(IMAGE_EXTS) + ")" if image is None else "a caption (" + ", ".join(CAPTION_EXTS) + ")"
-        raise InputError(f"webdataset shard {url}: sample {key} has no {what}; it holds {sorted(k for k in sample if not k.startswith('__'))}")
+        missing = f"image ({', '.join(IMAGE_EXTS)})" if image is None else f"caption ({', '.join(CAPTION_EXTS)})"
+        held = sorted(k for k in sample if not k.startswith("__"))
+        raise InputError(f"webdataset shard {url}: sample {key} has no {missing}; it holds {held}")
     text = caption.decode("utf-8", errors="replace") if isinstance(caption, bytes) else str(caption)
     if not text.strip():
         raise InputError(f"webdataset shard {url}: sample {key}: empty caption")
