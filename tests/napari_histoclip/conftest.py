@@ -112,30 +112,3 @@ def plugin_dock(plugin_viewer):
     if "test-tiny" in [c for c in widget.model.choices]:
         widget.model.value = "test-tiny"  # random weights, builds in a second on CPU
     return widget
-
-
-def open_slide(viewer, path) -> object:
-    """Open a slide with the plugin's reader (File > Open's path); returns its image layer."""
-    layers = viewer.open(str(path), plugin="napari-histoclip")
-    assert layers, f"the reader opened nothing from {path}"
-    return layers[0]
-
-
-def with_backend(dock, backend) -> object:
-    """The plugin-path dock using ``backend`` (a test double, or a module's shared
-    ``LocalBackend`` whose loaded model later tests reuse) in place of the one it would make;
-    injected, so the dock keeps it open when it closes, as it keeps a remote backend."""
-    if dock._owns_backend and dock._backend is not None:
-        dock._backend.close()  # the one it made for its model list
-    dock._backend, dock._owns_backend = backend, False
-    dock.refresh_models()
-    return dock
-
-
-def slide_dock(plugin_dock, plugin_viewer, backend, path, model: str | None = None) -> object:
-    """The plugin-path dock on ``backend`` with the slide ``path`` opened by the plugin's reader."""
-    dock = with_backend(plugin_dock, backend)
-    open_slide(plugin_viewer, path)
-    if model is not None:
-        dock.model.value = model
-    return dock

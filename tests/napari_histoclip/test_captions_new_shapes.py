@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from conftest import open_slide
+from dock_helpers import open_slide
 from mouse import draw_polygon, draw_rectangle
 
 from napari_histoclip._shapes import CAPTION, CAPTION_SCORE, CAPTION_TEXT, CLASS, NBEST

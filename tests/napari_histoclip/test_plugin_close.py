@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import open_slide
+from dock_helpers import open_slide
 
 from backend.api import IndexRequest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import open_slide
+from dock_helpers import open_slide
 from mouse import draw_polygon, draw_rectangle
 
 pytestmark = pytest.mark.gui

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import open_slide
+from dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import open_slide
+from dock_helpers import open_slide
 from mouse import draw_polygon, draw_rectangle
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]

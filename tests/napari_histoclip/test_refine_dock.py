@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mouse
-from conftest import open_slide
+from dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui
 MAP = "CMU-1-Small-Region: class map"
@@ -148,7 +148,7 @@ def test_screenshots_before_and_after_refine(local_backend, plugin_viewer, plugi
     from PIL import Image
     from test_screenshots import DOCK_WIDTH, MAX_BYTES, WINDOW, save_png
 
-    from conftest import slide_dock
+    from dock_helpers import slide_dock
 
     out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
     out.mkdir(parents=True, exist_ok=True)

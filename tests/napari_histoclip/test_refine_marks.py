@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mouse
-from conftest import open_slide
+from dock_helpers import open_slide
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # a shown viewer and zero-shot per test
 MAP = "CMU-1-Small-Region: class map"

@@ -82,7 +82,7 @@ def test_ui_stays_responsive_while_embedding(make_napari_viewer, qtbot, cmu_laye
 @pytest.mark.slow
 def test_relabelling_from_the_plugin_dock_does_not_freeze_the_ui(plugin_dock, plugin_viewer, qtbot, cmu_slide, notes, capsys) -> None:
     """New prompts on an embedded slide: the result layers are updated, not rebuilt."""
-    from conftest import open_slide
+    from dock_helpers import open_slide
 
     from napari_histoclip._widgets._prompts import PromptRow
 

@@ -17,7 +17,7 @@ WAIT_MS = 60_000
 @pytest.fixture
 def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
     """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
-    from conftest import slide_dock
+    from dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 
@@ -32,7 +32,7 @@ def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
 
 
 def test_errors_become_notifications(plugin_dock, plugin_viewer, fake_backend, qtbot, notes) -> None:
-    from conftest import open_slide, with_backend
+    from dock_helpers import open_slide, with_backend
 
     from backend.errors import SlideReadError
 
@@ -76,7 +76,7 @@ def test_sync_mode_runs_on_the_calling_thread(dock, monkeypatch) -> None:
 
 def test_a_closed_dock_stops_listening(dock, plugin_viewer, slides_dir) -> None:
     """After the dock is closed, layer changes reach no deleted widget."""
-    from conftest import open_slide
+    from dock_helpers import open_slide
 
     shapes = dock.captions.new_layer()
     before = dock.slide.value

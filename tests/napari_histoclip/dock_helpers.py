@@ -1,0 +1,35 @@
+"""Helpers of the plugin tests (plain functions, not fixtures).
+
+Imported as ``from dock_helpers import ...``, never ``from conftest import ...``: several test
+folders have a ``conftest.py``, and which one the bare name ``conftest`` means at run time
+depends on collection order (a full-suite run resolved it to tests/server/conftest.py).
+"""
+
+from __future__ import annotations
+
+
+def open_slide(viewer, path) -> object:
+    """Open a slide with the plugin's reader (File > Open's path); returns its image layer."""
+    layers = viewer.open(str(path), plugin="napari-histoclip")
+    assert layers, f"the reader opened nothing from {path}"
+    return layers[0]
+
+
+def with_backend(dock, backend) -> object:
+    """The plugin-path dock using ``backend`` (a test double, or a module's shared
+    ``LocalBackend`` whose loaded model later tests reuse) in place of the one it would make;
+    injected, so the dock keeps it open when it closes, as it keeps a remote backend."""
+    if dock._owns_backend and dock._backend is not None:
+        dock._backend.close()  # the one it made for its model list
+    dock._backend, dock._owns_backend = backend, False
+    dock.refresh_models()
+    return dock
+
+
+def slide_dock(plugin_dock, plugin_viewer, backend, path, model: str | None = None) -> object:
+    """The plugin-path dock on ``backend`` with the slide ``path`` opened by the plugin's reader."""
+    dock = with_backend(plugin_dock, backend)
+    open_slide(plugin_viewer, path)
+    if model is not None:
+        dock.model.value = model
+    return dock
