@@ -11,7 +11,7 @@ steps of each are not timed (allocator, first-touch, the loader filling its queu
 ``--steps`` are. Rounds alternate so a change of load hits both; the figure is the median over
 rounds of the paired ratio b / a (medians of a and b are printed too). Target: b / a >= 0.85.
 
-    .venv/bin/python benchmarks/train_throughput.py            # ~4 min on 2 idle cores
+    .venv/bin/python benchmarks/train_throughput.py            # ~20 min on 2 idle cores
 """
 
 from __future__ import annotations

@@ -52,6 +52,14 @@ def test_shards_are_dealt_by_size_and_skips_follow_round_robin() -> None:
     # 7 batches taken from 3 streams in turn: stream 0 gave batches 0, 3, 6; 1 gave 1, 4; 2 gave 2, 5
     assert [skipped(7, s, 3) for s in range(3)] == [3, 2, 2]
     assert [skipped(0, s, 3) for s in range(3)] == [0, 0, 0]
+    # an epoch ends at the first spent stream: streams of c full batches at place s end it at c * n + s
+    even = Stream("x.tar", ("a", "b"), (16, 16), "")
+    assert even.planned_batches(8, world=1, workers=2, seed=0, epoch=0) == 4  # 2 + 2: the naive 32 // 8 too
+    short = Stream("x.tar", ("a", "b", "c"), (20, 16, 12), "")
+    slots = assign_shards(short.sizes, 2, seed=0, epoch=0)
+    full = [sum(short.sizes[i] for i in slot) // 8 for slot in slots]
+    assert short.planned_batches(8, world=1, workers=2, seed=0, epoch=0) == min(full[0] * 2, full[1] * 2 + 1) < 48 // 8
+    assert short.planned_batches(8, world=3, workers=1, seed=0, epoch=0) == 1  # the 12-sample shard's rank
 
 
 def test_stream_sampler_keeps_repeats_apart_and_waits_boundedly() -> None:
@@ -92,10 +100,15 @@ def _log(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_webdataset_resume_with_two_workers_equals_uninterrupted(shards: str, tmp_path: Path) -> None:
     common = {**FAST, "train": shards, "epochs": 2, "workers": 2, "data_log": True, "patience": 0}
-    whole = train(ClipTrainConfig(**common, out_dir=tmp_path / "whole"))
+    config = ClipTrainConfig(**common, out_dir=tmp_path / "whole")
+    whole, whole_seed = train(config), config.seed
     log = _log(tmp_path / "whole")
     steps_per_epoch = whole.steps // 2
     assert 3 <= steps_per_epoch <= 48 // 8  # the epoch ends when the first stream is spent
+    stream = Stream.open(shards)
+    planned = [stream.planned_batches(8, world=1, workers=2, seed=whole_seed, epoch=e) for e in (0, 1)]
+    assert [sum(r["epoch"] == e for r in log) for e in (1, 2)] == planned  # what the schedule was planned on
+    assert whole.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # so the cosine reached 0 at the last step
     for epoch in (1, 2):
         ids = [i for r in log if r["epoch"] == epoch for i in r["ids"]]
         assert len(ids) == len(set(ids)) == 8 * steps_per_epoch  # no sample twice in an epoch

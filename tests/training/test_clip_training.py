@@ -164,6 +164,16 @@ def test_resume_equals_uninterrupted_and_card(tiles: Path, tmp_path: Path, base_
     assert card["data"]["train"]["rows"] == 48 and len(card["data"]["train"]["sha256"]) == 64
     assert card["data"]["train"]["source"].endswith("train.parquet")
     assert card["settings"]["loss"] == "clip" and card["final_metrics"]["val_loss"] > 0
+    assert base_run.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # warm-up, then cosine down to 0
+
+
+def test_the_schedule_reaches_zero_at_the_last_accumulated_step(tiles: Path, tmp_path: Path) -> None:
+    # 48 rows in batches of 8: 6 micro-batches an epoch, so one whole group of 4 (the rest is dropped)
+    seen = []
+    result = train(ClipTrainConfig(**{**FAST, "epochs": 1, "grad_accum": 4, "warmup_steps": 0}, train=str(tiles / "train.csv"),
+                                   out_dir=tmp_path / "run"), progress=lambda p: seen.append((p.done, p.total)))
+    assert result.steps == 1 and seen[0] == (1, 1)
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.slow

@@ -136,21 +136,32 @@ def config_from_args(args: argparse.Namespace) -> ClipTrainConfig:
 
 
 class _Bar:
-    def __init__(self) -> None:
-        from tqdm import tqdm
+    """The run's tqdm bar on stderr (rank 0 only), made at the first step event so that it starts
+    at the steps already done (a resumed run) and never shows an empty "0step" bar first."""
 
-        self.bar = tqdm(total=0, desc="clip", unit="step", file=sys.stderr, dynamic_ncols=True,
-                        disable=os.environ.get("RANK", "0") != "0")
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.enabled = os.environ.get("RANK", "0") == "0"
 
     def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=p.total, initial=max(0, p.done - 1), desc="clip", unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
         if self.bar.total != p.total:
             self.bar.total = p.total
         if p.stage.startswith("epoch"):
             self.bar.write(f"clip: {p.stage}")
         else:
             self.bar.set_postfix_str(p.stage.removeprefix("train "), refresh=False)
-        self.bar.n = p.done
-        self.bar.refresh()
+        self.bar.update(max(0, p.done - self.bar.n))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = train(config_from_args(args), progress=bar)
     finally:
-        bar.bar.close()
+        bar.close()
     if os.environ.get("RANK", "0") == "0":
         stop = ", stopped early" if result.stopped_early else ""
         print(f"clip: {result.steps} steps{stop}; model bundle {result.bundle}")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from backend.errors import InputError
 from training.clip.augment import ColourJitter
 from training.clip.losses import LossKind
 from training.clip.tuning import Tower, TuningMode
-from training.common.run import Precision
+from training.common.settings import RunSettings
 
 
 class StopMetric(StrEnum):
@@ -20,8 +19,8 @@ class StopMetric(StrEnum):
 
 
 @dataclass(frozen=True)
-class ClipTrainConfig:
-    """One run. Paths are the inputs; the rest defines how it trains."""
+class ClipTrainConfig(RunSettings):
+    """One run. Paths are the inputs; the rest defines how it trains (and :class:`RunSettings`)."""
 
     model: str
     train: str  # table, class folder, or WebDataset shard spec
@@ -50,51 +49,28 @@ class ClipTrainConfig:
     lr: float = 1e-5
     weight_decay: float = 0.1
     warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    precision: Precision = Precision.AUTO
     grad_checkpointing: bool = False
     augment: bool = True
     colour_jitter: ColourJitter = ColourJitter.HED
     jitter_strength: float = 0.05
     stop_metric: StopMetric = StopMetric.VAL_LOSS
-    patience: int = 3
-    min_delta: float = 0.0
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
-    device: str | None = None
     workers: int = 2
     data_log: bool = False  # RUN/data-rank{R}.jsonl: the row / sample ids of every step, per rank
 
     def __post_init__(self) -> None:
-        for name, kind in (("loss", LossKind), ("tuning", TuningMode), ("lora_tower", Tower),
-                           ("precision", Precision), ("colour_jitter", ColourJitter), ("stop_metric", StopMetric)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except ValueError as e:
-                raise InputError(f"{name}: {getattr(self, name)!r} is not one of {[k.value for k in kind]}") from e
+        super().__post_init__()
+        self.coerce(loss=LossKind, tuning=TuningMode, lora_tower=Tower, colour_jitter=ColourJitter,
+                    stop_metric=StopMetric)
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        for name in ("epochs", "patience", "checkpoint_every", "warmup_steps", "unlocked_layers", "workers"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        self.at_least(0, "epochs", "warmup_steps", "unlocked_layers", "workers")
+        self.at_least(1, "batch_size", "grad_accum")
         if self.lr <= 0:
             raise InputError(f"lr: must be > 0, got {self.lr}")
         if self.stop_metric is StopMetric.ZEROSHOT and self.val_zeroshot is None:
             raise InputError("stop_metric zeroshot needs a labelled validation folder (--val-zeroshot DIR)")
         if self.caption_template.count("{}") != 1:
             raise InputError(f"caption_template {self.caption_template!r}: must hold one {{}} for the class name")
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON values (paths as strings, enums as their values)."""
-        def plain(v: Any) -> Any:
-            if isinstance(v, (Path, StrEnum)):
-                return str(v)
-            return list(v) if isinstance(v, tuple) else v
-        return {k: plain(v) for k, v in asdict(self).items()}
 
 
 # Settings that define a run: resuming with other values would silently change it.

@@ -212,15 +212,8 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         set_grad_checkpointing(model)
     core = ClipNet(model, loss_fn).to(device)
     core.train()
-    if isinstance(train_rows, Stream):
-        n0 = train_rows.samples // (config.batch_size * dist.world_size)
-        if n0 == 0:
-            raise InputError(f"{config.train}: {train_rows.samples} samples give no full batch of "
-                             f"{config.batch_size * dist.world_size}; lower --batch-size")
-    else:
-        n0 = len(epoch_batches(train_rows, config, dist.world_size, 0))
-    steps_per_epoch = math.ceil(n0 / config.grad_accum) if n0 >= config.grad_accum else 1
-    total_steps = config.epochs * steps_per_epoch
+    epoch_lengths = [_epoch_batches(train_rows, config, dist.world_size, e) for e in range(config.epochs)]
+    total_steps = sum(_steps(n, config.grad_accum) for n in epoch_lengths)  # the schedule reaches 0 at the last
     optimizer, scheduler, scaler = optimization(core.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                                 warmup=config.warmup_steps, total=total_steps, device=device,
                                                 precision=config.precision)
@@ -254,7 +247,8 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
     while state.epoch < config.epochs and not state.stopped_early:
         streamed = isinstance(train_rows, Stream)
         if streamed:  # an upper bound: the epoch ends when the first stream (of any rank) is spent
-            usable = n0 - n0 % config.grad_accum if n0 >= config.grad_accum else n0
+            n = epoch_lengths[state.epoch]
+            usable = n - n % config.grad_accum if n >= config.grad_accum else n
             shards = train_rows.epoch(config.batch_size, model.preprocessing, _augment_config(config, config.augment),
                                       rank=dist.rank, world=dist.world_size, workers=config.workers, seed=config.seed,
                                       epoch=state.epoch, position=state.batch_in_epoch)
@@ -323,6 +317,24 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
     best = [h for h in state.history if h.get("best")]
     return ClipTrainResult(out / MODEL_DIR, list(state.history), state.step, state.stopped_early,
                            best[-1] if best else None)
+
+
+def _epoch_batches(rows: Any, config: ClipTrainConfig, world: int, epoch: int) -> int:
+    """Batches each rank takes in ``epoch`` (a stream's epoch ends at its first spent worker stream)."""
+    if not isinstance(rows, Stream):
+        return len(epoch_batches(rows, config, world, epoch))
+    n = rows.planned_batches(config.batch_size, world=world, workers=config.workers, seed=config.seed, epoch=epoch)
+    if n == 0:
+        raise InputError(f"{config.train}: {rows.samples} samples in {len(rows.shards)} shard(s) give a stream of "
+                         f"{world} process(es) x {config.workers or 1} worker(s) no full batch of {config.batch_size}; "
+                         "lower --batch-size or --workers")
+    return n
+
+
+def _steps(batches: int, grad_accum: int) -> int:
+    """Optimizer steps of an epoch of ``batches``: whole groups of ``grad_accum`` (one short group
+    when the epoch has fewer batches than that)."""
+    return batches // grad_accum if batches >= grad_accum else 1
 
 
 def _score(record: dict[str, Any], config: ClipTrainConfig) -> float | None:

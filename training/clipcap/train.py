@@ -25,8 +25,7 @@ import json
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_
 from training.clipcap.encode import EmbeddingStore
 from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, autocast, distributed, load_checkpoint,
                                  optimization, optimizer_step, prepare_run_dir, save_checkpoint, wrap_ddp)
+from training.common.settings import RunSettings
 
 __all__ = ["CAPTIONER_DIR", "CHECKPOINT", "Precision", "TrainConfig", "TrainResult", "TrainState", "build_model",
            "train", "validation_loss"]
@@ -49,7 +49,7 @@ CAPTIONER_DIR = "captioner"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunSettings):
     """Settings of a ClipCap run (``python -m training clipcap --help`` describes each)."""
 
     train: Path
@@ -76,30 +76,14 @@ class TrainConfig:
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_steps: int = 500
-    max_grad_norm: float = 1.0
-    precision: Precision = Precision.AUTO
-    device: str | None = None
-    patience: int = 3
-    min_delta: float = 0.0
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mapper", MapperKind(self.mapper))
-        object.__setattr__(self, "precision", Precision(self.precision))
-        for name in ("epochs", "patience", "checkpoint_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        self.coerce(mapper=MapperKind)
+        self.at_least(0, "epochs", "warmup_steps")
+        self.at_least(1, "batch_size", "grad_accum")
         if self.lr <= 0:
             raise InputError(f"lr: must be > 0, got {self.lr}")
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON values (paths as strings, enums as their values)."""
-        return {k: (str(v) if isinstance(v, (Path, StrEnum)) else v) for k, v in asdict(self).items()}
 
 
 # Fields that define a run: resuming with different values would silently change it.

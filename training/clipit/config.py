@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from backend.errors import InputError
-from training.common.run import Precision, plain_json
+from training.common.settings import RunSettings
 
 
 class Tuning(StrEnum):
@@ -25,7 +24,7 @@ class HeadKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class ClipitConfig:
+class ClipitConfig(RunSettings):
     """One CLIP-IT run: a teacher, then the baseline (lambda 0) and the CLIP-IT student."""
 
     model: str  # the student's backbone (its image tower): registry name, hub id or bundle
@@ -57,34 +56,19 @@ class ClipitConfig:
     head_lr: float = 1e-3  # the new linear head and projection, which start from scratch
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    max_grad_norm: float = 1.0
-    precision: Precision = Precision.AUTO
     augment: bool = True
-    patience: int = 3
-    min_delta: float = 0.0
-    checkpoint_every: int = 0
-    resume: bool = False
-    seed: int = 0
-    device: str | None = None
     workers: int = 2
     name: str | None = None  # the classifier's name (default: the run folder's name)
 
     def __post_init__(self) -> None:
-        for name, kind in (("tuning", Tuning), ("head", HeadKind), ("precision", Precision)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except ValueError as e:
-                raise InputError(f"{name}: {getattr(self, name)!r} is not one of {[k.value for k in kind]}") from e
+        super().__post_init__()
+        self.coerce(tuning=Tuning, head=HeadKind)
         for name in ("pairs", "val", "out_dir", "train", "test"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-        for name in ("epochs", "patience", "checkpoint_every", "warmup_steps", "workers", "teacher_epochs"):
-            if getattr(self, name) < 0:
-                raise InputError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "lora_rank", "teacher_hidden"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        self.at_least(0, "epochs", "warmup_steps", "workers", "teacher_epochs")
+        self.at_least(1, "batch_size", "lora_rank", "teacher_hidden")
         for name in ("lr", "head_lr", "teacher_lr"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -97,9 +81,6 @@ class ClipitConfig:
         if self.mpp is not None and not self.mpp > 0:
             raise InputError(f"mpp: must be > 0, got {self.mpp}")
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON values (paths as strings, enums as their values, tuples as lists)."""
-        return plain_json(self)
 
 # Settings that define a run: resuming with other values would silently change it.
 RUN_FIELDS = ("model", "pairs", "train", "val", "text_model", "image_column", "label_column", "text_column",
