@@ -18,6 +18,9 @@ import numpy as np
 _HED_FROM_RGB_INV = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 _RGB_FROM_HED = _HED_FROM_RGB_INV / np.linalg.norm(_HED_FROM_RGB_INV, axis=1, keepdims=True)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
+# float32 is ample for 8-bit pixels and halves the loader's time in the jitter (float64: ~2x slower)
+_HED_FROM_RGB32, _RGB_FROM_HED32 = _HED_FROM_RGB.astype(np.float32), _RGB_FROM_HED.astype(np.float32)
+_OD_OF_LEVEL = (-np.log(np.maximum(np.arange(256.0), 1.0) / 255.0)).astype(np.float32)  # optical density per level
 
 
 class ColourJitter(StrEnum):
@@ -42,12 +45,11 @@ class AugmentConfig:
 
 def hed_jitter(rgb: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
     """Scale and shift each stain's optical density (see the module docstring)."""
-    od = -np.log(np.maximum(rgb.astype(np.float64), 1.0) / 255.0)
-    hed = od.reshape(-1, 3) @ _HED_FROM_RGB
-    alpha = 1 + rng.uniform(-sigma, sigma, 3)
-    beta = rng.uniform(-sigma, sigma, 3)
-    od2 = (hed * alpha + beta) @ _RGB_FROM_HED
-    out = 255.0 * np.exp(-od2)
+    hed = _OD_OF_LEVEL[rgb].reshape(-1, 3) @ _HED_FROM_RGB32
+    alpha = (1 + rng.uniform(-sigma, sigma, 3)).astype(np.float32)
+    beta = rng.uniform(-sigma, sigma, 3).astype(np.float32)
+    od2 = (hed * alpha + beta) @ _RGB_FROM_HED32
+    out = np.float32(255.0) * np.exp(-od2)
     return np.clip(out, 0, 255).round().astype(np.uint8).reshape(rgb.shape)
 
 
