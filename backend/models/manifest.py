@@ -37,12 +37,31 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
             f"{bundle_dir} is not a model bundle: it has no {MANIFEST_NAME} "
             f"(bundles are written by save_bundle / training)"
         )
+    return read_json_object(manifest, "the bundle manifest")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (a bundle manifest, a hub repository's config...).
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What the file is, for the error message (``"the bundle manifest"``).
+
+    Raises
+    ------
+    ModelError
+        The file cannot be read, is not JSON, or holds something else than an object; the
+        message names ``path``, ``what`` and the cause.
+    """
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{manifest}: cannot read the bundle manifest: {e}") from e
+        raise ModelError(f"{path}: cannot read {what}: {e}") from e
     if not isinstance(data, dict):
-        raise ModelError(f"{manifest}: expected a JSON object, got {type(data).__name__}")
+        raise ModelError(f"{path}: {what} is not a JSON object but a {type(data).__name__}")
     return data
 
 
