@@ -1,6 +1,6 @@
 """The cohort index: FAISS over tile embeddings of many slides, with SQLite metadata.
 
-One directory per index (see :mod:`backend.index.cohort` for its layout and the crash
+One directory per index (see :mod:`backend.index.directory` for its layout and the crash
 recovery rule). Typical use::
 
     from backend.index import CohortIndex, RegionQueryMode

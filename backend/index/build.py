@@ -1,6 +1,6 @@
 """Building a FAISS index from the store: the rebuild policy, training and filling.
 
-Used by ``cohort.py`` for every rebuild (flat to IVF, retraining, compaction) and for the
+Used by ``directory.py`` for every rebuild (flat to IVF, retraining, compaction) and for the
 in-memory index of a read-only open whose FAISS file is missing.
 """
 

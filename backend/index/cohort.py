@@ -1,47 +1,9 @@
 """The cohort index: one directory with a FAISS index over tile embeddings and its metadata.
 
-Layout of an index directory::
-
-    meta.sqlite          the source of truth (see ``store.py``): model id, dim, policy,
-                         generation; per slide version its metadata, tile coordinates,
-                         vector-id range and float16 vectors
-    index-<gen>.faiss    the FAISS index of generation <gen>, a derived cache of the store
-    lock                 held (flock) by the one process that has the index open for writing
-
-Writes and the recovery rule
-    Adding a slide is one SQLite transaction (retire the old version of a changed file, insert
-    the slide's metadata, coordinates and vectors); only after the commit are the vectors added
-    to the in-memory FAISS index, whose file is rewritten atomically (temp file + fsync +
-    ``os.replace``) every ``policy.save_every`` vectors (or a tenth of the index, if more) and
-    on close. So at any instant, a kill
-    leaves the store with whole slides only (SQLite rolls back an open transaction), and the
-    FAISS file of the current generation holds a *prefix* of the store's vector ids. On open:
-
-    1. leftover ``*.tmp`` files and FAISS files of other generations are deleted;
-    2. if ``index-<gen>.faiss`` is missing, unreadable, of another dimension, or holds *more*
-       vectors than the store (it cannot be trusted), the FAISS index is rebuilt from the
-       store;
-    3. if it holds fewer vectors than the store, the missing tail (slides committed after the
-       last save) is added from the store: ``ntotal == store.n_total()`` afterwards;
-    4. a slide whose add was interrupted before its commit is simply not in the index:
-       ``contains()`` is False and adding it again (resuming) adds it.
-
-    A rebuild (flat to IVF, retraining, compaction) writes ``index-<gen+1>.faiss`` first,
-    then commits the renumbered store together with ``generation = gen+1``, then deletes the
-    old file: a kill before the commit keeps generation ``gen`` and its file, after it the new.
-    A rebuild that was due but never committed is done again by the next ``add``.
-
-    A ``read_only`` open applies the same rule in memory only, and keeps up with a live
-    writer: each search first adds the vectors the writer has committed since.
-
-Removing vectors
-    A changed slide's old vectors are not removed from FAISS at once: they are marked retired
-    in the store and masked out of every search by an ``IDSelectorBitmap`` inside FAISS (so
-    ``k`` live hits still come back). When retired vectors exceed
-    ``policy.max_dead_fraction`` the index is compacted by a rebuild. Why not ``remove_ids``:
-    the IVF index re-ranks through ``IndexRefine``, which does not implement it, and on flat or
-    IVF lists it is an O(ntotal) rewrite per slide anyway; tombstones keep vector ids stable
-    (FAISS label = position), which is what makes the prefix rule above possible.
+:class:`CohortIndex` is what is done with an open index: adding and removing slides, looking
+at its contents, searching. Opening, creating, saving, rebuilding and recovering the
+directory, with its layout and the rule that makes an interrupted run lose at most the slide
+in progress, are :mod:`backend.index.directory`'s (the base class ``IndexDirectory``).
 
 A search needs no pixels: the caller passes embedding vectors (a tile's, a text prompt's, or a
 region's tiles) together with the id of the model that made them.
@@ -49,52 +11,30 @@ region's tiles) together with the id of the model that made them.
 
 from __future__ import annotations
 
-import functools
-import json
 import threading
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, fields
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 
 from backend.api import ProgressCallback
-from backend.errors import CancelledError, InputError, ModelMismatchError
-from backend.index import build as b
+from backend.errors import CancelledError
 from backend.index import faiss_index as fi
 from backend.index import query as q
+# IndexClosedError: re-exported, its callers import it from here
+from backend.index.directory import IndexClosedError, IndexDirectory, serialised  # noqa: F401
 from backend.index.records import (
     AddResult,
     AddStatus,
     EmbeddingSet,
     Hit,
-    IndexPolicy,
     IndexStats,
     RegionQueryMode,
     SlideRecord,
 )
-from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
-class IndexClosedError(InputError):
-    """The index was closed (perhaps by another thread) before this call."""
-
-
-def _serialised(method: F) -> F:
-    """Run ``method`` under the index's lock (see :class:`CohortIndex` on threads)."""
-
-    @functools.wraps(method)
-    def locked(self: CohortIndex, *args: Any, **kwargs: Any) -> Any:
-        with self._mutex:
-            return method(self, *args, **kwargs)
-
-    return locked  # type: ignore[return-value]
-
-
-class CohortIndex:
+class CohortIndex(IndexDirectory):
     """A cohort's tile embeddings, searchable by a tile, a text prompt or a region.
 
     Get one with :meth:`create` or :meth:`open`, use it as a context manager (or call
@@ -109,182 +49,29 @@ class CohortIndex:
     :class:`~backend.index.store.MetaStore`).
     """
 
-    def __init__(self, path: Path, store: MetaStore, policy: IndexPolicy, lock: Any) -> None:
-        # use create() or open(): they check the directory and run the recovery
-        self.path = path
-        self._store = store
-        self.policy = policy
-        self._lock = lock
-        self.model_id: str = store.get_info("model_id") or ""
-        # The name to load the model by; indexes made before it was recorded: the id, which
-        # is the loadable name of registry and hub models.
-        self.model_name: str = store.get_info("model_name") or self.model_id
-        self.dim: int = int(store.get_info("dim") or 0)
-        self._index: Any = None
-        self._gen = store.generation  # generation of the FAISS index held in memory
-        self._view = q.View.empty()
-        self._unsaved = 0
-        self._closed = False
-        self._mutex = threading.RLock()  # see the class docstring
-
-    # --- lifecycle ----------------------------------------------------------------------
-
-    @classmethod
-    def create(
-        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None,
-        model_name: str | None = None,
-    ) -> CohortIndex:
-        """Create an empty index in directory ``path`` (new, or existing and empty).
-
-        Parameters
-        ----------
-        path
-            Directory to hold the index.
-        model_id
-            The one model whose embeddings this index accepts.
-        dim
-            Embedding dimension of that model.
-        policy
-            Size thresholds and search knobs, stored with the index.
-        model_name
-            The name the model is loaded by (registry name, hub id, bundle path), recorded so
-            that a search can load it without being told; default ``model_id``.
-        """
-        path = Path(path)
-        if not model_id or dim < 2:
-            raise InputError(f"cohort index needs a model id and a dimension >= 2, got {model_id!r}, {dim}")
-        if (path / DB_NAME).exists():
-            raise InputError(f"{path} already holds a cohort index: open it with CohortIndex.open")
-        path.mkdir(parents=True, exist_ok=True)
-        if any(p.name != "lock" for p in path.iterdir()):
-            raise InputError(f"{path} is not empty: a cohort index needs a directory of its own")
-        lock = acquire_lock(path)
-        policy = policy or IndexPolicy()
-        info = {"model_id": model_id, "dim": str(int(dim)), "policy": json.dumps(asdict(policy)),
-                "trained_n": "0", "model_name": model_name or model_id}
-        try:
-            store = MetaStore.create(path / DB_NAME, info)
-        except BaseException:
-            release_lock(lock)
-            raise
-        self = cls(path, store, policy, lock)
-        self._index = fi.new_flat(self.dim)
-        self.flush(force=True)
-        return self
-
-    @classmethod
-    def open(
-        cls, path: str | Path, *, read_only: bool = False, policy: IndexPolicy | None = None
-    ) -> CohortIndex:
-        """Open an existing index, recovering from an interrupted run (see module docstring).
-
-        Parameters
-        ----------
-        path
-            The index directory.
-        read_only
-            Open without writing anything (recovery happens in memory only).
-        policy
-            Overrides the stored policy for this session.
-        """
-        path = Path(path)
-        if not (path / DB_NAME).is_file():
-            raise InputError(f"{path}: no cohort index here ({DB_NAME} not found)")
-        lock = None if read_only else acquire_lock(path)
-        try:
-            store = MetaStore(path / DB_NAME, read_only=read_only)
-        except BaseException:
-            release_lock(lock)
-            raise
-        self = cls(path, store, policy or _stored_policy(store), lock)
-        try:
-            self._recover()
-        except BaseException:
-            self._store.close()
-            release_lock(lock)
-            raise
-        return self
-
-    @classmethod
-    def open_or_create(
-        cls, path: str | Path, *, model_id: str, dim: int, model_name: str | None = None
-    ) -> CohortIndex:
-        """Open the index at ``path`` for writing, creating it when absent; an existing index of
-        another model is refused here, before any slide is embedded for it."""
-        if not (Path(path) / DB_NAME).exists():
-            return cls.create(path, model_id=model_id, dim=dim, model_name=model_name)
-        index = cls.open(path)
-        if index.model_id != model_id:
-            from backend.models.identity import is_legacy, mismatch_message, same_model_other_weights
-
-            index.close()
-            if is_legacy(index.model_id) or same_model_other_weights(index.model_id, model_id):
-                # the same model name, but not provably the same weights
-                raise ModelMismatchError(
-                    mismatch_message(
-                        f"cohort index {path}",
-                        index.model_id,
-                        model_id,
-                        "Build a new index for these weights: choose another --out (or delete this index folder)",
-                    )
-                )
-            raise ModelMismatchError(
-                f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
-                f"index with --model {index.model_id} or choose another --out"
-            )
-        return index
-
-    def __enter__(self) -> CohortIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @_serialised
-    def close(self) -> None:
-        """Save the FAISS file (unless read-only), close the store, release the lock."""
-        if self._closed:
-            return
-        try:
-            if self._lock is not None:
-                self._sync()
-                self.flush()
-        finally:
-            self._closed = True
-            self._store.close()
-            release_lock(self._lock)
-
-    @_serialised
-    def flush(self, *, force: bool = False) -> None:
-        """Write the FAISS file of the current generation if vectors were added since."""
-        self._check_open(write=True)
-        if self._unsaved or force or not self._faiss_path().exists():
-            fi.save_atomic(self._index, self._faiss_path())
-            self._unsaved = 0
-
     # --- contents -----------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def __len__(self) -> int:
         """Number of live vectors (tiles of slides in the index)."""
         return self._view.n_live
 
-    @_serialised
+    @serialised
     def contains(self, fingerprint: str) -> bool:
         """True if a slide with this fingerprint is in the index."""
         return self._view.by_fingerprint(fingerprint) is not None
 
-    @_serialised
+    @serialised
     def slides(self) -> list[SlideRecord]:
         """The slides in the index (live versions), in vector-id order."""
         return [s for s in self._view.slides if s.live]
 
-    @_serialised
+    @serialised
     def spec_keys(self) -> set[str]:
         """The tile-spec keys of the slides in the index (see :mod:`backend.index.recorded`)."""
         return {s.spec_key for s in self.slides()}
 
-    @_serialised
+    @serialised
     def stats(self) -> IndexStats:
         """Kind, sizes and generation of the index."""
         f = self._faiss_path()
@@ -302,7 +89,7 @@ class CohortIndex:
 
     # --- adding -------------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def add(
         self,
         emb: EmbeddingSet,
@@ -370,7 +157,7 @@ class CohortIndex:
         return AddResult(status, slide.fingerprint, slide.slide_path, record.n_tiles,
                          old.fingerprint if old is not None else None, rebuilt)
 
-    @_serialised
+    @serialised
     def remove(self, slide: str) -> bool:
         """Retire a slide (by fingerprint, path or name); False if it is not in the index."""
         self._check_open(write=True)
@@ -384,45 +171,9 @@ class CohortIndex:
         self._maintain(None, None)
         return True
 
-    @_serialised
-    def rebuild(
-        self,
-        kind: fi.IndexKind | str | None = None,
-        *,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> None:
-        """Rebuild the FAISS index from the store: drop retired vectors, (re)train if IVF.
-
-        Parameters
-        ----------
-        kind
-            ``flat`` or ``ivf``; by default chosen from the live count and the policy.
-        progress
-            Called with ``Progress(slides done, slides total, "rebuild <kind>")``.
-        cancel
-            Set it to stop; the index is left as it was and :class:`CancelledError` raised.
-        """
-        self._check_open(write=True)
-        live = [s for s in self._store.slides(live_only=True)]
-        n_live = sum(s.n_tiles for s in live)
-        kind = fi.IndexKind(kind) if kind is not None else b.kind_for(n_live, self.policy)
-        index = b.build_index(self._store, live, self.dim, kind, self.policy, progress, cancel)
-        generation = self._generation + 1
-        fi.save_atomic(index, self._faiss_path(generation))
-        self._crash_point("rebuild-saved")
-        with self._store.transaction() as db:
-            self._store.compact(db, generation)
-            self._store.set_info(db, "trained_n", str(n_live))
-        self._gen = generation
-        self._crash_point("rebuild-committed")
-        self._faiss_path(generation - 1).unlink(missing_ok=True)
-        self._index, self._unsaved = index, 0
-        self._view = q.View.load(self._store)
-
     # --- searching ----------------------------------------------------------------------
 
-    @_serialised
+    @serialised
     def search(
         self,
         query: np.ndarray,
@@ -461,7 +212,7 @@ class CohortIndex:
                for v in queries]
         return out[0] if single else out
 
-    @_serialised
+    @serialised
     def search_region(
         self,
         tile_vectors: np.ndarray,
@@ -499,84 +250,5 @@ class CohortIndex:
 
     # --- internals ----------------------------------------------------------------------
 
-    @property
-    def _generation(self) -> int:
-        return self._gen
-
-    def _faiss_path(self, generation: int | None = None) -> Path:
-        gen = self._generation if generation is None else generation
-        return self.path / f"index-{gen}.faiss"
-
     def _knobs(self) -> q.Knobs:
         return q.Knobs(nprobe=self.policy.nprobe, k_factor=self.policy.k_factor)
-
-    def _crash_point(self, stage: str) -> None:
-        """A seam for crash tests: raise or kill here to simulate dying at ``stage``."""
-
-    def _check_open(self, *, write: bool = False) -> None:
-        if self._closed:
-            raise IndexClosedError(f"cohort index {self.path} is closed")
-        if write and self._lock is None:
-            raise InputError(f"cohort index {self.path} is open read-only")
-
-    def _recover(self) -> None:
-        """Load the FAISS file and bring it level with the store (module docstring rule)."""
-        self._gen = self._store.generation
-        self._index, self._unsaved = None, 0
-        current = self._faiss_path()
-        if self._lock is not None:  # only a writer may tidy up
-            for p in self.path.iterdir():
-                stray = p.name.endswith(".tmp") or (p.suffix == ".faiss" and p != current)
-                if stray and p.is_file():
-                    p.unlink()
-        self._view = q.View.load(self._store)
-        index = None
-        if current.exists():
-            try:
-                index = fi.load(current)
-            except InputError:
-                index = None  # a damaged derived file: rebuilt below
-        if index is None or index.d != self.dim or index.ntotal > self._view.n_total:
-            if self._lock is None:  # read-only: an in-memory copy with the store's numbering
-                self._index = b.build_index(self._store, self._view.slides, self.dim,
-                                             b.kind_for(self._view.n_live, self.policy), self.policy)
-                return
-            self.rebuild()
-            return
-        self._index = index
-        self._sync()
-
-    def _sync(self) -> None:
-        """Add vectors the store has and FAISS lacks (after a crash or a failed add)."""
-        if self._gen != self._store.generation:  # a rebuild failed between commit and swap
-            self._recover()
-            return
-        if self._index.ntotal == self._store.n_total() == self._view.n_total:
-            return
-        self._view = q.View.load(self._store)
-        have = self._index.ntotal
-        if have > self._view.n_total:
-            raise InputError(
-                f"{self.path}: FAISS index holds {have} vectors but the store {self._view.n_total}; "
-                "reopen the index to rebuild it"
-            )
-        for s in self._view.slides:
-            if s.id_start + s.n_tiles > have:
-                vectors = self._store.read_vectors(s, self.dim)
-                fi.add(self._index, vectors[max(0, have - s.id_start):])
-                self._unsaved += s.n_tiles
-                have = self._index.ntotal
-
-    def _maintain(self, progress: ProgressCallback | None, cancel: threading.Event | None) -> bool:
-        """Rebuild when the policy says so; True if it did."""
-        trained = int(self._store.get_info("trained_n") or 0)
-        due = b.rebuild_due(fi.kind_of(self._index), self._view.n_live, self._view.n_total, trained, self.policy)
-        if due:
-            self.rebuild(progress=progress, cancel=cancel)
-        return due
-
-
-def _stored_policy(store: MetaStore) -> IndexPolicy:
-    """The policy saved at creation (fields this version does not know are ignored)."""
-    known = {f.name for f in fields(IndexPolicy)}
-    return IndexPolicy(**{k: v for k, v in store.policy_json().items() if k in known})

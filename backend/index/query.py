@@ -1,8 +1,8 @@
 """Searching the cohort index: input checks, the in-memory view of its metadata, and the two
 search strategies (tile/pooled queries and tile-set region queries).
 
-``cohort.py`` owns the index's life cycle (files, recovery, adding); this module holds what a
-search needs and nothing that writes.
+``directory.py`` owns the index's life cycle (files, recovery) and ``cohort.py`` adding; this
+module holds what a search needs and nothing that writes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The cohort index's SQLite store: slide metadata, tile coordinates and the vectors themselves.
 
 This store is the index's source of truth; the FAISS file is derived from it (see
-``cohort.py`` for the recovery rule). One slide version is written in one transaction, so a
+``directory.py`` for the recovery rule). One slide version is written in one transaction, so a
 slide is either entirely in (metadata, coordinates and vectors) or not at all.
 
 Schema (``meta.sqlite``)::

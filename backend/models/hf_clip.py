@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,6 +9,7 @@ import torch
 
 from backend.errors import ModelError
 from backend.models.clip import ClipModel, _check_texts
+from backend.models.manifest import read_json_object
 from backend.models.registry import ModelFamily, Preprocessing
 
 # transformers/PIL resample codes used in preprocessor_config.json
@@ -70,10 +70,7 @@ def preprocessing_from_hf(processor_config: Path | None, image_size: int) -> Pre
     """``Preprocessing`` from a ``preprocessor_config.json`` (CLIP defaults where absent)."""
     if processor_config is None:
         return Preprocessing(image_size=image_size)
-    try:
-        cfg = json.loads(processor_config.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelError(f"{processor_config}: unreadable image processor config: {e}") from e
+    cfg = read_json_object(processor_config, "the image processor config")
     crop = cfg.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
     if int(crop) != image_size:

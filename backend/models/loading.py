@@ -9,7 +9,6 @@ with ``weights_only=True``); a model never runs with weights it did not load.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from backend.device import pick_device
 from backend.errors import ModelError
 from backend.models import hub
 from backend.models.clip import ClipModel, OpenClipModel
+from backend.models.manifest import read_json_object
 from backend.models.registry import ModelEntry, ModelFamily, Preprocessing, SourceKind, resolve_model
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -210,16 +210,6 @@ def hub_weights_id(entry: ModelEntry, weights: Path) -> str:
     return hub_model_id(entry.hub_id, revision)
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{what}: cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{what}: {path} is not a JSON object")
-    return data
-
-
 def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: Any) -> ClipModel:
     repo = entry.source
     files = hub.fetch(
@@ -228,7 +218,7 @@ def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir:
         ),
         cache_dir=cache_dir,
     )
-    config = _read_json(files["config"], f"hub repository {repo}")
+    config = read_json_object(files["config"], f"the open_clip config of hub repository {repo}")
     model_cfg = config.get("model_cfg")
     if not isinstance(model_cfg, dict) or "embed_dim" not in model_cfg:
         raise ModelError(f"hub repository {repo}: {OPEN_CLIP_CONFIG} has no usable 'model_cfg'")
@@ -292,7 +282,7 @@ def _load_hf_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: A
         ),
         cache_dir=cache_dir,
     )
-    config = _read_json(files["config"], f"hub repository {entry.source}")
+    config = read_json_object(files["config"], f"the open_clip config of hub repository {entry.source}")
     module, tokenizer = build_hf_clip(config, files["vocab.json"].parent, weights=files["weights"])
     image_size = int(module.config.vision_config.image_size)
     return HfClipModel(

@@ -13,31 +13,46 @@ A hub name may carry a revision, ``quiltnet-b32@<commit>`` or ``hf-hub:org/repo@
 ``model_id`` has this form (see ``identity.py``), so the id an index or cache records loads
 the very weights it was made with.
 
+What a bundle folder holds is read by ``manifest.py`` (which also lists bundles of every
+kind); the preprocessing settings an entry carries are ``preprocess_config.py``'s.
+
 This module imports neither torch nor open_clip: listing and resolving models is instant.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Mapping
 
-from backend.errors import ModelError, UnknownModelError
+from backend.errors import UnknownModelError
+
+# Bundle manifests (reading, describing, listing) and the preprocessing settings live in
+# their own modules; their names are re-exported here, where callers import them from.
+from backend.models.manifest import (  # noqa: F401 (re-exported)
+    BUNDLE_KINDS,
+    MANIFEST_NAME,
+    BundleInfo,
+    describe_bundle,
+    list_bundles,
+    read_manifest,
+)
+from backend.models.preprocess_config import (  # noqa: F401 (re-exported)
+    OPENAI_MEAN,
+    OPENAI_STD,
+    Interpolation,
+    Preprocessing,
+    ResizeMode,
+)
 
 HF_HUB_PREFIX = "hf-hub:"
 HF_URL = "https://huggingface.co/"
-MANIFEST_NAME = "histoclip.json"
 REVISION_SEP = "@"
 # what a hub revision may look like in a name (a commit, a branch or tag such as refs/pr/1)
 REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-
-# CLIP's own normalisation, which QuiltNet, PLIP and most CLIP fine-tunes keep.
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ModelFamily(StrEnum):
@@ -53,90 +68,6 @@ class SourceKind(StrEnum):
     HUB = "hub"  # the Hugging Face hub (through its local cache)
     BUNDLE = "bundle"  # a model bundle directory on disk
     BUILTIN = "builtin"  # built in code, no weights file (``test-tiny``)
-
-
-class Interpolation(StrEnum):
-    BICUBIC = "bicubic"
-    BILINEAR = "bilinear"
-
-
-class ResizeMode(StrEnum):
-    """How an image is brought to the model's square input (open_clip's names)."""
-
-    SHORTEST = "shortest"  # resize the shortest side to the size, then centre-crop
-    LONGEST = "longest"  # resize the longest side to the size, then centre-pad
-    SQUASH = "squash"  # resize both sides to the size, ignoring the aspect ratio
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How uint8 RGB pixels become a model's input tensor."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    interpolation: Interpolation = Interpolation.BICUBIC
-    resize_mode: ResizeMode = ResizeMode.SHORTEST
-    fill_color: int = 0  # padding value for ResizeMode.LONGEST
-
-    def __post_init__(self) -> None:
-        # Validate here so a bad bundle or hub config fails when read, not mid-slide.
-        if int(self.image_size) <= 0:
-            raise ValueError(f"preprocessing image_size must be > 0, got {self.image_size!r}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"preprocessing mean and std need 3 values, got {self.mean!r}, {self.std!r}")
-        if any(float(s) <= 0 for s in self.std):
-            raise ValueError(f"preprocessing std must be > 0, got {self.std!r}")
-        object.__setattr__(self, "image_size", int(self.image_size))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
-        object.__setattr__(self, "resize_mode", ResizeMode(self.resize_mode))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (the one stored in bundles)."""
-        return {
-            "image_size": self.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": str(self.interpolation),
-            "resize_mode": str(self.resize_mode),
-            "fill_color": self.fill_color,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """Read ``to_dict``'s form; raises ``ValueError`` naming the bad field."""
-        known = {"image_size", "mean", "std", "interpolation", "resize_mode", "fill_color"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**dict(data))
-
-    @classmethod
-    def from_open_clip(cls, preprocess_cfg: Mapping[str, Any], image_size: Any = None) -> Preprocessing:
-        """From an open_clip ``preprocess_cfg`` (``size``, ``mean``, ``std``, ...).
-
-        ``image_size`` (the vision tower's) wins over the config's ``size``, as in open_clip.
-        """
-        size = image_size if image_size is not None else preprocess_cfg.get("size", 224)
-        if isinstance(size, (list, tuple)):
-            if len(set(size)) != 1:
-                raise ValueError(f"non-square model input size {tuple(size)} is not supported")
-            size = size[0]
-        mean = preprocess_cfg.get("mean", OPENAI_MEAN)
-        std = preprocess_cfg.get("std", OPENAI_STD)
-        # open_clip allows a single number for all channels
-        mean = (mean,) * 3 if isinstance(mean, (int, float)) else tuple(mean)
-        std = (std,) * 3 if isinstance(std, (int, float)) else tuple(std)
-        return cls(
-            image_size=int(size),
-            mean=mean,
-            std=std,
-            interpolation=preprocess_cfg.get("interpolation", "bicubic"),
-            resize_mode=preprocess_cfg.get("resize_mode", "shortest"),
-            fill_color=int(preprocess_cfg.get("fill_color", 0)),
-        )
 
 
 @dataclass(frozen=True)
@@ -374,33 +305,6 @@ def _hub_id_entry(hub_id: str) -> ModelEntry:
     )
 
 
-def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
-    """Read a bundle's ``histoclip.json`` (any kind), checking only that it is a JSON object.
-
-    Raises
-    ------
-    ModelError
-        The directory has no manifest, or it is not valid JSON / not an object.
-    """
-    from backend.atomic import recover_dir
-
-    bundle_dir = Path(bundle_dir).expanduser()
-    recover_dir(bundle_dir)  # a replacement killed half-way left the previous bundle aside
-    manifest = bundle_dir / MANIFEST_NAME
-    if not manifest.is_file():
-        raise ModelError(
-            f"{bundle_dir} is not a model bundle: it has no {MANIFEST_NAME} "
-            f"(bundles are written by save_bundle / training)"
-        )
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{manifest}: cannot read the bundle manifest: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelError(f"{manifest}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _bundle_entry(path: Path) -> ModelEntry:
     # Imported here: bundle.py owns the format, and registry must stay importable alone.
     from backend.models.bundle import entry_from_manifest
@@ -409,94 +313,3 @@ def _bundle_entry(path: Path) -> ModelEntry:
     if not path.is_dir():
         raise UnknownModelError(f"model bundle directory {str(path)!r} does not exist; use {_accepted()}")
     return entry_from_manifest(path.resolve(), read_manifest(path))
-
-
-# --- bundles of every kind --------------------------------------------------------------------
-
-# What each bundle ``kind`` holds, and which function loads it (the registry only lists them).
-BUNDLE_KINDS: Mapping[str, str] = MappingProxyType({
-    "clip": "CLIP model (backend.models.load_model)",
-    "clipcap": "captioner (backend.caption.load_captioner)",
-    "classifier": "tile classifier over a CLIP model's embeddings, or over its own image-only backbone "
-                  "(backend.models.classifier.load_classifier)",
-})
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    """A bundle directory as the registry lists it, from its manifest alone.
-
-    ``model`` is the CLIP model a classifier or captioner works on (None for a CLIP bundle; for
-    a classifier with its own backbone, that backbone's folder), ``classes`` a classifier's
-    class names, ``trained_from`` the base model of a classifier's own backbone or of a CLIP
-    bundle, ``image_only`` whether a CLIP bundle (or a classifier's backbone) has no text tower.
-    """
-
-    path: str
-    kind: str
-    name: str
-    description: str
-    model: str | None = None
-    classes: tuple[str, ...] = ()
-    trained_from: str | None = None
-    image_only: bool = False
-
-
-def describe_bundle(path: str | Path) -> BundleInfo:
-    """What the bundle at ``path`` is (nothing is loaded; only ``histoclip.json`` is read).
-
-    Raises
-    ------
-    ModelError
-        No manifest, unreadable, or of a kind this version does not know (listing the kinds).
-    """
-    manifest = read_manifest(path)
-    kind = manifest.get("kind")
-    if kind not in BUNDLE_KINDS:
-        raise ModelError(
-            f"{Path(path) / MANIFEST_NAME}: bundle kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}; "
-            "upgrade napari-histoclip or check the bundle"
-        )
-    model: str | None = None
-    classes: tuple[str, ...] = ()
-    trained_from: str | None = None
-    image_only = False
-    if kind == "classifier":
-        backbone = manifest.get("backbone")
-        backbone = backbone if isinstance(backbone, dict) else {}
-        if backbone.get("source") == "bundle" and isinstance(backbone.get("path"), str):
-            model = str(Path(path) / backbone["path"])  # what it runs on: its own image-only backbone
-            trained_from, image_only = backbone.get("trained_from"), True
-        elif backbone.get("model") is not None:
-            model = str(backbone.get("model"))
-        classes = tuple(str(c.get("name")) for c in manifest.get("classes") or () if isinstance(c, dict))
-    elif kind == "clipcap":
-        model = str(manifest.get("clip_model_id")) if manifest.get("clip_model_id") else None
-    elif kind == "clip":
-        trained_from = manifest.get("trained_from")
-        image_only = manifest.get("towers") == "image"
-    description = BUNDLE_KINDS[kind] + (" (image tower only)" if kind == "clip" and image_only else "")
-    return BundleInfo(str(Path(path)), str(kind), str(manifest.get("name", Path(path).name)), description, model,
-                      classes, None if trained_from is None else str(trained_from), image_only)
-
-
-def list_bundles(folder: str | Path, kind: str | None = None) -> list[BundleInfo]:
-    """The bundles directly inside ``folder`` (optionally of one ``kind``), sorted by name.
-
-    Folders without a readable manifest of a known kind are skipped: a folder of bundles may
-    hold other things.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise UnknownModelError(f"bundle folder {root}: no such directory")
-    if kind is not None and kind not in BUNDLE_KINDS:
-        raise UnknownModelError(f"bundle kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}")
-    out = []
-    for sub in sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file()):
-        try:
-            info = describe_bundle(sub)
-        except ModelError:
-            continue
-        if kind is None or info.kind == kind:
-            out.append(info)
-    return out

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backend.errors import WeightsNotFoundError
+from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import HfClipModel, ModelFamily, load_model, save_bundle
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
 
@@ -250,3 +250,14 @@ def test_hf_text_tower_bundle_and_missing_tokenizer(biomed_hub: Path, tmp_path: 
     shutil.rmtree(hub / "models--org--tiny-bert")
     with pytest.raises(WeightsNotFoundError, match=f"{BERT_REPO}.*config.json"):
         load_model(f"hf-hub:{BIOMED_REPO}", device="cpu", cache_dir=hub)
+
+
+def test_an_image_processor_config_that_is_not_a_json_object_is_named(tmp_path: Path) -> None:
+    """A list or undecodable bytes is a ModelError naming the file, as for any model JSON file."""
+    from backend.models.hf_clip import preprocessing_from_hf
+
+    path = tmp_path / "preprocessor_config.json"
+    for content, cause in ((b"[224]", "is not a JSON object but a list"), (b"\xff{", "cannot read")):
+        path.write_bytes(content)
+        with pytest.raises(ModelError, match=f"preprocessor_config.json: .*{cause}"):
+            preprocessing_from_hf(path, 224)

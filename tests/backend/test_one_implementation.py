@@ -78,3 +78,14 @@ def test_training_quiets_library_bars_for_the_pipelines_that_run_transformers(mo
     with pytest.raises(SystemExit):
         training_main.main(["clipcap", "--help"])  # clipcap writes a captioner: "Writing model shards"
     assert called == [True]
+
+
+#: STYLE.md: "Modules under ~500 lines; split by responsibility, not by size alone."
+MAX_MODULE_LINES = 500
+
+
+def test_modules_stay_under_the_size_limit() -> None:
+    """No module of the three packages is longer than STYLE.md's limit."""
+    lines = {str(p.relative_to(ROOT)): len(text.splitlines()) for p, text in _sources().items()}
+    over = {path: n for path, n in lines.items() if n > MAX_MODULE_LINES}
+    assert over == {}, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility, STYLE.md): {over}"
