@@ -33,3 +33,20 @@ def slide_dock(plugin_dock, plugin_viewer, backend, path, model: str | None = No
     if model is not None:
         dock.model.value = model
     return dock
+
+
+def tiny_classifier(path, names: tuple[str, ...], colors: tuple[tuple[int, int, int], ...]) -> str:
+    """A classifier bundle at ``path`` written as a CLIP-IT student is: a random linear head
+    over ``names`` (``colors`` as RGB) on ``test-tiny``'s image tower saved as the bundle's own
+    image-only backbone (64 px tiles at 2 µm/px). Returns the bundle folder."""
+    import numpy as np
+
+    from backend.models import load_model
+    from backend.models.classifier import Classifier, save_classifier
+    from backend.models.heads import LinearHead
+
+    tiny = load_model("test-tiny", device="cpu")
+    rng = np.random.default_rng(0)
+    head = LinearHead(names, colors, 20 * rng.normal(size=(len(names), tiny.embed_dim)), rng.normal(size=len(names)))
+    clf = Classifier("student", head, "test-tiny", str(tiny.model_id), {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5})
+    return str(save_classifier(clf, path, backbone=tiny))
