@@ -46,11 +46,11 @@ def replace_layers(
 
     Stale layers that go are removed before any layer is updated or added. napari 0.9.2
     flushes vispy's pending GL commands when a layer is removed (``VispyCanvas.
-    _clean_and_update_scenegraph``), outside a paint and with Qt's compositing context
-    current; a GL error there is suppressed and the rest of the batch dropped: a Labels
-    colormap texture queued a moment before by an in-place update was never created, and the
-    next paint raised "RuntimeError: Could not find texture with id N" (and with llvmpipe
-    could segfault). Removing first leaves nothing of ours in that flush.
+    _clean_and_update_scenegraph``), outside a paint, with another GL context than the
+    canvas's current once Qt has repainted the window; a GL error there is suppressed and the
+    rest of the batch dropped: a Labels colormap texture queued a moment before by an in-place
+    update was never created, and the next paint raised "RuntimeError: Could not find texture
+    with id N" (then the process aborted). Removing first leaves nothing of ours in that flush.
     """
     from napari.layers import Layer
 

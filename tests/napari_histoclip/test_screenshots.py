@@ -58,11 +58,12 @@ def save_png(viewer, path: Path, dock=None) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A CLIP-IT-style classifier bundle (random head on test-tiny's own image-only backbone)."""
+    """A classifier bundle as Refine saves one (a random head on test-tiny, default tiles): it
+    runs from the embeddings the zero-shot shot cached, so the shot costs no new embedding."""
     from dock_helpers import tiny_classifier
 
     return tiny_classifier(tmp_path_factory.mktemp("shot-classifier") / "tumor-stroma-fat", CLASSIFIER_CLASSES,
-                           CLASSIFIER_COLORS)
+                           CLASSIFIER_COLORS, own_backbone=False)
 
 
 @pytest.fixture
