@@ -43,25 +43,45 @@ def replace_layers(
     one a few ms. A new layer takes the stale layer of its name, else a stale one of the same
     type and kind that no new layer claims; what is left over is added (more classes) or
     removed (fewer classes).
+
+    Stale layers that go are removed before any layer is updated or added. napari 0.9.2
+    flushes vispy's pending GL commands when a layer is removed (``VispyCanvas.
+    _clean_and_update_scenegraph``), outside a paint, with another GL context than the
+    canvas's current once Qt has repainted the window; a GL error there is suppressed and the
+    rest of the batch dropped: a Labels colormap texture queued a moment before by an in-place
+    update was never created, and the next paint raised "RuntimeError: Could not find texture
+    with id N" (then the process aborted). Removing first leaves nothing of ours in that flush.
     """
     from napari.layers import Layer
 
     old = {lyr.name: lyr for lyr in list(viewer.layers) if stale(lyr)}
-    positions = [viewer.layers.index(lyr) for lyr in old.values()]
-    insert_at = min(positions) if positions else None
+    first = min(old.values(), key=viewer.layers.index) if old else None
     targets: list[Any] = [None] * len(new)
     for i, (_, kwargs, layer_type) in enumerate(new):  # same name first
         if layer_type in _IN_PLACE and kwargs.get("name") in old:
-            targets[i] = old.pop(kwargs["name"])
+            if is_layer(old[kwargs["name"]], layer_type.capitalize()):
+                targets[i] = old.pop(kwargs["name"])
     for i, (_, kwargs, layer_type) in enumerate(new):  # then a renamed class's layer
         if targets[i] is None and layer_type in _IN_PLACE:
             kind = kwargs.get("metadata", {}).get("kind")
             spare = next((lyr for lyr in old.values() if _same_kind(lyr, layer_type, kind)), None)
             if spare is not None:
                 targets[i] = old.pop(spare.name)
+    # What is left in ``old`` goes, first (see above). A layer made anew under the name of one
+    # that goes (shapes) takes its place and what the user tuned: remembered before it goes.
+    names = {kwargs.get("name") for (_, kwargs, _), layer in zip(new, targets, strict=True) if layer is None}
+    gone = set(map(id, old.values()))
+    remade = {
+        name: ({k: getattr(lyr, k) for k in _KEPT}, _survivor_before(viewer, lyr, gone))
+        for name, lyr in old.items() if name in names
+    }
+    start = _survivor_before(viewer, first, gone) if first is not None and id(first) in gone else first
+    for lyr in old.values():
+        viewer.layers.remove(lyr)
+    insert_at = None if first is None else _slot_after(viewer, start) if id(first) in gone else viewer.layers.index(first)
     out = []
     for (data, kwargs, layer_type), layer in zip(new, targets, strict=True):
-        if layer is not None and is_layer(layer, layer_type.capitalize()):
+        if layer is not None:
             layer.data = data
             for key in _UPDATED:
                 if key in kwargs and not _unchanged(getattr(layer, key), kwargs[key]):
@@ -70,11 +90,10 @@ def replace_layers(
             insert_at = viewer.layers.index(layer) + 1
         else:
             kw = dict(kwargs)
-            previous = old.pop(kw.get("name", ""), None)
-            if previous is not None:  # same name, made anew (shapes): in its place, as it was
-                kw.update({k: getattr(previous, k) for k in _KEPT})
-                insert_at = viewer.layers.index(previous)
-                viewer.layers.remove(previous)
+            if kw.get("name") in remade:  # in its place, as it was
+                kept, before = remade.pop(kw["name"])
+                kw.update(kept)
+                insert_at = max(_slot_after(viewer, before), insert_at or 0)
             layer = Layer.create(data, kw, layer_type)
             if insert_at is None:
                 viewer.layers.append(layer)
@@ -82,9 +101,19 @@ def replace_layers(
                 viewer.layers.insert(min(insert_at, len(viewer.layers)), layer)
                 insert_at = viewer.layers.index(layer) + 1
         out.append(layer)
-    for lyr in old.values():
-        viewer.layers.remove(lyr)
     return out
+
+
+def _survivor_before(viewer: Any, layer: Any, gone: set[int]) -> Any | None:
+    """The nearest layer below ``layer`` in the list that is not going (None: it is first)."""
+    layers = list(viewer.layers)
+    below = layers[: layers.index(layer)]
+    return next((lyr for lyr in reversed(below) if id(lyr) not in gone), None)
+
+
+def _slot_after(viewer: Any, layer: Any | None) -> int:
+    """The list position just above ``layer`` (0 for None)."""
+    return 0 if layer is None else viewer.layers.index(layer) + 1
 
 
 def _unchanged(current: Any, value: Any) -> bool:

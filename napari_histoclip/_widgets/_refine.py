@@ -86,6 +86,7 @@ class RefinePanel(Container):
                                 "in the Caption tab, then Refine.")
         self.help.native.setWordWrap(True)
         self.marks_label = Label(value="no marks")
+        self.marks_label.native.setWordWrap(True)  # "n marked tiles (class k, ...)" outgrows the dock
         self.refine_button = PushButton(text="Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")

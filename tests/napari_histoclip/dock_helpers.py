@@ -33,3 +33,26 @@ def slide_dock(plugin_dock, plugin_viewer, backend, path, model: str | None = No
     if model is not None:
         dock.model.value = model
     return dock
+
+
+def tiny_classifier(path, names: tuple[str, ...], colors: tuple[tuple[int, int, int], ...], *,
+                    own_backbone: bool = True) -> str:
+    """A classifier bundle at ``path``: a random linear head over ``names`` (``colors`` as RGB)
+    on ``test-tiny``'s image tower. ``own_backbone``: written as a CLIP-IT student is, the tower
+    saved in the bundle as its image-only backbone (64 px tiles at 2 µm/px: embedded anew);
+    else as a saved Refine head is, on the registry's ``test-tiny`` with the default tiles
+    (224 px at 0.5 µm/px), so it runs from that model's cached slide embeddings. Returns the
+    bundle folder."""
+    import numpy as np
+
+    from backend.models import load_model
+    from backend.models.classifier import Classifier, save_classifier
+    from backend.models.heads import LinearHead
+
+    tiny = load_model("test-tiny", device="cpu")
+    rng = np.random.default_rng(0)
+    head = LinearHead(names, colors, 20 * rng.normal(size=(len(names), tiny.embed_dim)), rng.normal(size=len(names)))
+    tiles = {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5} if own_backbone else {"tile_size": 224, "mpp": 0.5,
+                                                                                    "min_tissue": 0.5}
+    clf = Classifier("student", head, "test-tiny", str(tiny.model_id), tiles)
+    return str(save_classifier(clf, path, backbone=tiny if own_backbone else None))

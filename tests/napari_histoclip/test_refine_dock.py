@@ -167,12 +167,12 @@ def test_screenshots_before_and_after_refine(local_backend, plugin_viewer, plugi
     for i, cell in enumerate(tissue[::7][:8]):
         layer.paint(cell, 1 + i % len(layer.metadata["labels"]))  # what the brush calls
     viewer.reset_view()
-    shots = [save_png(viewer, out / "refine-before.png")]
+    shots = [save_png(viewer, out / "refine-before.png", dock)]
     dock.refine.refine_button.native.click()
     wait(qtbot, dock)
     assert not notes.errors, notes.errors
     assert dock.refine.unsure.count() == 10
-    shots.append(save_png(viewer, out / "refine-after.png"))
+    shots.append(save_png(viewer, out / "refine-after.png", dock))
     for path in shots:
         assert 0 < path.stat().st_size < MAX_BYTES, path
         assert np.asarray(Image.open(path).convert("RGB")).std() > 20  # not blank

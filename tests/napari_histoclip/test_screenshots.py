@@ -22,9 +22,12 @@ from dock_helpers import open_slide
 from mouse import draw_polygon, draw_rectangle
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
-WINDOW = (1440, 920)
+WINDOW = (1440, 1080)  # the dock's header and tabs need ~970 px; the rest lets its lists show whole
 DOCK_WIDTH = 430
-MAX_BYTES = 400_000
+MAX_BYTES = 460_000  # a 1440 x 1080 window: the zoomed tissue of region-zero-shot.png is ~410 KB
+#: The classifier bundle of the "Labels from: a trained classifier" shot: its classes and colours.
+CLASSIFIER_CLASSES = ("tumor", "stroma", "fat")
+CLASSIFIER_COLORS = ((214, 39, 40), (44, 160, 44), (255, 215, 0))
 
 
 @pytest.fixture
@@ -34,8 +37,9 @@ def shot_dir(tmp_path: Path) -> Path:
     return out
 
 
-def save_png(viewer, path: Path) -> Path:
-    """A full-window screenshot, palette-quantised so that it stays a few hundred KB."""
+def save_png(viewer, path: Path, dock=None) -> Path:
+    """A full-window screenshot, palette-quantised so that it stays a few hundred KB; with
+    ``dock``, first checks that none of its text is cut off (:func:`cut_text`)."""
     from PIL import Image
     from qtpy.QtWidgets import QApplication
 
@@ -43,11 +47,23 @@ def save_png(viewer, path: Path) -> Path:
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
+    if dock is not None:
+        assert cut_text(dock) == [], f"{path.name}: {cut_text(dock)}"
     pixels = viewer.screenshot(canvas_only=False, flash=False)
     image = Image.fromarray(np.asarray(pixels)[..., :3])
     # Octree keeps rare saturated colours (labels, outlines) that median cut folds into grey.
     image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def classifier_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A classifier bundle as Refine saves one (a random head on test-tiny, default tiles): it
+    runs from the embeddings the zero-shot shot cached, so the shot costs no new embedding."""
+    from dock_helpers import tiny_classifier
+
+    return tiny_classifier(tmp_path_factory.mktemp("shot-classifier") / "tumor-stroma-fat", CLASSIFIER_CLASSES,
+                           CLASSIFIER_COLORS, own_backbone=False)
 
 
 @pytest.fixture
@@ -85,6 +101,22 @@ def _wait(qtbot, dock) -> None:
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=120_000)
 
 
+def cut_text(dock) -> list[str]:
+    """The dock's visible labels narrower than their text (a non-wrapping QLabel clips it), and
+    its visible tables that need scrolling to show their rows (the class prompts typed): what
+    a screenshot would show cut off. Lists (hits, n-best, unsure tiles) scroll by design."""
+    from qtpy.QtWidgets import QLabel, QTableWidget
+
+    out = []
+    for label in dock.findChildren(QLabel):
+        if label.isVisibleTo(dock) and label.text() and label.width() < label.minimumSizeHint().width():
+            out.append(f"label {label.text()[:60]!r}: {label.width()} px < {label.minimumSizeHint().width()} px")
+    for table in dock.findChildren(QTableWidget):
+        if table.isVisibleTo(dock) and table.verticalScrollBar().maximum() > 0:
+            out.append(f"table of {table.rowCount()} rows scrolls ({table.height()} px high)")
+    return out
+
+
 def _check(shots: list[Path]) -> None:
     from PIL import Image
 
@@ -116,8 +148,11 @@ def _draw_regions(qtbot, dock, viewer):
     return shapes
 
 
-def test_screenshots_of_each_tab_in_use(shown, qtbot, shot_dir, errors, capsys) -> None:
-    """Whole-slide zero-shot and captions (the real backend with test-tiny, the toy captioner)."""
+def test_screenshots_of_each_tab_in_use(classifier_bundle, shown, qtbot, shot_dir, errors, capsys) -> None:
+    """Whole-slide zero-shot, captions, and the class map of a trained classifier (the real
+    backend with test-tiny, the toy captioner, a classifier bundle)."""
+    from napari_histoclip._widgets._zeroshot import CLASSIFIER
+
     dock, viewer = shown
 
     # 1. Zero-shot: class map over the slide, legend in the dock.
@@ -126,7 +161,7 @@ def test_screenshots_of_each_tab_in_use(shown, qtbot, shot_dir, errors, capsys) 
     _wait(qtbot, dock)
     assert errors() == []
     viewer.reset_view()
-    shots = [save_png(viewer, shot_dir / "zero-shot-class-map.png")]
+    shots = [save_png(viewer, shot_dir / "zero-shot-class-map.png", dock)]
 
     # 2. Captions on shapes drawn with the mouse, the n-best list of the selected one.
     viewer.layers["CMU-1-Small-Region: class map"].visible = False
@@ -136,7 +171,23 @@ def test_screenshots_of_each_tab_in_use(shown, qtbot, shot_dir, errors, capsys) 
     assert all(shapes.features["caption"])
     shapes.selected_data = {1}
     dock.captions.choose(1)  # a user picks the second of the n-best captions for shape 1
-    shots.append(save_png(viewer, shot_dir / "captions-on-shapes.png"))
+    shots.append(save_png(viewer, shot_dir / "captions-on-shapes.png", dock))
+
+    # 3. The Zero-shot tab's other label source: a trained classifier bundle labels the slide.
+    shapes.visible = False
+    dock.tabs.setCurrentIndex(0)
+    zero_shot = dock.zero_shot
+    zero_shot.source.value = CLASSIFIER
+    zero_shot.classifier.value = classifier_bundle
+    zero_shot.run_button.native.click()
+    _wait(qtbot, dock)
+    assert errors() == []
+    class_map = viewer.layers["CMU-1-Small-Region: class map"]
+    assert tuple(class_map.metadata["labels"]) == CLASSIFIER_CLASSES
+    class_map.visible = True  # hidden for the captions shot; the replaced map keeps that
+    viewer.layers.selection.active = class_map
+    viewer.reset_view()
+    shots.append(save_png(viewer, shot_dir / "zero-shot-classifier.png", dock))
 
     assert errors() == []
     _check(shots)
@@ -166,7 +217,7 @@ def test_screenshots_of_region_zero_shot_and_region_search(
     viewer.layers.selection.active = shapes
     shapes.mode = "select"
     _frame_shape(viewer, shapes, 1)  # 4 tiles at the slide's full view are too small to read
-    shots = [save_png(viewer, shot_dir / "region-zero-shot.png")]
+    shots = [save_png(viewer, shot_dir / "region-zero-shot.png", dock)]
 
     # 4. Find similar: index a two-slide cohort, query by the rectangle, open the best hit.
     for layer in viewer.layers:
@@ -189,7 +240,7 @@ def test_screenshots_of_region_zero_shot_and_region_search(
     assert errors() == []
     assert search.results.count() > 1
     search.results.itemClicked.emit(search.results.item(1))  # #1 is the query region itself
-    shots.append(save_png(viewer, shot_dir / "find-similar.png"))
+    shots.append(save_png(viewer, shot_dir / "find-similar.png", dock))
 
     assert errors() == []
     _check(shots)

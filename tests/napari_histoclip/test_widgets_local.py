@@ -25,22 +25,6 @@ def dock(plugin_dock, plugin_viewer, local_backend, cmu_slide):
     return slide_dock(plugin_dock, plugin_viewer, local_backend, cmu_slide, MODEL)
 
 
-@pytest.fixture
-def hidden_dock(make_napari_viewer, local_backend, cmu_layer_data):
-    """The widget class built directly on a hidden viewer (no GL draws), for the one test that
-    the plugin path's shown canvas fails for now: there a relabel's in-place Labels update
-    draws "RuntimeError: Could not find texture with id N" (vispy, LabelNode) in the Qt event
-    loop, seen 2026-12-01 under PyQt6/llvmpipe; to be diagnosed (see the h-plugin report)."""
-    from napari.layers import Layer
-
-    viewer = make_napari_viewer()
-    widget = HistoclipWidget(viewer, backend=local_backend)
-    viewer.window.add_dock_widget(widget, name="HistoCLIP")
-    viewer.add_layer(Layer.create(*cmu_layer_data))
-    widget.model.value = MODEL
-    return widget
-
-
 def wait(qtbot, widget: HistoclipWidget) -> None:
     qtbot.waitUntil(lambda: not widget.runner.busy, timeout=180_000)
 
@@ -49,15 +33,19 @@ def test_registry_models_are_listed(dock) -> None:
     assert MODEL in dock.model.choices
 
 
-def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(hidden_dock, qtbot, local_backend, cmu_slide, notes) -> None:
+def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, plugin_viewer, qtbot, local_backend, cmu_slide,
+                                                                  notes) -> None:
+    """Also a pathologist's relabel on the shown canvas: fewer classes after a first run drawn
+    (one probability layer goes, the others and the class map are updated in place) must
+    draw without "RuntimeError: Could not find texture with id N" in the Qt loop (napari
+    flushes vispy's GL queue when a layer is removed: see ``replace_layers``)."""
     from backend.api import SlideRef
-
-    dock = hidden_dock
 
     panel = dock.zero_shot
     panel.run_button.native.click()
     wait(qtbot, dock)
     assert not notes.errors, notes.errors
+    plugin_viewer.screenshot(flash=False)  # drawn: the class map's colormap texture is on the GPU
     viewer = dock.viewer
     labels = viewer.layers["CMU-1-Small-Region: class map"]
     geom = local_backend.embed_slide(SlideRef(str(cmu_slide)), MODEL).geometry  # cached: instant
@@ -83,6 +71,9 @@ def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(hidden_dock, q
     assert "CMU-1-Small-Region: p(fat)" in names and "CMU-1-Small-Region: p(stroma)" not in names
     assert set(np.unique(viewer.layers["CMU-1-Small-Region: class map"].data).tolist()) <= {0, 1, 2, 3}
     assert again < 2.0, f"relabelling took {again:.2f} s (first run {first:.2f} s)"
+    shot = plugin_viewer.screenshot(flash=False)  # the relabelled map drawn (the error came here)
+    qtbot.wait(50)  # and any paint Qt still had queued
+    assert np.asarray(shot)[..., :3].std() > 0
 
 
 def test_heatmap_and_region(dock, qtbot, notes) -> None:
@@ -240,3 +231,37 @@ def test_a_model_outside_the_list_is_used_and_its_errors_shown(dock, qtbot, loca
     assert len(notes.errors) == 1 and "nobody/not-cached" in notes.errors[0]
     dock.model_other.value = ""
     assert dock.model_name == MODEL
+
+
+def test_replaced_layers_that_go_are_removed_before_any_is_updated_or_added() -> None:
+    """napari flushes vispy's pending GL commands when a layer is removed, outside a paint,
+    dropping the rest of the batch on a GL error: so the layers a result replaces go first,
+    then the others are updated or made, each in its place (no canvas needed to check that)."""
+    from napari.components import ViewerModel
+
+    from napari_histoclip._viewer import replace_layers
+
+    viewer = ViewerModel()
+    image = np.zeros((4, 4), np.float32)
+    viewer.add_image(image, name="slide")
+    kept = viewer.add_image(image, name="p(a)", metadata={"kind": "probability"})
+    viewer.add_image(image, name="p(b)", metadata={"kind": "probability"})
+    viewer.add_shapes([np.array([[0, 0], [2, 2]])], shape_type="rectangle", name="hits", opacity=0.3,
+                      metadata={"kind": "hits"})
+    viewer.add_image(image, name="mine")
+    events: list[tuple[str, str]] = []
+    viewer.layers.events.removed.connect(lambda e: events.append(("removed", e.value.name)))
+    viewer.layers.events.inserted.connect(lambda e: events.append(("added", e.value.name)))
+    kept.events.data.connect(lambda e: events.append(("updated", kept.name)))
+
+    new = [
+        (np.ones((4, 4), np.float32), {"name": "p(x)", "metadata": {"kind": "probability"}}, "image"),
+        ([np.array([[1, 1], [3, 3]])], {"name": "hits", "shape_type": "rectangle", "metadata": {"kind": "hits"}}, "shapes"),
+    ]
+    out = replace_layers(viewer, new, lambda lyr: lyr.name not in ("slide", "mine"))
+
+    assert sorted(events[:2]) == [("removed", "hits"), ("removed", "p(b)")], events
+    assert events[2:] == [("updated", "p(a)"), ("added", "hits")], events
+    assert out[0] is kept and kept.name == "p(x)" and kept.data.max() == 1
+    assert [lyr.name for lyr in viewer.layers] == ["slide", "p(x)", "hits", "mine"]
+    assert viewer.layers["hits"].opacity == pytest.approx(0.3)  # the user's opacity kept

@@ -24,15 +24,9 @@ def wait(qtbot, dock) -> None:
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from backend.models import load_model
-    from backend.models.classifier import Classifier, save_classifier
-    from backend.models.heads import LinearHead
+    from dock_helpers import tiny_classifier
 
-    tiny = load_model("test-tiny", device="cpu")
-    rng = np.random.default_rng(0)
-    head = LinearHead(NAMES, COLORS, 20 * rng.normal(size=(3, 32)), rng.normal(size=3))
-    clf = Classifier("student", head, "test-tiny", str(tiny.model_id), {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5})
-    return str(save_classifier(clf, tmp_path_factory.mktemp("dock-classifier") / "student", backbone=tiny))
+    return tiny_classifier(tmp_path_factory.mktemp("dock-classifier") / "student", NAMES, COLORS)
 
 
 def test_zero_shot_tab_labels_with_a_trained_classifier(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes,
