@@ -13,8 +13,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One thread budget for every test, set once before anything imports torch (which reads it
 # for its intra-op pool), numpy's BLAS or FAISS, and inherited by subprocesses: the machines'
-# cores are shared. Test modules do not set thread counts themselves.
-TEST_THREADS = os.environ.setdefault("OMP_NUM_THREADS", "2")
+# cores are shared. Test modules do not set thread counts themselves. Under pytest-xdist
+# (``-n N``) the controller splits the two cores between its workers (``pytest_configure``
+# below, before they start): N processes of 2 threads each would only contend.
+MACHINE_THREADS = 2
+_THREADS_GIVEN = "OMP_NUM_THREADS" in os.environ
+TEST_THREADS = os.environ.setdefault("OMP_NUM_THREADS", str(MACHINE_THREADS))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = config.getoption("numprocesses", default=None) if config.pluginmanager.hasplugin("xdist") else None
+    if isinstance(workers, int) and workers > 1 and not _THREADS_GIVEN and "PYTEST_XDIST_WORKER" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, MACHINE_THREADS // workers))  # inherited by the workers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = (REPO_ROOT / ".." / "shared" / "testdata").resolve()

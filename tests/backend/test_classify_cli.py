@@ -15,7 +15,7 @@ import pytest
 from backend import api
 from backend.cli import main
 
-pytestmark = pytest.mark.slow  # three histoclip processes (~6 s of imports each)
+pytestmark = pytest.mark.slow  # two histoclip processes (~6 s of imports each)
 
 TILES = api.TileOptions(tile_size=64, mpp=2.0)
 CLASSES = ("tumor", "stroma", "fat")
@@ -67,8 +67,9 @@ def test_classify_writes_zero_shot_files_and_a_cached_run_reads_no_tile(cmu_slid
                                                                          source: str, capsys, monkeypatch) -> None:
     """Both backbone sources: the registry model unchanged (the saved refine head), and the
     classifier's own image-only backbone (a CLIP-IT student: cached under its own model id).
-    The second source's first run is in-process (``main``, the same code path, without a
-    process's 6 s of imports); every second run is a process of its own."""
+    Each first run is in-process (``main``, the same code path, without a process's 6 s of
+    imports); each second run is a process of its own, as a user runs it, that finds the
+    first run's embeddings on disk."""
     name = "cmu-classifier"
     if source == "bundle":
         from dataclasses import replace
@@ -82,14 +83,9 @@ def test_classify_writes_zero_shot_files_and_a_cached_run_reads_no_tile(cmu_slid
         assert (bundle / "backbone").is_dir()
     cache = tmp_path / "cache"
     args = ["classify", str(cmu_slide), "--classifier", str(bundle), "--device", "cpu"]
-    if source == "registry":
-        first = _run([*args, "--out", str(tmp_path / "first")], cache)
-        assert first.returncode == 0, first.stderr
-        stdout = first.stdout
-    else:
-        monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(cache))
-        assert main([*args, "--out", str(tmp_path / "first")]) == 0
-        stdout = capsys.readouterr().out
+    monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(cache))
+    assert main([*args, "--out", str(tmp_path / "first")]) == 0
+    stdout = capsys.readouterr().out
     assert "RANDOM weights" in stdout and f"34 tiles classified by {name!r}" in stdout
     out = tmp_path / "first"
     assert {p.name for p in out.iterdir()} == {"class_map.png", "tiles.csv", "tiles.geojson"}  # as zero-shot's

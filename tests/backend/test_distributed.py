@@ -146,7 +146,8 @@ import psutil, ray
 from backend import api
 from backend.distributed import RayOptions, build_index_ray
 
-request = api.IndexRequest((sys.argv[1],), sys.argv[2], "test-tiny", api.TileOptions(64, 0.5))
+# 64 px at 2 µm/px: ~1/16 of the cohort's tiles (what is tested is Ray's start and stop, not the embedding).
+request = api.IndexRequest((sys.argv[1],), sys.argv[2], "test-tiny", api.TileOptions(64, 2.0))
 info = build_index_ray(request, options=RayOptions(num_workers=1), cache_dir=sys.argv[3])
 end = time.monotonic() + 15  # Ray's processes take a moment to exit after shutdown
 while psutil.Process().children(recursive=True) and time.monotonic() < end:
