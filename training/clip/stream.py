@@ -250,6 +250,11 @@ class Stream:
         return {"source": self.spec, "sha256": self.sha256, "rows": self.samples, "shards": len(self.shards),
                 "kind": "webdataset"}
 
+    def _deal(self, world: int, workers: int, seed: int, epoch: int) -> tuple[int, list[list[int]]]:
+        """Streams per rank and ``epoch``'s shard indices per slot (slot = rank * streams + stream)."""
+        n = stream_count(self.sizes, world, workers, self.spec)
+        return n, assign_shards(self.sizes, world * n, seed=seed, epoch=epoch)
+
     def planned_batches(self, batch_size: int, *, world: int, workers: int, seed: int, epoch: int) -> int:
         """Batches each rank takes in ``epoch``: exact unless repeated images or captions leave
         a stream's samples unbatched (then an upper bound; the epoch ends sooner).
@@ -257,15 +262,13 @@ class Stream:
         A stream of ``c`` full batches at place ``s`` of ``n`` ends the round robin at batch
         ``c * n + s``; the epoch ends at the first stream of any rank to run out.
         """
-        n = stream_count(self.sizes, world, workers, self.spec)
-        slots = assign_shards(self.sizes, world * n, seed=seed, epoch=epoch)
+        n, slots = self._deal(world, workers, seed, epoch)
         full = [sum(self.sizes[i] for i in slot) // batch_size for slot in slots]
         return min(full[rank * n + s] * n + s for rank in range(world) for s in range(n))
 
     def epoch(self, batch_size: int, preprocessing: Preprocessing, augment_config: AugmentConfig, *, rank: int,
               world: int, workers: int, seed: int, epoch: int, position: int) -> ShardStream:
         """Rank ``rank``'s streams of ``epoch``, from batch ``position`` on."""
-        n = stream_count(self.sizes, world, workers, self.spec)
-        slots = assign_shards(self.sizes, world * n, seed=seed, epoch=epoch)
+        n, slots = self._deal(world, workers, seed, epoch)
         mine = [[self.shards[i] for i in slots[rank * n + s]] for s in range(n)]
         return ShardStream(mine, batch_size, preprocessing, augment_config, seed=seed, epoch=epoch, position=position)
