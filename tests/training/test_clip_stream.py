@@ -129,5 +129,7 @@ def test_webdataset_resume_with_two_workers_equals_uninterrupted(shards: str, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(InputError, match="shard .*missing"):
         train(ClipTrainConfig(**FAST, train=shards.replace("2}", "5}"), out_dir=tmp_path / "run2"))
+    with pytest.raises(InputError, match=r"48 samples in 3 shard\(s\) leave a stream .* without a full batch of 32"):
+        train(ClipTrainConfig(**{**FAST, "batch_size": 32}, train=shards, workers=2, out_dir=tmp_path / "run4"))
     with pytest.raises(InputError, match="use loss clip, siglip or mnrl.*not supcon"):
         train(ClipTrainConfig(**FAST, train=shards, loss="supcon", out_dir=tmp_path / "run3"))

@@ -325,8 +325,8 @@ def _epoch_batches(rows: Any, config: ClipTrainConfig, world: int, epoch: int) -
         return len(epoch_batches(rows, config, world, epoch))
     n = rows.planned_batches(config.batch_size, world=world, workers=config.workers, seed=config.seed, epoch=epoch)
     if n == 0:
-        raise InputError(f"{config.train}: {rows.samples} samples in {len(rows.shards)} shard(s) give a stream of "
-                         f"{world} process(es) x {config.workers or 1} worker(s) no full batch of {config.batch_size}; "
+        raise InputError(f"{config.train}: {rows.samples} samples in {len(rows.shards)} shard(s) leave a stream (one per "
+                         f"loader worker of each of {world} process(es)) without a full batch of {config.batch_size}; "
                          "lower --batch-size or --workers")
     return n
 
