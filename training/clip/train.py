@@ -212,7 +212,7 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         set_grad_checkpointing(model)
     core = ClipNet(model, loss_fn).to(device)
     core.train()
-    epoch_lengths = [_epoch_batches(train_rows, config, dist.world_size, e) for e in range(config.epochs)]
+    epoch_lengths = [_epoch_length(train_rows, config, dist.world_size, e) for e in range(config.epochs)]
     total_steps = sum(_steps(n, config.grad_accum) for n in epoch_lengths)  # the schedule reaches 0 at the last
     optimizer, scheduler, scaler = optimization(core.named_parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                                 warmup=config.warmup_steps, total=total_steps, device=device,
@@ -246,9 +246,9 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
 
     while state.epoch < config.epochs and not state.stopped_early:
         streamed = isinstance(train_rows, Stream)
-        if streamed:  # an upper bound: the epoch ends when the first stream (of any rank) is spent
-            n = epoch_lengths[state.epoch]
-            usable = n - n % config.grad_accum if n >= config.grad_accum else n
+        n = epoch_lengths[state.epoch]  # a stream's is an upper bound: it ends at its first spent worker stream
+        usable = n - n % config.grad_accum if n >= config.grad_accum else n  # the batches _steps() counted
+        if streamed:
             shards = train_rows.epoch(config.batch_size, model.preprocessing, _augment_config(config, config.augment),
                                       rank=dist.rank, world=dist.world_size, workers=config.workers, seed=config.seed,
                                       epoch=state.epoch, position=state.batch_in_epoch)
@@ -256,7 +256,6 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
         else:
             batches = epoch_batches(train_rows, config, dist.world_size, state.epoch)
             mine = [shard_batch(b, dist.rank, dist.world_size) for b in batches]
-            usable = len(mine) - len(mine) % config.grad_accum if len(mine) >= config.grad_accum else len(mine)
             loader = iter(_loader(train_rows, model, config, mine[state.batch_in_epoch : usable], state.epoch,
                                   config.augment, config.workers))
         i = state.batch_in_epoch
@@ -319,7 +318,7 @@ def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], N
                            best[-1] if best else None)
 
 
-def _epoch_batches(rows: Any, config: ClipTrainConfig, world: int, epoch: int) -> int:
+def _epoch_length(rows: Any, config: ClipTrainConfig, world: int, epoch: int) -> int:
     """Batches each rank takes in ``epoch`` (a stream's epoch ends at its first spent worker stream)."""
     if not isinstance(rows, Stream):
         return len(epoch_batches(rows, config, world, epoch))
