@@ -120,6 +120,9 @@ class ModelInfo:
     license: str
     random_weights: bool
     description: str = ""
+    # what the model embeds: ("image",) for image-only encoders, ("image", "text") for
+    # vision-language models (see backend.models.registry.Capability)
+    capabilities: tuple[str, ...] = ("image", "text")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,10 @@ class WeightsNotFoundError(ModelError):
     """A model's weights are not on disk and cannot be downloaded (offline or no network)."""
 
 
+class CapabilityError(ModelError, ValueError):
+    """A task needs what the model cannot do (e.g. text for an image-only encoder)."""
+
+
 class ModelMismatchError(ModelError):
     """Embeddings or a component were made with another model than the one given."""
 

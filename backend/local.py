@@ -118,6 +118,7 @@ class LocalBackend(ClassifierTasks):
                 license=e.license,
                 random_weights=e.random_weights,
                 description=e.description,
+                capabilities=tuple(sorted(c.value for c in e.capabilities)),
             )
             for e in list_models()
         ]

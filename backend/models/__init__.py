@@ -15,6 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from backend.models.registry import (
+    Capability,
     Interpolation,
     ModelEntry,
     ModelFamily,
@@ -22,7 +23,9 @@ from backend.models.registry import (
     ResizeMode,
     SourceKind,
     list_models,
+    require_capability,
     resolve_model,
+    text_model_names,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ _LAZY = {
 __all__ = [
     "BundleError",
     "BundleKind",
+    "Capability",
     "ClipModel",
     "HfClipModel",
     "Interpolation",
@@ -60,8 +64,10 @@ __all__ = [
     "list_models",
     "load_bundle",
     "load_model",
+    "require_capability",
     "resolve_model",
     "save_bundle",
+    "text_model_names",
 ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from backend.errors import UnknownModelError
+from backend.errors import CapabilityError, UnknownModelError
 
 # Bundle manifests (reading, describing, listing) and the preprocessing settings live in
 # their own modules; their names are re-exported here, where callers import them from.
@@ -60,6 +60,15 @@ class ModelFamily(StrEnum):
 
     OPEN_CLIP = "open_clip"
     HF_CLIP = "hf_clip"  # a transformers ``CLIPModel``
+
+
+class Capability(StrEnum):
+    """What a loaded model can embed. Every model embeds images; vision-language models
+    (CLIP, CONCH) also embed text, which zero-shot, text search, heatmaps, prompt-based refine
+    and CLIP fine-tuning need."""
+
+    IMAGE = "image"
+    TEXT = "text"
 
 
 class SourceKind(StrEnum):
@@ -94,6 +103,11 @@ class ModelEntry:
     random_weights: bool = False
     revision: str | None = None  # hub models: the commit, branch or tag to read (None: main)
     image_only: bool = False  # a bundle of the image tower alone (a classifier's backbone): no text
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """``{IMAGE}`` for image-only encoders, ``{IMAGE, TEXT}`` for vision-language models."""
+        return frozenset({Capability.IMAGE} if self.image_only else {Capability.IMAGE, Capability.TEXT})
 
     @property
     def hub_id(self) -> str | None:
@@ -207,6 +221,26 @@ def list_models() -> list[ModelEntry]:
         not listed).
     """
     return list(_ENTRIES)
+
+
+def text_model_names() -> list[str]:
+    """The registered vision-language models (those that also embed text), in registry order."""
+    return [e.name for e in _ENTRIES if Capability.TEXT in e.capabilities and not e.random_weights]
+
+
+def require_capability(entry: ModelEntry, capability: Capability, task: str) -> None:
+    """Raise ``CapabilityError`` when ``entry`` cannot do ``task``, which needs ``capability``.
+
+    The message names the model, the task, and the registered models that can do it.
+    """
+    if capability in entry.capabilities:
+        return
+    if capability is Capability.TEXT:
+        raise CapabilityError(
+            f"model {entry.name!r} embeds images only: {task} needs a vision-language model "
+            f"(one that also embeds text), e.g. {', '.join(text_model_names())}"
+        )
+    raise CapabilityError(f"model {entry.name!r} cannot do {task}: it lacks the {capability.value!r} capability")
 
 
 def _accepted() -> str:
