@@ -35,6 +35,30 @@ def run_reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
         return 130
 
 
+def random_weights_note(name: str, model: Any, consequence: str) -> str | None:
+    """The NOTE a command prints about a model with random weights, or None when it has none.
+
+    Parameters
+    ----------
+    name
+        The model as the user named it.
+    model
+        The loaded model (``random_weights``; ``trained_from``, set for bundles).
+    consequence
+        What random weights mean for this command's output ("its scores mean nothing").
+
+    A bundle trained from a random-weight model (``test-tiny``) was trained: the note says it
+    started from random weights rather than that its output means nothing.
+    """
+    if not getattr(model, "random_weights", False):
+        return None
+    base = getattr(model, "trained_from", None)
+    if base:
+        return (f"NOTE: model {name!r} was trained starting from RANDOM weights ({base!r}, a test model, not a "
+                "pretrained one): it knows only what its own training data taught it.")
+    return f"NOTE: model {name!r} has RANDOM weights: {consequence}."
+
+
 def quiet_library_bars() -> None:
     """Silence the progress bars transformers draws for its own steps (loading or writing a
     model's weights: not a unit of the user's work). Hugging Face hub downloads keep theirs.

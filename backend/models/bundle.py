@@ -247,9 +247,9 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device | No
         model = _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
     else:
         model = _load_open_clip_bundle(path, manifest, entry, weights, model_id, dev)
+    model.trained_from = str(manifest.get("trained_from") or "") or None
     if entry.image_only:
         model.image_only = True
-        model.trained_from = str(manifest.get("trained_from") or "") or None
     return model
 
 

@@ -230,9 +230,12 @@ def test_config_and_data_errors(tiles: Path, tmp_path: Path) -> None:
         ClipTrainConfig(model="test-tiny", train="x", out_dir=tmp_path, stop_metric="zeroshot")
     with pytest.raises(InputError, match="loss contrastive needs a 0/1 pair-label column"):
         train(ClipTrainConfig(**FAST, train=str(tiles / "train.csv"), out_dir=tmp_path / "r", loss="contrastive"))
-    with pytest.raises(InputError, match="48 rows give no full batch of 8"):  # 3 distinct captions only
+    with pytest.raises(InputError, match="48 rows give no full batch of 8") as folders:  # 3 distinct captions only
         train(ClipTrainConfig(**FAST, train=str(tiles / "train"), out_dir=tmp_path / "r"))
-    with pytest.raises(InputError, match="no full batch of 64"):
+    # class folders give one caption per class: the remedy is a class loss or a caption table, not a smaller batch
+    assert "only 3 distinct caption(s)" in str(folders.value) and "--loss supcon" in str(folders.value)
+    assert "caption table" in str(folders.value) and "; lower --batch-size" not in str(folders.value)
+    with pytest.raises(InputError, match="no full batch of 64.*; lower --batch-size"):  # too few rows, not captions
         train(ClipTrainConfig(**{**FAST, "batch_size": 64}, train=str(tiles / "train.csv"), out_dir=tmp_path / "r"))
 
 

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from backend.atomic import atomic_write_text
     from backend.errors import InputError
-    from backend.report import ProgressBar
+    from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
     from backend.paths import cache_root
     from training.clipit.pair import PairConfig, pair_images, pairing_report, pairs_table, write_histogram
@@ -67,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = load_labelled(args.images, image_column=args.image_column, label_column=args.label_column)
     reports = read_corpus(args.corpus, args.text_column)
     model = load_model(args.model, device=args.device)
-    if model.random_weights:
-        print(f"NOTE: model {args.model!r} has RANDOM weights: its pairs mean nothing.", file=sys.stderr)
+    note = random_weights_note(args.model, model, "its pairs mean nothing")
+    if note:
+        print(note, file=sys.stderr)
     passages, split = split_corpus(reports, token_counter(model), model.context_length)
     if split.sentences_split_at_words or split.words_over_context:
         print(f"WARNING: {split.sentences_split_at_words} sentence(s) longer than the text context "

@@ -122,6 +122,7 @@ def run(config: ClipitConfig, *, progress: Callable[[Progress], None] | None = N
 def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] | None,
          cancel: threading.Event | None) -> ClipitResult:
     from backend.models import load_model
+    from backend.report import random_weights_note
     from backend.models.classifier import Classifier, save_classifier
     from training.clip.tuning import merged_model
 
@@ -133,8 +134,9 @@ def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] 
     val_images = load_images(config.val, names, **cols, what="validation images")
     test_images = load_images(config.test, names, **cols, what="test images") if config.test else None
     model = load_model(config.model, device=dist.device)
-    if model.random_weights and dist.is_main:
-        print(f"NOTE: model {config.model!r} has RANDOM weights: the classifier learns from random features.")
+    note = random_weights_note(config.model, model, "the classifier learns from random features")
+    if note and dist.is_main:
+        print(note)
     sizes = [image_size(p) for p in train_images.paths]
     tile = config.tile_size or default_tile_size(sizes, model.preprocessing.image_size)
     train_set = cut(train_images, tile, sizes)

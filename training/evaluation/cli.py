@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eval merge: {len(args.results)} results -> {md}, {csv}")
         return 0
 
-    from backend.report import ProgressBar
+    from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
     from backend.paths import cache_root
     from training.evaluation import tasks
@@ -121,8 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.evaluation.results import write_result
 
     model = load_model(args.model, device=args.device)
-    if model.random_weights:
-        print(f"NOTE: model {args.model!r} has RANDOM weights: its scores mean nothing.", file=sys.stderr)
+    note = random_weights_note(args.model, model, "its scores mean nothing")
+    if note:
+        print(note, file=sys.stderr)
     common: dict[str, Any] = {"cache_dir": None if args.no_cache else (args.cache_dir or cache_root()),
                               "batch_size": args.batch_size}
     cols = {"image_column": args.image_column, "label_column": args.label_column}
@@ -153,7 +154,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         bar.close()
     write_result(result, args.out)
-    shown = {k: v for k, v in result["metrics"].items() if isinstance(v, float)}
-    head = ", ".join(f"{k} {v:.4f}" for k, v in list(shown.items())[:6])
-    print(f"eval {args.task}: {head} -> {args.out}")
+    print(f"eval {args.task}: {closing_metrics(result['metrics'])} -> {args.out}")
     return 0
+
+
+def closing_metrics(metrics: dict[str, Any], limit: int = 6) -> str:
+    """The first ``limit`` metrics for the closing line: numbers, and seeded ones as mean +- std.
+
+    A metric that is undefined on the data (JSON null, e.g. AUROC with one class present) shows
+    as ``n/a``.
+    """
+    shown = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            mean, std = value.get("mean"), value.get("std")
+            shown.append(f"{key} {mean:.4f} +- {std:.4f}" if mean is not None and std is not None else f"{key} n/a")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown.append(f"{key} {value:.4f}")
+        elif value is None:
+            shown.append(f"{key} n/a")
+        if len(shown) == limit:
+            break
+    return ", ".join(shown)

@@ -37,6 +37,38 @@ class LabelledImages:
                               self.class_names, self.source)
 
 
+def align_classes(data: LabelledImages, reference: LabelledImages, role: str) -> LabelledImages:
+    """``data`` relabelled onto ``reference``'s classes, matched by name (not by index).
+
+    A set may hold fewer classes than the reference (a validation folder with 2 of 3 classes):
+    its labels are mapped to the reference's indices by class name.
+
+    Parameters
+    ----------
+    data
+        The set to relabel (test or validation images).
+    reference
+        The set whose class list is authoritative (the training images).
+    role
+        What ``data`` is (``"--val"``, ``"--test"``), named in the error.
+
+    Raises
+    ------
+    InputError
+        ``data`` has classes the reference lacks; the message names both class sets.
+    """
+    index = {name: i for i, name in enumerate(reference.class_names)}
+    unknown = [name for name in data.class_names if name not in index]
+    if unknown:
+        raise InputError(
+            f"{role} {data.source}: class(es) {unknown} are not among the training classes; {role} has "
+            f"{list(data.class_names)}, --train {reference.source} has {list(reference.class_names)} "
+            "(classes are matched by name)"
+        )
+    labels = tuple(index[data.class_names[i]] for i in data.labels)
+    return LabelledImages(data.paths, labels, reference.class_names, data.source)
+
+
 def image_files(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (hidden files skipped)."""
     return sorted(p for p in folder.iterdir()

@@ -59,8 +59,12 @@ def image_features(
         if cache_file.is_file():
             feats = np.load(cache_file)
             if feats.shape == (len(paths), model.embed_dim):
+                if progress is not None:
+                    progress(Progress(len(paths), len(paths), "cached images"))
                 return feats
     out = np.zeros((len(paths), model.embed_dim), np.float32)
+    if progress is not None:  # the total before any work: a bar can show its rate and time left
+        progress(Progress(0, len(paths), "encoding images"))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         batches = [list(range(s, min(s + batch_size, len(paths)))) for s in range(0, len(paths), batch_size)]
         pending = [pool.map(lambda i: _load_pixels(model, paths[i]), b) for b in batches[:2]]
@@ -70,7 +74,7 @@ def image_features(
                 pending.append(pool.map(lambda i: _load_pixels(model, paths[i]), batches[n + 2]))
             out[b[0] : b[-1] + 1] = model.encode_image_tensors(pixels).cpu().numpy()
             if progress is not None:
-                progress(Progress(b[-1] + 1, len(paths), "images"))
+                progress(Progress(b[-1] + 1, len(paths), "encoding images"))
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             np.save(tmp, out)

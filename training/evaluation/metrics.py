@@ -26,6 +26,26 @@ RECALL_KS: tuple[int, ...] = (1, 3, 5, 10, 20)  # the cell project's k
 RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)  # CLIP_benchmark's k
 _CHUNK = 1024  # queries ranked at once: bounds the (chunk x corpus) work arrays
 
+#: How each metric is computed where implementations differ; results carry the entries
+#: their metrics use (``settings["conventions"]``), so a number can be compared with another
+#: library's without reading this code.
+CONVENTIONS: dict[str, str] = {
+    "balanced_accuracy": "scikit-learn balanced_accuracy_score: mean recall over the classes present in the "
+                         "true labels",
+    "macro_f1": "unweighted mean F1 over ALL classes of the class list (labels=0..C-1, zero_division=0): a "
+                "class neither present nor predicted scores 0; scikit-learn's default (labels=None) averages "
+                "only the labels present in y_true or y_pred",
+    "macro_auroc": "one-vs-rest AUROC of the raw predicted probabilities (not renormalised), averaged over the "
+                   "classes present in the test labels; equals scikit-learn roc_auc_score(y, proba, "
+                   "multi_class='ovr', average='macro') when all classes are present; two classes: the AUROC "
+                   "of class 1; null when fewer than 2 classes are present",
+    "std": "population standard deviation over seeds: numpy.std with ddof=0 (not the sample std, ddof=1)",
+    "map@k": "AP@k = (1 / min(k, R)) * sum_{i<=k} P@i * rel_i, R = the other images of the query's class "
+             "(leave-one-out); queries with R = 0 are left out (queries_without_match)",
+    "recall@k": "hit rate: 1 when at least one relevant item is among the top k, averaged over queries",
+    "ties": "ranks break ties by corpus order (stable sort)",
+}
+
 
 def normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (float32); zero rows stay zero."""

@@ -9,7 +9,9 @@ Protocol (per seed; results are mean +- std over seeds):
 3. The inverse regularisation strength C is chosen from ``c_grid`` by balanced accuracy on the
    validation set; the model fitted with that C on step 2's set is scored on the test set.
 
-Scores: balanced accuracy, macro F1 and macro one-vs-rest AUROC (binary: the AUROC of class 1).
+Scores: balanced accuracy, macro F1 and macro one-vs-rest AUROC (binary: the AUROC of class 1);
+the conventions each follows are spelled out in ``training.evaluation.metrics.CONVENTIONS`` and
+written into every result.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ProbeResult:
 
 
 def _scores(clf: object, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     pred = clf.predict(x)  # type: ignore[attr-defined]
     out = {
@@ -63,17 +65,36 @@ def _scores(clf: object, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[s
     }
     proba = np.zeros((len(y), n_classes))
     proba[:, clf.classes_] = clf.predict_proba(x)  # type: ignore[attr-defined]
+    out["macro_auroc"] = macro_auroc(y, proba)
+    return out
+
+
+def macro_auroc(y: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC of the raw class probabilities (see ``CONVENTIONS``).
+
+    Parameters
+    ----------
+    y
+        (N,) true class indices into the columns of ``proba``.
+    proba
+        (N, C) predicted probabilities, as the probe gives them (not renormalised).
+
+    Returns
+    -------
+    float
+        Two classes: the AUROC of class 1. More: the mean over the classes present in ``y``
+        of ``roc_auc_score(y == c, proba[:, c])``, which is scikit-learn's
+        ``roc_auc_score(y, proba, multi_class="ovr")`` when every class is present. NaN when
+        fewer than two classes are present (no negatives or no positives to rank).
+    """
+    from sklearn.metrics import roc_auc_score
+
     present = np.unique(y)
     if len(present) < 2:
-        out["macro_auroc"] = float("nan")
-    elif n_classes == 2:
-        out["macro_auroc"] = float(roc_auc_score(y, proba[:, 1]))
-    else:
-        # AUROC over the classes present in the test set, probabilities renormalised over them
-        p = proba[:, present]
-        p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-        out["macro_auroc"] = float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=present))
-    return out
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
 
 
 def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> object:
@@ -152,8 +173,9 @@ def linear_probe(
                 best_c, best = c, score
         per_seed.append(_scores(_fit(fx, fy, best_c, config.max_iter), test_x, test_y, k))
         chosen.append(float(best_c))
-    summary = {m: {"mean": float(np.mean([s[m] for s in per_seed])), "std": float(np.std([s[m] for s in per_seed]))}
-               for m in per_seed[0]}
+    # std with ddof=0 (numpy's default): the spread of these seeds, as CONVENTIONS["std"] says
+    summary = {m: {"mean": float(np.mean([s[m] for s in per_seed])),
+                   "std": float(np.std([s[m] for s in per_seed], ddof=0))} for m in per_seed[0]}
     return ProbeResult(shots, tuple(per_seed), tuple(chosen), summary)
 
 

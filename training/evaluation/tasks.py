@@ -15,9 +15,10 @@ import numpy as np
 
 from backend.api import Progress
 from backend.errors import InputError
-from training.evaluation.data import ClassSpec, LabelledImages, resolve_image
+from training.evaluation.data import ClassSpec, LabelledImages, align_classes, resolve_image
 from training.evaluation.features import image_features, text_features
 from training.evaluation.metrics import (
+    CONVENTIONS,
     RECALL_KS,
     classification_metrics,
     cross_modal_retrieval,
@@ -28,6 +29,28 @@ from training.evaluation.probe import DEFAULT_SHOTS, ProbeConfig, linear_probe
 from training.evaluation.results import hash_files, make_result, model_record
 
 ProgressFn = Callable[[Progress], None] | None
+
+
+def conventions(*metrics: str) -> dict[str, str]:
+    """The :data:`CONVENTIONS` entries of ``metrics``, for a result's ``settings``."""
+    return {m: CONVENTIONS[m] for m in metrics}
+
+
+def shared_progress(progress: ProgressFn, sizes: Sequence[int]) -> list[ProgressFn]:
+    """One callback per image set encoded in turn, counting into one total over all of them.
+
+    A task that encodes several sets (train, val, test) then drives one bar from 0 to the sum
+    of their sizes, instead of restarting it at each set with no total known in advance.
+    """
+    if progress is None:
+        return [None] * len(sizes)
+    total = int(sum(sizes))
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+
+    def shifted(offset: int) -> Callable[[Progress], None]:
+        return lambda p: progress(Progress(offset + p.done, total, p.stage))
+
+    return [shifted(o) for o in offsets]
 
 
 def dataset_record(data: LabelledImages, name: str | None = None) -> dict[str, Any]:
@@ -57,7 +80,8 @@ def run_zeroshot(model: Any, model_name: str, data: LabelledImages, spec: ClassS
     if confusion_png is not None:
         write_confusion_png(np.asarray(m["confusion_matrix"]), spec.labels, confusion_png)
     metrics = {k: v for k, v in m.items() if isinstance(v, float)}
-    settings = {"phrases": [list(p) for p in spec.phrases], "templates": list(spec.templates or ["(default)"])}
+    settings = {"phrases": [list(p) for p in spec.phrases], "templates": list(spec.templates or ["(default)"]),
+                "conventions": conventions("balanced_accuracy", "macro_f1", "ties")}
     return make_result("zeroshot", model=model_record(model, model_name), dataset=ds, settings=settings,
                        metrics=metrics, details={"per_class_recall": m["per_class_recall"],
                                                  "confusion_matrix": m["confusion_matrix"]})
@@ -68,13 +92,13 @@ def run_linear_probe(model: Any, model_name: str, train: LabelledImages, test: L
                      config: ProbeConfig = ProbeConfig(), cache_dir: Any = None, batch_size: int = 64,
                      progress: ProgressFn = None) -> dict[str, Any]:
     """Linear probes (all data and few-shot) on frozen features; mean +- std over seeds."""
-    if train.class_names != test.class_names:
-        raise InputError(f"{test.source}: classes {list(test.class_names)} differ from the training set's "
-                         f"{list(train.class_names)}")
+    test = align_classes(test, train, "--test")
+    val = align_classes(val, train, "--val") if val is not None else None
     sets = {"train": train, "test": test} | ({"val": val} if val is not None else {})
     records = {k: dataset_record(v) for k, v in sets.items()}
+    steps = dict(zip(sets, shared_progress(progress, [len(v) for v in sets.values()]), strict=True))
     feats = {k: image_features(model, v.paths, dataset_hash=records[k]["sha256"], cache_dir=cache_dir,
-                               batch_size=batch_size, progress=progress) for k, v in sets.items()}
+                               batch_size=batch_size, progress=steps[k]) for k, v in sets.items()}
     labels = {k: np.asarray(v.labels) for k, v in sets.items()}
     n_classes = len(train.class_names)
     metrics: dict[str, Any] = {}
@@ -86,7 +110,8 @@ def run_linear_probe(model: Any, model_name: str, train: LabelledImages, test: L
         metrics.update({f"{tag}{m}": v for m, v in r.summary.items()})
         details[tag.rstrip("_") or "full"] = {"per_seed": list(r.per_seed), "chosen_c": list(r.chosen_c)}
     settings = {"seeds": config.seeds, "c_grid": list(config.c_grid), "val_fraction": config.val_fraction,
-                "shots": list(shots), "train": records["train"], "val": records.get("val")}
+                "shots": list(shots), "train": records["train"], "val": records.get("val"),
+                "conventions": conventions("balanced_accuracy", "macro_f1", "macro_auroc", "std")}
     return make_result("linear-probe", model=model_record(model, model_name), dataset=records["test"],
                        settings=settings, metrics=metrics, details=details)
 
@@ -113,25 +138,28 @@ def run_retrieval(model: Any, model_name: str, *, pairs: Path | None = None, lab
         raise InputError("retrieval: give a caption table (--pairs) and/or labelled images (--images)")
     metrics: dict[str, Any] = {}
     dataset: dict[str, Any] = {}
-    if pairs is not None:
-        df = _pairs(Path(pairs), image_column, caption_column)
-        images = list(dict.fromkeys(df["_path"]))
+    df = _pairs(Path(pairs), image_column, caption_column) if pairs is not None else None
+    images = list(dict.fromkeys(df["_path"])) if df is not None else []
+    steps = shared_progress(progress, [len(images), len(labelled) if labelled is not None else 0])
+    if pairs is not None and df is not None:
         index = {p: i for i, p in enumerate(images)}
         paths = [Path(p) for p in images]
         h = hash_files(paths, df[caption_column])
-        img = image_features(model, paths, dataset_hash=h, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+        img = image_features(model, paths, dataset_hash=h, cache_dir=cache_dir, batch_size=batch_size,
+                             progress=steps[0])
         txt = text_features(model, list(df[caption_column]))
         metrics.update(cross_modal_retrieval(img, txt, [index[p] for p in df["_path"]]))
         dataset.update(name=Path(pairs).name, path=str(pairs), sha256=h, n=len(images), captions=len(df))
     if labelled is not None:
         rec = dataset_record(labelled)
         feats = image_features(model, labelled.paths, dataset_hash=rec["sha256"], cache_dir=cache_dir,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=steps[1])
         metrics.update({f"image_{k}": v for k, v in image_retrieval(feats, np.asarray(labelled.labels)).items()})
         dataset = dataset or rec
         dataset["labelled_images"] = rec
     return make_result("retrieval", model=model_record(model, model_name), dataset=dataset,
-                       settings={"image_column": image_column, "caption_column": caption_column}, metrics=metrics)
+                       settings={"image_column": image_column, "caption_column": caption_column,
+                                 "conventions": conventions("recall@k", "map@k", "ties")}, metrics=metrics)
 
 
 def run_recall(model: Any, model_name: str, table: Path, *, image_column: str = "image",
@@ -175,7 +203,8 @@ def run_recall(model: Any, model_name: str, table: Path, *, image_column: str = 
                        dataset={"name": table.name, "path": str(table), "sha256": h, "n": len(images),
                                 "queries": len(captions)},
                        settings={"ks": list(ks), "columns": [image_column, caption_column, label_column,
-                                                              descriptor_column]}, metrics=m)
+                                                              descriptor_column],
+                                 "conventions": conventions("recall@k", "ties")}, metrics=m)
 
 
 def write_confusion_png(cm: np.ndarray, names: Sequence[str], path: str | os.PathLike[str], cell: int = 48) -> Path:
