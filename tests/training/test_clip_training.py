@@ -233,7 +233,7 @@ def test_config_and_data_errors(tiles: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="48 rows give no full batch of 8") as folders:  # 3 distinct captions only
         train(ClipTrainConfig(**FAST, train=str(tiles / "train"), out_dir=tmp_path / "r"))
     # class folders give one caption per class: the remedy is a class loss or a caption table, not a smaller batch
-    assert "only 3 distinct caption(s)" in str(folders.value) and "--loss supcon" in str(folders.value)
+    assert "3 distinct caption(s), one per class" in str(folders.value) and "--loss supcon" in str(folders.value)
     assert "caption table" in str(folders.value) and "; lower --batch-size" not in str(folders.value)
     with pytest.raises(InputError, match="no full batch of 64.*; lower --batch-size"):  # too few rows, not captions
         train(ClipTrainConfig(**{**FAST, "batch_size": 64}, train=str(tiles / "train.csv"), out_dir=tmp_path / "r"))

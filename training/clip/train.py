@@ -92,15 +92,16 @@ def epoch_batches(rows: Rows, config: ClipTrainConfig, world: int, epoch: int) -
         batches = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
     if not batches:
         distinct = len(set(rows.captions)) if rows.captions is not None else len(rows)
-        if config.loss in IN_BATCH_NEGATIVES and distinct < min(size, len(rows)):
-            # Class folders (or a label table) give one caption per class: a batch of distinct
+        per_class = rows.classes is not None and distinct <= len(set(rows.classes))
+        if config.loss in IN_BATCH_NEGATIVES and per_class and distinct < min(size, len(rows)):
+            # Class folders (or a label column) write one caption per class: a batch of distinct
             # captions holds at most one image per class, however many rows there are.
             raise InputError(
                 f"{rows.source}: {len(rows)} rows give no full batch of {size}: loss {config.loss} needs a "
-                f"different caption on every row of a batch and these rows have only {distinct} distinct "
-                "caption(s) (class folders and label columns give one caption per class, so a lower --batch-size "
-                "does not help); train with --loss supcon (it learns from the class labels) or give a caption "
-                "table (an image and a caption column, one caption per image)")
+                f"different caption on every row of a batch, and these rows have {distinct} distinct caption(s), "
+                "one per class (class folders and label columns write one caption per class), so a batch holds at "
+                "most one image per class; train with --loss supcon (it learns from the class labels) or give a "
+                "caption table (an image and a caption column, one caption per image)")
         raise InputError(f"{rows.source}: {len(rows)} rows give no full batch of {size} (batch size x processes) "
                          "without repeated images or captions; lower --batch-size")
     return batches
