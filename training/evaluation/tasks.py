@@ -155,7 +155,7 @@ def run_retrieval(model: Any, model_name: str, *, pairs: Path | None = None, lab
         feats = image_features(model, labelled.paths, dataset_hash=rec["sha256"], cache_dir=cache_dir,
                                batch_size=batch_size, progress=steps[1])
         metrics.update({f"image_{k}": v for k, v in image_retrieval(feats, np.asarray(labelled.labels)).items()})
-        dataset = dataset or rec
+        dataset = dataset or dict(rec)  # a copy: the record must not contain itself (JSON)
         dataset["labelled_images"] = rec
     return make_result("retrieval", model=model_record(model, model_name), dataset=dataset,
                        settings={"image_column": image_column, "caption_column": caption_column,
