@@ -176,3 +176,23 @@ def test_retrieval_result_names_the_map_normaliser(tiles: Path, tmp_path: Path,
     # one batch holds all 12 images: the bar still starts at 0 of a known total and shows a rate
     bar = [line for line in capsys.readouterr().err.splitlines() if line.startswith("retrieval")]
     assert len(bar) == 1 and "12/12 [" in bar[0] and "?image/s" not in bar[0], bar
+
+
+def test_a_bundle_trained_from_test_tiny_is_announced_as_trained(tiles: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Was "has RANDOM weights: its scores mean nothing" for a model that was trained."""
+    from backend.models import load_model
+    from backend.models.bundle import save_bundle
+    from backend.report import random_weights_note
+
+    tiny = load_model("test-tiny", device="cpu")
+    assert random_weights_note("test-tiny", tiny, "its scores mean nothing") == (
+        "NOTE: model 'test-tiny' has RANDOM weights: its scores mean nothing.")
+    bundle = save_bundle(tiny, tmp_path / "tuned", trained_from="test-tiny")
+    out = tmp_path / "ret.json"
+    assert main(["eval", "retrieval", "--model", str(bundle), "--images", str(tiles / "test"), "--out", str(out),
+                 "--no-cache", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"NOTE: model '{bundle}' was trained starting from RANDOM weights ('test-tiny'" in err, err
+    assert "mean nothing" not in err
+    assert load_model(bundle, device="cpu").trained_from == "test-tiny"  # from the manifest, for every bundle
