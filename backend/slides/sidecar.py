@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from backend.errors import UnsupportedSlideError
+from backend.slides.composite import MAX_CHANNELS, Composite
 from backend.slides.readers import (
     ReaderInfo,
     ReaderName,
@@ -75,13 +76,15 @@ def open_sidecar(path: Path) -> SlideReader | None:
         raise UnsupportedSlideError(
             path, f"{name}: OpenSlide and tifffile cannot read its pixels{where}; {_INSTALL}, or {_CONVERT}"
         ) from e
-    # slideio lists a VSI's own TIFF directories (the previews) as its first scenes, then one
-    # scene per .ets file: only those hold the slide.
-    previews = _tiff_directory_count(path) if driver == "VSI" else 0
-    return SlideioReader.open(path, driver, name, slideio, skip_scenes=previews)
+    # Depending on its version and on the .ets files, slideio lists the VSI's own TIFF images
+    # (the previews) as scenes, or only the .ets scenes (slideio 2.x with readable .ets files).
+    # A scene the size of one of the .vsi's TIFF images is such a preview, never the slide.
+    previews = _tiff_image_sizes(path) if driver == "VSI" else frozenset()
+    return SlideioReader.open(path, driver, name, slideio, previews=previews)
 
 
-def _tiff_directory_count(path: Path) -> int:
+def _tiff_image_sizes(path: Path) -> frozenset[tuple[int, int]]:
+    """(width, height) of every image stored in the TIFF part of a ``.vsi`` (its previews)."""
     import tifffile
 
     from backend.slides.quiet import library_logs_captured
@@ -89,7 +92,7 @@ def _tiff_directory_count(path: Path) -> int:
     with library_logs_captured():
         try:
             with tifffile.TiffFile(path) as tif:
-                return len(tif.pages)
+                return frozenset((int(p.imagewidth), int(p.imagelength)) for p in tif.pages)
         except Exception as e:  # noqa: BLE001 - a .vsi is a TIFF; if not, it is damaged
             raise UnsupportedSlideError(path, f"not a readable VSI file (its TIFF part: {e})") from e
 
@@ -105,13 +108,26 @@ class SlideioReader(SlideReader):
         self._lock = threading.Lock()
         channels = int(scene.num_channels)
         dtype = np.dtype(scene.get_channel_data_type(0))
-        if channels not in (1, 3, 4) or dtype not in (np.uint8, np.uint16):
+        if dtype not in (np.uint8, np.uint16) or not 1 <= channels <= MAX_CHANNELS:
             raise UnsupportedSlideError(
                 path,
-                f"{format_name}: {channels} channel(s) of {dtype}; only greyscale and RGB(A) images of "
-                "unsigned 8-bit or 16-bit pixels are read",
+                f"{format_name}: {channels} channel(s) of {dtype}; only images of unsigned 8-bit or 16-bit "
+                f"pixels with 1 to {MAX_CHANNELS} channels are read (greyscale, RGB(A), or fluorescence "
+                "channels shown as a colour composite)",
             )
         self._dtype = dtype
+        # A z-stack is shown at its middle plane (a scanner centres its stack on the focus).
+        self._slice = int(getattr(scene, "num_z_slices", 1) or 1) // 2
+        self._composite: Composite | None = None
+        properties: dict[str, str] = {}
+        if channels not in (1, 3, 4):  # fluorescence channels: one colour each, added up
+            names = [str(scene.get_channel_name(c) or f"channel {c}") for c in range(channels)]
+            overview = np.asarray(scene.read_block(
+                scene.rect, size=(min(1024, int(scene.rect[2])), 0), slices=(self._slice, self._slice + 1)))
+            self._composite = Composite.of(names, overview.reshape(*overview.shape[:2], channels))
+            properties["histoclip.display"] = self._composite.describe()
+        if self._slice:
+            properties["histoclip.z-slice"] = f"{self._slice} of {int(scene.num_z_slices)} (the middle plane)"
         levels = [scene.get_zoom_level_info(i) for i in range(int(scene.num_zoom_levels))]
         levels.sort(key=lambda z: -int(z.size.width))
         self._levels = levels
@@ -129,17 +145,21 @@ class SlideioReader(SlideReader):
             objective_power=power,
             associated_names=tuple(str(n).lower() for n in handle.get_aux_image_names()),
             tile_size=tile if 64 <= tile <= 2048 else 512,
+            properties=properties,
         )
         self._aux = {str(n).lower(): str(n) for n in handle.get_aux_image_names()}
 
     @classmethod
     def open(
-        cls, path: Path, driver: str, format_name: str, slideio: Any, *, skip_scenes: int = 0
+        cls, path: Path, driver: str, format_name: str, slideio: Any,
+        *, previews: frozenset[tuple[int, int]] = frozenset(),
     ) -> SlideioReader:
-        """Open ``path`` with slideio's ``driver``; the first ``skip_scenes`` scenes are previews."""
+        """Open ``path`` with slideio's ``driver``; scenes whose (width, height) is in
+        ``previews`` are a VSI's preview images, not the slide."""
         try:
             handle = slideio.open_slide(str(path), driver)
-            scenes = [handle.get_scene(i) for i in range(skip_scenes, int(handle.num_scenes))]
+            scenes = [handle.get_scene(i) for i in range(int(handle.num_scenes))]
+            scenes = [s for s in scenes if (int(s.rect[2]), int(s.rect[3])) not in previews]
         except Exception as e:  # slideio raises RuntimeError with a C++ source path in it
             raise UnsupportedSlideError(path, f"{format_name}: slideio cannot read it ({_short(e)})") from e
         if not scenes:
@@ -147,7 +167,7 @@ class SlideioReader(SlideReader):
             what = (
                 f"slideio finds only the previews stored in the .vsi, no slide in {vsi_side_folder(path).name}/ "
                 "(its .ets files are damaged or of a kind slideio does not read)"
-                if skip_scenes
+                if previews
                 else "the file holds no image scene"
             )
             raise UnsupportedSlideError(path, f"{format_name}: {what}; {_CONVERT}")
@@ -166,7 +186,10 @@ class SlideioReader(SlideReader):
 
         def read(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
             with self._lock:
-                block = np.asarray(self._scene.read_block_from_level(index, (x0, y0, x1 - x0, y1 - y0)))
+                block = np.asarray(self._scene.read_block_from_level(
+                    index, (x0, y0, x1 - x0, y1 - y0), slices=(self._slice, self._slice + 1)))
+            if self._composite is not None:
+                return self._composite.render(block.reshape(y1 - y0, x1 - x0, -1))
             if self._dtype == np.uint16:
                 block = (block >> 8).astype(np.uint8)
             return composite_on_white(block)
