@@ -44,6 +44,38 @@ def dicom_files(folder: Path) -> list[Path]:
         return []
 
 
+def series_uid(file: Path) -> str | None:
+    """The SeriesInstanceUID in a ``.dcm`` file's header, or None when it has none or is no DICOM."""
+    import pydicom
+
+    try:
+        with library_logs_captured():
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except OSError as e:
+        raise SlideReadError(file, f"cannot read the file: {e.strerror or e}") from e
+    except Exception:  # noqa: BLE001 - pydicom's InvalidDicomError and parse errors: not one of a series
+        return None
+    uid = ds.get("SeriesInstanceUID")
+    return str(uid) if uid else None
+
+
+def own_series_files(file: Path) -> list[Path] | None:
+    """The files of ``file``'s own series when its folder holds several DICOM series, else None.
+
+    A ``.dcm`` file stands for its folder when the folder is one slide; in a folder holding
+    the files of several slides (series), it stands for its own series: the folder's files with
+    its SeriesInstanceUID. Reads only the files' headers.
+    """
+    own = series_uid(file)
+    if own is None:
+        return None
+    members = dicom_files(file.parent)
+    uids = {m: (own if m == file else series_uid(m)) for m in members}
+    if len({u for u in uids.values() if u is not None}) < 2:
+        return None
+    return [m for m, u in uids.items() if u == own]
+
+
 class DicomReader(SlideReader):
     """One DICOM WSI through ``wsidicom.WsiDicom``, whose file reads take a lock: thread-safe."""
 
@@ -75,8 +107,9 @@ class DicomReader(SlideReader):
         )
 
     @classmethod
-    def open(cls, folder: Path) -> DicomReader:
-        """Open the DICOM WSI whose files lie in ``folder``.
+    def open(cls, folder: Path, files: list[Path] | None = None) -> DicomReader:
+        """Open the DICOM WSI whose files lie in ``folder`` (or only ``files`` of it: one series
+        of a folder holding several, see :func:`own_series_files`).
 
         Raises
         ------
@@ -92,7 +125,7 @@ class DicomReader(SlideReader):
             raise UnsupportedSlideError(
                 folder, "is a DICOM WSI, which needs the wsidicom package: pip install wsidicom"
             ) from e
-        files = dicom_files(folder)
+        files = dicom_files(folder) if files is None else files
         if not files:
             raise UnsupportedSlideError(folder, "no .dcm files in this folder")
         usable, problems, series = _survey(files)
@@ -108,7 +141,8 @@ class DicomReader(SlideReader):
                 folder,
                 f"holds the DICOM files of {len(series)} different slides (series "
                 + ", ".join(sorted(series)[:3])
-                + "); put each slide's files in a folder of its own",
+                + "); put each slide's files in a folder of its own, or open one of its .dcm files "
+                "(a file opens its own series)",
             )
         with library_logs_captured():  # wsidicom logs (tracebacks, on the root logger) what it skips
             try:

@@ -50,10 +50,9 @@ def slide_fingerprint(path: str | Path, *, full_hash_limit: int = FULL_HASH_LIMI
         raise SlideNotFoundError(path, "no such file")
     digest = hashlib.sha256(_VERSION)
     try:
-        if path.is_dir():  # a DICOM WSI folder: its .dcm files, by name and content
-            from backend.slides.dicom import dicom_files
-
-            for member in dicom_files(path):
+        members = _dicom_members(path)
+        if members is not None:  # a DICOM WSI (folder, or one series of one): its files, by name and content
+            for member in members:
                 digest.update(member.name.encode())
                 _hash_file(digest, member, full_hash_limit)
             return digest.hexdigest()[:32]
@@ -64,6 +63,18 @@ def slide_fingerprint(path: str | Path, *, full_hash_limit: int = FULL_HASH_LIMI
     except OSError as e:
         raise SlideReadError(path, f"cannot read the file to fingerprint it: {e}") from e
     return digest.hexdigest()[:32]
+
+
+def _dicom_members(path: Path) -> list[Path] | None:
+    """The ``.dcm`` files of a DICOM slide: a folder's, or the own series of a ``.dcm`` file that
+    stands for it (see ``backend.slides.dicom.own_series_files``); None for other slides."""
+    from backend.slides.dicom import dicom_files, own_series_files
+
+    if path.is_dir():
+        return dicom_files(path)
+    if path.suffix.lower() == ".dcm":
+        return own_series_files(path)
+    return None
 
 
 def _hash_file(digest: hashlib._Hash, path: Path, full_hash_limit: int) -> None:
@@ -115,11 +126,8 @@ def slide_identity(path: str | Path) -> str:
     path = Path(path).resolve()
     digest = hashlib.sha256(b"histoclip-slide-identity-v1")
     digest.update(str(path).encode())
-    if path.is_dir():
-        from backend.slides.dicom import dicom_files
-
-        members = dicom_files(path)
-    else:
+    members = _dicom_members(path)
+    if members is None:
         members = [path, *_companions(path)]
     for member in members:
         try:

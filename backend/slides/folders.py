@@ -27,8 +27,9 @@ def is_dicom_folder(path: Path) -> bool:
 def slide_target(path: str | os.PathLike[str]) -> Path | None:
     """The slide ``path`` stands for, or None when it is not one (only lists a folder).
 
-    A slide file is itself; a ``.dcm`` file or a DICOM folder is the folder; the data folder of
-    a MIRAX slide is its ``.mrxs`` file.
+    A slide file is itself; a ``.dcm`` file or a DICOM folder is the folder (a ``.dcm`` file in a
+    folder of several DICOM series is itself: its own series); the data folder of a MIRAX slide
+    is its ``.mrxs`` file.
     """
     p = Path(path)
     if p.is_dir():
@@ -40,7 +41,10 @@ def slide_target(path: str | os.PathLike[str]) -> Path | None:
         return None
     name = p.name.lower()
     if name.endswith(".dcm"):
-        return p.parent
+        from backend.slides.dicom import own_series_files
+
+        # the folder, unless it holds several slides (series): then the file stands for its own
+        return p if p.is_file() and own_series_files(p) is not None else p.parent
     return p if name.endswith(FILE_SUFFIXES) else None
 
 

@@ -72,9 +72,16 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         raise InputError(f"mpp must be a positive number of µm per level-0 pixel, got {mpp!r}")
     if not path.exists():
         raise SlideNotFoundError(path, "no such file")
+    series = None
     if path.suffix.lower() == ".dcm" and path.is_file():
-        path = path.parent  # one file of a DICOM WSI: the slide is its folder
-    if path.is_dir():
+        from backend.slides.dicom import DicomReader, own_series_files
+
+        series = own_series_files(path)  # a folder of several slides: the file's own series
+        if series is None:
+            path = path.parent  # one file of a DICOM WSI: the slide is its folder
+    if series is not None:
+        reader = DicomReader.open(path.parent, series)
+    elif path.is_dir():
         reader = _open_folder(path)
     else:
         try:
