@@ -196,3 +196,23 @@ def test_a_bundle_trained_from_test_tiny_is_announced_as_trained(tiles: Path, tm
     assert f"NOTE: model '{bundle}' was trained starting from RANDOM weights ('test-tiny'" in err, err
     assert "mean nothing" not in err
     assert load_model(bundle, device="cpu").trained_from == "test-tiny"  # from the manifest, for every bundle
+
+
+def test_clipit_pair_announces_a_bundle_from_test_tiny_as_trained(testdata: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's case: ``pair`` with a fine-tuned bundle said "RANDOM weights: its pairs mean nothing"."""
+    import pandas as pd
+
+    from backend.models import load_model
+    from backend.models.bundle import save_bundle
+
+    bundle = save_bundle(load_model("test-tiny", device="cpu"), tmp_path / "tuned", trained_from="test-tiny")
+    tiles = testdata / "tiles"
+    pd.DataFrame({"path": [str(tiles / "kather1.tif"), str(tiles / "no-tissue.png")],
+                  "kind": ["he_tissue", "background"]}).to_csv(tmp_path / "images.csv", index=False)
+    pd.DataFrame({"report": ["Pink stroma with nuclei.", "Empty glass."]}).to_csv(tmp_path / "corpus.csv", index=False)
+    assert main(["pair", "--model", str(bundle), "--images", str(tmp_path / "images.csv"), "--image-column", "path",
+                 "--label-column", "kind", "--corpus", str(tmp_path / "corpus.csv"), "--text-column", "report",
+                 "--k", "1", "--floor", "-1", "--no-cache", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "was trained starting from RANDOM weights ('test-tiny'" in err and "mean nothing" not in err, err
