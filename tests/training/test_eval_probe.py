@@ -216,3 +216,4 @@ def test_clipit_pair_announces_a_bundle_from_test_tiny_as_trained(testdata: Path
                  "--k", "1", "--floor", "-1", "--no-cache", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "was trained starting from RANDOM weights ('test-tiny'" in err and "mean nothing" not in err, err
+    assert "2/2 [" in err and "?image/s" not in err, err  # the bar knew its total before the first batch
