@@ -26,7 +26,7 @@ def two_series(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> tup
     mixed = tmp_path_factory.mktemp("two-series") / "mixed"
     shutil.copytree(source, mixed)
     other = pydicom.uid.generate_uid()
-    first = str(pydicom.dcmread(sorted(source.glob("*.dcm"))[0], stop_before_pixels=True).SeriesInstanceUID)
+    first = str(pydicom.dcmread(min(source.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
     for f in sorted(source.glob("*.dcm")):
         ds = pydicom.dcmread(f)
         ds.SeriesInstanceUID = other
@@ -36,13 +36,13 @@ def two_series(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> tup
 
 
 def _member(folder: Path, prefix: str) -> Path:
-    return sorted(p for p in folder.glob("*.dcm") if p.name.startswith(prefix))[0]
+    return min(p for p in folder.glob("*.dcm") if p.name.startswith(prefix))
 
 
 def test_a_dcm_file_opens_its_own_series(two_series: tuple[Path, str, str], cmu_slide: Path) -> None:
     mixed, first, other = two_series
     theirs = _member(mixed, "zz-other-")
-    ours = sorted(p for p in mixed.glob("*.dcm") if not p.name.startswith("zz-"))[0]
+    ours = min(p for p in mixed.glob("*.dcm") if not p.name.startswith("zz-"))
     with open_slide(theirs) as a, open_slide(ours) as b, open_slide(cmu_slide) as svs:
         assert a.properties["dicom.series-instance-uid"] == other
         assert b.properties["dicom.series-instance-uid"] == first

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
+from tile_classes import make_tile_classes
 
 from backend.errors import InputError
-from tile_classes import make_tile_classes
 from training.__main__ import main
 from training.evaluation.data import align_classes, load_labelled
 from training.evaluation.metrics import CONVENTIONS

@@ -122,8 +122,8 @@ def run(config: ClipitConfig, *, progress: Callable[[Progress], None] | None = N
 def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] | None,
          cancel: threading.Event | None) -> ClipitResult:
     from backend.models import load_model
-    from backend.report import random_weights_note
     from backend.models.classifier import Classifier, save_classifier
+    from backend.report import random_weights_note
     from training.clip.tuning import merged_model
 
     out = config.out_dir

@@ -15,7 +15,12 @@ import numpy as np
 
 from backend.api import Progress
 from backend.errors import InputError
-from training.evaluation.data import ClassSpec, LabelledImages, align_classes, resolve_image
+from training.evaluation.data import (
+    ClassSpec,
+    LabelledImages,
+    align_classes,
+    resolve_image,
+)
 from training.evaluation.features import image_features, text_features
 from training.evaluation.metrics import (
     CONVENTIONS,
