@@ -92,7 +92,8 @@ def _tiff_image_sizes(path: Path) -> frozenset[tuple[int, int]]:
     with library_logs_captured():
         try:
             with tifffile.TiffFile(path) as tif:
-                return frozenset((int(p.imagewidth), int(p.imagelength)) for p in tif.pages)
+                pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
+                return frozenset((int(p.imagewidth), int(p.imagelength)) for p in pages)
         except Exception as e:  # noqa: BLE001 - a .vsi is a TIFF; if not, it is damaged
             raise UnsupportedSlideError(path, f"not a readable VSI file (its TIFF part: {e})") from e
 

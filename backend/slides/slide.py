@@ -73,6 +73,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
     if not path.exists():
         raise SlideNotFoundError(path, "no such file")
     series = None
+    reader: SlideReader
     if path.suffix.lower() == ".dcm" and path.is_file():
         from backend.slides.dicom import DicomReader, own_series_files
 
