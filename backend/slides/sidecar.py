@@ -6,6 +6,10 @@ a preview as if it were the slide. Zeiss CZI is a container neither OpenSlide no
 reads. These go to slideio when it is installed (``pip install 'napari-histoclip[formats]'``)
 and are refused, with the remedy, when it is not; they are never handed to the other
 readers. Leica LIF is not read by any of them: refused with the remedy.
+
+Fluorescence scenes (2 or more channels other than RGB(A)) are shown as a colour composite
+(``backend.slides.composite``), and a z-stack at its middle plane; both are recorded in the
+slide's ``properties``.
 """
 
 from __future__ import annotations
