@@ -225,9 +225,10 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
         request.state.audit["call"] = route
         body = await request.body()
         req = decode(spec.request, body, request.headers.get("content-type", ""), where=route)
-        state.check_limits(req)
+        state.check_limits(req, route)
         request.state.audit["slide"] = state.slide_of(req)
         local = await run_in_threadpool(state.localize, spec, req)
+        await run_in_threadpool(state.check_work, local, route)  # the work, estimated before any allocation
         try:
             job = state.jobs.submit(route, lambda j: state.run(spec, local, j), token=request.state.token,
                                     slide=state.slide_of(req), priority=Priority.BULK if spec.bulk else Priority.INTERACTIVE)

@@ -111,8 +111,9 @@ class ServerState:
 
     # --- requests in, results out -----------------------------------------------------------
 
-    def check_limits(self, request: Any) -> None:
-        """Regions per request and pixels per region, ``k``: 422 past the server's limits."""
+    def check_limits(self, request: Any, route: str = "request") -> None:
+        """Regions per request and pixels per region, ``k``, tiles, classes, caption length:
+        422 or 413 past the server's limits (the one check every call route goes through)."""
         limits = self.config.limits
         regions = getattr(request, "regions", None)
         if regions is not None and len(regions) > limits.max_regions:
@@ -128,6 +129,16 @@ class ServerState:
         k = getattr(request, "k", None)
         if isinstance(k, int) and not 1 <= k <= limits.max_k:
             raise InputError(f"k: {k} hits asked for; between 1 and {limits.max_k}")
+        from backend.server.bounds import check_request
+
+        check_request(request, limits, route)
+
+    def check_work(self, request: Any, route: str) -> None:
+        """The tile grid of each slide of ``request`` (server paths) within ``max_tiles``: 413
+        before any allocation (see :mod:`backend.server.bounds`)."""
+        from backend.server.bounds import check_work
+
+        check_work(request, self.config.limits, self.pixels, route)
 
     def localize(self, call: Call, request: Any) -> Any:
         """``request`` with the client's names replaced by server paths (raises on unknown names)."""
