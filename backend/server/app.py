@@ -57,8 +57,8 @@ KEEPALIVE_S = 0.5  # an SSE comment this often: a client sees a dead server, and
 
 def _error(exc: BaseException, state: ServerState | None = None) -> JSONResponse:
     status, body = error_to_wire(exc)
-    if state is not None and "path" in body["error"]:
-        body["error"]["path"] = state.public(body["error"]["path"], "path")
+    if state is not None:  # ids for paths, and no server path in the text
+        body["error"] = state.public_error(body["error"])
     return JSONResponse(body, status_code=status)
 
 

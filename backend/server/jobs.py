@@ -121,8 +121,12 @@ class JobManager:
     """
 
     def __init__(self, state_dir: Path, *, workers: int = 1, interactive_workers: int = 1,
-                 max_queued: int = 64, max_per_token: int = 4) -> None:
+                 max_queued: int = 64, max_per_token: int = 4,
+                 public_error: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 public_text: Callable[[str], str] | None = None) -> None:
         self.dir = Path(state_dir) / "jobs"
+        # What a client may see of an error and of a progress stage (no server paths).
+        self.public_error, self.public_text = public_error, public_text
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_queued, self.max_per_token = max_queued, max_per_token
         self._jobs: dict[str, Job] = {}
@@ -281,6 +285,8 @@ class JobManager:
 
         if exc is not None and error is None:
             error = error_to_wire(exc)[1]["error"]
+        if error is not None and self.public_error is not None:
+            error = self.public_error(error)
         job.state, job.finished, job.work = state, time.time(), None
         job.error = error
         job.exc = exc
@@ -300,6 +306,8 @@ class JobManager:
         """The progress callback handed to the backend call of ``job``."""
 
         def report(p: Progress) -> None:
+            if self.public_text is not None:  # "loading model /srv/models/x": the name only
+                p = Progress(p.done, p.total, self.public_text(p.stage))
             job.progress = p
             job.emit("progress", {"done": p.done, "total": p.total, "stage": p.stage})
             self._save(job)

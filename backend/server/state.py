@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -54,7 +55,8 @@ class ServerState:
         limits = self.config.limits
         self.jobs = JobManager(self.config.state_dir, workers=self.config.workers,
                                interactive_workers=self.config.interactive_workers,
-                               max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token)
+                               max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token,
+                               public_error=self.public_error, public_text=self.public_text)
         from backend.server.batching import Encoders
 
         self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
@@ -190,6 +192,21 @@ class ServerState:
             return dataclasses.replace(obj, **{f.name: self.public(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)})
         return obj
 
+    def public_error(self, error: dict[str, Any]) -> dict[str, Any]:
+        """An error body (``{"type", "message", "path", "cause"}``) as a client may see it: its
+        ``path`` an id, and no absolute server path in its text (see :func:`scrub_paths`)."""
+        out = dict(error)
+        if "path" in out:
+            out["path"] = self.public(str(out["path"]), "path")
+        for key in ("message", "cause"):
+            if isinstance(out.get(key), str):
+                out[key] = self.public_text(out[key])
+        return out
+
+    def public_text(self, text: str) -> str:
+        """``text`` (a message, a progress stage) without absolute server paths."""
+        return scrub_paths(text, [r for c in (self.slides, self.indexes, self.bundles) for r in c.roots])
+
     def _public_path(self, text: str, field: str) -> str:
         if not os.path.isabs(text):
             return text
@@ -256,3 +273,15 @@ class ServerState:
         # IndexRequest lists slide names; SaveClassifierRequest the marks of each slide (SlideMarks).
         names = [s if isinstance(s, str) else str(getattr(getattr(s, "slide", None), "path", "")) for s in slides or ()]
         return ",".join(names)[:200]
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!v1/)[^\s'\"`,;:()\[\]{}<>|*?]+")
+
+
+def scrub_paths(text: str, roots: list[Any]) -> str:
+    """``text`` with no absolute server path: a path under a root becomes its name relative to
+    the root (as the listings show it), any other absolute path its last component. API paths
+    (``/v1/...``) and URLs are left alone."""
+    for root in sorted((str(r) for r in roots), key=len, reverse=True):
+        text = text.replace(root + os.sep, "")
+    return _ABSOLUTE.sub(lambda m: os.path.basename(m.group(0).rstrip("/")) or "/", text)
