@@ -53,14 +53,15 @@ class Guard:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             if path not in OPEN_PATHS:
-                name = self.state.authorize(bearer(headers.get("authorization")))
-                if name is None:
+                found = self.state.identify(bearer(headers.get("authorization")))
+                if found is None:
                     await _reply(send_status, 401, "AuthError", "missing or unknown bearer token "
                                  "(send 'Authorization: Bearer TOKEN'; tokens come from 'histoclip serve --add-token NAME')",
                                  {"www-authenticate": 'Bearer realm="histoclip"'})
                     return
+                name, owner = found
                 audit["token"] = name
-                scope.setdefault("state", {})["token"] = name
+                scope.setdefault("state", {}).update(token=name, owner=owner)  # jobs belong to the id
             scope.setdefault("state", {})["audit"] = audit
             limit = self.state.config.limits.max_body_bytes
             declared = headers.get("content-length")

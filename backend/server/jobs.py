@@ -1,5 +1,11 @@
 """Jobs: backend calls run by worker threads from one priority queue, never on the event loop.
 
+A job belongs to the id of the token that made it (never reused, see
+:func:`backend.server.auth.token_id`), not to the token's name. A call answered at once (a
+relabel from the cache) is run the same way but is no job: it leaves no record. Finished
+records are kept per owner (the newest ``MAX_KEPT`` of each), so one token's traffic never
+pushes out another's results.
+
 Each job keeps its progress events (numbered, so a client that lost its event stream
 reattaches with ``Last-Event-ID`` and misses nothing) and, once done, its result in memory.
 Jobs handed to a client (202) are recorded on disk (``state_dir/jobs/ID.json``, written
@@ -32,7 +38,7 @@ from backend.errors import CancelledError
 
 log = logging.getLogger("histoclip.server")
 
-MAX_KEPT = 2000  # finished job records kept in memory and on disk
+MAX_KEPT = 2000  # finished job records kept in memory and on disk, per owner (token id)
 
 
 class JobState(StrEnum):
@@ -61,9 +67,10 @@ class QueueFullError(Exception):
 class Job:
     id: str
     call: str
-    token: str
+    token: str  # the token's name, for people
     slide: str
     priority: int
+    owner: str = ""  # the token's id: who may see, cancel and fetch this job
     work: Callable[[Job], Any] | None = None
     state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
@@ -84,7 +91,7 @@ class Job:
     def record(self) -> dict[str, Any]:
         """The JSON a client polls and the disk keeps (no result, no request)."""
         return {
-            "id": self.id, "call": self.call, "token": self.token, "slide": self.slide,
+            "id": self.id, "call": self.call, "token": self.token, "owner": self.owner, "slide": self.slide,
             "state": str(self.state), "created": self.created, "started": self.started,
             "finished": self.finished, "error": self.error,
             "progress": {"done": self.progress.done, "total": self.progress.total, "stage": self.progress.stage},
@@ -153,10 +160,16 @@ class JobManager:
                 records.append(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 log.warning("job record %s is unreadable (%s); skipped", path, e)
-        for r in sorted(records, key=lambda r: r.get("created", 0))[-MAX_KEPT:]:
+        kept: dict[str, int] = {}
+        for r in sorted(records, key=lambda r: r.get("created", 0), reverse=True):
+            # A record from before jobs had owners belongs to no token: a name may have been reused.
+            owner = str(r.get("owner") or "")
+            kept[owner] = kept.get(owner, 0) + 1
+            if kept[owner] > MAX_KEPT:
+                continue
             p = r.get("progress") or {}
             job = Job(id=str(r["id"]), call=str(r["call"]), token=str(r.get("token", "")), slide=str(r.get("slide", "")),
-                      priority=Priority.BULK, state=JobState(r["state"]), created=float(r.get("created", 0)),
+                      owner=owner, priority=Priority.BULK, state=JobState(r["state"]), created=float(r.get("created", 0)),
                       started=r.get("started"), finished=r.get("finished"), error=r.get("error"),
                       progress=Progress(int(p.get("done", 0)), int(p.get("total", 0)), str(p.get("stage", ""))),
                       persisted=True, restored=True)
@@ -204,30 +217,46 @@ class JobManager:
     # --- the queue --------------------------------------------------------------------------
 
     def submit(self, call: str, work: Callable[[Job], Any], *, token: str, slide: str = "",
-               priority: int = Priority.INTERACTIVE) -> Job:
-        """Queue ``work(job)``; raises :class:`QueueFullError` past the limits."""
+               priority: int = Priority.INTERACTIVE, owner: str | None = None) -> Job:
+        """Queue ``work(job)`` for the token named ``token`` whose id is ``owner`` (default: the
+        name); raises :class:`QueueFullError` past the limits.
+
+        The per-token limit counts the owner's queued or running work of the same kind
+        (interactive or bulk): four embeds waiting do not stop a relabel from the cache.
+        """
+        owner = token if owner is None else owner
         with self._lock:
-            active = [j for j in self._jobs.values() if not j.state.finished]
+            active = [j for j in self._jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING)]
             if sum(j.state is JobState.QUEUED for j in active) >= self.max_queued:
                 raise QueueFullError(f"{self.max_queued} jobs are already queued on this server")
-            if sum(j.token == token for j in active) >= self.max_per_token:
-                raise QueueFullError(f"token {token!r} already has {self.max_per_token} unfinished jobs")
-            job = Job(id=uuid.uuid4().hex, call=call, token=token, slide=slide, priority=priority, work=work)
+            mine = [j for j in active if j.owner == owner and (j.priority == Priority.BULK) == (priority == Priority.BULK)]
+            if len(mine) >= self.max_per_token:
+                kind = "bulk" if priority == Priority.BULK else "interactive"
+                raise QueueFullError(f"token {token!r} already has {self.max_per_token} unfinished {kind} jobs (queued or running)")
+            job = Job(id=uuid.uuid4().hex, call=call, token=token, slide=slide, priority=priority, work=work, owner=owner)
             self._jobs[job.id] = job
-            self._trim()
+            self._trim(owner)
         item = (int(priority), next(self._seq), job)
         self._any.put(item)
         if priority == Priority.INTERACTIVE:
             self._interactive.put(item)  # whichever thread gets it first runs it
         return job
 
-    def _trim(self) -> None:
-        done = [j for j in self._jobs.values() if j.state.finished]
-        for j in sorted(done, key=lambda j: j.finished or 0)[: max(0, len(self._jobs) - MAX_KEPT)]:
+    def _trim(self, owner: str) -> None:
+        """Forget ``owner``'s oldest finished jobs past MAX_KEPT (no other owner's)."""
+        theirs = [j for j in self._jobs.values() if j.owner == owner]
+        done = [j for j in theirs if j.state.finished]
+        for j in sorted(done, key=lambda j: j.finished or 0)[: max(0, len(theirs) - MAX_KEPT)]:
             del self._jobs[j.id]
             if j.persisted:
                 (self.dir / f"{j.id}.json").unlink(missing_ok=True)
                 (self.dir / f"{j.id}.result").unlink(missing_ok=True)
+
+    def forget(self, job: Job) -> None:
+        """Drop the finished ``job`` that was answered at once and never handed out: it is no job."""
+        with self._lock:
+            if job.state.finished and not job.persisted:
+                self._jobs.pop(job.id, None)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:

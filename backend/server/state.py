@@ -85,9 +85,14 @@ class ServerState:
     def authorize(self, token: str | None) -> str | None:
         """The token's name; with no tokens configured (loopback or --insecure) everyone is
         ``anonymous``."""
+        found = self.identify(token)
+        return None if found is None else found[0]
+
+    def identify(self, token: str | None) -> tuple[str, str] | None:
+        """(name, id) of the token: the name for audit lines, the never-reused id owns jobs."""
         if len(self.tokens) == 0:
-            return "anonymous"
-        return self.tokens.check(token)
+            return ("anonymous", "anonymous")
+        return self.tokens.identify(token)
 
     # --- models -----------------------------------------------------------------------------
 
