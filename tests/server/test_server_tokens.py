@@ -93,12 +93,12 @@ def test_queued_embeds_do_not_block_a_relabel(tmp_path: Path, slides_dir: Path, 
             httpx.Client(base_url=running.url, headers=running.headers(), timeout=60) as http:
         ids = [http.post("/v1/calls/embed", json=embed).json()["id"] for _ in range(2)]
         try:
-            r = http.post("/v1/calls/embed", json=embed)
-            assert r.status_code == 429 and "2 unfinished bulk jobs" in r.text  # the limit still holds
             states = {http.get(f"/v1/jobs/{i}").json()["state"] for i in ids}
             assert states <= {"queued", "running"}, states
             relabel = http.post("/v1/calls/zero-shot", json=RELABEL)
             assert relabel.status_code == 200, relabel.text  # was 429 behind the token's embeds
+            r = http.post("/v1/calls/embed", json=embed)
+            assert r.status_code == 429 and "2 unfinished bulk jobs" in r.text  # the limit still holds
         finally:
             for job_id in ids:
                 http.delete(f"/v1/jobs/{job_id}")
