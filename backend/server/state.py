@@ -63,6 +63,9 @@ class ServerState:
         from backend.server.pixels import SlidePool
 
         self.pixels = SlidePool()  # open slides for display tiles, thumbnails and slide info
+        from backend.server.writers import WriteLocks
+
+        self.writers = WriteLocks()  # one build of an index (one save of a bundle) at a time
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
@@ -249,9 +252,14 @@ class ServerState:
             timer = threading.Timer(limit, expire)
             timer.daemon = True
             timer.start()
+        target = {"build_index": "index_path", "save_classifier": "path"}.get(call.method)
         try:
             if isinstance(request, EmbedRequest):
                 result = method(request.slide, request.model, request.tiles, **kwargs)
+            elif target is not None:  # a second build of the same index waits, then resumes it
+                with self.writers.writing(getattr(request, target), job.id, cancel=job.cancel,
+                                          progress=kwargs.get("progress")):
+                    result = method(request, **kwargs)
             else:
                 result = method(request, **kwargs)
         except CancelledError as e:
