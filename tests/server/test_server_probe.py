@@ -109,6 +109,13 @@ def test_a_grid_over_the_tile_limit_is_413_before_any_job(probe) -> None:
             _no_server_path(r.text, tmp)
         assert http.get("/v1/jobs").json() == []
         assert not (tmp / "indexes" / "new-index").exists()
+        # The client raises the class the local backend raises for too much work.
+        from backend import api
+        from backend.errors import LimitExceededError
+        from backend.remote import HttpBackend
+
+        with HttpBackend(running.url, running.token) as remote, pytest.raises(LimitExceededError, match="5,000 tiles"):
+            remote.heatmap(api.HeatmapRequest(api.SlideRef(SLIDE), "test-tiny", "tumor", api.TileOptions(8, 0.5)))
         # Within the limit the same route works (64 px at 2 µm/px: 34 tissue tiles).
         ok = http.post("/v1/calls/zero-shot", json=_bodies({"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5})["zero-shot"],
                        headers={"Prefer": "wait=120"})
