@@ -37,7 +37,6 @@ def _tiles(args: argparse.Namespace, recorded: Any) -> Any:
     from dataclasses import replace
 
     from backend.api import TileOptions
-
     from backend.cli.slide_tasks import check_tile_flags
 
     tiles = TileOptions(**recorded)

@@ -21,7 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from backend import api
-from backend.bounds import check_class_count, check_grid, check_mpp, check_prompt_count, check_tile_size
+from backend.bounds import (
+    check_class_count,
+    check_grid,
+    check_mpp,
+    check_prompt_count,
+    check_tile_size,
+)
 from backend.errors import InputError, LimitExceededError
 
 
@@ -64,9 +70,12 @@ def check_work(request: Any, limits: Any, pixels: Any, route: str) -> None:
     for path, fallback in _slides_of(request):
         with pixels.slide(path) as slide:
             slide_mpp = slide.mpp or fallback
-            if spec.mpp is not None and slide_mpp is None:
+            if spec.mpp is None:
+                scale = 1.0  # level-0 tiles
+            elif slide_mpp is None:
                 continue  # the call itself fails with MissingMppError, saying how to give one
-            scale = 1.0 if spec.mpp is None else spec.mpp / slide_mpp
+            else:
+                scale = spec.mpp / slide_mpp
             rows, cols = grid_shape(tuple(slide.dimensions), spec, scale)
             name = os.path.basename(str(path).rstrip("/"))
             check_grid(rows, cols, limit=limits.max_tiles,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import Running, running_server
+from conftest import running_server
 
 from backend.remote.wire import BUNDLE_TYPE, MAGIC
 
@@ -82,7 +82,7 @@ def test_an_mpp_out_of_range_is_refused_on_every_route(probe, mpp: float) -> Non
 
 
 def test_a_tile_size_out_of_range_is_refused(probe) -> None:
-    running, tmp = probe
+    running, _ = probe
     with httpx.Client(base_url=running.url, headers=running.headers(), timeout=30) as http:
         for size in (100_000, 0, 4):
             for route, body in _bodies({"tile_size": size, "mpp": 0.5, "min_tissue": 0.5}).items():
