@@ -140,9 +140,7 @@ def to_plain(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _bad(where: str, value: Any, expected: str) -> errors.InputError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return errors.InputError(f"{where}: expected {expected}, got {shown}")
+    return errors.InputError(f"{where}: expected {expected}, got {_short(value)}")
 
 
 def from_plain(tp: Any, value: Any, arrays: dict[str, np.ndarray], where: str = "request") -> Any:
