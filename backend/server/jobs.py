@@ -160,13 +160,16 @@ class JobManager:
                 records.append(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 log.warning("job record %s is unreadable (%s); skipped", path, e)
-        kept: dict[str, int] = {}
-        for r in sorted(records, key=lambda r: r.get("created", 0), reverse=True):
-            # A record from before jobs had owners belongs to no token: a name may have been reused.
-            owner = str(r.get("owner") or "")
-            kept[owner] = kept.get(owner, 0) + 1
-            if kept[owner] > MAX_KEPT:
-                continue
+        by_owner: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            # A record from before jobs had owners belongs to no token (a name may have been
+            # reused), but on a server without tokens everyone was and is "anonymous".
+            token = str(r.get("token", ""))
+            r["owner"] = str(r.get("owner") or ("anonymous" if token == "anonymous" else ""))
+            by_owner.setdefault(r["owner"], []).append(r)
+        newest = [r for rs in by_owner.values() for r in sorted(rs, key=lambda r: r.get("created", 0))[-MAX_KEPT:]]
+        for r in sorted(newest, key=lambda r: r.get("created", 0)):
+            owner = r["owner"]
             p = r.get("progress") or {}
             job = Job(id=str(r["id"]), call=str(r["call"]), token=str(r.get("token", "")), slide=str(r.get("slide", "")),
                       owner=owner, priority=Priority.BULK, state=JobState(r["state"]), created=float(r.get("created", 0)),

@@ -139,3 +139,26 @@ def test_add_token_keeps_the_other_tokens_created_dates(tmp_path: Path, capsys: 
     created = {t["name"]: t["created"] for t in json.loads((tmp_path / "tokens.json").read_text())["tokens"]}
     assert created["bob"] == "2020-01-02T03:04:05+00:00" and created["carol"] > "2026"
     capsys.readouterr()
+
+
+def test_a_restart_keeps_each_owners_newest_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.server.jobs import JobManager
+
+    monkeypatch.setattr(jobs_module, "MAX_KEPT", 2)
+    first = JobManager(tmp_path, workers=0, interactive_workers=0)
+    made: dict[str, list[str]] = {"ta": [], "tb": []}
+    for owner, n in (("ta", 3), ("tb", 1)):
+        for _ in range(n):
+            job = first.submit("search", lambda j: None, token="x", owner=owner)
+            first.persist(job)
+            made[owner].append(job.id)
+            time.sleep(0.01)  # distinct creation times
+    legacy = {"id": "0" * 32, "call": "search", "token": "anonymous", "slide": "", "state": "done", "created": 1.0}
+    (tmp_path / "jobs" / f"{legacy['id']}.json").write_text(json.dumps(legacy))  # no owner: written before owners
+    first.close()
+    again = JobManager(tmp_path, workers=0, interactive_workers=0)
+    kept = {j.id: j.owner for j in again.jobs()}
+    assert {i for i, o in kept.items() if o == "ta"} == set(made["ta"][-2:])  # ta's oldest went, tb's one stayed
+    assert {i for i, o in kept.items() if o == "tb"} == set(made["tb"])
+    assert kept[legacy["id"]] == "anonymous"  # a server without tokens: everyone's, as before
+    again.close()
