@@ -43,6 +43,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from backend.server import Limits, ServerConfig
 
     limits = Limits()
+    for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--max-jobs-per-token", args.max_jobs_per_token),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag}: at least 1, got {value}")
     if args.max_body_bytes is not None:
         limits = replace(limits, max_body_bytes=args.max_body_bytes)
     if args.max_jobs_per_token is not None:

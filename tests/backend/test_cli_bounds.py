@@ -52,3 +52,6 @@ def test_serve_max_tiles_is_checked(tmp_path: Path, capsys) -> None:
 
     args = build_parser().parse_args(["serve", "--max-tiles", "1000", "--state-dir", str(tmp_path)])
     assert config_from_args(args).limits.max_tiles == 1000
+    for flag in ("--max-body-bytes", "--max-jobs-per-token", "--batch-size"):
+        assert main(["serve", flag, "0", "--state-dir", str(tmp_path)]) == 1
+        assert f"{flag}: at least 1, got 0" in capsys.readouterr().err
