@@ -28,7 +28,7 @@ from backend.bounds import (
     check_prompt_count,
     check_tile_size,
 )
-from backend.errors import InputError, LimitExceededError
+from backend.errors import HistoclipError, InputError, LimitExceededError
 
 
 def check_request(request: Any, limits: Any, route: str) -> None:
@@ -68,18 +68,21 @@ def check_work(request: Any, limits: Any, pixels: Any, route: str) -> None:
 
     spec = TileSpec(tile_size=tiles.tile_size, mpp=tiles.mpp, min_tissue=tiles.min_tissue)
     for path, fallback in _slides_of(request):
-        with pixels.slide(path) as slide:
-            slide_mpp = slide.mpp or fallback
-            if spec.mpp is None:
-                scale = 1.0  # level-0 tiles
-            elif slide_mpp is None:
-                continue  # the call itself fails with MissingMppError, saying how to give one
-            else:
-                scale = spec.mpp / slide_mpp
-            rows, cols = grid_shape(tuple(slide.dimensions), spec, scale)
-            name = os.path.basename(str(path).rstrip("/"))
-            check_grid(rows, cols, limit=limits.max_tiles,
-                       where=f"{route}.tiles ({tiles.tile_size} px at {tiles.mpp or 'level-0'} µm/px on {name})")
+        try:
+            with pixels.slide(path) as slide:
+                dimensions, slide_mpp = tuple(slide.dimensions), slide.mpp or fallback
+        except HistoclipError:
+            continue  # the call itself reports an unreadable slide (an index build lists it as failed)
+        if spec.mpp is None:
+            scale = 1.0  # level-0 tiles
+        elif slide_mpp is None:
+            continue  # the call itself fails with MissingMppError, saying how to give one
+        else:
+            scale = spec.mpp / slide_mpp
+        rows, cols = grid_shape(dimensions, spec, scale)
+        name = os.path.basename(str(path).rstrip("/"))
+        check_grid(rows, cols, limit=limits.max_tiles,
+                   where=f"{route}.tiles ({tiles.tile_size} px at {tiles.mpp or 'level-0'} µm/px on {name})")
 
 
 def _slides_of(request: Any) -> Iterator[tuple[str, float | None]]:

@@ -206,3 +206,18 @@ def test_no_error_shows_an_absolute_server_path(probe) -> None:
         assert result.status_code == 422 and "clf1: bundle kind" in result.text
         for text in (events, json.dumps(record), result.text, (running.state_dir / "jobs" / f"{job_id}.json").read_text()):
             _no_server_path(text, tmp)
+
+
+def test_an_unreadable_slide_in_an_index_is_still_reported_by_the_build(tmp_path: Path, testdata: Path) -> None:
+    """The tile estimate opens each slide of a build; one it cannot open is left to the build,
+    which lists it as failed and goes on (not a 422 for the whole request)."""
+    with running_server(tmp_path, (testdata,), direct_wait_s=0.0) as running, \
+            httpx.Client(base_url=running.url, headers=running.headers(), timeout=60) as http:
+        body = {"slides": ["bad/broken.svs"], "index_path": "cohort", "model": "test-tiny",
+                "tiles": {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5}}
+        r = http.post("/v1/calls/index", json=body)
+        assert r.status_code == 202, r.text
+        http.get(f"/v1/jobs/{r.json()['id']}/events")  # until it ends
+        info = http.get(f"/v1/jobs/{r.json()['id']}/result").json()
+        broken = next(s["id"] for s in http.get("/v1/slides").json() if s["name"] == "bad/broken.svs")
+        assert info["n_slides"] == 0 and [f[0] for f in info["failed"]] == [broken], info
