@@ -75,7 +75,7 @@ class Guard:
         finally:
             ms = (time.perf_counter() - t0) * 1000
             with self._lock:  # ids folded, so metrics have few label values
-                self.counts[(_ID.sub("{id}", audit["call"]), status[0])] += 1
+                self.counts[(_ID.sub("{id}", _call_field(audit["call"])), status[0])] += 1
             if path not in OPEN_PATHS:  # health is polled; auditing it would drown the log
                 # Every field escaped: a decoded %0A in the path or a newline in a slide name in the
                 # body must not start a forged line, nor a space a forged field.

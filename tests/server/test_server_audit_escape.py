@@ -42,3 +42,12 @@ def test_no_field_can_start_or_add_a_line(module_server: Running, caplog) -> Non
     assert slides[0] == "a\\x0atoken=mallory\\x20call=zero-shot\\x20slide=x\\x20status=200\\x20duration_ms=1.0"
     assert slides[2].startswith("c\\u2028token=mallory") and slides[3].startswith("d\\x1b[2K\\x0dtoken")
     assert slides[5] == "f\\\\x0a"  # a literal backslash is doubled: no escape can be faked either
+
+
+
+def test_metrics_labels_carry_no_control_characters(module_server: Running) -> None:
+    with httpx.Client(base_url=module_server.url, headers=module_server.headers(), timeout=30) as http:
+        assert http.get("/v1/slides/q%0Dr%E2%80%A8s%1B").status_code == 404
+        text = http.get("/v1/metrics").text
+    assert "\r" not in text and "\u2028" not in text and "\x1b" not in text
+    assert 'call="GET /v1/slides/q\\\\x0dr\\\\u2028s\\\\x1b",status="404"' in text, text
