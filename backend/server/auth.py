@@ -3,12 +3,12 @@
 The token file is JSON ``{"tokens": [{"name": ..., "sha256": ..., "created": ...}]}``. A token
 is 32 random bytes (``secrets.token_urlsafe``), so a plain SHA-256 of it cannot be brute-forced
 and needs no slow password hash; only the hash is written, and the token is printed once.
+Checking compares the hash of the presented token with every stored hash using
+``hmac.compare_digest``, so the time taken tells nothing about how close a guess was.
 
 A name is a label for people (audit lines): a token revoked and issued again under the same
 name is another token. What a token owns (its jobs) is owned by its *id*, derived from its hash,
 so it is never reused: a new token has a new secret, hence a new id.
-Checking compares the hash of the presented token with every stored hash using
-``hmac.compare_digest``, so the time taken tells nothing about how close a guess was.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from backend.bounds import (
     check_prompt_count,
     check_tile_size,
 )
-from backend.errors import HistoclipError, InputError, LimitExceededError
+from backend.errors import HistoclipError, InputError
 
 
 def check_request(request: Any, limits: Any, route: str) -> None:
@@ -108,4 +108,4 @@ def _fields_of(obj: Any, kind: type, where: str) -> Iterator[tuple[str, Any]]:
             yield from _fields_of(getattr(obj, f.name), kind, f"{where}.{f.name}" if where else f.name)
 
 
-__all__ = ["LimitExceededError", "check_request", "check_work"]
+__all__ = ["check_request", "check_work"]

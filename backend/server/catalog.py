@@ -60,12 +60,21 @@ def _contained(folder: str, root: Path) -> bool:
     """Whether everything in ``folder`` (files, folders, links, at any depth) resolves inside
     ``root``: an index's or a bundle's files may be links, the server reads and writes through
     them. Links are not followed while walking, each is checked by where it points."""
-    if not _inside(folder, root):
-        return False
-    for top, dirs, files in os.walk(folder, followlinks=False):
-        for name in dirs + files:
-            if not _inside(os.path.join(top, name), root):
-                return False
+    todo, seen = [folder], set()
+    while todo:  # the folder, then the real folders its links to folders point at
+        real = os.path.realpath(todo.pop())
+        if real in seen:
+            continue
+        seen.add(real)
+        if not _inside(real, root):
+            return False
+        for top, dirs, files in os.walk(real, followlinks=False):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                if not _inside(path, root):
+                    return False
+                if os.path.islink(path) and os.path.isdir(path):
+                    todo.append(path)  # inside the root, but what it holds may link out
     return True
 
 

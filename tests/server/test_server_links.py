@@ -59,6 +59,11 @@ def linked(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path, testdata: 
     # Inside the roots: real copies (served) and real folders of links to the outside (not served).
     shutil.copytree(outside / "cohort", tmp / "indexes" / "good")
     _link_files(outside / "cohort", tmp / "indexes" / "linked")
+    # A real index whose link to a folder inside the root leads to a link out: hidden too.
+    shutil.copytree(outside / "cohort", tmp / "indexes" / "sneaky")
+    (tmp / "indexes" / "stash").mkdir()
+    (tmp / "indexes" / "stash" / "x").symlink_to(outside / "cohort" / "meta.sqlite")
+    (tmp / "indexes" / "sneaky" / "extra").symlink_to(tmp / "indexes" / "stash", target_is_directory=True)
     shutil.copytree(outside / "clf", tmp / "models" / "good-clf")
     _link_files(outside / "clf", tmp / "models" / "linked-clf")
     shutil.copy(cmu_slide, slides / cmu_slide.name)
