@@ -55,3 +55,18 @@ def test_serve_max_tiles_is_checked(tmp_path: Path, capsys) -> None:
     for flag in ("--max-body-bytes", "--max-jobs-per-token", "--batch-size"):
         assert main(["serve", flag, "0", "--state-dir", str(tmp_path)]) == 1
         assert f"{flag}: at least 1, got 0" in capsys.readouterr().err
+
+
+def test_classify_overrides_are_checked_alike() -> None:
+    """``histoclip classify --mpp/--tile-size`` override a classifier's tiles through the same check."""
+    from argparse import Namespace
+
+    from backend.cli.classifiers import _tiles
+    from backend.errors import InputError
+
+    recorded = {"tile_size": 64, "mpp": 2.0, "min_tissue": 0.5}
+    with pytest.raises(InputError, match="--mpp: 4e-09 µm/px is outside the limits"):
+        _tiles(Namespace(tile_size=None, mpp=4e-9), recorded)
+    with pytest.raises(InputError, match="--tile-size: 100000 pixels is outside the limits 8-4096"):
+        _tiles(Namespace(tile_size=100_000, mpp=None), recorded)
+    assert _tiles(Namespace(tile_size=None, mpp=0.0), recorded).mpp is None  # 0: level-0 pixels
