@@ -66,6 +66,19 @@ class Region:
     kind: RegionKind
     points: tuple[tuple[float, float], ...]
 
+    def __post_init__(self) -> None:
+        try:
+            pts = np.asarray(self.points, dtype=float) if len(self.points) else np.empty((0, 2))
+        except (TypeError, ValueError):  # ragged or not numbers
+            pts = np.empty((0, 3))
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+            from backend.errors import InputError
+
+            raise InputError(
+                f"region: a {getattr(self.kind, 'value', self.kind)} needs at least 3 finite (x, y) points "
+                f"(a box its 4 corners), got {len(self.points)}"
+            )
+
     @classmethod
     def box(cls, x: float, y: float, w: float, h: float) -> Region:
         return cls(RegionKind.BOX, ((x, y), (x + w, y), (x + w, y + h), (x, y + h)))

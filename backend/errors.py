@@ -77,3 +77,8 @@ class CancelledError(HistoclipError):
 
 class InputError(HistoclipError, ValueError):
     """A user-supplied value (CLI flag, config field, file content) is invalid."""
+
+
+class LimitExceededError(InputError):
+    """A request asks for more work than a limit allows (tiles per slide, classes, prompts):
+    refused before anything is allocated; the message names the limit (HTTP 413)."""

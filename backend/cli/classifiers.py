@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from backend.cli.slide_tasks import announce_random, make_backend, with_bar, write_class_map_files
-from backend.errors import InputError
 
 
 def add_parsers(sub: Any) -> None:
@@ -38,16 +37,13 @@ def _tiles(args: argparse.Namespace, recorded: Any) -> Any:
     from dataclasses import replace
 
     from backend.api import TileOptions
+    from backend.cli.slide_tasks import check_tile_flags
 
     tiles = TileOptions(**recorded)
     if args.tile_size is not None:
-        if args.tile_size < 8:
-            raise InputError(f"--tile-size: must be at least 8 pixels, got {args.tile_size}")
-        tiles = replace(tiles, tile_size=args.tile_size)
+        tiles = replace(tiles, tile_size=check_tile_flags(args.tile_size, None))
     if args.mpp is not None:
-        if args.mpp < 0:
-            raise InputError(f"--mpp: must be positive (or 0 for level-0 pixels), got {args.mpp}")
-        tiles = replace(tiles, mpp=args.mpp or None)
+        tiles = replace(tiles, mpp=check_tile_flags(None, args.mpp))
     return tiles
 
 

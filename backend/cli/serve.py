@@ -27,6 +27,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")
     p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (default 1 MiB)")
     p.add_argument("--max-jobs-per-token", type=int, default=None, help="unfinished jobs one token may have (default 4)")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="tiles of one slide's grid a call may ask for (default 1,000,000; at most 4,000,000)")
     p.add_argument("--call-timeout", action="append", default=[], metavar="[ROUTE=]SECONDS",
                    help="stop a call running longer (504): SECONDS for every call, ROUTE=SECONDS for one "
                         "(e.g. zero-shot=60; repeatable; default: no limit)")
@@ -41,10 +43,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from backend.server import Limits, ServerConfig
 
     limits = Limits()
+    for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--max-jobs-per-token", args.max_jobs_per_token),
+                        ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag}: at least 1, got {value}")
     if args.max_body_bytes is not None:
         limits = replace(limits, max_body_bytes=args.max_body_bytes)
     if args.max_jobs_per_token is not None:
         limits = replace(limits, max_jobs_per_token=args.max_jobs_per_token)
+    if args.max_tiles is not None:
+        from backend.bounds import MAX_GRID_TILES
+
+        if not 1 <= args.max_tiles <= MAX_GRID_TILES:  # the library refuses larger grids anyway
+            raise InputError(f"--max-tiles: between 1 and {MAX_GRID_TILES:,} tiles, got {args.max_tiles:,}")
+        limits = replace(limits, max_tiles=args.max_tiles)
     if args.workers < 1:
         raise InputError(f"--workers: at least 1, got {args.workers}")
     state_dir = Path(args.state_dir) if args.state_dir else cache_root() / "server"

@@ -54,8 +54,10 @@ def make_backend(args: argparse.Namespace) -> Any:
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size: must be at least 1, got {args.batch_size}")
-    if args.slide_mpp is not None and not args.slide_mpp > 0:
-        raise InputError(f"--slide-mpp: must be a positive number of µm per pixel, got {args.slide_mpp}")
+    if args.slide_mpp is not None:
+        from backend.bounds import check_mpp
+
+        check_mpp(args.slide_mpp, "--slide-mpp")
     if args.model and _uses_transformers(args.model):
         from backend.report import quiet_library_bars
 
@@ -81,11 +83,17 @@ def tile_options(args: argparse.Namespace) -> Any:
 
     if args.tile_size is None or args.mpp is None:
         return None
-    if args.tile_size < 8:
-        raise InputError(f"--tile-size: must be at least 8 pixels, got {args.tile_size}")
-    if args.mpp < 0:
-        raise InputError(f"--mpp: must be positive (or 0 for level-0 pixels), got {args.mpp}")
-    return TileOptions(tile_size=args.tile_size, mpp=args.mpp or None)
+    return TileOptions(tile_size=check_tile_flags(args.tile_size, None), mpp=check_tile_flags(None, args.mpp))
+
+
+def check_tile_flags(tile_size: int | None, mpp: float | None) -> Any:
+    """A ``--tile-size`` or ``--mpp`` value within :mod:`backend.bounds` (``--mpp 0``: level-0
+    pixels, returned as None); InputError naming the flag and the limits."""
+    from backend.bounds import check_mpp, check_tile_size
+
+    if tile_size is not None:
+        return check_tile_size(tile_size, "--tile-size")
+    return None if mpp == 0 else check_mpp(mpp, "--mpp")
 
 
 def announce_random(backend: Any, model: str) -> None:

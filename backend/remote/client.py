@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from backend import api
-from backend.errors import CancelledError
+from backend.errors import CancelledError, LimitExceededError
 from backend.remote.wire import (
     API_VERSION, CALLS, JSON_TYPE, AuthError, EmbedRequest, EncodeImageRequest, EncodeResult, EncodeTextRequest,
     LimitError, RemoteError, ServerUnreachableError,
@@ -140,7 +140,7 @@ class HttpBackend:
             return AuthError(f"{self.url} refused the token (401): set ${TOKEN_ENV} or pass token=; a server admin "
                              "makes one with 'histoclip serve --add-token NAME'")
         err = error_from_wire(payload, r.status_code)
-        if r.status_code in (413, 429) and not isinstance(err, LimitError):
+        if r.status_code in (413, 429) and not isinstance(err, LimitError | LimitExceededError):  # the local class
             return LimitError(f"{self.url}: {err}")
         return err
 

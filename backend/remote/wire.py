@@ -140,9 +140,7 @@ def to_plain(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _bad(where: str, value: Any, expected: str) -> errors.InputError:
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return errors.InputError(f"{where}: expected {expected}, got {shown}")
+    return errors.InputError(f"{where}: expected {expected}, got {_short(value)}")
 
 
 def from_plain(tp: Any, value: Any, arrays: dict[str, np.ndarray], where: str = "request") -> Any:
@@ -224,7 +222,12 @@ def _dataclass(tp: type, value: Any, arrays: dict[str, np.ndarray], where: str) 
             kwargs[name] = from_plain(hints[name], value[name], arrays, f"{where}.{name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise errors.InputError(f"{where}: missing field {name!r} of {tp.__name__}")
-    return tp(**kwargs)
+    try:
+        return tp(**kwargs)
+    except errors.LimitExceededError as e:  # a type's own check (Region, TileSpec ...): say where
+        raise errors.LimitExceededError(f"{where}: {e}") from e
+    except errors.InputError as e:
+        raise errors.InputError(f"{where}: {e}") from e
 
 
 # --- bundles ---------------------------------------------------------------------------------
@@ -253,22 +256,61 @@ def unpack(body: bytes) -> tuple[Any, dict[str, np.ndarray]]:
     if size > MAX_BUNDLE_HEADER or n + size > len(body):
         raise errors.InputError(f"array bundle: header of {size} bytes is too large or cut short")
     try:
-        header = json.loads(body[n : n + size])
+        header = _json(body[n : n + size], "array bundle header")
         meta, offsets = header["meta"], header["arrays"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise errors.InputError(f"array bundle: unreadable JSON header ({e})") from e
+    except (KeyError, TypeError) as e:
+        raise errors.InputError(f"array bundle: unreadable JSON header (no {e})") from e
+    if not isinstance(offsets, dict):
+        raise errors.InputError(f"array bundle: header 'arrays' must map names to [offset, nbytes], got {_short(offsets)}")
     data = memoryview(body)[n + size :]
     arrays = {}
-    for name, (offset, nbytes) in offsets.items():
-        if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset <= offset + nbytes <= len(data)):
-            raise errors.InputError(f"array bundle: array {name!r} lies outside the body")
-        try:
-            array = np.load(io.BytesIO(data[offset : offset + nbytes]), allow_pickle=False, max_header_size=MAX_NPY_HEADER)
-        except ValueError as e:
-            raise errors.InputError(f"array bundle: array {name!r} is not a plain .npy ({e})") from e
-        # Read from a buffer, numpy hands back a read-only view: a caller may write to a result.
-        arrays[name] = array if array.flags.writeable else array.copy()
+    for name, span in offsets.items():
+        if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)):
+            raise errors.InputError(f"array bundle: array {name[:64]!r}: expected [offset, nbytes], got {_short(span)}")
+        offset, nbytes = span
+        if not 0 <= offset <= offset + nbytes <= len(data):
+            raise errors.InputError(f"array bundle: array {name[:64]!r} lies outside the body")
+        arrays[name] = _load_npy(data[offset : offset + nbytes], name[:64])
     return meta, arrays
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _json(body: bytes | memoryview, where: str) -> Any:
+    """Parsed JSON; malformed or absurdly nested JSON (Python's parser recurses) is an InputError."""
+    try:
+        return json.loads(bytes(body))
+    except RecursionError as e:
+        raise errors.InputError(f"{where}: JSON nested too deeply") from e
+    except ValueError as e:
+        raise errors.InputError(f"{where}: not JSON ({e})") from e
+
+
+def _load_npy(blob: memoryview, name: str) -> np.ndarray:
+    """One ``.npy`` of a bundle, its header checked against its size before numpy allocates
+    anything: a header may claim a shape of petabytes over a few bytes of data."""
+    buf = io.BytesIO(blob)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = read_header[version](buf, max_header_size=MAX_NPY_HEADER)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if expected != len(blob) - buf.tell():
+            raise ValueError(f"its header claims shape {shape} of {dtype} ({expected:,} bytes) "
+                             f"but {len(blob) - buf.tell():,} bytes follow")
+        buf.seek(0)
+        array = np.load(buf, allow_pickle=False, max_header_size=MAX_NPY_HEADER)
+    except ValueError as e:
+        raise errors.InputError(f"array bundle: array {name!r} is not a plain .npy ({e})") from e
+    # Read from a buffer, numpy hands back a read-only view: a caller may write to a result.
+    return array if array.flags.writeable else array.copy()
 
 
 def encode(obj: Any) -> tuple[bytes, str]:
@@ -285,10 +327,7 @@ def decode(tp: Any, body: bytes, content_type: str, where: str = "result") -> An
     if content_type.split(";")[0].strip() == BUNDLE_TYPE:
         plain, arrays = unpack(body)
     else:
-        try:
-            plain, arrays = json.loads(body), {}
-        except ValueError as e:
-            raise errors.InputError(f"{where}: body is not JSON ({e})") from e
+        plain, arrays = _json(body, f"{where}: body"), {}
     return from_plain(tp, plain, arrays, where)
 
 
@@ -300,6 +339,7 @@ class CallTimeoutError(errors.HistoclipError):
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (CallTimeoutError, 504),
+    (errors.LimitExceededError, 413),
     (errors.SlideNotFoundError, 404),
     (errors.UnknownModelError, 404),
     (errors.ModelMismatchError, 409),

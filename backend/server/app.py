@@ -57,8 +57,8 @@ KEEPALIVE_S = 0.5  # an SSE comment this often: a client sees a dead server, and
 
 def _error(exc: BaseException, state: ServerState | None = None) -> JSONResponse:
     status, body = error_to_wire(exc)
-    if state is not None and "path" in body["error"]:
-        body["error"]["path"] = state.public(body["error"]["path"], "path")
+    if state is not None:  # ids for paths, and no server path in the text
+        body["error"] = state.public_error(body["error"])
     return JSONResponse(body, status_code=status)
 
 
@@ -117,7 +117,7 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
 
     def own_job(request: Request, job_id: str) -> Job:
         job = state.jobs.get(job_id)
-        if job is None or job.token != request.state.token:  # another token's job does not exist for you
+        if job is None or job.owner != request.state.owner:  # another token's job does not exist for you
             raise _NotFound(f"job {job_id[:64]!r}: no such job for this token (see /v1/jobs)")
         return job
 
@@ -225,18 +225,21 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
         request.state.audit["call"] = route
         body = await request.body()
         req = decode(spec.request, body, request.headers.get("content-type", ""), where=route)
-        state.check_limits(req)
+        state.check_limits(req, route)
         request.state.audit["slide"] = state.slide_of(req)
         local = await run_in_threadpool(state.localize, spec, req)
+        await run_in_threadpool(state.check_work, local, route)  # the work, estimated before any allocation
         try:
             job = state.jobs.submit(route, lambda j: state.run(spec, local, j), token=request.state.token,
-                                    slide=state.slide_of(req), priority=Priority.BULK if spec.bulk else Priority.INTERACTIVE)
+                                    owner=request.state.owner, slide=state.slide_of(req),
+                                    priority=Priority.BULK if spec.bulk else Priority.INTERACTIVE)
         except QueueFullError as e:
             return _too_busy(e, state.config.limits.retry_after_s)
         wait = 0.0 if spec.bulk else _wait_of(request.headers.get("prefer"), state.config.direct_wait_s)
         if wait > 0:
             await _until_finished(job, wait)
         if job.state.finished:
+            state.jobs.forget(job)  # answered at once: no job record
             return _result_response(job, state)
         await run_in_threadpool(state.jobs.persist, job)
         return JSONResponse(job.record(), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -261,7 +264,7 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
 
     @app.get("/v1/jobs")
     async def jobs(request: Request) -> list[dict[str, Any]]:
-        return [j.record() for j in state.jobs.jobs() if j.token == request.state.token]
+        return [j.record() for j in state.jobs.jobs() if j.owner == request.state.owner]
 
     @app.get("/v1/jobs/{job_id}")
     async def job(job_id: str, request: Request) -> dict[str, Any]:

@@ -7,6 +7,9 @@ does not follow symlinked folders, and a symlinked file is listed only when its 
 inside a root. Before an entry is used its real path is checked again (a link may have been
 swapped since the walk): still inside its root, still a file (or folder) of the right kind.
 
+An index or a bundle is a folder: served (and written to) only when every file and folder in
+it resolves inside its root, however deep; a link in it to a file outside hides the entry.
+
 Which paths are slides is the backend's one rule (``backend.slides.slide_target``, the rule of
 ``expand_slides``): slide files and DICOM WSI folders (one slide, however many ``.dcm`` files);
 a ``.dcm`` file is part of its folder's slide, not a slide of its own. A DICOM folder is served
@@ -53,6 +56,42 @@ def _inside(path: str, root: Path) -> bool:
     return os.path.commonpath([real, str(root)]) == str(root)
 
 
+def _contained(folder: str, root: Path) -> bool:
+    """Whether everything in ``folder`` (files, folders, links, at any depth) resolves inside
+    ``root``: an index's or a bundle's files may be links, the server reads and writes through
+    them. Links are not followed while walking, each is checked by where it points."""
+    todo, seen = [folder], set()
+    while todo:  # the folder, then the real folders its links to folders point at
+        real = os.path.realpath(todo.pop())
+        if real in seen:
+            continue
+        seen.add(real)
+        if not _inside(real, root):
+            return False
+        for top, dirs, files in os.walk(real, followlinks=False):
+            for name in dirs + files:
+                path = os.path.join(top, name)
+                if not _inside(path, root):
+                    return False
+                if os.path.islink(path) and os.path.isdir(path):
+                    todo.append(path)  # inside the root, but what it holds may link out
+    return True
+
+
+def _companions_inside(path: Path, root: Path) -> bool:
+    """Whether the data files a slide file reads besides itself (a MIRAX data folder, VMS
+    image files, a VSI's ``_NAME_`` folder) all resolve inside ``root``."""
+    from backend.slides.fingerprint import companion_files
+    from backend.slides.sidecar import vsi_side_folder
+
+    suffix = path.suffix.lower()
+    folders = {".mrxs": path.with_suffix(""), ".vsi": vsi_side_folder(path)}
+    folder = folders.get(suffix)
+    if folder is not None and os.path.lexists(folder) and not _contained(str(folder), root):
+        return False
+    return all(_inside(str(f), root) for f in companion_files(path))
+
+
 def _size(path: str, is_dir: bool, kind: EntryKind) -> int:
     """Bytes of a slide: the file, or the ``.dcm`` files of a DICOM folder (0 for other folders)."""
     if not is_dir:
@@ -84,9 +123,12 @@ class Catalog:
 
             if is_dir != os.path.isdir(path) or slide_target(path) != Path(path):
                 return False  # not a slide by the backend's rule (a .dcm file, a MIRAX data folder ...)
-            return not is_dir or all(_inside(str(f), root) for f in dicom_files(Path(path)))
+            if is_dir:
+                return all(_inside(str(f), root) for f in dicom_files(Path(path)))
+            return _companions_inside(Path(path), root)
         marker = "meta.sqlite" if self.kind is EntryKind.INDEX else "histoclip.json"
-        return is_dir and os.path.isfile(os.path.join(path, marker))
+        # Like a DICOM folder's files: an index's or a bundle's files must all resolve inside the root.
+        return is_dir and os.path.isfile(os.path.join(path, marker)) and _contained(path, root)
 
     def _walk(self) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
@@ -195,4 +237,7 @@ class Catalog:
         path = self.roots[0] / name
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
             raise InputError(f"{field} {name!r}: exists on the server and is not a folder of that kind")
+        if os.path.lexists(path) and not _contained(str(path), self.roots[0]):
+            raise InputError(f"{field} {name!r}: holds links to files outside the server's {flag} folders; "
+                             "the server writes only inside them")
         return str(path)

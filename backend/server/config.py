@@ -17,7 +17,11 @@ class Limits:
 
     Exceeding ``max_body_bytes`` answers 413; too many regions or too large a region 422;
     more than ``max_jobs_per_token`` unfinished jobs of one token, or ``max_queued`` jobs
-    waiting in all, 429 with ``Retry-After``.
+    waiting in all, 429 with ``Retry-After``. A tile grid of more than ``max_tiles`` tiles on
+    a slide (estimated from the slide's size and µm/px before anything is allocated), more
+    than ``max_labels`` classes or ``max_prompts`` prompt texts answer 413; tile sizes and
+    µm/px outside :mod:`backend.bounds`, beams, n-best or caption tokens past ``max_beams`` /
+    ``max_tokens`` 422 (see :mod:`backend.server.bounds`).
     """
 
     max_body_bytes: int = 1 << 20
@@ -26,6 +30,11 @@ class Limits:
     max_k: int = 1000
     max_tile_pixels: int = 2048 * 2048  # pixels of one display region (/v1/slides/ID/region)
     max_jobs_per_token: int = 4
+    max_tiles: int = 1_000_000  # tile grid cells of one slide (backend.bounds.MAX_GRID_TILES: 4M)
+    max_labels: int = 64  # classes of one call
+    max_prompts: int = 4096  # prompt texts of one call: class phrasings x templates
+    max_beams: int = 16  # caption beams and n-best
+    max_tokens: int = 256  # caption tokens
     max_queued: int = 64
     retry_after_s: int = 2
 

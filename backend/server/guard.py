@@ -53,14 +53,15 @@ class Guard:
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             if path not in OPEN_PATHS:
-                name = self.state.authorize(bearer(headers.get("authorization")))
-                if name is None:
+                found = self.state.identify(bearer(headers.get("authorization")))
+                if found is None:
                     await _reply(send_status, 401, "AuthError", "missing or unknown bearer token "
                                  "(send 'Authorization: Bearer TOKEN'; tokens come from 'histoclip serve --add-token NAME')",
                                  {"www-authenticate": 'Bearer realm="histoclip"'})
                     return
+                name, owner = found
                 audit["token"] = name
-                scope.setdefault("state", {})["token"] = name
+                scope.setdefault("state", {}).update(token=name, owner=owner)  # jobs belong to the id
             scope.setdefault("state", {})["audit"] = audit
             limit = self.state.config.limits.max_body_bytes
             declared = headers.get("content-length")
@@ -74,10 +75,34 @@ class Guard:
         finally:
             ms = (time.perf_counter() - t0) * 1000
             with self._lock:  # ids folded, so metrics have few label values
-                self.counts[(_ID.sub("{id}", audit["call"]), status[0])] += 1
+                self.counts[(_ID.sub("{id}", _call_field(audit["call"])), status[0])] += 1
             if path not in OPEN_PATHS:  # health is polled; auditing it would drown the log
-                audit_log.info("token=%s call=%s slide=%s status=%d duration_ms=%.1f",
-                               audit["token"], audit["call"], audit["slide"] or "-", status[0], ms)
+                # Every field escaped: a decoded %0A in the path or a newline in a slide name in the
+                # body must not start a forged line, nor a space a forged field.
+                audit_log.info("token=%s call=%s slide=%s status=%d duration_ms=%.1f", audit_field(audit["token"]),
+                               _call_field(audit["call"]), audit_field(audit["slide"]), status[0], ms)
+
+
+def audit_field(value: object) -> str:
+    """``value`` as one audit field: control characters, Unicode line and paragraph
+    separators, other non-printable characters and whitespace written as ``\\xNN`` /
+    ``\\uNNNN`` escapes, a backslash doubled; "-" when empty."""
+    out = []
+    for ch in str(value):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable() and not ch.isspace():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out) or "-"
+
+
+def _call_field(call: str) -> str:
+    """A route name, or ``METHOD path`` with its one space kept and the path escaped."""
+    method, space, path = call.partition(" ")
+    return audit_field(method) + (space + audit_field(path) if space else "")
 
 
 def _limited(receive: Any, limit: int) -> Any:

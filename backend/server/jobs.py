@@ -1,5 +1,11 @@
 """Jobs: backend calls run by worker threads from one priority queue, never on the event loop.
 
+A job belongs to the id of the token that made it (never reused, see
+:func:`backend.server.auth.token_id`), not to the token's name. A call answered at once (a
+relabel from the cache) is run the same way but is no job: it leaves no record. Finished
+records are kept per owner (the newest ``MAX_KEPT`` of each), so one token's traffic never
+pushes out another's results.
+
 Each job keeps its progress events (numbered, so a client that lost its event stream
 reattaches with ``Last-Event-ID`` and misses nothing) and, once done, its result in memory.
 Jobs handed to a client (202) are recorded on disk (``state_dir/jobs/ID.json``, written
@@ -32,7 +38,7 @@ from backend.errors import CancelledError
 
 log = logging.getLogger("histoclip.server")
 
-MAX_KEPT = 2000  # finished job records kept in memory and on disk
+MAX_KEPT = 2000  # finished job records kept in memory and on disk, per owner (token id)
 
 
 class JobState(StrEnum):
@@ -61,9 +67,10 @@ class QueueFullError(Exception):
 class Job:
     id: str
     call: str
-    token: str
+    token: str  # the token's name, for people
     slide: str
     priority: int
+    owner: str = ""  # the token's id: who may see, cancel and fetch this job
     work: Callable[[Job], Any] | None = None
     state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
@@ -84,7 +91,7 @@ class Job:
     def record(self) -> dict[str, Any]:
         """The JSON a client polls and the disk keeps (no result, no request)."""
         return {
-            "id": self.id, "call": self.call, "token": self.token, "slide": self.slide,
+            "id": self.id, "call": self.call, "token": self.token, "owner": self.owner, "slide": self.slide,
             "state": str(self.state), "created": self.created, "started": self.started,
             "finished": self.finished, "error": self.error,
             "progress": {"done": self.progress.done, "total": self.progress.total, "stage": self.progress.stage},
@@ -121,8 +128,12 @@ class JobManager:
     """
 
     def __init__(self, state_dir: Path, *, workers: int = 1, interactive_workers: int = 1,
-                 max_queued: int = 64, max_per_token: int = 4) -> None:
+                 max_queued: int = 64, max_per_token: int = 4,
+                 public_error: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 public_text: Callable[[str], str] | None = None) -> None:
         self.dir = Path(state_dir) / "jobs"
+        # What a client may see of an error and of a progress stage (no server paths).
+        self.public_error, self.public_text = public_error, public_text
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_queued, self.max_per_token = max_queued, max_per_token
         self._jobs: dict[str, Job] = {}
@@ -149,10 +160,19 @@ class JobManager:
                 records.append(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError) as e:
                 log.warning("job record %s is unreadable (%s); skipped", path, e)
-        for r in sorted(records, key=lambda r: r.get("created", 0))[-MAX_KEPT:]:
+        by_owner: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            # A record from before jobs had owners belongs to no token (a name may have been
+            # reused), but on a server without tokens everyone was and is "anonymous".
+            token = str(r.get("token", ""))
+            r["owner"] = str(r.get("owner") or ("anonymous" if token == "anonymous" else ""))
+            by_owner.setdefault(r["owner"], []).append(r)
+        newest = [r for rs in by_owner.values() for r in sorted(rs, key=lambda r: r.get("created", 0))[-MAX_KEPT:]]
+        for r in sorted(newest, key=lambda r: r.get("created", 0)):
+            owner = r["owner"]
             p = r.get("progress") or {}
             job = Job(id=str(r["id"]), call=str(r["call"]), token=str(r.get("token", "")), slide=str(r.get("slide", "")),
-                      priority=Priority.BULK, state=JobState(r["state"]), created=float(r.get("created", 0)),
+                      owner=owner, priority=Priority.BULK, state=JobState(r["state"]), created=float(r.get("created", 0)),
                       started=r.get("started"), finished=r.get("finished"), error=r.get("error"),
                       progress=Progress(int(p.get("done", 0)), int(p.get("total", 0)), str(p.get("stage", ""))),
                       persisted=True, restored=True)
@@ -200,30 +220,46 @@ class JobManager:
     # --- the queue --------------------------------------------------------------------------
 
     def submit(self, call: str, work: Callable[[Job], Any], *, token: str, slide: str = "",
-               priority: int = Priority.INTERACTIVE) -> Job:
-        """Queue ``work(job)``; raises :class:`QueueFullError` past the limits."""
+               priority: int = Priority.INTERACTIVE, owner: str | None = None) -> Job:
+        """Queue ``work(job)`` for the token named ``token`` whose id is ``owner`` (default: the
+        name); raises :class:`QueueFullError` past the limits.
+
+        The per-token limit counts the owner's queued or running work of the same kind
+        (interactive or bulk): four embeds waiting do not stop a relabel from the cache.
+        """
+        owner = token if owner is None else owner
         with self._lock:
-            active = [j for j in self._jobs.values() if not j.state.finished]
+            active = [j for j in self._jobs.values() if j.state in (JobState.QUEUED, JobState.RUNNING)]
             if sum(j.state is JobState.QUEUED for j in active) >= self.max_queued:
                 raise QueueFullError(f"{self.max_queued} jobs are already queued on this server")
-            if sum(j.token == token for j in active) >= self.max_per_token:
-                raise QueueFullError(f"token {token!r} already has {self.max_per_token} unfinished jobs")
-            job = Job(id=uuid.uuid4().hex, call=call, token=token, slide=slide, priority=priority, work=work)
+            mine = [j for j in active if j.owner == owner and (j.priority == Priority.BULK) == (priority == Priority.BULK)]
+            if len(mine) >= self.max_per_token:
+                kind = "bulk" if priority == Priority.BULK else "interactive"
+                raise QueueFullError(f"token {token!r} already has {self.max_per_token} unfinished {kind} jobs (queued or running)")
+            job = Job(id=uuid.uuid4().hex, call=call, token=token, slide=slide, priority=priority, work=work, owner=owner)
             self._jobs[job.id] = job
-            self._trim()
+            self._trim(owner)
         item = (int(priority), next(self._seq), job)
         self._any.put(item)
         if priority == Priority.INTERACTIVE:
             self._interactive.put(item)  # whichever thread gets it first runs it
         return job
 
-    def _trim(self) -> None:
-        done = [j for j in self._jobs.values() if j.state.finished]
-        for j in sorted(done, key=lambda j: j.finished or 0)[: max(0, len(self._jobs) - MAX_KEPT)]:
+    def _trim(self, owner: str) -> None:
+        """Forget ``owner``'s oldest finished jobs past MAX_KEPT (no other owner's)."""
+        theirs = [j for j in self._jobs.values() if j.owner == owner]
+        done = [j for j in theirs if j.state.finished]
+        for j in sorted(done, key=lambda j: j.finished or 0)[: max(0, len(theirs) - MAX_KEPT)]:
             del self._jobs[j.id]
             if j.persisted:
                 (self.dir / f"{j.id}.json").unlink(missing_ok=True)
                 (self.dir / f"{j.id}.result").unlink(missing_ok=True)
+
+    def forget(self, job: Job) -> None:
+        """Drop the finished ``job`` that was answered at once and never handed out: it is no job."""
+        with self._lock:
+            if job.state.finished and not job.persisted:
+                self._jobs.pop(job.id, None)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -281,6 +317,8 @@ class JobManager:
 
         if exc is not None and error is None:
             error = error_to_wire(exc)[1]["error"]
+        if error is not None and self.public_error is not None:
+            error = self.public_error(error)
         job.state, job.finished, job.work = state, time.time(), None
         job.error = error
         job.exc = exc
@@ -300,6 +338,8 @@ class JobManager:
         """The progress callback handed to the backend call of ``job``."""
 
         def report(p: Progress) -> None:
+            if self.public_text is not None:  # "loading model /srv/models/x": the name only
+                p = Progress(p.done, p.total, self.public_text(p.stage))
             job.progress = p
             job.emit("progress", {"done": p.done, "total": p.total, "stage": p.stage})
             self._save(job)

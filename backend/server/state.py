@@ -20,6 +20,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import re
 import threading
 from typing import Any
 
@@ -54,13 +55,17 @@ class ServerState:
         limits = self.config.limits
         self.jobs = JobManager(self.config.state_dir, workers=self.config.workers,
                                interactive_workers=self.config.interactive_workers,
-                               max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token)
+                               max_queued=limits.max_queued, max_per_token=limits.max_jobs_per_token,
+                               public_error=self.public_error, public_text=self.public_text)
         from backend.server.batching import Encoders
 
         self.batcher = Encoders(backend, max_batch=self.config.batch_max, max_wait_ms=self.config.batch_wait_ms)
         from backend.server.pixels import SlidePool
 
         self.pixels = SlidePool()  # open slides for display tiles, thumbnails and slide info
+        from backend.server.writers import WriteLocks
+
+        self.writers = WriteLocks()  # one build of an index (one save of a bundle) at a time
         self._names: frozenset[str] | None = None
         self._lock = threading.Lock()
 
@@ -83,9 +88,14 @@ class ServerState:
     def authorize(self, token: str | None) -> str | None:
         """The token's name; with no tokens configured (loopback or --insecure) everyone is
         ``anonymous``."""
+        found = self.identify(token)
+        return None if found is None else found[0]
+
+    def identify(self, token: str | None) -> tuple[str, str] | None:
+        """(name, id) of the token: the name for audit lines, the never-reused id owns jobs."""
         if len(self.tokens) == 0:
-            return "anonymous"
-        return self.tokens.check(token)
+            return ("anonymous", "anonymous")
+        return self.tokens.identify(token)
 
     # --- models -----------------------------------------------------------------------------
 
@@ -111,8 +121,9 @@ class ServerState:
 
     # --- requests in, results out -----------------------------------------------------------
 
-    def check_limits(self, request: Any) -> None:
-        """Regions per request and pixels per region, ``k``: 422 past the server's limits."""
+    def check_limits(self, request: Any, route: str = "request") -> None:
+        """Regions per request and pixels per region, ``k``, tiles, classes, caption length:
+        422 or 413 past the server's limits (the one check every call route goes through)."""
         limits = self.config.limits
         regions = getattr(request, "regions", None)
         if regions is not None and len(regions) > limits.max_regions:
@@ -128,6 +139,16 @@ class ServerState:
         k = getattr(request, "k", None)
         if isinstance(k, int) and not 1 <= k <= limits.max_k:
             raise InputError(f"k: {k} hits asked for; between 1 and {limits.max_k}")
+        from backend.server.bounds import check_request
+
+        check_request(request, limits, route)
+
+    def check_work(self, request: Any, route: str) -> None:
+        """The tile grid of each slide of ``request`` (server paths) within ``max_tiles``: 413
+        before any allocation (see :mod:`backend.server.bounds`)."""
+        from backend.server.bounds import check_work
+
+        check_work(request, self.config.limits, self.pixels, route)
 
     def localize(self, call: Call, request: Any) -> Any:
         """``request`` with the client's names replaced by server paths (raises on unknown names)."""
@@ -179,6 +200,21 @@ class ServerState:
             return dataclasses.replace(obj, **{f.name: self.public(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)})
         return obj
 
+    def public_error(self, error: dict[str, Any]) -> dict[str, Any]:
+        """An error body (``{"type", "message", "path", "cause"}``) as a client may see it: its
+        ``path`` an id, and no absolute server path in its text (see :func:`scrub_paths`)."""
+        out = dict(error)
+        if "path" in out:
+            out["path"] = self.public(str(out["path"]), "path")
+        for key in ("message", "cause"):
+            if isinstance(out.get(key), str):
+                out[key] = self.public_text(out[key])
+        return out
+
+    def public_text(self, text: str) -> str:
+        """``text`` (a message, a progress stage) without absolute server paths."""
+        return scrub_paths(text, [r for c in (self.slides, self.indexes, self.bundles) for r in c.roots])
+
     def _public_path(self, text: str, field: str) -> str:
         if not os.path.isabs(text):
             return text
@@ -216,9 +252,14 @@ class ServerState:
             timer = threading.Timer(limit, expire)
             timer.daemon = True
             timer.start()
+        target = {"build_index": "index_path", "save_classifier": "path"}.get(call.method)
         try:
             if isinstance(request, EmbedRequest):
                 result = method(request.slide, request.model, request.tiles, **kwargs)
+            elif target is not None:  # a second build of the same index waits, then resumes it
+                with self.writers.writing(getattr(request, target), job.id, cancel=job.cancel,
+                                          progress=kwargs.get("progress")):
+                    result = method(request, **kwargs)
             else:
                 result = method(request, **kwargs)
         except CancelledError as e:
@@ -245,3 +286,15 @@ class ServerState:
         # IndexRequest lists slide names; SaveClassifierRequest the marks of each slide (SlideMarks).
         names = [s if isinstance(s, str) else str(getattr(getattr(s, "slide", None), "path", "")) for s in slides or ()]
         return ",".join(names)[:200]
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?!v1/)[^\s'\"`,;:()\[\]{}<>|*?]+")
+
+
+def scrub_paths(text: str, roots: list[Any]) -> str:
+    """``text`` with no absolute server path: a path under a root becomes its name relative to
+    the root (as the listings show it), any other absolute path its last component. API paths
+    (``/v1/...``) and URLs are left alone."""
+    for root in sorted((str(r) for r in roots), key=len, reverse=True):
+        text = text.replace(root + os.sep, "")
+    return _ABSOLUTE.sub(lambda m: os.path.basename(m.group(0).rstrip("/")) or "/", text)

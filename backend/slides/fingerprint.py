@@ -115,6 +115,11 @@ def _companions(path: Path) -> list[Path]:
     return []
 
 
+def companion_files(path: str | Path) -> list[Path]:
+    """The data files a folder-format slide file (MIRAX, VMS/VMU) reads besides itself."""
+    return _companions(Path(path))
+
+
 def slide_identity(path: str | Path) -> str:
     """A cheap 32-hex-digit token of a slide's files as they are now: path, size, mtime, inode.
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from backend.bounds import check_grid
 from backend.errors import InputError
 
 if TYPE_CHECKING:
@@ -49,10 +50,10 @@ class TileSpec:
     min_tissue: float = 0.5
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tile_size, numbers.Integral) and self.tile_size > 0):
-            raise InputError(f"tile_size must be a positive integer, got {self.tile_size!r}")
-        if self.mpp is not None and not (math.isfinite(self.mpp) and self.mpp > 0):
-            raise InputError(f"mpp must be a positive number of µm per pixel or None, got {self.mpp!r}")
+        from backend.bounds import check_mpp, check_tile_size
+
+        check_tile_size(self.tile_size)  # bounded: a grid's arrays grow as 1 / mpp**2
+        check_mpp(self.mpp)
         if not (isinstance(self.overlap, numbers.Integral) and 0 <= self.overlap < self.tile_size):
             raise InputError(f"overlap must be an integer in [0, tile_size), got {self.overlap!r}")
         if not 0.0 <= self.min_tissue <= 1.0:
@@ -165,12 +166,11 @@ def make_tile_grid(
     scale = 1.0 if spec.mpp is None else spec.mpp / slide.require_mpp()  # level-0 px per target px
     extent = spec.tile_size * scale
     stride = (spec.tile_size - spec.overlap) * scale
+    rows, cols = grid_shape((w0, h0), spec, scale)
+    check_grid(rows, cols, where=f"{slide.name}: tiles of {spec.tile_size} px at {spec.mpp or 'level-0'} µm/px")
     read_level = slide.best_level_for_downsample(scale)
     read_size = max(1, round(extent / slide.level_downsamples[read_level]))
 
-    # A tile is kept while its centre is inside the slide: x + extent / 2 <= width.
-    cols = _count(w0, extent, stride)
-    rows = _count(h0, extent, stride)
     rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     grid_index = np.stack([rr.ravel(), cc.ravel()], axis=1).astype(np.int64)
     origins = grid_index[:, ::-1] * stride  # (x, y) float
@@ -204,6 +204,16 @@ def make_tile_grid(
         tissue=fractions[keep],
         dimensions=(int(w0), int(h0)),
     )
+
+
+def grid_shape(dimensions: tuple[int, int], spec: TileSpec, scale: float) -> tuple[int, int]:
+    """(rows, cols) of the regular grid ``make_tile_grid`` lays over a slide of level-0
+    ``dimensions`` (width, height), where ``scale`` is level-0 pixels per target pixel
+    (``spec.mpp / slide mpp``, 1.0 for level-0 tiles): the work, known before any allocation."""
+    extent = spec.tile_size * scale
+    stride = (spec.tile_size - spec.overlap) * scale
+    # A tile is kept while its centre is inside the slide: x + extent / 2 <= width.
+    return _count(dimensions[1], extent, stride), _count(dimensions[0], extent, stride)
 
 
 def read_tile(slide: Slide, grid: TileGrid, index: int) -> np.ndarray:

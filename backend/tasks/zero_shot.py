@@ -224,6 +224,9 @@ def check_prompts(
     InputError
         Naming the bad class, synonym list or template and what is wrong with it.
     """
+    from backend.bounds import check_class_count, check_prompt_count
+
+    check_class_count(len(labels), where="classes")  # before any text is encoded
     check_labels(labels)
     if synonyms:
         if len(synonyms) != len(labels):
@@ -231,6 +234,8 @@ def check_prompts(
         for label, syn in zip(labels, synonyms, strict=True):
             if isinstance(syn, str):
                 raise InputError(f"synonyms of {label!r}: give a list of phrasings, not the string {syn!r}")
+    phrasings = len(labels) + sum(len(s) for s in synonyms or ())
+    check_prompt_count(phrasings * len(templates or DEFAULT_TEMPLATES), where="classes")
     return check_templates(templates)
 
 

@@ -96,16 +96,20 @@ def test_client_progress_and_cancel_within_one_batch_then_resume(slow_server, cm
 
 
 def test_a_restarted_server_reports_interrupted_jobs(tmp_path: Path, slides_dir: Path) -> None:
+    from backend.server.auth import TokenStore
     from backend.server.jobs import Job, JobManager, JobState
 
+    store = TokenStore(tmp_path / "state" / "tokens.json")
+    secret = store.add("alice")
+    _, owner = store.identify(secret)
     jobs = JobManager(tmp_path / "state", workers=0, interactive_workers=0)
-    job = jobs.submit("embed", lambda j: None, token="alice", slide="s1")
+    job = jobs.submit("embed", lambda j: None, token="alice", owner=owner, slide="s1")
     jobs.persist(job)
     job.state = JobState.RUNNING  # as if a worker had it when the process died
     jobs._save(job, force=True)
     jobs.close()
-    with running_server(tmp_path, (slides_dir,)) as running:
-        remote = HttpBackend(running.url, running.token)
+    with running_server(tmp_path, (slides_dir,), token=None) as running:  # alice's token file, as it was
+        remote = HttpBackend(running.url, secret)
         (record,) = remote.jobs()
         assert record["id"] == job.id and record["state"] == "interrupted"
         with pytest.raises(JobInterruptedError, match="stopped by a server restart; run it again"):
@@ -122,7 +126,7 @@ def test_queued_jobs_past_the_limits_get_429(tmp_path: Path, slides_dir: Path, c
         with httpx.Client(base_url=running.url, headers=running.headers(), timeout=30) as http:
             ids = [http.post("/v1/calls/embed", json=_embed_body(cmu_slide.name)).json()["id"] for _ in range(2)]
             r = http.post("/v1/calls/embed", json=_embed_body(cmu_slide.name))
-            assert r.status_code == 429 and r.headers["retry-after"] == "2" and "2 unfinished jobs" in r.text
+            assert r.status_code == 429 and r.headers["retry-after"] == "2" and "2 unfinished bulk jobs" in r.text
             for job_id in ids:
                 assert http.delete(f"/v1/jobs/{job_id}").status_code == 200
             metrics = http.get("/v1/metrics").text
@@ -184,10 +188,11 @@ def test_a_restarted_server_serves_the_results_of_finished_jobs(tmp_path: Path, 
         remote.close()
     import shutil
 
-    # The same records under a new server (its token store is new: the same name, a new secret).
-    shutil.copytree(tmp_path / "state" / "jobs", tmp_path / "restart" / "state" / "jobs")
-    with running_server(tmp_path / "restart", (slides_dir,)) as again:
-        remote = HttpBackend(again.url, again.token)
+    # The same records and tokens under a new server (a job belongs to its token, not to a
+    # name: a new token named alice sees nothing, see test_server_tokens).
+    shutil.copytree(tmp_path / "state", tmp_path / "restart" / "state")
+    with running_server(tmp_path / "restart", (slides_dir,), token=None) as again:
+        remote = HttpBackend(again.url, running.token)
         assert [j["state"] for j in remote.jobs()] == ["done"]
         assert remote.wait_for_job(job.id) == first
         remote.close()
