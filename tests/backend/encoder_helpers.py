@@ -25,9 +25,12 @@ TINY_SIZE = {"embed_dim": 48, "depth": 2, "num_heads": 2}
 
 
 def tiny_entry(name: str, **size: Any) -> ModelEntry:
-    """The registered entry ``name`` with its size kwargs shrunk (and no card dimension)."""
+    """The registered entry ``name`` with its size kwargs shrunk (and no card dimension).
+
+    timm takes the size as kwargs; a transformers model's size is in its saved config.json.
+    """
     entry = resolve_model(name)
-    kwargs = {**entry.kwargs, **TINY_SIZE, **size}
+    kwargs = {**entry.kwargs, **TINY_SIZE, **size} if entry.family == "timm" else {**entry.kwargs, **size}
     return dataclasses.replace(entry, build_kwargs=tuple(sorted(kwargs.items())), embed_dim=None)
 
 

@@ -23,7 +23,8 @@ from backend.models.vision import TimmEncoder
 VIRCHOW2_ARGS = {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4, "mlp_ratio": 5.3375,
                  "global_pool": "", "dynamic_img_size": True}
 HOPTIMUS_ARGS = {"img_size": 224, "num_classes": 0, "global_pool": "token"}
-GIGAPATH_ARGS = {"img_size": 224, "in_chans": 3, "num_classes": 0, "global_pool": "token"}
+GIGAPATH_ARGS = {"img_size": 224, "in_chans": 3, "patch_size": 16, "init_values": 1e-5, "mlp_ratio": 5.33334,
+                 "num_classes": 0}
 
 
 @pytest.fixture
@@ -49,10 +50,14 @@ def _card_reference(entry, pixels: torch.Tensor, pool: str, hub: Path) -> torch.
 
 
 def _pixels(entry, n: int = 3) -> tuple[np.ndarray, torch.Tensor]:
-    """Tiles at the model's input size, and the card's transform of them (ToTensor + Normalize)."""
+    """Tiles at the size the card resizes to, and the card's transform of them (CenterCrop,
+    ToTensor, Normalize; GigaPath: Resize(256) then CenterCrop(224))."""
     pre = entry.preprocessing
-    tiles = smooth_images(n, pre.image_size, pre.image_size, seed=3)
+    side = int(pre.image_size / pre.crop_pct)
+    tiles = smooth_images(n, side, side, seed=3)
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
+    top = int(round((side - pre.image_size) / 2.0))  # torchvision's CenterCrop
+    x = x[..., top : top + pre.image_size, top : top + pre.image_size]
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     return tiles, (x - mean) / std
@@ -66,6 +71,7 @@ def _pixels(entry, n: int = 3) -> tuple[np.ndarray, torch.Tensor]:
         ("virchow2", VIRCHOW2_ARGS, "cls+mean"),
         ("h-optimus-0", HOPTIMUS_ARGS, "head"),
         ("h-optimus-1", HOPTIMUS_ARGS, "head"),
+        ("gigapath", GIGAPATH_ARGS, "head"),
     ],
 )
 def test_timm_card_models_load_offline_and_match_the_card(hub: Path, name: str, model_args: dict, pool: str) -> None:
