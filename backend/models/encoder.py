@@ -10,7 +10,8 @@ encoder asked for text raises ``CapabilityError`` naming the models that can.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

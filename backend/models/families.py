@@ -31,7 +31,12 @@ def load_family(
         files = model_files(entry, TIMM_WEIGHTS, config=HF_CONFIG, weights_path=weights_path, cache_dir=cache_dir)
         return timm_encoder(entry, files.folder, files.weights, model_id=files.model_id, device=device)
     if entry.family is ModelFamily.HF_VISION:
-        from backend.models.vision import HF_CONFIG, HF_PROCESSOR, HF_VISION_WEIGHTS, hf_vision_encoder
+        from backend.models.vision import (
+            HF_CONFIG,
+            HF_PROCESSOR,
+            HF_VISION_WEIGHTS,
+            hf_vision_encoder,
+        )
 
         files = model_files(
             entry, HF_VISION_WEIGHTS, config=HF_CONFIG, optional=(HF_PROCESSOR,), weights_path=weights_path,

@@ -121,9 +121,12 @@ def build_timm(entry: ModelEntry, folder: Path | None, weights: Path | None) -> 
     """``timm.create_model`` with the entry's card kwargs and pretrained weights.
 
     ``folder``: a repository's files (``config.json`` + weights), built as timm builds
-    ``hf-hub:`` names; else ``weights``: a lone weights file, built as ``entry.arch``.
+    ``hf-hub:`` names; else ``weights``: a lone weights file (a timm state dict, as UNI's
+    ``pytorch_model.bin``), built as ``entry.arch`` and loaded strictly.
     """
     import timm
+
+    from backend.models.hf_clip import load_state_dict_file
 
     kwargs = resolve_kwargs(entry.kwargs)
     try:
@@ -134,10 +137,14 @@ def build_timm(entry: ModelEntry, folder: Path | None, weights: Path | None) -> 
                 f"model {entry.name!r}: a lone weights file needs the timm architecture, which only registered "
                 "models name; give the folder with the repository's config.json and weights instead"
             )
-        return timm.create_model(entry.arch, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+        # timm's own file loading only warns about keys that do not fit: load strictly here
+        module = timm.create_model(entry.arch, pretrained=False, **kwargs)
+        assert weights is not None
+        module.load_state_dict(load_state_dict_file(weights), strict=True)
+        return module
     except ModelError:
         raise
-    except Exception as e:  # noqa: BLE001 - timm raises RuntimeError/KeyError/OSError for unusable files
+    except Exception as e:
         where = folder if folder is not None else weights
         raise ModelError(
             f"model {entry.name!r}: cannot build the timm model from {where} with the card's kwargs "
@@ -230,7 +237,7 @@ def build_hf_vision(entry: ModelEntry, folder: Path) -> torch.nn.Module:
         module, info = AutoModel.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True, **resolve_kwargs(entry.kwargs)
         )
-    except Exception as e:  # noqa: BLE001 - OSError, ValueError, KeyError: the folder is unusable
+    except Exception as e:
         raise ModelError(f"model {entry.name!r}: cannot load a transformers model from {folder}: {type(e).__name__}: {e}") from e
     missing = list(info.get("missing_keys", []))
     if missing:

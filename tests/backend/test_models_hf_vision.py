@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from encoder_helpers import REV, save_hf_vision_hub_repo, tiny_entry  # sibling helper module
+from encoder_helpers import (  # sibling helper module
+    REV,
+    save_hf_vision_hub_repo,
+    tiny_entry,
+)
 from hub_helpers import smooth_images
+
 from backend.errors import ModelError
 from backend.models import load_model, resolve_model
 from backend.models.vision import HfVisionEncoder
@@ -45,7 +49,7 @@ def _reference(repo: str, hub: Path, pixels: torch.Tensor, pooling: str, prefix:
 
 def _card_pixels(tiles, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop: int = 224) -> torch.Tensor:
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
-    top = int(round((x.shape[-1] - crop) / 2.0))
+    top = round((x.shape[-1] - crop) / 2.0)
     x = x[..., top : top + crop, top : top + crop]
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 

@@ -11,9 +11,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo, timm_kwargs, tiny_entry  # sibling helper module
+from encoder_helpers import (  # sibling helper module
+    REV,
+    TINY_SIZE,
+    save_timm_hub_repo,
+    timm_kwargs,
+    tiny_entry,
+)
 from hub_helpers import smooth_images
+
 from backend.errors import CapabilityError, ModelError, UnknownModelError
 from backend.models import Capability, load_model, resolve_model
 from backend.models.encoder import Encoder
@@ -56,7 +62,7 @@ def _pixels(entry, n: int = 3) -> tuple[np.ndarray, torch.Tensor]:
     side = int(pre.image_size / pre.crop_pct)
     tiles = smooth_images(n, side, side, seed=3)
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255.0
-    top = int(round((side - pre.image_size) / 2.0))  # torchvision's CenterCrop
+    top = round((side - pre.image_size) / 2.0)  # torchvision's CenterCrop
     x = x[..., top : top + pre.image_size, top : top + pre.image_size]
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
