@@ -154,7 +154,7 @@ def build_timm(entry: ModelEntry, folder: Path | None, weights: Path | None) -> 
 
 def _short(error: Exception, limit: int = 600) -> str:
     """An exception's text cut to ``limit`` characters (a strict load lists every missing key)."""
-    text = str(error)
+    text = " ".join(str(error).split())  # one line (torch's load errors span several)
     return text if len(text) <= limit else text[:limit] + f" ... ({len(text) - limit} more characters)"
 
 
