@@ -86,7 +86,7 @@ class Encoder:
 
     @property
     def precision(self) -> Precision:
-        """The precision the model card recommends on a GPU (``Precision.FP32`` if it says none)."""
+        """The precision the model card recommends on a GPU (``Precision.AUTO`` if it says none)."""
         return self.entry.precision
 
     # --- to implement per library -------------------------------------------------------

@@ -88,6 +88,7 @@ class Pooling(StrEnum):
 class Precision(StrEnum):
     """The precision a model card recommends for inference on a GPU (CPUs run float32)."""
 
+    AUTO = "auto"  # no recommendation: bf16 where the GPU has it, else fp16
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
@@ -141,7 +142,7 @@ class ModelEntry:
     build_kwargs: tuple[tuple[str, Any], ...] = ()  # the constructor's keyword arguments
     native_mpp: float | None = None  # µm per pixel it was trained at: its default tile spec
     gated: bool = False  # the hub weights need the terms accepted and a login
-    precision: Precision = Precision.FP32  # recommended on a GPU
+    precision: Precision = Precision.AUTO  # recommended on a GPU
     gflops: float | None = None  # per tile at its input size (speed estimates)
     weights_path: str | None = None  # local weights (a file or folder) used instead of the hub
 
@@ -273,6 +274,10 @@ def _catalog_entry(row: Mapping[str, Any]) -> ModelEntry:
 
 
 _ENTRIES = _ENTRIES[:-1] + tuple(_catalog_entry(row) for row in FOUNDATION_MODELS) + _ENTRIES[-1:]
+
+# GFLOPs per tile of the CLIP image towers (2 x multiply-adds at 224 px), for speed estimates
+_CLIP_GFLOPS = {"quiltnet-b32": 8.8, "quiltnet-b16": 35.2, "quiltnet-b16-pmb": 35.2, "plip": 8.8, "biomedclip": 35.2}
+_ENTRIES = tuple(replace(e, gflops=_CLIP_GFLOPS[e.name]) if e.name in _CLIP_GFLOPS else e for e in _ENTRIES)
 
 REGISTERED: Mapping[str, ModelEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 _BY_REPO: Mapping[str, ModelEntry] = MappingProxyType(
