@@ -143,3 +143,23 @@ def test_bad_layer_kwarg_names_it(tmp_path: Path) -> None:
     save_timm_hub_repo(tmp_path / "hub", tiny_entry("uni"))
     with pytest.raises(ModelError, match="mlp_layer='timm.layers.NoSuchLayer': cannot import it"):
         load_model(entry, device="cpu", cache_dir=tmp_path / "hub")
+
+
+def test_every_missing_weights_message_leads_with_cause_and_remedy(tmp_path: Path) -> None:
+    """Issue 21 item 9 beyond the hub models: a bundle without its weights, a caption decoder offline."""
+    from backend.caption.model import load_decoder
+    from backend.models import save_bundle
+
+    bundle = save_bundle(load_model("test-tiny", device="cpu"), tmp_path / "bundle", name="tiny")
+    weights = [p for p in Path(bundle).iterdir() if p.suffix in (".safetensors", ".bin")]
+    assert weights
+    for p in weights:
+        p.unlink()
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model(str(bundle), device="cpu")
+    head = str(info.value)[:TOAST]
+    assert "weights missing" in head and "copy the whole bundle" in head, head
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_decoder("no-such-org/no-such-model", cache_dir=tmp_path / "hub")
+    head = str(info.value)[:TOAST]
+    assert "not on disk" in head and "HF_HUB_OFFLINE" in head, head
