@@ -57,7 +57,9 @@ HUB_PREFIXES = (TIMM_PREFIX, HF_VISION_PREFIX, HF_HUB_PREFIX)
 HF_URL = "https://huggingface.co/"
 REVISION_SEP = "@"
 # what a hub revision may look like in a name (a commit, a branch or tag such as refs/pr/1)
-REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*|sha256:[0-9a-f]{6,64}")
+# the identity of local weights (a file's sha256, see sources.py), not a hub revision
+LOCAL_WEIGHTS_REV = "sha256:"
 
 
 class ModelFamily(StrEnum):
@@ -370,6 +372,8 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
         recover_dir(path)  # a bundle whose replacement was killed half-way
     base, revision = split_revision(text)
     if revision is not None and not path.is_dir():
+        if revision.startswith(LOCAL_WEIGHTS_REV):  # made with local weights: the entry, read as configured
+            return resolve_model(base)
         return replace(resolve_model(base), revision=revision)
     if text.startswith((TIMM_PREFIX, HF_VISION_PREFIX)):
         return _vision_id_entry(text)

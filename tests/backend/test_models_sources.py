@@ -13,6 +13,7 @@ from hub_helpers import smooth_images
 
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import hub as hub_module
+from backend.models.identity import describe
 from backend.models import load_model, resolve_model
 from backend.models.sources import weights_env_var
 
@@ -105,6 +106,9 @@ def test_local_weights_folder_file_and_env_var(tmp_path: Path, monkeypatch: pyte
     # a folder (as `hf download --local-dir` writes it): the weights' sha256 is the identity
     from_folder = load_model(entry, device="cpu", cache_dir=tmp_path / "empty", weights_path=folder)
     assert from_folder.model_id.startswith("hf-hub:MahmoodLab/UNI@sha256:") and from_hub.model_id.endswith(REV)
+    # an index or cache made with local weights names them; the id resolves to the entry (no hub revision)
+    assert resolve_model(from_folder.model_id) is resolve_model("uni")
+    assert describe(from_folder.model_id).startswith("uni with local weights sha256:")
     torch.testing.assert_close(from_folder.encode_images(tiles), from_hub.encode_images(tiles))
     # a lone weights file: built as the entry's timm architecture with its card kwargs
     lone = tmp_path / "pytorch_model.bin"
