@@ -13,8 +13,8 @@ from hub_helpers import smooth_images
 
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import hub as hub_module
-from backend.models.identity import describe
 from backend.models import load_model, resolve_model
+from backend.models.identity import describe
 from backend.models.sources import weights_env_var
 
 TOAST = 80  # the dock shows a message's first characters as a one-line toast
