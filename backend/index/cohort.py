@@ -67,6 +67,13 @@ class CohortIndex(IndexDirectory):
         return [s for s in self._view.slides if s.live]
 
     @serialised
+    def slides_with_vectors(self) -> list[tuple[SlideRecord, np.ndarray]]:
+        """Every live slide with its ``(n_tiles, D)`` float32 tile vectors (read from the
+        metadata store, exact: for slide-to-slide comparison, not FAISS's approximation)."""
+        self._sync()
+        return [(s, self._store.read_vectors(s, self.dim)) for s in self._view.slides if s.live]
+
+    @serialised
     def spec_keys(self) -> set[str]:
         """The tile-spec keys of the slides in the index (see :mod:`backend.index.recorded`)."""
         return {s.spec_key for s in self.slides()}
