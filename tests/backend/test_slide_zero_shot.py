@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slide_level_data import BLOCK, PLANTED, fine_tune, planted_slide
+from slide_level_data import BLOCK, PLANTED, planted_slide
 
 from backend import api
 from backend.embed.types import TileLayout
@@ -22,8 +22,8 @@ LABELS = tuple(CLASSES[k] for k in PLANTED)
 
 
 @pytest.fixture(scope="module")
-def tuned(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(fine_tune(testdata, tmp_path_factory.mktemp("tune")))
+def tuned(texture_model: str) -> str:
+    return texture_model
 
 
 @pytest.fixture(scope="module")
