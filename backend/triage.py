@@ -40,11 +40,12 @@ class TriageRow:
     probabilities: tuple[float, ...]
     scores: tuple[float, ...]
     error: str = ""
+    labels: tuple[str, ...] = ()  # the classes of ``probabilities`` (not a column of the table)
 
     @classmethod
     def of(cls, path: str, result: api.SlideZeroShotResult) -> TriageRow:
         return cls(path, result.slide_name, result.predicted, result.runner_up, result.n_tiles,
-                   result.probabilities, result.scores)
+                   result.probabilities, result.scores, labels=tuple(result.labels))
 
 
 def columns(labels: Iterable[str]) -> list[str]:

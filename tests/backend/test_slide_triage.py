@@ -121,3 +121,36 @@ def test_slides_like_this_one_rank_shared_textures_first(testdata: Path, texture
     lines = stdout.splitlines()
     assert code == 0 and lines[0].split() == ["RANK", "SCORE", "SLIDE", "TILES", "PATH"]
     assert [ln.split()[2] for ln in lines[1:]] == [same.name, half.name]
+
+
+def test_eval_slide_zeroshot_scores_pooling_and_merges(cohort: Path, testdata: Path, texture_model: str,
+                                                       tmp_path: Path) -> None:
+    """``python -m training eval slide-zeroshot``: top-k gets every planted slide right, mean pooling
+    (the background decides) half of them; both results merge into one leaderboard."""
+    import json
+
+    from training.evaluation.cli import main as eval_main
+
+    extra = [planted_slide(testdata, tmp_path / f"extra-{i}.tif", k, seed=30 + i) for i, k in enumerate(PLANTED)]
+    rows = [("slide-0.tif", LABELS[0]), ("slide-1.tif", LABELS[1])]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{cohort / p},{lab}\n" for p, lab in rows)
+                                         + "".join(f"{p.name},{lab}\n" for p, lab in zip(extra, LABELS)))
+    common = ["slide-zeroshot", "--model", texture_model, "--slides", str(tmp_path / "labels.csv"), "--device", "cpu"]
+    assert eval_main([*common, "--top-k", "3", "--out", str(tmp_path / "topk.json")]) == 0
+    assert eval_main([*common, "--pooling", "mean", "--out", str(tmp_path / "mean.json")]) == 0
+    topk, mean = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("topk", "mean"))
+    assert topk["schema"] == "histoclip-eval/1" and topk["task"] == "slide-zeroshot" and topk["dataset"]["n"] == 4
+    assert topk["metrics"] == {"balanced_accuracy": 1.0, "macro_f1": 1.0, "auroc": 1.0, "accuracy": 1.0}
+    assert topk["details"]["confusion_matrix"] == [[2, 0], [0, 2]] and topk["settings"]["k"] == 3
+    assert mean["metrics"]["balanced_accuracy"] == 0.5 and sorted(map(sum, zip(*mean["details"]["confusion_matrix"]))) == [0, 4]
+    assert (tmp_path / "topk.png").is_file()
+    assert eval_main(["merge", str(tmp_path / "topk.json"), str(tmp_path / "mean.json"),
+                      "--out", str(tmp_path / "board.md")]) == 0
+    board = (tmp_path / "board.md").read_text().splitlines()
+    assert "balanced_accuracy" in board[0] and "auroc" in board[0] and len(board) == 4
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nnowhere.tif,a\n")
+    from backend.errors import InputError
+
+    with pytest.raises(InputError, match="line 2: slide 'nowhere.tif' not found"):
+        eval_main([*common[:3], "--slides", str(bad), "--out", str(tmp_path / "x.json")])
