@@ -10,10 +10,11 @@ Threads: as the backend, from any thread.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from backend import api
-from backend.errors import InputError
+from backend.errors import CancelledError, InputError
 
 if TYPE_CHECKING:
     from backend.local import LocalBackend
@@ -123,13 +124,19 @@ def search_slides(
     backend._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
     model = request.model or index.model_name
     emb = backend.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
-    if cancel is not None and cancel.is_set():
-        from backend.errors import CancelledError
-
-        raise CancelledError("slide search: cancelled")
-    candidates = backend._search_open(request.index_path, lambda ix: ix.slides_with_vectors())
     exclude = {emb.slide_fingerprint} if request.exclude_query_slide else set()
-    ranked = rank_slides(emb.vectors, [(r, v) for r, v in candidates if r.fingerprint not in exclude])
+    records = [r for r in backend._search_open(request.index_path, lambda ix: ix.slides()) if r.fingerprint not in exclude]
+
+    def candidates() -> Iterator[tuple[Any, Any]]:
+        """One slide's vectors at a time (a cohort's would not fit in memory at once)."""
+        for i, record in enumerate(records):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"slide search: cancelled after {i} of {len(records)} slides")
+            if progress is not None:
+                progress(api.Progress(i, len(records), f"comparing {record.slide_name}"))
+            yield record, backend._search_open(request.index_path, lambda ix, r=record: ix.slide_vectors(r))
+
+    ranked = rank_slides(emb.vectors, candidates())
     return api.SlideSearchResult(hits=tuple(
         api.SlideHit(slide_name=r.slide_name, slide_path=r.slide_path, score=float(s), n_tiles=int(r.n_tiles))
         for r, s in ranked[: request.k]

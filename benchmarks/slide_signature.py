@@ -13,7 +13,9 @@ of that signature's scores over all candidates:
 
 - ``mean``: cosine of the slides' mean embeddings;
 - ``match``: share of the query's tiles with a close match in the candidate
-  (:func:`backend.tasks.slide_search.rank_slides`).
+  (:func:`backend.tasks.slide_search.rank_slides`), a close match being at least the
+  ``q``-quantile of the query tiles' similarities to their nearest other query tile, for
+  several ``q``.
 """
 
 from __future__ import annotations
@@ -66,14 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                 qv = vectors(q)
                 cv = [(name, vectors(path)) for name, path in cands.items()]
                 print(f"\nlesion of {rows * rows} tiles ({100 * rows * rows / 64:.0f} % of the slide):")
-                for method in ("mean", "match"):
-                    scores = dict(rank_slides(qv, cv, method=method))
+                for method, quantile in (("mean", 0.0), ("match", 0.5), ("match", 0.25), ("match", 0.1),
+                                         ("match", 0.02)):
+                    scores = dict(rank_slides(qv, cv, method=method, quantile=quantile))
                     spread = max(scores.values()) - min(scores.values())
                     margin = scores["same textures"] - scores["same background, other lesion"]
                     order = sorted(scores, key=lambda k: -scores[k])
                     right = order[0] == "same textures"
                     text = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-                    print(f"  {method:5s}: {text}; margin {margin:+.4f} = {margin / spread:+.2f} of the spread; "
+                    what = method if method == "mean" else f"match q={quantile}"
+                    print(f"  {what:13s}: {text}; margin {margin:+.4f} = {margin / spread:+.2f} of the spread; "
                           f"{'right' if right else 'WRONG'} first")
     return 0
 

@@ -67,11 +67,11 @@ class CohortIndex(IndexDirectory):
         return [s for s in self._view.slides if s.live]
 
     @serialised
-    def slides_with_vectors(self) -> list[tuple[SlideRecord, np.ndarray]]:
-        """Every live slide with its ``(n_tiles, D)`` float32 tile vectors (read from the
-        metadata store, exact: for slide-to-slide comparison, not FAISS's approximation)."""
-        self._sync()
-        return [(s, self._store.read_vectors(s, self.dim)) for s in self._view.slides if s.live]
+    def slide_vectors(self, slide: SlideRecord) -> np.ndarray:
+        """The ``(n_tiles, D)`` float32 tile vectors of one slide of :meth:`slides` (read from
+        the metadata store, exact: for slide-to-slide comparison, not FAISS's approximation)."""
+        self._check_open()
+        return self._store.read_vectors(slide, self.dim)
 
     @serialised
     def spec_keys(self) -> set[str]:

@@ -2,8 +2,8 @@
 
 The signature is the *match fraction*: the share of the query slide's tiles whose nearest tile
 in the candidate slide is a close match (cosine similarity at least ``threshold``, by default
-set from the query slide itself: the median similarity of each query tile to its own nearest
-other tile of the query slide, i.e. how close "the same tissue" is with this model). Ties are
+set from the query slide itself: a low quantile of each query tile's similarity to its own
+nearest other tile of the query slide, i.e. how close "the same tissue" is with this model). Ties are
 broken by the mean nearest-tile similarity. A slide's mean embedding is offered as well
 (``method="mean"``), but it is dominated by the slide's most common tissue: a slide that
 shares only the background with the query scores as high as one that also shares its lesion.
@@ -12,7 +12,7 @@ The measurement behind the choice is in BENCHMARKS.md ("slide search signature")
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import TypeVar
 
@@ -23,6 +23,7 @@ from backend.errors import InputError
 T = TypeVar("T")
 MAX_QUERY_TILES = 512  # query tiles compared (an even subsample of larger slides): a bound on cost
 _BLOCK = 4096  # candidate tiles per matrix product
+MATCH_QUANTILE = 0.1  # see self_match_threshold; chosen by benchmarks/slide_signature.py (BENCHMARKS.md)
 
 
 class SlideSignature(StrEnum):
@@ -49,22 +50,24 @@ def nearest_similarity(query: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return best
 
 
-def self_match_threshold(query: np.ndarray) -> float:
-    """The median, over the query's tiles, of each tile's similarity to its nearest *other*
-    query tile: how similar two tiles of the same tissue are with this model."""
+def self_match_threshold(query: np.ndarray, quantile: float = MATCH_QUANTILE) -> float:
+    """The ``quantile`` over the query's tiles of each tile's similarity to its nearest *other*
+    query tile: how similar two tiles of the same tissue are with this model (a low quantile,
+    so that nearly every tile of a tissue the candidate shares finds its match there)."""
     if len(query) < 2:
         return 0.9
     sims = query @ query.T
     np.fill_diagonal(sims, -np.inf)
-    return float(np.median(sims.max(axis=1)))
+    return float(np.quantile(sims.max(axis=1), quantile))
 
 
 def rank_slides(
     query_vectors: np.ndarray,
-    candidates: Sequence[tuple[T, np.ndarray]],
+    candidates: Iterable[tuple[T, np.ndarray]],
     *,
     method: SlideSignature | str = SlideSignature.MATCH,
     threshold: float | None = None,
+    quantile: float = MATCH_QUANTILE,
 ) -> list[tuple[T, float]]:
     """Candidates ``(key, (N, D) tile vectors)`` ranked by likeness to the query slide, best first.
 
@@ -73,7 +76,8 @@ def rank_slides(
     query_vectors : (M, D)
         The query slide's tile embeddings (up to :data:`MAX_QUERY_TILES`, evenly, are used).
     candidates
-        ``(key, vectors)`` per slide; slides without tiles score 0.
+        ``(key, vectors)`` per slide, read once in order (a generator may read one slide at a
+        time); slides without tiles score 0. Cost: ``min(M, 512) x N x D`` per slide of N tiles.
     method : ``match`` or ``mean``
         See the module docstring.
     threshold : float, optional
@@ -99,7 +103,7 @@ def rank_slides(
             scored.append((key, float(_unit(np.asarray(vec).mean(axis=0)) @ qm) if len(vec) else 0.0))
     else:
         q = _subsample(q, MAX_QUERY_TILES)
-        t = self_match_threshold(q) if threshold is None else float(threshold)
+        t = self_match_threshold(q, quantile) if threshold is None else float(threshold)
         for key, vec in candidates:
             if not len(vec):
                 scored.append((key, 0.0))
