@@ -139,7 +139,8 @@ class TriageBox(Container):
         if index_model is not None:  # an index: its slides were embedded with its model and tiles
             from dataclasses import replace
 
-            request = replace(request, model=request.model or index_model, tiles=index_tiles)
+            model = request.model if request.classifier else (request.model or index_model)
+            request = replace(request, model=model, tiles=index_tiles)
         backend = self.ctx.backend
 
         def work(progress: Any, cancel: Any) -> list[Any]:
