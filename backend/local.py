@@ -461,29 +461,7 @@ class LocalBackend(ClassifierTasks):
                 emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
         return search_result(hits)
 
-    def slide_zero_shot(
-        self,
-        request: api.SlideZeroShotRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.SlideZeroShotResult:
-        """One answer for the whole slide, pooled from its tiles (:mod:`backend.slide_level`)."""
-        from backend.slide_level import slide_zero_shot
-
-        return slide_zero_shot(self, request, progress=progress, cancel=cancel)
-
-    def search_slides(
-        self,
-        request: api.SlideSearchRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.SlideSearchResult:
-        """The index's slides most like ``request.slide`` (:mod:`backend.slide_level`)."""
-        from backend.slide_level import search_slides
-
-        return search_slides(self, request, progress=progress, cancel=cancel)
+    from backend.slide_level import search_slides, slide_zero_shot  # slide-level answers (issue 18)
 
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
