@@ -154,3 +154,26 @@ def test_eval_slide_zeroshot_scores_pooling_and_merges(cohort: Path, testdata: P
 
     with pytest.raises(InputError, match="line 2: slide 'nowhere.tif' not found"):
         eval_main([*common[:3], "--slides", str(bad), "--out", str(tmp_path / "x.json")])
+
+
+def test_ray_engine_embeds_the_uncached_slides_first(cohort: Path, texture_model: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--engine ray``: Ray workers embed the cohort into the cache; the triage then reads every
+    slide from the cache (the driver encodes nothing) and writes the same table as the local engine."""
+    pytest.importorskip("ray")
+    import backend.embed as embed_module
+
+    monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    real, stages = embed_module.embed_slide, []
+
+    def watched(*a, progress=None, **kw):
+        return real(*a, progress=lambda p: stages.append(p.stage.split()[0]), **kw)
+
+    monkeypatch.setattr(embed_module, "embed_slide", watched)
+    out = tmp_path / "ray.csv"
+    code, stdout, err = run([*triage_argv(cohort, out, texture_model)[:-2], "--engine", "ray", "--workers", "1"])
+    assert code == 0, err
+    assert stages and set(stages) == {"cached"}, stages
+    monkeypatch.setattr(embed_module, "embed_slide", real)
+    code, _, _ = run(triage_argv(cohort, tmp_path / "local.csv", texture_model))
+    assert code == 0 and out.read_text() == (tmp_path / "local.csv").read_text()

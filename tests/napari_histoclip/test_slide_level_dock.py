@@ -68,7 +68,7 @@ def test_verdict_evidence_triage_and_slides_like_this(plugin_viewer, plugin_dock
     table.cellClicked.emit(row, 2)
     ndpi = viewer.layers[NDPI]
     assert ndpi.visible and not viewer.layers["CMU-1-Small-Region.svs"].visible
-    assert dock.slide.value is ndpi
+    assert dock.slide.value.name == NDPI
 
     # Find similar: "Slides like this one" from the NDPI finds CMU-1; a click opens it.
     search = dock.search
