@@ -47,7 +47,7 @@ def test_verdict_evidence_triage_and_slides_like_this(plugin_viewer, plugin_dock
     assert not notes.errors, notes.errors
     x, y, w, h = expected.evidence[row].box
     s = viewer.layers["CMU-1-Small-Region.svs"].scale[-1]
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * s, (x + w / 2 - 0.5) * s))
+    assert tuple(viewer.scene.camera.center[-2:]) == pytest.approx(((y + h / 2 - 0.5) * s, (x + w / 2 - 0.5) * s))
     assert viewer.layers["CMU-1-Small-Region: search hits"].selected_data == {row}
 
     # Triage of a cohort: a table sorted by one class's probability; a click opens that slide.
