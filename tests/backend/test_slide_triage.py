@@ -121,6 +121,14 @@ def test_slides_like_this_one_rank_shared_textures_first(testdata: Path, texture
     lines = stdout.splitlines()
     assert code == 0 and lines[0].split() == ["RANK", "SCORE", "SLIDE", "TILES", "PATH"]
     assert [ln.split()[2] for ln in lines[1:]] == [same.name, half.name]
+    # The index as a triage cohort: its slides, its model (no --model given) and its tiles.
+    out = tmp_path / "from-index.csv"
+    code, _, err = run(["zero-shot", str(index), "--slide-level", "--out", str(out), "--labels", ";".join(LABELS),
+                        "--top-k", "3", "--engine", "local"])
+    table = pd.read_csv(out)
+    assert code == 0, err
+    assert sorted(table["slide"]) == sorted(p.name for p in (same, half, other))
+    assert table.set_index("slide").loc[same.name, "predicted"] == LABELS[0]
 
 
 def test_eval_slide_zeroshot_scores_pooling_and_merges(cohort: Path, testdata: Path, texture_model: str,
@@ -134,7 +142,7 @@ def test_eval_slide_zeroshot_scores_pooling_and_merges(cohort: Path, testdata: P
     extra = [planted_slide(testdata, tmp_path / f"extra-{i}.tif", k, seed=30 + i) for i, k in enumerate(PLANTED)]
     rows = [("slide-0.tif", LABELS[0]), ("slide-1.tif", LABELS[1])]
     (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{cohort / p},{lab}\n" for p, lab in rows)
-                                         + "".join(f"{p.name},{lab}\n" for p, lab in zip(extra, LABELS)))
+                                         + "".join(f"{p.name},{lab}\n" for p, lab in zip(extra, LABELS, strict=True)))
     common = ["slide-zeroshot", "--model", texture_model, "--slides", str(tmp_path / "labels.csv"), "--device", "cpu"]
     assert eval_main([*common, "--top-k", "3", "--out", str(tmp_path / "topk.json")]) == 0
     assert eval_main([*common, "--pooling", "mean", "--out", str(tmp_path / "mean.json")]) == 0
