@@ -12,9 +12,11 @@ evaluation sweeps ``k`` in (1, 5, 10, 50, 100). Our implementation is our own (n
 
 Default ``k`` (:data:`DEFAULT_TOP_K` = 50): ``k = 1`` or ``5`` lets one folded or
 pen-marked tile decide a slide, while ``k = 100`` already dilutes a lesion of ~100 tiles
-(a 1 mm^2 focus at 0.5 µm/px and 224 px tiles is ~80 tiles) into the background; 50 is the
-middle of the range the MI-Zero/CONCH code sweeps, large enough that a few artefact tiles are
-averaged away, small enough that a focus covering 1-2 % of a 5,000-tile slide still fills it.
+(a 1 mm^2 focus at 0.5 µm/px and 224 px tiles is ~80 tiles) into the background; 50, one of the
+values the MI-Zero/CONCH code sweeps, is large enough that a few artefact tiles are averaged
+away and small enough that a focus covering 1-2 % of a 5,000-tile slide still fills it. (The
+papers report the sweep; which k a table used is not in the code we read, so the value is
+argued here, not copied.)
 For small slides (or regions) it is capped at the tile count, as in CONCH's code. Both other
 poolings are offered: ``mean`` (all tiles: what top-k is measured against) and ``fraction``
 (top-k with ``k`` a fixed share of the slide's tiles, for cohorts of very different sizes).
