@@ -368,6 +368,13 @@ class ClassSearchRequest:
 class Backend(Protocol):
     """What a widget may ask of a backend, in-process or remote."""
 
+    # Slide-level answers (issue 18; types in backend.api_slide_level).
+    def slide_zero_shot(self, request: SlideZeroShotRequest, *, progress: ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> SlideZeroShotResult: ...
+
+    def search_slides(self, request: SlideSearchRequest, *, progress: ProgressCallback | None = None,
+                      cancel: threading.Event | None = None) -> SlideSearchResult: ...
+
     # Classifiers and few-shot refinement (interfaces item 8): class maps as zero-shot's.
     def refine(
         self,
@@ -446,3 +453,9 @@ class Backend(Protocol):
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> SearchResult: ...
+
+
+# Slide-level answers (issue 18): defined in backend.api_slide_level, part of this interface.
+from backend.api_slide_level import (  # noqa: E402 - after SlideRef and TileOptions, which it uses
+    EvidenceTile, SlideHit, SlideSearchRequest, SlideSearchResult, SlideZeroShotRequest, SlideZeroShotResult,
+)

@@ -333,3 +333,80 @@ class _Driver:
                                  "(is the cache directory shared by every Ray node?)")
         self.index.add(emb, path)
         return note
+
+
+def embed_cohort_ray(
+    slides: list[str],
+    model: str,
+    tiles: api.TileOptions,
+    *,
+    options: RayOptions = RayOptions(),
+    cache_dir: str | os.PathLike[str] | None = None,
+    slide_mpp: float | None = None,
+    progress: api.ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> list[tuple[str, str]]:
+    """Embed into the cache, on Ray actors, the slides of ``slides`` not cached yet (no index):
+    what a cohort task that reads cached embeddings (slide-level triage) needs first.
+
+    Returns the ``(slide path, why)`` of slides that could not be embedded; a cancel stops
+    between slides (those finished stay cached).
+    """
+    from backend.embed import EmbeddingCache, lookup_cached
+    from backend.local import slide_mpp_fallback
+    from backend.paths import cache_root
+
+    _check_options(options)
+    ray = _import_ray()
+    cache = EmbeddingCache(cache_root(cache_dir) / "embeddings")
+    started_here = _start_ray(ray, options)
+    actors: list[Any] = []
+    failed: list[tuple[str, str]] = []
+    try:
+        resources, threads, n = _worker_shape(ray, options)
+        actor_cls = ray.remote(max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)(_EmbedWorker)
+        args = (model, tiles, str(cache.root.parent), options.device, options.batch_size, threads)
+        actors = [actor_cls.options(**resources).remote(*args) for _ in range(n)]
+        model_id, _, _ = _wait_for_workers(ray, actors, model, cancel)
+        queue: list[tuple[str, float | None]] = []
+        for path in slides:
+            try:
+                mpp = slide_mpp_fallback(path, slide_mpp)
+                if lookup_cached(path, model_id, tiles.to_spec(), cache=cache, mpp=mpp) is None:
+                    queue.append((path, mpp))
+            except (HistoclipError, OSError) as e:
+                failed.append((path, str(e)))
+        done = len(slides) - len(queue)
+        if progress is not None:
+            progress(api.Progress(done, len(slides), f"embedding: {done} slides cached or unreadable"))
+        free, running = list(range(len(actors))), {}
+        while queue or running:
+            if not free and not running:
+                raise HistoclipError(f"every Ray worker was lost; {len(queue)} slides not embedded")
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"embedding stopped with {len(queue) + len(running)} slides to go")
+            while queue and free:
+                i, (path, mpp) = free.pop(), queue.pop(0)
+                running[actors[i].embed.remote(path, mpp)] = (i, path)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in ready:
+                i, path = running.pop(ref)
+                try:
+                    status, why, _ = ray.get(ref)
+                    free.append(i)
+                except ray.exceptions.RayActorError as e:  # died more often than Ray restarts it
+                    status, why = "failed", f"Ray worker lost {MAX_RETRIES + 1} times: {_last_line(e)}"
+                except ray.exceptions.RayTaskError as e:
+                    free.append(i)
+                    status, why = "failed", f"Ray worker failed: {_last_line(e)}"
+                if status == "failed":
+                    failed.append((path, why))
+                done += 1
+                if progress is not None:
+                    progress(api.Progress(done, len(slides), f"embedded {Path(path).name}"))
+        return failed
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started_here:
+            ray.shutdown()

@@ -461,6 +461,8 @@ class LocalBackend(ClassifierTasks):
                 emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
         return search_result(hits)
 
+    from backend.slide_level import search_slides, slide_zero_shot  # slide-level answers (issue 18)
+
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
         after it was handed out, once more on a newly opened one."""

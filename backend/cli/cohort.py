@@ -27,6 +27,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--text", help="a text query, e.g. 'tumor cells with large nuclei'")
     p.add_argument("--slide", help="the slide the query region is on")
     p.add_argument("--box", help="the query region x,y,w,h in level-0 pixels of --slide")
+    p.add_argument("--like-slide", metavar="SLIDE", help="rank the index's slides by likeness to this whole slide")
     p.add_argument("-k", type=int, default=10, help="places to return (default 10)")
     p.add_argument("--include-query-slide", action="store_true", help="also search the query's own slide")
     p.add_argument("--contact-sheet", help="write a PNG of the hits' thumbnails here")
@@ -72,6 +73,9 @@ def _search(args: argparse.Namespace) -> int:
     from backend.api import Region, SearchRequest, SlideRef
     from backend.index.store import DB_NAME
     from backend.report import ProgressBar
+
+    if args.like_slide is not None:
+        return _search_slides(args)
 
     if (args.text is None) == (args.box is None):
         raise InputError("give either --text QUERY or --slide SLIDE --box x,y,w,h")
@@ -129,3 +133,33 @@ def _query_tiles(args: argparse.Namespace) -> Any:
             args.tile_size = own.tile_size
         return dataclasses.replace(tile_options(args), min_tissue=own.min_tissue)
     return tile_options(args)
+
+
+def _search_slides(args: argparse.Namespace) -> int:
+    """``histoclip search INDEX --like-slide SLIDE``: the index's slides most like SLIDE."""
+    from backend.api import SlideRef, SlideSearchRequest
+    from backend.index.store import DB_NAME
+    from backend.report import ProgressBar
+
+    others = [f for f, v in (("--text", args.text), ("--slide", args.slide), ("--box", args.box)) if v is not None]
+    if others:
+        raise InputError(f"--like-slide searches with a whole slide: leave out {', '.join(others)}")
+    if args.k < 1:
+        raise InputError(f"-k: the number of slides must be at least 1, got {args.k}")
+    if not (Path(args.index) / DB_NAME).is_file():
+        raise InputError(f"{args.index}: no cohort index here; build one with: histoclip index COHORT --out {args.index}")
+    request = SlideSearchRequest(args.index, SlideRef(args.like_slide, args.slide_mpp), k=args.k, model=args.model,
+                                 exclude_query_slide=not args.include_query_slide)
+    bar = ProgressBar(Path(args.like_slide).name)
+    try:
+        result = make_backend(args).search_slides(request, progress=bar)
+    finally:
+        bar.close()
+    rows = [("RANK", "SCORE", "SLIDE", "TILES", "PATH")]
+    rows += [(str(i), f"{h.score:.3f}", h.slide_name, str(h.n_tiles), h.slide_path) for i, h in enumerate(result.hits, 1)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if not result.hits:
+        print("no slides")
+    return 0

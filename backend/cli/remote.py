@@ -24,6 +24,8 @@ COMMANDS = ("embed", "zero-shot", "heatmap", "caption", "search", "index")
 def handler_for(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
     """The remote form of ``args.command`` (an InputError for a command that only runs here)."""
     handlers = {"embed": _embed, "zero-shot": _zero_shot, "heatmap": _heatmap, "caption": _caption, "search": _search, "index": _index}
+    if getattr(args, "slide_level", False):
+        raise InputError("--server: zero-shot --slide-level runs only on this computer (over its embedding cache)")
     if args.command not in handlers:
         raise InputError(f"--server: {args.command!r} runs only on this computer; remote commands are {', '.join(COMMANDS)}")
     return handlers[args.command]

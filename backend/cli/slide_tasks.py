@@ -175,6 +175,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--table", choices=("csv", "parquet"), default="csv", help="tile prediction table format")
     add_model_flags(p)
     add_tile_flags(p)
+    from backend.cli.triage import add_flags
+
+    add_flags(p)  # --slide-level: one verdict per slide of a cohort (backend.cli.triage)
     p.set_defaults(handler=_zero_shot)
 
     p = sub.add_parser("heatmap", help="similarity of every tile to a text query, as a PNG over the slide")
@@ -269,6 +272,11 @@ def write_class_map_files(cm: Any, slide_path: str, out: Path, table: str, what:
 
 def _zero_shot(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
+    from backend.cli.triage import check_tile_level_args, run_triage
+
+    if args.slide_level:
+        return run_triage(args)
+    check_tile_level_args(args)
 
     names, synonyms = parse_labels(args.labels, args.labels_file)
     backend = make_backend(args)

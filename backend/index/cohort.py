@@ -67,6 +67,13 @@ class CohortIndex(IndexDirectory):
         return [s for s in self._view.slides if s.live]
 
     @serialised
+    def slide_vectors(self, slide: SlideRecord) -> np.ndarray:
+        """The ``(n_tiles, D)`` float32 tile vectors of one slide of :meth:`slides` (read from
+        the metadata store, exact: for slide-to-slide comparison, not FAISS's approximation)."""
+        self._check_open()
+        return self._store.read_vectors(slide, self.dim)
+
+    @serialised
     def spec_keys(self) -> set[str]:
         """The tile-spec keys of the slides in the index (see :mod:`backend.index.recorded`)."""
         return {s.spec_key for s in self.slides()}

@@ -312,6 +312,14 @@ class HttpBackend:
                cancel: threading.Event | None = None) -> api.SearchResult:
         return self._call("search", request, progress, cancel)
 
+    def slide_zero_shot(self, request: api.SlideZeroShotRequest, *, progress: api.ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> api.SlideZeroShotResult:
+        return self._call("slide-zero-shot", request, progress, cancel)
+
+    def search_slides(self, request: api.SlideSearchRequest, *, progress: api.ProgressCallback | None = None,
+                      cancel: threading.Event | None = None) -> api.SlideSearchResult:
+        return self._call("search-slides", request, progress, cancel)
+
     # Classifiers (interfaces item 8): served when backend.api has their request types.
 
     def refine(self, request: Any, *, progress: api.ProgressCallback | None = None,

@@ -101,6 +101,8 @@ CALLS: dict[str, Call] = {
         Call("caption", "caption", api.CaptionRequest, api.CaptionResult),
         Call("index", "build_index", api.IndexRequest, api.IndexInfo, bulk=True),
         Call("search", "search", api.SearchRequest, api.SearchResult),
+        Call("slide-zero-shot", "slide_zero_shot", api.SlideZeroShotRequest, api.SlideZeroShotResult),
+        Call("search-slides", "search_slides", api.SlideSearchRequest, api.SlideSearchResult),
     )
 }
 # Classifier calls (interfaces item 8), served when backend.api defines their types: they were

@@ -13,9 +13,9 @@ from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import hit_shapes_layer, is_ours
-from napari_histoclip._reader import open_slide_quietly, read_slide_layer
-from napari_histoclip._slide import find_slide_layer, slide_of
-from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, selected_shape, show_only_slide
+from napari_histoclip._reader import open_slide_quietly
+from napari_histoclip._slide import slide_of
+from napari_histoclip._viewer import frame_box, replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
 
 THUMB = 96  # px, the result list's thumbnails
@@ -146,6 +146,10 @@ class SearchPanel(Container):
             labels=True,
         )
         self.native.layout().addWidget(self.results)
+        from napari_histoclip._widgets._slide_level import SlideLikeBox
+
+        self.like = SlideLikeBox(ctx, self._index_path, lambda: int(self.k.value))  # "slides like this one"
+        self.native.layout().addWidget(self.like.native)
         self.build_button.changed.connect(self.build_index)
         self.text_button.changed.connect(self.search_text)
         self.text.native.returnPressed.connect(self.search_text)
@@ -234,6 +238,11 @@ class SearchPanel(Container):
 
         self.ctx.run("Searching", work, self.show_hits)
 
+    def _index_path(self) -> str:
+        """The chosen index folder, or "" when none (or one that is not there) is chosen."""
+        index = self.index.value
+        return "" if not index or str(index) in ("", ".") or not Path(index).exists() else str(index)
+
     def show_hits(self, hits: list[ShownHit]) -> None:
         """Fill the result list: thumbnail, score, slide and place."""
         from napari.utils.notifications import show_info
@@ -254,17 +263,14 @@ class SearchPanel(Container):
         """Open the hit's slide if needed, outline the hit, centre and zoom the view on it."""
         if not 0 <= row < len(self.hits):
             raise UserError(f"Search: no result number {row + 1}")
+        from napari_histoclip._widgets._slide_level import open_slide_layer
+
         hit = self.hits[row].hit
         viewer = self.ctx.viewer
-        layer = find_slide_layer(viewer.layers, hit.slide_path)
-        if layer is None:
-            data = read_slide_layer(hit.slide_path)
-            if data is None:
-                return  # the reader has already said why
-            layer = add_layer_data(viewer, data)
-        info = slide_of(layer)
-        show_only_slide(viewer, info)
-        self.ctx.slide.value = layer
+        opened = open_slide_layer(self.ctx, hit.slide_path)
+        if opened is None:
+            return  # the reader has already said why
+        _, info = opened
         same = [(i, s.hit) for i, s in enumerate(self.hits) if Path(s.hit.slide_path).resolve() == Path(info.path).resolve()]
         shapes = hit_shapes_layer([h.box for _, h in same], info, [f"#{i + 1} {h.score:.2f}" for i, h in same])
         new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, "hits") and slide_of(lyr).path == info.path)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, TextEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
 
 from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
@@ -88,9 +88,18 @@ class ZeroShotPanel(Container):
         self.legend = Label(value="")
         self.query = LineEdit(label="Text query", value="", tooltip="e.g. 'tumor cells with mitoses'")
         self.heatmap_button = PushButton(text="Heatmap")
+        # Slide-level answers (backend.tasks.slide_zero_shot): the verdict, and a cohort's triage
+        from napari_histoclip._widgets._slide_level import TriageBox, VerdictBox
+
+        self.top_k = SpinBox(label="Top-k tiles", value=50, min=1, max=10_000,
+                             tooltip="whole-slide answer: each class's score is the mean of its k best tiles (MI-Zero)")
+        self.slide_button = PushButton(text="Whole-slide answer")
+        self.verdict = VerdictBox(ctx)
+        self.triage = TriageBox(ctx, self.slide_request)
         super().__init__(
             widgets=[self.source, self.classifier, self.templates, self.threshold, self.scope, self.run_button,
-                     self.legend, self.query, self.heatmap_button],
+                     self.legend, self.query, self.heatmap_button, self.top_k, self.slide_button, self.verdict,
+                     self.triage],
             labels=True,
         )
         self.native.layout().insertWidget(1, self.prompts)
@@ -101,6 +110,7 @@ class ZeroShotPanel(Container):
         self.run_button.changed.connect(self.run)
         self.heatmap_button.changed.connect(self.run_heatmap)
         self.query.native.returnPressed.connect(self.run_heatmap)
+        self.slide_button.changed.connect(self.run_slide)
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -109,16 +119,11 @@ class ZeroShotPanel(Container):
         """Label the slide (or the selected shape) with the prompts or the classifier; replaces
         earlier results."""
         from backend.api import ZeroShotRequest
-        from backend.tasks.zero_shot import check_prompts
 
         if self.source.value == CLASSIFIER:
             return self.run_classifier()
         slide_layer, info = self.ctx.require_slide()
-        rows = self.prompts.rows()
-        labels = [r.label for r in rows]
-        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
-        templates = self._templates()
-        check_prompts(labels, synonyms, templates)  # the backend's own check, before any work
+        labels, synonyms, templates, colors = self._prompt_set()
         region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
         request = ZeroShotRequest(
             slide=self.ctx.slide_ref(info),
@@ -129,7 +134,6 @@ class ZeroShotPanel(Container):
             unknown_threshold=self.threshold.value or None,
             region=region,
         )
-        colors = [r.color for r in rows]
         backend, model = self.ctx.backend, request.model
 
         def done(result: Any) -> None:
@@ -205,6 +209,36 @@ class ZeroShotPanel(Container):
         self.ctx.run(f"Heatmap '{query}'", lambda progress, cancel: backend.heatmap(
             request, progress=progress, cancel=cancel), done)
 
+    def slide_request(self) -> Any:
+        """The whole-slide request of the current prompts (or classifier), top-k and threshold;
+        its slide is left empty (the caller sets it)."""
+        from backend.api import SlideRef, SlideZeroShotRequest
+
+        common = {"k": int(self.top_k.value), "unknown_threshold": self.threshold.value or None}
+        if self.source.value == CLASSIFIER:
+            path = self._classifier_path()
+            if not path:
+                raise UserError("Classifier: choose the folder of a classifier bundle (or type its name on the server)")
+            return SlideZeroShotRequest(SlideRef(""), classifier=path, **common)
+        labels, synonyms, templates, _ = self._prompt_set()
+        return SlideZeroShotRequest(SlideRef(""), self.ctx.model_name, tuple(labels), synonyms, templates, **common)
+
+    @handler
+    def run_slide(self) -> None:
+        """One answer for the whole slide: the verdict line and its evidence tiles."""
+        from dataclasses import replace
+
+        _, info = self.ctx.require_slide()
+        request = replace(self.slide_request(), slide=self.ctx.slide_ref(info))
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            self.ctx.warn_random(result, request.model or request.classifier)
+            self.verdict.show(result, info)
+
+        self.ctx.run(f"Whole-slide answer for {info.name}", lambda progress, cancel: backend.slide_zero_shot(
+            request, progress=progress, cancel=cancel), done)
+
     # --- internals ------------------------------------------------------------------------
 
     def _classifier_path(self) -> str:
@@ -231,6 +265,18 @@ class ZeroShotPanel(Container):
             return
         entries = [LegendEntry(i + 1, name, color, 0.0) for i, (name, color) in enumerate(classes)]
         self.legend.value = legend_html(entries, shares=False)
+
+    def _prompt_set(self) -> tuple[list[str], tuple[tuple[str, ...], ...], tuple[str, ...], list[str]]:
+        """The prompt table's labels, synonyms, templates and colours, checked by the backend's
+        own check before any work."""
+        from backend.tasks.zero_shot import check_prompts
+
+        rows = self.prompts.rows()
+        labels = [r.label for r in rows]
+        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
+        templates = self._templates()
+        check_prompts(labels, synonyms, templates)
+        return labels, synonyms, templates, [r.color for r in rows]
 
     def _templates(self) -> tuple[str, ...]:
         """The template lines typed (blank lines skipped; empty: the backend's defaults)."""

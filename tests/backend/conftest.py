@@ -30,3 +30,12 @@ def cmu_tiny_index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) ->
         backend.build_index(api.IndexRequest((str(cmu_slide),), str(path), "test-tiny",
                                              api.TileOptions(tile_size=64, mpp=2.0)))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def texture_model(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> str:
+    """test-tiny fine-tuned on the planted textures (slide_level_data.fine_tune; ~2 min here):
+    shared by the slide-level zero-shot, triage and slide search tests."""
+    from slide_level_data import fine_tune
+
+    return str(fine_tune(testdata, tmp_path_factory.mktemp("texture-model")))

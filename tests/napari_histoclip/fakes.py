@@ -19,6 +19,7 @@ from backend.api import (
     CaptionRequest,
     CaptionResult,
     EmbedResult,
+    EvidenceTile,
     GridGeometry,
     HeatmapRequest,
     HeatmapResult,
@@ -30,8 +31,14 @@ from backend.api import (
     SearchHit,
     SearchRequest,
     SearchResult,
+    SlideHit,
     SlideRef,
+    SlideSearchRequest,
+    SlideSearchResult,
+    SlideZeroShotRequest,
+    SlideZeroShotResult,
     TileOptions,
+    ZeroShotRequest,
     ZeroShotResult,
 )
 from backend.errors import CancelledError, SlideNotFoundError
@@ -190,3 +197,43 @@ class FakeBackend:
             x, y = (k * 311) % max(w - 448, 1), (k * 173) % max(h - 448, 1)
             hits.append(SearchHit(Path(path).stem, path, (float(x), float(y), 448.0, 448.0), 0.9 - 0.05 * k, 4))
         return SearchResult(tuple(hits))
+
+    def slide_zero_shot(self, request: SlideZeroShotRequest, *, progress=None, cancel=None) -> SlideZeroShotResult:  # noqa: ANN001
+        """The fake tile maps (as :meth:`zero_shot`) pooled by their top-k probability; evidence
+        is each class's ``request.evidence`` best cells."""
+        self.calls.append("slide_zero_shot")
+        zs = ZeroShotRequest(request.slide, request.model or "fake-clip", request.labels, request.synonyms,
+                             request.templates, None, None, request.tiles or TileOptions())
+        tile_map = self.zero_shot(zs, progress=progress, cancel=cancel)
+        self.calls.pop()  # the inner zero_shot is this call's, not the caller's
+        geom = tile_map.geometry
+        flat = tile_map.probabilities.reshape(len(request.labels), -1)
+        cells = np.flatnonzero(~np.isnan(flat[0]))
+        k = min(request.k, len(cells))
+        scores = np.sort(flat[:, cells], axis=1)[:, ::-1][:, :k].mean(axis=1)
+        probs = np.exp(10 * scores) / np.exp(10 * scores).sum()
+        order = np.argsort(-probs, kind="stable")
+        evidence = []
+        for c, label in enumerate(request.labels):
+            best = cells[np.argsort(-flat[c, cells], kind="stable")[: request.evidence]]
+            for rank, i in enumerate(best):
+                r, col = divmod(int(i), geom.shape[1])
+                box = (col * self.tile, r * self.tile, self.tile, self.tile)
+                evidence.append(EvidenceTile(label, tuple(float(v) for v in box), (r, col), float(flat[c, i]), rank))
+        return SlideZeroShotResult(
+            Path(request.slide.path).stem, tuple(request.labels), tuple(float(p) for p in probs),
+            tuple(float(s) for s in scores), request.labels[order[0]], request.labels[order[1]], tuple(evidence),
+            len(cells), k, request.pooling, True)
+
+    def search_slides(self, request: SlideSearchRequest, *, progress=None, cancel=None) -> SlideSearchResult:  # noqa: ANN001
+        """The index's slides (slides.txt), the query slide left out, in a fixed order."""
+        self.calls.append("search_slides")
+        slides_file = Path(request.index_path) / "slides.txt"
+        if not slides_file.is_file():
+            from backend.errors import InputError
+
+            raise InputError(f"{request.index_path}: not an index (no slides.txt)")
+        slides = [s for s in slides_file.read_text().splitlines()
+                  if not (request.exclude_query_slide and Path(s).resolve() == Path(request.slide.path).resolve())]
+        return SlideSearchResult(tuple(SlideHit(Path(s).stem, s, 0.9 - 0.1 * i, 4)
+                                       for i, s in enumerate(slides[: request.k])))

@@ -100,6 +100,21 @@ def test_zero_shot_and_heatmap_equal(subject: Subject, reference: LocalBackend, 
     assert got.geometry == ref.geometry and np.array_equal(got.similarity, ref.similarity, equal_nan=True)
 
 
+def test_slide_zero_shot_equal(subject: Subject, reference: LocalBackend, cmu_slide: Path) -> None:
+    for pooling in ("topk", "mean"):
+        req = api.SlideZeroShotRequest(subject.slide(cmu_slide.name), "test-tiny", LABELS, pooling=pooling, k=5,
+                                       evidence=3, tiles=TILES)
+        got = subject.backend.slide_zero_shot(req)
+        ref = reference.slide_zero_shot(replace(req, slide=api.SlideRef(str(cmu_slide))))
+        assert got == ref and got.pooling == pooling and len(got.evidence) == 3 * len(LABELS)
+    with pytest.raises(InputError, match="pooling: 'max' is not a pooling; choose one of topk, mean, fraction"):
+        subject.backend.slide_zero_shot(replace(req, pooling="max"))
+
+
+def _tiles_of(backend: LocalBackend, slide: Path) -> int:
+    return backend.embed_slide(api.SlideRef(str(slide)), "test-tiny", TILES).n_tiles
+
+
 def test_caption_equal(subject: Subject, reference: LocalBackend, cmu_slide: Path, tiny_captioner: Path) -> None:
     regions = (api.Region.box(500, 500, 800, 800), api.Region.polygon([(600, 600), (1300, 700), (900, 1300)]))
     got = subject.backend.caption(api.CaptionRequest(subject.slide(cmu_slide.name), regions, subject.captioner(),
@@ -130,6 +145,13 @@ def test_index_and_search_equal(subject: Subject, reference: LocalBackend, slide
     assert got.hits and all(h.slide_name != Path(SLIDES[0]).stem for h in got.hits)
     with pytest.raises(InputError, match="search: give either a text query or a region of a slide, not both or neither"):
         subject.backend.search(api.SearchRequest(subject.index("cohort"), "test-tiny"))
+    # "slides like this one": the same ranking and scores, the query slide left out
+    got_slides = subject.backend.search_slides(api.SlideSearchRequest(subject.index("cohort"), subject.slide(SLIDES[0])))
+    ref_slides = reference.search_slides(api.SlideSearchRequest(str(tmp_path / "ref"), api.SlideRef(str(slides_dir / SLIDES[0]))))
+    as_tuples = [(h.slide_name, h.score, h.n_tiles) for h in got_slides.hits]
+    assert as_tuples == [(h.slide_name, h.score, h.n_tiles) for h in ref_slides.hits]
+    other = ref_info.n_vectors - _tiles_of(reference, slides_dir / SLIDES[0])
+    assert [(name, n) for name, _, n in as_tuples] == [(SLIDES[1], other)]
 
 
 def test_same_errors(subject: Subject, cmu_slide: Path) -> None:

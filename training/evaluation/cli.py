@@ -19,6 +19,7 @@ examples:
   python -m training eval linear-probe --model RUN/model --train crc/train --test crc/test --out lp.json
   python -m training eval retrieval --model plip --pairs pairs.parquet --images crc/test --out ret.json
   python -m training eval recall --model RUN/model --table cells.csv --descriptor-column cell_type --out rec.json
+  python -m training eval slide-zeroshot --model conch --slides nsclc.csv --classes nsclc.json --out slide.json
   python -m training eval merge zs-base.json zs-tuned.json --out leaderboard.md   # and leaderboard.csv
 
 Labelled images: a folder with one sub-folder per class, or a table (--image-column, --label-column)
@@ -26,7 +27,7 @@ whose image paths are relative to the table. --classes: a JSON list, {label: [sy
 (`label: synonym, synonym`), or CONCH's {"classnames": {label: [phrases]}, "templates": [... CLASSNAME ...]}.
 """
 
-TASKS = ("zeroshot", "linear-probe", "retrieval", "recall", "merge")
+TASKS = ("zeroshot", "linear-probe", "retrieval", "recall", "slide-zeroshot", "merge")
 MIN_SEEDS = 5  # the protocol's mean +- std is over at least this many seeds
 
 
@@ -80,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--descriptor-column", default="descriptor",
                     help="column whose value restricts the corpus for 'specific' recall")
 
+    sz = sub.add_parser("slide-zeroshot", help="slide-level zero-shot (MI-Zero pooling): balanced accuracy, "
+                        "macro F1, AUROC, confusion matrix")
+    _model_args(sz)
+    sz.add_argument("--slides", required=True, type=Path, help="CSV of path,label (paths relative to it)")
+    sz.add_argument("--classes", type=Path, default=None, help="class-name file (as for zeroshot)")
+    sz.add_argument("--templates", type=Path, default=None, help="templates file (as for zeroshot)")
+    sz.add_argument("--pooling", choices=("topk", "mean", "fraction"), default="topk")
+    sz.add_argument("--top-k", type=int, default=50, help="tiles per class for topk pooling (default: %(default)s)")
+    sz.add_argument("--fraction", type=float, default=0.05, help="share of tiles for fraction pooling")
+    sz.add_argument("--tile-size", type=int, default=224, help="tile side in pixels at --mpp (default: %(default)s)")
+    sz.add_argument("--mpp", type=float, default=0.5, help="tile resolution in µm/px (default: %(default)s)")
+    sz.add_argument("--confusion-png", type=Path, default=None, help="confusion matrix image (default: OUT.png)")
+
     m = sub.add_parser("merge", help="leaderboard (Markdown + CSV beside it) from result JSON files")
     m.add_argument("results", nargs="+", type=Path)
     m.add_argument("--out", type=Path, required=True, help="Markdown file; the CSV gets the same name with .csv")
@@ -112,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         md, csv = merge_results(args.results, args.out)
         print(f"eval merge: {len(args.results)} results -> {md}, {csv}")
         return 0
+
+    if args.task == "slide-zeroshot":  # through the backend: its embedding cache and pooling
+        return _slide_zeroshot(args)
 
     from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
@@ -176,3 +193,34 @@ def closing_metrics(metrics: dict[str, Any], limit: int = 6) -> str:
         if len(shown) == limit:
             break
     return ", ".join(shown)
+
+
+def _slide_zeroshot(args: argparse.Namespace) -> int:
+    from backend.api import TileOptions
+    from backend.local import LocalBackend
+    from backend.report import ProgressBar, random_weights_note
+    from training.evaluation.data import load_class_spec
+    from training.evaluation.tasks import write_confusion_png
+    from training.evaluation.results import write_result
+    from training.evaluation.slide_zeroshot import load_slide_labels, run_slide_zeroshot
+
+    data = load_slide_labels(args.slides, label_column=args.label_column)
+    spec = load_class_spec(args.classes, data.class_names, args.templates)
+    tiles = TileOptions(tile_size=args.tile_size, mpp=args.mpp or None)
+    bar = ProgressBar("slide-zeroshot", unit="slide")
+    with LocalBackend(None if args.no_cache else args.cache_dir, args.device, batch_size=args.batch_size) as backend:
+        note = random_weights_note(args.model, backend.model(args.model), "its scores mean nothing")
+        if note:
+            print(note, file=sys.stderr)
+        try:
+            result = run_slide_zeroshot(backend, args.model, data, spec, pooling=args.pooling, k=args.top_k,
+                                        fraction=args.fraction, tiles=tiles, progress=bar)
+        finally:
+            bar.close()
+    import numpy as np
+
+    write_confusion_png(np.asarray(result["details"]["confusion_matrix"]), spec.labels,
+                        args.confusion_png or args.out.with_suffix(".png"))
+    write_result(result, args.out)
+    print(f"eval slide-zeroshot: {closing_metrics(result['metrics'])} -> {args.out}")
+    return 0
