@@ -249,6 +249,7 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResult:
     hits: tuple[SearchHit, ...]
+    note: str = ""  # why fewer than the k hits asked for came back ("" when k did)
 
 
 # --- classifiers and few-shot refinement (interfaces item 8) ------------------------------------

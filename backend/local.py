@@ -449,17 +449,27 @@ class LocalBackend(ClassifierTasks):
         tiles = query_tiles(keys, request.tiles, str(request.index_path)) if request.region else None
         clip = self._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
         model = request.model or index.model_name
+        exclude: list[str] = []
         if request.text is not None:
             query = self.text_cache.encode(clip, [request.text])[0]
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=str(clip.model_id)))
         else:
+            from backend.index.merge import region_place_tiles
+
             emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
             exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
+            cap = region_place_tiles(request.region.bounds, emb.tile_extent)
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search_region(
-                emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
-        return search_result(hits)
+                emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude, max_tiles=cap))
+        note = ""
+        if len(hits) < request.k:
+            from backend.index.query import shortfall_note
+
+            n = self._search_open(request.index_path, lambda ix: ix.searchable(exclude_slides=exclude))
+            note = shortfall_note(request.k, len(hits), n)
+        return search_result(hits, note)
 
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
@@ -472,9 +482,10 @@ class LocalBackend(ClassifierTasks):
             return run(self._reader(path))
 
 
-def search_result(hits: Any) -> api.SearchResult:
-    """The index's hits as the interface's plain :class:`backend.api.SearchResult`."""
-    return api.SearchResult(hits=tuple(
+def search_result(hits: Any, note: str = "") -> api.SearchResult:
+    """The index's hits as the interface's plain :class:`backend.api.SearchResult`, with
+    ``note`` saying why fewer than asked came back."""
+    return api.SearchResult(note=note, hits=tuple(
         api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
                       score=float(h.score), n_tiles=int(h.n_tiles))
         for h in hits
