@@ -123,6 +123,8 @@ class ModelInfo:
     # what the model embeds: ("image",) for image-only encoders, ("image", "text") for
     # vision-language models (see backend.models.registry.Capability)
     capabilities: tuple[str, ...] = ("image", "text")
+    # whether the weights are on the backend's disk (loading needs no download); None: unknown
+    weights_on_disk: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class LocalBackend(ClassifierTasks):
 
     def list_models(self) -> list[api.ModelInfo]:
         from backend.models import list_models
+        from backend.weights_check import weights_on_disk
 
         return [
             api.ModelInfo(
@@ -119,6 +120,7 @@ class LocalBackend(ClassifierTasks):
                 random_weights=e.random_weights,
                 description=e.description,
                 capabilities=tuple(sorted(c.value for c in e.capabilities)),
+                weights_on_disk=weights_on_disk(e),
             )
             for e in list_models()
         ]

@@ -234,21 +234,61 @@ def error_line(error: BaseException, *, planned: bool = False) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+#: Most characters of an error's headline (its first sentence); a longer one is cut
+#: at a word. The backend puts the cause and the remedy first (issue 21: within 80 characters).
+HEADLINE_CHARS = 160
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(`'\"])")
+
+
+def split_message(text: str, limit: int = HEADLINE_CHARS) -> tuple[str, str]:
+    """An error's headline (its first sentence, at most ``limit`` characters) and the rest,
+    each on one line (a line break inside a message continues its sentence).
+
+    Examples
+    --------
+    >>> split_message("No weights for quiltnet-b32 offline: pick test-tiny. The cache is /x/hub.")
+    ('No weights for quiltnet-b32 offline: pick test-tiny.', 'The cache is /x/hub.')
+    """
+    parts = _SENTENCE_END.split(one_line(text), maxsplit=1)
+    first, rest = (parts[0], parts[1]) if len(parts) == 2 else (parts[0], "")
+    if len(first) > limit:
+        cut = first.rfind(" ", 0, limit)
+        cut = cut if cut > limit // 2 else limit
+        first, rest = first[:cut].rstrip() + " …", ("… " + first[cut:].lstrip() + " " + rest).strip()
+    return first, rest
+
+
+def _cause(error: BaseException) -> str:
+    """The text of an error a user reads: a slide error's own cause (its message repeats the
+    slide's name, which the task label says), else :func:`error_line` without joining lines."""
+    from backend.errors import HistoclipError, SlideError
+
+    if isinstance(error, SlideError) and error.cause:
+        return str(error.cause)
+    text = str(error).strip()
+    if isinstance(error, HistoclipError) and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def task_error_message(label: str, error: BaseException) -> str:
-    """The one line a failed task shows: the cause first, then which task.
+    """The one line a failed task shows: the cause's headline first, then which task.
 
     napari's toast shows a fixed-width first line of a message and elides the rest, so
-    "Zero-shot on CMU-1-Small-Region.svs: ..." would hide why. A slide error's own message
-    repeats the slide's name, which the task label already says: its cause alone leads.
+    "Zero-shot on CMU-1-Small-Region.svs: ..." would hide why, and so would a long message
+    whose first words are not the cause. The headline is the error's first sentence
+    (:func:`split_message`); the dock shows the whole text on demand (``_error_panel``).
     """
-    from backend.errors import SlideError
-
-    cause = one_line(error.cause) if isinstance(error, SlideError) and error.cause else error_line(error)
-    return f"{cause} ({label})"
+    headline, _ = split_message(_cause(error))
+    return f"{headline} ({label})"
 
 
-def show_task_error(error: Exception) -> None:
-    """A failed task as one notification line; cancellation is information, not an error."""
+def show_task_error(error: Exception, details: Callable[[str, str], None] | None = None) -> None:
+    """A failed task as one notification line; cancellation is information, not an error.
+
+    ``details(headline, full_text)``, when given, also gets a real error (the dock's error
+    panel shows its whole text on demand).
+    """
     from napari.utils.notifications import show_error, show_info
 
     inner = error.error if isinstance(error, _LabelledError) else error
@@ -261,4 +301,7 @@ def show_task_error(error: Exception) -> None:
     if not isinstance(inner, HistoclipError):
         # Not a planned error: keep the traceback in the log for a bug report.
         log.error("%s failed", label, exc_info=inner)
-    show_error(task_error_message(label, inner))
+    line = task_error_message(label, inner)
+    show_error(line)
+    if details is not None:
+        details(line, f"{label} failed:\n{_cause(inner)}")
