@@ -26,8 +26,8 @@ def weights_note(info: Any) -> str:
     """
     if info is None or getattr(info, "weights_on_disk", None) is not False:
         return ""
-    return (f"{info.name}: weights not on disk yet. The first use downloads them from the Hugging Face "
-            "hub (needs the network); offline, pick a model that is on disk, or a bundle folder in 'or model'.")
+    return (f"{info.name}: weights not on disk yet; its first use downloads them (network needed). "
+            "Offline: pick another model, or a bundle folder in 'or model'.")
 
 
 class ErrorPanel(QWidget):
@@ -47,7 +47,7 @@ class ErrorPanel(QWidget):
         self.close_button.clicked.connect(self.clear)
         self.details = QPlainTextEdit()
         self.details.setReadOnly(True)  # selectable: a user can copy it into a bug report
-        self.details.setMaximumHeight(140)
+        self.details.setMaximumHeight(96)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.headline, 1)
