@@ -19,7 +19,14 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
-from napari_histoclip._mpp import is_user_mpp, missing_mpp_message, parse_mpp, set_slide_mpp, watch_units
+from napari_histoclip._mpp import (
+    is_user_mpp,
+    missing_mpp_message,
+    parse_mpp,
+    set_slide_mpp,
+    unusual_mpp_message,
+    watch_units,
+)
 from napari_histoclip._mpp_memory import MppMemory
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
@@ -313,9 +320,14 @@ class HistoclipWidget(QWidget):
             value = parse_mpp(text, info.name)
         except ValueError as e:
             raise UserError(str(e)) from e
+        if unusual := unusual_mpp_message(value, info.name):
+            from napari.utils.notifications import show_warning
+
+            show_warning(unusual)
         if value != info.mpp:
             set_slide_mpp(self.viewer.layers, info.path, value)
             self._mpp_memory.remember(info.path, value)
+            self.viewer.reset_view()  # the slide changed size in the world: show it whole again
         self._show_mpp()
 
     # --- internals ------------------------------------------------------------------------
@@ -349,7 +361,7 @@ class HistoclipWidget(QWidget):
             self.mpp.value, hint, editable = f"{info.mpp:.4g}", "", False
         else:
             self.mpp.value = f"{info.mpp:.6g}" if info.mpp else ""
-            hint, editable = "not in the slide's metadata: type it (e.g. 0.25 for 40x)", True
+            hint, editable = "not in metadata: e.g. 0.25 for 40x", True
         edit.setPlaceholderText(hint)
         edit.setReadOnly(not editable)
 

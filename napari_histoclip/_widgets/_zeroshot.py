@@ -77,7 +77,7 @@ class ZeroShotPanel(Container):
             value="",
             tooltip="one per line with {} for the class, e.g. 'an H&E image of {}'; empty: the defaults",
         )
-        self.templates.native.setPlaceholderText("empty: the default histopathology templates\na photomicrograph of {}.")
+        self.templates.native.setPlaceholderText("empty: default templates\ne.g. an H&E image of {}.")
         self.templates.native.setMaximumHeight(60)
         self.threshold = FloatSpinBox(
             label="Unknown below", value=0.0, min=0.0, max=1.0, step=0.05,
@@ -200,7 +200,8 @@ class ZeroShotPanel(Container):
             self.ctx.warn_random(result, model)
             data = heatmap_layer(result, info)
             name = data[1]["name"]
-            replace_layers(self.ctx.viewer, [data], lambda lyr: lyr.name == name)
+            (layer,) = replace_layers(self.ctx.viewer, [data], lambda lyr: lyr.name == name)
+            layer.colorbar.visible = True  # the colour scale: which cosine a colour means
 
         self.ctx.run(f"Heatmap '{query}'", lambda progress, cancel: backend.heatmap(
             request, progress=progress, cancel=cancel), done)
