@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 pytestmark = pytest.mark.gui
@@ -112,3 +114,110 @@ def test_a_failed_task_shows_its_headline_and_the_whole_text_on_demand(plugin_do
     assert panel.details.isVisibleTo(dock)
     panel.close_button.click()
     assert not panel.isVisibleTo(dock)
+
+
+# --- item 11: smaller things ----------------------------------------------------------------
+
+
+def test_unknown_tiles_are_drawn_in_a_colour_seen_on_glass_and_apart_from_the_classes(dock, qtbot, notes) -> None:
+    from napari_histoclip._layers import PALETTE, hex_to_rgba
+
+    panel = dock.zero_shot
+    panel.threshold.value = 0.6  # the double's maps have many tiles below it
+    panel.run_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    layer = dock.viewer.layers["CMU-1-Small-Region: class map"]
+    n = len(layer.metadata["labels"])
+    assert (layer.data == n + 1).any()
+    unknown = np.asarray(layer.get_color(n + 1), dtype=float)[:3]
+    assert np.abs(unknown - 1.0).max() > 0.5  # white vanished on the glass (and on eosin)
+    for c in PALETTE:
+        assert np.abs(unknown - hex_to_rgba(c)[:3]).max() > 0.15, c
+    legend_row = next(e for e in layer.metadata["legend"] if e["label"] == "unknown")
+    assert legend_row["color"].lower() != "#ffffff"
+
+
+def test_the_heatmap_shows_its_colour_scale(dock, qtbot, notes) -> None:
+    panel = dock.zero_shot
+    panel.query.value = "necrosis"
+    panel.heatmap_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    layer = dock.viewer.layers["CMU-1-Small-Region: 'necrosis'"]
+    assert layer.colorbar.visible
+
+
+@pytest.fixture
+def kidney_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
+    """The dock on the kidney TIFF, which records no µm/px."""
+    from dock_helpers import slide_dock
+
+    return slide_dock(plugin_dock, plugin_viewer, fake_backend, Path(cmu_slide).parent / "kidney-48-5.tif")
+
+
+def test_an_unusual_mpp_is_flagged_and_used(kidney_dock, notes) -> None:
+    from napari_histoclip._slide import slide_of
+
+    kidney_dock.set_mpp("50")
+    assert any("50 is outside the usual 0.05-20" in w for w in notes.warnings), notes.warnings
+    assert slide_of(kidney_dock.slide.value).mpp == 50.0  # flagged, not refused: it may be right
+    notes.warnings.clear()
+    kidney_dock.set_mpp("0.5")
+    assert not notes.warnings and not notes.errors
+
+
+def test_the_view_is_refitted_after_an_mpp_change(kidney_dock, plugin_viewer) -> None:
+    from napari_histoclip._viewer import camera_of
+
+    camera = camera_of(plugin_viewer)
+    kidney_dock.set_mpp("0.25")  # 1493 x 901 px become 373 x 225 µm
+    world = np.asarray(plugin_viewer.layers.extent.world)[:, -2:]
+    assert tuple(camera.center[-2:]) == pytest.approx(tuple(world.mean(axis=0)), abs=1.0)
+    layer = kidney_dock.slide.value
+    assert layer.scale[-1] == pytest.approx(0.25)
+
+
+def test_no_placeholder_is_cut(kidney_dock, qtbot) -> None:
+    from qtpy.QtWidgets import QLineEdit, QPlainTextEdit, QTextEdit
+
+    dock = kidney_dock
+    cut = []
+    for tab in range(dock.tabs.count()):
+        dock.tabs.setCurrentIndex(tab)
+        qtbot.wait(50)
+        for w in dock.findChildren(QLineEdit) + dock.findChildren(QPlainTextEdit) + dock.findChildren(QTextEdit):
+            text = w.placeholderText()
+            if not text or not w.isVisible():
+                continue
+            fm = w.fontMetrics()
+            lines = text.splitlines()
+            wide = max(fm.horizontalAdvance(line) for line in lines)
+            room = w.contentsRect().width() - 8  # the edit's own text margins
+            if wide > room or len(lines) * fm.lineSpacing() > w.contentsRect().height():
+                cut.append((dock.tabs.tabText(tab), text, wide, room))
+    assert not cut, cut
+
+
+def test_captions_near_the_slide_edge_stay_on_the_canvas(dock, qtbot, tmp_path: Path, notes) -> None:
+    from napari_histoclip._caption_view import text_box
+    from napari_histoclip._shapes import CAPTION_TEXT
+    from napari_histoclip._viewer import camera_of, canvas_size
+
+    layer = dock.captions.new_layer()
+    # CMU is 2220 x 2967 px: shapes at its right edge and its top (rows, cols in level-0 px)
+    layer.add_rectangles(np.array([[[1200, 1800], [1600, 2200]], [[20, 200], [400, 700]]]))
+    dock.captions.captioner.value = tmp_path  # the double captions without a bundle
+    dock.captions.caption_button.native.click()
+    wait(qtbot, dock)
+    assert not notes.errors, notes.errors
+    camera = camera_of(dock.viewer)
+    (h, w), zoom = canvas_size(dock.viewer), camera.zoom
+    cr, cc = camera.center[-2:]
+    for i in range(2):
+        corner = layer.data[i][:, -2:].min(axis=0) * layer.scale[-2:]
+        box = text_box(corner, layer.features[CAPTION_TEXT].iloc[i], layer.text.size)
+        x = (corner[1] - cc) * zoom + w / 2
+        y = (corner[0] - cr) * zoom + h / 2
+        assert 0 <= x and x + box.width <= w + 1, (i, x, box.width, w)
+        assert y - box.height >= -1 and y <= h, (i, y, box.height, h)
