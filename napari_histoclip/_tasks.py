@@ -25,6 +25,10 @@ from qtpy.QtCore import QObject, Signal
 log = logging.getLogger(__name__)
 
 SYNC_ENV = "HISTOCLIP_SYNC"
+#: A cancelled task that has not stopped after this long (a model load or an import cannot be
+#: interrupted: 11 s were seen) is let go: the dock is free at once, and the task's late result
+#: or error is dropped when it ends.
+CANCEL_GRACE_MS = 300
 T = TypeVar("T")
 TaskFn = Callable[[Callable[[Any], None], threading.Event], T]
 
@@ -81,6 +85,9 @@ class TaskRunner:
         self._state: TaskState | None = None
         self._closed = False
         self._after_close: Callable[[], None] | None = None
+        self._let_go: set[int] = set()  # ids of cancelled tasks still running in the background
+        self._task_id = 0
+        self._detach: Callable[[], None] | None = None  # lets the running task go (see cancel)
         self.worker: Any = None
         #: Wall time of the last finished task, seconds (shown in tests and the status line).
         self.last_duration: float = 0.0
@@ -89,12 +96,28 @@ class TaskRunner:
     def busy(self) -> bool:
         return self._state is not None
 
+    @property
+    def background(self) -> int:
+        """Cancelled tasks let go that are still running (their results will be dropped)."""
+        return len(self._let_go)
+
     def cancel(self) -> None:
-        """Ask the running task to stop; the backend raises CancelledError at its next check."""
+        """Ask the running task to stop; the backend raises CancelledError at its next check.
+
+        A task that has not stopped within ``CANCEL_GRACE_MS`` (busy in a model load) is let
+        go: the dock says it was cancelled and is free for the next task; the task ends in the
+        background and its result is dropped. A closing dock waits for the real end instead
+        (it must not release the backend under a running task).
+        """
         if self._cancel is not None:
             self._cancel.set()
             if self._state is not None and not self._closed:
                 self._set_state(replace(self._state, cancelling=True))
+                detach = self._detach
+                if detach is not None:
+                    from qtpy.QtCore import QTimer
+
+                    QTimer.singleShot(CANCEL_GRACE_MS, detach)
 
     def close(self, then: Callable[[], None] | None = None) -> None:
         """The dock is closing: cancel the running task and drop its result and progress (its
@@ -104,7 +127,7 @@ class TaskRunner:
             return
         self._closed = True
         self.cancel()
-        if self.busy:
+        if self.busy or self._let_go:
             self._after_close = then
         elif then is not None:
             then()
@@ -132,20 +155,40 @@ class TaskRunner:
         self._cancel = cancel
         self._set_state(TaskState(label))
         t0 = time.perf_counter()
+        self._task_id += 1
+        task = self._task_id
 
         def finish() -> bool:
-            """End the task; False when the dock closed meanwhile (then nothing is shown)."""
+            """End the task; False when it was let go or the dock closed (then nothing is shown)."""
+            if task in self._let_go:  # cancelled and let go: it has now really ended
+                self._let_go.discard(task)
+                self._run_after_close()
+                return False
             self.last_duration = time.perf_counter() - t0
             self._cancel = None
+            self._detach = None
             self.worker = None
             if self._closed:
                 self._state = None
-                then, self._after_close = self._after_close, None
-                if then is not None:
-                    then()
+                self._run_after_close()
                 return False
             self._set_state(None)
             return True
+
+        def detach() -> None:
+            """Let the cancelled task go if it is still the running one (see :meth:`cancel`)."""
+            if self._closed or self._task_id != task or self._state is None or not cancel.is_set():
+                return
+            from napari.utils.notifications import show_info
+
+            self._let_go.add(task)
+            self.last_duration = time.perf_counter() - t0
+            self._cancel = self._detach = None
+            self.worker = None
+            self._set_state(None)
+            show_info(f"{label}: cancelled")
+
+        self._detach = detach
 
         def done(result: T) -> None:
             if finish():
@@ -182,6 +225,13 @@ class TaskRunner:
         return True
 
     # --- internals ------------------------------------------------------------------------
+
+    def _run_after_close(self) -> None:
+        """Once the dock closed and no task runs (in front or let go), run the close's ``then``."""
+        if self._closed and self._state is None and not self._let_go:
+            then, self._after_close = self._after_close, None
+            if then is not None:
+                then()
 
     def _take_progress(self, _: Any = None) -> None:
         with self._pending_lock:

@@ -221,3 +221,48 @@ def test_captions_near_the_slide_edge_stay_on_the_canvas(dock, qtbot, tmp_path: 
         y = (corner[0] - cr) * zoom + h / 2
         assert 0 <= x and x + box.width <= w + 1, (i, x, box.width, w)
         assert y - box.height >= -1 and y <= h, (i, y, box.height, h)
+
+
+# --- item 10: responsiveness ----------------------------------------------------------------
+
+
+def test_cancel_during_a_model_load_frees_the_dock_at_once(dock, fake_backend, qtbot, notes, monkeypatch) -> None:
+    """A model load cannot be interrupted (11 s seen): the cancelled task is let go."""
+    import threading
+    import time
+
+    from napari_histoclip._tasks import CANCEL_GRACE_MS
+
+    release = threading.Event()
+    real = fake_backend.zero_shot
+
+    def loading_then_labelling(request, *, progress=None, cancel=None):  # noqa: ANN001, ANN202
+        release.wait(20)  # a model load: deaf to the cancel event
+        return real(request, progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(fake_backend, "zero_shot", loading_then_labelling)
+    dock.zero_shot.run_button.native.click()
+    assert dock.runner.busy
+    t0 = time.perf_counter()
+    dock.cancel_button.native.click()
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=5_000)
+    took = time.perf_counter() - t0
+    assert took < CANCEL_GRACE_MS / 1000 + 0.7, took
+    assert "Zero-shot on CMU-1-Small-Region.svs: cancelled" in notes.infos
+    assert dock.runner.background == 1 and dock.status.value == "ready" and dock.embed_button.enabled
+    release.set()  # the load ends in the background; its result is dropped
+    qtbot.waitUntil(lambda: dock.runner.background == 0, timeout=10_000)
+    qtbot.wait(100)
+    assert "CMU-1-Small-Region: class map" not in dock.viewer.layers
+    assert not notes.errors, notes.errors
+
+
+def test_a_task_that_stops_within_the_grace_is_not_let_go(dock, fake_backend, qtbot, notes) -> None:
+    fake_backend.tile_delay = 0.05
+    dock.embed_button.native.click()
+    qtbot.waitUntil(lambda: "embedding" in dock.status.value, timeout=WAIT_MS)
+    dock.cancel_button.native.click()
+    wait(qtbot, dock)
+    qtbot.wait(400)  # past the grace: nothing more happens
+    assert dock.runner.background == 0
+    assert [m for m in notes.infos if m.endswith("cancelled")] == ["Embedding CMU-1-Small-Region.svs: cancelled"]
