@@ -187,6 +187,9 @@ class HistoclipWidget(QWidget):
         self.model.changed.connect(self._show_weights_note)
         self.model_other.changed.connect(self._show_weights_note)
         self._show_weights_note()
+        from napari_histoclip._warmup import start_warmup
+
+        start_warmup()  # the first slide's and first result's imports, off the UI thread
 
     def event(self, event: QEvent) -> bool:
         """Close when napari takes the dock down: its close button unparents this widget."""
