@@ -29,6 +29,8 @@ SYNC_ENV = "HISTOCLIP_SYNC"
 #: interrupted: 11 s were seen) is let go: the dock is free at once, and the task's late result
 #: or error is dropped when it ends.
 CANCEL_GRACE_MS = 300
+#: The pause between steps of a result shown in steps (:meth:`TaskRunner._show_in_steps`).
+STEP_PAUSE_MS = 15
 T = TypeVar("T")
 TaskFn = Callable[[Callable[[Any], None], threading.Event], T]
 
@@ -253,7 +255,9 @@ class TaskRunner:
                 self._set_state(None)
                 on_error(_labelled(label, e))
                 return
-            QTimer.singleShot(0, step)
+            # a pause, not 0 ms: Qt runs an overdue zero-timer before other timers, and the
+            # canvas and a user's input must get their turn between steps
+            QTimer.singleShot(STEP_PAUSE_MS, step)
 
         if sync_mode():
             for _ in steps:
