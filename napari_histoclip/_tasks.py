@@ -203,6 +203,8 @@ class TaskRunner:
                 (on_error or show_task_error)(_labelled(label, error))
 
         def emit(p: Any) -> None:
+            if task in self._let_go:  # let go: its progress is not the running task's
+                return
             with self._pending_lock:
                 queued = self._pending is not None
                 self._pending = p
