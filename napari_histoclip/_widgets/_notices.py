@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 #: Error headline style: a notice, readable on napari's dark and light themes.
 HEADLINE_STYLE = "color: #e8785c; font-weight: bold;"

@@ -3,10 +3,10 @@ double (fast and deterministic)."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 pytestmark = pytest.mark.gui
@@ -31,7 +31,7 @@ def test_fewer_hits_than_asked_say_why_in_the_dock(dock, fake_backend, qtbot, tm
 
     why = "3 of 12 hits: the index's 40 searchable tiles form only 3 separate places"
 
-    def few(request, *, progress=None, cancel=None):  # noqa: ANN001, ANN202
+    def few(request, *, progress=None, cancel=None):
         hits = tuple(SearchHit("CMU-1-Small-Region", str(cmu_slide), (224.0 * i, 0.0, 448.0, 448.0), 0.3, 4)
                      for i in range(3))
         return SearchResult(hits, note=why)
@@ -236,7 +236,7 @@ def test_cancel_during_a_model_load_frees_the_dock_at_once(dock, fake_backend, q
     release = threading.Event()
     real = fake_backend.zero_shot
 
-    def loading_then_labelling(request, *, progress=None, cancel=None):  # noqa: ANN001, ANN202
+    def loading_then_labelling(request, *, progress=None, cancel=None):
         release.wait(20)  # a model load: deaf to the cancel event
         return real(request, progress=progress, cancel=cancel)
 
@@ -294,11 +294,11 @@ def test_a_first_result_lets_the_ui_paint_between_its_layers(dock, qtbot, notes,
     names = [n for _, n in added]
     assert names[0] == "CMU-1-Small-Region: class map" and len(names) == 5, names
     times = [t for t, _ in added]
-    between = [sum(a < t < b for t in ticks) for a, b in zip(times, times[1:], strict=False)]
+    between = [sum(a < t < b for t in ticks) for a, b in pairwise(times)]
     assert all(n >= 1 for n in between), between  # a repaint/input turn between every two layers
     during = [t for t in ticks if t0 - 0.02 <= t <= t1 + 0.02]
-    worst = max(b - a for a, b in zip(during, during[1:], strict=False))
-    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    worst = max(b - a for a, b in pairwise(during))
+    steps = [b - a for a, b in pairwise(times)]
     with capsys.disabled():
         print(f"\n[ui] zero-shot run (numpy double): worst UI gap {1000 * worst:.0f} ms over {t1 - t0:.1f} s; "
               f"layer steps {[round(1000 * s) for s in steps]} ms")
