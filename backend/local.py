@@ -109,21 +109,9 @@ class LocalBackend(ClassifierTasks):
 
     def list_models(self) -> list[api.ModelInfo]:
         from backend.models import list_models
-        from backend.weights_check import weights_on_disk
+        from backend.weights_check import model_info
 
-        return [
-            api.ModelInfo(
-                name=e.name,
-                source=e.source,
-                embed_dim=int(e.embed_dim or 0),
-                license=e.license,
-                random_weights=e.random_weights,
-                description=e.description,
-                capabilities=tuple(sorted(c.value for c in e.capabilities)),
-                weights_on_disk=weights_on_disk(e),
-            )
-            for e in list_models()
-        ]
+        return [model_info(e) for e in list_models()]
 
     def model(
         self,
@@ -438,6 +426,7 @@ class LocalBackend(ClassifierTasks):
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.SearchResult:
+        from backend.index.merge import region_place_tiles
         from backend.index.recorded import query_tiles
 
         if (request.text is None) == (request.region is None):
@@ -457,21 +446,14 @@ class LocalBackend(ClassifierTasks):
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search(query, request.k, model_id=str(clip.model_id)))
         else:
-            from backend.index.merge import region_place_tiles
-
             emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
             exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
-            cap = region_place_tiles(request.region.bounds, emb.tile_extent)
+            cap = region_place_tiles(request.region.bounds, emb.tile_extent)  # places near the region's size
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search_region(
                 emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude, max_tiles=cap))
-        note = ""
-        if len(hits) < request.k:
-            from backend.index.query import shortfall_note
-
-            n = self._search_open(request.index_path, lambda ix: ix.searchable(exclude_slides=exclude))
-            note = shortfall_note(request.k, len(hits), n)
-        return search_result(hits, note)
+        return search_result(hits, self._search_open(request.index_path, lambda ix: ix.shortfall(
+            request.k, len(hits), exclude_slides=exclude)))
 
     def _search_open(self, path: str, run: Callable[[Any], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
@@ -485,8 +467,7 @@ class LocalBackend(ClassifierTasks):
 
 
 def search_result(hits: Any, note: str = "") -> api.SearchResult:
-    """The index's hits as the interface's plain :class:`backend.api.SearchResult`, with
-    ``note`` saying why fewer than asked came back."""
+    """The index's hits as the interface's :class:`backend.api.SearchResult` (``note``: why fewer)."""
     return api.SearchResult(note=note, hits=tuple(
         api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
                       score=float(h.score), n_tiles=int(h.n_tiles))

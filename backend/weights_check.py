@@ -1,4 +1,5 @@
-"""Whether a model's weights are on this computer, without the network and without torch.
+"""Whether a model's weights are on this computer, without the network and without torch;
+and the :class:`backend.api.ModelInfo` a backend lists for a registry entry.
 
 The dock asks this of every listed model when it opens, so that a first run offline says
 "quiltnet-b32's weights are not here" before the user presses anything, instead of failing
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from backend import api
 from backend.models.registry import ModelEntry, ModelFamily, SourceKind
 
 #: Files a hub model needs before it can load, per family: (config names, weights names),
@@ -61,4 +63,18 @@ def weights_on_disk(entry: ModelEntry, cache_dir: str | os.PathLike[str] | None 
     configs, weights = HUB_FILES[entry.family]
     return _in_cache(entry.source, configs, cache, entry.revision) and _in_cache(
         entry.source, weights, cache, entry.revision
+    )
+
+
+def model_info(entry: ModelEntry) -> api.ModelInfo:
+    """What the backend lists for a registry entry: its card, and whether its weights are on disk."""
+    return api.ModelInfo(
+        name=entry.name,
+        source=entry.source,
+        embed_dim=int(entry.embed_dim or 0),
+        license=entry.license,
+        random_weights=entry.random_weights,
+        description=entry.description,
+        capabilities=tuple(sorted(c.value for c in entry.capabilities)),
+        weights_on_disk=weights_on_disk(entry),
     )

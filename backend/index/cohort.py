@@ -260,6 +260,11 @@ class CohortIndex(IndexDirectory):
         allowed = self._view.allowed(exclude_slides, only_slides)
         return self._view.n_live if allowed is None else int(np.count_nonzero(allowed))
 
+    def shortfall(self, k: int, n_hits: int, exclude_slides: Iterable[str] = ()) -> str:
+        """Why a search for ``k`` places returned ``n_hits`` ("" when ``k``): see
+        :func:`backend.index.query.shortfall_note`."""
+        return "" if n_hits >= k else q.shortfall_note(k, n_hits, self.searchable(exclude_slides))
+
     # --- internals ----------------------------------------------------------------------
 
     def _knobs(self) -> q.Knobs:
