@@ -29,6 +29,9 @@ SYNC_ENV = "HISTOCLIP_SYNC"
 #: interrupted: 11 s were seen) is let go: the dock is free at once, and the task's late result
 #: or error is dropped when it ends.
 CANCEL_GRACE_MS = 300
+#: At quit, how long to wait for cancelled tasks that were let go to end (a worker thread still
+#: running when the interpreter shuts down makes Qt abort the process).
+LET_GO_QUIT_WAIT_MS = 30_000
 #: The pause between steps of a result shown in steps (:meth:`TaskRunner._show_in_steps`).
 STEP_PAUSE_MS = 15
 T = TypeVar("T")
@@ -89,6 +92,7 @@ class TaskRunner:
         self._after_close: Callable[[], None] | None = None
         self._let_go: set[int] = set()  # ids of cancelled tasks still running in the background
         self._task_id = 0
+        self._quit_hooked = False  # aboutToQuit waits for tasks let go (see _wait_at_quit)
         self._detach: Callable[[], None] | None = None  # lets the running task go (see cancel)
         self.worker: Any = None
         #: Wall time of the last finished task, seconds (shown in tests and the status line).
@@ -184,6 +188,7 @@ class TaskRunner:
             from napari.utils.notifications import show_info
 
             self._let_go.add(task)
+            self._wait_at_quit()
             self.last_duration = time.perf_counter() - t0
             self._cancel = self._detach = None
             self.worker = None
@@ -267,6 +272,23 @@ class TaskRunner:
             self._set_state(None)
         else:
             step()
+
+    def _wait_at_quit(self) -> None:
+        """Once: when the application quits, wait (bounded) for the tasks let go to end."""
+        if self._quit_hooked:
+            return
+        from qtpy.QtCore import QCoreApplication, QThreadPool
+
+        app = QCoreApplication.instance()
+        if app is None:
+            return
+        self._quit_hooked = True
+
+        def wait() -> None:
+            if self._let_go:
+                QThreadPool.globalInstance().waitForDone(LET_GO_QUIT_WAIT_MS)
+
+        app.aboutToQuit.connect(wait)
 
     def _run_after_close(self) -> None:
         """Once the dock closed and no task runs (in front or let go), run the close's ``then``."""
