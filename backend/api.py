@@ -136,6 +136,8 @@ class ModelInfo:
     # what the model embeds: ("image",) for image-only encoders, ("image", "text") for
     # vision-language models (see backend.models.registry.Capability)
     capabilities: tuple[str, ...] = ("image", "text")
+    # whether the weights are on the backend's disk (loading needs no download); None: unknown
+    weights_on_disk: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResult:
     hits: tuple[SearchHit, ...]
+    note: str = ""  # why fewer than the k hits asked for came back ("" when k did)
 
 
 # --- classifiers and few-shot refinement (interfaces item 8) ------------------------------------

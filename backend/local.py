@@ -109,19 +109,9 @@ class LocalBackend(ClassifierTasks):
 
     def list_models(self) -> list[api.ModelInfo]:
         from backend.models import list_models
+        from backend.weights_check import model_info
 
-        return [
-            api.ModelInfo(
-                name=e.name,
-                source=e.source,
-                embed_dim=int(e.embed_dim or 0),
-                license=e.license,
-                random_weights=e.random_weights,
-                description=e.description,
-                capabilities=tuple(sorted(c.value for c in e.capabilities)),
-            )
-            for e in list_models()
-        ]
+        return [model_info(e) for e in list_models()]
 
     def model(
         self,
@@ -436,6 +426,7 @@ class LocalBackend(ClassifierTasks):
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> api.SearchResult:
+        from backend.index.merge import region_place_tiles
         from backend.index.recorded import query_tiles
 
         if (request.text is None) == (request.region is None):
@@ -449,6 +440,7 @@ class LocalBackend(ClassifierTasks):
         tiles = query_tiles(keys, request.tiles, str(request.index_path)) if request.region else None
         clip = self._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
         model = request.model or index.model_name
+        exclude: list[str] = []
         if request.text is not None:
             query = self.text_cache.encode(clip, [request.text])[0]
             _check_cancel(cancel, "search")
@@ -456,10 +448,12 @@ class LocalBackend(ClassifierTasks):
         else:
             emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
             exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
+            cap = region_place_tiles(request.region.bounds, emb.tile_extent)  # places near the region's size
             _check_cancel(cancel, "search")
             hits = self._search_open(request.index_path, lambda ix: ix.search_region(
-                emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude))
-        return search_result(hits)
+                emb.vectors, request.k, model_id=str(clip.model_id), exclude_slides=exclude, max_tiles=cap))
+        return search_result(hits, self._search_open(request.index_path, lambda ix: ix.shortfall(
+            request.k, len(hits), exclude_slides=exclude)))
 
     from backend.slide_level import search_slides, slide_zero_shot  # slide-level answers (issue 18)
 
@@ -474,9 +468,9 @@ class LocalBackend(ClassifierTasks):
             return run(self._reader(path))
 
 
-def search_result(hits: Any) -> api.SearchResult:
-    """The index's hits as the interface's plain :class:`backend.api.SearchResult`."""
-    return api.SearchResult(hits=tuple(
+def search_result(hits: Any, note: str = "") -> api.SearchResult:
+    """The index's hits as the interface's :class:`backend.api.SearchResult` (``note``: why fewer)."""
+    return api.SearchResult(note=note, hits=tuple(
         api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
                       score=float(h.score), n_tiles=int(h.n_tiles))
         for h in hits

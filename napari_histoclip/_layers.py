@@ -24,7 +24,9 @@ PALETTE: tuple[str, ...] = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#17becf", "#e6d600",
     "#8c564b", "#7f7f7f", "#e377c2", "#9467bd", "#000080", "#00ff7f",
 )
-UNKNOWN_COLOR = "#ffffff"
+#: "unknown" tiles: a dark grey, seen on the white glass and on H&E (white was invisible on both),
+#: and apart from every palette colour.
+UNKNOWN_COLOR = "#404040"
 UNKNOWN_LABEL = "unknown"
 
 

@@ -29,6 +29,9 @@ USER = "user"
 #: Where the dock takes a slide's µm/px (named in messages).
 FIELD = "the µm/px field under Slide in the HistoCLIP dock"
 PIXEL = "pixel"
+#: µm/px of real slides and their lower levels: 0.05 (100x oil) to 20 (a 0.5x overview). A
+#: value outside is accepted (it may be right) but flagged: 50 is more likely a typo of 0.50.
+USUAL_MPP = (0.05, 20.0)
 
 
 def parse_mpp(text: str, slide_name: str) -> float | None:
@@ -50,6 +53,15 @@ def parse_mpp(text: str, slide_name: str) -> float | None:
         raise ValueError(f"µm/px of {slide_name}: {text!r} is out of range (a positive µm per level-0 pixel, "
                          "at most 1000; e.g. 0.25 for 40x, 0.5 for 20x)")
     return value
+
+
+def unusual_mpp_message(value: float | None, slide_name: str) -> str:
+    """A warning for a µm/px outside :data:`USUAL_MPP` ("" when inside, or None)."""
+    lo, hi = USUAL_MPP
+    if value is None or lo <= value <= hi:
+        return ""
+    return (f"µm/px of {slide_name}: {value:g} is outside the usual {lo:g}-{hi:g} (0.25 for 40x, 0.5 for 20x); "
+            "used as given: check it")
 
 
 def missing_mpp_message(name: str) -> str:

@@ -190,6 +190,7 @@ class CohortIndex(IndexDirectory):
         exclude_slides: Iterable[str] = (),
         only_slides: Iterable[str] | None = None,
         merge: bool = True,
+        max_tiles: float = q.PLACE_MAX_TILES,
     ) -> list[Hit] | list[list[Hit]]:
         """Top-``k`` places most similar to a tile or text embedding.
 
@@ -205,6 +206,8 @@ class CohortIndex(IndexDirectory):
             Slides (fingerprint, path or name) to leave out, or to search exclusively.
         merge
             Merge adjacent matching tiles of a slide into one place.
+        max_tiles
+            Most tiles a merged place spans across.
 
         Returns
         -------
@@ -215,7 +218,7 @@ class CohortIndex(IndexDirectory):
         q.check_k(k)
         queries, single = q.check_queries(query, model_id, self.model_id, self.dim, self.path)
         allowed = self._view.allowed(exclude_slides, only_slides)
-        out = [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs())
+        out = [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs(), max_tiles)
                for v in queries]
         return out[0] if single else out
 
@@ -230,6 +233,7 @@ class CohortIndex(IndexDirectory):
         exclude_slides: Iterable[str] = (),
         only_slides: Iterable[str] | None = None,
         merge: bool = True,
+        max_tiles: float = q.PLACE_MAX_TILES,
     ) -> list[Hit]:
         """Top-``k`` places most similar to a region given as its tiles' embeddings.
 
@@ -241,8 +245,8 @@ class CohortIndex(IndexDirectory):
             ``tileset`` (default): every tile is a query and a place scores the mean, over
             the region's tiles, of its best similarity to them. ``pooled``: one query, the
             normalised mean of the tiles. See :class:`RegionQueryMode`.
-        k, model_id, exclude_slides, only_slides, merge
-            As in :meth:`search`.
+        k, model_id, exclude_slides, only_slides, merge, max_tiles
+            As in :meth:`search` (give ``max_tiles`` near the region's own size in tiles).
         """
         self._check_open()
         self._sync()
@@ -252,8 +256,21 @@ class CohortIndex(IndexDirectory):
         allowed = self._view.allowed(exclude_slides, only_slides)
         if mode is RegionQueryMode.POOLED or len(tiles) == 1:
             pooled = q.normalise(tiles.mean(axis=0, keepdims=True), "pooled region")[0]
-            return q.search_tiles(self._index, self._view, pooled, k, allowed, merge, self._knobs())
-        return q.search_tileset(self._index, self._view, tiles, k, allowed, merge, self._knobs())
+            return q.search_tiles(self._index, self._view, pooled, k, allowed, merge, self._knobs(), max_tiles)
+        return q.search_tileset(self._index, self._view, tiles, k, allowed, merge, self._knobs(), max_tiles)
+
+    @serialised
+    def searchable(self, exclude_slides: Iterable[str] = (), only_slides: Iterable[str] | None = None) -> int:
+        """How many tiles a search with these filters can return (live tiles of the slides kept)."""
+        self._check_open()
+        self._sync()
+        allowed = self._view.allowed(exclude_slides, only_slides)
+        return self._view.n_live if allowed is None else int(np.count_nonzero(allowed))
+
+    def shortfall(self, k: int, n_hits: int, exclude_slides: Iterable[str] = ()) -> str:
+        """Why a search for ``k`` places returned ``n_hits`` ("" when ``k``): see
+        :func:`backend.index.query.shortfall_note`."""
+        return "" if n_hits >= k else q.shortfall_note(k, n_hits, self.searchable(exclude_slides))
 
     # --- internals ----------------------------------------------------------------------
 

@@ -18,12 +18,14 @@ import numpy as np
 from backend.errors import InputError, ModelMismatchError
 from backend.index import faiss_index as fi
 from backend.index.merge import (
+    PLACE_MAX_TILES,
     SUPPORT_MARGIN,
     Place,
     best_regions,
     bounding_box,
     group_adjacent,
     group_indices,
+    relative_margin,
     singletons,
     tile_box,
 )
@@ -36,6 +38,9 @@ MAX_FETCH = 8192
 MAX_QUERY_TILES = 256
 #: ... and fetches at most this many tiles in all (query tiles x tiles fetched for each).
 MAX_CANDIDATES = 65_536
+#: Tiles sampled (evenly over the searchable ones) to learn a query's typical score, which
+#: sets the merge margin (``merge.relative_margin``).
+TYPICAL_SAMPLE = 1024
 
 
 @dataclass(frozen=True)
@@ -273,18 +278,32 @@ def _n_allowed(view: View, allowed: np.ndarray | None) -> int:
     return view.n_live if allowed is None else int(np.count_nonzero(allowed))
 
 
+def typical_score(index: Any, view: View, allowed: np.ndarray | None, queries: np.ndarray) -> float:
+    """Median, over up to ``TYPICAL_SAMPLE`` searchable tiles spread evenly over the index,
+    of their best cosine with the query rows: what an ordinary tile scores."""
+    ids = np.arange(view.n_total) if allowed is None else np.flatnonzero(allowed)
+    if len(ids) == 0:
+        return 0.0
+    ids = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), TYPICAL_SAMPLE)).round().astype(np.int64))]
+    sample = normalise(fi.reconstruct(index, ids), "stored vectors")
+    return float(np.median((sample @ np.atleast_2d(queries).T).max(axis=1)))
+
+
 def search_tiles(
-    index: Any, view: View, vector: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs
+    index: Any, view: View, vector: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs,
+    max_tiles: float = PLACE_MAX_TILES,
 ) -> list[Hit]:
     """Top-``k`` places for one query vector (a tile, a text prompt or a pooled region).
 
     With ``merge``, tiles are fetched in growing batches (4k, 16k, ... up to ``MAX_FETCH``)
-    until they form ``k`` distinct places; a place scores its best tile.
+    until they form ``k`` distinct places (each at most ``max_tiles`` tiles across); a place
+    scores its best tile.
     """
     n_allowed = _n_allowed(view, allowed)
     if n_allowed == 0:
         return []
     fetch = min(n_allowed, max(4 * k, 32)) if merge else min(n_allowed, k)
+    typical = typical_score(index, view, allowed, vector) if merge else 0.0
     while True:
         scores, labels = fi.search(index, vector[None, :], fetch, allowed=allowed,
                                    nprobe=knobs.nprobe, k_factor=knobs.k_factor)
@@ -294,7 +313,7 @@ def search_tiles(
         if not merge:
             regions = singletons(k, xy, extent, s)
             break
-        places = group_adjacent(sidx, xy, extent, s)
+        places = group_adjacent(sidx, xy, extent, s, relative_margin(s, typical), max_tiles)
         if len(s) == 0 or places.max() + 1 >= k or fetch >= min(n_allowed, MAX_FETCH):
             regions = best_regions(places, xy, extent, s, s, limit=k)
             break
@@ -303,7 +322,8 @@ def search_tiles(
 
 
 def search_tileset(
-    index: Any, view: View, tiles: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs
+    index: Any, view: View, tiles: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs,
+    max_tiles: float = PLACE_MAX_TILES,
 ) -> list[Hit]:
     """Top-``k`` places for a region given as a set of tile vectors.
 
@@ -311,7 +331,8 @@ def search_tileset(
     scores ``mean over query tiles of (max over its tiles of the cosine)``: how well it
     covers *all* of the region, so a place matching one tissue of a mixed region ranks below
     one matching the mixture. A place's box and ``n_tiles`` are those of its tiles that match
-    some query tile within ``SUPPORT_MARGIN`` of that tile's best match in the place.
+    some query tile within ``SUPPORT_MARGIN`` of that tile's best match in the place; a
+    place spans at most ``max_tiles`` tiles across.
     """
     n_allowed = _n_allowed(view, allowed)
     if n_allowed == 0:
@@ -320,6 +341,7 @@ def search_tileset(
         tiles = tiles[np.linspace(0, len(tiles) - 1, MAX_QUERY_TILES).round().astype(int)]
     per = min(n_allowed, max(2 * k, 16))
     per_max = min(n_allowed, max(per, MAX_CANDIDATES // len(tiles)))
+    typical = typical_score(index, view, allowed, tiles) if merge else 0.0
     while True:
         _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor)
         cand = np.unique(labels[labels >= 0])
@@ -327,7 +349,9 @@ def search_tileset(
         stored = normalise(fi.reconstruct(index, cand), "stored vectors")
         sim = np.clip(tiles @ stored.T, -1.0, 1.0)  # (query tiles, candidates)
         sidx, xy, extent = view.locate(cand)
-        places = group_adjacent(sidx, xy, extent, sim.max(axis=0)) if merge else np.arange(len(cand))
+        best_sim = sim.max(axis=0)
+        places = (group_adjacent(sidx, xy, extent, best_sim, relative_margin(best_sim, typical), max_tiles)
+                  if merge else np.arange(len(cand)))
         n_places = int(places.max()) + 1 if len(cand) else 0
         if n_places >= k or per >= per_max:
             break
@@ -351,3 +375,30 @@ def search_tileset(
         place = Place(members=support, best=best, box=bounding_box(xy[support], extent[support]))
         hits.append(view.hit(place, sidx, xy, extent, float(place_score[places[r.best]])))
     return hits
+
+
+def shortfall_note(k: int, n_hits: int, n_searchable: int, merge: bool = True) -> str:
+    """Why a search returned fewer than ``k`` places ("" when it returned ``k``).
+
+    Parameters
+    ----------
+    k
+        Places asked for.
+    n_hits
+        Places returned.
+    n_searchable
+        Tiles the search could return (live tiles, less the excluded slides).
+    merge
+        Whether touching matching tiles were merged into places.
+    """
+    if n_hits >= k:
+        return ""
+    if n_searchable == 0:
+        return f"{n_hits} of {k} hits: the index holds no tiles to search (the query's own slide is left out)"
+    if n_searchable <= k or not merge:
+        return (f"{n_hits} of {k} hits: the index holds only {n_searchable} searchable tile(s) "
+                "(the query's own slide is left out)")
+    looked = (f"the {MAX_FETCH} nearest tiles" if n_searchable > MAX_FETCH
+              else f"the index's {n_searchable} searchable tiles")
+    return (f"{n_hits} of {k} hits: {looked} form only {n_hits} separate places "
+            "(touching tiles that match alike are one place)")

@@ -113,6 +113,9 @@ class CaptionPanel(Container):
 
         def done(result: Any) -> None:
             set_captions(layer, indices, result.captions)
+            from napari_histoclip._caption_view import fit_captions
+
+            fit_captions(self.ctx.viewer, layer, indices)  # no caption cut at the canvas edge
             # The form follows the canvas: the selected shape's captions, if one is selected.
             selected = sorted(i for i in layer.selected_data if i < len(layer.data))
             self.show_shape(selected[0] if selected else indices[0])

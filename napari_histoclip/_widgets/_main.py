@@ -19,10 +19,17 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
-from napari_histoclip._mpp import is_user_mpp, missing_mpp_message, parse_mpp, set_slide_mpp, watch_units
+from napari_histoclip._mpp import (
+    is_user_mpp,
+    missing_mpp_message,
+    parse_mpp,
+    set_slide_mpp,
+    unusual_mpp_message,
+    watch_units,
+)
 from napari_histoclip._mpp_memory import MppMemory
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
-from napari_histoclip._tasks import TaskRunner, TaskState, error_line
+from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
 
 if TYPE_CHECKING:
     import napari
@@ -101,6 +108,10 @@ class HistoclipWidget(QWidget):
             tooltip="any hf-hub:ORG/REPO open_clip id or a model bundle folder; when filled, used instead of the list",
         )
         self.model_other.native.setPlaceholderText("hf-hub:ORG/REPO or a model bundle folder")
+        # said before anything is pressed: the chosen model's weights are not on disk (issue 21)
+        self.model_note = Label(value="", label="")
+        self.model_note.native.setWordWrap(True)
+        self._model_infos: dict[str, Any] = {}
         self.device = ComboBox(label="Device", choices=DEVICES, value="auto")
         self.slide = ComboBox(label="Slide", choices=self._slide_choices, tooltip="the slide layer to work on")
         self.mpp = LineEdit(label="µm/px", tooltip="µm per level-0 pixel of a slide whose metadata has none "
@@ -109,8 +120,8 @@ class HistoclipWidget(QWidget):
         self.slide.changed.connect(self._show_mpp)
         self._mpp_memory = MppMemory(self)
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
-        self.header = Container(widgets=[self.model, self.model_other, self.device, self.slide, self.mpp,
-                                          self.embed_button])
+        self.header = Container(widgets=[self.model, self.model_note, self.model_other, self.device, self.slide,
+                                          self.mpp, self.embed_button])
         from napari_histoclip._widgets._backend_picker import BackendPicker  # this computer or a server (issue 12)
 
         self.backend_picker = BackendPicker(self)
@@ -124,6 +135,9 @@ class HistoclipWidget(QWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.footer = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
         self.runner = TaskRunner(self._show_state)
+        from napari_histoclip._widgets._notices import ErrorPanel
+
+        self.error_panel = ErrorPanel()  # the last task error: headline, whole text on demand
         self.progress.native.setTextVisible(False)
 
         from napari_histoclip._widgets._caption import CaptionPanel
@@ -149,6 +163,7 @@ class HistoclipWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.header.native)
         layout.addWidget(self.tabs, 1)
+        layout.addWidget(self.error_panel)
         layout.addWidget(self.footer.native)
 
         events = viewer.layers.events
@@ -169,6 +184,12 @@ class HistoclipWidget(QWidget):
         self._show_mpp()
         for widget in (self.model, self.model_other, self.search.index):
             widget.changed.connect(self._remember)
+        self.model.changed.connect(self._show_weights_note)
+        self.model_other.changed.connect(self._show_weights_note)
+        self._show_weights_note()
+        from napari_histoclip._warmup import start_warmup
+
+        start_warmup()  # the first slide's and first result's imports, off the UI thread
 
     def event(self, event: QEvent) -> bool:
         """Close when napari takes the dock down: its close button unparents this widget."""
@@ -234,8 +255,12 @@ class HistoclipWidget(QWidget):
         return SlideRef(info.path, info.mpp)
 
     def run(self, label: str, fn: Callable[..., Any], on_done: Callable[[Any], None]) -> bool:
-        """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread."""
-        return self.runner.run(label, fn, on_done)
+        """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread; a
+        failure is a toast with its headline and the whole text in the dock's error panel."""
+        started = self.runner.run(label, fn, on_done, lambda e: show_task_error(e, self.error_panel.show_error))
+        if started:
+            self.error_panel.clear()
+        return started
 
     def warn_random(self, result: Any, model: str) -> None:
         """Say once per model that its weights are random (test models): results mean nothing."""
@@ -255,10 +280,14 @@ class HistoclipWidget(QWidget):
         except UserError:
             self.model.choices = []
             raise
-        choices = [(f"{m.name} (random weights)" if m.random_weights else m.name, m.name) for m in infos]
+        self._model_infos = {m.name: m for m in infos}
+        choices = [(f"{m.name} (random weights)" if m.random_weights else
+                    f"{m.name} (not downloaded)" if getattr(m, "weights_on_disk", None) is False else m.name, m.name)
+                   for m in infos]
         self.model.choices = choices
         if choices and self.model.value is None:
             self.model.value = choices[0][1]
+        self._show_weights_note()
 
     @handler
     def embed(self) -> None:
@@ -294,9 +323,14 @@ class HistoclipWidget(QWidget):
             value = parse_mpp(text, info.name)
         except ValueError as e:
             raise UserError(str(e)) from e
+        if unusual := unusual_mpp_message(value, info.name):
+            from napari.utils.notifications import show_warning
+
+            show_warning(unusual)
         if value != info.mpp:
             set_slide_mpp(self.viewer.layers, info.path, value)
             self._mpp_memory.remember(info.path, value)
+            self.viewer.reset_view()  # the slide changed size in the world: show it whole again
         self._show_mpp()
 
     # --- internals ------------------------------------------------------------------------
@@ -330,9 +364,21 @@ class HistoclipWidget(QWidget):
             self.mpp.value, hint, editable = f"{info.mpp:.4g}", "", False
         else:
             self.mpp.value = f"{info.mpp:.6g}" if info.mpp else ""
-            hint, editable = "not in the slide's metadata: type it (e.g. 0.25 for 40x)", True
+            hint, editable = "not in metadata: e.g. 0.25 for 40x", True
         edit.setPlaceholderText(hint)
         edit.setReadOnly(not editable)
+
+    def _show_weights_note(self, *_: Any) -> None:
+        """Under the model box: the chosen model's weights are not on disk (a first run offline
+        would fail), or nothing."""
+        from napari_histoclip._widgets._notices import weights_note
+
+        if not hasattr(self, "model_note"):
+            return  # refresh_models during construction, before the header exists
+        other = str(self.model_other.value).strip()
+        text = "" if other else weights_note(self._model_infos.get(str(self.model.value)))
+        self.model_note.value = text
+        self.model_note.visible = bool(text)
 
     def _mpp_typed(self) -> None:
         if not self.mpp.native.isReadOnly():

@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
-from qtpy.QtWidgets import QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QLabel, QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import hit_shapes_layer, is_ours
 from napari_histoclip._reader import open_slide_quietly
@@ -146,6 +146,11 @@ class SearchPanel(Container):
             labels=True,
         )
         self.native.layout().addWidget(self.results)
+        # why a search returned fewer hits than asked (the backend's SearchResult.note)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+        self.native.layout().addWidget(self.note)
         from napari_histoclip._widgets._slide_level import SlideLikeBox
 
         self.like = SlideLikeBox(ctx, self._index_path, lambda: int(self.k.value))  # "slides like this one"
@@ -232,21 +237,24 @@ class SearchPanel(Container):
         )
         backend = self.ctx.backend
 
-        def work(progress: Any, cancel: Any) -> list[ShownHit]:
-            hits = backend.search(request, progress=progress, cancel=cancel).hits
-            return hit_thumbnails(hits, cancel=cancel)
+        def work(progress: Any, cancel: Any) -> tuple[list[ShownHit], str]:
+            result = backend.search(request, progress=progress, cancel=cancel)
+            return hit_thumbnails(result.hits, cancel=cancel), result.note
 
-        self.ctx.run("Searching", work, self.show_hits)
+        self.ctx.run("Searching", work, lambda out: self.show_hits(*out))
 
     def _index_path(self) -> str:
         """The chosen index folder, or "" when none (or one that is not there) is chosen."""
         index = self.index.value
         return "" if not index or str(index) in ("", ".") or not Path(index).exists() else str(index)
 
-    def show_hits(self, hits: list[ShownHit]) -> None:
-        """Fill the result list: thumbnail, score, slide and place."""
+    def show_hits(self, hits: list[ShownHit], note: str = "") -> None:
+        """Fill the result list: thumbnail, score, slide and place; ``note`` (why fewer hits
+        than asked came back) shows under the list."""
         from napari.utils.notifications import show_info
 
+        self.note.setText(note)
+        self.note.setVisible(bool(note))
         self.hits = list(hits)
         self.results.clear()
         for rank, shown in enumerate(self.hits, 1):
@@ -255,7 +263,9 @@ class SearchPanel(Container):
             item = QListWidgetItem(_icon(shown.thumbnail), f"#{rank}  {h.score:.3f}\n{h.slide_name}\nat ({x:.0f}, {y:.0f}), {w:.0f} px")
             item.setToolTip(f"{h.slide_path}\nbox (x, y, w, h) = {tuple(round(v) for v in h.box)}; click to go there")
             self.results.addItem(item)
-        if not self.hits:
+        if note:
+            show_info(f"Search: {note}")
+        elif not self.hits:
             show_info("Search: no hits (is the index empty, or only the query's own slide in it?)")
 
     @handler

@@ -12,6 +12,7 @@ The Refine tab's "Apply classifier" stays for applying the bundle it has just sa
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
@@ -66,6 +67,7 @@ class ZeroShotPanel(Container):
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
+        self._shown: list[Any] = []  # the layers of the result shown last
         self.source = ComboBox(label="Labels from", choices=[TEXT_PROMPTS, CLASSIFIER], value=TEXT_PROMPTS,
                                tooltip="the classes of the map: text prompts (zero-shot), or a trained classifier bundle")
         self.classifier = FileEdit(label="Classifier", mode="d", value="",
@@ -77,7 +79,7 @@ class ZeroShotPanel(Container):
             value="",
             tooltip="one per line with {} for the class, e.g. 'an H&E image of {}'; empty: the defaults",
         )
-        self.templates.native.setPlaceholderText("empty: the default histopathology templates\na photomicrograph of {}.")
+        self.templates.native.setPlaceholderText("empty: default templates\ne.g. an H&E image of {}.")
         self.templates.native.setMaximumHeight(60)
         self.threshold = FloatSpinBox(
             label="Unknown below", value=0.0, min=0.0, max=1.0, step=0.05,
@@ -136,9 +138,9 @@ class ZeroShotPanel(Container):
         )
         backend, model = self.ctx.backend, request.model
 
-        def done(result: Any) -> None:
+        def done(result: Any) -> Iterator[None]:
             self.ctx.warn_random(result, model)
-            self.show_result(result, info, colors, region is not None)
+            return self.show_result_steps(result, info, colors, region is not None)
 
         self.ctx.run(f"Zero-shot on {info.name}", lambda progress, cancel: backend.zero_shot(
             request, progress=progress, cancel=cancel), done)
@@ -170,6 +172,18 @@ class ZeroShotPanel(Container):
 
     def show_result(self, result: Any, info: Any, colors: list[str], region: bool) -> list[Any]:
         """Put a zero-shot result on the viewer, replacing the previous one of this slide."""
+        steps = self.show_result_steps(result, info, colors, region)
+        for _ in steps:
+            pass
+        return self._shown
+
+    def show_result_steps(self, result: Any, info: Any, colors: list[str], region: bool) -> Iterator[None]:
+        """:meth:`show_result` as steps (a generator; the layers end in ``self._shown``): when
+        the slide has no result layers to update in place, the class map is added first and
+        each probability map in a step of its own, so that the UI repaints between them
+        (adding napari layers is slow: see ``TaskRunner._show_in_steps``)."""
+        from napari_histoclip._viewer import add_layer_data
+
         new = class_map_layers(result, info, colors, region=region)
         for _, kwargs, _ in new:
             kwargs["metadata"]["region"] = region
@@ -182,11 +196,18 @@ class ZeroShotPanel(Container):
                 and bool(layer.metadata.get("region", False)) == region
             )
 
-        layers = replace_layers(self.ctx.viewer, new, stale)
+        viewer = self.ctx.viewer
+        fresh = not any(stale(lyr) for lyr in viewer.layers)
+        layers = replace_layers(viewer, new[:1] if fresh else new, stale)
+        self._shown = layers
         self.legend.value = legend_html(legend(result.labels, colors, result.class_map))
         # The class map is the layer to hover: its status line names the class.
-        self.ctx.viewer.layers.selection.active = layers[0]
-        return layers
+        viewer.layers.selection.active = layers[0]
+        if fresh:
+            for data in new[1:]:  # hidden probability maps, one per turn of the event loop
+                yield
+                layers.append(add_layer_data(viewer, data))
+            viewer.layers.selection.active = layers[0]
 
     @handler
     def run_heatmap(self) -> None:
@@ -204,7 +225,8 @@ class ZeroShotPanel(Container):
             self.ctx.warn_random(result, model)
             data = heatmap_layer(result, info)
             name = data[1]["name"]
-            replace_layers(self.ctx.viewer, [data], lambda lyr: lyr.name == name)
+            (layer,) = replace_layers(self.ctx.viewer, [data], lambda lyr: lyr.name == name)
+            layer.colorbar.visible = True  # the colour scale: which cosine a colour means
 
         self.ctx.run(f"Heatmap '{query}'", lambda progress, cancel: backend.heatmap(
             request, progress=progress, cancel=cancel), done)

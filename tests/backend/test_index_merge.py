@@ -14,7 +14,7 @@ def _grid(cells: list[tuple[int, int]], extent: float = 224.0) -> np.ndarray:
 def test_touching_tiles_become_one_region_with_their_bounding_box() -> None:
     cells = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2)]  # a 2x2 block and a diagonal neighbour
     xy = _grid(cells)
-    regions = merge_adjacent(np.zeros(5), xy, np.full(5, 224.0), np.array([0.9, 0.95, 0.9, 0.92, 0.91]))
+    regions = merge_adjacent(np.zeros(5), xy, np.full(5, 224.0), np.array([0.9, 0.95, 0.9, 0.92, 0.91]), margin=0.1)
     assert len(regions) == 1
     assert regions[0].box == (0, 0, 3 * 224, 3 * 224)
     assert regions[0].best == 1
@@ -39,7 +39,7 @@ def test_fractional_extent_with_integer_coords_still_touches() -> None:
 def test_a_much_weaker_neighbour_stays_a_place_of_its_own() -> None:
     # the gland (0.95, 0.93) and stroma next to it (0.6) that also made the hit list
     xy = _grid([(0, 0), (0, 1), (0, 2)])
-    regions = merge_adjacent(np.zeros(3), xy, np.full(3, 224.0), np.array([0.95, 0.93, 0.6]))
+    regions = merge_adjacent(np.zeros(3), xy, np.full(3, 224.0), np.array([0.95, 0.93, 0.6]), margin=0.1)
     assert [r.box for r in regions] == [(0, 0, 448, 224), (448, 0, 224, 224)]
     merged = merge_adjacent(np.zeros(3), xy, np.full(3, 224.0), np.array([0.95, 0.93, 0.6]), margin=np.inf)
     assert len(merged) == 1
@@ -61,10 +61,10 @@ def test_group_labels_are_dense_and_limit_computes_only_the_best() -> None:
     slide = np.array([2, 0, 2, 1, 0])
     xy = _grid([(0, 0), (5, 5), (0, 1), (0, 0), (9, 9)])
     scores = np.array([0.9, 0.8, 0.85, 0.95, 0.7])
-    labels = group_adjacent(slide, xy, np.full(5, 224.0), scores)
+    labels = group_adjacent(slide, xy, np.full(5, 224.0), scores, margin=0.1)
     assert sorted(set(labels.tolist())) == [0, 1, 2, 3]  # slide 2's two tiles share a label
     assert labels[0] == labels[2]
-    top = merge_adjacent(slide, xy, np.full(5, 224.0), scores, limit=2)
+    top = merge_adjacent(slide, xy, np.full(5, 224.0), scores, margin=0.1, limit=2)
     assert [r.best for r in top] == [3, 0]
     assert top[1].box == (0, 0, 448, 224)
 

@@ -88,3 +88,5 @@ def test_cancel_stops_a_region_search(plugin_dock, plugin_viewer, qtbot, cmu_sli
     assert not notes.errors, notes.errors
     assert "Searching: cancelled" in notes.infos
     assert dock.search.results.count() == 0
+    # a search that did not stop within the grace was let go (issue 21): it ends in the background
+    qtbot.waitUntil(lambda: dock.runner.background == 0, timeout=WAIT_MS)
