@@ -18,11 +18,16 @@ from backend import api
 from backend.models.registry import ModelEntry, ModelFamily, SourceKind
 
 #: Files a hub model needs before it can load, per family: (config names, weights names),
-#: each an "any of" list. Mirrors ``backend.models.loading`` (OPEN_CLIP_CONFIG,
-#: OPEN_CLIP_WEIGHTS) and ``backend.models.hf_clip`` (HF_CONFIG, HF_WEIGHTS).
+#: each an "any of" list (no config names: the family needs none). Mirrors
+#: ``backend.models.loading`` (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS), ``backend.models.hf_clip``
+#: (HF_CONFIG, HF_WEIGHTS), ``backend.models.vision`` (HF_CONFIG, TIMM_WEIGHTS,
+#: HF_VISION_WEIGHTS) and ``backend.models.conch`` (CONCH_WEIGHTS).
 HUB_FILES: dict[ModelFamily, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ModelFamily.OPEN_CLIP: (("open_clip_config.json",), ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
     ModelFamily.HF_CLIP: (("config.json",), ("model.safetensors", "pytorch_model.bin")),
+    ModelFamily.TIMM: (("config.json",), ("model.safetensors", "pytorch_model.bin")),
+    ModelFamily.HF_VISION: (("config.json",), ("model.safetensors", "pytorch_model.bin")),
+    ModelFamily.CONCH: ((), ("pytorch_model.bin",)),
 }
 
 
@@ -50,18 +55,23 @@ def weights_on_disk(entry: ModelEntry, cache_dir: str | os.PathLike[str] | None 
     Returns
     -------
     bool
-        Built-in models: always; bundles: their folder exists; hub models: their config and
-        weights files are in the local hub cache.
+        Built-in models: always; bundles: their folder exists; models pointed at local
+        weights (``weights_path``, ``HISTOCLIP_WEIGHTS_<NAME>``): those exist; hub models: their
+        config and weights files are in the local hub cache.
     """
     if entry.source_kind is SourceKind.BUILTIN:
         return True
     if entry.source_kind is SourceKind.BUNDLE:
         return Path(entry.source).expanduser().is_dir()
     from backend.models.hub import hub_cache_dir
+    from backend.models.sources import local_weights_path
 
+    local = local_weights_path(entry)
+    if local is not None:
+        return local.exists()
     cache = hub_cache_dir(cache_dir)
     configs, weights = HUB_FILES[entry.family]
-    return _in_cache(entry.source, configs, cache, entry.revision) and _in_cache(
+    return (not configs or _in_cache(entry.source, configs, cache, entry.revision)) and _in_cache(
         entry.source, weights, cache, entry.revision
     )
 

@@ -102,9 +102,11 @@ def _cached(repo_id: str, filename: str, cache_dir: Path, revision: str | None) 
 
 # The first words of a missing-weights message: the cause and the remedy within 80
 # characters, since the dock shows a message's start as a one-line toast (issue 21, item 9).
-HEAD_OFFLINE = "Weights not on disk and offline: unset HF_HUB_OFFLINE to download them. "
-HEAD_UNREACHABLE = "Weights not on disk and the hub is unreachable: connect, or use local weights. "
-HEAD_FAILED = "Weights download failed: check the network, or use local weights. "
+# The first sentence of a missing-weights message, which the dock shows as a toast: the model,
+# the cause and the remedy, within about 80 characters ({what}: the model's name).
+HEAD_OFFLINE = "{what}: not on disk and offline: unset HF_HUB_OFFLINE to download it. "
+HEAD_UNREACHABLE = "{what}: not on disk, hub unreachable: connect, or use local weights. "
+HEAD_FAILED = "{what}: download failed: check the network, or use local weights. "
 
 
 def _how_to_fix(repo_id: str, env_var: str = "") -> str:
@@ -132,7 +134,7 @@ def gated_message(repo_id: str, endpoint: str | None = None) -> str:
 
 def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_dir: Path, why: str, head: str) -> str:
     listed = "; ".join(" or ".join(alts) for alts in missing)
-    who = f"model {request.what!r} " if request.what else ""
+    who = "It " if request.what else f"Repository {request.repo_id} "
     at = f" at revision {request.revision}" if request.revision else ""
     gated = (
         f" Its weights are gated: accept the terms on {hub_endpoint()}/{request.repo_id} and log in "
@@ -141,7 +143,7 @@ def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_
         else ""
     )
     return (
-        f"{head}{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
+        f"{head.format(what=request.what or request.repo_id)}{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
         f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones.{gated} "
         + _how_to_fix(request.repo_id, request.env_var)
     )

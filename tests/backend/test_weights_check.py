@@ -18,7 +18,28 @@ def test_file_names_agree_with_the_loaders() -> None:
 
     assert HUB_FILES[ModelFamily.OPEN_CLIP] == ((OPEN_CLIP_CONFIG,), OPEN_CLIP_WEIGHTS)
     assert HUB_FILES[ModelFamily.HF_CLIP] == ((HF_CONFIG,), HF_WEIGHTS)
+    from backend.models.conch import CONCH_WEIGHTS
+    from backend.models.vision import HF_CONFIG as VISION_CONFIG
+    from backend.models.vision import HF_VISION_WEIGHTS, TIMM_WEIGHTS
+
+    assert HUB_FILES[ModelFamily.TIMM] == ((VISION_CONFIG,), TIMM_WEIGHTS)
+    assert HUB_FILES[ModelFamily.HF_VISION] == ((VISION_CONFIG,), HF_VISION_WEIGHTS)
+    assert HUB_FILES[ModelFamily.CONCH] == ((), CONCH_WEIGHTS)
     assert set(HUB_FILES) == set(ModelFamily)
+
+
+def test_foundation_models_are_checked_in_the_hub_cache_and_local_weights(tmp_path: Path, monkeypatch) -> None:
+    uni = REGISTERED["uni"]
+    assert not weights_on_disk(uni, tmp_path)
+    _cache(tmp_path, uni.source, ("config.json", "pytorch_model.bin"))
+    assert weights_on_disk(uni, tmp_path)
+    conch = REGISTERED["conch"]
+    assert not weights_on_disk(conch, tmp_path)
+    local = tmp_path / "conch.bin"
+    monkeypatch.setenv("HISTOCLIP_WEIGHTS_CONCH", str(local))
+    assert not weights_on_disk(conch, tmp_path)
+    local.write_bytes(b"x")
+    assert weights_on_disk(conch, tmp_path)
 
 
 def _cache(root: Path, repo: str, files: tuple[str, ...]) -> Path:
