@@ -23,7 +23,9 @@ and has its own list and buttons, and the Zero-shot tab is already full.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ from napari_histoclip._viewer import frame_box
 from napari_histoclip._widgets._main import UserError, handler
 
 Cell = tuple[int, int]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,21 +62,6 @@ def marks_request(marks: dict[Cell, str]) -> tuple[Any, ...]:
     for cell, name in marks.items():
         by_class.setdefault(name, []).append(cell)
     return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
-
-
-def painted_cells(event_value: Any, shape: tuple[int, int]) -> list[tuple[Cell, int]]:
-    """``(cell, new value)`` of every pixel a napari Labels ``paint`` event changed."""
-    out: list[tuple[Cell, int]] = []
-    for atom in event_value or ():
-        key, mask, value = getattr(atom, "slice_key", None), getattr(atom, "mask", None), getattr(atom, "new_value", None)
-        if key is None or value is None:
-            continue
-        rows = np.arange(shape[0])[key[0]]
-        cols = np.arange(shape[1])[key[1]]
-        grid = np.ones((len(rows), len(cols)), bool) if mask is None else np.asarray(mask, bool).reshape(len(rows), len(cols))
-        for i, j in np.argwhere(grid):
-            out.append(((int(rows[i]), int(cols[j])), int(value)))
-    return out
 
 
 class RefinePanel(Container):
@@ -111,7 +99,7 @@ class RefinePanel(Container):
         self.native.layout().insertWidget(8, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
-        self._watched: Any = None  # the class-map layer whose paint events we follow
+        self._watched: dict[Any, tuple[Any, Any]] = {}  # unique_id -> (class map, its paint slot)
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
@@ -122,6 +110,9 @@ class RefinePanel(Container):
         self.apply_button.changed.connect(self.apply)
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
         ctx.viewer.layers.events.inserted.connect(self._layer_added)
+        for layer in ctx.viewer.layers:  # a reopened dock: the maps already there
+            if is_ours(layer, "class_map") and not layer.metadata.get("region", False):
+                self._watch(layer)
         ctx.destroyed.connect(lambda *_: self.disconnect_viewer())
 
     def disconnect_viewer(self) -> None:
@@ -157,28 +148,65 @@ class RefinePanel(Container):
             self._watch(layer)
 
     def _watch(self, layer: Any) -> None:
-        self._unwatch()
-        self._watched = layer
-        layer.events.paint.connect(self._painted)
+        """Follow the paint strokes of a whole-slide class map (every slide's, not only the
+        last one made), and give it a brush of one tile (napari's default is 10 px, and the map
+        has one pixel per tile)."""
+        if layer.unique_id in self._watched:
+            return
+        slot = partial(self._painted, layer)
+        self._watched[layer.unique_id] = (layer, slot)
+        layer.events.paint.connect(slot)
+        layer.brush_size = 1
 
     def _unwatch(self) -> None:
-        if self._watched is not None:
+        for layer, slot in self._watched.values():
             try:
-                self._watched.events.paint.disconnect(self._painted)
+                layer.events.paint.disconnect(slot)
             except (RuntimeError, TypeError, ValueError):
                 pass
-        self._watched = None
+        self._watched = {}
 
-    def _painted(self, event: Any) -> None:
-        layer = self._watched
-        info = slide_of(layer) if layer is not None else None
+    def arm(self) -> Any:
+        """Make the chosen slide's class map ready to paint marks on (the Refine tab is shown):
+        the active layer, in paint mode, with a brush of one tile and a class picked. Returns
+        the map (None: the slide has none yet)."""
+        layer_and_info = self.ctx.slide.value
+        info = slide_of(layer_and_info) if layer_and_info is not None else None
+        layer = self.class_map_layer(info) if info is not None else None
+        if layer is None:
+            return None
+        self._watch(layer)
+        layer.brush_size = 1
+        if not 1 <= layer.selected_label <= len(layer.metadata.get("labels", ())):
+            layer.selected_label = 1
+        self.ctx.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self._show_count(info)
+        return layer
+
+    def _painted(self, layer: Any, event: Any) -> None:
+        """A stroke on a class map: its tissue tiles painted a class become marks; background
+        and non-class values painted are put back. Runs in a Qt slot: an error is shown and
+        logged, never raised (PyQt would abort napari)."""
+        try:
+            self._take_stroke(layer, event.value)
+        except Exception as e:  # noqa: BLE001 - see above; the user is told
+            from napari.utils.notifications import show_error
+
+            log.error("a paint stroke on %s could not be read", getattr(layer, "name", layer), exc_info=e)
+            show_error(f"Refine: the stroke on {getattr(layer, 'name', 'the class map')} was not taken as marks "
+                       f"({type(e).__name__}: {e})")
+
+    def _take_stroke(self, layer: Any, atoms: Any) -> None:
+        from napari_histoclip._paint import paint_changes
+
+        info = slide_of(layer)
         if info is None:
             return
         labels = list(layer.metadata.get("labels", ()))
         state = self.slides.setdefault(info.path, SlideMarks())
         stroke, revert = [], []
-        for cell, value in painted_cells(event.value, layer.data.shape):
-            before = self._value_before(event.value, cell)
+        for cell, (before, value) in paint_changes(atoms, np.shape(layer.data)).items():
             if before == 0 or not (0 <= value <= len(labels)):
                 revert.append((cell, before))  # no tissue there, or not a class: not a mark
                 continue
@@ -195,20 +223,6 @@ class RefinePanel(Container):
         if stroke:
             state.strokes.append(stroke)
         self._show_count(info)
-
-    @staticmethod
-    def _value_before(event_value: Any, cell: Cell) -> int:
-        for atom in event_value or ():
-            key, old = getattr(atom, "slice_key", None), getattr(atom, "old_values", None)
-            if key is None or old is None:
-                continue
-            r0 = key[0].start or 0
-            c0 = key[1].start or 0
-            r, c = cell[0] - r0, cell[1] - c0
-            old = np.asarray(old)
-            if 0 <= r < old.shape[0] and 0 <= c < old.shape[1]:
-                return int(old[r, c])
-        return 0
 
     def _show_count(self, info: Any) -> None:
         marks = self.marks_of(info.path)
@@ -473,4 +487,5 @@ def add_refine_tab(ctx: Any) -> RefinePanel:
     """Make the Refine panel and add it to the dock's tabs (the dock's one hook)."""
     panel = RefinePanel(ctx)
     ctx.tabs.addTab(panel.native, "Refine")
+    ctx.tabs.currentChanged.connect(lambda i: panel.arm() if ctx.tabs.widget(i) is panel.native else None)
     return panel
