@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
+from napari_histoclip._widgets._wrap import wrap_label
+
 from napari_histoclip._settings import config_root
 from napari_histoclip._widgets._main import UserError, handler, local_backend
 
@@ -135,6 +137,7 @@ class BackendPicker(Container):
         self.token.native.setEchoMode(QLineEdit.EchoMode.Password)  # never echoed, not copyable
         self.connect_button = PushButton(text="Connect")
         self.state = Label(value="working on this computer")
+        wrap_label(self.state)  # a failed Connect's message must not widen the dock (issue 21)
         self.server_slide = ComboBox(label="Server slide", choices=[], nullable=True,
                                      tooltip="a slide on the server, shown streamed from it")
         self.open_button = PushButton(text="Open server slide")

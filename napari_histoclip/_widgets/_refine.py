@@ -36,6 +36,7 @@ from napari_histoclip._layers import default_color, is_ours
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
 from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._zeroshot import classifier_colors
 
 Cell = tuple[int, int]
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class RefinePanel(Container):
         self.help.native.setWordWrap(True)
         self.marks_label = Label(value="no marks")
         self.marks_label.native.setWordWrap(True)  # "n marked tiles (class k, ...)" outgrows the dock
+        self.legend = Label(value="")  # the map's classes in the colours the brush paints them
+        self.legend.native.setToolTip("the class map's classes: pick one in the layer's label box to paint it")
         self.refine_button = PushButton(text="Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
@@ -91,14 +94,15 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.new_class, self.add_class_button, self.refine_button,
+            widgets=[self.help, self.marks_label, self.legend, self.new_class, self.add_class_button, self.refine_button,
                      self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
                      self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(8, self.unsure)
+        self.native.layout().insertWidget(9, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
+        self._unused: dict[str, list[str]] = {}  # slide -> shape classes the map lacks (not marks)
         self._watched: dict[Any, tuple[Any, Any]] = {}  # unique_id -> (class map, its paint slot)
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
@@ -228,7 +232,27 @@ class RefinePanel(Container):
         marks = self.marks_of(info.path)
         n = len(marks)
         per = ", ".join(f"{t.label} {len(t.cells)}" for t in marks_request(marks)) if n else ""
-        self.marks_label.value = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+        text = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+        unused = self._unused.get(info.path)
+        if unused:
+            text += (f"; shapes of class {', '.join(unused)} are not marks: the map has no such class "
+                     "(type it under New class and press Add class to make it one)")
+        self.marks_label.value = text
+        self._show_legend(info)
+
+    def _show_legend(self, info: Any) -> None:
+        """The legend of the slide's class map (classes, colours, shares), as the Zero-shot tab's."""
+        from napari_histoclip._layers import legend
+        from napari_histoclip._widgets._zeroshot import legend_html
+
+        layer = self._map_of(info.path)
+        if layer is None:
+            self.legend.value = ""
+            return
+        meta = layer.metadata
+        labels, colors = list(meta.get("labels", ())), list(meta.get("colors", ()))
+        colors += [default_color(i) for i in range(len(colors), len(labels))]
+        self.legend.value = legend_html(legend(labels, colors, np.asarray(layer.data)))
 
     def marks_of(self, slide_path: str) -> dict[Cell, str]:
         """Every mark on a slide: tiles under its classified shapes, then its painted marks
@@ -239,12 +263,21 @@ class RefinePanel(Container):
 
         out: dict[Cell, str] = {}
         layer = self._map_of(slide_path)
+        unused: dict[str, None] = {}
         if layer is not None:
+            classes = set(layer.metadata.get("labels", ()))
             for shapes in self.ctx.viewer.layers:
                 own = slide_of(shapes)
                 if isinstance(shapes, Shapes) and not is_ours(shapes, "hits") and own is not None \
                         and own.path == slide_path:
-                    out.update(shape_marks(shapes, layer))
+                    # A class the map lacks (a QuPath class typed on a shape) is no mark: a new
+                    # class is made with Add class, never by a shape's label.
+                    for cell, name in shape_marks(shapes, layer).items():
+                        if name in classes:
+                            out[cell] = name
+                        else:
+                            unused[name] = None
+        self._unused[slide_path] = list(unused)
         state = self.slides.get(slide_path)
         out.update(state.marks if state else {})
         return out
@@ -355,6 +388,7 @@ class RefinePanel(Container):
             if classifier is not None:
                 layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
             self.show_unsure(refined, prior, info, k)
+            self._show_count(info)
 
         self.ctx.run(f"Refining {info.name} ({len(all_marks)} marks)", work, done)
 
@@ -474,10 +508,11 @@ class RefinePanel(Container):
             self.ctx.warn_random(result, path)
             self.slides.pop(info.path, None)  # marks were made against another map
             self._show_count(info)
-            colors = [default_color(i) for i in range(len(result.labels))]
+            colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
             layers = self.ctx.zero_shot.show_result(result, info, colors, False)
             layers[0].metadata["classifier"] = path  # Refine and Save then start from it
             self.show_unsure(result, result, info, int(self.n_unsure.value))
+            self._show_count(info)
 
         self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
             request, progress=progress, cancel=cancel), done)

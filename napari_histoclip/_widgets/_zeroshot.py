@@ -50,6 +50,12 @@ def bundle_classes(path: str) -> list[tuple[str, str]] | None:
     return out
 
 
+def classifier_colors(path: str, labels: Any) -> list[str]:
+    """The colours of a classifier's classes: those its bundle records, else the palette's."""
+    known = dict(bundle_classes(path) or ())
+    return [known.get(name, default_color(i)) for i, name in enumerate(labels)]
+
+
 def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
     """The legend as rich text: a colour swatch, the class and (``shares``) its share of the tissue."""
     rows = "".join(
@@ -152,12 +158,11 @@ class ZeroShotPanel(Container):
         region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
         request = ClassifyRequest(self.ctx.slide_ref(info), path, region=region,
                                   unknown_threshold=self.threshold.value or None)
-        known = dict(bundle_classes(path) or ())
         backend = self.ctx.backend
 
         def done(result: Any) -> None:
             self.ctx.warn_random(result, path)
-            colors = [known.get(name, default_color(i)) for i, name in enumerate(result.labels)]
+            colors = classifier_colors(path, result.labels)
             layers = self.show_result(result, info, colors, region is not None)
             layers[0].metadata["classifier"] = path
 
@@ -240,5 +245,5 @@ class ZeroShotPanel(Container):
         """The selected shape of the active Shapes layer, as a region on the slide."""
         from napari_histoclip._shapes import shape_regions
 
-        layer, index = selected_shape(self.ctx.viewer, "Where")
+        layer, index = selected_shape(self.ctx.viewer, "Where", slide_of(slide_layer))
         return shape_regions(layer, slide_layer, [index])[0]
