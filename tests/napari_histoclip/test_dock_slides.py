@@ -19,6 +19,16 @@ MAP = "CMU-1-Small-Region: class map"
 
 
 @pytest.fixture
+def shot_dir(tmp_path: Path) -> Path:
+    """Where the screenshots to look at go: ``$HISTOCLIP_SCREENSHOT_DIR`` or a temp dir."""
+    import os
+
+    out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture
 def second_slide(slides_dir: Path) -> Path:
     return slides_dir / "tcga-cr-7395-01a-01-ts1.svs"
 
@@ -46,7 +56,7 @@ def cmu_rectangle(qtbot, viewer, dock) -> object:
 
 def test_opening_a_second_slide_hides_the_first_and_frames_the_new_one(plugin_viewer, plugin_dock, fake_backend,
                                                                        cmu_slide, second_slide, qtbot, notes,
-                                                                       tmp_path) -> None:
+                                                                       shot_dir) -> None:
     viewer, dock = plugin_viewer, with_backend(plugin_dock, fake_backend)
     label_cmu(qtbot, viewer, dock, cmu_slide)
     shapes = cmu_rectangle(qtbot, viewer, dock)
@@ -64,7 +74,7 @@ def test_opening_a_second_slide_hides_the_first_and_frames_the_new_one(plugin_vi
     assert np.allclose(np.asarray(camera_of(viewer).center)[-2:], centre, rtol=0.02)
     from test_screenshots import save_png
 
-    save_png(viewer, tmp_path / "second-slide.png")
+    save_png(viewer, shot_dir / "second-slide.png")
     assert not notes.errors, notes.errors
 
 
@@ -76,6 +86,7 @@ def test_a_shape_of_another_slide_is_refused(plugin_viewer, plugin_dock, fake_ba
     open_slide(viewer, cmu_slide)
     shapes = cmu_rectangle(qtbot, viewer, dock)
     open_slide(viewer, second_slide)
+    dock.set_mpp("0.5")  # the second slide has none in its metadata: the run would go ahead
     viewer.layers.selection.active = shapes  # the CMU shape, still selected, made active again
     dock.zero_shot.scope.value = SELECTED_SHAPE
     dock.zero_shot.run_button.native.click()
@@ -117,7 +128,7 @@ def test_a_reopened_dock_works_on_the_visible_slide(plugin_viewer, plugin_dock, 
     assert again.refine.marks_of(str(cmu_slide)) == {cell: layer.metadata["labels"][value - 1]}
 
 
-def test_a_failed_connect_keeps_the_docks_width(plugin_viewer, plugin_dock, qtbot, notes, tmp_path) -> None:
+def test_a_failed_connect_keeps_the_docks_width(plugin_viewer, plugin_dock, qtbot, notes, shot_dir) -> None:
     from qtpy.QtWidgets import QApplication
 
     viewer, dock = plugin_viewer, plugin_dock
@@ -141,7 +152,7 @@ def test_a_failed_connect_keeps_the_docks_width(plugin_viewer, plugin_dock, qtbo
     assert canvas.width() > 400
     from test_screenshots import save_png
 
-    save_png(viewer, tmp_path / "failed-connect.png")
+    save_png(viewer, shot_dir / "failed-connect.png")
 
 
 def test_our_own_export_reimports_without_turning_the_map_into_marks(plugin_viewer, plugin_dock, fake_backend,
