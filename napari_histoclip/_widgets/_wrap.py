@@ -18,3 +18,13 @@ def wrap_label(label: Any) -> Any:
     policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
     native.setSizePolicy(policy)
     return label
+
+
+def set_short_text(label: Any, text: str, limit: int = 90) -> None:
+    """Show ``text`` on a wrapped label, cut to ``limit`` characters (two or three lines in the
+    dock) with the whole text as its tooltip: a server error can run to hundreds of characters
+    (its URL among them), which as many wrapped lines would make the dock taller than the window
+    (napari's style pads labels, so Qt under-counts a wrapped label's lines: keep it short)."""
+    short = text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+    label.value = short
+    getattr(label, "native", label).setToolTip(text if short != text else "")

@@ -134,7 +134,9 @@ def test_a_failed_connect_keeps_the_docks_width(plugin_viewer, plugin_dock, qtbo
     viewer, dock = plugin_viewer, plugin_dock
     picker = dock.backend_picker
     picker.where.value = "a server"
-    qtbot.wait(50)
+    for _ in range(10):  # the server fields shown, laid out
+        QApplication.processEvents()
+        qtbot.wait(20)
     width = dock.parent().width() if dock.parent() is not None else dock.width()
     canvas = mouse.canvas_of(viewer).native
     picker.url.value = "http://127.0.0.1:9/" + "a-very-long-server-path/" * 20
@@ -143,16 +145,17 @@ def test_a_failed_connect_keeps_the_docks_width(plugin_viewer, plugin_dock, qtbo
     for _ in range(10):
         QApplication.processEvents()
         qtbot.wait(20)
-    assert picker.state.value.startswith("not connected")
+    assert picker.state.value.startswith("not connected") and len(picker.state.value) <= 90
+    assert "Connection refused" in picker.state.native.toolTip()  # the whole message, on hover
     after = dock.parent().width() if dock.parent() is not None else dock.width()
     assert after <= width + 2, (width, after)
     assert canvas.width() > 400, canvas.width()
-    picker.where.value = "this computer"
-    qtbot.wait(50)
-    assert canvas.width() > 400
     from test_screenshots import save_png
 
     save_png(viewer, shot_dir / "failed-connect.png")
+    picker.where.value = "this computer"
+    qtbot.wait(50)
+    assert canvas.width() > 400 and picker.state.value == "working on this computer"
 
 
 def test_our_own_export_reimports_without_turning_the_map_into_marks(plugin_viewer, plugin_dock, fake_backend,
