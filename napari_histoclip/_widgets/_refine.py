@@ -24,7 +24,6 @@ and has its own list and buttons, and the Zero-shot tab is already full.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -33,36 +32,13 @@ from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import default_color, is_ours
+from napari_histoclip._marks import Cell, SlideMarks, marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
 from napari_histoclip._widgets._main import UserError, handler
 from napari_histoclip._widgets._zeroshot import classifier_colors
 
-Cell = tuple[int, int]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SlideMarks:
-    """The marks on one slide: cell -> class name, and the strokes that made them (for undo)."""
-
-    marks: dict[Cell, str] = field(default_factory=dict)
-    # Per stroke: the cells it touched, each with its mark and map value before the stroke.
-    strokes: list[list[tuple[Cell, str | None, int]]] = field(default_factory=list)
-
-    def as_request(self) -> tuple[Any, ...]:
-        """The marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
-        return marks_request(self.marks)
-
-
-def marks_request(marks: dict[Cell, str]) -> tuple[Any, ...]:
-    """``cell -> class`` marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
-    from backend.api import TileMarks
-
-    by_class: dict[str, list[Cell]] = {}
-    for cell, name in marks.items():
-        by_class.setdefault(name, []).append(cell)
-    return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
 
 
 class RefinePanel(Container):
@@ -209,23 +185,12 @@ class RefinePanel(Container):
             return
         labels = list(layer.metadata.get("labels", ()))
         state = self.slides.setdefault(info.path, SlideMarks())
-        stroke, revert = [], []
-        for cell, (before, value) in paint_changes(atoms, np.shape(layer.data)).items():
-            if before == 0 or not (0 <= value <= len(labels)):
-                revert.append((cell, before))  # no tissue there, or not a class: not a mark
-                continue
-            stroke.append((cell, state.marks.get(cell), before))
-            if value == 0:
-                state.marks.pop(cell, None)
-            else:
-                state.marks[cell] = labels[value - 1]
+        revert = state.take_stroke(paint_changes(atoms, np.shape(layer.data)), labels)
         if revert:
             data = np.asarray(layer.data)
             for (r, c), before in revert:
                 data[r, c] = before
             layer.refresh()
-        if stroke:
-            state.strokes.append(stroke)
         self._show_count(info)
 
     def _show_count(self, info: Any) -> None:
