@@ -84,6 +84,16 @@ def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mappin
     shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: colors}
 
 
+def adopt_map_colors(shapes_layer: Any, legend: Mapping[str, str]) -> None:
+    """A class map's colours replace the ones a shapes layer recorded for the same classes (a
+    shape may have got its class, and a colour from its name, before the map had the class):
+    one colour per class in every export, the dock's and File > Save's."""
+    colors = recorded_colors(shapes_layer)
+    updated = {**colors, **{cls: color for cls, color in legend.items() if cls in colors}}
+    if updated != colors:
+        shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: updated}
+
+
 # --- class map -> objects -------------------------------------------------------------------
 
 

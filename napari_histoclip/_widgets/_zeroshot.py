@@ -18,7 +18,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 
 from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
-from napari_histoclip._viewer import replace_layers, selected_shape
+from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
@@ -185,6 +185,13 @@ class ZeroShotPanel(Container):
 
         layers = replace_layers(self.ctx.viewer, new, stale)
         self.legend.value = legend_html(legend(result.labels, colors, result.class_map))
+        if not region:  # the slide's shapes export their classes in the map's colours
+            from napari_histoclip._geojson import adopt_map_colors, class_map_legend
+
+            for lyr in self.ctx.viewer.layers:
+                own = slide_of(lyr)
+                if is_layer(lyr, "Shapes") and own is not None and own.path == info.path:
+                    adopt_map_colors(lyr, class_map_legend(layers[0]))
         # The class map is the layer to hover: its status line names the class.
         self.ctx.viewer.layers.selection.active = layers[0]
         return layers

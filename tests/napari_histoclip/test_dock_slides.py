@@ -187,7 +187,7 @@ def test_our_own_export_reimports_without_turning_the_map_into_marks(plugin_view
 
 def test_one_colour_per_class_and_no_silent_new_class(plugin_viewer, plugin_dock, fake_backend, cmu_slide, qtbot,
                                                       notes, tmp_path) -> None:
-    from napari_histoclip._geojson import class_map_legend
+    from napari_histoclip._geojson import class_map_legend, recorded_colors
 
     viewer, dock = plugin_viewer, with_backend(plugin_dock, fake_backend)
     open_slide(viewer, cmu_slide)
@@ -198,6 +198,7 @@ def test_one_colour_per_class_and_no_silent_new_class(plugin_viewer, plugin_dock
     wait(qtbot, dock)
     layer = viewer.layers[MAP]
     stroma = class_map_legend(layer)["stroma"]
+    assert recorded_colors(shapes)["stroma"] == stroma  # what File > Save writes too
     out = tmp_path / "shapes.geojson"
     dock.export.reset_choices()
     dock.export.shapes.value, dock.export.class_map.value = shapes, None
