@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
 from napari_histoclip._mpp import is_user_mpp, missing_mpp_message, parse_mpp, set_slide_mpp, watch_units
 from napari_histoclip._mpp_memory import MppMemory
-from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
+from napari_histoclip._slide import META_KEY, SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line
 
 if TYPE_CHECKING:
@@ -320,8 +320,21 @@ class HistoclipWidget(QWidget):
             self._show_opened(added)
         elif before is not None and before in [c[1] for c in self._slide_choices()]:
             self.slide.value = before
+        if event is not None and getattr(event, "type", "") == "inserted":
+            self._adopt_shapes(added)
         for panel in (self.zero_shot, self.captions, self.search, self.export):
             panel.reset_choices()
+
+    def _adopt_shapes(self, layer: Any) -> None:
+        """A Shapes layer of no slide (napari's own "new shapes layer" button) belongs to the
+        slide chosen when it is made: its shapes are drawn on that slide's pixels, so another
+        slide's runs must refuse them, and it hides with its slide."""
+        from napari.layers import Shapes
+
+        chosen = self.slide.value
+        info = slide_of(chosen) if chosen is not None else None
+        if info is not None and isinstance(layer, Shapes) and slide_of(layer) is None:
+            layer.metadata = {**layer.metadata, META_KEY: info.to_metadata()}
 
     def _show_opened(self, layer: Any) -> None:
         """A slide just opened is shown alone and whole: the other slides' layers (image, maps,

@@ -104,6 +104,31 @@ def test_a_shape_of_another_slide_is_refused(plugin_viewer, plugin_dock, fake_ba
     assert len(notes.errors) == 3 and "select a shape" in notes.errors[-1]
 
 
+def test_a_shape_on_naparis_own_shapes_layer_belongs_to_the_slide_it_was_drawn_on(
+        plugin_viewer, plugin_dock, fake_backend, cmu_slide, second_slide, qtbot, notes) -> None:
+    """A Shapes layer made with napari's own "new shapes layer" button (no slide of ours) belongs
+    to the slide chosen when it was made: another slide's run refuses its shapes."""
+    from napari_histoclip._slide import slide_of
+    from napari_histoclip._widgets._zeroshot import SELECTED_SHAPE
+
+    viewer, dock = plugin_viewer, with_backend(plugin_dock, fake_backend)
+    open_slide(viewer, cmu_slide)
+    mine = viewer.add_shapes(name="my shapes")  # what napari's button makes
+    assert slide_of(mine) is not None and slide_of(mine).path == str(cmu_slide)
+    viewer.reset_view()
+    index = mouse.draw_rectangle(qtbot, viewer, mine, (250, 200), (700, 650))  # µm: the layer has scale 1
+    mine.mode = "select"
+    mine.selected_data = {index}
+    open_slide(viewer, second_slide)
+    assert not mine.visible  # the first slide's, hidden with it
+    dock.set_mpp("0.5")
+    viewer.layers.selection.active = mine
+    dock.zero_shot.scope.value = SELECTED_SHAPE
+    dock.zero_shot.run_button.native.click()
+    wait(qtbot, dock)
+    assert notes.errors and "the selected shape is on CMU-1-Small-Region" in notes.errors[-1]
+
+
 def test_a_reopened_dock_works_on_the_visible_slide(plugin_viewer, plugin_dock, fake_backend, cmu_slide,
                                                     second_slide, qtbot, notes) -> None:
     viewer, dock = plugin_viewer, with_backend(plugin_dock, fake_backend)
