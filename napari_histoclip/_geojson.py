@@ -30,6 +30,9 @@ CLASS_COLORS = "class_colors"
 #: GeoJSON property (true) of the objects that hold the Refine tab's painted marks: an import
 #: gives them back as marks, not shapes.
 REFINE_MARK = "histoclipRefineMarks"
+#: GeoJSON property (true) of the objects that hold a class map's classes: an import leaves them
+#: out (they are the map, not shapes: as shapes with a class they would become Refine marks).
+CLASS_MAP = "histoclipClassMap"
 AREA_KINDS = ("rectangle", "polygon", "ellipse")
 
 
@@ -81,6 +84,16 @@ def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mappin
     shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: colors}
 
 
+def adopt_map_colors(shapes_layer: Any, legend: Mapping[str, str]) -> None:
+    """A class map's colours replace the ones a shapes layer recorded for the same classes (a
+    shape may have got its class, and a colour from its name, before the map had the class):
+    one colour per class in every export, the dock's and File > Save's."""
+    colors = recorded_colors(shapes_layer)
+    updated = {**colors, **{cls: color for cls, color in legend.items() if cls in colors}}
+    if updated != colors:
+        shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: updated}
+
+
 # --- class map -> objects -------------------------------------------------------------------
 
 
@@ -115,7 +128,8 @@ def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
             tuple(_grid_to_corner(r, labels_layer, info) for r in rings) for rings in mask_polygons(data == value)
         )
         out.append(QuPathObject(polygons, name=name, classification=name,
-                                color=to_rgb(color) if color else None, multipart=True))
+                                color=to_rgb(color) if color else None, multipart=True,
+                                properties={CLASS_MAP: True}))
     return out
 
 
@@ -202,6 +216,7 @@ class Annotation:
     color: str | None = None
     hole: bool = False
     refine_mark: bool = False  # the Refine tab's marks (:data:`REFINE_MARK`), not a shape
+    class_map: bool = False  # a class map's class (:data:`CLASS_MAP`), not a shape
 
     @property
     def is_box(self) -> bool:
@@ -255,18 +270,19 @@ def read_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation], int]:
             continue
         name, cls, color = _qupath_props(props)
         mark = props.get(REFINE_MARK) is True
+        of_map = props.get(CLASS_MAP) is True
         for poly in polys:
             rings = [_ring(r) for r in (poly if isinstance(poly, Sequence) else [])]
             if not rings or rings[0] is None:
                 skipped += 1
                 continue
-            out.append(Annotation(rings[0], name, cls, color, refine_mark=mark))
+            out.append(Annotation(rings[0], name, cls, color, refine_mark=mark, class_map=of_map))
             for ring in rings[1:]:
                 if ring is None:
                     skipped += 1
                 else:
                     out.append(Annotation(ring, f"hole in {name or cls or 'annotation'}", "", color, hole=True,
-                                          refine_mark=mark))
+                                          refine_mark=mark, class_map=of_map))
     return out, skipped
 
 

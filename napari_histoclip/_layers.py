@@ -14,25 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from backend.palette import PALETTE as _PALETTE, UNKNOWN_COLOR as _UNKNOWN_RGB, class_hex, to_hex
 from napari_histoclip._slide import META_KEY, SlideInfo, box_xywh_to_rectangle, grid_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: Class colours: tab10 reordered so that the first classes stand apart from each other and
-#: from H&E's pinks and purples (blue, orange, green, red, cyan, yellow first).
-PALETTE: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#17becf", "#e6d600",
-    "#8c564b", "#7f7f7f", "#e377c2", "#9467bd", "#000080", "#00ff7f",
-)
-#: "unknown" tiles: a dark grey, seen on the white glass and on H&E (white was invisible on both),
-#: and apart from every palette colour.
-UNKNOWN_COLOR = "#404040"
+#: Class colours: the one palette of every output (``backend.palette``), as ``#rrggbb``.
+PALETTE: tuple[str, ...] = tuple(to_hex(c) for c in _PALETTE)
+UNKNOWN_COLOR = to_hex(_UNKNOWN_RGB)
 UNKNOWN_LABEL = "unknown"
 
 
 def default_color(i: int) -> str:
-    """The palette colour of class ``i`` (cycling)."""
-    return PALETTE[i % len(PALETTE)]
+    """The palette colour of class ``i`` (cycling): ``backend.palette.class_hex``."""
+    return class_hex(i)
 
 
 def hex_to_rgba(color: str, alpha: float = 1.0) -> np.ndarray:

@@ -147,19 +147,33 @@ def is_layer(layer: Any, kind: str) -> bool:
     return isinstance(layer, getattr(napari.layers, kind))
 
 
-def selected_shape(viewer: Any, what: str) -> tuple[Any, int]:
+def selected_shape(viewer: Any, what: str, info: SlideInfo | None = None) -> tuple[Any, int]:
     """The Shapes layer and index of the shape the user selected, or a UserError.
 
     The active layer's selection counts first; when the active layer is another one (the user
     clicked the slide in the layer list), the one Shapes layer with a selected shape does.
-    ``what`` names the form field for the message.
+    ``what`` names the form field for the message. With ``info``, the shape must belong to that
+    slide (a Shapes layer made for another slide would send the other slide's coordinates to
+    this one's pixels); a layer that belongs to no slide is allowed, as in the Caption tab.
     """
+    from pathlib import Path
+
     from napari_histoclip._widgets._main import UserError
 
+    def elsewhere(layer: Any) -> SlideInfo | None:
+        own = slide_of(layer)
+        if info is None or own is None or Path(own.path).resolve() == Path(info.path).resolve():
+            return None
+        return own
+
     active = viewer.layers.selection.active
+    if is_layer(active, "Shapes") and active.selected_data and (other := elsewhere(active)) is not None:
+        raise UserError(f"{what}: the selected shape is on {other.name}, not on {info.name} (the slide chosen): "
+                        f"select a shape drawn on {info.name}, or choose {other.name} as the slide")
     candidates = [active] if is_layer(active, "Shapes") and active.selected_data else [
         lyr for lyr in viewer.layers
         if is_layer(lyr, "Shapes") and lyr.selected_data and lyr.metadata.get("kind") != "hits"
+        and elsewhere(lyr) is None
     ]
     if len(candidates) != 1:
         many = f" ({len(candidates)} Shapes layers have a selection: make one of them active)" if candidates else ""

@@ -21,6 +21,7 @@ import numpy as np
 
 from backend.embed.types import SlideEmbeddings, TileLayout
 from backend.errors import InputError, ModelMismatchError
+from backend.palette import PALETTE, UNKNOWN_COLOR, class_rgb  # noqa: F401 - re-exported
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a histopathology image of {}.",
@@ -33,13 +34,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "{}.",
 )
 
-# tab10: distinct at a glance, and the colours QuPath users are used to seeing.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127),
-)  # fmt: skip
 UNKNOWN_NAME = "unknown"
-UNKNOWN_COLOR: tuple[int, int, int] = (160, 160, 160)
 BACKGROUND_VALUE = 0
 _TEXT_BATCH = 256
 
@@ -340,7 +335,7 @@ class ClassMap:
 
 def _colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
     return tuple(
-        tuple(int(v) for v in c.color) if c.color is not None else PALETTE[i % len(PALETTE)]
+        tuple(int(v) for v in c.color) if c.color is not None else class_rgb(i)
         for i, c in enumerate(classes)
     )
 

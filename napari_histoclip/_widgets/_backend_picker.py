@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
+from napari_histoclip._widgets._wrap import set_short_text, wrap_label
+
 from napari_histoclip._settings import config_root
 from napari_histoclip._widgets._main import UserError, handler, local_backend
 
@@ -135,6 +137,7 @@ class BackendPicker(Container):
         self.token.native.setEchoMode(QLineEdit.EchoMode.Password)  # never echoed, not copyable
         self.connect_button = PushButton(text="Connect")
         self.state = Label(value="working on this computer")
+        wrap_label(self.state)  # a failed Connect's message must not widen the dock (issue 21)
         self.server_slide = ComboBox(label="Server slide", choices=[], nullable=True,
                                      tooltip="a slide on the server, shown streamed from it")
         self.open_button = PushButton(text="Open server slide")
@@ -171,6 +174,8 @@ class BackendPicker(Container):
     def _where_changed(self, value: str) -> None:
         if value == str(Where.LOCAL) and self.connected is not None:
             self._use_local()
+        elif value == str(Where.LOCAL):
+            set_short_text(self.state, "working on this computer")  # a failed Connect's message goes
         elif value == str(Where.SERVER) and self.connected is None:
             self.state.value = "not connected: press Connect (working on this computer until then)"
         save_choice(BackendChoice(Where(value), str(self.url.value).strip()))
@@ -200,7 +205,7 @@ class BackendPicker(Container):
 
         def failed(error: Exception) -> None:
             inner = getattr(error, "error", error)
-            self.state.value = f"not connected: {error_line(inner)}"
+            set_short_text(self.state, f"not connected: {error_line(inner)}")  # the toast has it whole
             show_task_error(error)
 
         return self.dock.runner.run(f"Connecting to {url}", lambda progress, cancel: connect(url, token), done,

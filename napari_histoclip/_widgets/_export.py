@@ -62,14 +62,18 @@ class ExportPanel(Container):
         target = Path(target) if Path(target).suffix else Path(target).with_suffix(".geojson")
         if not target.parent.is_dir():
             raise UserError(f"Save to: the folder {target.parent} does not exist; create it or choose another")
-        # One colour per class: the shapes layer's recorded colours (what File > Save writes),
-        # then the class map's legend, then the name's (backend.tasks.geojson.class_color).
+        # One colour per class: the slide's class map's legend, then the shapes layer's recorded
+        # colours (what File > Save writes), then the name's (backend.tasks.geojson.class_color).
         known: dict[str, str] = {}
         objects = []
-        if class_map is not None:
-            known.update(class_map_legend(class_map))
         if shapes is not None:
             known.update(recorded_colors(shapes))
+        # The slide's class map has the last word: a class the legend shows cyan is cyan in the
+        # file, even on a shape that got its class (and a colour) before the map had the class.
+        legend_map = class_map if class_map is not None else refine.class_map_layer(info) if refine else None
+        if legend_map is not None:
+            known.update(class_map_legend(legend_map))
+        if shapes is not None:
             classes = self._majority(shapes, class_map) if class_map is not None and self.classify.value else {}
             objects += shapes_objects(shapes, slide_layer, classes)  # on the UI thread: a snapshot
         if marks:
@@ -103,8 +107,12 @@ class ExportPanel(Container):
         annotations, skipped = read_geojson(source)
         if not annotations:
             raise UserError(f"{Path(source).name}: no polygon annotations in it ({skipped} other features)")
+        if all(a.class_map for a in annotations):
+            raise UserError(f"{Path(source).name}: it holds only a class map's polygons, which are not imported "
+                            "(they are not shapes or marks): label the slide in the Zero-shot tab to see its map")
         marks = [a for a in annotations if a.refine_mark]
-        annotations = [a for a in annotations if not a.refine_mark]
+        of_map = [a for a in annotations if a.class_map and not a.hole]
+        annotations = [a for a in annotations if not a.refine_mark and not a.class_map]
         refine = getattr(self.ctx, "refine", None)
         if marks and (refine is None or refine.class_map_layer(info) is None):
             raise UserError(f"{Path(source).name}: it holds refine marks; label {info.name} in the Zero-shot tab "
@@ -121,6 +129,10 @@ class ExportPanel(Container):
         if holes:
             notes.append(f"{holes} hole(s) imported as shapes of their own, named 'hole in ...' "
                          "(napari shapes cannot have holes)")
+        if of_map:
+            names = ", ".join(dict.fromkeys(a.cls for a in of_map if a.cls))
+            notes.append(f"{len(of_map)} class-map polygons ({names}) left out: they are a class map, not shapes "
+                         "or marks (label the slide in the Zero-shot tab to see its map)")
         if skipped:
             notes.append(f"{skipped} points, lines or empty features skipped")
         note = "; " + "; ".join(notes) if notes else ""

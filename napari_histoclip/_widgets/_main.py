@@ -28,7 +28,7 @@ from napari_histoclip._mpp import (
     watch_units,
 )
 from napari_histoclip._mpp_memory import MppMemory
-from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
+from napari_histoclip._slide import META_KEY, SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
 
 if TYPE_CHECKING:
@@ -131,6 +131,9 @@ class HistoclipWidget(QWidget):
 
         self.progress = ProgressBar(value=0, min=0, max=1, label="")
         self.status = Label(value="ready")
+        from napari_histoclip._widgets._wrap import wrap_label
+
+        wrap_label(self.status)  # a long task line or error wraps; the dock keeps its width
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
         self.footer = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
@@ -181,6 +184,7 @@ class HistoclipWidget(QWidget):
         self._restore_settings()
         for layer in slide_layers(viewer.layers):
             self._mpp_memory.recall(layer)
+        self._pick_visible_slide()
         self._show_mpp()
         for widget in (self.model, self.model_other, self.search.index):
             widget.changed.connect(self._remember)
@@ -347,10 +351,42 @@ class HistoclipWidget(QWidget):
         added = getattr(event, "value", None)
         if event is not None and getattr(event, "type", "") == "inserted" and added in slide_layers([added]):
             self.slide.value = added  # a slide just opened is the one to work on
+            self._show_opened(added)
         elif before is not None and before in [c[1] for c in self._slide_choices()]:
             self.slide.value = before
+        if event is not None and getattr(event, "type", "") == "inserted":
+            self._adopt_shapes(added)
         for panel in (self.zero_shot, self.captions, self.search, self.export):
             panel.reset_choices()
+
+    def _adopt_shapes(self, layer: Any) -> None:
+        """A Shapes layer of no slide (napari's own "new shapes layer" button) belongs to the
+        slide chosen when it is made: its shapes are drawn on that slide's pixels, so another
+        slide's runs must refuse them, and it hides with its slide."""
+        from napari.layers import Shapes
+
+        chosen = self.slide.value
+        info = slide_of(chosen) if chosen is not None else None
+        if info is not None and isinstance(layer, Shapes) and slide_of(layer) is None:
+            layer.metadata = {**layer.metadata, META_KEY: info.to_metadata()}
+
+    def _show_opened(self, layer: Any) -> None:
+        """A slide just opened is shown alone and whole: the other slides' layers (image, maps,
+        shapes) share its world coordinates and would be drawn over it."""
+        from napari_histoclip._viewer import frame_box, show_only_slide
+
+        info = slide_of(layer)
+        if info is None or len(slide_layers(self.viewer.layers)) < 2:
+            return  # the first slide: napari frames it itself
+        show_only_slide(self.viewer, info)
+        frame_box(self.viewer, (0.0, 0.0, float(info.width), float(info.height)), info)
+
+    def _pick_visible_slide(self) -> None:
+        """A dock opened over slides already open works on the one shown: the top visible
+        slide layer (the combo box's default, the first layer, may be a hidden one)."""
+        visible = [lyr for lyr in slide_layers(self.viewer.layers) if lyr.visible]
+        if visible:
+            self.slide.value = visible[-1]
 
     def _show_mpp(self, *_: Any) -> None:
         """The µm/px field follows the chosen slide: its metadata's (read only), the user's, or

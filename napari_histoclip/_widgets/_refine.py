@@ -23,7 +23,8 @@ and has its own list and buttons, and the Zero-shot tab is already full.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,49 +32,13 @@ from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import default_color, is_ours
+from napari_histoclip._marks import Cell, SlideMarks, marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
 from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._zeroshot import classifier_colors
 
-Cell = tuple[int, int]
-
-
-@dataclass
-class SlideMarks:
-    """The marks on one slide: cell -> class name, and the strokes that made them (for undo)."""
-
-    marks: dict[Cell, str] = field(default_factory=dict)
-    # Per stroke: the cells it touched, each with its mark and map value before the stroke.
-    strokes: list[list[tuple[Cell, str | None, int]]] = field(default_factory=list)
-
-    def as_request(self) -> tuple[Any, ...]:
-        """The marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
-        return marks_request(self.marks)
-
-
-def marks_request(marks: dict[Cell, str]) -> tuple[Any, ...]:
-    """``cell -> class`` marks as ``backend.api.TileMarks``, one per class (in first-marked order)."""
-    from backend.api import TileMarks
-
-    by_class: dict[str, list[Cell]] = {}
-    for cell, name in marks.items():
-        by_class.setdefault(name, []).append(cell)
-    return tuple(TileMarks(name, tuple(cells)) for name, cells in by_class.items())
-
-
-def painted_cells(event_value: Any, shape: tuple[int, int]) -> list[tuple[Cell, int]]:
-    """``(cell, new value)`` of every pixel a napari Labels ``paint`` event changed."""
-    out: list[tuple[Cell, int]] = []
-    for atom in event_value or ():
-        key, mask, value = getattr(atom, "slice_key", None), getattr(atom, "mask", None), getattr(atom, "new_value", None)
-        if key is None or value is None:
-            continue
-        rows = np.arange(shape[0])[key[0]]
-        cols = np.arange(shape[1])[key[1]]
-        grid = np.ones((len(rows), len(cols)), bool) if mask is None else np.asarray(mask, bool).reshape(len(rows), len(cols))
-        for i, j in np.argwhere(grid):
-            out.append(((int(rows[i]), int(cols[j])), int(value)))
-    return out
+log = logging.getLogger(__name__)
 
 
 class RefinePanel(Container):
@@ -87,6 +52,8 @@ class RefinePanel(Container):
         self.help.native.setWordWrap(True)
         self.marks_label = Label(value="no marks")
         self.marks_label.native.setWordWrap(True)  # "n marked tiles (class k, ...)" outgrows the dock
+        self.legend = Label(value="")  # the map's classes in the colours the brush paints them
+        self.legend.native.setToolTip("the class map's classes: pick one in the layer's label box to paint it")
         self.refine_button = PushButton(text="Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
@@ -103,15 +70,16 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.new_class, self.add_class_button, self.refine_button,
+            widgets=[self.help, self.marks_label, self.legend, self.new_class, self.add_class_button, self.refine_button,
                      self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
                      self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(8, self.unsure)
+        self.native.layout().insertWidget(9, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
-        self._watched: Any = None  # the class-map layer whose paint events we follow
+        self._unused: dict[str, list[str]] = {}  # slide -> shape classes the map lacks (not marks)
+        self._watched: dict[Any, tuple[Any, Any]] = {}  # unique_id -> (class map, its paint slot)
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
@@ -122,6 +90,9 @@ class RefinePanel(Container):
         self.apply_button.changed.connect(self.apply)
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
         ctx.viewer.layers.events.inserted.connect(self._layer_added)
+        for layer in ctx.viewer.layers:  # a reopened dock: the maps already there
+            if is_ours(layer, "class_map") and not layer.metadata.get("region", False):
+                self._watch(layer)
         ctx.destroyed.connect(lambda *_: self.disconnect_viewer())
 
     def disconnect_viewer(self) -> None:
@@ -157,64 +128,96 @@ class RefinePanel(Container):
             self._watch(layer)
 
     def _watch(self, layer: Any) -> None:
-        self._unwatch()
-        self._watched = layer
-        layer.events.paint.connect(self._painted)
+        """Follow the paint strokes of a whole-slide class map (every slide's, not only the
+        last one made), and give it a brush of one tile (napari's default is 10 px, and the map
+        has one pixel per tile)."""
+        if layer.unique_id in self._watched:
+            return
+        slot = partial(self._painted, layer)
+        self._watched[layer.unique_id] = (layer, slot)
+        layer.events.paint.connect(slot)
+        layer.brush_size = 1
 
     def _unwatch(self) -> None:
-        if self._watched is not None:
+        for layer, slot in self._watched.values():
             try:
-                self._watched.events.paint.disconnect(self._painted)
+                layer.events.paint.disconnect(slot)
             except (RuntimeError, TypeError, ValueError):
                 pass
-        self._watched = None
+        self._watched = {}
 
-    def _painted(self, event: Any) -> None:
-        layer = self._watched
-        info = slide_of(layer) if layer is not None else None
+    def arm(self) -> Any:
+        """Make the chosen slide's class map ready to paint marks on (the Refine tab is shown):
+        the active layer, in paint mode, with a brush of one tile and a class picked. Returns
+        the map (None: the slide has none yet)."""
+        layer_and_info = self.ctx.slide.value
+        info = slide_of(layer_and_info) if layer_and_info is not None else None
+        layer = self.class_map_layer(info) if info is not None else None
+        if layer is None:
+            return None
+        self._watch(layer)
+        layer.brush_size = 1
+        if not 1 <= layer.selected_label <= len(layer.metadata.get("labels", ())):
+            layer.selected_label = 1
+        self.ctx.viewer.layers.selection.active = layer
+        layer.mode = "paint"
+        self._show_count(info)
+        return layer
+
+    def _painted(self, layer: Any, event: Any) -> None:
+        """A stroke on a class map: its tissue tiles painted a class become marks; background
+        and non-class values painted are put back. Runs in a Qt slot: an error is shown and
+        logged, never raised (PyQt would abort napari)."""
+        try:
+            self._take_stroke(layer, event.value)
+        except Exception as e:  # noqa: BLE001 - see above; the user is told
+            from napari.utils.notifications import show_error
+
+            log.error("a paint stroke on %s could not be read", getattr(layer, "name", layer), exc_info=e)
+            show_error(f"Refine: the stroke on {getattr(layer, 'name', 'the class map')} was not taken as marks "
+                       f"({type(e).__name__}: {e})")
+
+    def _take_stroke(self, layer: Any, atoms: Any) -> None:
+        from napari_histoclip._paint import paint_changes
+
+        info = slide_of(layer)
         if info is None:
             return
         labels = list(layer.metadata.get("labels", ()))
         state = self.slides.setdefault(info.path, SlideMarks())
-        stroke, revert = [], []
-        for cell, value in painted_cells(event.value, layer.data.shape):
-            before = self._value_before(event.value, cell)
-            if before == 0 or not (0 <= value <= len(labels)):
-                revert.append((cell, before))  # no tissue there, or not a class: not a mark
-                continue
-            stroke.append((cell, state.marks.get(cell), before))
-            if value == 0:
-                state.marks.pop(cell, None)
-            else:
-                state.marks[cell] = labels[value - 1]
+        revert = state.take_stroke(paint_changes(atoms, np.shape(layer.data)), labels)
         if revert:
             data = np.asarray(layer.data)
             for (r, c), before in revert:
                 data[r, c] = before
             layer.refresh()
-        if stroke:
-            state.strokes.append(stroke)
         self._show_count(info)
-
-    @staticmethod
-    def _value_before(event_value: Any, cell: Cell) -> int:
-        for atom in event_value or ():
-            key, old = getattr(atom, "slice_key", None), getattr(atom, "old_values", None)
-            if key is None or old is None:
-                continue
-            r0 = key[0].start or 0
-            c0 = key[1].start or 0
-            r, c = cell[0] - r0, cell[1] - c0
-            old = np.asarray(old)
-            if 0 <= r < old.shape[0] and 0 <= c < old.shape[1]:
-                return int(old[r, c])
-        return 0
 
     def _show_count(self, info: Any) -> None:
         marks = self.marks_of(info.path)
         n = len(marks)
         per = ", ".join(f"{t.label} {len(t.cells)}" for t in marks_request(marks)) if n else ""
-        self.marks_label.value = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+        text = f"{n} marked tiles" + (f" ({per})" if per else "") if n else "no marks"
+        unused = self._unused.get(info.path)
+        if unused:
+            text += (f"; shapes of class {', '.join(unused)} are not marks: the map has no such class "
+                     "(type it under New class and press Add class to make it one)")
+        self.marks_label.value = text
+        self._show_legend(info)
+
+    def _show_legend(self, info: Any) -> None:
+        """The legend of the slide's class map (classes, colours, shares), as the Zero-shot tab's."""
+        from napari_histoclip._layers import legend
+        from napari_histoclip._widgets._zeroshot import legend_html
+
+        layer = self._map_of(info.path)
+        if layer is None:
+            self.legend.value = ""
+            return
+        meta = layer.metadata
+        labels, colors = list(meta.get("labels", ())), list(meta.get("colors", ()))
+        colors += [default_color(i) for i in range(len(colors), len(labels))]
+        self.legend.value = legend_html(legend(labels, colors, np.asarray(layer.data)))
 
     def marks_of(self, slide_path: str) -> dict[Cell, str]:
         """Every mark on a slide: tiles under its classified shapes, then its painted marks
@@ -225,12 +228,21 @@ class RefinePanel(Container):
 
         out: dict[Cell, str] = {}
         layer = self._map_of(slide_path)
+        unused: dict[str, None] = {}
         if layer is not None:
+            classes = set(layer.metadata.get("labels", ()))
             for shapes in self.ctx.viewer.layers:
                 own = slide_of(shapes)
                 if isinstance(shapes, Shapes) and not is_ours(shapes, "hits") and own is not None \
                         and own.path == slide_path:
-                    out.update(shape_marks(shapes, layer))
+                    # A class the map lacks (a QuPath class typed on a shape) is no mark: a new
+                    # class is made with Add class, never by a shape's label.
+                    for cell, name in shape_marks(shapes, layer).items():
+                        if name in classes:
+                            out[cell] = name
+                        else:
+                            unused[name] = None
+        self._unused[slide_path] = list(unused)
         state = self.slides.get(slide_path)
         out.update(state.marks if state else {})
         return out
@@ -341,6 +353,7 @@ class RefinePanel(Container):
             if classifier is not None:
                 layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
             self.show_unsure(refined, prior, info, k)
+            self._show_count(info)
 
         self.ctx.run(f"Refining {info.name} ({len(all_marks)} marks)", work, done)
 
@@ -460,10 +473,11 @@ class RefinePanel(Container):
             self.ctx.warn_random(result, path)
             self.slides.pop(info.path, None)  # marks were made against another map
             self._show_count(info)
-            colors = [default_color(i) for i in range(len(result.labels))]
+            colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
             layers = self.ctx.zero_shot.show_result(result, info, colors, False)
             layers[0].metadata["classifier"] = path  # Refine and Save then start from it
             self.show_unsure(result, result, info, int(self.n_unsure.value))
+            self._show_count(info)
 
         self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
             request, progress=progress, cancel=cancel), done)
@@ -473,4 +487,5 @@ def add_refine_tab(ctx: Any) -> RefinePanel:
     """Make the Refine panel and add it to the dock's tabs (the dock's one hook)."""
     panel = RefinePanel(ctx)
     ctx.tabs.addTab(panel.native, "Refine")
+    ctx.tabs.currentChanged.connect(lambda i: panel.arm() if ctx.tabs.widget(i) is panel.native else None)
     return panel

@@ -221,7 +221,7 @@ class SearchPanel(Container):
         from napari_histoclip._shapes import shape_regions
 
         slide_layer, info = self.ctx.require_slide()
-        layer, index = selected_shape(self.ctx.viewer, "Search")
+        layer, index = selected_shape(self.ctx.viewer, "Search", info)
         (region,) = shape_regions(layer, slide_layer, [index])
         self._search(slide=self.ctx.slide_ref(info), region=region)
 

@@ -19,7 +19,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label,
 
 from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
-from napari_histoclip._viewer import replace_layers, selected_shape
+from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
@@ -49,6 +49,12 @@ def bundle_classes(path: str) -> list[tuple[str, str]] | None:
         out.append((str(c.get("name") if isinstance(c, dict) else c),
                     "#{:02x}{:02x}{:02x}".format(*rgb) if ok else default_color(i)))
     return out
+
+
+def classifier_colors(path: str, labels: Any) -> list[str]:
+    """The colours of a classifier's classes: those its bundle records, else the palette's."""
+    known = dict(bundle_classes(path) or ())
+    return [known.get(name, default_color(i)) for i, name in enumerate(labels)]
 
 
 def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
@@ -158,12 +164,11 @@ class ZeroShotPanel(Container):
         region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
         request = ClassifyRequest(self.ctx.slide_ref(info), path, region=region,
                                   unknown_threshold=self.threshold.value or None)
-        known = dict(bundle_classes(path) or ())
         backend = self.ctx.backend
 
         def done(result: Any) -> None:
             self.ctx.warn_random(result, path)
-            colors = [known.get(name, default_color(i)) for i, name in enumerate(result.labels)]
+            colors = classifier_colors(path, result.labels)
             layers = self.show_result(result, info, colors, region is not None)
             layers[0].metadata["classifier"] = path
 
@@ -201,6 +206,13 @@ class ZeroShotPanel(Container):
         layers = replace_layers(viewer, new[:1] if fresh else new, stale)
         self._shown = layers
         self.legend.value = legend_html(legend(result.labels, colors, result.class_map))
+        if not region:  # the slide's shapes export their classes in the map's colours
+            from napari_histoclip._geojson import adopt_map_colors, class_map_legend
+
+            for lyr in self.ctx.viewer.layers:
+                own = slide_of(lyr)
+                if is_layer(lyr, "Shapes") and own is not None and own.path == info.path:
+                    adopt_map_colors(lyr, class_map_legend(layers[0]))
         # The class map is the layer to hover: its status line names the class.
         viewer.layers.selection.active = layers[0]
         if fresh:
@@ -308,5 +320,5 @@ class ZeroShotPanel(Container):
         """The selected shape of the active Shapes layer, as a region on the slide."""
         from napari_histoclip._shapes import shape_regions
 
-        layer, index = selected_shape(self.ctx.viewer, "Where")
+        layer, index = selected_shape(self.ctx.viewer, "Where", slide_of(slide_layer))
         return shape_regions(layer, slide_layer, [index])[0]

@@ -197,7 +197,10 @@ def test_export_and_import_qupath_geojson(dock, qtbot, tmp_path, notes) -> None:
     dock.export.import_path.value = tmp_path / "out.geojson"
     dock.export.import_button.native.click()
     imported = dock.viewer.layers["CMU-1-Small-Region: out"]
-    assert len(imported.data) >= len(doc["features"])  # a MultiPolygon gives a shape per polygon
+    # The class map's polygons are a map, not shapes (as shapes with a class they would become
+    # Refine marks, issue 21): left out, and said so.
+    assert len(imported.data) == 1
+    assert any("class-map polygons" in w for w in notes.warnings), notes.warnings
     assert imported.shape_type[0] == "rectangle"
     assert np.allclose(sorted(map(tuple, imported.data[0])), sorted(map(tuple, shapes.data[0])))
     assert imported.scale.tolist() == pytest.approx([MPP, MPP])

@@ -1,0 +1,45 @@
+"""The one class palette: the colour of class ``i`` and of "unknown", for every output.
+
+The CLI's PNG and GeoJSON, class maps and classifier bundles (``backend``) and the dock's
+prompts, legends, layers and exports (``napari_histoclip``) all take their colours from here, so
+a class is the same colour on screen, in a file and in QuPath. Plain Python (no numpy, no torch):
+the plugin imports it without loading the backend's model code.
+
+The order is tab10's colours reordered so that the first classes stand apart from each other and
+from H&E's pinks and purples (blue, orange, green, red, cyan, yellow first), then two more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+RGB = tuple[int, int, int]
+
+PALETTE: tuple[RGB, ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (23, 190, 207), (230, 214, 0),
+    (140, 86, 75), (127, 127, 127), (227, 119, 194), (148, 103, 189), (0, 0, 128), (0, 255, 127),
+)  # fmt: skip
+#: "unknown" tiles (below the threshold): a dark grey, apart from the class colours (the
+#: palette's own grey included) and visible on white glass and on tissue alike (white was not).
+UNKNOWN_COLOR: RGB = (64, 64, 64)
+
+
+def class_rgb(i: int) -> RGB:
+    """The palette colour of class ``i`` (0-based; cycling past the palette's end)."""
+    return PALETTE[int(i) % len(PALETTE)]
+
+
+def class_colors(n: int) -> tuple[RGB, ...]:
+    """The colours of ``n`` classes in order."""
+    return tuple(class_rgb(i) for i in range(int(n)))
+
+
+def to_hex(rgb: Sequence[int]) -> str:
+    """``(r, g, b)`` 0-255 as ``#rrggbb``."""
+    r, g, b = (int(v) for v in list(rgb)[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def class_hex(i: int) -> str:
+    """:func:`class_rgb` as ``#rrggbb``."""
+    return to_hex(class_rgb(i))
