@@ -17,6 +17,8 @@ from pathlib import Path
 from backend.errors import InputError
 
 TEXT_SUFFIXES = frozenset({".txt", ".text"})
+# every file a corpus may be (a server lists these under --corpora)
+CORPUS_SUFFIXES = TEXT_SUFFIXES | {".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".parquet", ".pq"}
 
 
 @dataclass(frozen=True)
