@@ -169,6 +169,8 @@ class HistoclipWidget(QWidget):
         self._show_mpp()
         for widget in (self.model, self.model_other, self.search.index):
             widget.changed.connect(self._remember)
+        for widget in (self.model, self.model_other):  # the corpus source needs a vision-language model
+            widget.changed.connect(lambda *_: self.captions.source.reset_choices())
 
     def event(self, event: QEvent) -> bool:
         """Close when napari takes the dock down: its close button unparents this widget."""
@@ -212,6 +214,17 @@ class HistoclipWidget(QWidget):
         if not self.model.value:
             raise UserError("Model: no model chosen (the registry listed none)")
         return str(self.model.value)
+
+    def model_is_vision_language(self) -> bool:
+        """Whether the chosen model also embeds text (as the backend's model list says); a
+        model typed by name (a hub id, a bundle) is taken to be one until the backend says no."""
+        try:
+            name = self.model_name
+            infos = self._backend.list_models() if self._backend is not None else []
+        except Exception:  # noqa: BLE001 - no backend or model yet: offer what a VL model has
+            return True
+        info = next((m for m in infos if m.name == name), None)
+        return info is None or "text" in info.capabilities
 
     def slide_layer(self) -> Any | None:
         return self.slide.value
