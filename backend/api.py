@@ -472,21 +472,12 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> CaptionResult: ...
 
-    def corpus_caption(
-        self,
-        request: CorpusCaptionRequest,
-        *,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> CaptionResult: ...
+    # Captions from a corpus, caption grounding (issue 19).
+    def corpus_caption(self, request: CorpusCaptionRequest, *, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None) -> CaptionResult: ...
 
-    def ground(
-        self,
-        request: GroundingRequest,
-        *,
-        progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> GroundingResult: ...
+    def ground(self, request: GroundingRequest, *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> GroundingResult: ...
 
     def build_index(
         self,

@@ -86,9 +86,7 @@ class LocalBackend(ClassifierTasks):
         self.text_cache = TextFeatureCache()
         self._models: Once[Any] = Once()
         self._captioners: Once[Any] = Once()
-        self._readers: Once[Any] = Once()  # read-only cohort indexes, kept open between searches
-        self.corpora_dir = cache_root(cache_dir) / "corpora"  # caption corpora's text indexes
-        self._corpora: Once[Any] = Once()  # open corpus indexes (backend.caption.tasks.open_corpus)
+        self._readers: Once[Any] = Once()  # read-only indexes (cohort, caption corpus), kept open between searches
 
     def close(self) -> None:
         """Close the cohort indexes held open for searching (models are simply dropped).
@@ -98,7 +96,6 @@ class LocalBackend(ClassifierTasks):
         """
         self._models.take_all()
         self._captioners.take_all()
-        self._corpora.take_all()
         for index in self._readers.take_all():
             index.close()
 
@@ -357,29 +354,7 @@ class LocalBackend(ClassifierTasks):
         captions = captioner.caption(np.stack(vectors), model_id=str(clip.model_id), config=config)
         return api.CaptionResult(captions=tuple(captions))
 
-    def corpus_caption(
-        self,
-        request: api.CorpusCaptionRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.CaptionResult:
-        """Captions from a corpus: :func:`backend.caption.tasks.corpus_caption`."""
-        from backend.caption.tasks import corpus_caption
-
-        return corpus_caption(self, request, progress=progress, cancel=cancel)
-
-    def ground(
-        self,
-        request: api.GroundingRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.GroundingResult:
-        """Caption grounding: :func:`backend.caption.tasks.ground`."""
-        from backend.caption.tasks import ground
-
-        return ground(self, request, progress=progress, cancel=cancel)
+    from backend.caption.tasks import corpus_caption, ground  # captions from a corpus, grounding: methods
 
     # --- cohort index -----------------------------------------------------------------------
 

@@ -113,6 +113,11 @@ class CorpusIndex:
     def model_id(self) -> str:
         return self.manifest.model_id
 
+    def close(self) -> None:
+        """Release the FAISS index's memory (a backend closing; this object is then unusable)."""
+        with self._lock:
+            self.index = None
+
     def __len__(self) -> int:
         return len(self.texts)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend import api
-from backend.errors import CancelledError, InputError
+from backend.errors import InputError
 
 if TYPE_CHECKING:
     from backend.caption.corpus_index import CorpusIndex
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 
 def _check_cancel(cancel: threading.Event | None, what: str) -> None:
-    if cancel is not None and cancel.is_set():
-        raise CancelledError(f"{what}: cancelled")
+    from backend.local import _check_cancel as check  # the backend's one rule
+
+    check(cancel, what)
 
 
 def _text_model(backend: LocalBackend, name: str, task: str, progress: api.ProgressCallback | None,
@@ -60,8 +61,14 @@ def open_corpus(
     # edited file (new mtime or size) is hashed again and finds or builds its own index.
     key = "\0".join(map(str, (path.resolve(), st.st_mtime_ns, st.st_size, spec.text_column, spec.source_column,
                               spec.id_column, clip.model_id)))
-    return backend._corpora.get(key, lambda: build_corpus_index(spec, clip, backend.corpora_dir, progress=progress,
-                                                                 cancel=cancel))
+    # Held with the backend's other read-only indexes: made once per key, closed by its close().
+    return backend._readers.get("corpus\0" + key, lambda: build_corpus_index(
+        spec, clip, corpora_root(backend), progress=progress, cancel=cancel))
+
+
+def corpora_root(backend: LocalBackend) -> Path:
+    """Where a backend's corpus indexes are built: ``corpora/`` beside its embedding cache."""
+    return Path(backend.cache.root).parent / "corpora"
 
 
 def corpus_caption(

@@ -183,7 +183,7 @@ def test_local_backend_corpus_caption_on_a_slide(tmp_path: Path, cmu_slide: Path
             assert len(cap.texts) == 2 and set(cap.texts) <= set(texts)
             assert cap.scores[0] >= cap.scores[1]
             assert all(len(s) == 1 and s[0].startswith("line ") for s in cap.sources)
-        index = CorpusIndex.open(next((tmp_path / "cache" / "corpora").iterdir()))
+        index = CorpusIndex.open(next((tmp_path / "cache" / "corpora").iterdir()))  # beside the embeddings
         assert index.texts == texts and index.model_id == "test-tiny"
         with pytest.raises(InputError, match=r"missing\.txt: corpus file not found"):
             backend.corpus_caption(api.CorpusCaptionRequest(api.SlideRef(str(cmu_slide)), regions,
