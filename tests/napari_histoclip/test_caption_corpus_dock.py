@@ -26,7 +26,7 @@ def test_corpus_caption_on_a_polygon_then_its_grounding_and_a_clicked_tile(plugi
     panel = plugin_dock.captions
     assert CaptionSource.CORPUS.value in panel.source.choices  # test-tiny embeds text too
     panel.source.value = CaptionSource.CORPUS.value
-    assert panel.corpus.visible and not panel.captioner.visible
+    assert not panel.corpus.native.isHidden() and panel.captioner.native.isHidden()  # (the tab itself is not shown)
     panel.corpus.value = corpus
     panel.n_best.value = 2
     panel.new_layer_button.native.click()
@@ -49,11 +49,11 @@ def test_corpus_caption_on_a_polygon_then_its_grounding_and_a_clicked_tile(plugi
     tiles = next(lyr for lyr in plugin_viewer.layers if lyr.metadata.get("kind") == "grounding_tiles")
     assert maps and maps[0].metadata["text"] == options[0][0] and maps[0].metadata["method"] == "similarity"
     # Aligned with the slide: every supported map cell's centre lies in the polygon's bounding box (world)
-    poly = layer.data_to_world(np.asarray(layer.data[j]))
+    poly = np.array([layer.data_to_world(v) for v in np.asarray(layer.data[j])])
     lo, hi = poly.min(axis=0), poly.max(axis=0)
     cell = np.asarray(maps[0].scale)
     for r, c in np.argwhere(maps[0].data > 0):
-        centre = maps[0].data_to_world(np.array([r, c], float))
+        centre = np.asarray(maps[0].data_to_world(np.array([r, c], float)))
         assert np.all(centre >= lo - cell) and np.all(centre <= hi + cell)
     assert len(tiles.data) >= 5
     # Clicking the best supporting tile of the caption says what it supports.
