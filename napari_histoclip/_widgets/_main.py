@@ -220,10 +220,10 @@ class HistoclipWidget(QWidget):
         model typed by name (a hub id, a bundle) is taken to be one until the backend says no."""
         try:
             name = self.model_name
-            infos = self._backend.list_models() if self._backend is not None else []
-        except Exception:  # noqa: BLE001 - no backend or model yet: offer what a VL model has
+        except UserError:  # no model yet: offer what a vision-language model has
             return True
-        info = next((m for m in infos if m.name == name), None)
+        # the list refresh_models fetched: no backend call (over HTTP, a round trip) on each layer change
+        info = next((m for m in getattr(self, "_model_infos", ()) if m.name == name), None)
         return info is None or "text" in info.capabilities
 
     def slide_layer(self) -> Any | None:
@@ -268,6 +268,7 @@ class HistoclipWidget(QWidget):
         except UserError:
             self.model.choices = []
             raise
+        self._model_infos = tuple(infos)
         choices = [(f"{m.name} (random weights)" if m.random_weights else m.name, m.name) for m in infos]
         self.model.choices = choices
         if choices and self.model.value is None:
