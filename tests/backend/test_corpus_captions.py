@@ -188,3 +188,43 @@ def test_local_backend_corpus_caption_on_a_slide(tmp_path: Path, cmu_slide: Path
         with pytest.raises(InputError, match=r"missing\.txt: corpus file not found"):
             backend.corpus_caption(api.CorpusCaptionRequest(api.SlideRef(str(cmu_slide)), regions,
                                                             str(tmp_path / "missing.txt"), "test-tiny", tiles=tiles))
+
+
+_KILLED_BUILD = """
+import sys, time, numpy as np
+from backend.models import load_model
+from backend.caption.corpus_index import CorpusSpec, build_corpus_index
+tiny = load_model("test-tiny", device="cpu")
+def encode(batch):
+    print("encoded", len(batch), flush=True)
+    time.sleep(0.5)  # slow enough to be killed in the second shard
+    return np.stack([np.eye(8, dtype=np.float32)[int(t.split()[1]) % 8] for t in batch])
+build_corpus_index(CorpusSpec(sys.argv[1]), tiny, sys.argv[2], shard_size=4, encode=encode)
+"""
+
+
+def test_a_killed_build_resumes_and_leaves_no_half_written_file(tmp_path: Path, tiny) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from backend.atomic import leftover_temps
+
+    texts = [f"caption {i}" for i in range(12)]
+    (tmp_path / "c.txt").write_text("\n".join(texts), encoding="utf-8")
+    root = tmp_path / "corpora"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(tmp_path / "c.txt"), str(root)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("encoded") and len(list(root.glob("*/shards/*.npy"))) >= 1:
+            break  # the first shard is on disk and the second is being embedded
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not list(root.glob(f"*/{MANIFEST}"))
+    rest = PlantedEncoder({t: np.eye(8, dtype=np.float32)[int(t.split()[1]) % 8] for t in texts})
+    index = build_corpus_index(CorpusSpec(str(tmp_path / "c.txt")), tiny, root, shard_size=4, encode=rest)
+    assert len(index) == 12 and len(rest.calls) <= 8 and rest.calls == texts[12 - len(rest.calls):]
+    assert not any(leftover_temps(folder) for folder in root.glob("*/shards"))
