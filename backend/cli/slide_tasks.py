@@ -186,7 +186,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--beams", type=int, default=DecodeConfig.num_beams)
     p.add_argument("--n-best", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=DecodeConfig.max_new_tokens)
-    add_model_flags(p, recorded="the CLIP model the captioner was trained with")
+    add_model_flags(p, recorded=f"the CLIP model the captioner was trained with; with --corpus, {DEFAULT_MODEL}")
     add_tile_flags(p)
     p.set_defaults(handler=_caption)
 
