@@ -215,11 +215,65 @@ class CaptionRequest:
 class Caption:
     texts: tuple[str, ...]  # n-best, best first
     scores: tuple[float, ...]
+    sources: tuple[tuple[str, ...], ...] = ()  # corpus captions: per text, where it (and its near-duplicates) came from
 
 
 @dataclass(frozen=True)
 class CaptionResult:
     captions: tuple[Caption, ...]  # one per region, in request order
+
+
+@dataclass(frozen=True)
+class CorpusCaptionRequest:
+    """Caption regions with the passages of a caption corpus nearest them (no captioner needed).
+
+    ``corpus`` is a corpus file (``.txt`` one caption a line, ``.csv``/``.tsv``/``.parquet``
+    with ``text_column`` and optional source/id columns, ``.jsonl``); on a server, a corpus id.
+    It is embedded once with ``model``'s text tower (a vision-language model) and cached.
+    """
+
+    slide: SlideRef
+    regions: tuple[Region, ...]
+    corpus: str
+    model: str
+    n_best: int = 3
+    text_column: str = "text"
+    source_column: str | None = None
+    id_column: str | None = None
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class GroundingRequest:
+    """Which tiles of ``region`` support ``caption``, and each of its noun phrases.
+
+    With ``captioner`` (a ClipCap bundle), by leaving each tile out of the pooled region
+    embedding (``model`` None: the bundle's CLIP model); without, by each tile's similarity to
+    the caption's text embedding (``model`` required, vision-language).
+    """
+
+    slide: SlideRef
+    region: Region
+    caption: str
+    model: str | None = None
+    captioner: str | None = None
+    phrases: bool = True
+    top_k: int = 5
+    tiles: TileOptions = field(default_factory=TileOptions)
+
+
+@dataclass(frozen=True)
+class GroundingResult:
+    """Support maps over the tile grid: ``maps[0]`` for the whole caption, ``maps[1 + j]`` for
+    ``phrases[j]``; NaN off the region's tiles. ``top_cells[m]``: map m's best tiles (row, col)."""
+
+    caption: str
+    method: str  # "similarity" or "leave-one-out"
+    phrases: tuple[str, ...]
+    maps: np.ndarray  # (1 + n_phrases, rows, cols) float32
+    top_cells: tuple[tuple[tuple[int, int], ...], ...]
+    geometry: GridGeometry
+    random_weights: bool
 
 
 @dataclass(frozen=True)
@@ -440,6 +494,13 @@ class Backend(Protocol):
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> CaptionResult: ...
+
+    # Captions from a corpus, caption grounding (issue 19).
+    def corpus_caption(self, request: CorpusCaptionRequest, *, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None) -> CaptionResult: ...
+
+    def ground(self, request: GroundingRequest, *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> GroundingResult: ...
 
     def build_index(
         self,

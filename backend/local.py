@@ -86,7 +86,7 @@ class LocalBackend(ClassifierTasks):
         self.text_cache = TextFeatureCache()
         self._models: Once[Any] = Once()
         self._captioners: Once[Any] = Once()
-        self._readers: Once[Any] = Once()  # read-only cohort indexes, kept open between searches
+        self._readers: Once[Any] = Once()  # read-only indexes (cohort, caption corpus), kept open between searches
 
     def close(self) -> None:
         """Close the cohort indexes held open for searching (models are simply dropped).
@@ -343,6 +343,8 @@ class LocalBackend(ClassifierTasks):
         config = DecodeConfig(num_beams=request.beams, n_best=request.n_best, max_new_tokens=request.max_tokens)
         captions = captioner.caption(np.stack(vectors), model_id=str(clip.model_id), config=config)
         return api.CaptionResult(captions=tuple(captions))
+
+    from backend.caption.tasks import corpus_caption, ground  # captions from a corpus, grounding: methods
 
     # --- cohort index -----------------------------------------------------------------------
 

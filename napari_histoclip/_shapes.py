@@ -18,7 +18,7 @@ CAPTION = "caption"
 CAPTION_SCORE = "caption_score"
 CAPTION_TEXT = "caption_display"  # the caption wrapped to lines for on-canvas text
 CLASS = "class"
-NBEST = "nbest"  # the n-best list, "score\ttext" lines, best first
+NBEST = "nbest"  # the n-best list, "score\ttext[\tsources]" lines, best first (sources: a corpus caption's)
 REGION_COLOR = "#00c000"  # green: apart from H&E's pinks and purples, and from the hit outlines
 CAPTION_COLOR = "#101010"
 WRAP = 36
@@ -157,21 +157,30 @@ def set_captions(layer: Any, indices: Sequence[int], captions: Sequence[Any]) ->
         feats.loc[i, CAPTION] = best
         feats.loc[i, CAPTION_SCORE] = score
         _redisplay(feats, i)
-        feats.loc[i, NBEST] = "\n".join(f"{s:.3f}\t{t}" for t, s in zip(cap.texts, cap.scores, strict=False))
+        sources = [", ".join(src) for src in getattr(cap, "sources", ())] or [""] * len(cap.texts)
+        feats.loc[i, NBEST] = "\n".join(f"{s:.3f}\t{t}" + (f"\t{src}" if src else "")
+                                         for t, s, src in zip(cap.texts, cap.scores, sources, strict=False))
     store_features(layer, feats)
     layer.refresh_text()
 
 
 def nbest(layer: Any, index: int) -> list[tuple[str, float]]:
     """The n-best ``(text, score)`` list stored on shape ``index``, best first."""
+    return [(text, score) for text, score, _ in nbest_sources(layer, index)]
+
+
+def nbest_sources(layer: Any, index: int) -> list[tuple[str, float, str]]:
+    """The n-best ``(text, score, sources)`` of shape ``index``, best first; ``sources`` is
+    where a corpus caption came from (its refs, comma-separated), "" for a generated one."""
     if NBEST not in layer.features.columns or index >= len(layer.features):
         return []
     raw = layer.features[NBEST].iloc[index]
     out = []
     for line in str(raw or "").splitlines():
-        score, _, text = line.partition("\t")
+        score, _, rest = line.partition("\t")
+        text, _, sources = rest.partition("\t")
         try:
-            out.append((text, float(score)))
+            out.append((text, float(score), sources))
         except ValueError:
             continue
     return out

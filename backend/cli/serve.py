@@ -15,6 +15,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--slides", action="append", default=[], metavar="DIR", help="a folder of slides clients may use (repeatable)")
     p.add_argument("--indexes", action="append", default=[], metavar="DIR", help="a folder of cohort indexes (repeatable; new ones go in the first)")
     p.add_argument("--models", action="append", default=[], metavar="DIR", help="a folder of model and captioner bundles (repeatable)")
+    p.add_argument("--corpora", action="append", default=[], metavar="DIR",
+                   help="a folder of caption corpora (.txt, .csv, .parquet, .jsonl) clients caption from (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     p.add_argument("--state-dir", default=None, help="job records and tokens (default: <cache dir>/server)")
@@ -63,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     default_timeout, timeouts = parse_call_timeouts(args.call_timeout)
     return ServerConfig(
         slide_roots=tuple(map(Path, args.slides)), index_roots=tuple(map(Path, args.indexes)),
-        model_roots=tuple(map(Path, args.models)), state_dir=state_dir,
+        model_roots=tuple(map(Path, args.models)), corpus_roots=tuple(map(Path, args.corpora)), state_dir=state_dir,
         token_file=Path(args.tokens) if args.tokens else None, device=args.device, batch_size=args.batch_size,
         workers=args.workers, allow_hub_models=args.allow_hub_models, limits=limits,
         call_timeout_s=default_timeout, call_timeouts=timeouts,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.caption.config import DecodeConfig
+from backend.cli import corpus_caption
 from backend.errors import InputError
 
 DEMO_LABELS = ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue", "necrosis", "mucus")
@@ -188,14 +189,15 @@ def add_parsers(sub: Any) -> None:
     add_tile_flags(p)
     p.set_defaults(handler=_heatmap)
 
-    p = sub.add_parser("caption", help="caption a region of a slide with a ClipCap captioner bundle")
+    p = sub.add_parser("caption", help="caption a region of a slide with a ClipCap captioner bundle or a caption corpus")
     p.add_argument("slide", metavar="SLIDE")
     p.add_argument("--box", required=True, help="level-0 region x,y,w,h")
-    p.add_argument("--captioner", required=True, help="captioner bundle directory (written by python -m training clipcap)")
+    p.add_argument("--captioner", default=None, help="captioner bundle directory (written by python -m training clipcap)")
+    corpus_caption.add_flags(p)
     p.add_argument("--beams", type=int, default=DecodeConfig.num_beams)
     p.add_argument("--n-best", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=DecodeConfig.max_new_tokens)
-    add_model_flags(p, recorded="the CLIP model the captioner was trained with")
+    add_model_flags(p, recorded=f"the CLIP model the captioner was trained with; with --corpus, {DEFAULT_MODEL}")
     add_tile_flags(p)
     p.set_defaults(handler=_caption)
 
@@ -325,6 +327,15 @@ def _caption(args: argparse.Namespace) -> int:
     from backend.report import quiet_library_bars
 
     box = parse_box(args.box)
+    corpus_caption.check_source(args)
+    if args.corpus is not None:
+        backend = make_backend(args)
+        announce_random(backend, args.model or DEFAULT_MODEL)
+        best = corpus_caption.corpus_caption(backend, args, box)
+        if args.grounding and best.texts:
+            corpus_caption.write_grounding(backend, args, box, best.texts[0], captioner=None,
+                                           model=args.model or DEFAULT_MODEL)
+        return 0
     DecodeConfig(num_beams=args.beams, n_best=args.n_best, max_new_tokens=args.max_tokens)  # before any work
     backend = make_backend(args)
     quiet_library_bars()  # the decoder is a transformers model
@@ -342,6 +353,8 @@ def _caption(args: argparse.Namespace) -> int:
     (caption,) = with_bar(args.slide, lambda bar: backend.caption(request, progress=bar)).captions
     for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
         print(f"{rank}. {text}  (score {score:.3f})")
+    if args.grounding and caption.texts:
+        corpus_caption.write_grounding(backend, args, box, caption.texts[0], captioner=args.captioner, model=args.model)
     return 0
 
 

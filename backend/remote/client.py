@@ -304,6 +304,14 @@ class HttpBackend:
                 cancel: threading.Event | None = None) -> api.CaptionResult:
         return self._call("caption", request, progress, cancel)
 
+    def corpus_caption(self, request: api.CorpusCaptionRequest, *, progress: api.ProgressCallback | None = None,
+                       cancel: threading.Event | None = None) -> api.CaptionResult:
+        return self._call("corpus-caption", request, progress, cancel)
+
+    def ground(self, request: api.GroundingRequest, *, progress: api.ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> api.GroundingResult:
+        return self._call("ground", request, progress, cancel)
+
     def build_index(self, request: api.IndexRequest, *, progress: api.ProgressCallback | None = None,
                     cancel: threading.Event | None = None) -> api.IndexInfo:
         return self._call("index", request, progress, cancel)

@@ -99,6 +99,8 @@ CALLS: dict[str, Call] = {
         Call("zero-shot", "zero_shot", api.ZeroShotRequest, api.ZeroShotResult),
         Call("heatmap", "heatmap", api.HeatmapRequest, api.HeatmapResult),
         Call("caption", "caption", api.CaptionRequest, api.CaptionResult),
+        Call("corpus-caption", "corpus_caption", api.CorpusCaptionRequest, api.CaptionResult),
+        Call("ground", "ground", api.GroundingRequest, api.GroundingResult),
         Call("index", "build_index", api.IndexRequest, api.IndexInfo, bulk=True),
         Call("search", "search", api.SearchRequest, api.SearchResult),
         Call("slide-zero-shot", "slide_zero_shot", api.SlideZeroShotRequest, api.SlideZeroShotResult),

@@ -14,6 +14,7 @@ Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
     GET    /v1/slides/ID/region       display pixels: ``?level=&x=&y=&w=&h=[&format=png|jpeg]``
                                       (x, y level-0; w, h pixels of the level), PNG or JPEG
     GET    /v1/indexes                cohort indexes by id
+    GET    /v1/corpora                caption corpora (--corpora) by id
     POST   /v1/calls/ROUTE            a Backend call (see backend.remote.wire.CALLS): 200 with
                                       the result when it finishes within the client's wait
                                       (``Prefer: wait=SECONDS``), else 202 with a job
@@ -211,6 +212,11 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
                         "downsamples": [float(d) for d in s.level_downsamples], "fingerprint": s.fingerprint}
 
         return await run_in_threadpool(describe)
+
+    @app.get("/v1/corpora")
+    async def corpora() -> list[dict[str, Any]]:
+        entries = await run_in_threadpool(state.corpora.entries)
+        return [{"id": e.id, "name": e.relpath, "bytes": e.size} for e in sorted(entries, key=lambda e: e.relpath)]
 
     @app.get("/v1/indexes")
     async def indexes() -> list[dict[str, Any]]:

@@ -40,6 +40,7 @@ class EntryKind(StrEnum):
     SLIDE = "slide"
     INDEX = "index"
     BUNDLE = "bundle"
+    CORPUS = "corpus"  # a caption corpus file (backend.text.corpus)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,10 @@ class Catalog:
             if is_dir:
                 return all(_inside(str(f), root) for f in dicom_files(Path(path)))
             return _companions_inside(Path(path), root)
+        if self.kind is EntryKind.CORPUS:
+            from backend.text.corpus import CORPUS_SUFFIXES
+
+            return not is_dir and os.path.isfile(path) and Path(path).suffix.lower() in CORPUS_SUFFIXES
         marker = "meta.sqlite" if self.kind is EntryKind.INDEX else "histoclip.json"
         # Like a DICOM folder's files: an index's or a bundle's files must all resolve inside the root.
         return is_dir and os.path.isfile(os.path.join(path, marker)) and _contained(path, root)
@@ -208,15 +213,16 @@ class Catalog:
 
     def _still_valid(self, entry: Entry) -> bool:
         path = str(entry.path)
-        is_dir = os.path.isdir(path) if self.kind is EntryKind.SLIDE else True
+        is_dir = os.path.isdir(path) if self.kind is EntryKind.SLIDE else self.kind is not EntryKind.CORPUS
         return (os.path.lexists(path) and _inside(path, entry.root)
                 and self._accept(os.path.realpath(path), is_dir, entry.root))
 
     def _missing(self, key: str) -> Exception:
         """A slide not on the server is a SlideNotFoundError, a bundle an UnknownModelError, an
         index an InputError: the classes the local backend raises for files that are not there."""
-        what = {"slide": "slide", "index": "cohort index", "bundle": "bundle"}[self.kind]
-        listing = {"slide": "/v1/slides", "index": "/v1/indexes", "bundle": "/v1/capabilities"}[self.kind]
+        what = {"slide": "slide", "index": "cohort index", "bundle": "bundle", "corpus": "caption corpus"}[self.kind]
+        listing = {"slide": "/v1/slides", "index": "/v1/indexes", "bundle": "/v1/capabilities",
+                   "corpus": "/v1/corpora"}[self.kind]
         cause = f"no {what} of that id or name on this server (see {listing})"
         if self.kind is EntryKind.SLIDE:
             return SlideNotFoundError(key, cause)

@@ -73,6 +73,7 @@ class ServerConfig:
     slide_roots: tuple[Path, ...] = ()
     index_roots: tuple[Path, ...] = ()
     model_roots: tuple[Path, ...] = ()
+    corpus_roots: tuple[Path, ...] = ()  # folders of caption corpora (``--corpora``), named by id
     state_dir: Path = Path("histoclip-server")
     token_file: Path | None = None
     cache_dir: Path | None = None
@@ -115,6 +116,7 @@ class ServerConfig:
             slide_roots=roots(self.slide_roots, "--slides"),
             index_roots=roots(self.index_roots, "--indexes"),
             model_roots=roots(self.model_roots, "--models"),
+            corpus_roots=roots(self.corpus_roots, "--corpora"),
             state_dir=Path(self.state_dir).expanduser().absolute(),
         )
 

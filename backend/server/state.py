@@ -8,6 +8,7 @@ so a new request type of :mod:`backend.api` is served once it has a line in
 - a :class:`~backend.api.SlideRef`'s ``path`` and every string of a field named ``slides`` are
   slide ids (or listed relative paths, or a listed folder for ``slides``);
 - ``index_path`` names a cohort index; ``captioner``, ``classifier`` and ``bundle`` a bundle;
+  ``corpus`` a caption corpus file under ``--corpora``;
 - ``model`` is a registry name or a bundle under ``--models`` (``hf-hub:`` ids only with
   ``allow_hub_models``): never a server path a client makes up;
 - a ``path`` field (``SaveClassifierRequest``) is a new bundle: a plain name in the first
@@ -46,6 +47,7 @@ class ServerState:
         self.slides = Catalog(EntryKind.SLIDE, self.config.slide_roots)
         self.indexes = Catalog(EntryKind.INDEX, self.config.index_roots)
         self.bundles = Catalog(EntryKind.BUNDLE, self.config.model_roots)
+        self.corpora = Catalog(EntryKind.CORPUS, self.config.corpus_roots)
         if backend is None:
             from backend.local import LocalBackend
 
@@ -170,6 +172,8 @@ class ServerState:
                 changes[f.name] = self.model(value)
             elif f.name == "index_path":
                 changes[f.name] = self._index(call, value)
+            elif f.name == "corpus":
+                changes[f.name] = self.corpora.resolve(value)
             elif f.name in BUNDLE_FIELDS:
                 changes[f.name] = self.bundles.resolve(value)
             elif f.name == "slides" and all(isinstance(v, str) for v in value):

@@ -54,10 +54,14 @@ def write_heatmap_png(
     slide_dimensions: tuple[int, int],
     title: str = "",
     alpha: float = 0.6,
+    label: str = "similarity to",
+    outlines: Sequence[tuple[float, float, float, float]] = (),
 ) -> Path:
     """The (rows, cols) ``similarity`` map blended over the slide thumbnail, with a colour bar.
 
     ``geometry`` is a :class:`backend.api.GridGeometry` (level-0 scale/translate of map cells).
+    ``label`` heads the title; ``outlines`` are level-0 boxes ``(x, y, w, h)`` drawn around
+    (the top supporting tiles of a grounding map).
     """
     from PIL import Image, ImageDraw
 
@@ -79,6 +83,10 @@ def write_heatmap_png(
     # translate is the centre of cell (0, 0); its top-left corner is half a cell before.
     canvas.paste(layer, (round((tx - sx / 2 + 0.5) * fx), round((ty - sy / 2 + 0.5) * fy)))
     image = Image.alpha_composite(base, canvas).convert("RGB")
+    if outlines:
+        pen = ImageDraw.Draw(image)
+        for x, y, w, h in outlines:
+            pen.rectangle([x * fx, y * fy, (x + w) * fx, (y + h) * fy], outline=(255, 64, 0), width=2)
 
     size = max(12, min(22, image.height // 32))
     font, pad, bar_w = _font(size), size // 2, size
@@ -87,7 +95,7 @@ def write_heatmap_png(
     out.paste(image, (0, top))
     draw = ImageDraw.Draw(out)
     if title:
-        draw.text((pad, size), f"similarity to: {title}", fill="black", font=font, anchor="lm")
+        draw.text((pad, size), f"{label}: {title}", fill="black", font=font, anchor="lm")
     x0, y0, y1 = image.width + pad, top + pad, top + image.height - pad
     ramp = colorize(np.linspace(hi, lo, max(2, y1 - y0))[:, None].repeat(bar_w, 1), lo, hi)[..., :3]
     out.paste(Image.fromarray(ramp, "RGB"), (x0, y0))

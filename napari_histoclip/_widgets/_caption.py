@@ -12,12 +12,29 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from backend.caption.config import DecodeConfig
 
-from napari_histoclip._shapes import caption_layer_kwargs, choose_caption, nbest, set_captions, shape_regions
+from napari_histoclip._shapes import (
+    caption_layer_kwargs,
+    choose_caption,
+    nbest,
+    nbest_sources,
+    set_captions,
+    shape_regions,
+)
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
 from napari_histoclip._widgets._main import UserError, handler
 
 CAPTIONER_ENV = "HISTOCLIP_CAPTIONER"
+CORPUS_ENV = "HISTOCLIP_CORPUS"
+CORPUS_FILTER = "*.txt *.csv *.tsv *.parquet *.jsonl *.json"
+
+
+class CaptionSource(StrEnum):
+    """Where captions come from: a trained ClipCap bundle, or the nearest texts of a corpus
+    (offered when the model is vision-language: the corpus is embedded by its text tower)."""
+
+    CAPTIONER = "a captioner bundle"
+    CORPUS = "a caption corpus"
 
 
 class CaptionScope(StrEnum):
@@ -36,6 +53,13 @@ class CaptionPanel(Container):
         self.ctx = ctx
         self.shapes = ComboBox(label="Regions", choices=self._shapes_choices, tooltip="a Shapes layer on the slide")
         self.new_layer_button = PushButton(text="New regions layer")
+        self.source = ComboBox(label="Captions from", choices=self._source_choices,
+                               tooltip="a trained captioner bundle, or the nearest captions of a corpus you bring "
+                                       "(for vision-language models)")
+        corpus = os.environ.get(CORPUS_ENV, "")
+        self.corpus = FileEdit(label="Corpus", mode="r", filter=CORPUS_FILTER, value=corpus or None,
+                               tooltip="one caption a line (.txt), or a .csv/.parquet/.jsonl table with a 'text' "
+                                       f"column; embedded once and cached (default from ${CORPUS_ENV})")
         default = os.environ.get(CAPTIONER_ENV, "")
         self.captioner = FileEdit(label="Captioner", mode="d", value=default or None,
                                   tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
@@ -56,11 +80,17 @@ class CaptionPanel(Container):
         self.apply_button = PushButton(text="Set caption")
         self.cls = LineEdit(label="Class", value="", tooltip="QuPath classification of the selected shapes")
         self.cls_button = PushButton(text="Set class of selected shapes")
+        from napari_histoclip._widgets._grounding import GroundingControls
+
+        self.grounding = GroundingControls(ctx, self)
         super().__init__(
-            widgets=[self.shapes, self.new_layer_button, self.captioner, self.beams, self.n_best,
-                     self.max_tokens, self.scope, self.caption_button, self.which, self.edit, self.apply_button, self.cls, self.cls_button],
+            widgets=[self.shapes, self.new_layer_button, self.source, self.captioner, self.corpus, self.beams, self.n_best,
+                     self.max_tokens, self.scope, self.caption_button, self.which, self.edit, self.apply_button,
+                     self.grounding, self.cls, self.cls_button],
             labels=True,
         )
+        self.source.changed.connect(self._show_source)
+        self._show_source()
         # The n-best list sits under the "which shape" label.
         layout = self.native.layout()
         layout.insertWidget(self.index(self.which) + 1, self.nbest_list)
@@ -95,6 +125,8 @@ class CaptionPanel(Container):
         layer = self.shapes.value
         if layer is None or len(layer.data) == 0:
             raise UserError("Regions: draw rectangles or polygons in a regions layer first")
+        if self.source.value == CaptionSource.CORPUS.value:
+            return self._caption_from_corpus(slide_layer, info, layer)
         if not self.captioner.value or str(self.captioner.value) in ("", "."):
             raise UserError(f"Captioner: choose a captioner bundle folder (or set ${CAPTIONER_ENV})")
         indices = self.shapes_to_caption(layer)
@@ -122,6 +154,49 @@ class CaptionPanel(Container):
 
         self.ctx.run(f"Captioning {len(regions)} region(s)", lambda progress, cancel: backend.caption(
             request, progress=progress, cancel=cancel), done)
+
+    def _caption_from_corpus(self, slide_layer: Any, info: Any, layer: Any) -> None:
+        """Caption the chosen shapes with the nearest captions of the corpus file (in a worker)."""
+        from backend.api import CorpusCaptionRequest
+
+        if not self.corpus.value or str(self.corpus.value) in ("", "."):
+            raise UserError(f"Corpus: choose a caption corpus file (or set ${CORPUS_ENV})")
+        indices = self.shapes_to_caption(layer)
+        request = CorpusCaptionRequest(slide=self.ctx.slide_ref(info), regions=tuple(shape_regions(layer, slide_layer, indices)),
+                                       corpus=str(self.corpus.value), model=self.ctx.model_name, n_best=int(self.n_best.value))
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            set_captions(layer, indices, result.captions)
+            selected = sorted(i for i in layer.selected_data if i < len(layer.data))
+            self.show_shape(selected[0] if selected else indices[0])
+
+        self.ctx.run(f"Captioning {len(indices)} region(s) from {self.corpus.value.name}",
+                     lambda progress, cancel: backend.corpus_caption(request, progress=progress, cancel=cancel), done)
+
+    def grounding_request(self) -> tuple[Any, Any]:
+        """The grounding request of the shown shape's caption, and its slide.
+
+        A caption the captioner bundle generated (it is in the shape's n-best list while the
+        source is the bundle) is grounded by leaving tiles out of the captioner's input; a
+        corpus caption or a typed one by tile-text similarity with the chosen model.
+        """
+        from backend.api import GroundingRequest
+
+        from napari_histoclip._shapes import CAPTION, nbest_sources
+        from napari_histoclip._widgets._grounding import no_caption_error
+
+        slide_layer, info = self.ctx.require_slide()
+        layer, index = self._current()
+        caption = str(layer.features[CAPTION].iloc[index]) if CAPTION in layer.features.columns else ""
+        if caption in ("", "nan", "None"):
+            raise no_caption_error(index)
+        (region,) = shape_regions(layer, slide_layer, [index])
+        generated = [t for t, _, src in nbest_sources(layer, index) if not src]
+        bundle = str(self.captioner.value) if self.captioner.value and str(self.captioner.value) not in ("", ".") else None
+        if self.source.value == CaptionSource.CAPTIONER.value and bundle and caption in generated:
+            return GroundingRequest(self.ctx.slide_ref(info), region, caption, captioner=bundle), info
+        return GroundingRequest(self.ctx.slide_ref(info), region, caption, model=self.ctx.model_name), info
 
     def shapes_to_caption(self, layer: Any) -> list[int]:
         """The area shapes of ``layer`` the scope combo chooses (lines and paths have no area).
@@ -176,8 +251,8 @@ class CaptionPanel(Container):
 
         self.which.value = f"shape {index}: click a caption to choose it"
         current = str(layer.features[CAPTION].iloc[index]) if CAPTION in layer.features.columns else ""
-        for text, score in nbest(layer, index):
-            item = QListWidgetItem(f"{score:+.2f}  {text}")
+        for text, score, sources in nbest_sources(layer, index):
+            item = QListWidgetItem(f"{score:+.2f}  {text}" + (f"  [from {sources}]" if sources else ""))
             item.setData(Qt.ItemDataRole.UserRole, text)
             if text == current:  # the chosen caption stands out in bold
                 font = item.font()
@@ -242,6 +317,19 @@ class CaptionPanel(Container):
             if is_ours(lyr, "class_map") and (own is None or own.path == want):
                 colors = {**class_map_legend(lyr), **colors}
         return colors
+
+    def _source_choices(self, _widget: Any = None) -> list[str]:
+        """The bundle always; the corpus when the chosen model embeds text (vision-language)."""
+        choices = [CaptionSource.CAPTIONER.value]
+        if not hasattr(self, "ctx") or self.ctx.model_is_vision_language():
+            choices.append(CaptionSource.CORPUS.value)
+        return choices
+
+    def _show_source(self, *_: Any) -> None:
+        corpus = self.source.value == CaptionSource.CORPUS.value
+        self.corpus.visible = corpus
+        for widget in (self.captioner, self.beams, self.max_tokens):  # the decoder's settings
+            widget.visible = not corpus
 
     def _choose_item(self, item: QListWidgetItem) -> None:
         self.choose(self.nbest_list.row(item))

@@ -194,6 +194,8 @@ class HistoclipWidget(QWidget):
         from napari_histoclip._warmup import start_warmup
 
         start_warmup()  # the first slide's and first result's imports, off the UI thread
+        for widget in (self.model, self.model_other):  # the corpus source needs a vision-language model
+            widget.changed.connect(lambda *_: self.captions.source.reset_choices())
 
     def event(self, event: QEvent) -> bool:
         """Close when napari takes the dock down: its close button unparents this widget."""
@@ -237,6 +239,17 @@ class HistoclipWidget(QWidget):
         if not self.model.value:
             raise UserError("Model: no model chosen (the registry listed none)")
         return str(self.model.value)
+
+    def model_is_vision_language(self) -> bool:
+        """Whether the chosen model also embeds text (as the backend's model list says); a
+        model typed by name (a hub id, a bundle) is taken to be one until the backend says no."""
+        try:
+            name = self.model_name
+        except UserError:  # no model yet: offer what a vision-language model has
+            return True
+        # the list refresh_models fetched: no backend call (over HTTP, a round trip) on each layer change
+        info = self._model_infos.get(name)
+        return info is None or "text" in info.capabilities
 
     def slide_layer(self) -> Any | None:
         return self.slide.value
@@ -286,7 +299,7 @@ class HistoclipWidget(QWidget):
             raise
         self._model_infos = {m.name: m for m in infos}
         choices = [(f"{m.name} (random weights)" if m.random_weights else
-                    f"{m.name} (not downloaded)" if getattr(m, "weights_on_disk", None) is False else m.name, m.name)
+                    f"{m.name} (not downloaded)" if m.weights_on_disk is False else m.name, m.name)
                    for m in infos]
         self.model.choices = choices
         if choices and self.model.value is None:

@@ -18,9 +18,12 @@ from backend.api import (
     Caption,
     CaptionRequest,
     CaptionResult,
+    CorpusCaptionRequest,
     EmbedResult,
     EvidenceTile,
     GridGeometry,
+    GroundingRequest,
+    GroundingResult,
     HeatmapRequest,
     HeatmapResult,
     IndexInfo,
@@ -167,6 +170,46 @@ class FakeBackend:
             if progress is not None:
                 progress(Progress(i + 1, len(request.regions), "captioning"))
         return CaptionResult(tuple(caps))
+
+    def corpus_caption(self, request: CorpusCaptionRequest, *, progress=None, cancel=None) -> CaptionResult:  # noqa: ANN001
+        """The corpus file's lines (a text corpus), rotated by region: n-best with line sources."""
+        self.calls.append("corpus_caption")
+        from backend.text.corpus import read_corpus_entries
+
+        entries = read_corpus_entries(request.corpus, request.text_column, source_column=request.source_column,
+                                      id_column=request.id_column)
+        caps = []
+        for i, _ in enumerate(request.regions):
+            picked = [entries[(i + k) % len(entries)] for k in range(min(request.n_best, len(entries)))]
+            caps.append(Caption(tuple(e.text for e in picked), tuple(0.3 - 0.01 * k for k in range(len(picked))),
+                                tuple((e.ref,) for e in picked)))
+            if progress is not None:
+                progress(Progress(i + 1, len(request.regions), "captioning"))
+        return CaptionResult(tuple(caps))
+
+    def ground(self, request: GroundingRequest, *, progress=None, cancel=None) -> GroundingResult:  # noqa: ANN001
+        """Support falling off from the region's centre (per phrase, from a corner of it)."""
+        self.calls.append("ground")
+        from backend.tasks.grounding import check_caption, top_indices
+        from backend.text.phrases import noun_phrases
+
+        caption = check_caption(request.caption)
+        phrases = tuple(p.text for p in noun_phrases(caption)) if request.phrases else ()
+        geom = self._geometry(request.slide.path)
+        rows, cols = geom.shape
+        x, y, w, h = request.region.bounds
+        r, c = np.mgrid[0:rows, 0:cols]
+        cy, cx = (r + 0.5) * self.tile, (c + 0.5) * self.tile
+        inside = (cx >= x) & (cx <= x + w) & (cy >= y) & (cy <= y + h) & self._tissue((rows, cols))
+        anchors = [(x + w / 2, y + h / 2)] + [((x, y), (x + w, y + h), (x + w, y), (x, y + h))[j % 4] for j in range(len(phrases))]
+        maps = np.stack([np.where(inside, -np.hypot(cx - ax, cy - ay) / self.tile, np.nan) for ax, ay in anchors])
+        cells = []
+        for m in maps:
+            flat = np.where(np.isfinite(m), m, -np.inf).ravel()
+            idx = top_indices(flat, min(request.top_k, int(inside.sum())))
+            cells.append(tuple((int(i // cols), int(i % cols)) for i in idx))
+        return GroundingResult(caption, "leave-one-out" if request.captioner else "similarity", phrases,
+                               maps.astype(np.float32), tuple(cells), geom, True)
 
     def build_index(self, request: IndexRequest, *, progress=None, cancel=None) -> IndexInfo:  # noqa: ANN001
         self.calls.append("build_index")

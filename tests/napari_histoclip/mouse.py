@@ -151,3 +151,16 @@ def draw_polygon(
     if len(layer.data) != before + 1:
         raise AssertionError(f"{layer.name!r}: the clicks drew {len(layer.data) - before} shapes, not 1")
     return len(layer.data) - 1
+
+
+def click(qtbot: Any, viewer: Any, layer: Any, point: Sequence[float]) -> None:
+    """Click once at ``point`` (data row, col of ``layer``) in ``select`` mode: picks the shape
+    under the pointer, as a user's click on an outlined tile does."""
+    widget = _prepare(qtbot, viewer, layer, "select")
+    p = data_to_canvas(viewer, layer, point)
+    _send(widget, "move", p, held=False)
+    qtbot.wait(STEP_MS)
+    _send(widget, "press", p, held=True)
+    qtbot.wait(STEP_MS)
+    _send(widget, "release", p, held=False)
+    qtbot.wait(STEP_MS)

@@ -36,6 +36,11 @@ class Subject:
     slides_dir: Path
     captioner_dir: Path
     index_dir: Path
+    corpus_file: Path | None = None
+
+    def corpus(self) -> str:
+        assert self.corpus_file is not None
+        return str(self.corpus_file) if self.kind == "local" else self.corpus_file.name
 
     def slide(self, name: str) -> api.SlideRef:
         return api.SlideRef(str(self.slides_dir / name) if self.kind == "local" else name)
@@ -53,19 +58,32 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend
         yield backend
 
 
+CORPUS = ("dense fibrous stroma", "squamous epithelium", "adipose tissue", "tumour glands", "necrosis")
+
+
+@pytest.fixture(scope="module")
+def caption_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small caption corpus table with source and id columns, in a folder of its own."""
+    path = tmp_path_factory.mktemp("corpora") / "captions.csv"
+    lines = ["text,src,pid", *(f"{t},arch,{i}" for i, t in enumerate(CORPUS))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module", params=["local", "http"])
-def subject(request, tmp_path_factory: pytest.TempPathFactory, slides_dir: Path, tiny_captioner: Path) -> Iterator[Subject]:
+def subject(request, tmp_path_factory: pytest.TempPathFactory, slides_dir: Path, tiny_captioner: Path,
+            caption_corpus: Path) -> Iterator[Subject]:
     tmp = tmp_path_factory.mktemp(request.param)
     if request.param == "local":
         with LocalBackend(cache_dir=tmp / "cache", device="cpu") as backend:
-            yield Subject("local", backend, slides_dir, tiny_captioner, tmp / "indexes")
+            yield Subject("local", backend, slides_dir, tiny_captioner, tmp / "indexes", caption_corpus)
         return
     backend = LocalBackend(cache_dir=tmp / "cache", device="cpu")
-    with running_server(tmp, (slides_dir,)) as running:
+    with running_server(tmp, (slides_dir,), corpus_roots=(caption_corpus.parent,)) as running:
         # The toy captioner's folder is the server's model root.
         running.state.bundles.roots = (tiny_captioner.parent.resolve(),)
         with HttpBackend(running.url, running.token) as client:
-            yield Subject("http", client, slides_dir, tiny_captioner, tmp / "indexes")
+            yield Subject("http", client, slides_dir, tiny_captioner, tmp / "indexes", caption_corpus)
     backend.close()
 
 
@@ -122,6 +140,35 @@ def test_caption_equal(subject: Subject, reference: LocalBackend, cmu_slide: Pat
     ref = reference.caption(api.CaptionRequest(api.SlideRef(str(cmu_slide)), regions, str(tiny_captioner), "test-tiny",
                                                beams=3, n_best=2, tiles=TILES))
     assert got == ref and len(got.captions) == 2 and len(got.captions[0].texts) == 2
+
+
+def test_corpus_caption_and_grounding_equal(subject: Subject, reference: LocalBackend, cmu_slide: Path,
+                                            caption_corpus: Path, tiny_captioner: Path) -> None:
+    regions = (api.Region.box(500, 500, 800, 800), api.Region.polygon([(600, 600), (1300, 700), (900, 1300)]))
+    got = subject.backend.corpus_caption(api.CorpusCaptionRequest(
+        subject.slide(cmu_slide.name), regions, subject.corpus(), "test-tiny", n_best=2, source_column="src",
+        id_column="pid", tiles=TILES))
+    ref = reference.corpus_caption(api.CorpusCaptionRequest(
+        api.SlideRef(str(cmu_slide)), regions, str(caption_corpus), "test-tiny", n_best=2, source_column="src",
+        id_column="pid", tiles=TILES))
+    assert got == ref and len(got.captions) == 2
+    assert all(s[0].startswith("arch/") for c in got.captions for s in c.sources)
+    region = api.Region.box(0, 0, 1600, 1600)
+    for captioner in (None, subject.captioner()):
+        req = api.GroundingRequest(subject.slide(cmu_slide.name), region, "tumor glands in desmoplastic stroma",
+                                   model=None if captioner else "test-tiny", captioner=captioner, tiles=TILES)
+        got = subject.backend.ground(req)
+        ref = reference.ground(replace(req, slide=api.SlideRef(str(cmu_slide)),
+                                       captioner=str(tiny_captioner) if captioner else None))
+        assert (got.method, got.phrases, got.top_cells, got.geometry) == (ref.method, ref.phrases, ref.top_cells, ref.geometry)
+        assert np.array_equal(got.maps, ref.maps, equal_nan=True)
+    with pytest.raises(InputError, match="grounding caption: empty text"):
+        subject.backend.ground(api.GroundingRequest(subject.slide(cmu_slide.name), region, " ", model="test-tiny",
+                                                    tiles=TILES))
+    missing = str(caption_corpus.parent / "nope.txt") if subject.kind == "local" else "nope.txt"
+    with pytest.raises(InputError, match="nope.txt"):
+        subject.backend.corpus_caption(api.CorpusCaptionRequest(subject.slide(cmu_slide.name), regions, missing,
+                                                                "test-tiny", tiles=TILES))
 
 
 def test_index_and_search_equal(subject: Subject, reference: LocalBackend, slides_dir: Path, tmp_path: Path) -> None:
