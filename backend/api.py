@@ -224,59 +224,6 @@ class CaptionResult:
 
 
 @dataclass(frozen=True)
-class CorpusCaptionRequest:
-    """Caption regions with the passages of a caption corpus nearest them (no captioner needed).
-
-    ``corpus`` is a corpus file (``.txt`` one caption a line, ``.csv``/``.tsv``/``.parquet``
-    with ``text_column`` and optional source/id columns, ``.jsonl``); on a server, a corpus id.
-    It is embedded once with ``model``'s text tower (a vision-language model) and cached.
-    """
-
-    slide: SlideRef
-    regions: tuple[Region, ...]
-    corpus: str
-    model: str
-    n_best: int = 3
-    text_column: str = "text"
-    source_column: str | None = None
-    id_column: str | None = None
-    tiles: TileOptions = field(default_factory=TileOptions)
-
-
-@dataclass(frozen=True)
-class GroundingRequest:
-    """Which tiles of ``region`` support ``caption``, and each of its noun phrases.
-
-    With ``captioner`` (a ClipCap bundle), by leaving each tile out of the pooled region
-    embedding (``model`` None: the bundle's CLIP model); without, by each tile's similarity to
-    the caption's text embedding (``model`` required, vision-language).
-    """
-
-    slide: SlideRef
-    region: Region
-    caption: str
-    model: str | None = None
-    captioner: str | None = None
-    phrases: bool = True
-    top_k: int = 5
-    tiles: TileOptions = field(default_factory=TileOptions)
-
-
-@dataclass(frozen=True)
-class GroundingResult:
-    """Support maps over the tile grid: ``maps[0]`` for the whole caption, ``maps[1 + j]`` for
-    ``phrases[j]``; NaN off the region's tiles. ``top_cells[m]``: map m's best tiles (row, col)."""
-
-    caption: str
-    method: str  # "similarity" or "leave-one-out"
-    phrases: tuple[str, ...]
-    maps: np.ndarray  # (1 + n_phrases, rows, cols) float32
-    top_cells: tuple[tuple[tuple[int, int], ...], ...]
-    geometry: GridGeometry
-    random_weights: bool
-
-
-@dataclass(frozen=True)
 class IndexRequest:
     slides: tuple[str, ...]  # slide files or folders of slides
     index_path: str
@@ -520,6 +467,9 @@ class Backend(Protocol):
 
 
 # Slide-level answers (issue 18): defined in backend.api_slide_level, part of this interface.
-from backend.api_slide_level import (  # noqa: E402 - after SlideRef and TileOptions, which it uses
+from backend.api_slide_level import (  # noqa: E402, F401 - after SlideRef and TileOptions, which it uses
     EvidenceTile, SlideHit, SlideSearchRequest, SlideSearchResult, SlideZeroShotRequest, SlideZeroShotResult,
 )
+
+# Captions from a corpus and caption grounding (issue 19): defined in backend.api_captions.
+from backend.api_captions import CorpusCaptionRequest, GroundingRequest, GroundingResult  # noqa: E402, F401
