@@ -64,8 +64,10 @@ class VerdictBox(Container):
         self.verdict = Label(value="")
         self.evidence = QListWidget()
         self.evidence.setMinimumHeight(120)
+        self.evidence.setVisible(False)  # takes no room from the tab until there is a verdict
         super().__init__(widgets=[self.verdict], labels=False)
         self.native.layout().addWidget(self.evidence)
+        self.native.setVisible(False)  # no room taken from the tab until there is a verdict
         self.evidence.itemClicked.connect(lambda item: self.open_evidence(self.evidence.row(item)))
         self.result: Any = None
         self.info: Any = None
@@ -73,8 +75,10 @@ class VerdictBox(Container):
     def show(self, result: Any, info: Any) -> None:
         """Show ``result`` for the slide ``info``: the verdict, the evidence list, the outlines."""
         self.result, self.info = result, info
+        self.native.setVisible(True)
         self.verdict.value = verdict_text(result)
         self.evidence.clear()
+        self.evidence.setVisible(bool(result.evidence))
         for e in result.evidence:
             x, y, w, _ = e.box
             item = QListWidgetItem(f"{e.label} #{e.rank + 1}  {e.score:.3f}  at ({x:.0f}, {y:.0f}), {w:.0f} px")
@@ -115,11 +119,14 @@ class TriageBox(Container):
         self.ctx, self._request = ctx, request
         self.cohort = FileEdit(label="Cohort", mode="d", value=None, tooltip="a folder of slides, or a cohort index")
         self.run_button = PushButton(text="Triage cohort")
-        super().__init__(widgets=[self.cohort, self.run_button], labels=True)
+        row = Container(widgets=[self.cohort, self.run_button], labels=True, layout="horizontal")
+        row.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[row], labels=False)
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setMinimumHeight(160)
+        self.table.setVisible(False)  # takes no room from the tab until a cohort is triaged
         self.native.layout().addWidget(self.table)
         self.run_button.changed.connect(self.run)
         self.table.cellClicked.connect(lambda row, _col: self.open_row(row))
@@ -157,6 +164,7 @@ class TriageBox(Container):
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
         self.table.setRowCount(len(rows))
+        self.table.setVisible(True)
         for i, r in enumerate(rows):
             name = QTableWidgetItem(r.slide_name)
             name.setData(Qt.ItemDataRole.UserRole, r.path)
