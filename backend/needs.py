@@ -105,6 +105,17 @@ def check_before_load(model: str, task: Task) -> None:
         pass
 
 
+def model_capabilities(model: str | os.PathLike[str]) -> tuple[str, ...]:
+    """What ``model`` embeds, as :class:`backend.api.ModelInfo` lists it (``("image",)`` or
+    ``("image", "text")``); ``()`` for a name or folder that is not a model (a captioner, a
+    classifier bundle, a typo). Reads at most a bundle's manifest."""
+    try:
+        entry = resolve_model(model if isinstance(model, str) else Path(model))
+    except ModelError:
+        return ()
+    return tuple(sorted(c.value for c in entry.capabilities))
+
+
 def why_not(task: Task, model: str, capabilities: Iterable[str]) -> str | None:
     """Why ``model`` (of ``capabilities``, as :class:`backend.api.ModelInfo` lists them) cannot
     do ``task``, as a tooltip; ``None`` when it can."""
@@ -118,4 +129,4 @@ def why_not(task: Task, model: str, capabilities: Iterable[str]) -> str | None:
     return f"{model} cannot do {Task(task).value}: it lacks {', '.join(missing)}"
 
 
-__all__ = ["NEEDS", "Task", "check_before_load", "check_model", "needs_text", "why_not"]
+__all__ = ["NEEDS", "Task", "check_before_load", "check_model", "model_capabilities", "needs_text", "why_not"]
