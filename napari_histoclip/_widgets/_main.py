@@ -145,6 +145,8 @@ class HistoclipWidget(QWidget):
             self.tabs.addTab(panel.native, title)
         from napari_histoclip._widgets._refine import add_refine_tab  # few-shot refine (issue 13)
         self.refine = add_refine_tab(self)
+        from napari_histoclip._widgets._capabilities import ModelGate  # text controls follow the model (issue 17)
+        self.gate = ModelGate(self)
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.header.native)
@@ -259,6 +261,7 @@ class HistoclipWidget(QWidget):
         self.model.choices = choices
         if choices and self.model.value is None:
             self.model.value = choices[0][1]
+        self.gate.learn(infos)
 
     @handler
     def embed(self) -> None:

@@ -28,11 +28,13 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
+from backend.needs import Task
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from napari_histoclip._layers import default_color, is_ours
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
+from napari_histoclip._widgets._capabilities import MARKS_ONLY, marks_only
 from napari_histoclip._widgets._main import UserError, handler
 
 Cell = tuple[int, int]
@@ -88,6 +90,10 @@ class RefinePanel(Container):
         self.marks_label = Label(value="no marks")
         self.marks_label.native.setWordWrap(True)  # "n marked tiles (class k, ...)" outgrows the dock
         self.refine_button = PushButton(text="Refine")
+        self.start_button = PushButton(text="Start from marks",
+                                       tooltip="a map of the slide's tissue tiles to paint classes on, without "
+                                               "prompts: any model (an image-only one starts here); add classes, "
+                                               "paint a few tiles of each, then Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
         self.new_class = LineEdit(label="New class", value="",
@@ -103,18 +109,19 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.new_class, self.add_class_button, self.refine_button,
+            widgets=[self.help, self.marks_label, self.start_button, self.new_class, self.add_class_button, self.refine_button,
                      self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
                      self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(8, self.unsure)
+        self.native.layout().insertWidget(9, self.unsure)
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
         self._watched: Any = None  # the class-map layer whose paint events we follow
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
+        self.start_button.changed.connect(self.start_from_marks)
         self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
         self.clear_button.changed.connect(self.clear)
@@ -290,7 +297,10 @@ class RefinePanel(Container):
         if name in labels:
             raise UserError(f"New class: {name!r} is already a class ({', '.join(labels)})")
         n = len(labels)
-        if np.any(np.asarray(layer.data) == n + 1):
+        data = np.asarray(layer.data)
+        if np.any(data == n + 1) and marks_only(layer):  # its unpainted tiles: "unknown" moves up one
+            data[data == n + 1] = n + 2
+        elif np.any(data == n + 1):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
         color = default_color(n)
@@ -304,6 +314,29 @@ class RefinePanel(Container):
         self.new_class.value = ""
 
     @handler
+    def start_from_marks(self) -> None:
+        """Show the chosen slide's tissue tiles as a class map without classes (every tile
+        "unknown"), to add classes to and paint: a refine from marks alone, for any model."""
+        from backend.api import RefineRequest
+
+        _, info = self.ctx.require_slide()
+        request = RefineRequest(self.ctx.slide_ref(info), (), model=self.ctx.model_name)
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            self.slides.pop(info.path, None)  # marks were made against another map
+            self._show_count(info)
+            layers = self.ctx.zero_shot.show_result(result, info, [], False)
+            layers[0].metadata[MARKS_ONLY] = True
+
+        self.ctx.run(f"Tiles of {info.name}", lambda progress, cancel: backend.refine(
+            request, progress=progress, cancel=cancel), done)
+
+    def _marks_only(self, layer: Any) -> bool:
+        """Refine from marks alone: the map was started so, or the model embeds no text."""
+        return marks_only(layer) or not self.ctx.gate.can(Task.PROMPT_REFINE)
+
+    @handler
     def refine(self) -> None:
         """Refine the chosen slide's class map with its marks (no marks: the zero-shot map)."""
         from backend.api import RefineRequest
@@ -315,9 +348,14 @@ class RefinePanel(Container):
         all_marks = self.marks_of(info.path)
         marks = marks_request(all_marks)
         self._show_count(info)  # shape marks are counted when Refine reads them
+        layer = self.class_map_layer(info)
+        by_name = None  # marks alone: each class keeps its colour by name (classes come in marking order)
         if classifier is not None:  # the map came from a classifier: refine that one
             common: dict[str, Any] = dict(classifier=classifier)
             colors = list(self.class_map_layer(info).metadata.get("colors", ()))
+        elif self._marks_only(layer):
+            common, colors = dict(model=self.ctx.model_name), []
+            by_name = dict(zip(layer.metadata.get("labels", ()), layer.metadata.get("colors", ()), strict=False))
         else:
             labels, synonyms, templates, colors, threshold = self._prompts()
             added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
@@ -337,9 +375,13 @@ class RefinePanel(Container):
             refined, prior = results
             self.ctx.warn_random(refined, request.model or str(classifier))
             all_colors = list(colors) + [default_color(i) for i in range(len(colors), len(refined.labels))]
+            if by_name is not None:
+                all_colors = [by_name.get(n, default_color(i)) for i, n in enumerate(refined.labels)]
             layers = self.ctx.zero_shot.show_result(refined, info, all_colors, False)
             if classifier is not None:
                 layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
+            if by_name is not None:
+                layers[0].metadata[MARKS_ONLY] = True
             self.show_unsure(refined, prior, info, k)
 
         self.ctx.run(f"Refining {info.name} ({len(all_marks)} marks)", work, done)
@@ -427,6 +469,8 @@ class RefinePanel(Container):
             raise UserError("Save as classifier: paint a few marks on a class map first")
         if base is not None:
             request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
+        elif any(self._marks_only(self._map_of(p)) for p in marked):
+            request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, overwrite=True)
         else:
             labels, synonyms, templates, _, threshold = self._prompts()
             request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, labels=labels,

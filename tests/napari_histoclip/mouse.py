@@ -151,3 +151,19 @@ def draw_polygon(
     if len(layer.data) != before + 1:
         raise AssertionError(f"{layer.name!r}: the clicks drew {len(layer.data) - before} shapes, not 1")
     return len(layer.data) - 1
+
+
+def paint_cell(qtbot: Any, viewer: Any, layer: Any, cell: tuple[int, int], value: int) -> None:
+    """One brush stroke of ``value`` on the class-map pixel ``cell`` (one tile), by mouse."""
+    layer.selected_label = value
+    layer.brush_size = 1
+    widget = _prepare(qtbot, viewer, layer, "paint")
+    viewer.reset_view()  # paint mode's controls may have narrowed the canvas
+    qtbot.wait(STEP_MS)
+    pos = data_to_canvas(viewer, layer, cell)
+    _send(widget, "move", pos, held=False)
+    qtbot.wait(STEP_MS)
+    _send(widget, "press", pos, held=True)
+    qtbot.wait(STEP_MS)
+    _send(widget, "release", pos, held=False)
+    qtbot.wait(STEP_MS)
