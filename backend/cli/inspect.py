@@ -20,14 +20,23 @@ def add_parsers(sub: Any) -> None:
 def _models(args: argparse.Namespace) -> int:
     from backend.models import list_models
 
-    rows = [("NAME", "SOURCE", "DIM", "LICENSE", "WEIGHTS")]
+    rows = [("NAME", "FAMILY", "CAPABILITIES", "DIM", "GATED", "µm/px", "LICENSE", "WEIGHTS")]
     for e in list_models():
-        weights = "RANDOM (tests only)" if e.random_weights else "pretrained"
-        rows.append((e.name, _source(e), str(e.embed_dim or "?"), e.license, weights))
+        weights = "RANDOM (tests only)" if e.random_weights else _source(e)
+        caps = "+".join(c.value for c in sorted(e.capabilities, key=lambda c: c.value != "image"))
+        mpp = f"{e.native_mpp:g}" if e.native_mpp else "-"
+        rows.append((e.name, e.family.value, caps, str(e.embed_dim or "?"), "yes" if e.gated else "no", mpp,
+                     e.license, weights))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print("\nAlso accepted: any 'hf-hub:ORG/REPO' open_clip id, or the path of a model bundle directory.")
+    print(
+        "\nAlso accepted: any 'hf-hub:ORG/REPO' open_clip id, 'timm:hf-hub:ORG/REPO#POOLING' (timm) or "
+        "'hf-vision:ORG/REPO#POOLING' (transformers) image encoder, or the path of a model bundle directory."
+        "\nImage-only models (capabilities 'image') embed, search by region, classify and refine from marks;"
+        " text prompts need an image+text model.\nGated weights: accept the terms on the model's hub page and"
+        " log in (`hf auth login` or HF_TOKEN); local weights: HISTOCLIP_WEIGHTS_<NAME>=/path."
+    )
     return 0
 
 
@@ -36,7 +45,7 @@ def _source(entry: Any) -> str:
 
     if entry.source_kind == SourceKind.BUILTIN:
         return "built in"
-    if entry.family == ModelFamily.HF_CLIP:
+    if entry.family in (ModelFamily.HF_CLIP, ModelFamily.HF_VISION):
         return f"{entry.source} (transformers)"
     return f"hf-hub:{entry.source}" if entry.source_kind == SourceKind.HUB else entry.source
 

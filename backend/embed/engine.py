@@ -150,13 +150,14 @@ def lookup_cached(
 # --- encoding ---------------------------------------------------------------------------
 
 
-def _autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
+def _autocast(device: Any, precision: Any = None) -> contextlib.AbstractContextManager[Any]:
     import torch
 
-    if device.type != "cuda":  # on CPU, bf16 is slower than fp32 without bf16 units
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    from backend.models.runtime import autocast_dtype
+
+    # the model card's precision on a GPU; on CPU, bf16 is slower than fp32 without bf16 units
+    dtype = autocast_dtype(precision, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
 
 def iter_encoded_batches(
@@ -192,6 +193,10 @@ def iter_encoded_batches(
     device = torch.device(model.device)
     on_gpu = device.type == "cuda"
     channels_last = on_gpu if channels_last is None else channels_last
+    if on_gpu:  # a ViT-H batch of 32 may not fit: the largest batch up to the one asked for that does
+        from backend.models.runtime import fit_batch_size
+
+        batch_size = fit_batch_size(model, batch_size, device)
     prefetch = max(2, num_workers + 1) if prefetch is None else max(1, prefetch)
 
     def load(offset: int) -> Any:
@@ -219,7 +224,7 @@ def iter_encoded_batches(
             nxt = next(offsets, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(load, nxt)))
-            with torch.inference_mode(), _autocast(device):
+            with torch.inference_mode(), _autocast(device, getattr(model, "precision", None)):
                 feats = model.encode_image_tensors(x)
             # Renormalise in float32: half-precision outputs drift off the unit sphere.
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)

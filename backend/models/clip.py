@@ -1,4 +1,4 @@
-"""``ClipModel``: one interface over open_clip and transformers CLIP models.
+"""``ClipModel``: the vision-language ``Encoder``, over open_clip and transformers CLIP models.
 
 A ``ClipModel`` holds a loaded ``torch.nn.Module`` (``.module``, in eval mode), its tokenizer
 and preprocessing, and the identity of its weights used in cache keys (``model_id``). It never downloads:
@@ -7,22 +7,22 @@ and preprocessing, and the identity of its weights used in cache keys (``model_i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from backend.errors import InputError, ModelError
-from backend.models.preprocess import preprocess_batch
+from backend.errors import CapabilityError, InputError
+from backend.models.encoder import Encoder
 from backend.models.registry import ModelEntry, ModelFamily, Preprocessing
 
 
-class ClipModel:
+class ClipModel(Encoder):
     """A loaded CLIP-style model: images and texts in, L2-normalised embeddings out.
 
-    Subclasses adapt a library's model (``OpenClipModel``, ``HfClipModel``); callers use only
-    the methods here. All ``encode_*`` methods return float32 (B, D) tensors on ``device``
-    with unit L2 norm, computed under ``torch.inference_mode``.
+    The vision-language ``Encoder``: subclasses adapt a library's model (``OpenClipModel``,
+    ``HfClipModel``, ``ConchModel``); callers use only the methods here. All ``encode_*``
+    methods return float32 (B, D) tensors on ``device`` with unit L2 norm, computed under
+    ``torch.inference_mode``.
 
     Attributes
     ----------
@@ -45,9 +45,8 @@ class ClipModel:
         Token sequence length of the text tower.
     """
 
-    family: ModelFamily
     # An image-only bundle (a classifier's backbone) has no trained text tower: text calls
-    # raise ModelError. ``trained_from`` names the model it was derived from (for the message).
+    # raise CapabilityError. ``trained_from`` names the model it was derived from (for the message).
     image_only: bool = False
     trained_from: str | None = None
 
@@ -63,18 +62,16 @@ class ClipModel:
         device: torch.device,
         random_weights: bool,
     ) -> None:
-        self.module = module.eval()
-        self.entry = entry
-        self.model_id = model_id
-        self.preprocessing = preprocessing
-        self.embed_dim = int(embed_dim)
+        super().__init__(
+            module,
+            entry=entry,
+            model_id=model_id,
+            preprocessing=preprocessing,
+            embed_dim=embed_dim,
+            device=device,
+            random_weights=random_weights,
+        )
         self.context_length = int(context_length)
-        self.device = torch.device(device)
-        self.random_weights = bool(random_weights)
-
-    def __repr__(self) -> str:
-        flag = ", random_weights=True" if self.random_weights else ""
-        return f"{type(self).__name__}({self.model_id!r}, dim={self.embed_dim}, device={self.device}{flag})"
 
     # --- to implement per library -------------------------------------------------------
 
@@ -87,35 +84,15 @@ class ClipModel:
         """Token ids, int64 (B, context_length), on ``device``."""
         raise NotImplementedError
 
-    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def _text_features(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------
 
-    def preprocess_batch(self, images: Any) -> torch.Tensor:
-        """uint8 (B, H, W, 3) array or tensor -> normalised float32 (B, 3, S, S) on ``device``."""
-        return preprocess_batch(images, self.preprocessing, self.device)
-
-    def encode_images(self, images: Any) -> torch.Tensor:
-        """Embed a uint8 (B, H, W, 3) batch of RGB images: float32 (B, D), unit norm."""
-        with torch.inference_mode():
-            return self._encode(self._image_features, self.preprocess_batch(images))
-
-    def encode_image_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Embed already preprocessed (B, 3, S, S) tensors: float32 (B, D), unit norm."""
-        size = self.preprocessing.image_size
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
-            raise InputError(f"preprocessed images must be (B, 3, {size}, {size}), got {tuple(pixels.shape)}")
-        with torch.inference_mode():
-            return self._encode(self._image_features, pixels.to(self.device, torch.float32))
-
     def _check_text_tower(self) -> None:
         if self.image_only:
             base = f"; encode text with the model it was trained from ({self.trained_from})" if self.trained_from else ""
-            raise ModelError(
+            raise CapabilityError(
                 f"model {self.model_id!r} is an image-only model (a classifier's backbone): it has no text "
                 f"tower, so it cannot encode text (prompts, text queries, heatmaps){base}"
             )
@@ -125,8 +102,8 @@ class ClipModel:
 
         Raises
         ------
-        ModelError
-            The model is image-only (a classifier's backbone).
+        CapabilityError
+            The model is image-only (a classifier's backbone); a ``ModelError``.
         """
         self._check_text_tower()
         texts = _check_texts(texts)
@@ -140,11 +117,6 @@ class ClipModel:
         self._check_text_tower()
         with torch.inference_mode():
             return self._encode(self._text_features, tokens.to(self.device))
-
-    def _encode(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] == 0:
-            return torch.zeros((0, self.embed_dim), dtype=torch.float32, device=self.device)
-        return F.normalize(fn(x).float(), dim=-1)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -40,6 +40,8 @@ class HubRequest:
     optional: tuple[str, ...] = ()
     revision: str | None = None
     what: str = field(default="", compare=False)  # for messages: the model name asking
+    gated: bool = field(default=False, compare=False)  # the card says: accept terms, log in
+    env_var: str = field(default="", compare=False)  # the variable that points at local weights
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -98,23 +100,50 @@ def _cached(repo_id: str, filename: str, cache_dir: Path, revision: str | None) 
     return None
 
 
-def _how_to_fix(repo_id: str) -> str:
+# The first words of a missing-weights message: the cause and the remedy within 80
+# characters, since the dock shows a message's start as a one-line toast (issue 21, item 9).
+HEAD_OFFLINE = "Weights not on disk and offline: unset HF_HUB_OFFLINE to download them. "
+HEAD_UNREACHABLE = "Weights not on disk and the hub is unreachable: connect, or use local weights. "
+HEAD_FAILED = "Weights download failed: check the network, or use local weights. "
+
+
+def _how_to_fix(repo_id: str, env_var: str = "") -> str:
+    local = (
+        f"point at local weights: {env_var}=/path/to/folder-or-weights-file"
+        if env_var
+        else "point at local weights: a model bundle directory (`histoclip ... --model /path/to/bundle`)"
+    )
     return (
         "To use it: run once with network access (HF_HUB_OFFLINE unset) to fill the cache; or "
         f"pre-populate the Hugging Face cache on another machine (`hf download {repo_id}`) and copy it "
-        "(set HF_HOME / HF_HUB_CACHE to where it is); or point at local weights: a model bundle "
-        "directory (`histoclip ... --model /path/to/bundle`)."
+        f"(set HF_HOME / HF_HUB_CACHE to where it is); or {local}."
     )
 
 
-def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_dir: Path, why: str) -> str:
+def gated_message(repo_id: str, endpoint: str | None = None) -> str:
+    """What to do about a gated repository (the cause and remedy first)."""
+    url = f"{(endpoint or hub_endpoint()).rstrip('/')}/{repo_id}"
+    return (
+        f"Gated model: accept its terms on the hub, then log in (`hf auth login`/HF_TOKEN): {url} . "
+        f"Hub repository {repo_id} is gated: open {url} while logged in, accept the terms, then log in on "
+        "this machine with `hf auth login` or set HF_TOKEN to a read token, and retry"
+    )
+
+
+def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_dir: Path, why: str, head: str) -> str:
     listed = "; ".join(" or ".join(alts) for alts in missing)
     who = f"model {request.what!r} " if request.what else ""
     at = f" at revision {request.revision}" if request.revision else ""
+    gated = (
+        f" Its weights are gated: accept the terms on {hub_endpoint()}/{request.repo_id} and log in "
+        "(`hf auth login` or HF_TOKEN) before downloading."
+        if request.gated
+        else ""
+    )
     return (
-        f"{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
-        f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones. "
-        + _how_to_fix(request.repo_id)
+        f"{head}{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
+        f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones.{gated} "
+        + _how_to_fix(request.repo_id, request.env_var)
     )
 
 
@@ -168,7 +197,10 @@ def fetch(
     offline = is_offline() if offline is None else offline
     if offline:
         raise WeightsNotFoundError(
-            _missing_message(request, list(missing_slots.values()), cache, "HF_HUB_OFFLINE is set, so nothing was downloaded.")
+            _missing_message(
+                request, list(missing_slots.values()), cache, "HF_HUB_OFFLINE is set, so nothing was downloaded.",
+                HEAD_OFFLINE,
+            )
         )
     endpoint = (endpoint or hub_endpoint()).rstrip("/")
     start = time.monotonic()
@@ -181,6 +213,7 @@ def fetch(
                 cache,
                 f"The hub at {endpoint} could not be reached (no connection within {waited:.1f} s); "
                 "set HF_HUB_OFFLINE=1 to skip this check when working offline.",
+                HEAD_UNREACHABLE,
             )
         )
     for slot, alternatives in missing_slots.items():
@@ -233,11 +266,10 @@ def _download(request: HubRequest, filename: str, cache: Path, endpoint: str) ->
             )
         )
     except GatedRepoError as e:
-        raise ModelError(
-            f"hub repository {repo} is gated: accept its terms on {endpoint}/{repo} and log in "
-            f"(`hf auth login` or HF_TOKEN), then retry"
-        ) from e
+        raise ModelError(gated_message(repo, endpoint)) from e
     except RepositoryNotFoundError as e:
+        if request.gated:  # a gated repository answers 401 to an anonymous request
+            raise ModelError(gated_message(repo, endpoint)) from e
         raise ModelError(
             f"hub repository {repo} does not exist or is private (log in with `hf auth login` or HF_TOKEN "
             f"if it is yours); check the model name"
@@ -247,13 +279,16 @@ def _download(request: HubRequest, filename: str, cache: Path, endpoint: str) ->
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         # huggingface_hub's way of saying "no connection and not cached"
         raise WeightsNotFoundError(
-            _missing_message(request, [(filename,)], cache, f"Downloading it from {endpoint} failed: {e}.")
+            _missing_message(request, [(filename,)], cache, f"Downloading it from {endpoint} failed: {e}.", HEAD_FAILED)
         ) from e
     except EntryNotFoundError as e:
         raise FileNotFoundError(filename) from e
     except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if request.gated and status in (401, 403):
+            raise ModelError(gated_message(repo, endpoint)) from e
         raise ModelError(f"downloading {filename} from hub repository {repo} failed: {e}") from e
     except OSError as e:  # connection reset, disk full, ...
         raise WeightsNotFoundError(
-            _missing_message(request, [(filename,)], cache, f"Downloading it from {endpoint} failed: {e}.")
+            _missing_message(request, [(filename,)], cache, f"Downloading it from {endpoint} failed: {e}.", HEAD_FAILED)
         ) from e

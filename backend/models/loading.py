@@ -45,8 +45,12 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-) -> ClipModel:
-    """Load a model by registered name, ``hf-hub:`` id, bundle path or registry entry.
+    weights_path: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load a model by registered name, hub id, bundle path or registry entry.
+
+    Vision-language models come back as a ``ClipModel``; image-only ones (timm,
+    transformers vision) as an ``Encoder`` whose text calls raise ``CapabilityError``.
 
     Parameters
     ----------
@@ -57,11 +61,15 @@ def load_model(
     cache_dir
         Hugging Face hub cache directory (the ``hub`` folder); default ``$HF_HUB_CACHE``,
         else ``$HF_HOME/hub``, read at call time.
+    weights_path
+        timm, transformers vision and CONCH models: local weights (a folder with the
+        repository's files, or a weights file) instead of the hub; default the entry's
+        ``HISTOCLIP_WEIGHTS_<NAME>`` variable (see ``backend.models.sources``).
 
     Returns
     -------
-    ClipModel
-        In eval mode on ``device``.
+    Encoder
+        In eval mode on ``device`` (a ``ClipModel`` for vision-language models).
 
     Raises
     ------
@@ -81,6 +89,15 @@ def load_model(
         from backend.models.bundle import load_bundle
 
         return load_bundle(entry.source, device=dev)
+    if entry.family in (ModelFamily.TIMM, ModelFamily.HF_VISION, ModelFamily.CONCH):
+        from backend.models.families import load_family
+
+        return load_family(entry, dev, cache_dir=cache_dir, weights_path=weights_path)
+    if weights_path is not None:
+        raise ModelError(
+            f"model {entry.name!r}: weights_path is for timm, transformers vision and CONCH models; "
+            "an open_clip or CLIP model's local weights are a model bundle directory (give its path as the model)"
+        )
     if entry.family is ModelFamily.HF_CLIP:
         return _load_hf_clip_from_hub(entry, dev, cache_dir)
     return _load_open_clip_from_hub(entry, dev, cache_dir)
@@ -199,15 +216,10 @@ def hub_weights_id(entry: ModelEntry, weights: Path) -> str:
     ``backend.models.identity``); a file outside a snapshot folder falls back to the weights'
     own sha256 (``hf-hub:org/repo@sha256:<12 hex>``).
     """
-    from backend.models.identity import hub_model_id, snapshot_revision
+    from backend.models.sources import weights_id
 
     assert entry.hub_id is not None
-    revision = snapshot_revision(weights)
-    if revision is None:
-        from backend.models.bundle import sha256_file
-
-        revision = "sha256:" + sha256_file(weights)[:12]
-    return hub_model_id(entry.hub_id, revision)
+    return weights_id(entry, weights)
 
 
 def _load_open_clip_from_hub(entry: ModelEntry, device: torch.device, cache_dir: Any) -> ClipModel:

@@ -8,6 +8,7 @@ resampling noise of the PIL pipeline (not bit-identical: PIL's filters differ sl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,8 @@ def preprocess_batch(images: Any, spec: Preprocessing, device: torch.device) -> 
         x = _resize(x, (round(h / ratio), round(w / ratio)), mode)
         x = _center_crop_or_pad(x, size, float(spec.fill_color))
     else:
-        x = _resize(x, _shortest_size(h, w, size), mode)
+        # crop_pct < 1: resize to the larger size it implies (timm's rule), crop ``size``
+        x = _resize(x, _shortest_size(h, w, math.floor(size / spec.crop_pct)), mode)
         x = _center_crop_or_pad(x, size, 0.0)
     mean = torch.tensor(spec.mean, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(spec.std, device=device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0

@@ -38,6 +38,9 @@ class Preprocessing:
     interpolation: Interpolation = Interpolation.BICUBIC
     resize_mode: ResizeMode = ResizeMode.SHORTEST
     fill_color: int = 0  # padding value for ResizeMode.LONGEST
+    # ResizeMode.SHORTEST only: resize the short side to image_size / crop_pct, then crop
+    # image_size (timm's crop_pct; GigaPath's card: resize 256, centre-crop 224 = 0.875)
+    crop_pct: float = 1.0
 
     def __post_init__(self) -> None:
         # Validate here so a bad bundle or hub config fails when read, not mid-slide.
@@ -47,6 +50,9 @@ class Preprocessing:
             raise ValueError(f"preprocessing mean and std need 3 values, got {self.mean!r}, {self.std!r}")
         if any(float(s) <= 0 for s in self.std):
             raise ValueError(f"preprocessing std must be > 0, got {self.std!r}")
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise ValueError(f"preprocessing crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        object.__setattr__(self, "crop_pct", float(self.crop_pct))
         object.__setattr__(self, "image_size", int(self.image_size))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
@@ -55,7 +61,7 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the one stored in bundles)."""
-        return {
+        out: dict[str, Any] = {
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -63,11 +69,14 @@ class Preprocessing:
             "resize_mode": str(self.resize_mode),
             "fill_color": self.fill_color,
         }
+        if self.crop_pct != 1.0:  # written only when used: older readers know the other fields
+            out["crop_pct"] = self.crop_pct
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         """Read ``to_dict``'s form; raises ``ValueError`` naming the bad field."""
-        known = {"image_size", "mean", "std", "interpolation", "resize_mode", "fill_color"}
+        known = {"image_size", "mean", "std", "interpolation", "resize_mode", "fill_color", "crop_pct"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocessing fields {sorted(unknown)}; known: {sorted(known)}")

@@ -26,12 +26,13 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from backend.errors import CapabilityError, UnknownModelError
 
 # Bundle manifests (reading, describing, listing) and the preprocessing settings live in
 # their own modules; their names are re-exported here, where callers import them from.
+from backend.models.catalog import FOUNDATION_MODELS
 from backend.models.manifest import (  # noqa: F401 (re-exported)
     BUNDLE_KINDS,
     MANIFEST_NAME,
@@ -49,6 +50,10 @@ from backend.models.preprocess_config import (  # noqa: F401 (re-exported)
 )
 
 HF_HUB_PREFIX = "hf-hub:"
+TIMM_PREFIX = "timm:hf-hub:"  # a timm model on the hub: 'timm:hf-hub:org/repo#pooling'
+HF_VISION_PREFIX = "hf-vision:"  # a transformers vision model: 'hf-vision:org/repo#pooling'
+POOLING_SEP = "#"
+HUB_PREFIXES = (TIMM_PREFIX, HF_VISION_PREFIX, HF_HUB_PREFIX)
 HF_URL = "https://huggingface.co/"
 REVISION_SEP = "@"
 # what a hub revision may look like in a name (a commit, a branch or tag such as refs/pr/1)
@@ -60,6 +65,33 @@ class ModelFamily(StrEnum):
 
     OPEN_CLIP = "open_clip"
     HF_CLIP = "hf_clip"  # a transformers ``CLIPModel``
+    TIMM = "timm"  # a timm image model (``timm.create_model``): image only
+    HF_VISION = "hf_vision"  # a transformers vision model (``AutoModel``): image only
+    CONCH = "conch"  # mahmoodlab's CONCH (the optional ``conch`` package): images and text
+
+
+# The families whose models embed images only (no text tower).
+IMAGE_ONLY_FAMILIES = frozenset({ModelFamily.TIMM, ModelFamily.HF_VISION})
+
+
+class Pooling(StrEnum):
+    """How an image-only encoder turns its output tokens into one vector (its card's rule)."""
+
+    HEAD = "head"  # the library's own forward with no classifier (timm ``model(x)``, num_classes=0)
+    CLS = "cls"  # the class token of the last (normed) layer
+    CLS_MEAN = "cls+mean"  # class token ++ mean of the patch tokens (registers excluded): Virchow
+    MEAN = "mean"  # mean of the patch tokens (registers excluded)
+    POOLER = "pooler"  # transformers' ``pooler_output``
+    CONTRAST = "contrast"  # CONCH: the image projection shared with text
+
+
+class Precision(StrEnum):
+    """The precision a model card recommends for inference on a GPU (CPUs run float32)."""
+
+    AUTO = "auto"  # no recommendation: bf16 where the GPU has it, else fp16
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
 
 
 class Capability(StrEnum):
@@ -102,7 +134,22 @@ class ModelEntry:
     description: str = ""
     random_weights: bool = False
     revision: str | None = None  # hub models: the commit, branch or tag to read (None: main)
-    image_only: bool = False  # a bundle of the image tower alone (a classifier's backbone): no text
+    # no text tower: an image-only family (timm, transformers vision), or a bundle of the
+    # image tower alone (a classifier's backbone)
+    image_only: bool = False
+    # --- what the model card says (image-only families and CONCH) ---
+    pooling: Pooling | None = None
+    build_kwargs: tuple[tuple[str, Any], ...] = ()  # the constructor's keyword arguments
+    native_mpp: float | None = None  # µm per pixel it was trained at: its default tile spec
+    gated: bool = False  # the hub weights need the terms accepted and a login
+    precision: Precision = Precision.AUTO  # recommended on a GPU
+    gflops: float | None = None  # per tile at its input size (speed estimates)
+    weights_path: str | None = None  # local weights (a file or folder) used instead of the hub
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """``build_kwargs`` as a dict (layer classes still as dotted import paths)."""
+        return dict(self.build_kwargs)
 
     @property
     def capabilities(self) -> frozenset[Capability]:
@@ -200,6 +247,38 @@ _ENTRIES: tuple[ModelEntry, ...] = (
     ),
 )
 
+
+
+def _catalog_entry(row: Mapping[str, Any]) -> ModelEntry:
+    """A ``catalog.FOUNDATION_MODELS`` row as a registry entry."""
+    family = ModelFamily(row["family"])
+    return ModelEntry(
+        name=row["name"],
+        family=family,
+        source_kind=SourceKind.HUB,
+        source=row["repo"],
+        arch=row["arch"],
+        license=row["license"],
+        embed_dim=int(row["embed_dim"]),
+        preprocessing=Preprocessing(**row["preprocessing"]),
+        hub_url=HF_URL + row["repo"],
+        description=row["description"],
+        image_only=family in IMAGE_ONLY_FAMILIES,
+        pooling=Pooling(row["pooling"]),
+        build_kwargs=tuple(sorted(row["kwargs"].items())),
+        native_mpp=row["native_mpp"],
+        gated=bool(row["gated"]),
+        precision=Precision(row["precision"]),
+        gflops=row["gflops"],
+    )
+
+
+_ENTRIES = _ENTRIES[:-1] + tuple(_catalog_entry(row) for row in FOUNDATION_MODELS) + _ENTRIES[-1:]
+
+# GFLOPs per tile of the CLIP image towers (2 x multiply-adds at 224 px), for speed estimates
+_CLIP_GFLOPS = {"quiltnet-b32": 8.8, "quiltnet-b16": 35.2, "quiltnet-b16-pmb": 35.2, "plip": 8.8, "biomedclip": 35.2}
+_ENTRIES = tuple(replace(e, gflops=_CLIP_GFLOPS[e.name]) if e.name in _CLIP_GFLOPS else e for e in _ENTRIES)
+
 REGISTERED: Mapping[str, ModelEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
 _BY_REPO: Mapping[str, ModelEntry] = MappingProxyType(
     {e.source.lower(): e for e in _ENTRIES if e.source_kind is SourceKind.HUB}
@@ -207,8 +286,14 @@ _BY_REPO: Mapping[str, ModelEntry] = MappingProxyType(
 
 ACCEPTED_FORMS = (
     "a registered name ({names}), 'hf-hub:org/repo' (an open_clip repository on the "
-    "Hugging Face hub), or the path of a model bundle directory (one containing {manifest})"
+    "Hugging Face hub), 'timm:hf-hub:org/repo#POOLING' (a timm model), 'hf-vision:org/repo#POOLING' "
+    "(a transformers vision model), or the path of a model bundle directory (one containing {manifest})"
 )
+# the poolings each image-only family's name form accepts
+FAMILY_POOLINGS: Mapping[ModelFamily, tuple[Pooling, ...]] = MappingProxyType({
+    ModelFamily.TIMM: (Pooling.HEAD, Pooling.CLS, Pooling.CLS_MEAN, Pooling.MEAN),
+    ModelFamily.HF_VISION: (Pooling.CLS, Pooling.CLS_MEAN, Pooling.MEAN, Pooling.POOLER),
+})
 
 
 def list_models() -> list[ModelEntry]:
@@ -286,6 +371,8 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     base, revision = split_revision(text)
     if revision is not None and not path.is_dir():
         return replace(resolve_model(base), revision=revision)
+    if text.startswith((TIMM_PREFIX, HF_VISION_PREFIX)):
+        return _vision_id_entry(text)
     if text.startswith(HF_HUB_PREFIX):
         return _hub_id_entry(text)
     if path.is_dir():
@@ -312,7 +399,7 @@ def split_revision(name: str) -> tuple[str, str | None]:
     if not sep or not base or not REVISION_PATTERN.fullmatch(rev):
         return name, None
     entry = REGISTERED.get(base.lower())
-    if base.startswith(HF_HUB_PREFIX) or (entry is not None and entry.source_kind is SourceKind.HUB):
+    if base.startswith(HUB_PREFIXES) or (entry is not None and entry.source_kind is SourceKind.HUB):
         return base, rev
     return name, None
 
@@ -337,6 +424,61 @@ def _hub_id_entry(hub_id: str) -> ModelEntry:
         hub_url=HF_URL + repo,
         description=f"open_clip model from the Hugging Face hub repository {repo}",
     )
+
+
+def _vision_id_entry(text: str) -> ModelEntry:
+    """``timm:hf-hub:org/repo#pooling`` or ``hf-vision:org/repo#pooling`` as an entry."""
+    prefix = TIMM_PREFIX if text.startswith(TIMM_PREFIX) else HF_VISION_PREFIX
+    family = ModelFamily.TIMM if prefix == TIMM_PREFIX else ModelFamily.HF_VISION
+    rest, _, pool = text[len(prefix) :].strip().partition(POOLING_SEP)
+    repo = rest.strip()
+    parts = repo.split("/")
+    choices = ", ".join(p.value for p in FAMILY_POOLINGS[family])
+    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
+        raise UnknownModelError(f"malformed model id {text!r}: expected '{prefix}org/repo#POOLING' (POOLING: {choices})")
+    known = _BY_REPO.get(repo.lower())
+    if known is not None and known.family is family and (not pool or pool == known.pooling):
+        return known
+    if not pool:
+        raise UnknownModelError(
+            f"model {text!r} needs its pooling given explicitly (the model card says which): "
+            f"'{prefix}{repo}#POOLING' with POOLING one of {choices}"
+        )
+    try:
+        pooling = Pooling(pool.strip())
+    except ValueError:
+        pooling = None
+    if pooling not in FAMILY_POOLINGS[family]:
+        raise UnknownModelError(f"model {text!r}: pooling {pool!r} is not one of {choices} for {family.value} models")
+    return ModelEntry(
+        name=f"{prefix}{repo}{POOLING_SEP}{pooling.value}",
+        family=family,
+        source_kind=SourceKind.HUB,
+        source=repo,
+        arch=None,
+        license="see model card",
+        embed_dim=None,
+        preprocessing=None,  # read from the repository's config when loaded
+        hub_url=HF_URL + repo,
+        description=f"{family.value} image encoder from the Hugging Face hub repository {repo} ({pooling.value} pooling)",
+        image_only=True,
+        pooling=pooling,
+    )
+
+
+def identity_name(entry: ModelEntry) -> str:
+    """The name a hub model's weights identity starts with (``<name>@<commit>``).
+
+    Registered models and open_clip / transformers CLIP repositories use ``hf-hub:org/repo``
+    (which resolves back to the registered entry); an unregistered timm or transformers
+    vision id keeps its family and pooling (``timm:hf-hub:org/repo#cls``), since the same
+    weights pooled another way are another embedding.
+    """
+    if entry.source_kind is not SourceKind.HUB:
+        return entry.name
+    if entry.family in (ModelFamily.OPEN_CLIP, ModelFamily.HF_CLIP) or entry.name in REGISTERED:
+        return HF_HUB_PREFIX + entry.source
+    return entry.name
 
 
 def _bundle_entry(path: Path) -> ModelEntry:

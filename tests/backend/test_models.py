@@ -76,7 +76,11 @@ def quilt_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_registry_lists_the_models_with_metadata() -> None:
     entries = {e.name: e for e in list_models()}
-    assert list(entries) == ["quiltnet-b32", "quiltnet-b16", "quiltnet-b16-pmb", "plip", "biomedclip", "test-tiny"]
+    assert list(entries) == [
+        "quiltnet-b32", "quiltnet-b16", "quiltnet-b16-pmb", "plip", "biomedclip",
+        "uni", "uni2-h", "virchow2", "h-optimus-0", "h-optimus-1", "gigapath", "phikon-v2", "conch", "dinov2-vitb14",
+        "test-tiny",
+    ]
     quilt = entries["quiltnet-b32"]
     assert quilt.hub_id == "hf-hub:wisdomik/QuiltNet-B-32"
     assert (quilt.family, quilt.arch, quilt.embed_dim) == (ModelFamily.OPEN_CLIP, "ViT-B-32", 512)
