@@ -105,3 +105,14 @@ def test_an_image_only_index_answers_region_search_in_the_cli_and_refuses_text(
     assert main(["search", str(index), "--text", "tumor", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "text search needs a vision-language model" in err[0] and "tiny-vision" in err[0]
+
+
+def test_a_registered_image_only_encoder_is_refused_before_any_download(
+    cmu_slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture, no_loading: None
+) -> None:
+    """``uni`` (gated, not on this machine): the refusal names it and comes before any hub access."""
+    assert main(["zero-shot", str(cmu_slide), "--labels", "tumor;stroma", "--out", str(tmp_path),
+                 "--model", "uni", *FAST]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("histoclip zero-shot: error: model 'uni' embeds images only: zero-shot needs")
+    assert "conch" in err and "quiltnet-b32" in err
