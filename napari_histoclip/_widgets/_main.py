@@ -147,6 +147,8 @@ class HistoclipWidget(QWidget):
         self.refine = add_refine_tab(self)
         from napari_histoclip._widgets._capabilities import ModelGate  # text controls follow the model (issue 17)
         self.gate = ModelGate(self)
+        from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so (issue 17)
+        self.slow_watch = SlowRunWatch()
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.header.native)
@@ -236,8 +238,13 @@ class HistoclipWidget(QWidget):
         return SlideRef(info.path, info.mpp)
 
     def run(self, label: str, fn: Callable[..., Any], on_done: Callable[[Any], None]) -> bool:
-        """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread."""
-        return self.runner.run(label, fn, on_done)
+        """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread. A slow
+        embedding (a large model on CPU) is announced as it starts (:mod:`._speed`)."""
+        try:
+            model = self.model_name
+        except UserError:
+            return self.runner.run(label, fn, on_done)
+        return self.runner.run(label, self.slow_watch.wrap(fn, self._backend, model), on_done)
 
     def warn_random(self, result: Any, model: str) -> None:
         """Say once per model that its weights are random (test models): results mean nothing."""
