@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
-from backend.needs import Task
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
+
+from backend.needs import Task
 
 from napari_histoclip._layers import default_color, is_ours
 from napari_histoclip._slide import slide_of
@@ -109,9 +110,9 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.start_button, self.new_class, self.add_class_button, self.refine_button,
-                     self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
-                     self.apply_button],
+            widgets=[self.help, self.marks_label, self.start_button, self.new_class, self.add_class_button,
+                     self.refine_button, self.undo_button, self.clear_button, self.n_unsure, self.save_path,
+                     self.save_button, self.apply_button],
             labels=True,
         )
         self.native.layout().insertWidget(9, self.unsure)
