@@ -286,7 +286,15 @@ def _from_pretrained(loader: Any, what: str, name_or_path: str | Path, revision:
 
 def _from_pretrained_or_hub(loader: Any, what: str, name_or_path: str | Path, revision: str | None,
                             cache_dir: str | os.PathLike[str] | None) -> Any:
-    from backend.models.hub import hub_cache_dir, hub_endpoint, hub_reachable, is_offline
+    from backend.models.hub import (
+        HEAD_FAILED,
+        HEAD_OFFLINE,
+        HEAD_UNREACHABLE,
+        hub_cache_dir,
+        hub_endpoint,
+        hub_reachable,
+        is_offline,
+    )
 
     if _is_local(name_or_path):
         folder = Path(name_or_path).expanduser()
@@ -301,15 +309,16 @@ def _from_pretrained_or_hub(loader: Any, what: str, name_or_path: str | Path, re
     except (OSError, ValueError) as cached_miss:
         if is_offline() or not hub_reachable(hub_endpoint()):
             why = "HF_HUB_OFFLINE is set" if is_offline() else "the hub is unreachable"
+            head = HEAD_OFFLINE if is_offline() else HEAD_UNREACHABLE  # cause and remedy first (the toast)
             raise WeightsNotFoundError(
-                f"{what} {name!r}: not a local folder and not in the Hugging Face cache {cache}, and {why}. "
+                f"{head}{what} {name!r}: not a local folder and not in the Hugging Face cache {cache}, and {why}. "
                 f"Download it once with network access (`hf download {name}`) and copy the cache "
                 "(set HF_HOME / HF_HUB_CACHE to it), or pass a local folder (save_pretrained output)."
             ) from cached_miss
     try:
         return loader.from_pretrained(name, revision=revision, cache_dir=cache)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(f"{what} {name!r}: could not be loaded from the Hugging Face hub ({e})") from e
+        raise WeightsNotFoundError(f"{HEAD_FAILED}{what} {name!r}: could not be loaded from the Hugging Face hub ({e})") from e
 
 
 def load_decoder(

@@ -19,6 +19,8 @@ from backend.models.registry import (
     Interpolation,
     ModelEntry,
     ModelFamily,
+    Pooling,
+    Precision,
     Preprocessing,
     ResizeMode,
     SourceKind,
@@ -31,6 +33,9 @@ from backend.models.registry import (
 if TYPE_CHECKING:
     from backend.models.bundle import BundleError, BundleKind, bundle_kind, load_bundle, save_bundle
     from backend.models.clip import ClipModel, OpenClipModel
+    from backend.models.conch import ConchModel
+    from backend.models.encoder import Encoder
+    from backend.models.vision import HfVisionEncoder, TimmEncoder
     from backend.models.hf_clip import HfClipModel
     from backend.models.loading import load_model
 
@@ -38,6 +43,10 @@ if TYPE_CHECKING:
 _LAZY = {
     "load_model": "loading",
     "ClipModel": "clip",
+    "Encoder": "encoder",
+    "TimmEncoder": "vision",
+    "HfVisionEncoder": "vision",
+    "ConchModel": "conch",
     "OpenClipModel": "clip",
     "HfClipModel": "hf_clip",
     "save_bundle": "bundle",
@@ -52,14 +61,20 @@ __all__ = [
     "BundleKind",
     "Capability",
     "ClipModel",
+    "ConchModel",
+    "Encoder",
+    "HfVisionEncoder",
     "HfClipModel",
     "Interpolation",
     "ModelEntry",
     "ModelFamily",
     "OpenClipModel",
+    "Pooling",
+    "Precision",
     "Preprocessing",
     "ResizeMode",
     "SourceKind",
+    "TimmEncoder",
     "bundle_kind",
     "list_models",
     "load_bundle",

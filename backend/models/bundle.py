@@ -212,6 +212,7 @@ def _verified_weights(path: Path, manifest: Mapping[str, Any]) -> tuple[Path, st
     file = path / file_name
     if not file.is_file():
         raise WeightsNotFoundError(
+            "Bundle weights missing: copy the whole bundle folder again. "
             f"bundle {path}: weights file {file_name} is missing (the manifest lists it); "
             "copy the whole bundle directory again"
         )

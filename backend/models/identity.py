@@ -93,6 +93,8 @@ def describe(model_id: str) -> str:
         name = resolve_model(base).name
     except Exception:  # noqa: BLE001 - describing must not fail
         name = base
+    if rev.startswith("sha256:"):
+        return f"{name} with local weights {rev} ({model_id})"
     short = rev[:12] if _COMMIT.fullmatch(rev) else rev
     return f"{name} at hub commit {short} ({model_id})"
 

@@ -57,7 +57,9 @@ HUB_PREFIXES = (TIMM_PREFIX, HF_VISION_PREFIX, HF_HUB_PREFIX)
 HF_URL = "https://huggingface.co/"
 REVISION_SEP = "@"
 # what a hub revision may look like in a name (a commit, a branch or tag such as refs/pr/1)
-REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+REVISION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*|sha256:[0-9a-f]{6,64}")
+# the identity of local weights (a file's sha256, see sources.py), not a hub revision
+LOCAL_WEIGHTS_REV = "sha256:"
 
 
 class ModelFamily(StrEnum):
@@ -145,6 +147,16 @@ class ModelEntry:
     precision: Precision = Precision.AUTO  # recommended on a GPU
     gflops: float | None = None  # per tile at its input size (speed estimates)
     weights_path: str | None = None  # local weights (a file or folder) used instead of the hub
+
+    @property
+    def native_tile(self) -> tuple[int, float] | None:
+        """``(tile_size, mpp)`` of the model's default tile spec: the pixels its card feeds it
+        (before a centre crop: GigaPath 256 -> 224) at the µm/px it was trained at; None when
+        the card states no resolution (CLIP models: the project's default tile spec applies)."""
+        if self.native_mpp is None or self.preprocessing is None:
+            return None
+        pre = self.preprocessing
+        return int(pre.image_size / pre.crop_pct), float(self.native_mpp)
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -370,9 +382,13 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
         recover_dir(path)  # a bundle whose replacement was killed half-way
     base, revision = split_revision(text)
     if revision is not None and not path.is_dir():
+        if revision.startswith(LOCAL_WEIGHTS_REV):  # made with local weights: the entry, read as configured
+            return resolve_model(base)
         return replace(resolve_model(base), revision=revision)
     if text.startswith((TIMM_PREFIX, HF_VISION_PREFIX)):
-        return _vision_id_entry(text)
+        from backend.models.vision_ids import vision_id_entry  # kept apart: this module's size
+
+        return vision_id_entry(text)
     if text.startswith(HF_HUB_PREFIX):
         return _hub_id_entry(text)
     if path.is_dir():
@@ -423,46 +439,6 @@ def _hub_id_entry(hub_id: str) -> ModelEntry:
         preprocessing=None,
         hub_url=HF_URL + repo,
         description=f"open_clip model from the Hugging Face hub repository {repo}",
-    )
-
-
-def _vision_id_entry(text: str) -> ModelEntry:
-    """``timm:hf-hub:org/repo#pooling`` or ``hf-vision:org/repo#pooling`` as an entry."""
-    prefix = TIMM_PREFIX if text.startswith(TIMM_PREFIX) else HF_VISION_PREFIX
-    family = ModelFamily.TIMM if prefix == TIMM_PREFIX else ModelFamily.HF_VISION
-    rest, _, pool = text[len(prefix) :].strip().partition(POOLING_SEP)
-    repo = rest.strip()
-    parts = repo.split("/")
-    choices = ", ".join(p.value for p in FAMILY_POOLINGS[family])
-    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo):
-        raise UnknownModelError(f"malformed model id {text!r}: expected '{prefix}org/repo#POOLING' (POOLING: {choices})")
-    known = _BY_REPO.get(repo.lower())
-    if known is not None and known.family is family and (not pool or pool == known.pooling):
-        return known
-    if not pool:
-        raise UnknownModelError(
-            f"model {text!r} needs its pooling given explicitly (the model card says which): "
-            f"'{prefix}{repo}#POOLING' with POOLING one of {choices}"
-        )
-    try:
-        pooling = Pooling(pool.strip())
-    except ValueError:
-        pooling = None
-    if pooling not in FAMILY_POOLINGS[family]:
-        raise UnknownModelError(f"model {text!r}: pooling {pool!r} is not one of {choices} for {family.value} models")
-    return ModelEntry(
-        name=f"{prefix}{repo}{POOLING_SEP}{pooling.value}",
-        family=family,
-        source_kind=SourceKind.HUB,
-        source=repo,
-        arch=None,
-        license="see model card",
-        embed_dim=None,
-        preprocessing=None,  # read from the repository's config when loaded
-        hub_url=HF_URL + repo,
-        description=f"{family.value} image encoder from the Hugging Face hub repository {repo} ({pooling.value} pooling)",
-        image_only=True,
-        pooling=pooling,
     )
 
 

@@ -6,7 +6,10 @@ memory, and a CPU speed estimate (for warning that a ViT-H slide will be slow).
 - ``fit_batch_size``: the largest batch, at most the one asked for, whose activations fit in
   the free GPU memory; the memory query is a parameter so tests pass a fake device.
 - ``cpu_tiles_per_second`` / ``estimate_seconds`` / ``slow_warning``: tiles per second derived
-  from the model's GFLOPs per tile and this CPU's measured matrix-multiply speed.
+  from the model's GFLOPs per tile and this CPU's measured matrix-multiply speed (numpy: these
+  need no torch, so the dock can call them).
+
+torch is imported inside the functions that use it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import InputError
 from backend.models.registry import ModelEntry, Precision
+
+if TYPE_CHECKING:
+    import torch
 
 # Share of the free GPU memory a batch's activations may take (the rest: allocator slack,
 # the prefetched batches, other processes).
@@ -30,7 +34,7 @@ MEMORY_FRACTION = 0.6
 VIT_EFFICIENCY = 0.75
 SLOW_SECONDS = 600.0  # a slide that takes longer than this on CPU gets a warning
 
-MemoryQuery = Callable[[torch.device], tuple[int, int]]  # (free, total) bytes, as torch.cuda.mem_get_info
+MemoryQuery = Callable[["torch.device"], tuple[int, int]]  # (free, total) bytes, as torch.cuda.mem_get_info
 
 
 def autocast_dtype(precision: Precision | str | None, device: torch.device | str) -> torch.dtype | None:
@@ -39,6 +43,8 @@ def autocast_dtype(precision: Precision | str | None, device: torch.device | str
     ``AUTO`` (no card recommendation) is bf16 where the GPU has it, else fp16; ``BF16`` falls
     back to fp16 on GPUs without bf16.
     """
+    import torch
+
     device = torch.device(device)
     if device.type != "cuda":
         return None
@@ -63,6 +69,8 @@ class ViTShape:
 def vit_shape(model: Any) -> ViTShape:
     """The token count, width and heads of a loaded encoder's image tower, read from its
     modules (the patch-embedding convolution and the first attention layer)."""
+    import torch
+
     module = getattr(model, "module", model)
     size = int(model.preprocessing.image_size)
     patch, width = 16, 768
@@ -82,6 +90,8 @@ def vit_shape(model: Any) -> ViTShape:
 def tile_activation_bytes(shape: ViTShape, dtype: torch.dtype | None) -> int:
     """Peak activation memory of one tile in one transformer block (inference frees the rest):
     the token stream, qkv, the MLP hidden layer, and the attention matrix."""
+    import torch
+
     itemsize = torch.finfo(dtype).bits // 8 if dtype is not None else 4
     stream = shape.tokens * shape.width * (6 + 2 * shape.mlp_ratio)
     attention = 2 * shape.heads * shape.tokens**2
@@ -101,6 +111,8 @@ def fit_batch_size(
 
     On a CPU (or any non-CUDA device) ``requested`` comes back unchanged.
     """
+    import torch
+
     if requested < 1:
         raise InputError(f"batch_size must be >= 1, got {requested}")
     device = torch.device(device if device is not None else model.device)
@@ -119,12 +131,16 @@ def fit_batch_size(
 
 
 def measure_cpu_gflops(seconds: float = 0.3, n: int = 512) -> float:
-    """This CPU's float32 matrix-multiply speed in GFLOP/s with torch's current threads."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
+    """This CPU's float32 matrix-multiply speed in GFLOP/s (numpy's BLAS)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up
     done, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        torch.mm(a, b)
+        a @ b
         done += 1
     return 2.0 * n**3 * done / elapsed / 1e9
 
@@ -132,6 +148,8 @@ def measure_cpu_gflops(seconds: float = 0.3, n: int = 512) -> float:
 def measure_tiles_per_second(model: Any, *, batch_size: int = 8, batches: int = 2) -> float:
     """Tiles per second of a loaded encoder, measured on random preprocessed tiles (after one
     warm-up batch) on its own device and precision."""
+    import torch
+
     size = int(model.preprocessing.image_size)
     pixels = torch.randn(batch_size, 3, size, size, device=model.device)
     dtype = autocast_dtype(getattr(model, "precision", None), model.device)

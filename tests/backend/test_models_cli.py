@@ -30,3 +30,12 @@ def test_models_shows_family_capabilities_dimension_and_gated(capsys: pytest.Cap
     text = "\n".join(lines)
     assert "timm:hf-hub:ORG/REPO#POOLING" in text and "hf-vision:ORG/REPO#POOLING" in text
     assert "hf auth login" in text and "HISTOCLIP_WEIGHTS_<NAME>" in text
+
+
+def test_native_tile_is_the_cards_input_at_its_resolution() -> None:
+    from backend.models import resolve_model
+
+    assert resolve_model("uni").native_tile == (224, 0.5)
+    assert resolve_model("gigapath").native_tile == (256, 0.5)  # resize 256, then centre-crop 224
+    assert resolve_model("conch").native_tile == (448, 0.5)
+    assert resolve_model("quiltnet-b32").native_tile is None  # no resolution on its card

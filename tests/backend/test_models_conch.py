@@ -89,3 +89,14 @@ def test_conch_without_its_package_says_how_to_install(monkeypatch: pytest.Monke
         load_model("conch", device="cpu", cache_dir=tmp_path)
     head = str(info.value)[:80]
     assert "CONCH needs its optional package" in head and "pip install conch-fork" in head, head
+
+
+def test_conch_offline_without_weights_names_the_way_out(tmp_path: Path) -> None:
+    from backend.errors import WeightsNotFoundError
+
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model("conch", device="cpu", cache_dir=tmp_path)
+    message = str(info.value)
+    assert "not on disk" in message[:80]
+    for part in ("MahmoodLab/CONCH", "pytorch_model.bin", "HISTOCLIP_WEIGHTS_CONCH", "gated"):
+        assert part in message, part

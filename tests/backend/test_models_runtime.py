@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backend.models import resolve_model
-from backend.models.registry import Precision, Preprocessing
+from backend.models.registry import Precision
 from backend.models.runtime import (
     autocast_dtype,
     cpu_tiles_per_second,
@@ -102,3 +102,17 @@ def test_measured_speeds_are_positive() -> None:
     assert measure_cpu_gflops(seconds=0.05, n=128) > 0
     tiny = load_model("test-tiny", device="cpu")
     assert measure_tiles_per_second(tiny, batch_size=2, batches=1) > 0
+
+
+def test_speed_estimates_need_no_torch() -> None:
+    """The dock warns before a run: the estimate must not pull torch into the plugin process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from backend.models import resolve_model; from backend.models import runtime; "
+        "w = runtime.slow_warning(resolve_model('uni2-h'), 10000); "
+        "assert w and w.startswith('Slow'), w; assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr

@@ -14,6 +14,7 @@ from hub_helpers import smooth_images
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import hub as hub_module
 from backend.models import load_model, resolve_model
+from backend.models.identity import describe
 from backend.models.sources import weights_env_var
 
 TOAST = 80  # the dock shows a message's first characters as a one-line toast
@@ -105,6 +106,9 @@ def test_local_weights_folder_file_and_env_var(tmp_path: Path, monkeypatch: pyte
     # a folder (as `hf download --local-dir` writes it): the weights' sha256 is the identity
     from_folder = load_model(entry, device="cpu", cache_dir=tmp_path / "empty", weights_path=folder)
     assert from_folder.model_id.startswith("hf-hub:MahmoodLab/UNI@sha256:") and from_hub.model_id.endswith(REV)
+    # an index or cache made with local weights names them; the id resolves to the entry (no hub revision)
+    assert resolve_model(from_folder.model_id) is resolve_model("uni")
+    assert describe(from_folder.model_id).startswith("uni with local weights sha256:")
     torch.testing.assert_close(from_folder.encode_images(tiles), from_hub.encode_images(tiles))
     # a lone weights file: built as the entry's timm architecture with its card kwargs
     lone = tmp_path / "pytorch_model.bin"
@@ -143,3 +147,23 @@ def test_bad_layer_kwarg_names_it(tmp_path: Path) -> None:
     save_timm_hub_repo(tmp_path / "hub", tiny_entry("uni"))
     with pytest.raises(ModelError, match="mlp_layer='timm.layers.NoSuchLayer': cannot import it"):
         load_model(entry, device="cpu", cache_dir=tmp_path / "hub")
+
+
+def test_every_missing_weights_message_leads_with_cause_and_remedy(tmp_path: Path) -> None:
+    """Issue 21 item 9 beyond the hub models: a bundle without its weights, a caption decoder offline."""
+    from backend.caption.model import load_decoder
+    from backend.models import save_bundle
+
+    bundle = save_bundle(load_model("test-tiny", device="cpu"), tmp_path / "bundle", name="tiny")
+    weights = [p for p in Path(bundle).iterdir() if p.suffix in (".safetensors", ".bin")]
+    assert weights
+    for p in weights:
+        p.unlink()
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_model(str(bundle), device="cpu")
+    head = str(info.value)[:TOAST]
+    assert "weights missing" in head and "copy the whole bundle" in head, head
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_decoder("no-such-org/no-such-model", cache_dir=tmp_path / "hub")
+    head = str(info.value)[:TOAST]
+    assert "not on disk" in head and "HF_HUB_OFFLINE" in head, head
