@@ -21,6 +21,7 @@ from typing import Any
 
 from backend import api
 from backend.errors import InputError
+from backend.needs import Task, check_before_load
 
 
 def geometry(layout: Any) -> api.GridGeometry:
@@ -83,6 +84,12 @@ class ClassifierTasks:
             return clf.head, model, tiles, (), clf.unknown_threshold, card
         if request.model is None:
             raise InputError(f"{what}: name the CLIP model (model=...) the prompts are encoded with, or give a classifier")
+        if not request.labels:  # marks alone: any encoder, no zero-shot prior
+            from backend.tasks.refine import marks_only_head
+
+            head = marks_only_head(int(self.model(request.model).embed_dim))
+            return head, request.model, request.tiles or api.TileOptions(), (), None, {"prior": "none (marks only)"}
+        check_before_load(request.model, Task.PROMPT_REFINE)  # an image-only model: before its load
         parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None)
         templates = check_templates(list(request.templates) or None)
         clip = self.model(request.model)
@@ -101,11 +108,13 @@ class ClassifierTasks:
     ) -> Any:
         """:meth:`refine` returning the backend's :class:`backend.tasks.refine.Refinement`
         (the refined ClassMap for the exporters, the head, the kept marks)."""
-        from backend.tasks.refine import marked_tiles, refine
+        from backend.tasks.refine import check_marks_only, marked_tiles, refine
 
         head, model, tiles, templates, threshold, _ = self._prior(request, "refine")
         emb = self.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
         idx, names = marked_tiles(emb, [(m.label, m.cells) for m in request.marks])
+        if head.n_classes == 0 and names:
+            check_marks_only(names, "refine")
         if request.unknown_threshold is not None:
             threshold = request.unknown_threshold
         return refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
@@ -173,7 +182,7 @@ class ClassifierTasks:
         from dataclasses import asdict
 
         from backend.models.classifier import BackboneSource, Classifier, load_classifier, save_classifier
-        from backend.tasks.refine import RefineConfig, fit_marks, marked_tiles
+        from backend.tasks.refine import RefineConfig, check_marks_only, fit_marks, marked_tiles
 
         if not request.slides:
             raise InputError("save as classifier: no slide given; pass the slides the marks were made on")
@@ -183,6 +192,8 @@ class ClassifierTasks:
             emb = self.embeddings(sm.slide, model, tiles, progress=progress, cancel=cancel)
             idx, names = marked_tiles(emb, [(m.label, m.cells) for m in sm.marks])
             per_slide.append((emb, idx, names))
+        if head.n_classes == 0:
+            check_marks_only([n for _, _, names in per_slide for n in names], "save as classifier")
         config = RefineConfig()
         fitted, kept, report = fit_marks(head, per_slide, config)
         card.update(

@@ -30,6 +30,7 @@ from backend import api
 from backend.classifiers import ClassifierTasks, geometry
 from backend.embed import EmbeddingCache, SlideEmbeddings
 from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
+from backend.needs import Task, check_before_load
 from backend.once import Once
 from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
@@ -276,6 +277,7 @@ class LocalBackend(ClassifierTasks):
         from backend.tasks.zero_shot import check_prompts
 
         check_prompts(request.labels, request.synonyms, request.templates)  # before any embedding
+        check_before_load(request.model, Task.ZERO_SHOT)  # an image-only model: before its load
         emb = self.embeddings(
             request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
         )
@@ -307,6 +309,7 @@ class LocalBackend(ClassifierTasks):
     ) -> api.HeatmapResult:
         from backend.tasks import text_heatmap
 
+        check_before_load(request.model, Task.HEATMAP)
         emb = self.embeddings(request.slide, request.model, request.tiles, progress=progress, cancel=cancel)
         hm = text_heatmap(emb, request.query, self.model(request.model), text_cache=self.text_cache)
         return api.HeatmapResult(
@@ -440,6 +443,8 @@ class LocalBackend(ClassifierTasks):
         # The reader stays open: opening a 1M-tile index costs 0.3-0.8 s.
         index, keys = self._search_open(request.index_path, lambda ix: (ix, ix.spec_keys()))
         tiles = query_tiles(keys, request.tiles, str(request.index_path)) if request.region else None
+        if request.text is not None:
+            check_before_load(request.model or index.model_name, Task.TEXT_SEARCH)
         clip = self._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
         model = request.model or index.model_name
         exclude: list[str] = []

@@ -100,3 +100,14 @@ def tiny_captioner(tmp_path_factory) -> Path:
             model(images, enc.input_ids, enc.attention_mask).loss.backward()
             opt.step()
     return save_captioner(Captioner(model.eval(), tok, "test-tiny"), tmp_path_factory.mktemp("captioner") / "toy-captioner")
+
+
+@pytest.fixture(scope="session")
+def image_only_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image-only encoder on disk: ``test-tiny``'s image tower saved as a ``clip`` bundle with
+    ``towers: "image"`` (it embeds images and has no text capability), named ``tiny-vision``."""
+    from backend.models import load_model
+    from backend.models.bundle import save_bundle
+
+    path = tmp_path_factory.mktemp("image-only") / "tiny-vision"
+    return save_bundle(load_model("test-tiny", device="cpu"), path, name="tiny-vision", towers="image")

@@ -280,7 +280,10 @@ def _zero_shot(args: argparse.Namespace) -> int:
         return run_triage(args)
     check_tile_level_args(args)
 
+    from backend.needs import Task, check_before_load
+
     names, synonyms = parse_labels(args.labels, args.labels_file)
+    check_before_load(args.model, Task.ZERO_SHOT)  # an image-only model: before its load
     backend = make_backend(args)
     announce_random(backend, args.model)
     _run_zero_shot(backend, args, SlideRef(args.slide, args.slide_mpp), names, synonyms, Path(args.out))
@@ -303,7 +306,9 @@ def _write_heatmap(backend: Any, args: argparse.Namespace, slide: Any, query: st
 
 def _heatmap(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
+    from backend.needs import Task, check_before_load
 
+    check_before_load(args.model, Task.HEATMAP)  # an image-only model: before its load
     backend = make_backend(args)
     announce_random(backend, args.model)
     out = Path(args.out) if args.out else Path(f"{Path(args.slide).stem}-heatmap.png")
@@ -362,6 +367,9 @@ def _demo(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
     from backend.sample_data import sample_slide
 
+    from backend.needs import Task, check_before_load
+
+    check_before_load(args.model, Task.ZERO_SHOT)  # the demo labels a slide from prompts
     slide_path = Path(args.slide) if args.slide else sample_slide()
     backend = make_backend(args)
     backend.model(args.model)  # fail early, with one line, when the weights are not here

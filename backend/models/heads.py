@@ -110,8 +110,10 @@ class LinearHead(_Classes):
         new = [n for n in new_names if n not in self.class_names]
         if not new:
             return self
-        w = np.concatenate([self.weight, np.repeat(self.weight.mean(axis=0, keepdims=True), len(new), axis=0)])
-        b = np.concatenate([self.bias, np.full(len(new), self.bias.mean(), np.float32)])
+        # a head without classes (refine from marks alone) has no mean row: new classes start at 0
+        start = self.weight.mean(axis=0, keepdims=True) if self.n_classes else np.zeros((1, self.embed_dim), np.float32)
+        w = np.concatenate([self.weight, np.repeat(start, len(new), axis=0)])
+        b = np.concatenate([self.bias, np.full(len(new), self.bias.mean() if self.n_classes else 0.0, np.float32)])
         used = set(self.colors)
         free = [c for c in PALETTE if c not in used] or list(PALETTE)
         colors = self.colors + tuple(free[i % len(free)] for i in range(len(new)))

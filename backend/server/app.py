@@ -140,12 +140,14 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
             from dataclasses import asdict
 
             from backend.device import pick_device
+            from backend.needs import model_capabilities
             from backend.server.classifiers import classifier_listing
 
             return {
                 "api_version": API_VERSION,
                 "models": [asdict(m) for m in state.backend.list_models()],
-                "bundles": [{"id": e.id, "name": e.relpath} for e in state.bundles.entries()],
+                "bundles": [{"id": e.id, "name": e.relpath, "capabilities": list(model_capabilities(e.path))}
+                            for e in state.bundles.entries()],
                 "classifiers": classifier_listing(state),  # classes and backbone of the classifier bundles
                 "indexes": [{"id": e.id, "name": e.relpath} for e in state.indexes.entries()],
                 "device": str(pick_device(state.config.device)),
@@ -262,6 +264,10 @@ def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
         if not items or len(items) > state.config.limits.max_regions:
             raise InputError(f"encode-{kind}: {len(items)} items; between 1 and {state.config.limits.max_regions} per request")
         model = await run_in_threadpool(state.model, req.model)
+        if kind == "text":  # an image-only model: refused before its load
+            from backend.needs import Task, check_before_load
+
+            await run_in_threadpool(check_before_load, model, Task.TEXT_EMBED)
         batcher = state.batcher.get(kind, model)
         vectors = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(item)) for item in items))
         clip = await run_in_threadpool(state.backend.model, model)

@@ -70,6 +70,35 @@ def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequen
     return LinearHead(tuple(class_names), tuple(colors), weight, np.zeros(len(class_names), np.float32))
 
 
+def marks_only_head(embed_dim: int) -> LinearHead:
+    """The prior of a refine from marks alone (no prompts, no classifier: an image-only model, or
+    a user who starts from marks): a head with no class, which the marks' classes extend from 0."""
+    return LinearHead((), (), np.zeros((0, int(embed_dim)), np.float32), np.zeros(0, np.float32))
+
+
+def unlabelled_map(embeddings: SlideEmbeddings) -> ClassMap:
+    """The map of a refine from marks alone before any mark: no class, every tissue tile
+    "unknown" (map value 1), so a viewer can show the tissue grid to paint the first marks on."""
+    n = embeddings.n_tiles
+    return ClassMap(
+        class_names=(), colors=(), probabilities=np.zeros((n, 0), np.float32), labels=np.ones(n, np.int32),
+        unknown_threshold=1.0, layout=embeddings.layout, slide_name=embeddings.slide_name,
+        slide_fingerprint=embeddings.slide_fingerprint, model_id=embeddings.model_id,
+    )
+
+
+def check_marks_only(names: Sequence[str], what: str) -> None:
+    """A refine from marks alone needs marks of two classes at least (one class is no map)."""
+    classes = sorted({str(n).strip() for n in names})
+    if len(classes) < 2:
+        got = f"only {classes[0]!r}" if classes else "none"
+        raise InputError(
+            f"{what}: refining from marks alone (no prompts, no classifier) needs marked tiles of at least "
+            f"two classes; marked classes: {got}. Mark a few tiles of each class, or start from prompts "
+            "with a vision-language model, or from a classifier"
+        )
+
+
 def head_class_map(embeddings: SlideEmbeddings, head: LinearHead | FusionHead, *,
                    unknown_threshold: float | None = None, templates: tuple[str, ...] = (),
                    model_id: str | None = None) -> ClassMap:
@@ -380,6 +409,8 @@ def refine(embeddings: SlideEmbeddings, prior: LinearHead, marked: Sequence[int]
         With no marks: the prior's map, exactly.
     """
     head, ((idx, rows),), report = fit_marks(prior, [(embeddings, marked, mark_names)], config)
+    if head.n_classes == 0:  # marks alone, none yet: every tissue tile is still unlabelled
+        return Refinement(unlabelled_map(embeddings), head, idx, rows, report)
     cm = head_class_map(embeddings, head, unknown_threshold=unknown_threshold, templates=templates)
     if len(idx):
         cm = with_marks(cm, idx, rows)
@@ -437,6 +468,8 @@ def unsure_tiles(probabilities: np.ndarray, prior: np.ndarray | None = None, *, 
         raise InputError(f"unsure_tiles: expected (N, C >= 2) probabilities, got shape {p.shape}")
     top2 = np.partition(p, -2, axis=1)[:, -2:]
     score = 1.0 - (top2[:, 1] - top2[:, 0])
+    if prior is not None and np.asarray(prior).ndim == 2 and np.asarray(prior).shape[1] == 0:
+        prior = None  # a prior without classes (refine from marks alone) disagrees with nothing
     if prior is not None:
         q = np.asarray(prior, dtype=np.float32)
         if q.ndim != 2 or len(q) != len(p) or q.shape[1] > p.shape[1]:
@@ -463,6 +496,9 @@ __all__ = [
     "fit_head",
     "head_class_map",
     "mark_rows",
+    "marks_only_head",
+    "unlabelled_map",
+    "check_marks_only",
     "refine",
     "text_head",
     "unsure_tiles",

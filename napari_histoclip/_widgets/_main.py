@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 from qtpy.QtCore import QEvent
@@ -30,36 +29,14 @@ from napari_histoclip._mpp import (
 from napari_histoclip._mpp_memory import MppMemory
 from napari_histoclip._slide import META_KEY, SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
+from napari_histoclip._widgets._handler import UserError, handler  # noqa: F401 (the tabs import them from here)
 
 if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Any])
 BackendFactory = Callable[[str | None], Any]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-
-
-class UserError(Exception):
-    """A form the user must fix (no slide open, no prompts): shown, never raised to napari."""
-
-
-def handler(fn: F) -> F:
-    """Wrap a button handler: user and backend errors become one notification."""
-
-    @wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        from napari.utils.notifications import show_error
-
-        from backend.errors import HistoclipError
-
-        try:
-            return fn(*args, **kwargs)
-        except (UserError, HistoclipError) as e:
-            show_error(error_line(e, planned=True))
-            return None
-
-    return wrapped  # type: ignore[return-value]
 
 
 def _path_text(value: Any) -> str:
@@ -162,6 +139,10 @@ class HistoclipWidget(QWidget):
             self.tabs.addTab(panel.native, title)
         from napari_histoclip._widgets._refine import add_refine_tab  # few-shot refine (issue 13)
         self.refine = add_refine_tab(self)
+        from napari_histoclip._widgets._capabilities import ModelGate  # text controls follow the model (issue 17)
+        self.gate = ModelGate(self)
+        from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so (issue 17)
+        self.slow_watch = SlowRunWatch()
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.header.native)
@@ -241,15 +222,11 @@ class HistoclipWidget(QWidget):
         return str(self.model.value)
 
     def model_is_vision_language(self) -> bool:
-        """Whether the chosen model also embeds text (as the backend's model list says); a
-        model typed by name (a hub id, a bundle) is taken to be one until the backend says no."""
-        try:
-            name = self.model_name
-        except UserError:  # no model yet: offer what a vision-language model has
-            return True
-        # the list refresh_models fetched: no backend call (over HTTP, a round trip) on each layer change
-        info = self._model_infos.get(name)
-        return info is None or "text" in info.capabilities
+        """Whether the chosen model also embeds text (as the backend's model list, or the
+        registry for a typed name, says); unknown or no model yet: taken to be one."""
+        from backend.needs import Task
+
+        return self.gate.can(Task.TEXT_EMBED)
 
     def slide_layer(self) -> Any | None:
         return self.slide.value
@@ -273,8 +250,13 @@ class HistoclipWidget(QWidget):
 
     def run(self, label: str, fn: Callable[..., Any], on_done: Callable[[Any], None]) -> bool:
         """Run ``fn(progress, cancel)`` in a worker; ``on_done(result)`` on the UI thread; a
-        failure is a toast with its headline and the whole text in the dock's error panel."""
-        started = self.runner.run(label, fn, on_done, lambda e: show_task_error(e, self.error_panel.show_error))
+        failure is a toast with its headline and the whole text in the dock's error panel. A slow
+        embedding (a large model on CPU) is announced as it starts (:mod:`._speed`)."""
+        try:
+            work = self.slow_watch.wrap(fn, self._backend, self.model_name)
+        except UserError:  # no model chosen: nothing to estimate
+            work = fn
+        started = self.runner.run(label, work, on_done, lambda e: show_task_error(e, self.error_panel.show_error))
         if started:
             self.error_panel.clear()
         return started
@@ -305,6 +287,7 @@ class HistoclipWidget(QWidget):
         if choices and self.model.value is None:
             self.model.value = choices[0][1]
         self._show_weights_note()
+        self.gate.learn(infos)
 
     @handler
     def embed(self) -> None:

@@ -31,12 +31,14 @@ import numpy as np
 from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
+from backend.needs import Task
+
 from napari_histoclip._layers import default_color, is_ours
 from napari_histoclip._marks import Cell, SlideMarks, marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
+from napari_histoclip._widgets._capabilities import MARKS_ONLY, marks_only
 from napari_histoclip._widgets._main import UserError, handler
-from napari_histoclip._widgets._zeroshot import classifier_colors
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class RefinePanel(Container):
         self.legend = Label(value="")  # the map's classes in the colours the brush paints them
         self.legend.native.setToolTip("the class map's classes: pick one in the layer's label box to paint it")
         self.refine_button = PushButton(text="Refine")
+        self.start_button = PushButton(text="Start from marks",
+                                       tooltip="a map of the slide's tissue tiles to paint classes on, without "
+                                               "prompts: any model (an image-only one starts here); add classes, "
+                                               "paint a few tiles of each, then Refine")
         self.undo_button = PushButton(text="Undo last stroke")
         self.clear_button = PushButton(text="Clear marks")
         self.new_class = LineEdit(label="New class", value="",
@@ -70,12 +76,12 @@ class RefinePanel(Container):
         self.apply_button = PushButton(text="Apply classifier",
                                        tooltip="label the slide with the classifier bundle in the folder above")
         super().__init__(
-            widgets=[self.help, self.marks_label, self.legend, self.new_class, self.add_class_button, self.refine_button,
-                     self.undo_button, self.clear_button, self.n_unsure, self.save_path, self.save_button,
-                     self.apply_button],
+            widgets=[self.help, self.marks_label, self.legend, self.start_button, self.new_class,
+                     self.add_class_button, self.refine_button, self.undo_button, self.clear_button, self.n_unsure,
+                     self.save_path, self.save_button, self.apply_button],
             labels=True,
         )
-        self.native.layout().insertWidget(9, self.unsure)
+        self.native.layout().insertWidget(self.index(self.n_unsure) + 1, self.unsure)  # under "Unsure tiles"
         self.native.layout().addStretch(1)
         self.slides: dict[str, SlideMarks] = {}
         self._unused: dict[str, list[str]] = {}  # slide -> shape classes the map lacks (not marks)
@@ -83,6 +89,7 @@ class RefinePanel(Container):
         self._shown: Any = None  # (result, info) of the last refined map, for the unsure list
         self._unsure_cells: list[Cell] = []
         self.refine_button.changed.connect(self.refine)
+        self.start_button.changed.connect(self.start_from_marks)
         self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
         self.clear_button.changed.connect(self.clear)
@@ -302,7 +309,10 @@ class RefinePanel(Container):
         if name in labels:
             raise UserError(f"New class: {name!r} is already a class ({', '.join(labels)})")
         n = len(labels)
-        if np.any(np.asarray(layer.data) == n + 1):
+        data = np.asarray(layer.data)
+        if np.any(data == n + 1) and marks_only(layer):  # its unpainted tiles: "unknown" moves up one
+            data[data == n + 1] = n + 2
+        elif np.any(data == n + 1):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
         color = default_color(n)
@@ -316,6 +326,29 @@ class RefinePanel(Container):
         self.new_class.value = ""
 
     @handler
+    def start_from_marks(self) -> None:
+        """Show the chosen slide's tissue tiles as a class map without classes (every tile
+        "unknown"), to add classes to and paint: a refine from marks alone, for any model."""
+        from backend.api import RefineRequest
+
+        _, info = self.ctx.require_slide()
+        request = RefineRequest(self.ctx.slide_ref(info), (), model=self.ctx.model_name)
+        backend = self.ctx.backend
+
+        def done(result: Any) -> None:
+            self.slides.pop(info.path, None)  # marks were made against another map
+            self._show_count(info)
+            layers = self.ctx.zero_shot.show_result(result, info, [], False)
+            layers[0].metadata[MARKS_ONLY] = True
+
+        self.ctx.run(f"Tiles of {info.name}", lambda progress, cancel: backend.refine(
+            request, progress=progress, cancel=cancel), done)
+
+    def _marks_only(self, layer: Any) -> bool:
+        """Refine from marks alone: the map was started so, or the model embeds no text."""
+        return marks_only(layer) or not self.ctx.gate.can(Task.PROMPT_REFINE)
+
+    @handler
     def refine(self) -> None:
         """Refine the chosen slide's class map with its marks (no marks: the zero-shot map)."""
         from backend.api import RefineRequest
@@ -327,9 +360,14 @@ class RefinePanel(Container):
         all_marks = self.marks_of(info.path)
         marks = marks_request(all_marks)
         self._show_count(info)  # shape marks are counted when Refine reads them
+        layer = self.class_map_layer(info)
+        by_name = None  # marks alone: each class keeps its colour by name (classes come in marking order)
         if classifier is not None:  # the map came from a classifier: refine that one
             common: dict[str, Any] = dict(classifier=classifier)
             colors = list(self.class_map_layer(info).metadata.get("colors", ()))
+        elif self._marks_only(layer):
+            common, colors = dict(model=self.ctx.model_name), []
+            by_name = dict(zip(layer.metadata.get("labels", ()), layer.metadata.get("colors", ()), strict=False))
         else:
             labels, synonyms, templates, colors, threshold = self._prompts()
             added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
@@ -349,9 +387,13 @@ class RefinePanel(Container):
             refined, prior = results
             self.ctx.warn_random(refined, request.model or str(classifier))
             all_colors = list(colors) + [default_color(i) for i in range(len(colors), len(refined.labels))]
+            if by_name is not None:
+                all_colors = [by_name.get(n, default_color(i)) for i, n in enumerate(refined.labels)]
             layers = self.ctx.zero_shot.show_result(refined, info, all_colors, False)
             if classifier is not None:
                 layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
+            if by_name is not None:
+                layers[0].metadata[MARKS_ONLY] = True
             self.show_unsure(refined, prior, info, k)
             self._show_count(info)
 
@@ -418,69 +460,17 @@ class RefinePanel(Container):
     @handler
     def save(self) -> None:
         """Write a classifier bundle trained on the marks of every slide marked so far."""
-        from backend.api import SaveClassifierRequest, SlideMarks as ApiSlideMarks, SlideRef
+        from napari_histoclip._widgets._refine_bundle import save_classifier
 
-        path = self.save_path.value.strip()
-        if not path:
-            raise UserError("Classifier: give a folder to save the classifier bundle in")
-        paths = [*self.slides, *(s.path for lyr in self.ctx.viewer.layers
-                                 if is_ours(lyr, "class_map") and (s := slide_of(lyr)) is not None)]
-        marked = {p: m for p in dict.fromkeys(paths) if (m := self.marks_of(p))}
-        bases = {self._source(p) for p in marked}
-        if len(bases) > 1:
-            raise UserError("Save as classifier: the marked slides' maps come from different sources "
-                            "(prompts and classifiers); mark slides labelled the same way")
-        base = bases.pop() if bases else None
-        slides = []
-        for slide_path, marks in marked.items():
-            layer = next((lyr for lyr in self.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
-            mpp = slide_of(layer).mpp if layer is not None else None
-            slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), marks_request(marks)))
-        if not slides:
-            raise UserError("Save as classifier: paint a few marks on a class map first")
-        if base is not None:
-            request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
-        else:
-            labels, synonyms, templates, _, threshold = self._prompts()
-            request = SaveClassifierRequest(path, tuple(slides), model=self.ctx.model_name, labels=labels,
-                                            synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                            overwrite=True)
-        backend = self.ctx.backend
-
-        def done(info: Any) -> None:
-            from napari.utils.notifications import show_info
-
-            show_info(f"classifier {info.name!r} saved to {info.path}: {len(info.labels)} classes, "
-                      f"{info.n_marks} marks from {len(slides)} slide(s)")
-
-        self.ctx.run("Saving classifier", lambda progress, cancel: backend.save_classifier(
-            request, progress=progress, cancel=cancel), done)
+        save_classifier(self)
 
     @handler
     def apply(self) -> None:
         """Label the chosen slide with the classifier bundle named in the folder field; its map
         replaces the class map, and Refine then refines that classifier."""
-        from backend.api import ClassifyRequest
+        from napari_histoclip._widgets._refine_bundle import apply_classifier
 
-        path = self.save_path.value.strip()
-        if not path:
-            raise UserError("Classifier: give the folder of a classifier bundle to apply")
-        _, info = self.ctx.require_slide()
-        request = ClassifyRequest(self.ctx.slide_ref(info), path)
-        backend = self.ctx.backend
-
-        def done(result: Any) -> None:
-            self.ctx.warn_random(result, path)
-            self.slides.pop(info.path, None)  # marks were made against another map
-            self._show_count(info)
-            colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
-            layers = self.ctx.zero_shot.show_result(result, info, colors, False)
-            layers[0].metadata["classifier"] = path  # Refine and Save then start from it
-            self.show_unsure(result, result, info, int(self.n_unsure.value))
-            self._show_count(info)
-
-        self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
-            request, progress=progress, cancel=cancel), done)
+        apply_classifier(self)
 
 
 def add_refine_tab(ctx: Any) -> RefinePanel:

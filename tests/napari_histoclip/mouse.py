@@ -164,3 +164,19 @@ def click(qtbot: Any, viewer: Any, layer: Any, point: Sequence[float]) -> None:
     qtbot.wait(STEP_MS)
     _send(widget, "release", p, held=False)
     qtbot.wait(STEP_MS)
+
+
+def paint_cell(qtbot: Any, viewer: Any, layer: Any, cell: tuple[int, int], value: int) -> None:
+    """One brush stroke of ``value`` on the class-map pixel ``cell`` (one tile), by mouse."""
+    layer.selected_label = value
+    layer.brush_size = 1
+    widget = _prepare(qtbot, viewer, layer, "paint")
+    viewer.reset_view()  # paint mode's controls may have narrowed the canvas
+    qtbot.wait(STEP_MS)
+    pos = data_to_canvas(viewer, layer, cell)
+    _send(widget, "move", pos, held=False)
+    qtbot.wait(STEP_MS)
+    _send(widget, "press", pos, held=True)
+    qtbot.wait(STEP_MS)
+    _send(widget, "release", pos, held=False)
+    qtbot.wait(STEP_MS)

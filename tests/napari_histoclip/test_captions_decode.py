@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from backend.caption import DecodeConfig
-from napari_histoclip._widgets._main import HistoclipWidget
 
 pytestmark = pytest.mark.gui
 

@@ -5,7 +5,6 @@ then used by zero-shot, caption, search and index building like any slide."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mouse
 from dock_helpers import open_slide
+from mouse import paint_cell as paint
 
 pytestmark = pytest.mark.gui
 MAP = "CMU-1-Small-Region: class map"
@@ -17,22 +17,6 @@ MAP = "CMU-1-Small-Region: class map"
 
 def wait(qtbot, dock) -> None:
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=180_000)
-
-
-def paint(qtbot, viewer, layer, cell: tuple[int, int], value: int) -> None:
-    """One brush stroke of ``value`` on the class-map pixel ``cell`` (one tile), by mouse."""
-    layer.selected_label = value
-    layer.brush_size = 1
-    widget = mouse._prepare(qtbot, viewer, layer, "paint")
-    viewer.reset_view()  # paint mode's controls may have narrowed the canvas
-    qtbot.wait(mouse.STEP_MS)
-    pos = mouse.data_to_canvas(viewer, layer, cell)
-    mouse._send(widget, "move", pos, held=False)
-    qtbot.wait(mouse.STEP_MS)
-    mouse._send(widget, "press", pos, held=True)
-    qtbot.wait(mouse.STEP_MS)
-    mouse._send(widget, "release", pos, held=False)
-    qtbot.wait(mouse.STEP_MS)
 
 
 def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes,

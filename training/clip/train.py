@@ -206,7 +206,9 @@ def train(config: ClipTrainConfig, *, progress: Callable[[Progress], None] | Non
 def _train(config: ClipTrainConfig, dist: Dist, progress: Callable[[Progress], None] | None,
            cancel: threading.Event | None) -> ClipTrainResult:
     from backend.models import load_model, save_bundle
+    from backend.needs import Task, check_before_load
 
+    check_before_load(config.model, Task.CLIP_FINETUNE)  # an image-only model has no text tower to tune
     out = config.out_dir
     ckpt = prepare_run_dir(out, config.resume, dist)
     device = dist.device

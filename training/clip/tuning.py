@@ -210,9 +210,14 @@ class ClipNet(nn.Module):
         self.clip = model.module
         self.loss = loss
         self.family = _family(model)
+        # an image-only encoder (timm, transformers vision: a CLIP-IT student) is run through
+        # its own pooling, with gradients (its encode_* run under inference_mode)
+        self._image_features = None if self.family in TOWERS else model._image_features
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.family is ModelFamily.HF_CLIP:
+        if self._image_features is not None:
+            out = self._image_features(pixels)
+        elif self.family is ModelFamily.HF_CLIP:
             out = self.clip.get_image_features(pixel_values=pixels)
             out = out if isinstance(out, torch.Tensor) else out.pooler_output
         else:

@@ -63,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.evaluation.features import image_features, text_features
     from training.evaluation.results import hash_files
 
+    from backend.needs import Task, check_before_load
+
     config = PairConfig(k=args.k, floor=args.floor)  # bad k / floor fail before any loading
+    check_before_load(args.model, Task.TEXT_EMBED)  # pairing compares images with passages: a vision-language model
     data = load_labelled(args.images, image_column=args.image_column, label_column=args.label_column)
     reports = read_corpus(args.corpus, args.text_column)
     model = load_model(args.model, device=args.device)

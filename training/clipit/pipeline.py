@@ -119,6 +119,35 @@ def run(config: ClipitConfig, *, progress: Callable[[Progress], None] | None = N
         return _run(config, dist, progress, cancel)
 
 
+def _check_text_model(config: ClipitConfig, text_model: str) -> None:
+    """The passages and the teacher need a model that embeds text; the student may be any
+    encoder (an image-only one needs ``--text-model``; one of another family than CLIP's trains
+    frozen, as a bundle cannot yet hold its tuned tower)."""
+    from backend.errors import CapabilityError
+    from backend.needs import Task, check_before_load
+
+    from backend.errors import InputError, ModelError
+    from backend.models.registry import ModelFamily, resolve_model
+    from training.clip.tuning import TOWERS
+
+    try:
+        family = resolve_model(config.model).family
+    except ModelError:  # the load says why
+        family = None
+    if family is not None and ModelFamily(family) not in TOWERS and config.tuning is not Tuning.FROZEN:
+        raise InputError(
+            f"--tuning {config.tuning.value}: a classifier bundle holds a tuned image tower of a CLIP model only; "
+            f"{config.model!r} is a {ModelFamily(family).value} encoder: train its heads on the frozen encoder "
+            "with --tuning frozen (the bundle then refers to the registry model)"
+        )
+    try:
+        check_before_load(text_model, Task.TEXT_EMBED)
+    except CapabilityError as e:
+        hint = ("; the student (--model) may be any encoder: give --text-model, a vision-language model whose "
+                "text tower embeds the passages" if config.text_model is None else "")
+        raise CapabilityError(f"--text-model: {e}{hint}") from e
+
+
 def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] | None,
          cancel: threading.Event | None) -> ClipitResult:
     from backend.models import load_model
@@ -126,6 +155,8 @@ def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] 
     from backend.report import random_weights_note
     from training.clip.tuning import merged_model
 
+    text_model = config.text_model or config.model
+    _check_text_model(config, text_model)  # before any loading
     out = config.out_dir
     cols = dict(image_column=config.image_column, label_column=config.label_column)
     train_images = load_images(config.train, None, **cols, what="training images") if config.train else None
@@ -143,7 +174,6 @@ def _run(config: ClipitConfig, dist: Dist, progress: Callable[[Progress], None] 
     val_set = cut(val_images, tile)
     test_set = cut(test_images, tile) if test_images is not None else None
 
-    text_model = config.text_model or config.model
     emb, text_model_id = _main_first(dist, lambda: text_embeddings(text_model, pairs, out / "teacher" / "passages.npz",
                                                                    device=dist.device))
     teacher = _main_first(dist, lambda: train_teacher(

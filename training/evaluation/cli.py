@@ -1,6 +1,6 @@
 """``python -m training eval TASK``: evaluate a registry model on labelled patches and pairs.
 
-Tasks: ``zeroshot``, ``linear-probe``, ``retrieval``, ``recall``, and ``merge`` (results ->
+Tasks: ``zeroshot``, ``linear-probe``, ``knn``, ``retrieval``, ``recall``, and ``merge`` (results ->
 leaderboard). Each task writes one JSON result (``--out``) of the schema in
 :mod:`training.evaluation.results`, so results of two models line up in ``merge``.
 """
@@ -17,6 +17,7 @@ _EPILOG = """\
 examples:
   python -m training eval zeroshot --model quiltnet-b32 --images crc/test --classes crc.json --out zs.json
   python -m training eval linear-probe --model RUN/model --train crc/train --test crc/test --out lp.json
+  python -m training eval knn --model uni --train crc/train --test crc/test --out knn.json
   python -m training eval retrieval --model plip --pairs pairs.parquet --images crc/test --out ret.json
   python -m training eval recall --model RUN/model --table cells.csv --descriptor-column cell_type --out rec.json
   python -m training eval slide-zeroshot --model conch --slides nsclc.csv --classes nsclc.json --out slide.json
@@ -27,7 +28,7 @@ whose image paths are relative to the table. --classes: a JSON list, {label: [sy
 (`label: synonym, synonym`), or CONCH's {"classnames": {label: [phrases]}, "templates": [... CLASSNAME ...]}.
 """
 
-TASKS = ("zeroshot", "linear-probe", "retrieval", "recall", "slide-zeroshot", "merge")
+TASKS = ("zeroshot", "linear-probe", "knn", "retrieval", "recall", "slide-zeroshot", "merge")
 MIN_SEEDS = 5  # the protocol's mean +- std is over at least this many seeds
 
 
@@ -67,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--seeds", type=int, default=5, help=f"seeds averaged, at least {MIN_SEEDS} (default: %(default)s)")
     lp.add_argument("--shots", default="1,2,4,8,16", help="few-shot sizes per class, comma separated; '' for none")
     lp.add_argument("--val-fraction", type=float, default=0.2, help="share of --train held out for the C sweep")
+
+    kn = sub.add_parser("knn", help="k-nearest-neighbour classification on frozen features (any encoder)")
+    _model_args(kn)
+    kn.add_argument("--train", required=True, type=Path, help="training images: the neighbours (class folders or table)")
+    kn.add_argument("--test", required=True, type=Path, help="test images, same classes")
+    kn.add_argument("--k", type=int, default=20, help="neighbours (default: %(default)s, as UNI's protocol)")
+    kn.add_argument("--weights", choices=("distance", "uniform"), default="distance",
+                    help="votes weighted by 1/distance or equal (default: %(default)s)")
 
     r = sub.add_parser("retrieval", help="image<->text recall@1/5/10 and ranks; image->image top-k, vote, mAP@k")
     _model_args(r)
@@ -112,6 +121,17 @@ def _shots(text: str) -> tuple[int, ...]:
     return out
 
 
+def _check_model(args: argparse.Namespace) -> None:
+    """Zero-shot, image<->text retrieval and recall need a model that embeds text; the linear
+    probe, kNN and image->image retrieval take any encoder."""
+    from backend.needs import Task, check_before_load
+
+    if args.task == "zeroshot":
+        check_before_load(args.model, Task.ZERO_SHOT)
+    elif args.task == "recall" or (args.task == "retrieval" and args.pairs is not None):
+        check_before_load(args.model, Task.TEXT_EMBED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training eval``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -130,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "slide-zeroshot":  # through the backend: its embedding cache and pooling
         return _slide_zeroshot(args)
 
+    _check_model(args)  # an image-only model asked for text: before it loads
+    if args.task == "knn":
+        from training.evaluation.knn import KnnConfig
+
+        knn_config = KnnConfig(k=args.k, weights=args.weights)  # bad --k fails before the model loads
     from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
     from backend.paths import cache_root
@@ -159,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = tasks.run_linear_probe(model, args.model, load_labelled(args.train, **cols),
                                             load_labelled(args.test, **cols), val=val, shots=_shots(args.shots),
                                             config=config, progress=bar, **common)
+        elif args.task == "knn":
+            result = tasks.run_knn(model, args.model, load_labelled(args.train, **cols), load_labelled(args.test, **cols),
+                                   config=knn_config, progress=bar, **common)
         elif args.task == "retrieval":
             labelled = load_labelled(args.images, **cols) if args.images else None
             result = tasks.run_retrieval(model, args.model, pairs=args.pairs, labelled=labelled,

@@ -121,6 +121,27 @@ def run_linear_probe(model: Any, model_name: str, train: LabelledImages, test: L
                        settings=settings, metrics=metrics, details=details)
 
 
+def run_knn(model: Any, model_name: str, train: LabelledImages, test: LabelledImages, *, config: Any = None,
+            cache_dir: Any = None, batch_size: int = 64, progress: ProgressFn = None) -> dict[str, Any]:
+    """kNN classification of ``test`` by its neighbours in ``train`` (:mod:`training.evaluation.knn`)."""
+    from training.evaluation.knn import KnnConfig, knn_classify
+
+    config = config or KnnConfig()
+    if train.class_names != test.class_names:
+        raise InputError(f"{test.source}: classes {list(test.class_names)} differ from the training set's "
+                         f"{list(train.class_names)}")
+    records = {"train": dataset_record(train), "test": dataset_record(test)}
+    feats = {k: image_features(model, v.paths, dataset_hash=records[k]["sha256"], cache_dir=cache_dir,
+                               batch_size=batch_size, progress=progress) for k, v in (("train", train), ("test", test))}
+    m = knn_classify(feats["train"], train.labels, feats["test"], test.labels, train.class_names, config)
+    metrics = {k: v for k, v in m.items() if isinstance(v, float) and k != "k"}
+    settings = {"k": int(m["k"]), "weights": config.weights, "metric": "euclidean on unit vectors",
+                "train": records["train"]}
+    return make_result("knn", model=model_record(model, model_name), dataset=records["test"], settings=settings,
+                       metrics=metrics, details={"per_class_recall": m["per_class_recall"],
+                                                 "confusion_matrix": m["confusion_matrix"]})
+
+
 def _pairs(table: Path, image_column: str, caption_column: str) -> Any:
     from training.data.tables import read_table
 

@@ -1,0 +1,88 @@
+"""The Refine tab's classifier bundles: save the marks as a classifier, apply a saved one.
+
+The Refine panel (:mod:`._refine`) owns the marks and the maps; these two actions turn them into
+a ``SaveClassifierRequest`` or run a ``ClassifyRequest`` through the dock's backend, and show the
+result as the Zero-shot tab does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from napari_histoclip._layers import is_ours
+from napari_histoclip._marks import marks_request
+from napari_histoclip._slide import slide_of
+from napari_histoclip._widgets._main import UserError
+from napari_histoclip._widgets._zeroshot import classifier_colors
+
+if TYPE_CHECKING:
+    from napari_histoclip._widgets._refine import RefinePanel
+
+
+def save_classifier(panel: RefinePanel) -> None:
+    """Write a classifier bundle trained on the marks of every slide ``panel`` (the Refine tab)
+    has marked so far."""
+    from backend.api import SaveClassifierRequest, SlideMarks as ApiSlideMarks, SlideRef
+
+    path = panel.save_path.value.strip()
+    if not path:
+        raise UserError("Classifier: give a folder to save the classifier bundle in")
+    paths = [*panel.slides, *(s.path for lyr in panel.ctx.viewer.layers
+                             if is_ours(lyr, "class_map") and (s := slide_of(lyr)) is not None)]
+    marked = {p: m for p in dict.fromkeys(paths) if (m := panel.marks_of(p))}
+    bases = {panel._source(p) for p in marked}
+    if len(bases) > 1:
+        raise UserError("Save as classifier: the marked slides' maps come from different sources "
+                        "(prompts and classifiers); mark slides labelled the same way")
+    base = bases.pop() if bases else None
+    slides = []
+    for slide_path, marks in marked.items():
+        layer = next((lyr for lyr in panel.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
+        mpp = slide_of(layer).mpp if layer is not None else None
+        slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), marks_request(marks)))
+    if not slides:
+        raise UserError("Save as classifier: paint a few marks on a class map first")
+    if base is not None:
+        request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
+    elif any(panel._marks_only(panel._map_of(p)) for p in marked):
+        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, overwrite=True)
+    else:
+        labels, synonyms, templates, _, threshold = panel._prompts()
+        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=labels,
+                                        synonyms=synonyms, templates=templates, unknown_threshold=threshold,
+                                        overwrite=True)
+    backend = panel.ctx.backend
+
+    def done(info: Any) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(f"classifier {info.name!r} saved to {info.path}: {len(info.labels)} classes, "
+                  f"{info.n_marks} marks from {len(slides)} slide(s)")
+
+    panel.ctx.run("Saving classifier", lambda progress, cancel: backend.save_classifier(
+        request, progress=progress, cancel=cancel), done)
+
+def apply_classifier(panel: RefinePanel) -> None:
+    """Label the chosen slide with the classifier bundle named in the folder field; its map
+    replaces the class map, and Refine then refines that classifier."""
+    from backend.api import ClassifyRequest
+
+    path = panel.save_path.value.strip()
+    if not path:
+        raise UserError("Classifier: give the folder of a classifier bundle to apply")
+    _, info = panel.ctx.require_slide()
+    request = ClassifyRequest(panel.ctx.slide_ref(info), path)
+    backend = panel.ctx.backend
+
+    def done(result: Any) -> None:
+        panel.ctx.warn_random(result, path)
+        panel.slides.pop(info.path, None)  # marks were made against another map
+        panel._show_count(info)
+        colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
+        layers = panel.ctx.zero_shot.show_result(result, info, colors, False)
+        layers[0].metadata["classifier"] = path  # Refine and Save then start from it
+        panel.show_unsure(result, result, info, int(panel.n_unsure.value))
+        panel._show_count(info)
+
+    panel.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
+        request, progress=progress, cancel=cancel), done)

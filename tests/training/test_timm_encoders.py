@@ -1,0 +1,113 @@
+"""A timm encoder (a tiny ViT saved as a hand-made hub cache, loaded offline through
+``timm:hf-hub:ORG/REPO#cls`` as a user's download would be) in the tasks that need images only:
+CLIP-IT's student end to end with a classifier bundle ``histoclip classify`` applies, the linear
+probe and kNN, and a cohort index answering region search. LoRA or full tuning of a non-CLIP
+tower is refused before loading (a bundle cannot hold it yet)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))  # encoder_helpers, hub_helpers
+from clipit_data import make_clipit_data  # noqa: E402
+from encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo  # noqa: E402
+from tile_classes import make_tile_classes  # noqa: E402
+
+from backend.cli import main as histoclip  # noqa: E402
+from training.__main__ import main as training  # noqa: E402
+
+MODEL = "timm:hf-hub:org/tiny-vit#cls"
+CLIPIT = ["--batch-size", "8", "--workers", "0", "--device", "cpu", "--teacher-epochs", "60", "--teacher-hidden", "32",
+          "--epochs", "4", "--head-lr", "3e-2", "--lr", "3e-3", "--warmup-steps", "2", "--patience", "0"]
+
+
+def run(main, argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub cache holding ``org/tiny-vit``: a 2-block, 48-wide timm ViT (UNI's architecture)."""
+    from backend.models import resolve_model
+
+    hub = tmp_path_factory.mktemp("hub")
+    plain = dataclasses.replace(resolve_model("uni"), source="org/tiny-vit", build_kwargs=())
+    save_timm_hub_repo(hub, plain, model_args={**TINY_SIZE, "num_classes": 0})
+    return hub
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.slow
+def test_clipit_with_a_timm_student_writes_a_bundle_histoclip_classify_applies(
+    testdata: Path, cmu_slide: Path, tmp_path: Path
+) -> None:
+    from backend.models.classifier import load_classifier
+
+    data = make_clipit_data(testdata, tmp_path / "data", {"train": 12, "val": 6, "test": 8})
+    out = tmp_path / "run"
+    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "frozen",
+                                  "--pairs", str(data / "pairs.csv"), "--val", str(data / "val"),
+                                  "--test", str(data / "test"), "--out", str(out), *CLIPIT])
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["card"]["base_model_id"] == f"{MODEL.split('#')[0]}#cls@{REV}"
+    assert report["results"]["clipit"]["test"]["macro_auroc"] > 0.6  # the heads learn on the frozen ViT
+    clf = load_classifier(out / "classifier")
+    assert clf.model == MODEL and clf.head.embed_dim == 48
+    code, stdout, err = run(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
+                                        "--out", str(tmp_path / "map"), "--device", "cpu"])
+    assert code == 0, err
+    assert "tiles classified by 'run'" in stdout and (tmp_path / "map" / "tiles.geojson").is_file()
+
+
+def test_lora_on_a_timm_student_is_refused_before_loading(tmp_path: Path) -> None:
+    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--pairs",
+                                  str(tmp_path / "p.csv"), "--val", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 1 and "--tuning lora: a classifier bundle holds a tuned image tower of a CLIP model only" in err
+    assert "--tuning frozen" in err
+
+
+@pytest.mark.slow
+def test_linear_probe_and_knn_with_a_timm_encoder(testdata: Path, tmp_path: Path) -> None:
+    tiles = make_tile_classes(testdata, tmp_path / "tiles", {"train": 10, "test": 6})
+    common = ["--model", MODEL, "--no-cache", "--device", "cpu", "--train", str(tiles / "train"),
+              "--test", str(tiles / "test")]
+    code, _, err = run(training, ["eval", "linear-probe", *common, "--shots", "2", "--seeds", "5",
+                                  "--out", str(tmp_path / "lp.json")])
+    assert code == 0, err
+    lp = json.loads((tmp_path / "lp.json").read_text())
+    assert lp["model"]["family"] == "timm" and lp["metrics"]["balanced_accuracy"]["mean"] > 0.5
+    code, _, err = run(training, ["eval", "knn", *common, "--k", "5", "--out", str(tmp_path / "knn.json")])
+    assert code == 0, err
+    knn = json.loads((tmp_path / "knn.json").read_text())
+    assert knn["model"]["model_id"] == f"{MODEL}@{REV}" and knn["metrics"]["balanced_accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_timm_index_answers_region_search_and_refuses_text(cmu_slide: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    flags = ["--mpp", "2.0", "--tile-size", "64", "--device", "cpu"]
+    code, stdout, err = run(histoclip, ["index", str(cmu_slide), "--out", str(index), "--model", MODEL, *flags])
+    assert code == 0, err
+    code, stdout, err = run(histoclip, ["search", str(index), "--slide", str(cmu_slide), "--box", "600,600,800,800",
+                                        "--include-query-slide", "-k", "3", "--device", "cpu"])
+    assert code == 0, err
+    rows = stdout.strip().splitlines()
+    assert rows[0].startswith("RANK") and len(rows) >= 2 and cmu_slide.name in rows[1]
+    code, _, err = run(histoclip, ["search", str(index), "--text", "tumor", "--device", "cpu"])
+    assert code == 1 and "text search needs a vision-language model" in err
