@@ -60,6 +60,7 @@ import numpy as np
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
 from backend.models.heads import FusionHead, LinearHead  # LinearHead re-exported: it lived here
+from backend.tasks.marks_only import check_marks_only, marks_only_head, unlabelled_map
 from backend.tasks.zero_shot import ClassMap
 
 
@@ -68,35 +69,6 @@ def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequen
     """The zero-shot classifier as a head: ``logit_scale x`` the class text vectors, bias 0."""
     weight = np.float32(logit_scale) * np.asarray(text_features, dtype=np.float32)
     return LinearHead(tuple(class_names), tuple(colors), weight, np.zeros(len(class_names), np.float32))
-
-
-def marks_only_head(embed_dim: int) -> LinearHead:
-    """The prior of a refine from marks alone (no prompts, no classifier: an image-only model, or
-    a user who starts from marks): a head with no class, which the marks' classes extend from 0."""
-    return LinearHead((), (), np.zeros((0, int(embed_dim)), np.float32), np.zeros(0, np.float32))
-
-
-def unlabelled_map(embeddings: SlideEmbeddings) -> ClassMap:
-    """The map of a refine from marks alone before any mark: no class, every tissue tile
-    "unknown" (map value 1), so a viewer can show the tissue grid to paint the first marks on."""
-    n = embeddings.n_tiles
-    return ClassMap(
-        class_names=(), colors=(), probabilities=np.zeros((n, 0), np.float32), labels=np.ones(n, np.int32),
-        unknown_threshold=1.0, layout=embeddings.layout, slide_name=embeddings.slide_name,
-        slide_fingerprint=embeddings.slide_fingerprint, model_id=embeddings.model_id,
-    )
-
-
-def check_marks_only(names: Sequence[str], what: str) -> None:
-    """A refine from marks alone needs marks of two classes at least (one class is no map)."""
-    classes = sorted({str(n).strip() for n in names})
-    if len(classes) < 2:
-        got = f"only {classes[0]!r}" if classes else "none"
-        raise InputError(
-            f"{what}: refining from marks alone (no prompts, no classifier) needs marked tiles of at least "
-            f"two classes; marked classes: {got}. Mark a few tiles of each class, or start from prompts "
-            "with a vision-language model, or from a classifier"
-        )
 
 
 def head_class_map(embeddings: SlideEmbeddings, head: LinearHead | FusionHead, *,

@@ -125,6 +125,7 @@ class HistoclipWidget(QWidget):
         from napari_histoclip._widgets._search import SearchPanel
         from napari_histoclip._widgets._zeroshot import ZeroShotPanel
 
+        self.gate: ModelGate | None = None  # made once the tabs whose controls it wires exist
         self.zero_shot = ZeroShotPanel(self)
         self.captions = CaptionPanel(self)
         self.search = SearchPanel(self)
@@ -226,7 +227,7 @@ class HistoclipWidget(QWidget):
         registry for a typed name, says); unknown or no model yet: taken to be one."""
         from backend.needs import Task
 
-        return self.gate.can(Task.TEXT_EMBED)
+        return self.gate is None or self.gate.can(Task.TEXT_EMBED)
 
     def slide_layer(self) -> Any | None:
         return self.slide.value
