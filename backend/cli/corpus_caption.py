@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,25 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "caption"
 
 
+def local_overview(slide: str) -> tuple[Any, tuple[int, int]]:
+    """The 1024-pixel thumbnail and level-0 (w, h) of the slide file ``slide``."""
+    from backend.slides import open_slide
+
+    with open_slide(slide) as opened:
+        return opened.thumbnail(1024), opened.dimensions
+
+
 def write_grounding(backend: Any, args: argparse.Namespace, box: tuple[float, float, float, float], caption: str,
-                    *, captioner: str | None, model: str | None) -> list[Path]:
-    """Ground ``caption`` in ``box`` and write one PNG overlay per map, and ``grounding.json``."""
+                    *, captioner: str | None, model: str | None,
+                    overview: Callable[[str], tuple[Any, tuple[int, int]]] = local_overview) -> list[Path]:
+    """Ground ``caption`` in ``box`` and write one PNG overlay per map, and ``grounding.json``.
+
+    ``backend`` is any :class:`backend.api.Backend`; ``overview(slide)`` gives the thumbnail the
+    overlays are drawn on and the slide's level-0 size (a server's slide: its thumbnail and info),
+    so a local and a ``--server`` run write the same files."""
     from backend.api import GroundingRequest, Region, SlideRef
     from backend.atomic import atomic_write_text
     from backend.cli.slide_tasks import tile_options, with_bar
-    from backend.slides import open_slide
     from backend.tasks.render import write_heatmap_png
 
     out = Path(args.grounding)
@@ -70,8 +83,7 @@ def write_grounding(backend: Any, args: argparse.Namespace, box: tuple[float, fl
     request = GroundingRequest(SlideRef(args.slide, args.slide_mpp), Region.box(*box), caption, model=model,
                                captioner=captioner, tiles=tile_options(args))
     result = with_bar(args.slide, lambda bar: backend.ground(request, progress=bar))
-    with open_slide(args.slide) as opened:
-        thumb, dims = opened.thumbnail(1024), opened.dimensions
+    thumb, dims = overview(args.slide)
     (sy, sx), (ty, tx) = result.geometry.scale, result.geometry.translate
     label = "support (leave one tile out) of" if result.method == "leave-one-out" else "similarity to"
     written, maps = [], []
@@ -84,6 +96,6 @@ def write_grounding(backend: Any, args: argparse.Namespace, box: tuple[float, fl
         maps.append({"text": text, "png": path.name, "top_tiles": [list(b) for b in boxes],
                      "top_cells": [list(c) for c in cells]})
     atomic_write_text(out / "grounding.json", json.dumps(
-        {"slide": str(args.slide), "box": list(box), "caption": caption, "method": result.method, "maps": maps}, indent=1))
+        {"slide": Path(args.slide).name, "box": list(box), "caption": caption, "method": result.method, "maps": maps}, indent=1))
     print(f"grounding ({result.method}) of {caption!r}: wrote {len(written)} overlays and grounding.json to {out}/")
     return written

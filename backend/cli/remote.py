@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,41 @@ def _heatmap(args: argparse.Namespace) -> int:
 
 def _caption(args: argparse.Namespace) -> int:
     from backend.api import CaptionRequest, Region, SlideRef
-    from backend.cli.slide_tasks import parse_box
+    from backend.cli import corpus_caption
+    from backend.cli.slide_tasks import DEFAULT_MODEL, parse_box
 
-    request = CaptionRequest(SlideRef(args.slide, args.slide_mpp), (Region.box(*parse_box(args.box)),), args.captioner,
-                             args.model, beams=args.beams, n_best=args.n_best, max_tokens=args.max_tokens, tiles=_tiles(args))
+    box = parse_box(args.box)
+    corpus_caption.check_source(args)
     with client(args) as remote:
+        overview = partial(server_overview, remote)
+        if args.corpus is not None:  # the local command's code, over the server's slide and corpus ids
+            best = corpus_caption.corpus_caption(remote, args, box)
+            if args.grounding and best.texts:
+                corpus_caption.write_grounding(remote, args, box, best.texts[0], captioner=None,
+                                               model=args.model or DEFAULT_MODEL, overview=overview)
+            return 0
+        request = CaptionRequest(SlideRef(args.slide, args.slide_mpp), (Region.box(*box),), args.captioner,
+                                 args.model, beams=args.beams, n_best=args.n_best, max_tokens=args.max_tokens, tiles=_tiles(args))
         (caption,) = remote.caption(request).captions
-    for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
-        print(f"{rank}. {text}  (score {score:.3f})")
+        for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
+            print(f"{rank}. {text}  (score {score:.3f})")
+        if args.grounding and caption.texts:
+            corpus_caption.write_grounding(remote, args, box, caption.texts[0], captioner=args.captioner,
+                                           model=args.model, overview=overview)
     return 0
+
+
+def server_overview(remote: Any, slide: str) -> tuple[Any, tuple[int, int]]:
+    """The server slide's 1024-pixel thumbnail (lossless PNG) and level-0 (w, h), as
+    :func:`backend.cli.corpus_caption.local_overview` gives them for a slide file."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    thumb = np.asarray(Image.open(io.BytesIO(remote.thumbnail_png(slide, 1024))).convert("RGB"))
+    width, height = remote.slide_info(slide)["levels"][0]
+    return thumb, (int(width), int(height))
 
 
 def _search(args: argparse.Namespace) -> int:
