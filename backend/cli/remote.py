@@ -4,7 +4,9 @@ The token comes from ``$HISTOCLIP_TOKEN`` (never a flag: flags show in ``ps`` an
 history). Slides, indexes and captioners are the server's names (``/v1/slides``,
 ``/v1/indexes``, ``/v1/capabilities``); ``--device`` and ``--batch-size`` are the server's
 business and are ignored. Outputs are written here: arrays as ``.npy`` with a JSON legend for
-zero-shot, a PNG over the server's thumbnail for a heatmap.
+zero-shot, a PNG over the server's thumbnail for a heatmap; ``caption --corpus ID`` (a corpus
+under the server's ``--corpora``) and ``--grounding DIR`` run the local command's code against
+the server, so they write the same files as a local run.
 """
 
 from __future__ import annotations
@@ -93,11 +95,6 @@ def _zero_shot(args: argparse.Namespace) -> int:
 
 
 def _heatmap(args: argparse.Namespace) -> int:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     from backend.api import HeatmapRequest, SlideRef
     from backend.cli.slide_tasks import with_bar
     from backend.tasks.render import write_heatmap_png
@@ -105,11 +102,10 @@ def _heatmap(args: argparse.Namespace) -> int:
     request = HeatmapRequest(SlideRef(args.slide, args.slide_mpp), args.model, args.query, tiles=_tiles(args))
     with client(args) as remote:
         result = with_bar(args.slide, lambda bar: remote.heatmap(request, progress=bar))
-        info = remote.slide_info(args.slide)
-        thumb = np.asarray(Image.open(io.BytesIO(remote.thumbnail_png(args.slide, 1024))).convert("RGB"))
+        thumb, dims = server_overview(remote, args.slide)
     out = Path(args.out) if args.out else Path(f"{Path(args.slide).stem}-heatmap.png")
     path = write_heatmap_png(result.similarity, result.geometry, out, thumbnail=thumb,
-                             slide_dimensions=tuple(info["levels"][0]), title=args.query)
+                             slide_dimensions=dims, title=args.query)
     print(f"heatmap of {args.query!r}: wrote {path}")
     return 0
 
