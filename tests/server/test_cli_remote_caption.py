@@ -46,16 +46,36 @@ def test_remote_corpus_caption_and_grounding_write_the_local_files(
     remote = _run(["--server", corpus_server.url, "caption", cmu_slide.name, "--corpus", corpus.name,
                    "--grounding", str(tmp_path / "remote"), *common], capsys)
     assert len(local) == 2 and remote == local and "from atlas" in local[0]
-    names = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert "grounding.json" in names and len(names) >= 2
-    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == names
     record = json.loads((tmp_path / "local" / "grounding.json").read_text())
     assert record["slide"] == cmu_slide.name
-    assert json.loads((tmp_path / "remote" / "grounding.json").read_text()) == record
+    _same_files(tmp_path / "local", tmp_path / "remote")
+
+
+def _same_files(local: Path, remote: Path) -> None:
+    """The same file names in both folders, the same grounding.json and the same PNG pixels."""
+    names = sorted(p.name for p in local.iterdir())
+    assert "grounding.json" in names and any(n.endswith(".png") for n in names)
+    assert sorted(p.name for p in remote.iterdir()) == names
+    assert json.loads((remote / "grounding.json").read_text()) == json.loads((local / "grounding.json").read_text())
     for name in names:
         if name.endswith(".png"):
-            a, b = (np.asarray(Image.open(tmp_path / side / name)) for side in ("local", "remote"))
+            a, b = (np.asarray(Image.open(side / name)) for side in (local, remote))
             assert a.shape == b.shape and np.array_equal(a, b), name
+
+
+@pytest.mark.slow
+def test_remote_captioner_grounding_writes_the_local_files(
+        corpus_server: Running, tiny_captioner: Path, cmu_slide: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HISTOCLIP_TOKEN", corpus_server.token)
+    monkeypatch.setattr(corpus_server.state.bundles, "roots", (tiny_captioner.parent.resolve(),))
+    common = ["--box", "600,600,600,600", "--n-best", "2", *FLAGS]
+    local = _run(["caption", str(cmu_slide), "--captioner", str(tiny_captioner), "--grounding", str(tmp_path / "local"),
+                  *common], capsys)
+    remote = _run(["--server", corpus_server.url, "caption", cmu_slide.name, "--captioner", tiny_captioner.name,
+                   "--grounding", str(tmp_path / "remote"), *common], capsys)
+    assert len(local) == 2 and remote == local
+    _same_files(tmp_path / "local", tmp_path / "remote")
 
 
 def test_remote_corpus_caption_of_an_unknown_corpus_names_it(
