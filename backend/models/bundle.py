@@ -244,7 +244,11 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device | No
     weights, sha = _verified_weights(path, manifest)
     dev = pick_device(device)
     model_id = bundle_model_id(entry.name, sha)
-    if entry.family is ModelFamily.HF_CLIP:
+    if entry.family in (ModelFamily.TIMM, ModelFamily.HF_VISION):  # a tuned image-only encoder
+        from backend.models.vision_bundle import load_vision_bundle
+
+        model = load_vision_bundle(path, manifest, entry, weights, model_id, dev)
+    elif entry.family is ModelFamily.HF_CLIP:
         model = _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
     else:
         model = _load_open_clip_bundle(path, manifest, entry, weights, model_id, dev)
@@ -385,6 +389,7 @@ def save_bundle(
     import backend
     from backend.models.clip import OpenClipModel
     from backend.models.hf_clip import HfClipModel
+    from backend.models.vision_bundle import is_vision_encoder, save_vision_weights, vision_manifest
     from safetensors.torch import save_model
 
     try:
@@ -409,7 +414,7 @@ def save_bundle(
         "arch": model.entry.arch,
         "model_config": None,
         "preprocessing": model.preprocessing.to_dict(),
-        "tokenizer": {"type": TokenizerType.OPEN_CLIP_BPE.value, "context_length": model.context_length},
+        "tokenizer": {"type": TokenizerType.OPEN_CLIP_BPE.value, "context_length": getattr(model, "context_length", None)},
         "hf_text_config": None,
         "embed_dim": model.embed_dim,
         "license": license if license is not None else model.entry.license,
@@ -444,9 +449,15 @@ def save_bundle(
             if not image_only:
                 model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
                 manifest["tokenizer"]["path"] = TOKENIZER_DIR
+        elif is_vision_encoder(model) and image_only:
+            manifest.update(vision_manifest(model))
         else:
-            raise InputError(f"save_bundle cannot save a {type(model).__name__}")
-        if image_only:
+            raise InputError(f"save_bundle cannot save a {type(model).__name__}"
+                             + (" with both towers (it has an image tower only: towers='image')"
+                                if is_vision_encoder(model) else ""))
+        if is_vision_encoder(model):
+            save_vision_weights(model, tmp / WEIGHTS_NAME)
+        elif image_only:
             from safetensors.torch import save_file
 
             save_file(image_state(model.module, model.family), str(tmp / WEIGHTS_NAME))
