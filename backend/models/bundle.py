@@ -452,9 +452,7 @@ def save_bundle(
         elif is_vision_encoder(model) and image_only:
             manifest.update(vision_manifest(model))
         else:
-            raise InputError(f"save_bundle cannot save a {type(model).__name__}"
-                             + (" with both towers (it has an image tower only: towers='image')"
-                                if is_vision_encoder(model) else ""))
+            raise InputError(f"save_bundle cannot save a {type(model).__name__}")
         if is_vision_encoder(model):
             save_vision_weights(model, tmp / WEIGHTS_NAME)
         elif image_only:
