@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from backend.models.registry import ModelEntry, ModelFamily
+
+if TYPE_CHECKING:
+    import torch
 
 VISION_FAMILIES = (ModelFamily.TIMM, ModelFamily.HF_VISION)
 BASE_MODEL = "base_model"  # manifest field: the registry name of the encoder the weights were tuned from

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_helpers import TINY_SIZE, save_timm_hub_repo  # noqa: E402
+from encoder_helpers import TINY_SIZE, save_hf_vision_hub_repo, save_timm_hub_repo  # noqa: E402
 
 MODEL = "timm:hf-hub:org/tiny-vit#cls"
+HF_MODEL = "hf-vision:org/tiny-dino#cls"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hub = tmp_path_factory.mktemp("hub")
     plain = dataclasses.replace(resolve_model("uni"), source="org/tiny-vit", build_kwargs=())
     save_timm_hub_repo(hub, plain, model_args={**TINY_SIZE, "num_classes": 0})
+    save_hf_vision_hub_repo(hub, "org/tiny-dino")
     return hub
 
 
@@ -48,22 +50,25 @@ def _lora(model):
     return peft_model
 
 
-def test_a_lora_tuned_timm_encoder_round_trips_as_an_image_only_bundle(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "family", "attention", "mlp"), [(MODEL, "timm", ".attn.qkv.", ".mlp.fc2."),
+                                                                   (HF_MODEL, "hf_vision", "_proj.", ".mlp.fc2.")])
+def test_a_lora_tuned_encoder_round_trips_as_an_image_only_bundle(name: str, family: str, attention: str, mlp: str,
+                                                                  tmp_path: Path) -> None:
     from backend.models import load_model
     from backend.models.bundle import save_bundle
     from training.clip.tuning import merged_model
 
-    base = load_model(MODEL, device="cpu")
-    model = load_model(MODEL, device="cpu")
+    base = load_model(name, device="cpu")
+    model = load_model(name, device="cpu")
     peft_model = _lora(model)
     trained = [n for n, p in model.module.named_parameters() if p.requires_grad]
     assert trained and all("lora_A" in n or "lora_B" in n for n in trained)  # only the adapters train
-    assert any(".attn.qkv." in n for n in trained) and any(".mlp.fc2." in n for n in trained)
+    assert any(attention in n for n in trained) and any(mlp in n for n in trained)
     pixels = torch.rand(2, 3, base.preprocessing.image_size, base.preprocessing.image_size)
     merged = merged_model(model, peft_model)
     save_bundle(merged, tmp_path / "b", name="tuned", towers="image")
     manifest = json.loads((tmp_path / "b" / "histoclip.json").read_text())
-    assert manifest["family"] == "timm" and manifest["base_model"] == MODEL and manifest["pooling"] == "cls"
+    assert manifest["family"] == family and manifest["base_model"] == name and manifest["pooling"] == "cls"
     tuned = load_model(str(tmp_path / "b"), device="cpu")
     assert tuned.model_id == f"bundle:tuned@{manifest['weights']['sha256'][:12]}" and tuned.image_only
     assert tuned.pooling is base.pooling and tuned.preprocessing == base.preprocessing

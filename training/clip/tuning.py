@@ -69,7 +69,7 @@ DEFAULT_LORA_TARGETS: dict[ModelFamily, tuple[str, ...]] = {
     ModelFamily.HF_CLIP: ("q_proj", "v_proj", "fc1", "fc2"),
     # image-only students (CLIP-IT): timm ViTs (UNI, Virchow, ...) and transformers ViT / DINOv2
     ModelFamily.TIMM: ("qkv", "fc1", "fc2"),
-    ModelFamily.HF_VISION: ("query", "value", "fc1", "fc2"),
+    ModelFamily.HF_VISION: ("q_proj", "v_proj", "query", "value", "fc1", "fc2"),  # transformers 5 / 4 names
 }
 
 
