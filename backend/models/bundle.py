@@ -52,6 +52,7 @@ from backend.atomic import make_temp_dir, recover_dir, replace_dir
 from backend.errors import InputError, ModelError, UnknownModelError, WeightsNotFoundError
 # Image-only bundles (a classifier's backbone): re-exported, the bundle format's own part.
 from backend.models.image_only import Towers, image_state, load_image_state, towers_of  # noqa: F401 (re-exported)
+from backend.models import vision_bundle  # tuned timm / transformers vision encoders
 from backend.models.registry import (
     MANIFEST_NAME,
     ModelEntry,
@@ -245,9 +246,7 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device | No
     dev = pick_device(device)
     model_id = bundle_model_id(entry.name, sha)
     if entry.family in (ModelFamily.TIMM, ModelFamily.HF_VISION):  # a tuned image-only encoder
-        from backend.models.vision_bundle import load_vision_bundle
-
-        model = load_vision_bundle(path, manifest, entry, weights, model_id, dev)
+        model = vision_bundle.load_vision_bundle(path, manifest, entry, weights, model_id, dev)
     elif entry.family is ModelFamily.HF_CLIP:
         model = _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
     else:
@@ -389,7 +388,6 @@ def save_bundle(
     import backend
     from backend.models.clip import OpenClipModel
     from backend.models.hf_clip import HfClipModel
-    from backend.models.vision_bundle import is_vision_encoder, save_vision_weights, vision_manifest
     from safetensors.torch import save_model
 
     try:
@@ -449,12 +447,12 @@ def save_bundle(
             if not image_only:
                 model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
                 manifest["tokenizer"]["path"] = TOKENIZER_DIR
-        elif is_vision_encoder(model) and image_only:
-            manifest.update(vision_manifest(model))
+        elif vision_bundle.is_vision_encoder(model) and image_only:  # a tuned timm / transformers vision one
+            manifest.update(vision_bundle.vision_manifest(model))
         else:
             raise InputError(f"save_bundle cannot save a {type(model).__name__}")
-        if is_vision_encoder(model):
-            save_vision_weights(model, tmp / WEIGHTS_NAME)
+        if vision_bundle.is_vision_encoder(model):
+            vision_bundle.save_vision_weights(model, tmp / WEIGHTS_NAME)
         elif image_only:
             from safetensors.torch import save_file
 

@@ -12,8 +12,9 @@ base model's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from backend.models.registry import ModelEntry, ModelFamily
 
