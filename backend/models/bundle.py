@@ -52,6 +52,7 @@ from backend.atomic import make_temp_dir, recover_dir, replace_dir
 from backend.errors import InputError, ModelError, UnknownModelError, WeightsNotFoundError
 # Image-only bundles (a classifier's backbone): re-exported, the bundle format's own part.
 from backend.models.image_only import Towers, image_state, load_image_state, towers_of  # noqa: F401 (re-exported)
+from backend.models import vision_bundle  # tuned timm / transformers vision encoders
 from backend.models.registry import (
     MANIFEST_NAME,
     ModelEntry,
@@ -244,7 +245,9 @@ def load_bundle(path: str | os.PathLike[str], *, device: str | torch.device | No
     weights, sha = _verified_weights(path, manifest)
     dev = pick_device(device)
     model_id = bundle_model_id(entry.name, sha)
-    if entry.family is ModelFamily.HF_CLIP:
+    if entry.family in (ModelFamily.TIMM, ModelFamily.HF_VISION):  # a tuned image-only encoder
+        model = vision_bundle.load_vision_bundle(path, manifest, entry, weights, model_id, dev)
+    elif entry.family is ModelFamily.HF_CLIP:
         model = _load_hf_clip_bundle(path, manifest, entry, weights, model_id, dev)
     else:
         model = _load_open_clip_bundle(path, manifest, entry, weights, model_id, dev)
@@ -409,7 +412,7 @@ def save_bundle(
         "arch": model.entry.arch,
         "model_config": None,
         "preprocessing": model.preprocessing.to_dict(),
-        "tokenizer": {"type": TokenizerType.OPEN_CLIP_BPE.value, "context_length": model.context_length},
+        "tokenizer": {"type": TokenizerType.OPEN_CLIP_BPE.value, "context_length": getattr(model, "context_length", None)},
         "hf_text_config": None,
         "embed_dim": model.embed_dim,
         "license": license if license is not None else model.entry.license,
@@ -444,9 +447,13 @@ def save_bundle(
             if not image_only:
                 model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
                 manifest["tokenizer"]["path"] = TOKENIZER_DIR
+        elif vision_bundle.is_vision_encoder(model) and image_only:  # a tuned timm / transformers vision one
+            manifest.update(vision_bundle.vision_manifest(model))
         else:
             raise InputError(f"save_bundle cannot save a {type(model).__name__}")
-        if image_only:
+        if vision_bundle.is_vision_encoder(model):
+            vision_bundle.save_vision_weights(model, tmp / WEIGHTS_NAME)
+        elif image_only:
             from safetensors.torch import save_file
 
             save_file(image_state(model.module, model.family), str(tmp / WEIGHTS_NAME))

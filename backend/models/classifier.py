@@ -55,7 +55,7 @@ from backend.models.bundle import (
     writing_bundle,
 )
 from backend.models.heads import FusionHead, Head, HeadType, LinearHead, head_from_tensors, head_manifest, head_tensors
-from backend.models.registry import MANIFEST_NAME, read_manifest
+from backend.models.registry import MANIFEST_NAME, SourceKind, read_manifest
 
 if TYPE_CHECKING:
     from backend.models.clip import ClipModel
@@ -162,7 +162,8 @@ def _save_backbone(classifier: Classifier, backbone: ClipModel, folder: Path) ->
                          f"but the backbone {backbone.model_id!r} makes {backbone.embed_dim}-d ones")
     # An image-only backbone saved again (a classifier refined from a CLIP-IT one) keeps its
     # name: the same weights then have the same model id, and slides embedded with it stay cached.
-    name = backbone.entry.name if backbone.image_only else f"{classifier.name}-backbone"
+    saved_before = backbone.image_only and backbone.entry.source_kind is SourceKind.BUNDLE  # not a timm base
+    name = backbone.entry.name if saved_before else f"{classifier.name}-backbone"
     save_bundle(backbone, folder, name=name, trained_from=classifier.model, towers=Towers.IMAGE,
                 description=f"image tower of classifier {classifier.name!r} (from {classifier.model})")
     sha = read_manifest(folder)["weights"]["sha256"]

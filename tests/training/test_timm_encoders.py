@@ -1,8 +1,8 @@
 """A timm encoder (a tiny ViT saved as a hand-made hub cache, loaded offline through
 ``timm:hf-hub:ORG/REPO#cls`` as a user's download would be) in the tasks that need images only:
 CLIP-IT's student end to end with a classifier bundle ``histoclip classify`` applies, the linear
-probe and kNN, and a cohort index answering region search. LoRA or full tuning of a non-CLIP
-tower is refused before loading (a bundle cannot hold it yet)."""
+probe and kNN, and a cohort index answering region search. A LoRA-tuned student is saved as an
+image-only timm bundle inside the classifier (``backend.models.vision_bundle``)."""
 
 from __future__ import annotations
 
@@ -75,11 +75,42 @@ def test_clipit_with_a_timm_student_writes_a_bundle_histoclip_classify_applies(
     assert "tiles classified by 'run'" in stdout and (tmp_path / "map" / "tiles.geojson").is_file()
 
 
-def test_lora_on_a_timm_student_is_refused_before_loading(tmp_path: Path) -> None:
-    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--pairs",
-                                  str(tmp_path / "p.csv"), "--val", str(tmp_path), "--out", str(tmp_path / "run")])
-    assert code == 1 and "--tuning lora: a classifier bundle holds a tuned image tower of a CLIP model only" in err
-    assert "--tuning frozen" in err
+@pytest.mark.slow
+def test_clipit_lora_on_a_timm_student_bundles_the_tuned_encoder_histoclip_classify_applies(
+    testdata: Path, cmu_slide: Path, tmp_path: Path
+) -> None:
+    """LoRA on the timm (UNI-shaped) student, merged: the classifier's backbone is an image-only
+    bundle of the timm family holding the tuned weights; it loads with the base model's pooling
+    and preprocessing, its id is its weights', its embeddings are not the base model's, and
+    ``histoclip classify`` applies the classifier."""
+    import numpy as np
+    from PIL import Image
+
+    from backend.models import load_model
+    from backend.models.classifier import BackboneSource, load_classifier
+
+    data = make_clipit_data(testdata, tmp_path / "data", {"train": 8, "val": 4})
+    out = tmp_path / "run"
+    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "lora",
+                                  "--lora-rank", "4", "--pairs", str(data / "pairs.csv"), "--val", str(data / "val"),
+                                  "--out", str(out), *CLIPIT, "--epochs", "2", "--lr", "3e-2"])
+    assert code == 0, err
+    clf = load_classifier(out / "classifier")
+    assert clf.backbone_source is BackboneSource.BUNDLE and clf.trained_from == MODEL
+    manifest = json.loads((out / "classifier" / "backbone" / "histoclip.json").read_text())
+    assert manifest["family"] == "timm" and manifest["towers"] == "image" and manifest["base_model"] == MODEL
+    tuned, base = load_model(clf.model, device="cpu"), load_model(MODEL, device="cpu")
+    assert tuned.model_id == clf.model_id == f"bundle:run-backbone@{manifest['weights']['sha256'][:12]}"
+    assert tuned.model_id != base.model_id and tuned.pooling is base.pooling
+    assert tuned.preprocessing == base.preprocessing and tuned.embed_dim == base.embed_dim == 48
+    assert not any("lora_" in k for k in tuned.module.state_dict())  # merged, not adapters
+    tiles = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "val").rglob("*.png"))[:2]])
+    a, b = tuned.encode_images(tiles).numpy(), base.encode_images(tiles).numpy()
+    assert not np.allclose(a, b, atol=1e-4)  # the tuned weights, never the base model's
+    code, stdout, err = run(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
+                                        "--out", str(tmp_path / "map"), "--device", "cpu"])
+    assert code == 0, err
+    assert "tiles classified by 'run'" in stdout and (tmp_path / "map" / "tiles.geojson").is_file()
 
 
 @pytest.mark.slow

@@ -67,6 +67,9 @@ TOWERS: dict[ModelFamily, dict[Tower, TowerNames]] = {
 DEFAULT_LORA_TARGETS: dict[ModelFamily, tuple[str, ...]] = {
     ModelFamily.OPEN_CLIP: ("c_fc", "c_proj"),
     ModelFamily.HF_CLIP: ("q_proj", "v_proj", "fc1", "fc2"),
+    # image-only students (CLIP-IT): timm ViTs (UNI, Virchow, ...) and transformers ViT / DINOv2
+    ModelFamily.TIMM: ("qkv", "fc1", "fc2"),
+    ModelFamily.HF_VISION: ("q_proj", "v_proj", "query", "value", "fc1", "fc2"),  # transformers 5 / 4 names
 }
 
 
@@ -138,7 +141,12 @@ def apply_lora(model: Any, config: TuningConfig) -> Any:
     family = _family(model)
     targets = config.lora_targets or DEFAULT_LORA_TARGETS[family]
     towers = [Tower.IMAGE, Tower.TEXT] if config.lora_tower is Tower.BOTH else [config.lora_tower]
-    prefixes = [p for t in towers for p in TOWERS[family][t].prefixes if p.endswith(".")]
+    if family not in TOWERS:  # an image-only encoder: the whole module is the image tower
+        if Tower.TEXT in towers:
+            raise InputError(f"lora: a {family.value} encoder has no text tower; put LoRA on the image tower")
+        prefixes = [""]
+    else:
+        prefixes = [p for t in towers for p in TOWERS[family][t].prefixes if p.endswith(".")]
     # peft full-matches a string target against module names: only the chosen towers' modules
     pattern = rf"(?:{'|'.join(map(re.escape, prefixes))}).*\.(?:{'|'.join(map(re.escape, targets))})"
     matched = [n for n, _ in model.module.named_modules() if re.fullmatch(pattern, n)]

@@ -121,24 +121,25 @@ def run(config: ClipitConfig, *, progress: Callable[[Progress], None] | None = N
 
 def _check_text_model(config: ClipitConfig, text_model: str) -> None:
     """The passages and the teacher need a model that embeds text; the student may be any
-    encoder (an image-only one needs ``--text-model``; one of another family than CLIP's trains
-    frozen, as a bundle cannot yet hold its tuned tower)."""
+    encoder (an image-only one needs ``--text-model``; tuned, it is saved as an image-only bundle
+    of its family, see ``backend.models.vision_bundle``)."""
     from backend.errors import CapabilityError
     from backend.needs import Task, check_before_load
 
     from backend.errors import InputError, ModelError
     from backend.models.registry import ModelFamily, resolve_model
+    from backend.models.vision_bundle import VISION_FAMILIES
     from training.clip.tuning import TOWERS
 
     try:
-        family = resolve_model(config.model).family
+        family = ModelFamily(resolve_model(config.model).family)
     except ModelError:  # the load says why
         family = None
-    if family is not None and ModelFamily(family) not in TOWERS and config.tuning is not Tuning.FROZEN:
+    if family is not None and family not in (*TOWERS, *VISION_FAMILIES) and config.tuning is not Tuning.FROZEN:
         raise InputError(
-            f"--tuning {config.tuning.value}: a classifier bundle holds a tuned image tower of a CLIP model only; "
-            f"{config.model!r} is a {ModelFamily(family).value} encoder: train its heads on the frozen encoder "
-            "with --tuning frozen (the bundle then refers to the registry model)"
+            f"--tuning {config.tuning.value}: a classifier bundle holds a tuned image tower of a CLIP, timm or "
+            f"transformers vision model; {config.model!r} is a {family.value} model: train its heads on the frozen "
+            "encoder with --tuning frozen (the bundle then refers to the registry model)"
         )
     try:
         check_before_load(text_model, Task.TEXT_EMBED)

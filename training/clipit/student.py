@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.clip.tuning import ClipNet, Tower, TuningConfig, TuningMode, lock_tower, setup_tuning
+from backend.models.registry import ModelFamily
+from training.clip.tuning import TOWERS, ClipNet, Tower, TuningConfig, TuningMode, lock_tower, setup_tuning
 from training.clipit.config import ClipitConfig, HeadKind, Tuning
 
 
@@ -99,7 +100,8 @@ def set_tuning(model: Any, config: ClipitConfig) -> Any:
                               lora_targets=config.lora_targets)
         return setup_tuning(model, tuning, train_logit_scale=False)
     setup_tuning(model, TuningConfig(TuningMode.FULL), train_logit_scale=False)
-    lock_tower(model, Tower.TEXT, 0)
+    if ModelFamily(model.family) in TOWERS:  # an image-only encoder has no text tower to lock
+        lock_tower(model, Tower.TEXT, 0)
     return None
 
 
