@@ -35,10 +35,9 @@ from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load
 from backend.errors import HistoclipError
 
 # The registry owns the envelope: manifest name, reading, weights checks, atomic replacement.
-from backend.atomic import make_temp_dir, recover_dir
+from backend.atomic import make_temp_dir, recover_dir, replace_dir
 from backend.models.bundle import (
     BundleError,
-    _replace_dir,
     _subdir,
     _verified_weights,
     check_replaceable,
@@ -113,7 +112,7 @@ def save_captioner(
             "metadata": metadata or {},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

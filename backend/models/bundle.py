@@ -25,8 +25,9 @@ A bundle is a directory::
 
 An image-only bundle (``"towers": "image"``: a CLIP-IT student's backbone, written inside its
 classifier bundle) stores only the image tower's weights and no tokenizer; it loads as a
-``ClipModel`` whose text calls raise :class:`~backend.errors.ModelError`. Without ``towers``
-(every bundle before it) both towers are stored.
+``ClipModel`` whose text calls raise :class:`~backend.errors.CapabilityError`. A tuned timm or
+transformers vision encoder is stored whole with its registry ``base_model`` and pooling
+(:mod:`backend.models.vision_bundle`).
 
 ``kind`` says what the bundle holds; ``load_model`` reads ``clip`` bundles. Other kinds
 (captioners, classifiers) share the manifest envelope (``format_version``, ``kind``,
@@ -472,16 +473,10 @@ def writing_bundle(path: Path) -> Iterator[Path]:
     tmp = make_temp_dir(path)
     try:
         yield tmp
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)  # the old bundle or the new one at every moment, even if killed
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` into place: ``path`` holds the old bundle or the new one at
-    every moment, also when the process is killed (see :func:`backend.atomic.replace_dir`)."""
-    replace_dir(tmp, path)
 
 
 def check_replaceable(path: Path, what: str = "bundle") -> None:
