@@ -105,7 +105,7 @@ def test_own_backbone_refuses_text_and_late_fusion_refuses_refine(bundles, cmu_s
     backend = LocalBackend(cache_dir=tmp_path / "cache", device="cpu")
     slide = api.SlideRef(str(cmu_slide))
     backbone = load_classifier(bundles["bundle"]).model
-    with pytest.raises(ModelError, match="image-only model"):
+    with pytest.raises(ModelError, match="embeds images only: zero-shot needs a vision-language model"):
         backend.zero_shot(api.ZeroShotRequest(slide, backbone, NAMES, tiles=TILES))
     with pytest.raises(InputError, match="late fusion.*refining starts from a linear head"):
         backend.refine(api.RefineRequest(slide, (), classifier=bundles["fusion"]))
