@@ -207,6 +207,7 @@ class SlideLikeBox(Container):
         self.button = PushButton(text="Slides like this one")
         self.results = QListWidget()
         self.results.setMinimumHeight(100)
+        self.results.setVisible(False)  # takes no room from the hit list until there are results
         super().__init__(widgets=[self.button], labels=False)
         self.native.layout().addWidget(self.results)
         self.button.changed.connect(self.search)
@@ -229,6 +230,7 @@ class SlideLikeBox(Container):
     def show_hits(self, result: Any) -> None:
         self.hits = list(result.hits)
         self.results.clear()
+        self.results.setVisible(True)
         for rank, h in enumerate(self.hits, 1):
             item = QListWidgetItem(f"#{rank}  {h.score:.3f}  {h.slide_name} ({h.n_tiles} tiles)")
             item.setToolTip(f"{h.slide_path}\nclick to open")
