@@ -6,14 +6,13 @@ into ``gen-0`` and ``gen-1``) and kidney-48-5.tif, which has no mpp.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import run_main
 
 import cohort_data as cd
 from backend.cli import main
@@ -27,10 +26,7 @@ NO_MPP = "kidney-48-5.tif"
 
 def run(argv: list[str]) -> tuple[int, str, str]:
     """Exit code, stdout and stderr of ``histoclip ARGV`` (the progress bar goes to stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(main, argv)
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,12 @@ test-tiny fine-tuned on the textures (the ``texture_model`` fixture)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from cli_run import run_main
 from slide_level_data import BACKGROUND, OTHER, PLANTED, planted_slide
 
 from backend import api
@@ -23,10 +22,7 @@ LABELS = tuple(CLASSES[k] for k in PLANTED)
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(main, argv)
 
 
 @pytest.fixture(scope="module")

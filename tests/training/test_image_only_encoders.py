@@ -5,12 +5,11 @@ probe, kNN, image->image retrieval), what needs text refuses it in one line befo
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
+from cli_run import run_main
 from clipit_data import make_clipit_data
 from tile_classes import CLASSES, make_tile_classes
 
@@ -22,10 +21,7 @@ CLIPIT_FAST = ["--batch-size", "8", "--lr", "3e-3", "--head-lr", "3e-2", "--warm
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(main, argv)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ image-only timm bundle inside the classifier (``backend.models.vision_bundle``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))  # encoder_helpers, hub_helpers
 from clipit_data import make_clipit_data  # noqa: E402
@@ -26,13 +25,6 @@ from training.__main__ import main as training  # noqa: E402
 MODEL = "timm:hf-hub:org/tiny-vit#cls"
 CLIPIT = ["--batch-size", "8", "--workers", "0", "--device", "cpu", "--teacher-epochs", "60", "--teacher-hidden", "32",
           "--epochs", "4", "--head-lr", "3e-2", "--lr", "3e-3", "--warmup-steps", "2", "--patience", "0"]
-
-
-def run(main, argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +52,7 @@ def test_clipit_with_a_timm_student_writes_a_bundle_histoclip_classify_applies(
 
     data = make_clipit_data(testdata, tmp_path / "data", {"train": 12, "val": 6, "test": 8})
     out = tmp_path / "run"
-    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "frozen",
+    code, _, err = run_main(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "frozen",
                                   "--pairs", str(data / "pairs.csv"), "--val", str(data / "val"),
                                   "--test", str(data / "test"), "--out", str(out), *CLIPIT])
     assert code == 0, err
@@ -69,7 +61,7 @@ def test_clipit_with_a_timm_student_writes_a_bundle_histoclip_classify_applies(
     assert report["results"]["clipit"]["test"]["macro_auroc"] > 0.6  # the heads learn on the frozen ViT
     clf = load_classifier(out / "classifier")
     assert clf.model == MODEL and clf.head.embed_dim == 48
-    code, stdout, err = run(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
+    code, stdout, err = run_main(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
                                         "--out", str(tmp_path / "map"), "--device", "cpu"])
     assert code == 0, err
     assert "tiles classified by 'run'" in stdout and (tmp_path / "map" / "tiles.geojson").is_file()
@@ -91,7 +83,7 @@ def test_clipit_lora_on_a_timm_student_bundles_the_tuned_encoder_histoclip_class
 
     data = make_clipit_data(testdata, tmp_path / "data", {"train": 8, "val": 4})
     out = tmp_path / "run"
-    code, _, err = run(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "lora",
+    code, _, err = run_main(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "lora",
                                   "--lora-rank", "4", "--pairs", str(data / "pairs.csv"), "--val", str(data / "val"),
                                   "--out", str(out), *CLIPIT, "--epochs", "2", "--lr", "3e-2"])
     assert code == 0, err
@@ -107,7 +99,7 @@ def test_clipit_lora_on_a_timm_student_bundles_the_tuned_encoder_histoclip_class
     tiles = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((data / "val").rglob("*.png"))[:2]])
     a, b = tuned.encode_images(tiles).numpy(), base.encode_images(tiles).numpy()
     assert not np.allclose(a, b, atol=1e-4)  # the tuned weights, never the base model's
-    code, stdout, err = run(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
+    code, stdout, err = run_main(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
                                         "--out", str(tmp_path / "map"), "--device", "cpu"])
     assert code == 0, err
     assert "tiles classified by 'run'" in stdout and (tmp_path / "map" / "tiles.geojson").is_file()
@@ -118,12 +110,12 @@ def test_linear_probe_and_knn_with_a_timm_encoder(testdata: Path, tmp_path: Path
     tiles = make_tile_classes(testdata, tmp_path / "tiles", {"train": 10, "test": 6})
     common = ["--model", MODEL, "--no-cache", "--device", "cpu", "--train", str(tiles / "train"),
               "--test", str(tiles / "test")]
-    code, _, err = run(training, ["eval", "linear-probe", *common, "--shots", "2", "--seeds", "5",
+    code, _, err = run_main(training, ["eval", "linear-probe", *common, "--shots", "2", "--seeds", "5",
                                   "--out", str(tmp_path / "lp.json")])
     assert code == 0, err
     lp = json.loads((tmp_path / "lp.json").read_text())
     assert lp["model"]["family"] == "timm" and lp["metrics"]["balanced_accuracy"]["mean"] > 0.5
-    code, _, err = run(training, ["eval", "knn", *common, "--k", "5", "--out", str(tmp_path / "knn.json")])
+    code, _, err = run_main(training, ["eval", "knn", *common, "--k", "5", "--out", str(tmp_path / "knn.json")])
     assert code == 0, err
     knn = json.loads((tmp_path / "knn.json").read_text())
     assert knn["model"]["model_id"] == f"{MODEL}@{REV}" and knn["metrics"]["balanced_accuracy"] > 0.5
@@ -133,12 +125,12 @@ def test_linear_probe_and_knn_with_a_timm_encoder(testdata: Path, tmp_path: Path
 def test_a_timm_index_answers_region_search_and_refuses_text(cmu_slide: Path, tmp_path: Path) -> None:
     index = tmp_path / "index"
     flags = ["--mpp", "2.0", "--tile-size", "64", "--device", "cpu"]
-    code, stdout, err = run(histoclip, ["index", str(cmu_slide), "--out", str(index), "--model", MODEL, *flags])
+    code, stdout, err = run_main(histoclip, ["index", str(cmu_slide), "--out", str(index), "--model", MODEL, *flags])
     assert code == 0, err
-    code, stdout, err = run(histoclip, ["search", str(index), "--slide", str(cmu_slide), "--box", "600,600,800,800",
+    code, stdout, err = run_main(histoclip, ["search", str(index), "--slide", str(cmu_slide), "--box", "600,600,800,800",
                                         "--include-query-slide", "-k", "3", "--device", "cpu"])
     assert code == 0, err
     rows = stdout.strip().splitlines()
     assert rows[0].startswith("RANK") and len(rows) >= 2 and cmu_slide.name in rows[1]
-    code, _, err = run(histoclip, ["search", str(index), "--text", "tumor", "--device", "cpu"])
+    code, _, err = run_main(histoclip, ["search", str(index), "--text", "tumor", "--device", "cpu"])
     assert code == 1 and "text search needs a vision-language model" in err
