@@ -67,38 +67,36 @@ class Region:
     points: tuple[tuple[float, float], ...]
 
     def __post_init__(self) -> None:
-        try:
-            pts = np.asarray(self.points, dtype=float) if len(self.points) else np.empty((0, 2))
-        except (TypeError, ValueError):  # ragged or not numbers
-            pts = np.empty((0, 3))
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
-            from backend.errors import InputError
+        from backend.errors import InputError
+        from backend.geometry import polygon_vertices
 
+        try:
+            polygon_vertices(self.points)
+        except InputError as e:
             raise InputError(
                 f"region: a {getattr(self.kind, 'value', self.kind)} needs at least 3 finite (x, y) points "
                 f"(a box its 4 corners), got {len(self.points)}"
-            )
+            ) from e
 
     @classmethod
     def box(cls, x: float, y: float, w: float, h: float) -> Region:
-        return cls(RegionKind.BOX, ((x, y), (x + w, y), (x + w, y + h), (x, y + h)))
+        from backend.geometry import box_polygon
+
+        return cls(RegionKind.BOX, tuple((float(px), float(py)) for px, py in box_polygon(x, y, w, h)))
 
     @classmethod
     def polygon(cls, vertices: np.ndarray | list[tuple[float, float]]) -> Region:
-        pts = np.asarray(vertices, dtype=float)
-        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3:
-            from backend.errors import InputError
+        from backend.geometry import polygon_vertices
 
-            raise InputError(f"region polygon: need at least 3 (x, y) vertices, got shape {pts.shape}")
+        pts = polygon_vertices(vertices, "region polygon")
         return cls(RegionKind.POLYGON, tuple((float(x), float(y)) for x, y in pts))
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """The bounding box ``(x, y, w, h)``."""
-        pts = np.asarray(self.points)
-        x0, y0 = pts.min(axis=0)
-        x1, y1 = pts.max(axis=0)
-        return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+        from backend.geometry import bounding_box
+
+        return bounding_box(self.points)
 
 
 @dataclass(frozen=True)

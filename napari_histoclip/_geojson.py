@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from backend.tasks.geojson import QuPathObject, class_color, mask_polygons, ring_area
+from backend.geometry import points_in_polygon, ring_area
+from backend.tasks.geojson import QuPathObject, class_color, mask_polygons
 from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL
-from napari_histoclip._shapes import CAPTION, CLASS, points_in_polygon, shape_regions
+from napari_histoclip._shapes import AREA_KINDS, CAPTION, CLASS, shape_regions
 from napari_histoclip._slide import SlideInfo, corner_xy_to_data_rc, data_rc_to_corner_xy, layer_to_world
 
 #: Shapes-layer metadata key: class name -> "#rrggbb", the colour each class exports with.
@@ -33,7 +34,6 @@ REFINE_MARK = "histoclipRefineMarks"
 #: GeoJSON property (true) of the objects that hold a class map's classes: an import leaves them
 #: out (they are the map, not shapes: as shapes with a class they would become Refine marks).
 CLASS_MAP = "histoclipClassMap"
-AREA_KINDS = ("rectangle", "polygon", "ellipse")
 
 
 def _text(value: Any) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.geometry import bounding_box, points_in_polygon, tiles_in_region
 from napari_histoclip._slide import SlideInfo, data_rc_to_corner_xy, shape_to_slide_rc
 
 CAPTION = "caption"
@@ -24,6 +25,8 @@ CAPTION_COLOR = "#101010"
 WRAP = 36
 MAX_LINES = 3  # more would cover the region it describes  # characters per caption line on the canvas: long captions stay readable
 _ELLIPSE_VERTICES = 32
+#: The shape types that enclose an area (lines and paths do not).
+AREA_KINDS = ("rectangle", "polygon", "ellipse")
 #: What a new shape starts with: no caption, score, class or n-best list.
 BLANK: dict[str, Any] = {CAPTION: "", CAPTION_SCORE: np.nan, CAPTION_TEXT: "", CLASS: "", NBEST: ""}
 
@@ -120,9 +123,7 @@ def shape_regions(
         rc = shape_to_slide_rc(shapes_layer, slide_layer, verts)
         xy = data_rc_to_corner_xy(rc)
         if kind == "rectangle":
-            x0, y0 = xy.min(axis=0)
-            x1, y1 = xy.max(axis=0)
-            regions.append(Region.box(x0, y0, x1 - x0, y1 - y0))
+            regions.append(Region.box(*bounding_box(xy)))
         elif kind in ("polygon", "ellipse"):
             regions.append(Region.polygon(xy))
         else:
@@ -209,40 +210,41 @@ def set_classes(layer: Any, indices: Sequence[int], classes: Sequence[str]) -> N
     layer.refresh_text()
 
 
-def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd test of many ``points`` (N, 2) against one ``polygon`` (M, 2), same axes."""
-    p = np.asarray(points, dtype=float)
-    v = np.asarray(polygon, dtype=float)
-    a, b = v, np.roll(v, -1, axis=0)
-    y = p[:, None, 0]
-    crosses = (a[None, :, 0] > y) != (b[None, :, 0] > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at = a[None, :, 1] + (y - a[None, :, 0]) * (b[None, :, 1] - a[None, :, 1]) / (b[None, :, 0] - a[None, :, 0])
-    return (np.count_nonzero(crosses & (p[:, None, 1] < x_at), axis=1) % 2).astype(bool)
+def _world_xy(layer: Any, rc: np.ndarray) -> np.ndarray:
+    """World ``(x, y)`` = ``(col, row)`` of a layer's data ``(row, col)`` points, for
+    :mod:`backend.geometry` (ellipses are sampled as polygons by the caller)."""
+    world = np.asarray(rc, dtype=float)[:, -2:] * np.asarray(layer.scale)[-2:] + np.asarray(layer.translate)[-2:]
+    return world[:, ::-1]
+
+
+def _shape_world_xy(shapes_layer: Any, index: int) -> np.ndarray:
+    """Shape ``index``'s outline in world ``(x, y)`` (an ellipse sampled as a polygon)."""
+    verts = np.asarray(shapes_layer.data[index], dtype=float)[:, -2:]
+    if shapes_layer.shape_type[index] == "ellipse":
+        verts = _ellipse_polygon(verts)
+    return _world_xy(shapes_layer, verts)
 
 
 def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] | None = None) -> list[str]:
-    """The class of the class map covering most of each shape ("" where no tissue tile).
+    """The class of the class map covering most of each shape ("" where no tissue tile, and
+    for lines and paths).
 
-    Tile centres inside the shape vote; a shape smaller than a tile takes the tile under its
-    centre. ``class_map`` is a Labels layer we made (its metadata names the classes).
+    The tiles under a shape vote, chosen as the backend chooses the tiles of a region
+    (:func:`backend.geometry.tiles_in_region`: tile centres inside the shape; for a shape
+    smaller than a tile, the tiles it overlaps). ``class_map`` is a Labels layer we made (its
+    metadata names the classes; a cell's centre is its data index, one tile per cell).
     """
     names = ["", *class_map.metadata.get("labels", []), "unknown"]
     data = np.asarray(class_map.data)
-    rows, cols = np.mgrid[0 : data.shape[0], 0 : data.shape[1]]
-    centres = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(float)
-    world_centres = centres * np.asarray(class_map.scale)[-2:] + np.asarray(class_map.translate)[-2:]
+    cells = np.argwhere(np.ones(data.shape[-2:], dtype=bool))  # (row, col), row-major like data.ravel()
+    extent = np.abs(np.asarray(class_map.scale, dtype=float)[-2:])[::-1]  # world (width, height) of a tile
+    corners = _world_xy(class_map, cells) - extent / 2
     out = []
     for i in range(len(shapes_layer.data)) if indices is None else indices:
-        verts = np.asarray(shapes_layer.data[i], dtype=float)[:, -2:]
-        if shapes_layer.shape_type[i] == "ellipse":
-            verts = _ellipse_polygon(verts)
-        world = verts * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
-        inside = points_in_polygon(world_centres, world)
-        votes = data.ravel()[inside]
-        if not inside.any():
-            r, c = np.round((world.mean(axis=0) - np.asarray(class_map.translate)[-2:]) / np.asarray(class_map.scale)[-2:])
-            votes = data[int(r), int(c)][None] if 0 <= r < data.shape[0] and 0 <= c < data.shape[1] else votes
+        if shapes_layer.shape_type[i] not in AREA_KINDS:
+            out.append("")
+            continue
+        votes = data.ravel()[tiles_in_region(corners, extent, _shape_world_xy(shapes_layer, i))]
         votes = votes[votes > 0]
         out.append(names[int(np.bincount(votes).argmax())] if votes.size and np.bincount(votes).argmax() < len(names) else "")
     return out
@@ -263,16 +265,12 @@ def shape_marks(shapes_layer: Any, class_map: Any) -> dict[tuple[int, int], str]
     tissue = np.argwhere(data > 0)
     if not len(tissue):
         return {}
-    world_centres = tissue * np.asarray(class_map.scale)[-2:] + np.asarray(class_map.translate)[-2:]
+    centres = _world_xy(class_map, tissue)
     out: dict[tuple[int, int], str] = {}
     for i, kind in enumerate(shapes_layer.shape_type):
         cls = str(shapes_layer.features[CLASS].iloc[i])
-        if kind not in ("rectangle", "polygon", "ellipse") or cls in ("", "nan", "None"):
+        if kind not in AREA_KINDS or cls in ("", "nan", "None"):
             continue
-        verts = np.asarray(shapes_layer.data[i], dtype=float)[:, -2:]
-        if kind == "ellipse":
-            verts = _ellipse_polygon(verts)
-        world = verts * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
-        for r, c in tissue[points_in_polygon(world_centres, world)]:
+        for r, c in tissue[points_in_polygon(centres, _shape_world_xy(shapes_layer, i))]:
             out[(int(r), int(c))] = cls
     return out

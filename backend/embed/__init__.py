@@ -3,7 +3,7 @@
 >>> cache = EmbeddingCache()                       # $HISTOCLIP_CACHE_DIR or the user cache dir
 >>> emb = embed_slide("slide.svs", "quiltnet-b32", cache=cache, progress=print)
 >>> emb.vectors.shape, emb.coords.shape            # (N, D) float32, (N, 2) level-0 x, y
->>> region = embed_region("slide.svs", model, (x, y, w, h), cache=cache)  # no pixel read if cached
+>>> part = embed_slide("slide.svs", model, region=(x, y, w, h), cache=cache)  # no pixel read if cached
 
 Importing this package does not import torch; the engine does when it runs.
 """
@@ -19,31 +19,19 @@ from backend.embed.engine import (
     lookup_cached,
     run_with_progress,
 )
-from backend.embed.region import (
-    RegionEmbedding,
-    embed_region,
-    iter_embed_region,
-    region_from_embeddings,
-    tiles_in_region,
-)
 from backend.embed.types import EmbedStage, SlideEmbeddings, TileLayout, embed_progress
 
 __all__ = [
     "CacheKey",
     "EmbedStage",
     "EmbeddingCache",
-    "RegionEmbedding",
     "SlideEmbeddings",
     "TileLayout",
     "embed_progress",
-    "embed_region",
     "embed_slide",
     "grid_key",
-    "iter_embed_region",
     "iter_embed_slide",
     "iter_encoded_batches",
     "lookup_cached",
-    "region_from_embeddings",
     "run_with_progress",
-    "tiles_in_region",
 ]

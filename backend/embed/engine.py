@@ -31,6 +31,7 @@ from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
 from backend.api import Progress
 from backend.embed.types import EmbedStage, SlideEmbeddings, embed_progress
 from backend.errors import CancelledError, InputError
+from backend.geometry import RegionLike, region_polygon, tiles_in_region
 
 T = TypeVar("T")
 _LOCK_POLL_S = 0.5
@@ -242,7 +243,7 @@ def iter_embed_slide(
     *,
     cache: EmbeddingCache | None = None,
     mpp: float | None = None,
-    region: Any = None,
+    region: RegionLike | None = None,
     tissue: Any = None,
     use_tissue: bool = True,
     batch_size: int = 32,
@@ -267,7 +268,7 @@ def iter_embed_slide(
     cache : EmbeddingCache, optional
         Where finished and partial stores live. None: nothing is read or written.
     region : box (x, y, w, h), (N, 2) polygon or ``backend.api.Region``, optional
-        Encode only the tiles under this level-0 region (see :mod:`backend.embed.region`);
+        Encode only the tiles under this level-0 region (:func:`backend.geometry.tiles_in_region`);
         such partial results are not cached, but a cached whole slide serves them.
     tissue : TissueMask, optional
         A tissue mask to use instead of the automatic one; ``use_tissue=False`` keeps every tile.
@@ -291,6 +292,8 @@ def iter_embed_slide(
     -------
     SlideEmbeddings
     """
+    if region is not None:
+        region_polygon(region)  # fail on a bad region before loading or opening anything
     model = load_model_arg(model, device)
     spec = _default_spec(spec)
     grid_kw = {"tissue": tissue, "use_tissue": use_tissue}
@@ -333,8 +336,6 @@ def _cached(
     # ``lock``: the key's lock when the caller holds it (a damaged store is then removed under it)
     hit = cache.load(key, slide_name=str(slide.name), slide_path=str(slide.path), lock=lock)
     if hit is not None and region is not None:
-        from backend.embed.region import tiles_in_region
-
         hit = _subset(hit, tiles_in_region(hit.coords, hit.tile_extent, region))
     return hit
 
@@ -357,8 +358,6 @@ def _encode(
     coords = np.asarray(grid.coords, dtype=np.int64).reshape(-1, 2)
     grid_index = np.asarray(grid.grid_index, dtype=np.int64).reshape(-1, 2)
     if region is not None:
-        from backend.embed.region import tiles_in_region
-
         # The whole-slide grid, then the tiles under the region: the same tiles the cached
         # path picks, so a region's vector does not depend on whether the slide was cached.
         wanted = tiles_in_region(coords, float(grid.tile_extent), region)

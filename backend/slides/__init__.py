@@ -21,7 +21,6 @@ from backend.slides.tiling import (
     TileGrid,
     TileSpec,
     make_tile_grid,
-    points_in_region,
     read_tile,
     read_tiles,
 )
@@ -39,7 +38,6 @@ __all__ = [
     "TissueMask",
     "make_tile_grid",
     "open_slide",
-    "points_in_region",
     "read_tile",
     "read_tiles",
     "slide_fingerprint",

@@ -20,6 +20,7 @@ import numpy as np
 
 from backend.bounds import check_grid
 from backend.errors import InputError
+from backend.geometry import RegionLike, points_in_region
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -131,7 +132,7 @@ def make_tile_grid(
     *,
     tissue: TissueMask | None = None,
     use_tissue: bool = True,
-    region: Sequence[float] | np.ndarray | None = None,
+    region: RegionLike | None = None,
 ) -> TileGrid:
     """Lay a regular grid of tiles over a slide and keep the tissue tiles.
 
@@ -148,8 +149,9 @@ def make_tile_grid(
         Keep only tiles with at least ``spec.min_tissue`` tissue. When False every tile is
         kept; ``tissue`` fractions are still reported if a mask was given, else NaN.
     region
-        Only tiles whose centre falls inside this: a level-0 box ``(x, y, w, h)`` or a
-        polygon ``(N, 2)`` of level-0 (x, y) vertices.
+        Only tiles whose centre falls inside this (:func:`backend.geometry.points_in_region`):
+        a level-0 box ``(x, y, w, h)``, a polygon ``(N, 2)`` of level-0 (x, y) vertices or a
+        ``backend.api.Region``.
 
     Returns
     -------
@@ -178,7 +180,7 @@ def make_tile_grid(
 
     keep = np.ones(len(coords), dtype=bool)
     if region is not None:
-        keep &= _centres_inside(origins + extent / 2.0, region)
+        keep &= points_in_region(origins + extent / 2.0, region)
 
     fractions = np.full(len(coords), np.nan)
     if use_tissue and tissue is None:
@@ -274,60 +276,6 @@ def _resize(region: np.ndarray, size: int) -> np.ndarray:
     # Area averaging when shrinking (no aliasing), bilinear when enlarging.
     method = Image.Resampling.BOX if region.shape[0] > size else Image.Resampling.BILINEAR
     return np.asarray(image.resize((size, size), method))
-
-
-def points_in_region(points: np.ndarray, region: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Which level-0 points fall inside a region: the rule ``make_tile_grid`` applies to
-    tile centres.
-
-    Parameters
-    ----------
-    points
-        ``(N, 2)`` level-0 (x, y).
-    region
-        A box ``(x, y, w, h)`` (left and top edges inside, right and bottom outside) or an
-        ``(M >= 3, 2)`` polygon of (x, y) vertices (even-odd rule).
-
-    Returns
-    -------
-    np.ndarray
-        ``(N,)`` bool.
-    """
-    return _centres_inside(np.asarray(points, dtype=np.float64).reshape(-1, 2), region)
-
-
-def _centres_inside(centres: np.ndarray, region: Sequence[float] | np.ndarray) -> np.ndarray:
-    arr = np.asarray(region, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise InputError("region: coordinates must be finite numbers")
-    if arr.shape == (4,):
-        x, y, w, h = arr
-        if w <= 0 or h <= 0:
-            raise InputError(f"region box (x, y, w, h) must have a positive size, got {tuple(arr)}")
-        cx, cy = centres[:, 0], centres[:, 1]
-        return (cx >= x) & (cx < x + w) & (cy >= y) & (cy < y + h)
-    if arr.ndim == 2 and arr.shape[1] == 2 and arr.shape[0] >= 3:
-        return _points_in_polygon(centres, arr)
-    raise InputError(
-        "region must be a box (x, y, w, h) or an (N >= 3, 2) polygon of (x, y) vertices, "
-        f"got shape {arr.shape}"
-    )
-
-
-def _points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Even-odd rule: a point is inside when a ray to +x crosses the boundary an odd number
-    of times. Vectorised over points, looped over edges."""
-    px, py = points[:, 0], points[:, 1]
-    inside = np.zeros(len(points), dtype=bool)
-    xs, ys = polygon[:, 0], polygon[:, 1]
-    for i in range(len(polygon)):
-        x1, y1, x2, y2 = xs[i - 1], ys[i - 1], xs[i], ys[i]
-        if y1 == y2:
-            continue  # horizontal edges never cross a horizontal ray
-        straddles = (y1 > py) != (y2 > py)
-        x_cross = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
-        inside ^= straddles & (px < x_cross)
-    return inside
 
 
 def _box_fractions(tissue: TissueMask, origins: np.ndarray, extent: float) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 
 from backend.atomic import atomic_write_text
 from backend.errors import InputError
+from backend.geometry import points_in_polygon, ring_area
 from backend.tasks.zero_shot import PALETTE
 
 RGB = tuple[int, int, int]
@@ -223,23 +224,6 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return ring[cross != 0]
 
 
-def ring_area(ring: np.ndarray) -> float:
-    """Shoelace area of a ring (positive for clockwise with y down)."""
-    x, y = ring[:, 0], ring[:, 1]
-    return float((x * np.roll(y, -1) - np.roll(x, -1) * y).sum() / 2)
-
-
-def point_in_ring(point: np.ndarray, ring: np.ndarray) -> bool:
-    """Even-odd test of one ``(x, y)`` point against a ring."""
-    x, y = point
-    xs, ys = ring[:, 0], ring[:, 1]
-    xn, yn = np.roll(xs, -1), np.roll(ys, -1)
-    crosses = (ys > y) != (yn > y)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xint = xs + (y - ys) * (xn - xs) / (yn - ys)
-    return bool(np.count_nonzero(crosses & (x < xint)) % 2)
-
-
 def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     """Polygons (exterior, then holes) of a boolean grid, in grid-vertex ``(x, y)``."""
     rings = mask_rings(mask)
@@ -250,7 +234,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
         (ax, ay), (bx, by) = hole[0], hole[1]
         d = np.sign([bx - ax, by - ay])
         probe = (hole[0] + hole[1]) / 2 + 0.5 * np.array([d[1], -d[0]])
-        owners = [i for i, o in enumerate(outers) if point_in_ring(probe, o)]
+        owners = [i for i, o in enumerate(outers) if points_in_polygon(probe[None], o)[0]]
         if owners:
             polys[min(owners, key=lambda i: ring_area(outers[i]))].append(hole)
     return polys

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 
 import backend.slides
+from backend.api import Region
 from backend.embed import (
     EmbeddingCache,
     EmbedStage,
-    embed_region,
     embed_slide,
     iter_embed_slide,
-    tiles_in_region,
 )
-from backend.errors import CancelledError, MissingMppError, SlideReadError
+from backend.embed.region import pool
+from backend.errors import CancelledError, InputError, MissingMppError, SlideReadError
+from backend.geometry import tiles_in_region
 from backend.slides import Slide, TileSpec, make_tile_grid, open_slide
 from backend.tasks import TextFeatureCache, text_heatmap, zero_shot
 from backend.tasks.export import write_geojson, write_overlay_png
@@ -232,31 +233,47 @@ def test_relabel_and_heatmap_read_no_pixels(model, cmu_slide: Path, reference, n
 def test_region_from_cache_is_the_mean_of_its_cached_tiles(
     model, cmu_slide: Path, reference, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The path LocalBackend.embeddings(region=...) and the captioners take: the engine's
+    region subset, pooled."""
     ref, cache = reference
     box = (500, 700, 900, 800)
+
+    def embed(region, cache):
+        events = []
+        part = embed_slide(cmu_slide, model, SPEC, cache=cache, region=region, progress=events.append)
+        return part, events[-1].stage.split(" ")[0] == EmbedStage.CACHED
+
     with monkeypatch.context() as m:
         m.setattr(Slide, "read_region", None)
-        region = embed_region(cmu_slide, model, box, SPEC, cache=cache)
+        part, from_cache = embed(box, cache)
     idx = tiles_in_region(ref.coords, ref.tile_extent, box)
-    assert region.from_cache and region.n_tiles == len(idx) > 1
+    assert from_cache and part.n_tiles == len(idx) > 1
     mean = ref.vectors[idx].mean(axis=0)
-    np.testing.assert_allclose(region.vector, mean / np.linalg.norm(mean), atol=1e-6)
-    np.testing.assert_array_equal(region.coords, ref.coords[idx])
+    np.testing.assert_allclose(pool(part.vectors), mean / np.linalg.norm(mean), atol=1e-6)
+    np.testing.assert_array_equal(part.coords, ref.coords[idx])
 
     # Not cached: only the region's tiles are encoded, and the vector is the same.
     log = TileReadLog(monkeypatch)
-    fresh = embed_region(cmu_slide, model, box, SPEC, cache=EmbeddingCache(tmp_path / "empty"))
-    assert not fresh.from_cache and sorted(log.indices) == idx.tolist()
-    np.testing.assert_allclose(fresh.vector, region.vector, atol=1e-5)
+    fresh, from_cache = embed(box, EmbeddingCache(tmp_path / "empty"))
+    assert not from_cache and sorted(log.indices) == idx.tolist()
+    np.testing.assert_allclose(pool(fresh.vectors), pool(part.vectors), atol=1e-5)
 
-    # A polygon, and a region smaller than one tile (pooled from the tiles it overlaps).
+    # The same box as an api.Region picks the same tiles; a triangle half of it fewer; a
+    # region smaller than one tile is pooled from the tile it overlaps.
     x, y, w, h = box
-    tri = np.array([[x, y], [x + w, y], [x, y + h]], float)
-    assert embed_region(cmu_slide, model, tri, SPEC, cache=cache).n_tiles < region.n_tiles
+    assert embed(Region.box(x, y, w, h), cache)[0].coords.tolist() == part.coords.tolist()
+    tri = Region.polygon([(x, y), (x + w, y), (x, y + h)])
+    assert 0 < embed(tri, cache)[0].n_tiles < part.n_tiles
     c = ref.coords[idx[0]]
-    tiny = embed_region(cmu_slide, model, (c[0] + 10, c[1] + 10, 5, 5), SPEC, cache=cache)
+    tiny, _ = embed((c[0] + 10, c[1] + 10, 5, 5), cache)
     assert tiny.n_tiles == 1
-    np.testing.assert_allclose(tiny.vector, ref.vectors[idx[0]], atol=1e-6)
+    np.testing.assert_allclose(pool(tiny.vectors), ref.vectors[idx[0]], atol=1e-6)
+
+    # A bad region fails before the slide is opened.
+    with monkeypatch.context() as m:
+        m.setattr(backend.embed.engine, "slide_arg", None)
+        with pytest.raises(InputError, match=r"region box .*width and height must be positive"):
+            embed((x, y, 0, h), cache)
 
 
 def test_jpeg2000_slide_without_mpp(model, slides_dir: Path, cache: EmbeddingCache) -> None:

@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 
 from backend.errors import InputError, MissingMppError
+from backend.geometry import points_in_region
 from backend.slides import (
     Slide,
     TileSpec,
     TissueMask,
     make_tile_grid,
     open_slide,
-    points_in_region,
     read_tile,
     read_tiles,
     tissue_fraction,

@@ -12,7 +12,8 @@ from napari.layers import Layer
 
 from backend.api import Caption, GridGeometry, ZeroShotResult
 from backend.errors import InputError
-from backend.tasks.geojson import mask_polygons, mask_rings, qupath_features, ring_area, write_qupath_geojson
+from backend.geometry import ring_area
+from backend.tasks.geojson import mask_polygons, mask_rings, qupath_features, write_qupath_geojson
 from napari_histoclip._geojson import annotations_layer, class_map_objects, read_geojson, shapes_objects
 from napari_histoclip._layers import class_map_layers
 from napari_histoclip._shapes import CLASS, caption_layer_kwargs, set_captions, shape_regions
