@@ -153,3 +153,23 @@ def test_shapes_take_the_majority_class_of_the_tiles_under_them() -> None:
     shapes.add_rectangles(np.array([[110, 210], [130, 230]]))  # inside tile (1, 2) only: stroma
     shapes.add_rectangles(np.array([[210, 10], [290, 90]]))  # background tile
     assert majority_classes(shapes, labels) == ["tumor", "stroma", ""]
+
+
+def test_a_shape_smaller_than_a_tile_votes_with_the_tiles_it_overlaps() -> None:
+    """The backend's rule for the tiles under a region (backend.geometry.tiles_in_region): a
+    shape that holds no tile centre takes the tiles it overlaps, tissue ones voting."""
+    from napari_histoclip._shapes import majority_classes
+
+    cm = np.array([[1, 1, 2], [1, 2, 2], [0, 0, 2]], np.int32)
+    t = 100.0
+    res = ZeroShotResult(("tumor", "stroma"), cm, np.zeros((2, 3, 3), np.float32),
+                         GridGeometry(cm.shape, (t, t), ((t - 1) / 2, (t - 1) / 2)), False)
+    viewer = ViewerModel()
+    labels = viewer.add_layer(Layer.create(*class_map_layers(res, INFO, ["#ff0000", "#0000ff"])[0]))
+    shapes = viewer.add_layer(Layer.create([], caption_layer_kwargs(INFO), "shapes"))
+    # Rows 195-215: mostly over background tile (2, 1), partly over stroma tile (1, 1).
+    shapes.add_rectangles(np.array([[195, 140], [215, 160]]))
+    shapes.add_ellipses(np.array([[20, 20], [40, 40]]))  # inside tumor tile (0, 0)
+    shapes.add_lines(np.array([[20, 20], [180, 180]]))  # a line has no area: no class
+    assert majority_classes(shapes, labels) == ["stroma", "tumor", ""]
+    assert majority_classes(shapes, labels, [2, 0]) == ["", "stroma"]
