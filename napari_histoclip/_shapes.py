@@ -211,8 +211,8 @@ def set_classes(layer: Any, indices: Sequence[int], classes: Sequence[str]) -> N
 
 
 def _world_xy(layer: Any, rc: np.ndarray) -> np.ndarray:
-    """World ``(x, y)`` = ``(col, row)`` of a layer's data ``(row, col)`` points, for
-    :mod:`backend.geometry` (ellipses are sampled as polygons by the caller)."""
+    """World ``(x, y)`` = ``(col, row)`` of a layer's data ``(row, col)`` points: the axes
+    :mod:`backend.geometry` takes."""
     world = np.asarray(rc, dtype=float)[:, -2:] * np.asarray(layer.scale)[-2:] + np.asarray(layer.translate)[-2:]
     return world[:, ::-1]
 
