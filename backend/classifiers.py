@@ -99,15 +99,13 @@ class ClassifierTasks:
                 "templates": list(templates)}
         return head, request.model, request.tiles or api.TileOptions(), templates, None, card
 
-    def refinement(
+    def refine(
         self,
         request: api.RefineRequest,
         *,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`refine` returning the backend's :class:`backend.tasks.refine.Refinement`
-        (the refined ClassMap for the exporters, the head, the kept marks)."""
+    ) -> api.ZeroShotResult:
         from backend.tasks.refine import check_marks_only, marked_tiles, refine
 
         head, model, tiles, templates, threshold, _ = self._prior(request, "refine")
@@ -117,27 +115,16 @@ class ClassifierTasks:
             check_marks_only(names, "refine")
         if request.unknown_threshold is not None:
             threshold = request.unknown_threshold
-        return refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
+        r = refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
+        return self.class_map_result(r.class_map, request.model or self.classifier(request.classifier).model)
 
-    def refine(
-        self,
-        request: api.RefineRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        r = self.refinement(request, progress=progress, cancel=cancel)
-        model = request.model or self.classifier(request.classifier).model
-        return self.class_map_result(r.class_map, model)
-
-    def classifier_class_map(
+    def classify(
         self,
         request: api.ClassifyRequest,
         *,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`classify` returning the backend's own :class:`backend.tasks.ClassMap`."""
+    ) -> api.ZeroShotResult:
         from backend.tasks.refine import head_class_map
 
         clf = self.classifier(request.classifier)
@@ -147,19 +134,10 @@ class ClassifierTasks:
         # there (the registry model's, or the bundle backbone's under its own model id).
         emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
         threshold = request.unknown_threshold if request.unknown_threshold is not None else clf.unknown_threshold
-        return head_class_map(emb, clf.head, unknown_threshold=threshold)
+        cm = head_class_map(emb, clf.head, unknown_threshold=threshold)
+        return self.class_map_result(cm, request.model or clf.model, classifier=clf.name)
 
-    def classify(
-        self,
-        request: api.ClassifyRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        cm = self.classifier_class_map(request, progress=progress, cancel=cancel)
-        return self.class_map_result(cm, request.model or self.classifier(request.classifier).model)
-
-    def class_map_result(self, cm: Any, model: str) -> api.ZeroShotResult:
+    def class_map_result(self, cm: Any, model: str, *, classifier: str = "") -> api.ZeroShotResult:
         """A :class:`backend.tasks.ClassMap` as the interface's :class:`backend.api.ZeroShotResult`."""
         return api.ZeroShotResult(
             labels=tuple(cm.class_names),
@@ -167,6 +145,11 @@ class ClassifierTasks:
             probabilities=cm.probability_maps,
             geometry=geometry(cm.layout),
             random_weights=bool(self.model(model).random_weights),
+            colors=tuple(tuple(int(v) for v in c) for c in cm.colors),
+            unknown_threshold=None if cm.unknown_threshold is None else float(cm.unknown_threshold),
+            tile_extent=float(cm.layout.tile_extent),
+            model_id=str(cm.model_id),
+            classifier=classifier,
         )
 
     def save_classifier(
