@@ -24,11 +24,6 @@ from backend.errors import InputError
 from backend.needs import Task, check_before_load
 
 
-def geometry(layout: Any) -> api.GridGeometry:
-    """A tile layout's grid as the interface's :class:`backend.api.GridGeometry`."""
-    return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
-
-
 class ClassifierTasks:
     """Classify, refine, save as classifier, search a class (mixed into LocalBackend)."""
 
@@ -139,18 +134,9 @@ class ClassifierTasks:
 
     def class_map_result(self, cm: Any, model: str, *, classifier: str = "") -> api.ZeroShotResult:
         """A :class:`backend.tasks.ClassMap` as the interface's :class:`backend.api.ZeroShotResult`."""
-        return api.ZeroShotResult(
-            labels=tuple(cm.class_names),
-            class_map=cm.label_map,
-            probabilities=cm.probability_maps,
-            geometry=geometry(cm.layout),
-            random_weights=bool(self.model(model).random_weights),
-            colors=tuple(tuple(int(v) for v in c) for c in cm.colors),
-            unknown_threshold=None if cm.unknown_threshold is None else float(cm.unknown_threshold),
-            tile_extent=float(cm.layout.tile_extent),
-            model_id=str(cm.model_id),
-            classifier=classifier,
-        )
+        from backend.tasks.results import class_map_result
+
+        return class_map_result(cm, random_weights=self.model(model).random_weights, classifier=classifier)
 
     def save_classifier(
         self,

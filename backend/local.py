@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backend import api
-from backend.classifiers import ClassifierTasks, geometry
+from backend.classifiers import ClassifierTasks
 from backend.embed import EmbeddingCache, SlideEmbeddings
 from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
 from backend.needs import Task, check_before_load
 from backend.once import Once
 from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
+from backend.tasks.results import geometry
 
 T = TypeVar("T")
 
