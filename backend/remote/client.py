@@ -264,7 +264,7 @@ class HttpBackend:
 
     # --- encoders (not in the Backend interface) ---------------------------------------------
 
-    def _encode(self, kind: str, request: Any) -> Any:
+    def _encode(self, kind: str, request: EncodeTextRequest | EncodeImageRequest) -> EncodeResult:
         self._check_version()
         body, media = encode(request)
         r = self._request("POST", f"/v1/encode/{kind}", content=body, headers={"Content-Type": media})
