@@ -8,9 +8,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from backend.cli.slide_tasks import (
-    DEFAULT_MODEL, add_model_flags, add_tile_flags, open_backend, parse_box, tile_options,
-)
+from backend.cli.slide_tasks import DEFAULT_MODEL, add_model_flags, add_tile_flags, open_backend, parse_box, tile_options
 from backend.errors import InputError
 
 

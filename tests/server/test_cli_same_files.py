@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_run import run_main
 from conftest import Running, running_server
 from PIL import Image
 
 from backend.cli import main
-from cli_run import run_main
 
 pytestmark = pytest.mark.slow  # two backends embed CMU-1-Small-Region with test-tiny (~34 tiles each)
 FLAGS = ["--mpp", "2", "--tile-size", "64", "--device", "cpu"]
@@ -56,7 +56,8 @@ def _both(argv_local: list[str], argv_remote: list[str], url: str) -> tuple[str,
 
 def _same_png(a: Path, b: Path) -> None:
     pa, pb = np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB"))
-    assert pa.shape == pb.shape and np.array_equal(pa, pb), (a.name, int((pa != pb).any(axis=-1).sum()) if pa.shape == pb.shape else "shape")
+    assert pa.shape == pb.shape, (a.name, pa.shape, pb.shape)
+    assert np.array_equal(pa, pb), (a.name, f"{int((pa != pb).any(axis=-1).sum())} pixels differ")
 
 
 def _features(path: Path) -> list[dict]:
