@@ -83,6 +83,12 @@ def test_zero_shot_classify_and_heatmap_write_the_same_files_remotely(
     monkeypatch.setenv("HISTOCLIP_TOKEN", running.token)
     name = cmu_slide.name  # the server's name of the slide
 
+    # embed first: the same line from either backend (tiles, model id, grid), then the maps from the cache
+    local, remote = _both(["embed", str(cmu_slide), "--model", "test-tiny", *FLAGS],
+                          ["embed", name, "--model", "test-tiny", *FLAGS], running.url)
+    assert local.splitlines()[-1] == remote.splitlines()[-1]
+    assert remote.splitlines()[-1].startswith(f"{name}: ") and " tiles embedded (" in remote
+
     zs = ["--labels", ";".join(NAMES), "--unknown-threshold", "0.34", "--model", "test-tiny", *FLAGS]
     local, remote = _both(["zero-shot", str(cmu_slide), "--out", str(tmp_path / "zl"), *zs],
                           ["zero-shot", name, "--out", str(tmp_path / "zr"), *zs], running.url)
