@@ -179,6 +179,18 @@ class ZeroShotResult:
     probabilities: np.ndarray  # (n_classes, rows, cols) float32, NaN where no tissue
     geometry: GridGeometry
     random_weights: bool
+    # What the writers (backend.tasks.export) and legends need beyond the arrays:
+    colors: tuple[tuple[int, int, int], ...] = ()  # RGB per label; () for backend.palette's
+    unknown_threshold: float | None = None  # None: the map has no "unknown" value
+    tile_extent: float = 0.0  # a tile's side in level-0 pixels; 0 for one grid step
+    model_id: str = ""  # the weights that embedded the tiles
+    classifier: str = ""  # the classifier's name when one made the map ("" for prompts)
+
+    def class_colors(self) -> tuple[tuple[int, int, int], ...]:
+        """The RGB of each label: ``colors``, or the one palette's when none were given."""
+        from backend.palette import class_colors
+
+        return self.colors or class_colors(len(self.labels))
 
 
 @dataclass(frozen=True)
@@ -403,6 +415,9 @@ class Backend(Protocol):
     ) -> ClassifierInfo: ...
 
     def search_class(self, request: ClassSearchRequest) -> SearchResult: ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds (open indexes, models, a connection); from any thread."""
 
     def list_models(self) -> list[ModelInfo]: ...
 

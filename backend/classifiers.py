@@ -24,11 +24,6 @@ from backend.errors import InputError
 from backend.needs import Task, check_before_load
 
 
-def geometry(layout: Any) -> api.GridGeometry:
-    """A tile layout's grid as the interface's :class:`backend.api.GridGeometry`."""
-    return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
-
-
 class ClassifierTasks:
     """Classify, refine, save as classifier, search a class (mixed into LocalBackend)."""
 
@@ -99,15 +94,13 @@ class ClassifierTasks:
                 "templates": list(templates)}
         return head, request.model, request.tiles or api.TileOptions(), templates, None, card
 
-    def refinement(
+    def refine(
         self,
         request: api.RefineRequest,
         *,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`refine` returning the backend's :class:`backend.tasks.refine.Refinement`
-        (the refined ClassMap for the exporters, the head, the kept marks)."""
+    ) -> api.ZeroShotResult:
         from backend.tasks.refine import check_marks_only, marked_tiles, refine
 
         head, model, tiles, templates, threshold, _ = self._prior(request, "refine")
@@ -117,27 +110,16 @@ class ClassifierTasks:
             check_marks_only(names, "refine")
         if request.unknown_threshold is not None:
             threshold = request.unknown_threshold
-        return refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
+        r = refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
+        return self.class_map_result(r.class_map, request.model or self.classifier(request.classifier).model)
 
-    def refine(
-        self,
-        request: api.RefineRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        r = self.refinement(request, progress=progress, cancel=cancel)
-        model = request.model or self.classifier(request.classifier).model
-        return self.class_map_result(r.class_map, model)
-
-    def classifier_class_map(
+    def classify(
         self,
         request: api.ClassifyRequest,
         *,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`classify` returning the backend's own :class:`backend.tasks.ClassMap`."""
+    ) -> api.ZeroShotResult:
         from backend.tasks.refine import head_class_map
 
         clf = self.classifier(request.classifier)
@@ -147,27 +129,14 @@ class ClassifierTasks:
         # there (the registry model's, or the bundle backbone's under its own model id).
         emb = self.embeddings(request.slide, model, tiles, region=request.region, progress=progress, cancel=cancel)
         threshold = request.unknown_threshold if request.unknown_threshold is not None else clf.unknown_threshold
-        return head_class_map(emb, clf.head, unknown_threshold=threshold)
+        cm = head_class_map(emb, clf.head, unknown_threshold=threshold)
+        return self.class_map_result(cm, request.model or clf.model, classifier=clf.name)
 
-    def classify(
-        self,
-        request: api.ClassifyRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        cm = self.classifier_class_map(request, progress=progress, cancel=cancel)
-        return self.class_map_result(cm, request.model or self.classifier(request.classifier).model)
-
-    def class_map_result(self, cm: Any, model: str) -> api.ZeroShotResult:
+    def class_map_result(self, cm: Any, model: str, *, classifier: str = "") -> api.ZeroShotResult:
         """A :class:`backend.tasks.ClassMap` as the interface's :class:`backend.api.ZeroShotResult`."""
-        return api.ZeroShotResult(
-            labels=tuple(cm.class_names),
-            class_map=cm.label_map,
-            probabilities=cm.probability_maps,
-            geometry=geometry(cm.layout),
-            random_weights=bool(self.model(model).random_weights),
-        )
+        from backend.tasks.results import class_map_result
+
+        return class_map_result(cm, random_weights=self.model(model).random_weights, classifier=classifier)
 
     def save_classifier(
         self,

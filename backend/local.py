@@ -27,13 +27,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from backend import api
-from backend.classifiers import ClassifierTasks, geometry
+from backend.classifiers import ClassifierTasks
 from backend.embed import EmbeddingCache, SlideEmbeddings
 from backend.errors import CancelledError, InputError, ModelError, ModelMismatchError
 from backend.needs import Task, check_before_load
 from backend.once import Once
 from backend.slides import expand_slides  # the one folder-to-slides rule, re-exported here
 from backend.tasks import TextFeatureCache
+from backend.tasks.results import geometry
 
 T = TypeVar("T")
 
@@ -264,15 +265,13 @@ class LocalBackend(ClassifierTasks):
 
     # --- tasks ------------------------------------------------------------------------------
 
-    def class_map(
+    def zero_shot(
         self,
         request: api.ZeroShotRequest,
         *,
         progress: api.ProgressCallback | None = None,
         cancel: threading.Event | None = None,
-    ) -> Any:
-        """:meth:`zero_shot` returning the backend's own :class:`backend.tasks.ClassMap`
-        (per-tile probabilities and colours, for the exporters)."""
+    ) -> api.ZeroShotResult:
         from backend.tasks import zero_shot
         from backend.tasks.zero_shot import check_prompts
 
@@ -281,7 +280,7 @@ class LocalBackend(ClassifierTasks):
         emb = self.embeddings(
             request.slide, request.model, request.tiles, region=request.region, progress=progress, cancel=cancel
         )
-        return zero_shot(
+        cm = zero_shot(
             emb,
             list(request.labels),
             self.model(request.model),
@@ -290,15 +289,7 @@ class LocalBackend(ClassifierTasks):
             unknown_threshold=request.unknown_threshold,
             text_cache=self.text_cache,
         )
-
-    def zero_shot(
-        self,
-        request: api.ZeroShotRequest,
-        *,
-        progress: api.ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
-    ) -> api.ZeroShotResult:
-        return self.class_map_result(self.class_map(request, progress=progress, cancel=cancel), request.model)
+        return self.class_map_result(cm, request.model)
 
     def heatmap(
         self,

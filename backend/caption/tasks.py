@@ -107,7 +107,7 @@ def ground(
     cancel: threading.Event | None = None,
 ) -> api.GroundingResult:
     """Per-tile support maps of a caption and its noun phrases inside a region."""
-    from backend.classifiers import geometry
+    from backend.tasks.results import geometry
     from backend.tasks.grounding import Grounding, GroundingMethod, check_caption, ground_by_similarity
     from backend.text.phrases import noun_phrases
 

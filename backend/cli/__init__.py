@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--server", metavar="URL", default=None,
-                        help="run zero-shot, heatmap, caption, search or index on a histoclip server "
+                        help="run embed, zero-shot, heatmap, classify, caption, search or index on a histoclip server "
                              "(token from $HISTOCLIP_TOKEN)")
     parser.add_argument("--server-ca", metavar="FILE", default=None, help="CA bundle to verify the server's TLS certificate")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -50,12 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int | None:
-        handler = args.handler
-        if args.server:
-            from backend.cli.remote import handler_for
+        if args.server:  # the same command, against the server's backend (backend.cli.remote)
+            from backend.cli.remote import check_remote
 
-            handler = handler_for(args)
-        return handler(args)
+            check_remote(args)
+        return args.handler(args)
 
     return run_reporting_errors(f"histoclip {args.command}", run)
 

@@ -8,10 +8,15 @@ embedded with that model is classified from its cached embeddings without readin
 from __future__ import annotations
 
 import argparse
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from backend.cli.slide_tasks import announce_random, make_backend, with_bar, write_class_map_files
+from backend.cli.slide_tasks import announce_random, open_backend, overview_for, with_bar, write_class_map_files
+from backend.errors import InputError
+
+if TYPE_CHECKING:
+    from backend.api import TileOptions
 
 
 def add_parsers(sub: Any) -> None:
@@ -32,13 +37,20 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(handler=_classify)
 
 
-def _tiles(args: argparse.Namespace, recorded: Any) -> Any:
-    """The classifier's tile spec, with ``--mpp`` / ``--tile-size`` overriding it."""
+def _tiles(args: argparse.Namespace, recorded: dict[str, Any] | None) -> TileOptions | None:
+    """The classifier's tile spec (None: the backend takes the one it records), with ``--mpp`` /
+    ``--tile-size`` overriding it; ``recorded`` is that spec, needed when only one flag is given."""
     from dataclasses import replace
 
     from backend.api import TileOptions
     from backend.cli.slide_tasks import check_tile_flags
 
+    if args.tile_size is None and args.mpp is None:
+        return None
+    if recorded is None:
+        if args.tile_size is None or args.mpp is None:
+            raise InputError("--server classify: give both --mpp and --tile-size, or neither (the classifier's)")
+        recorded = {}
     tiles = TileOptions(**recorded)
     if args.tile_size is not None:
         tiles = replace(tiles, tile_size=check_tile_flags(args.tile_size, None))
@@ -49,14 +61,18 @@ def _tiles(args: argparse.Namespace, recorded: Any) -> Any:
 
 def _classify(args: argparse.Namespace) -> int:
     from backend.api import ClassifyRequest, SlideRef
+    from backend.local import LocalBackend
 
-    backend = make_backend(args)
-    clf = backend.classifier(args.classifier)
-    model = args.model or clf.model  # a classifier with its own backbone: that bundle folder
-    announce_random(backend, model)
-    slide = SlideRef(args.slide, args.slide_mpp)
-    request = ClassifyRequest(slide, args.classifier, model=args.model, unknown_threshold=args.unknown_threshold,
-                              tiles=_tiles(args, clf.tiles))
-    cm = with_bar(slide.path, lambda bar: backend.classifier_class_map(request, progress=bar))
-    write_class_map_files(cm, slide.path, Path(args.out), args.table, f"tiles classified by {clf.name!r}")
+    with closing(open_backend(args)) as backend:
+        recorded = None
+        if isinstance(backend, LocalBackend):  # check the bundle and load its model up front
+            clf = backend.classifier(args.classifier)
+            announce_random(backend, args.model or clf.model)  # a classifier with its own backbone: that folder
+            recorded = clf.tiles
+        slide = SlideRef(args.slide, args.slide_mpp)
+        request = ClassifyRequest(slide, args.classifier, model=args.model, unknown_threshold=args.unknown_threshold,
+                                  tiles=_tiles(args, recorded))
+        result = with_bar(slide.path, lambda bar: backend.classify(request, progress=bar))
+        write_class_map_files(result, slide.path, Path(args.out), args.table,
+                              f"tiles classified by {result.classifier!r}", overview_for(backend))
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from backend.cli.slide_tasks import DEFAULT_MODEL, add_model_flags, add_tile_flags, make_backend, parse_box, tile_options
+from backend.cli.slide_tasks import DEFAULT_MODEL, add_model_flags, add_tile_flags, open_backend, parse_box, tile_options
 from backend.errors import InputError
 
 
@@ -41,10 +42,12 @@ def _index(args: argparse.Namespace) -> int:
     from backend.api import IndexRequest
     from backend.report import ProgressBar
 
-    missing = [c for c in args.cohort if not Path(c).exists()]
+    missing = [] if args.server else [c for c in args.cohort if not Path(c).exists()]  # a server's: names
     if missing:  # a typo: say so before an empty index is created for it
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"{missing[0]}: no such file or folder{more}")
+    if args.model is None and args.server:
+        args.model = DEFAULT_MODEL
     if args.model is None:  # grow an index with its own model; a new one gets the default
         from backend.index.recorded import recorded_model
 
@@ -60,12 +63,14 @@ def _index(args: argparse.Namespace) -> int:
         else:
             if args.ray_address or args.workers:
                 raise InputError("--ray-address and --workers only apply with --engine ray")
-            info = make_backend(args).build_index(request, progress=bar)
+            with closing(open_backend(args)) as backend:
+                info = backend.build_index(request, progress=bar)
     finally:
         bar.close()
     for path, why in info.failed:
         print(f"histoclip index: skipped {path}: {why}", file=sys.stderr)
-    print(f"{info.index_path}: {info.n_slides} slides, {info.n_vectors} tiles ({info.model_id})")
+    where = f" on {args.server}" if args.server else ""
+    print(f"{info.index_path}: {info.n_slides} slides, {info.n_vectors} tiles ({info.model_id}){where}")
     return 1 if info.failed else 0
 
 
@@ -83,7 +88,7 @@ def _search(args: argparse.Namespace) -> int:
         raise InputError("--box needs --slide: the slide the region is on")
     if args.k < 1:
         raise InputError(f"-k: the number of hits must be at least 1, got {args.k}")
-    if not (Path(args.index) / DB_NAME).is_file():
+    if not args.server and not (Path(args.index) / DB_NAME).is_file():
         raise InputError(f"{args.index}: no cohort index here; build one with: histoclip index COHORT --out {args.index}")
     region = Region.box(*parse_box(args.box)) if args.box else None
     slide = SlideRef(args.slide, args.slide_mpp) if args.slide else None
@@ -92,10 +97,10 @@ def _search(args: argparse.Namespace) -> int:
         args.index, args.model, text=args.text, slide=slide, region=region, k=args.k,
         exclude_query_slide=not args.include_query_slide, tiles=_query_tiles(args),
     )
-    backend = make_backend(args)
     bar = ProgressBar(Path(args.slide).name if args.slide else "query")
     try:
-        result = backend.search(request, progress=bar)
+        with closing(open_backend(args)) as backend:
+            result = backend.search(request, progress=bar)
     finally:
         bar.close()
     rows = [("RANK", "SCORE", "SLIDE", "BOX x,y,w,h", "TILES")]
@@ -126,6 +131,8 @@ def _query_tiles(args: argparse.Namespace) -> Any:
     from backend.index.recorded import index_spec_keys, recorded_tiles
 
     if (args.tile_size is None) != (args.mpp is None):
+        if args.server:
+            raise InputError("--server search: give both --mpp and --tile-size, or neither (the index's)")
         own = recorded_tiles(index_spec_keys(args.index), args.index)
         if args.mpp is None:
             args.mpp = own.mpp or 0.0
@@ -146,13 +153,14 @@ def _search_slides(args: argparse.Namespace) -> int:
         raise InputError(f"--like-slide searches with a whole slide: leave out {', '.join(others)}")
     if args.k < 1:
         raise InputError(f"-k: the number of slides must be at least 1, got {args.k}")
-    if not (Path(args.index) / DB_NAME).is_file():
+    if not args.server and not (Path(args.index) / DB_NAME).is_file():
         raise InputError(f"{args.index}: no cohort index here; build one with: histoclip index COHORT --out {args.index}")
     request = SlideSearchRequest(args.index, SlideRef(args.like_slide, args.slide_mpp), k=args.k, model=args.model,
                                  exclude_query_slide=not args.include_query_slide)
     bar = ProgressBar(Path(args.like_slide).name)
     try:
-        result = make_backend(args).search_slides(request, progress=bar)
+        with closing(open_backend(args)) as backend:
+            result = backend.search_slides(request, progress=bar)
     finally:
         bar.close()
     rows = [("RANK", "SCORE", "SLIDE", "TILES", "PATH")]

@@ -1,7 +1,8 @@
 """``histoclip embed | zero-shot | heatmap | caption | demo``: the per-slide tasks.
 
-Each command is a thin layer over :class:`backend.local.LocalBackend`, the same object the
-napari plugin holds, so the CLI and the GUI compute the same things the same way.
+Each command is a thin layer over a :class:`backend.api.Backend` (:func:`open_backend`): a
+:class:`backend.local.LocalBackend`, the object the napari plugin holds, or with ``--server`` the
+server's :class:`backend.remote.HttpBackend`; the same code writes the same files either way.
 """
 
 from __future__ import annotations
@@ -9,12 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.caption.config import DecodeConfig
 from backend.cli import corpus_caption
 from backend.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from backend import api
+    from backend.local import LocalBackend
+
+#: ``overview(slide)``: the slide's 1024-pixel thumbnail and level-0 (w, h), to draw outputs on.
+Overview = Callable[[str], "tuple[np.ndarray, tuple[int, int]]"]
 
 DEMO_LABELS = ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue", "necrosis", "mucus")
 DEMO_QUERY = "tumor cells with large nuclei"
@@ -50,7 +62,8 @@ def add_tile_flags(p: argparse.ArgumentParser, *, from_index: bool = False) -> N
     p.add_argument("--slide-mpp", type=float, default=None, help=SLIDE_MPP_HELP)
 
 
-def make_backend(args: argparse.Namespace) -> Any:
+def make_backend(args: argparse.Namespace) -> LocalBackend:
+    """The in-process backend of ``--device`` and ``--batch-size`` (after checking the flags)."""
     from backend.local import LocalBackend
 
     if args.batch_size < 1:
@@ -64,6 +77,33 @@ def make_backend(args: argparse.Namespace) -> Any:
 
         quiet_library_bars()
     return LocalBackend(device=args.device, batch_size=args.batch_size)
+
+
+def open_backend(args: argparse.Namespace) -> api.Backend:
+    """The backend a command runs against: the ``--server``'s, else :func:`make_backend`'s."""
+    if args.server:
+        from backend.cli.remote import client
+
+        if args.slide_mpp is not None:
+            from backend.bounds import check_mpp
+
+            check_mpp(args.slide_mpp, "--slide-mpp")
+        return client(args)
+    return make_backend(args)
+
+
+def overview_for(backend: api.Backend) -> Overview:
+    """How outputs over ``backend``'s slides get their thumbnail: the server's for a server
+    (``backend.cli.remote.server_overview``), else the slide file's."""
+    from functools import partial
+
+    from backend.remote import HttpBackend
+
+    if isinstance(backend, HttpBackend):
+        from backend.cli.remote import server_overview
+
+        return partial(server_overview, backend)
+    return corpus_caption.local_overview
 
 
 def _uses_transformers(model: str) -> bool:
@@ -97,9 +137,12 @@ def check_tile_flags(tile_size: int | None, mpp: float | None) -> Any:
     return None if mpp == 0 else check_mpp(mpp, "--mpp")
 
 
-def announce_random(backend: Any, model: str) -> None:
-    """Say so on stdout when ``model`` has random weights (test models)."""
-    if backend.model(model).random_weights:
+def announce_random(backend: api.Backend, model: str) -> None:
+    """Say so on stdout when ``model`` has random weights (test models); loads the model of an
+    in-process backend up front (a server says so in its results)."""
+    from backend.local import LocalBackend
+
+    if isinstance(backend, LocalBackend) and backend.model(model).random_weights:
         print(f"NOTE: model {model!r} has RANDOM weights (for tests): its labels, maps and captions mean nothing.")
 
 
@@ -210,18 +253,24 @@ def add_parsers(sub: Any) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from backend.api import SlideRef
+    with closing(open_backend(args)) as backend:
+        return _embed_with(backend, args)
+
+
+def _embed_with(backend: api.Backend, args: argparse.Namespace) -> int:
+    from backend.api import SlideRef, TileOptions
     from backend.errors import CancelledError, HistoclipError
+    from backend.remote.wire import RemoteError
     from backend.slides import expand_slides
 
-    backend, tiles = make_backend(args), tile_options(args)
+    tiles = tile_options(args) or TileOptions()
     announce_random(backend, args.model)
     failed = 0
-    for path in expand_slides(args.slides):
+    for path in args.slides if args.server else expand_slides(args.slides):  # a server's slides are names
         try:
             slide = SlideRef(path, args.slide_mpp)
             r = with_bar(path, lambda bar: backend.embed_slide(slide, args.model, tiles, progress=bar))
-        except CancelledError:
+        except (CancelledError, RemoteError):  # the server, not this slide: stop
             raise
         except HistoclipError as e:
             print(f"histoclip embed: error: {e}", file=sys.stderr)
@@ -232,7 +281,8 @@ def _embed(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tuple, synonyms: tuple, out: Path) -> Any:
+def _run_zero_shot(backend: api.Backend, args: argparse.Namespace, slide: api.SlideRef, names: tuple[str, ...],
+                   synonyms: tuple[tuple[str, ...], ...], out: Path) -> api.ZeroShotResult:
     from backend.api import ZeroShotRequest
 
     tiles = tile_options(args)
@@ -245,28 +295,27 @@ def _run_zero_shot(backend: Any, args: argparse.Namespace, slide: Any, names: tu
         unknown_threshold=getattr(args, "unknown_threshold", None),
         tiles=tiles,
     )
-    cm = with_bar(slide.path, lambda bar: backend.class_map(request, progress=bar))  # embeds first if needed
-    write_class_map_files(cm, slide.path, out, getattr(args, "table", "csv"), "tiles")
-    return cm
+    result = with_bar(slide.path, lambda bar: backend.zero_shot(request, progress=bar))  # embeds first if needed
+    write_class_map_files(result, slide.path, out, getattr(args, "table", "csv"), "tiles", overview_for(backend))
+    return result
 
 
-def write_class_map_files(cm: Any, slide_path: str, out: Path, table: str, what: str) -> list[Path]:
+def write_class_map_files(result: api.ZeroShotResult, slide_path: str, out: Path, table: str, what: str,
+                          overview: Overview = corpus_caption.local_overview) -> list[Path]:
     """What ``zero-shot`` and ``classify`` write for a class map: ``class_map.png`` over the
-    slide's thumbnail, the tile table (``csv`` or ``parquet``) and ``tiles.geojson``; then a line
-    of class counts (``N <what>: ...``) and the files written, on stdout."""
-    from backend.slides import open_slide
-    from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
+    slide's thumbnail (``overview(slide_path)``), the tile table (``csv`` or ``parquet``) and
+    ``tiles.geojson``; then a line of class counts (``N <what>: ...``) and the files written, on stdout."""
+    from backend.tasks.export import counts, write_geojson, write_overlay_png, write_predictions_table
 
     out.mkdir(parents=True, exist_ok=True)
-    with open_slide(slide_path) as opened:  # for the thumbnail: mpp plays no part
-        thumb, dims = opened.thumbnail(1024), opened.dimensions
+    thumb, dims = overview(slide_path)
     written = [
-        write_overlay_png(cm, out / "class_map.png", thumbnail=thumb, slide_dimensions=dims),
-        write_predictions_table(cm, out / f"tiles.{table}"),
-        write_geojson(cm, out / "tiles.geojson"),
+        write_overlay_png(result, out / "class_map.png", thumbnail=thumb, slide_dimensions=dims),
+        write_predictions_table(result, out / f"tiles.{table}"),
+        write_geojson(result, out / "tiles.geojson"),
     ]
-    counts = ", ".join(f"{k} {v}" for k, v in cm.counts().items())
-    print(f"{Path(slide_path).name}: {len(cm.labels)} {what}: {counts}")
+    shown = ", ".join(f"{k} {v}" for k, v in counts(result).items())
+    print(f"{Path(slide_path).name}: {int((result.class_map > 0).sum())} {what}: {shown}")
     for path in written:
         print(f"  wrote {path}")
     return written
@@ -283,22 +332,21 @@ def _zero_shot(args: argparse.Namespace) -> int:
     from backend.needs import Task, check_before_load
 
     names, synonyms = parse_labels(args.labels, args.labels_file)
-    check_before_load(args.model, Task.ZERO_SHOT)  # an image-only model: before its load
-    backend = make_backend(args)
-    announce_random(backend, args.model)
-    _run_zero_shot(backend, args, SlideRef(args.slide, args.slide_mpp), names, synonyms, Path(args.out))
+    if not args.server:  # a server checks its own models
+        check_before_load(args.model, Task.ZERO_SHOT)  # an image-only model: before its load
+    with closing(open_backend(args)) as backend:
+        announce_random(backend, args.model)
+        _run_zero_shot(backend, args, SlideRef(args.slide, args.slide_mpp), names, synonyms, Path(args.out))
     return 0
 
 
-def _write_heatmap(backend: Any, args: argparse.Namespace, slide: Any, query: str, out: Path) -> Path:
+def _write_heatmap(backend: api.Backend, args: argparse.Namespace, slide: api.SlideRef, query: str, out: Path) -> Path:
     from backend.api import HeatmapRequest
-    from backend.slides import open_slide
     from backend.tasks.render import write_heatmap_png
 
     request = HeatmapRequest(slide, args.model, query, tiles=tile_options(args))
     result = with_bar(slide.path, lambda bar: backend.heatmap(request, progress=bar))  # embeds first if needed
-    with open_slide(slide.path) as opened:  # for the thumbnail: mpp plays no part
-        thumb, dims = opened.thumbnail(1024), opened.dimensions
+    thumb, dims = overview_for(backend)(slide.path)
     path = write_heatmap_png(result.similarity, result.geometry, out, thumbnail=thumb, slide_dimensions=dims, title=query)
     print(f"heatmap of {query!r}: wrote {path}")
     return path
@@ -308,11 +356,12 @@ def _heatmap(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
     from backend.needs import Task, check_before_load
 
-    check_before_load(args.model, Task.HEATMAP)  # an image-only model: before its load
-    backend = make_backend(args)
-    announce_random(backend, args.model)
+    if not args.server:  # a server checks its own models
+        check_before_load(args.model, Task.HEATMAP)  # an image-only model: before its load
     out = Path(args.out) if args.out else Path(f"{Path(args.slide).stem}-heatmap.png")
-    _write_heatmap(backend, args, SlideRef(args.slide, args.slide_mpp), args.query, out)
+    with closing(open_backend(args)) as backend:
+        announce_random(backend, args.model)
+        _write_heatmap(backend, args, SlideRef(args.slide, args.slide_mpp), args.query, out)
     return 0
 
 
@@ -327,24 +376,31 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from backend.api import CaptionRequest, Region, SlideRef
-
-    from backend.report import quiet_library_bars
-
     box = parse_box(args.box)
     corpus_caption.check_source(args)
     if args.corpus is not None:
-        backend = make_backend(args)
-        announce_random(backend, args.model or DEFAULT_MODEL)
-        best = corpus_caption.corpus_caption(backend, args, box)
-        if args.grounding and best.texts:
-            corpus_caption.write_grounding(backend, args, box, best.texts[0], captioner=None,
-                                           model=args.model or DEFAULT_MODEL)
+        with closing(open_backend(args)) as backend:
+            announce_random(backend, args.model or DEFAULT_MODEL)
+            best = corpus_caption.corpus_caption(backend, args, box)
+            if args.grounding and best.texts:
+                corpus_caption.write_grounding(backend, args, box, best.texts[0], captioner=None,
+                                               model=args.model or DEFAULT_MODEL, overview=overview_for(backend))
         return 0
     DecodeConfig(num_beams=args.beams, n_best=args.n_best, max_new_tokens=args.max_tokens)  # before any work
-    backend = make_backend(args)
-    quiet_library_bars()  # the decoder is a transformers model
-    announce_random(backend, args.model or backend.captioner_model(args.captioner))
+    with closing(open_backend(args)) as backend:
+        _caption_with(backend, args, box)
+    return 0
+
+
+def _caption_with(backend: api.Backend, args: argparse.Namespace, box: tuple[float, float, float, float]) -> None:
+    """``caption --captioner``: the n-best captions of ``box``, printed, and their grounding."""
+    from backend.api import CaptionRequest, Region, SlideRef
+    from backend.local import LocalBackend
+    from backend.report import quiet_library_bars
+
+    if isinstance(backend, LocalBackend):
+        quiet_library_bars()  # the decoder is a transformers model
+        announce_random(backend, args.model or backend.captioner_model(args.captioner))
     request = CaptionRequest(
         slide=SlideRef(args.slide, args.slide_mpp),
         regions=(Region.box(*box),),
@@ -359,8 +415,8 @@ def _caption(args: argparse.Namespace) -> int:
     for rank, (text, score) in enumerate(zip(caption.texts, caption.scores), 1):
         print(f"{rank}. {text}  (score {score:.3f})")
     if args.grounding and caption.texts:
-        corpus_caption.write_grounding(backend, args, box, caption.texts[0], captioner=args.captioner, model=args.model)
-    return 0
+        corpus_caption.write_grounding(backend, args, box, caption.texts[0], captioner=args.captioner, model=args.model,
+                                       overview=overview_for(backend))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -172,9 +172,7 @@ class HttpBackend:
               cancel: threading.Event | None) -> Any:
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"{route}: cancelled before it was sent")
-        spec = CALLS.get(route)
-        if spec is None:
-            raise RemoteError(f"{route}: this version of backend.api has no such call (upgrade napari-histoclip)")
+        spec = CALLS[route]
         self._check_version()
         body, media = encode(request)
         r = self._request("POST", f"/v1/calls/{route}", idempotent=spec.idempotent, content=body,
@@ -266,7 +264,7 @@ class HttpBackend:
 
     # --- encoders (not in the Backend interface) ---------------------------------------------
 
-    def _encode(self, kind: str, request: Any) -> Any:
+    def _encode(self, kind: str, request: EncodeTextRequest | EncodeImageRequest) -> EncodeResult:
         self._check_version()
         body, media = encode(request)
         r = self._request("POST", f"/v1/encode/{kind}", content=body, headers={"Content-Type": media})
@@ -328,20 +326,18 @@ class HttpBackend:
                       cancel: threading.Event | None = None) -> api.SlideSearchResult:
         return self._call("search-slides", request, progress, cancel)
 
-    # Classifiers (interfaces item 8): served when backend.api has their request types.
-
-    def refine(self, request: Any, *, progress: api.ProgressCallback | None = None,
+    def refine(self, request: api.RefineRequest, *, progress: api.ProgressCallback | None = None,
                cancel: threading.Event | None = None) -> api.ZeroShotResult:
         return self._call("refine", request, progress, cancel)
 
-    def classify(self, request: Any, *, progress: api.ProgressCallback | None = None,
+    def classify(self, request: api.ClassifyRequest, *, progress: api.ProgressCallback | None = None,
                  cancel: threading.Event | None = None) -> api.ZeroShotResult:
         return self._call("classify", request, progress, cancel)
 
-    def save_classifier(self, request: Any, *, progress: api.ProgressCallback | None = None,
-                        cancel: threading.Event | None = None) -> Any:
+    def save_classifier(self, request: api.SaveClassifierRequest, *, progress: api.ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> api.ClassifierInfo:
         """``request.path`` is a plain name: the bundle goes in the server's first ``--models`` folder."""
         return self._call("save-classifier", request, progress, cancel)
 
-    def search_class(self, request: Any) -> api.SearchResult:
+    def search_class(self, request: api.ClassSearchRequest) -> api.SearchResult:
         return self._call("search-class", request, None, None)

@@ -105,18 +105,12 @@ CALLS: dict[str, Call] = {
         Call("search", "search", api.SearchRequest, api.SearchResult),
         Call("slide-zero-shot", "slide_zero_shot", api.SlideZeroShotRequest, api.SlideZeroShotResult),
         Call("search-slides", "search_slides", api.SlideSearchRequest, api.SlideSearchResult),
+        Call("refine", "refine", api.RefineRequest, api.ZeroShotResult),
+        Call("classify", "classify", api.ClassifyRequest, api.ZeroShotResult),
+        Call("save-classifier", "save_classifier", api.SaveClassifierRequest, api.ClassifierInfo, idempotent=False),
+        Call("search-class", "search_class", api.ClassSearchRequest, api.SearchResult),
     )
 }
-# Classifier calls (interfaces item 8), served when backend.api defines their types: they were
-# written beside this module and meet it at the merge.
-for _route, _method, _request, _result, _idempotent in (
-    ("refine", "refine", "RefineRequest", "ZeroShotResult", True),
-    ("classify", "classify", "ClassifyRequest", "ZeroShotResult", True),
-    ("save-classifier", "save_classifier", "SaveClassifierRequest", "ClassifierInfo", False),
-    ("search-class", "search_class", "ClassSearchRequest", "SearchResult", True),
-):
-    if hasattr(api, _request) and hasattr(api, _result):
-        CALLS[_route] = Call(_route, _method, getattr(api, _request), getattr(api, _result), idempotent=_idempotent)
 
 
 # --- values <-> JSON + arrays --------------------------------------------------------------

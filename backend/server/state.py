@@ -75,11 +75,8 @@ class ServerState:
         self.jobs.close()
         self.batcher.close()
         self.pixels.close()
-        close = getattr(self.backend, "close", None)
-        if close is None:
-            return
         try:
-            close()
+            self.backend.close()
         except Exception as e:  # noqa: BLE001 - the process is ending; say what was not closed
             # LocalBackend keeps index readers opened on worker threads; sqlite refuses to
             # close them from the shutdown thread. The OS releases them as the process exits.

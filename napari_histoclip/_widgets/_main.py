@@ -448,7 +448,7 @@ class HistoclipWidget(QWidget):
         PyQt abort napari, so a failure is logged with its traceback and shown, not raised.
         """
         backend, self._backend = self._backend, None
-        if backend is None or not hasattr(backend, "close"):
+        if backend is None:
             return
         try:
             backend.close()

@@ -61,6 +61,7 @@ def test_classify_overrides_are_checked_alike() -> None:
     """``histoclip classify --mpp/--tile-size`` override a classifier's tiles through the same check."""
     from argparse import Namespace
 
+    from backend.api import TileOptions
     from backend.cli.classifiers import _tiles
     from backend.errors import InputError
 
@@ -70,3 +71,8 @@ def test_classify_overrides_are_checked_alike() -> None:
     with pytest.raises(InputError, match="--tile-size: 100000 pixels is outside the limits 8-4096"):
         _tiles(Namespace(tile_size=100_000, mpp=None), recorded)
     assert _tiles(Namespace(tile_size=None, mpp=0.0), recorded).mpp is None  # 0: level-0 pixels
+    assert _tiles(Namespace(tile_size=None, mpp=None), recorded) is None  # the backend takes the classifier's
+    # A server's classifier is not read here: one flag alone cannot be completed from it.
+    with pytest.raises(InputError, match="--server classify: give both --mpp and --tile-size, or neither"):
+        _tiles(Namespace(tile_size=64, mpp=None), None)
+    assert _tiles(Namespace(tile_size=64, mpp=2.0), None) == TileOptions(tile_size=64, mpp=2.0)

@@ -18,6 +18,7 @@ from backend.embed import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
 from backend.tasks import DEFAULT_TEMPLATES, ClassPrompt, TextFeatureCache, text_heatmap, zero_shot
 from backend.tasks.export import write_geojson, write_overlay_png, write_predictions_table
+from backend.tasks.results import class_map_result
 from backend.tasks.zero_shot import class_text_features, parse_classes
 
 CLASSES = ("tumor", "stroma", "lymphocytes")
@@ -171,7 +172,7 @@ def test_exports_are_written_and_parse(model, labelled, tmp_path: Path) -> None:
     from PIL import Image
 
     emb, truth, cache = labelled
-    cm = zero_shot(emb, CLASSES, model, text_cache=cache, unknown_threshold=0.0)
+    cm = class_map_result(zero_shot(emb, CLASSES, model, text_cache=cache, unknown_threshold=0.0), random_weights=True)
 
     gj = json.loads(write_geojson(cm, tmp_path / "tiles.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 12

@@ -18,9 +18,10 @@ def _hex(rgb) -> str:
 
 
 def _every_class_map(n: int):
-    """A zero-shot ``ClassMap`` (``backend.tasks.zero_shot.classify``) whose tiles are each
+    """A zero-shot class map (``backend.tasks.zero_shot.classify``, as the api result) whose tiles are each
     class's text vector, plus one tile between two classes that falls below the threshold."""
     from backend.embed import SlideEmbeddings
+    from backend.tasks.results import class_map_result
     from backend.tasks.zero_shot import ClassPrompt, classify
 
     text = np.eye(n, 16, dtype=np.float32)
@@ -31,7 +32,8 @@ def _every_class_map(n: int):
                           model_id="m", spec=None, spec_key="t", coords=np.stack([cells[:, 1] * 100, cells[:, 0] * 100], 1),
                           tile_extent=100.0, grid_index=cells, grid_shape=(1, n + 1), vectors=vectors, stride=100.0,
                           origin=(0.0, 0.0), slide_dimensions=((n + 1) * 100, 100))
-    return classify(emb, text, [ClassPrompt(c) for c in CLASSES], 100.0, unknown_threshold=0.6)
+    cm = classify(emb, text, [ClassPrompt(c) for c in CLASSES], 100.0, unknown_threshold=0.6)
+    return class_map_result(cm, random_weights=True)
 
 
 def test_cli_png_and_geojson_colours_are_the_docks_legend(cmu_slide: Path, tmp_path: Path, capsys) -> None:

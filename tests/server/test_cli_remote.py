@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import TILES, Running
 
@@ -28,10 +29,14 @@ def test_remote_zero_shot_heatmap_index_search(token_env: Running, cmu_slide: Pa
     assert main(["--server", url, "zero-shot", cmu_slide.name, "--labels", "tumor;stroma", "--out", str(tmp_path / "z"), *FLAGS]) == 0
     local = LocalBackend(cache_dir=tmp_path / "cache", device="cpu")
     ref = local.zero_shot(api.ZeroShotRequest(api.SlideRef(str(cmu_slide)), "test-tiny", ("tumor", "stroma"), tiles=TILES))
-    assert np.array_equal(np.load(tmp_path / "z" / "class_map.npy"), ref.class_map)
-    assert np.array_equal(np.load(tmp_path / "z" / "probabilities.npy"), ref.probabilities, equal_nan=True)
-    legend = json.loads((tmp_path / "z" / "classes.json").read_text())
-    assert legend["labels"] == ["tumor", "stroma"] and legend["geometry"]["shape"] == list(ref.geometry.shape)
+    # The local command's files (issue 20), from the server's numbers: one row per tissue tile.
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["class_map.png", "tiles.csv", "tiles.geojson"]
+    table = pd.read_csv(tmp_path / "z" / "tiles.csv")
+    cells = np.argwhere(ref.class_map > 0)
+    assert table[["row", "col"]].to_numpy().tolist() == cells.tolist()
+    assert list(table["class"]) == [ref.labels[v - 1] for v in ref.class_map[cells[:, 0], cells[:, 1]]]
+    np.testing.assert_array_equal(table["p_stroma"].to_numpy(np.float32), ref.probabilities[1][cells[:, 0], cells[:, 1]])
+    assert len(json.loads((tmp_path / "z" / "tiles.geojson").read_text())["features"]) == len(cells)
     out = tmp_path / "h.png"
     assert main(["--server", url, "heatmap", cmu_slide.name, "stroma", "--out", str(out), *FLAGS]) == 0
     from PIL import Image
