@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from backend.errors import ModelError, WeightsNotFoundError
@@ -143,7 +143,8 @@ def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_
         else ""
     )
     return (
-        f"{head.format(what=request.what or request.repo_id)}{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
+        f"{head.format(what=request.what or request.repo_id)}{who}needs files from the Hugging Face hub repository "
+        f"{request.repo_id}{at} that are not in "
         f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones.{gated} "
         + _how_to_fix(request.repo_id, request.env_var)
     )
