@@ -100,8 +100,6 @@ def _cached(repo_id: str, filename: str, cache_dir: Path, revision: str | None) 
     return None
 
 
-# The first words of a missing-weights message: the cause and the remedy within 80
-# characters, since the dock shows a message's start as a one-line toast (issue 21, item 9).
 # The first sentence of a missing-weights message, which the dock shows as a toast: the model,
 # the cause and the remedy, within about 80 characters ({what}: the model's name).
 HEAD_OFFLINE = "{what}: not on disk and offline: unset HF_HUB_OFFLINE to download it. "
