@@ -21,6 +21,7 @@ from backend.api import ProgressCallback
 from backend.errors import CancelledError
 from backend.index import faiss_index as fi
 from backend.index import query as q
+
 # IndexClosedError: re-exported, its callers import it from here
 from backend.index.directory import IndexClosedError, IndexDirectory, serialised  # noqa: F401
 from backend.index.records import (

@@ -33,7 +33,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ class MetaStore:
     def n_total(self) -> int:
         """Vector ids used in the current generation (live and retired): the FAISS ``ntotal``."""
         row = self._fetchone("SELECT COALESCE(MAX(id_start + n_tiles), 0) FROM slides")
-        return int(row[0])
+        return 0 if row is None else int(row[0])
 
     def insert_slide(
         self,
@@ -210,13 +210,14 @@ class MetaStore:
     ) -> SlideRecord:
         """Append a live slide version at the end of the id space, inside transaction ``db``."""
         id_start = self.n_total()
-        added_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        added_at = datetime.now(UTC).isoformat(timespec="seconds")
         cur = db.execute(
             "INSERT INTO slides (fingerprint, slide_name, slide_path, spec_key, tile_extent, "
             "id_start, n_tiles, live, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
             (fingerprint, slide_name, slide_path, spec_key, float(tile_extent), id_start, len(vectors), added_at),
         )
-        slide_id = int(cur.lastrowid)
+        assert cur.lastrowid is not None  # an INSERT always sets it
+        slide_id = cur.lastrowid
         db.execute(
             "INSERT INTO slide_data VALUES (?, ?, ?)",
             (

@@ -43,17 +43,18 @@ import hashlib
 import json
 import os
 import shutil
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from backend.atomic import make_temp_dir, recover_dir, replace_dir
 from backend.errors import InputError, ModelError, UnknownModelError, WeightsNotFoundError
+from backend.models import vision_bundle  # tuned timm / transformers vision encoders
+
 # Image-only bundles (a classifier's backbone): re-exported, the bundle format's own part.
 from backend.models.image_only import Towers, image_state, load_image_state, towers_of  # noqa: F401 (re-exported)
-from backend.models import vision_bundle  # tuned timm / transformers vision encoders
 from backend.models.registry import (
     MANIFEST_NAME,
     ModelEntry,
@@ -386,10 +387,11 @@ def save_bundle(
         ``path`` exists and ``overwrite`` is false, ``path`` is a file or a folder that is not
         a bundle, or ``extra`` is not JSON-serialisable.
     """
+    from safetensors.torch import save_model
+
     import backend
     from backend.models.clip import OpenClipModel
     from backend.models.hf_clip import HfClipModel
-    from safetensors.torch import save_model
 
     try:
         towers = Towers(towers)
@@ -421,7 +423,7 @@ def save_bundle(
         "trained_from": trained_from if trained_from is not None else model.model_id,
         "random_weights": model.random_weights if random_weights is None else bool(random_weights),
         "weights": {"file": WEIGHTS_NAME},
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "histoclip_version": backend.__version__,
         "extra": dict(extra or {}),
     }
@@ -436,12 +438,14 @@ def save_bundle(
         if isinstance(model, OpenClipModel):
             manifest["model_config"] = model.model_config
             text = getattr(model.module, "text", None)
-            if model.model_config.get("text_cfg", {}).get("hf_model_name") and hasattr(text, "config"):
+            if model.model_config.get("text_cfg", {}).get("hf_model_name") and text is not None and hasattr(text, "config"):
                 text.config.save_pretrained(tmp / TEXT_CONFIG_DIR)
                 manifest["hf_text_config"] = TEXT_CONFIG_DIR
             if hasattr(model.tokenizer, "save_pretrained") and not image_only:  # open_clip's HFTokenizer
                 model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-                manifest["tokenizer"] = {"type": TokenizerType.HF.value, "context_length": model.context_length, "path": TOKENIZER_DIR}
+                manifest["tokenizer"] = {
+                    "type": TokenizerType.HF.value, "context_length": model.context_length, "path": TOKENIZER_DIR
+                }
         elif isinstance(model, HfClipModel):
             manifest["model_config"] = model.model_config
             manifest["tokenizer"] = {"type": TokenizerType.HF.value, "context_length": model.context_length}

@@ -7,13 +7,17 @@ and preprocessing, and the identity of its weights used in cache keys (``model_i
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend.errors import CapabilityError, InputError
 from backend.models.encoder import Encoder
 from backend.models.registry import ModelEntry, ModelFamily, Preprocessing
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP  # no type information upstream: mypy sees Any
 
 
 class ClipModel(Encoder):
@@ -137,6 +141,7 @@ class OpenClipModel(ClipModel):
     """
 
     family = ModelFamily.OPEN_CLIP
+    module: CLIP
 
     def __init__(self, module: torch.nn.Module, *, model_config: dict[str, Any], tokenizer: Any, **kwargs: Any) -> None:
         super().__init__(module, **kwargs)

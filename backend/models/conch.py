@@ -20,7 +20,7 @@ import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from backend.errors import ModelError
 from backend.models.clip import ClipModel, _check_texts
 from backend.models.registry import ModelEntry, ModelFamily
+
+if TYPE_CHECKING:
+    from conch.open_clip_custom.coca_model import CoCa  # no type information upstream: mypy sees Any
 
 CONCH_CONFIG = "conch_ViT-B-16"
 CONCH_WEIGHTS = ("pytorch_model.bin",)
@@ -50,6 +53,7 @@ class ConchModel(ClipModel):
     """CONCH's CoCa behind the ``ClipModel`` interface; ``tokenizer`` is the package's."""
 
     family = ModelFamily.CONCH
+    module: CoCa
 
     def __init__(self, module: torch.nn.Module, *, tokenizer: Any, **kwargs: Any) -> None:
         super().__init__(module, **kwargs)

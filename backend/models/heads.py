@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -203,7 +203,7 @@ class FusionHead(_Classes):
         return out
 
 
-Head = Union[LinearHead, FusionHead]
+Head = LinearHead | FusionHead
 
 
 def head_tensors(head: Head) -> dict[str, np.ndarray]:

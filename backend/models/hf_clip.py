@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from backend.errors import ModelError
 from backend.models.clip import ClipModel, _check_texts
 from backend.models.manifest import read_json_object
+from backend.models.preprocess_config import Interpolation, ResizeMode
 from backend.models.registry import ModelFamily, Preprocessing
 
 # transformers/PIL resample codes used in preprocessor_config.json
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+_RESAMPLE = {2: Interpolation.BILINEAR, 3: Interpolation.BICUBIC}
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -28,6 +30,9 @@ class HfClipModel(ClipModel):
     """
 
     family = ModelFamily.HF_CLIP
+    # A transformers CLIPModel. transformers types its sub-configs as ``dict | config | None`` and
+    # wraps ``.to``, so typed access to ``config.vision_config.image_size`` fails: kept dynamic.
+    module: Any
 
     def __init__(self, module: torch.nn.Module, *, tokenizer: Any, **kwargs: Any) -> None:
         super().__init__(module, **kwargs)
@@ -80,8 +85,8 @@ def preprocessing_from_hf(processor_config: Path | None, image_size: int) -> Pre
         image_size=image_size,
         mean=tuple(cfg.get("image_mean", Preprocessing().mean)),
         std=tuple(cfg.get("image_std", Preprocessing().std)),
-        interpolation=_RESAMPLE.get(resample, "bicubic"),
-        resize_mode="shortest",  # CLIPImageProcessor: shortest edge, then centre crop
+        interpolation=_RESAMPLE.get(resample, Interpolation.BICUBIC),
+        resize_mode=ResizeMode.SHORTEST,  # CLIPImageProcessor: shortest edge, then centre crop
     )
 
 
@@ -107,7 +112,7 @@ def build_hf_clip(
     tokenizer_dir: Path | None,
     *,
     weights: Path | None,
-) -> tuple[torch.nn.Module, Any]:
+) -> tuple[Any, Any]:
     """A ``CLIPModel`` from a ``CLIPConfig`` dict and a weights file (loaded strictly), plus
     the tokenizer in ``tokenizer_dir`` (None: no tokenizer, for an image-only model). Local
     files only."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from backend.errors import ModelError, WeightsNotFoundError
@@ -100,8 +100,6 @@ def _cached(repo_id: str, filename: str, cache_dir: Path, revision: str | None) 
     return None
 
 
-# The first words of a missing-weights message: the cause and the remedy within 80
-# characters, since the dock shows a message's start as a one-line toast (issue 21, item 9).
 # The first sentence of a missing-weights message, which the dock shows as a toast: the model,
 # the cause and the remedy, within about 80 characters ({what}: the model's name).
 HEAD_OFFLINE = "{what}: not on disk and offline: unset HF_HUB_OFFLINE to download it. "
@@ -143,7 +141,8 @@ def _missing_message(request: HubRequest, missing: list[tuple[str, ...]], cache_
         else ""
     )
     return (
-        f"{head.format(what=request.what or request.repo_id)}{who}needs files from the Hugging Face hub repository {request.repo_id}{at} that are not in "
+        f"{head.format(what=request.what or request.repo_id)}{who}needs files from the Hugging Face hub repository "
+        f"{request.repo_id}{at} that are not in "
         f"the local cache {cache_dir}: {listed}. {why} Weights are never replaced by random ones.{gated} "
         + _how_to_fix(request.repo_id, request.env_var)
     )

@@ -5,9 +5,10 @@ these names); kept apart so that module stays one size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from backend.errors import InputError
 from backend.models.registry import ModelFamily

@@ -9,17 +9,19 @@ module imports neither torch nor open_clip.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from backend.errors import ModelError, UnknownModelError
 
 MANIFEST_NAME = "histoclip.json"
 
 
-def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
+def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a bundle's ``histoclip.json`` (any kind), checking only that it is a JSON object.
 
     Raises
@@ -104,7 +106,7 @@ def describe_bundle(path: str | Path) -> BundleInfo:
     """
     manifest = read_manifest(path)
     kind = manifest.get("kind")
-    if kind not in BUNDLE_KINDS:
+    if not isinstance(kind, str) or kind not in BUNDLE_KINDS:
         raise ModelError(
             f"{Path(path) / MANIFEST_NAME}: bundle kind {kind!r} is not one of {', '.join(BUNDLE_KINDS)}; "
             "upgrade napari-histoclip or check the bundle"

@@ -6,9 +6,10 @@ A registry entry, a bundle manifest and an open_clip config each carry these set
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 # CLIP's own normalisation, which QuiltNet, PLIP and most CLIP fine-tunes keep.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

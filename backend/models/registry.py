@@ -22,11 +22,12 @@ This module imports neither torch nor open_clip: listing and resolving models is
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from backend.errors import CapabilityError, UnknownModelError
 

@@ -26,6 +26,8 @@ from backend.models.registry import ModelEntry, Precision
 if TYPE_CHECKING:
     import torch
 
+    from backend.models.encoder import Encoder
+
 # Share of the free GPU memory a batch's activations may take (the rest: allocator slack,
 # the prefetched batches, other processes).
 MEMORY_FRACTION = 0.6
@@ -66,12 +68,12 @@ class ViTShape:
     mlp_ratio: float = 4.0
 
 
-def vit_shape(model: Any) -> ViTShape:
+def vit_shape(model: Encoder) -> ViTShape:
     """The token count, width and heads of a loaded encoder's image tower, read from its
     modules (the patch-embedding convolution and the first attention layer)."""
     import torch
 
-    module = getattr(model, "module", model)
+    module = model.module
     size = int(model.preprocessing.image_size)
     patch, width = 16, 768
     for m in module.modules():
@@ -99,7 +101,7 @@ def tile_activation_bytes(shape: ViTShape, dtype: torch.dtype | None) -> int:
 
 
 def fit_batch_size(
-    model: Any,
+    model: Encoder,
     requested: int,
     device: torch.device | str | None = None,
     *,
@@ -145,7 +147,7 @@ def measure_cpu_gflops(seconds: float = 0.3, n: int = 512) -> float:
     return 2.0 * n**3 * done / elapsed / 1e9
 
 
-def measure_tiles_per_second(model: Any, *, batch_size: int = 8, batches: int = 2) -> float:
+def measure_tiles_per_second(model: Encoder, *, batch_size: int = 8, batches: int = 2) -> float:
     """Tiles per second of a loaded encoder, measured on random preprocessed tiles (after one
     warm-up batch) on its own device and precision."""
     import torch

@@ -22,20 +22,24 @@ import torch
 
 from backend.errors import ModelError
 from backend.models.encoder import Encoder
+from backend.models.preprocess_config import Interpolation
 from backend.models.registry import ModelEntry, ModelFamily, Pooling, Preprocessing
 
 HF_CONFIG = "config.json"
 TIMM_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_VISION_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 HF_PROCESSOR = "preprocessor_config.json"
-_PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # transformers' PIL resample codes
-_TIMM_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic"}
+_PIL_RESAMPLE = {2: Interpolation.BILINEAR, 3: Interpolation.BICUBIC}  # transformers' PIL resample codes
+_TIMM_INTERPOLATION = {"bilinear": Interpolation.BILINEAR, "bicubic": Interpolation.BICUBIC}
 
 
 class TimmEncoder(Encoder):
     """A timm image model; ``pooling`` is the model card's rule (see ``Pooling``)."""
 
     family = ModelFamily.TIMM
+    # Any timm architecture: create_model returns an nn.Module whose attributes (num_features,
+    # forward_features, num_prefix_tokens) depend on the architecture.
+    module: Any
 
     def __init__(self, module: torch.nn.Module, *, pooling: Pooling, **kwargs: Any) -> None:
         super().__init__(module, **kwargs)
@@ -49,6 +53,7 @@ class HfVisionEncoder(Encoder):
     """A transformers vision model (``AutoModel``); ``pooling`` is the model card's rule."""
 
     family = ModelFamily.HF_VISION
+    module: Any  # any transformers AutoModel: its config's fields depend on the architecture
 
     def __init__(self, module: torch.nn.Module, *, pooling: Pooling, **kwargs: Any) -> None:
         super().__init__(module, **kwargs)
@@ -72,7 +77,7 @@ def _pool_tokens(tokens: torch.Tensor, prefix: int, pooling: Pooling) -> torch.T
     raise ModelError(f"pooling {pooling.value!r} is not a token pooling")
 
 
-def timm_pool(module: torch.nn.Module, pixels: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+def timm_pool(module: Any, pixels: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """A timm model's embedding of preprocessed pixels under ``pooling``."""
     if pooling is Pooling.HEAD:
         out = module(pixels)
@@ -117,7 +122,7 @@ def resolve_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_timm(entry: ModelEntry, folder: Path | None, weights: Path | None) -> torch.nn.Module:
+def build_timm(entry: ModelEntry, folder: Path | None, weights: Path | None) -> Any:
     """``timm.create_model`` with the entry's card kwargs and pretrained weights.
 
     ``folder``: a repository's files (``config.json`` + weights), built as timm builds
@@ -168,7 +173,7 @@ def timm_preprocessing(module: torch.nn.Module) -> Preprocessing:
         image_size=int(size[-1]),
         mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        interpolation=_TIMM_INTERPOLATION.get(str(cfg.get("interpolation", "bicubic")), "bicubic"),
+        interpolation=_TIMM_INTERPOLATION.get(str(cfg.get("interpolation", "bicubic")), Interpolation.BICUBIC),
         crop_pct=float(cfg.get("crop_pct", 1.0) or 1.0),
     )
 
@@ -224,12 +229,12 @@ def hf_vision_preprocessing(processor_config: Path | None, image_size: int) -> P
         image_size=crop,
         mean=tuple(cfg.get("image_mean", (0.485, 0.456, 0.406))),
         std=tuple(cfg.get("image_std", (0.229, 0.224, 0.225))),
-        interpolation=_PIL_RESAMPLE.get(cfg.get("resample", 3), "bicubic"),
-        crop_pct=min(1.0, crop / float(edge)),
+        interpolation=_PIL_RESAMPLE.get(cfg.get("resample", 3), Interpolation.BICUBIC),
+        crop_pct=min(1.0, crop / float(edge if edge is not None else crop)),
     )
 
 
-def build_hf_vision(entry: ModelEntry, folder: Path) -> torch.nn.Module:
+def build_hf_vision(entry: ModelEntry, folder: Path) -> Any:
     """``AutoModel.from_pretrained`` on a local folder, refusing any weight left unloaded."""
     from transformers import AutoModel
 

@@ -14,29 +14,32 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from backend.models.registry import ModelEntry, ModelFamily
 
 if TYPE_CHECKING:
     import torch
 
+    from backend.models.encoder import Encoder
+    from backend.models.vision import HfVisionEncoder, TimmEncoder
+
 VISION_FAMILIES = (ModelFamily.TIMM, ModelFamily.HF_VISION)
 BASE_MODEL = "base_model"  # manifest field: the registry name of the encoder the weights were tuned from
 
 
-def is_vision_encoder(model: Any) -> bool:
+def is_vision_encoder(model: Encoder) -> TypeGuard[TimmEncoder | HfVisionEncoder]:
     """True for a timm or transformers-vision encoder (saved by :func:`save_vision_weights`)."""
     return getattr(model, "family", None) in VISION_FAMILIES
 
 
-def vision_manifest(model: Any) -> dict[str, Any]:
+def vision_manifest(model: TimmEncoder | HfVisionEncoder) -> dict[str, Any]:
     """The manifest fields of a vision encoder's bundle beyond the common ones."""
     return {"model_config": None, "tokenizer": None, BASE_MODEL: model.entry.name,
             "pooling": model.pooling.value}
 
 
-def save_vision_weights(model: Any, file: Path) -> None:
+def save_vision_weights(model: Encoder, file: Path) -> None:
     """Write the encoder's whole state dict (CPU, contiguous, unshared) as safetensors at ``file``."""
     from safetensors.torch import save_file
 

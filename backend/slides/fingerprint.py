@@ -28,8 +28,9 @@ def slide_fingerprint(path: str | Path, *, full_hash_limit: int = FULL_HASH_LIMI
     Parameters
     ----------
     path
-        The slide file, or a DICOM WSI folder (its ``.dcm`` files are hashed). For folder formats (MRXS, VMS/VMU) the companion data files are
-        hashed too, by their names relative to the slide and their contents.
+        The slide file, or a DICOM WSI folder (its ``.dcm`` files are hashed). For folder formats
+        (MRXS, VMS/VMU) the companion data files are hashed too, by their names relative to the
+        slide and their contents.
     full_hash_limit
         Files of at most this many bytes are hashed whole; larger ones are sampled.
 

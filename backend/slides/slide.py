@@ -107,7 +107,11 @@ def _open_folder(path: Path) -> SlideReader:
         if mirax.is_file()
         else "open the slide file inside it (e.g. the .mrxs), or a folder of DICOM WSI (.dcm) files"
     )
-    what = "is a folder, not a slide file, although it is named like one" if named_like else "is a folder with no DICOM (.dcm) files"
+    what = (
+        "is a folder, not a slide file, although it is named like one"
+        if named_like
+        else "is a folder with no DICOM (.dcm) files"
+    )
     raise UnsupportedSlideError(path, f"{what}; {hint}")
 
 

@@ -1,7 +1,10 @@
-"""Tasks over cached slide embeddings: zero-shot class maps, text heatmaps, and exports.
+"""Tasks over cached slide embeddings: zero-shot and classifier class maps, refine, text
+heatmaps, grounding, slide-level answers, and the files they are exported to.
 
-Nothing here reads pixels or imports torch: tasks take :class:`backend.embed.SlideEmbeddings`
-and a loaded model (for its text encoder), and return frozen dataclasses of numpy arrays.
+The tasks take :class:`backend.embed.SlideEmbeddings` and a loaded model (for its text encoder)
+and return frozen dataclasses of numpy arrays; they never embed tiles. Only the exporters read
+pixels: :mod:`backend.tasks.render` and :mod:`backend.tasks.export` draw over the slide's
+thumbnail and cut hit tiles for contact sheets.
 """
 
 from __future__ import annotations

@@ -15,9 +15,12 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from backend.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 TokenCounter = Callable[[str], int]
 
@@ -65,7 +68,7 @@ def read_corpus(path: str | os.PathLike[str], text_column: str = "text") -> list
     return [e.text for e in read_corpus_entries(path, text_column)]
 
 
-def token_counter(model: Any) -> TokenCounter:
+def token_counter(model: Encoder) -> TokenCounter:
     """Count tokens of a text (start/end included) with ``model``'s own tokenizer, untruncated.
 
     Knows open_clip's ``SimpleTokenizer`` and ``HFTokenizer`` and transformers tokenizers

@@ -80,12 +80,14 @@ def test_training_quiets_library_bars_for_the_pipelines_that_run_transformers(mo
     assert called == [True]
 
 
-#: STYLE.md: "Modules under ~500 lines; split by responsibility, not by size alone."
-MAX_MODULE_LINES = 500
+#: STYLE.md: "Modules under ~500 lines; split by responsibility, not by size alone." That is a
+#: guideline (issue 20): a module a little over it is split when its responsibilities part, not to
+#: get under a number. This ceiling only catches a module that has clearly grown into several.
+MODULE_LINES_CEILING = 700
 
 
-def test_modules_stay_under_the_size_limit() -> None:
-    """No module of the three packages is longer than STYLE.md's limit."""
+def test_no_module_has_grown_far_past_the_size_guideline() -> None:
+    """No module of the three packages is far past STYLE.md's ~500-line guideline."""
     lines = {str(p.relative_to(ROOT)): len(text.splitlines()) for p, text in _sources().items()}
-    over = {path: n for path, n in lines.items() if n > MAX_MODULE_LINES}
-    assert over == {}, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility, STYLE.md): {over}"
+    over = {path: n for path, n in lines.items() if n > MODULE_LINES_CEILING}
+    assert over == {}, f"modules over {MODULE_LINES_CEILING} lines (split them by responsibility, STYLE.md): {over}"

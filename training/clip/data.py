@@ -86,8 +86,8 @@ def load_rows(
     if p.is_dir():
         data = load_class_folders(p)
         listing = "\n".join(f"{q.relative_to(p)}\0{q.stat().st_size}" for q in data.paths)
-        captions = tuple(caption_template.format(data.class_names[c].replace("_", " ")) for c in data.labels)
-        return Rows(str(p), data.paths, captions, data.labels, data.class_names,
+        class_captions = tuple(caption_template.format(data.class_names[c].replace("_", " ")) for c in data.labels)
+        return Rows(str(p), data.paths, class_captions, data.labels, data.class_names,
                     sha256=hashlib.sha256(listing.encode()).hexdigest())
     df = read_table(p, [image_column])
     if len(df) == 0:
@@ -99,7 +99,8 @@ def load_rows(
         bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
         if bad:
             raise InputError(f"{p}: row {bad[0]}: {caption_column} must be non-empty text, got {captions[bad[0]]!r}")
-    classes, names = None, ()
+    classes: tuple[int, ...] | None = None
+    names: tuple[str, ...] = ()
     if label_column is not None:
         if label_column not in df.columns:
             raise InputError(f"{p}: no label column {label_column!r} (columns: {', '.join(map(str, df.columns))})")

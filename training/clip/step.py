@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, overload
 
 import torch
 
 from training.clip.losses import Features
+from training.common.run import gradient_sync
 
 
 @dataclass
@@ -43,6 +44,12 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+@overload
+def gather(x: torch.Tensor) -> torch.Tensor: ...
+@overload
+def gather(x: None) -> None: ...
+@overload
+def gather(x: torch.Tensor | None) -> torch.Tensor | None: ...
 def gather(x: torch.Tensor | None) -> torch.Tensor | None:
     """All ranks' ``x`` concatenated in rank order, keeping the gradient path to the local part."""
     if x is None or not _distributed():
@@ -53,7 +60,7 @@ def gather(x: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def gather_features(f: Features) -> Features:
-    return Features(*(gather(getattr(f, k)) for k in ("image", "text", "target", "classes", "hard_negative")))
+    return Features(gather(f.image), gather(f.text), gather(f.target), gather(f.classes), gather(f.hard_negative))
 
 
 def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
@@ -95,12 +102,13 @@ def accumulated_backward(
     loss = torch.zeros(())
     for j, mb in enumerate(micro):
         sync = j == len(micro) - 1 or not ddp
-        with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+        with gradient_sync(net, sync):
             with autocast():
                 fresh = _features(net(mb.pixels, mb.tokens, mb.hard_negative), mb)
             parts = [fresh if k == j else c for k, c in enumerate(cached)]
-            total = Features(*(_cat([getattr(p, k) for p in parts])
-                               for k in ("image", "text", "target", "classes", "hard_negative")))
+            total = Features(torch.cat([p.image for p in parts]), _cat([p.text for p in parts]),
+                             _cat([p.target for p in parts]), _cat([p.classes for p in parts]),
+                             _cat([p.hard_negative for p in parts]))
             loss = loss_fn(gather_features(total), j == len(micro) - 1)
             scale(loss).backward()
         cached[j] = replace(fresh, image=fresh.image.detach(),

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,14 +29,27 @@ from backend.atomic import atomic_write_text
 from backend.errors import CancelledError, InputError
 from training.clip.augment import AugmentConfig
 from training.clip.config import RUN_FIELDS, ClipTrainConfig, StopMetric
-from training.clip.data import Rows, RowDataset, collate, load_rows
+from training.clip.data import RowDataset, Rows, collate, load_rows
 from training.clip.losses import IN_BATCH_NEGATIVES, NEEDS_CLASS, NEEDS_PAIR_LABEL, NEEDS_TEXT, LossKind, TrainingLoss
 from training.clip.sampler import shard_batch, unique_batches
-from training.clip.stream import Stream, is_stream, next_group, round_robin
 from training.clip.step import MicroBatch, accumulated_backward
+from training.clip.stream import Stream, is_stream, next_group, round_robin
 from training.clip.tuning import ClipNet, Tower, TuningConfig, lock_tower, merged_model, set_grad_checkpointing, setup_tuning
-from training.common.run import (Dist, EarlyStopping, autocast, distributed, load_checkpoint, optimization,
-                                 optimizer_step, prepare_run_dir, save_checkpoint, wrap_ddp)
+from training.common.run import (
+    Dist,
+    EarlyStopping,
+    autocast,
+    distributed,
+    load_checkpoint,
+    optimization,
+    optimizer_step,
+    prepare_run_dir,
+    save_checkpoint,
+    wrap_ddp,
+)
+
+if TYPE_CHECKING:
+    from backend.models.clip import ClipModel
 
 MODEL_DIR = "model"
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -107,7 +120,7 @@ def epoch_batches(rows: Rows, config: ClipTrainConfig, world: int, epoch: int) -
     return batches
 
 
-def _micro(model: Any, batch: dict[str, Any], device: torch.device) -> MicroBatch:
+def _micro(model: ClipModel, batch: dict[str, Any], device: torch.device) -> MicroBatch:
     tokens = model.tokenize(batch["captions"]).to(device) if "captions" in batch else None
     get = lambda k: batch[k].to(device) if k in batch else None  # noqa: E731
     return MicroBatch(batch["pixels"].to(device), tokens, get("classes"), get("targets"), get("hard_negative"))
@@ -117,7 +130,7 @@ def _augment_config(config: ClipTrainConfig, enabled: bool) -> AugmentConfig:
     return AugmentConfig(enabled=enabled, colour=config.colour_jitter, strength=config.jitter_strength)
 
 
-def _loader(rows: Rows, model: Any, config: ClipTrainConfig, batches: list[list[int]], epoch: int,
+def _loader(rows: Rows, model: ClipModel, config: ClipTrainConfig, batches: list[list[int]], epoch: int,
             augment: bool, workers: int) -> torch.utils.data.DataLoader:
     ds = RowDataset(rows, model.preprocessing, _augment_config(config, augment), config.seed)
     ds.epoch = epoch
@@ -135,7 +148,7 @@ def _stream(config: ClipTrainConfig) -> Stream:
 
 
 @torch.no_grad()
-def validation_loss(core: ClipNet, model: Any, rows: Rows, config: ClipTrainConfig, device: torch.device) -> float:
+def validation_loss(core: ClipNet, model: ClipModel, rows: Rows, config: ClipTrainConfig, device: torch.device) -> float:
     """Mean loss over the validation rows in batches of ``batch_size`` (no augmentation)."""
     was = core.training
     core.eval()
@@ -156,7 +169,7 @@ def validation_loss(core: ClipNet, model: Any, rows: Rows, config: ClipTrainConf
     return float(np.mean(losses))
 
 
-def zeroshot_balanced_accuracy(model: Any, config: ClipTrainConfig) -> float:
+def zeroshot_balanced_accuracy(model: ClipModel, config: ClipTrainConfig) -> float:
     from training.evaluation.data import load_class_folders, load_class_spec
     from training.evaluation.features import image_features
     from training.evaluation.metrics import classification_metrics
@@ -172,7 +185,7 @@ def zeroshot_balanced_accuracy(model: Any, config: ClipTrainConfig) -> float:
     return float(m["balanced_accuracy"])  # type: ignore[arg-type]
 
 
-def _training_card(config: ClipTrainConfig, model: Any, train_rows: Rows, val_rows: Rows | None, state: TrainState,
+def _training_card(config: ClipTrainConfig, model: ClipModel, train_rows: Rows, val_rows: Rows | None, state: TrainState,
                    world: int) -> dict[str, Any]:
     best = [h for h in state.history if h.get("best")]
     return {

@@ -19,13 +19,16 @@ import copy
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from backend.errors import InputError
 from backend.models.registry import ModelFamily
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 
 class TuningMode(StrEnum):
@@ -92,7 +95,7 @@ class TuningConfig:
             raise InputError(f"lora_rank: must be >= 1, got {self.lora_rank}")
 
 
-def _family(model: Any) -> ModelFamily:
+def _family(model: Encoder) -> ModelFamily:
     return ModelFamily(model.family)
 
 
@@ -119,7 +122,7 @@ def _blocks(module: nn.Module, path: str) -> nn.ModuleList:
     return blocks  # type: ignore[return-value]
 
 
-def lock_tower(model: Any, tower: Tower, unlocked_layers: int) -> None:
+def lock_tower(model: Encoder, tower: Tower, unlocked_layers: int) -> None:
     """Freeze ``tower`` of ``model.module`` except its last ``unlocked_layers`` blocks (+ head)."""
     family = _family(model)
     names = TOWERS[family][tower]
@@ -134,7 +137,7 @@ def lock_tower(model: Any, tower: Tower, unlocked_layers: int) -> None:
             p.requires_grad_(unlocked_layers > 0 and (_in(name, unlocked) or _in(name, names.head)))
 
 
-def apply_lora(model: Any, config: TuningConfig) -> Any:
+def apply_lora(model: Encoder, config: TuningConfig) -> Any:
     """Put peft LoRA adapters on ``model.module`` in place; returns the peft model (for merging)."""
     from peft import LoraConfig, get_peft_model
 
@@ -154,12 +157,13 @@ def apply_lora(model: Any, config: TuningConfig) -> Any:
         present = sorted({n.rsplit(".", 1)[-1] for n, m in model.module.named_modules() if isinstance(m, nn.Linear)})
         raise InputError(f"lora targets {list(targets)} match no module of the {config.lora_tower} tower(s); "
                          f"linear layers present: {present}")
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=pattern, bias="none")
+    # peft annotates lora_alpha as int, but only divides by it (scaling = alpha / r): a float is kept exact
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
+                      lora_dropout=config.lora_dropout, target_modules=pattern, bias="none")
     return get_peft_model(model.module, lora)
 
 
-def setup_tuning(model: Any, config: TuningConfig, *, train_logit_scale: bool) -> Any:
+def setup_tuning(model: Encoder, config: TuningConfig, *, train_logit_scale: bool) -> Any:
     """Set what trains on ``model.module`` (in place); returns the peft model for LoRA, else None."""
     module = model.module
     for p in module.parameters():
@@ -186,7 +190,7 @@ def trainable_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
 
 
-def merged_model(model: Any, peft_model: Any) -> Any:
+def merged_model(model: Encoder, peft_model: Any) -> Any:
     """A copy of ``model`` whose module has the LoRA adapters merged (the original keeps training)."""
     out = copy.copy(model)
     if peft_model is None:
@@ -195,9 +199,9 @@ def merged_model(model: Any, peft_model: Any) -> Any:
     return out
 
 
-def set_grad_checkpointing(model: Any, enable: bool = True) -> None:
+def set_grad_checkpointing(model: Encoder, enable: bool = True) -> None:
     """Recompute block activations in backward (less memory, ~30 % more compute)."""
-    module = model.module
+    module: Any = model.module  # the family's own network: which switch it has depends on the family
     if hasattr(module, "set_grad_checkpointing"):  # open_clip
         module.set_grad_checkpointing(enable)
     elif hasattr(module, "gradient_checkpointing_enable"):  # transformers
@@ -213,9 +217,10 @@ class ClipNet(nn.Module):
     """Forward of both towers with gradient, for DDP: ``(pixels, tokens) -> (image, text)``
     unit-norm features (either may be None). Holds the loss so its parameters sync too."""
 
-    def __init__(self, model: Any, loss: nn.Module) -> None:
+    def __init__(self, model: Encoder, loss: nn.Module) -> None:
         super().__init__()
-        self.clip = model.module
+        # the family's own network (open_clip, transformers, CONCH, timm): called per family below
+        self.clip: Any = model.module
         self.loss = loss
         self.family = _family(model)
         # an image-only encoder (timm, transformers vision: a CLIP-IT student) is run through
@@ -241,7 +246,7 @@ class ClipNet(nn.Module):
         return nn.functional.normalize(out.float(), dim=-1)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor | None = None,
-                extra_pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                extra_pixels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         n = len(pixels)
         all_pixels = pixels if extra_pixels is None else torch.cat([pixels, extra_pixels])
         img = self.encode_image(all_pixels)

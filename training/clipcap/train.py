@@ -20,9 +20,9 @@ the gloo backend on CPU.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,8 +38,21 @@ from backend.caption.model import decoder_width, load_decoder, load_tokenizer
 from backend.errors import CancelledError, InputError
 from training.clipcap.data import CaptionSet, collate, epoch_batches, iter_eval_batches, load_caption_set
 from training.clipcap.encode import EmbeddingStore
-from training.common.run import (CHECKPOINT, Dist, EarlyStopping, Precision, autocast, distributed, load_checkpoint,
-                                 optimization, optimizer_step, prepare_run_dir, save_checkpoint, wrap_ddp)
+from training.common.run import (
+    CHECKPOINT,
+    Dist,
+    EarlyStopping,
+    Precision,
+    autocast,
+    distributed,
+    gradient_sync,
+    load_checkpoint,
+    optimization,
+    optimizer_step,
+    prepare_run_dir,
+    save_checkpoint,
+    wrap_ddp,
+)
 from training.common.settings import RunSettings
 
 __all__ = ["CAPTIONER_DIR", "CHECKPOINT", "Precision", "TrainConfig", "TrainResult", "TrainState", "build_model",
@@ -205,10 +218,12 @@ def _train(config: TrainConfig, dist: Dist, progress: Callable[[Progress], None]
     store = EmbeddingStore(config.embeddings)
     model, tokenizer = build_model(config, store.embed_dim)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    load = dict(image_column=config.image_column, caption_column=config.caption_column,
-                max_tokens=config.max_caption_tokens)
-    train_set = load_caption_set(config.train, store, tokenizer, **load)
-    val_set = load_caption_set(config.val, store, tokenizer, **load) if config.val else None
+    def load(table: str | os.PathLike[str]) -> CaptionSet:
+        return load_caption_set(table, store, tokenizer, image_column=config.image_column,
+                                caption_column=config.caption_column, max_tokens=config.max_caption_tokens)
+
+    train_set = load(config.train)
+    val_set = load(config.val) if config.val else None
     if val_set is not None and len(val_set) == 0:
         raise InputError(f"{config.val}: the validation split is empty; give a non-empty one or none")
     if len(train_set) < dist.world_size:
@@ -251,7 +266,7 @@ def _train(config: TrainConfig, dist: Dist, progress: Callable[[Progress], None]
             for j, rows in enumerate(group):
                 b = collate(train_set, rows, pad_id).to(device)
                 sync = j == len(group) - 1 or not dist.active
-                with contextlib.nullcontext() if sync else net.no_sync():  # all-reduce once per step
+                with gradient_sync(net, sync):  # all-reduce once per step
                     with autocast(device, config.precision):
                         result = net(b.embeddings, b.input_ids, b.attention_mask)
                     scaler.scale(result.loss / len(group)).backward()

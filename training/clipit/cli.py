@@ -53,17 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from backend.atomic import atomic_write_text
     from backend.errors import InputError
-    from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
+    from backend.needs import Task, check_before_load
     from backend.paths import cache_root
+    from backend.report import ProgressBar, random_weights_note
     from training.clipit.pair import PairConfig, pair_images, pairing_report, pairs_table, write_histogram
     from training.clipit.passages import read_corpus, split_corpus, token_counter
     from training.data.tables import write_table
     from training.evaluation.data import load_labelled
     from training.evaluation.features import image_features, text_features
     from training.evaluation.results import hash_files
-
-    from backend.needs import Task, check_before_load
 
     config = PairConfig(k=args.k, floor=args.floor)  # bad k / floor fail before any loading
     check_before_load(args.model, Task.TEXT_EMBED)  # pairing compares images with passages: a vision-language model

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from backend.api import Progress
 from backend.atomic import atomic_write_text
 from training.clipit.config import ClipitConfig, HeadKind, Tuning
@@ -123,12 +122,10 @@ def _check_text_model(config: ClipitConfig, text_model: str) -> None:
     """The passages and the teacher need a model that embeds text; the student may be any
     encoder (an image-only one needs ``--text-model``; tuned, it is saved as an image-only bundle
     of its family, see ``backend.models.vision_bundle``)."""
-    from backend.errors import CapabilityError
-    from backend.needs import Task, check_before_load
-
-    from backend.errors import InputError, ModelError
+    from backend.errors import CapabilityError, InputError, ModelError
     from backend.models.registry import ModelFamily, resolve_model
     from backend.models.vision_bundle import VISION_FAMILIES
+    from backend.needs import Task, check_before_load
     from training.clip.tuning import TOWERS
 
     try:

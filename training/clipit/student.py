@@ -11,7 +11,7 @@ gradient. With the late-fusion head, ``logits = (1 - alpha) * head(x) + alpha * 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from torch import nn
 from backend.models.registry import ModelFamily
 from training.clip.tuning import TOWERS, ClipNet, Tower, TuningConfig, TuningMode, lock_tower, setup_tuning
 from training.clipit.config import ClipitConfig, HeadKind, Tuning
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ class Student(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def set_tuning(model: Any, config: ClipitConfig) -> Any:
+def set_tuning(model: Encoder, config: ClipitConfig) -> Any:
     """What of ``model``'s image tower trains (its text tower never does); returns the peft model for LoRA."""
     if config.tuning is Tuning.FROZEN:
         model.module.requires_grad_(False)
@@ -105,7 +108,7 @@ def set_tuning(model: Any, config: ClipitConfig) -> Any:
     return None
 
 
-def build_student(model: Any, config: ClipitConfig, text_dim: int, n_classes: int,
+def build_student(model: Encoder, config: ClipitConfig, text_dim: int, n_classes: int,
                   teacher: nn.Module | None) -> tuple[Student, Any]:
     """The student over ``model`` (changed in place by LoRA), seeded by ``config.seed`` so the
     baseline and the CLIP-IT student start from the same weights. Returns it and the peft model."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,8 +22,11 @@ from backend.atomic import atomic_path
 from backend.errors import InputError
 from training.clipit.data import Pairs
 
+if TYPE_CHECKING:
+    from backend.models.clip import ClipModel
 
-def check_context(model: Any, pairs: Pairs) -> None:
+
+def check_context(model: ClipModel, pairs: Pairs) -> None:
     """Raise when a passage has more tokens than ``model``'s text context (it would be truncated)."""
     from training.clipit.passages import token_counter
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,8 +29,20 @@ from training.clip.sampler import shard_batch
 from training.clipit.config import RUN_FIELDS, ClipitConfig
 from training.clipit.data import ImageSet, PatchDataset, per_image
 from training.clipit.student import Student, clipit_loss
-from training.common.run import (Dist, EarlyStopping, autocast, load_checkpoint, optimization, optimizer_step,
-                                 prepare_run_dir, save_checkpoint, wrap_ddp)
+from training.common.run import (
+    Dist,
+    EarlyStopping,
+    autocast,
+    load_checkpoint,
+    optimization,
+    optimizer_step,
+    prepare_run_dir,
+    save_checkpoint,
+    wrap_ddp,
+)
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 BEST = "best.pt"
 
@@ -82,7 +94,7 @@ def epoch_batches(n_items: int, batch_size: int, world: int, seed: int, epoch: i
     return batches
 
 
-def _loader(data: ImageSet, student_model: Any, batches: list[list[int]], *, augment: bool, seed: int, epoch: int,
+def _loader(data: ImageSet, student_model: Encoder, batches: list[list[int]], *, augment: bool, seed: int, epoch: int,
             workers: int) -> torch.utils.data.DataLoader:
     ds = PatchDataset(data, student_model.preprocessing, AugmentConfig(enabled=augment), seed)
     ds.epoch = epoch
@@ -93,7 +105,7 @@ def _loader(data: ImageSet, student_model: Any, batches: list[list[int]], *, aug
 
 
 @torch.no_grad()
-def predict(student: Student, model: Any, data: ImageSet, *, batch_size: int, device: torch.device,
+def predict(student: Student, model: Encoder, data: ImageSet, *, batch_size: int, device: torch.device,
             precision: Any, workers: int = 0) -> np.ndarray:
     """(N_images, C) class probabilities per image: the mean of its patches' softmax."""
     was = student.training
@@ -132,7 +144,7 @@ class ArmResult:
     test: dict[str, Any] | None
 
 
-def train_arm(name: str, config: ClipitConfig, student: Student, model: Any, train: ImageSet, val: ImageSet,
+def train_arm(name: str, config: ClipitConfig, student: Student, model: Encoder, train: ImageSet, val: ImageSet,
               test: ImageSet | None, targets: TextTargets, out: Path, dist: Dist, *,
               progress: Callable[[Progress], None] | None = None, cancel: threading.Event | None = None) -> ArmResult:
     """Train ``student`` (built by ``build_student``) for ``config.epochs`` and score its best epoch.

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=0,
                    help="also checkpoint every N steps (default: epoch ends and on cancel only)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out exactly")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of initialisation, data order and augmentation (default: %(default)s)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps (default: auto; torchrun: one GPU per process)")
     t.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="run folder")

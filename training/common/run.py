@@ -97,6 +97,16 @@ def wrap_ddp(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
 
+def gradient_sync(net: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """Where a DDP ``net`` all-reduces gradients: always when ``sync``, else not (the micro-batches
+    before a step's last); a plain module never syncs, so this is a no-op for it."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync or not isinstance(net, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()
+
+
 def amp_dtype(device: torch.device, precision: Precision) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``; None means fp32 (no autocast)."""
     if precision is Precision.AUTO:

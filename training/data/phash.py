@@ -16,8 +16,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 from backend.errors import InputError
 from training.data.images import open_image
@@ -71,7 +75,7 @@ class Fingerprints:
         return int(self.hashes.shape[0])
 
 
-def _thumbnail(image: object) -> tuple[np.ndarray, np.ndarray]:
+def _thumbnail(image: np.ndarray | PILImage) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     if isinstance(image, np.ndarray):
@@ -90,7 +94,7 @@ def _phash_of_thumbnail(grey: np.ndarray) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def phash(image: object) -> int:
+def phash(image: np.ndarray | PILImage) -> int:
     """64-bit DCT perceptual hash of an image.
 
     The image is reduced to a 32x32 grayscale thumbnail; bit i is set where the i-th of the 8x8
@@ -110,7 +114,7 @@ def phash(image: object) -> int:
     return _phash_of_thumbnail(_thumbnail(image)[0])
 
 
-def fingerprint(image: object) -> tuple[int, float, np.ndarray]:
+def fingerprint(image: np.ndarray | PILImage) -> tuple[int, float, np.ndarray]:
     """(pHash, thumbnail contrast, mean RGB) of a PIL image or uint8 array."""
     grey, mean = _thumbnail(image)
     return _phash_of_thumbnail(grey), float(grey.std()), mean

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.atomic import atomic_path
+
 # read_table and require_columns live in the backend (its corpus reader uses them): one implementation
 from backend.tables import read_table, require_columns
 

@@ -155,9 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.evaluation.knn import KnnConfig
 
         knn_config = KnnConfig(k=args.k, weights=args.weights)  # bad --k fails before the model loads
-    from backend.report import ProgressBar, random_weights_note
     from backend.models import load_model
     from backend.paths import cache_root
+    from backend.report import ProgressBar, random_weights_note
     from training.evaluation import tasks
     from training.evaluation.data import load_class_spec, load_labelled
     from training.evaluation.results import write_result
@@ -228,9 +228,9 @@ def _slide_zeroshot(args: argparse.Namespace) -> int:
     from backend.local import LocalBackend
     from backend.report import ProgressBar, random_weights_note
     from training.evaluation.data import load_class_spec
-    from training.evaluation.tasks import write_confusion_png
     from training.evaluation.results import write_result
     from training.evaluation.slide_zeroshot import load_slide_labels, run_slide_zeroshot
+    from training.evaluation.tasks import write_confusion_png
 
     data = load_slide_labels(args.slides, label_column=args.label_column)
     spec = load_class_spec(args.classes, data.class_names, args.templates)

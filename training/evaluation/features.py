@@ -14,24 +14,27 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.api import Progress
 from backend.atomic import atomic_path
 
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
+
 _TEXT_BATCH = 256
 
 
-def _load_pixels(model: Any, path: Path) -> Any:
+def _load_pixels(model: Encoder, path: Path) -> Any:
     from training.data.images import read_rgb
 
     return model.preprocess_batch(read_rgb(path)[None])[0].cpu()
 
 
 def image_features(
-    model: Any,
+    model: Encoder,
     paths: Sequence[Path],
     *,
     dataset_hash: str | None = None,
@@ -81,7 +84,7 @@ def image_features(
     return out
 
 
-def text_features(model: Any, texts: Sequence[str]) -> np.ndarray:
+def text_features(model: Encoder, texts: Sequence[str]) -> np.ndarray:
     """(M, D) float32 unit-norm text features, in chunks of 256."""
     chunks = [model.encode_text(list(texts[s : s + _TEXT_BATCH])).cpu().numpy() for s in range(0, len(texts), _TEXT_BATCH)]
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, model.embed_dim), np.float32)

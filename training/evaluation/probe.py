@@ -104,7 +104,7 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> object:
 
 
 def _sample_shots(y: np.ndarray, shots: int, rng: np.random.Generator) -> np.ndarray:
-    idx = []
+    idx: list[int] = []
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         idx.extend(rng.choice(members, size=min(shots, len(members)), replace=False))

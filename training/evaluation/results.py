@@ -23,13 +23,16 @@ import math
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.atomic import atomic_write_text
 from backend.errors import InputError
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 SCHEMA = "histoclip-eval/1"
 _LIBS = ("torch", "open_clip_torch", "transformers", "scikit-learn", "numpy", "peft")
@@ -61,7 +64,7 @@ def hash_files(paths: Iterable[str | os.PathLike[str]], labels: Iterable[object]
     return digest.hexdigest()
 
 
-def model_record(model: Any, name: str) -> dict[str, Any]:
+def model_record(model: Encoder, name: str) -> dict[str, Any]:
     """What identifies a loaded ``ClipModel`` in a result."""
     return {
         "name": str(name),
@@ -105,7 +108,7 @@ def make_result(
     return _clean({
         "schema": SCHEMA, "task": task, "model": dict(model), "dataset": dict(dataset), "settings": dict(settings),
         "metrics": dict(metrics), "details": dict(details or {}), "versions": library_versions(),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
 
 

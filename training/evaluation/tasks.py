@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from training.evaluation.metrics import (
 )
 from training.evaluation.probe import DEFAULT_SHOTS, ProbeConfig, linear_probe
 from training.evaluation.results import hash_files, make_result, model_record
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 ProgressFn = Callable[[Progress], None] | None
 
@@ -63,7 +66,7 @@ def dataset_record(data: LabelledImages, name: str | None = None) -> dict[str, A
             "classes": list(data.class_names), "sha256": hash_files(data.paths, data.labels)}
 
 
-def zero_shot_scores(model: Any, feats: np.ndarray, spec: ClassSpec) -> np.ndarray:
+def zero_shot_scores(model: Encoder, feats: np.ndarray, spec: ClassSpec) -> np.ndarray:
     """(N, C) cosine similarities to the class vectors (phrases x templates, averaged)."""
     from backend.tasks.zero_shot import ClassPrompt, TextFeatureCache, check_templates, class_text_features
 
@@ -73,7 +76,7 @@ def zero_shot_scores(model: Any, feats: np.ndarray, spec: ClassSpec) -> np.ndarr
     return feats @ class_vecs.T
 
 
-def run_zeroshot(model: Any, model_name: str, data: LabelledImages, spec: ClassSpec, *, cache_dir: Any = None,
+def run_zeroshot(model: Encoder, model_name: str, data: LabelledImages, spec: ClassSpec, *, cache_dir: Any = None,
                  batch_size: int = 64, confusion_png: str | os.PathLike[str] | None = None,
                  progress: ProgressFn = None) -> dict[str, Any]:
     """Zero-shot classification of labelled images: acc@1/5, balanced accuracy, per-class recall, macro F1."""
@@ -92,7 +95,7 @@ def run_zeroshot(model: Any, model_name: str, data: LabelledImages, spec: ClassS
                                                  "confusion_matrix": m["confusion_matrix"]})
 
 
-def run_linear_probe(model: Any, model_name: str, train: LabelledImages, test: LabelledImages, *,
+def run_linear_probe(model: Encoder, model_name: str, train: LabelledImages, test: LabelledImages, *,
                      val: LabelledImages | None = None, shots: Sequence[int] = DEFAULT_SHOTS,
                      config: ProbeConfig = ProbeConfig(), cache_dir: Any = None, batch_size: int = 64,
                      progress: ProgressFn = None) -> dict[str, Any]:
@@ -121,7 +124,7 @@ def run_linear_probe(model: Any, model_name: str, train: LabelledImages, test: L
                        settings=settings, metrics=metrics, details=details)
 
 
-def run_knn(model: Any, model_name: str, train: LabelledImages, test: LabelledImages, *, config: Any = None,
+def run_knn(model: Encoder, model_name: str, train: LabelledImages, test: LabelledImages, *, config: Any = None,
             cache_dir: Any = None, batch_size: int = 64, progress: ProgressFn = None) -> dict[str, Any]:
     """kNN classification of ``test`` by its neighbours in ``train`` (:mod:`training.evaluation.knn`)."""
     from training.evaluation.knn import KnnConfig, knn_classify
@@ -156,7 +159,7 @@ def _pairs(table: Path, image_column: str, caption_column: str) -> Any:
     return df
 
 
-def run_retrieval(model: Any, model_name: str, *, pairs: Path | None = None, labelled: LabelledImages | None = None,
+def run_retrieval(model: Encoder, model_name: str, *, pairs: Path | None = None, labelled: LabelledImages | None = None,
                   image_column: str = "image", caption_column: str = "caption", cache_dir: Any = None,
                   batch_size: int = 64, progress: ProgressFn = None) -> dict[str, Any]:
     """Image<->text retrieval over a caption table and/or image->image over labelled images."""
@@ -188,7 +191,7 @@ def run_retrieval(model: Any, model_name: str, *, pairs: Path | None = None, lab
                                  "conventions": conventions("recall@k", "map@k", "ties")}, metrics=metrics)
 
 
-def run_recall(model: Any, model_name: str, table: Path, *, image_column: str = "image",
+def run_recall(model: Encoder, model_name: str, table: Path, *, image_column: str = "image",
                caption_column: str = "caption", label_column: str = "label", descriptor_column: str = "descriptor",
                ks: Sequence[int] = RECALL_KS, cache_dir: Any = None, batch_size: int = 64,
                progress: ProgressFn = None) -> dict[str, Any]:
