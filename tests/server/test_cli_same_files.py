@@ -81,6 +81,9 @@ def test_zero_shot_classify_and_heatmap_write_the_same_files_remotely(
         server: tuple[Running, Path], cmu_slide: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     running, probe = server
     monkeypatch.setenv("HISTOCLIP_TOKEN", running.token)
+    # a cache of this test's own: the session's shared one may already hold CMU from another test,
+    # and the server's is fresh (module scope), so both embeds below really encode
+    monkeypatch.setenv("HISTOCLIP_CACHE_DIR", str(tmp_path / "local-cache"))
     name = cmu_slide.name  # the server's name of the slide
 
     # embed first: the same line from either backend (tiles, model id, grid), then the maps from the cache
