@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Running, running_server
+from tests.support.server import Running, running_server
 
 from backend.server.config import check_bind, is_loopback
 

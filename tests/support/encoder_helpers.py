@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hub_helpers import (
-    make_hub_repo,  # sibling helper module (tests/backend is on sys.path)
+from tests.support.hub_helpers import (
+    make_hub_repo,
 )
 
 from backend.models.registry import ModelEntry, resolve_model
