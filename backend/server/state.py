@@ -20,8 +20,7 @@ import threading
 from typing import Any
 
 from backend import api
-from backend.errors import InputError, UnknownModelError
-from backend.errors import CancelledError
+from backend.errors import CancelledError, InputError, UnknownModelError
 from backend.remote.wire import Call, CallTimeoutError, EmbedRequest
 from backend.server.auth import TokenStore
 from backend.server.catalog import Catalog, EntryKind

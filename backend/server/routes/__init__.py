@@ -17,6 +17,14 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the server, in the order the app includes them."""
-    from backend.server.routes import admin, calls, catalogs, encode, jobs, models, slides
+    from backend.server.routes import (
+        admin,
+        calls,
+        catalogs,
+        encode,
+        jobs,
+        models,
+        slides,
+    )
 
     return [admin.router, models.router, slides.router, catalogs.router, calls.router, encode.router, jobs.router]

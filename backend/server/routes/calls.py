@@ -42,7 +42,7 @@ async def until_finished(job: Job, timeout: float) -> None:
             ev.clear()
             try:
                 await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
     finally:
         job.unwatch(ev)

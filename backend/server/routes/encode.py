@@ -11,7 +11,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from backend.errors import InputError
-from backend.remote.wire import EncodeImageRequest, EncodeResult, EncodeTextRequest, decode, encode
+from backend.remote.wire import (
+    EncodeImageRequest,
+    EncodeResult,
+    EncodeTextRequest,
+    decode,
+    encode,
+)
 from backend.server.config import Limits
 from backend.server.deps import Audit, State
 
@@ -25,7 +31,7 @@ def crops(images: np.ndarray, limits: Limits) -> list[np.ndarray]:
         images = images[None]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise InputError(f"encode-image.images: expected uint8 (B, H, W, 3) RGB, got {images.dtype} {images.shape}")
-    b, h, w, _ = images.shape
+    _, h, w, _ = images.shape
     if min(h, w) < 8 or h * w > limits.max_region_pixels:
         raise InputError(f"encode-image.images: crops of {w} x {h} pixels; between 8 and {limits.max_region_pixels} pixels each")
     return list(images)

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from backend.errors import InputError
-from backend.server.deps import OwnJob, Owner, State
+from backend.server.deps import Owner, OwnJob, State
 from backend.server.jobs import Job, JobState
 from backend.server.responses import result_response
 
@@ -79,7 +79,7 @@ async def _stream(job: Job, after: int) -> AsyncIterator[str]:
                     return
             try:
                 await asyncio.wait_for(ev.wait(), KEEPALIVE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield ": ping\n\n"
     finally:
         job.unwatch(ev)
