@@ -145,7 +145,7 @@ class ServerState:
 
         check_work(request, self.config.limits, self.pixels, route)
 
-    def localize(self, call: Call, request: Any) -> Any:
+    def localize(self, request: Any) -> Any:
         """``request`` with the client's names in its declared resource fields replaced by server
         paths (raises on unknown names; see :mod:`backend.server.resources`)."""
         return self._localize(request)

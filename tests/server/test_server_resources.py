@@ -95,7 +95,7 @@ def test_declared_fields_become_paths_inside_their_roots(state) -> None:
              Resource.NEW_BUNDLE: state.bundles, Resource.INDEX: state.indexes, Resource.NEW_OR_INDEX: state.indexes,
              Resource.CORPUS: state.corpora}
     for cls in (c for c, fields in REQUEST_RESOURCES.items() if fields):
-        local = state._localize(sample(cls))
+        local = state.localize(sample(cls))
         for name, kind in REQUEST_RESOURCES[cls].items():
             value = getattr(local, name)
             if kind is Resource.MODEL:
@@ -104,7 +104,7 @@ def test_declared_fields_become_paths_inside_their_roots(state) -> None:
             for path in (value,) if isinstance(value, str) else value:
                 root = str(roots[kind].roots[0])
                 assert os.path.commonpath([path, root]) == root, (cls.__name__, name, path)
-    search = state._localize(dataclasses.replace(sample(api.SearchRequest), text="/etc/passwd"))
+    search = state.localize(dataclasses.replace(sample(api.SearchRequest), text="/etc/passwd"))
     assert search.text == "/etc/passwd"  # not a declared field: as sent (it is a query text)
     assert search.index_path.endswith(f"{os.sep}idx")
 
@@ -119,7 +119,7 @@ def test_every_declared_field_refuses_links_out_of_its_root_and_server_paths(sta
                   else tuple(str(state.outside / a) for a in absolute)):
         request = dataclasses.replace(sample(cls), **{name: value})
         with pytest.raises(Exception) as caught:
-            state._localize(request)
+            state.localize(request)
         shown = value if isinstance(value, str) else value[0]
         assert shown in str(caught.value) or Path(shown).name in str(caught.value), (cls.__name__, name, caught.value)
 
@@ -133,9 +133,9 @@ def test_a_new_request_type_is_localised_only_where_declared(state, monkeypatch:
 
     request = NotesRequest(api.SlideRef("cmu.svs"), "idx", "idx")
     with pytest.raises(TypeError, match="NotesRequest: not served; declare which of its fields"):
-        state._localize(request)
+        state.localize(request)
     monkeypatch.setitem(REQUEST_RESOURCES, NotesRequest, {"index_path": Resource.INDEX})
-    local = state._localize(request)
+    local = state.localize(request)
     assert local.notes_path == "idx"
     assert os.path.isabs(local.index_path) and local.index_path.endswith(f"{os.sep}idx")
     assert os.path.isabs(local.slide.path) and local.slide.path.endswith("cmu.svs")

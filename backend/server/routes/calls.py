@@ -59,7 +59,7 @@ async def call(route: str, request: Request, state: State, token: Token, owner: 
     req = decode(spec.request, body, request.headers.get("content-type", ""), where=route)
     state.check_limits(req, route)
     audit["slide"] = state.slide_of(req)
-    local = await run_in_threadpool(state.localize, spec, req)
+    local = await run_in_threadpool(state.localize, req)
     await run_in_threadpool(state.check_work, local, route)  # the work, estimated before any allocation
     try:
         job = state.jobs.submit(route, lambda j: state.run(spec, local, j), token=token, owner=owner,
