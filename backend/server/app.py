@@ -31,7 +31,6 @@ Routes (all but ``/v1/health`` need ``Authorization: Bearer TOKEN``)::
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,8 +44,6 @@ from backend.server.deps import NotFoundError
 from backend.server.guard import Guard
 from backend.server.responses import error_response
 from backend.server.state import ServerState
-
-log = logging.getLogger("histoclip.server")
 
 
 def create_app(config: ServerConfig, *, backend: Any | None = None) -> FastAPI:
