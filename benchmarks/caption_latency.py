@@ -1,6 +1,6 @@
 """Region caption latency on CPU: ViT-B-32 + a GPT-2-small-sized decoder, beam 3, 30 tokens.
 
-    .venv/bin/python benchmarks/caption_latency.py [--threads 2] [--runs 5] [--batch 8]
+    .venv/bin/python -m benchmarks.caption_latency [--threads 2] [--runs 5] [--batch 8]
 
 One process, random weights (speed only): open_clip ViT-B-32 wrapped as our ClipModel, an
 MLP mapper (prefix 10), and GPT-2 small from ``GPT2Config()`` defaults (12 layers, 768 wide,
@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 TILE = (ROOT / ".." / "shared" / "testdata" / "tiles" / "kather2.tif").resolve()
 TARGET_S = 2.0
 
@@ -39,10 +37,10 @@ def build(threads: int):
     from PIL import Image
 
     torch.set_num_threads(threads)
-    from embed_throughput import vit_b32_random  # the same ViT-B-32 wrapper as the embedding benchmark
+    from benchmarks.embed_throughput import vit_b32_random  # the same ViT-B-32 wrapper as the embedding benchmark
 
     from backend.caption import Captioner, ClipCapModel, MapperConfig
-    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
 
     clip_model, _ = vit_b32_random("cpu")
     # 50,256 words + EOS = GPT-2's vocabulary size, so the LM head costs what GPT-2's does

@@ -1,6 +1,6 @@
 """Classifier bundles over 100,000 cached tiles: a linear head and a CLIP-IT late-fusion head.
 
-    .venv/bin/python benchmarks/classify_scale.py [--tiles 100000 --classes 10 --text-dim 512 --hidden 256 --repeats 7]
+    .venv/bin/python -m benchmarks.classify_scale [--tiles 100000 --classes 10 --text-dim 512 --hidden 256 --repeats 7]
 
 The cached embeddings are refine_speed.py's synthetic CLIP-like vectors (dimension 512, unit
 norm). Two classifier bundles are written and, in one process, interleaved ``--repeats`` times,
@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # refine_speed's synthetic tiles and timer
-from refine_speed import ROOT, Timer, print_rows, synthetic  # noqa: E402
-
-sys.path.insert(0, str(ROOT))
+from benchmarks.refine_speed import Timer, print_rows, synthetic  # refine_speed's synthetic tiles and timer
 
 
 def main(argv: list[str] | None = None) -> int:

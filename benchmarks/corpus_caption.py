@@ -1,7 +1,7 @@
 """Captions from a 1,000,000-caption corpus, after its index exists; and grounding a 64-tile
 region with ClipCap against one caption of it.
 
-    .venv/bin/python benchmarks/corpus_caption.py [--threads 2] [--captions 1000000] [--runs 50]
+    .venv/bin/python -m benchmarks.corpus_caption [--threads 2] [--captions 1000000] [--runs 50]
 
 Part 1 (target p50 <= 50 ms): a corpus file of ``--captions`` lines is written, and its index
 planted where :class:`backend.local.LocalBackend` looks for it (the cache folder keyed by the
@@ -31,8 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 SLIDE = (ROOT / ".." / "shared" / "testdata" / "slides" / "CMU-1-Small-Region.svs").resolve()
 P50_TARGET_S = 0.050
 GROUNDING_TARGET = 3.0
@@ -99,7 +97,7 @@ def grounding_ratio(threads: int, runs: int) -> tuple[float, float]:
 
     from backend.caption import Captioner, ClipCapModel, DecodeConfig, MapperConfig
     from backend.caption.attribution import leave_one_out_support
-    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.embed.region import pool
 
     torch.set_num_threads(threads)

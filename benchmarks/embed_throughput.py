@@ -1,6 +1,6 @@
 """Embedding throughput: the model alone, our slide pipeline, and a naive per-tile loop.
 
-    .venv/bin/python benchmarks/embed_throughput.py [--tiles 320] [--naive-tiles 64] [--model vit-l-16]
+    .venv/bin/python -m benchmarks.embed_throughput [--tiles 320] [--naive-tiles 64] [--model vit-l-16]
 
 On CMU-1-Small-Region.svs and on a synthetic 40,000 x 40,000 pyramidal JPEG-tiled BigTIFF
 (generated once into a temp dir from real CMU texture: each pyramid level is the texture,
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CMU = (ROOT / ".." / "shared" / "testdata" / "slides" / "CMU-1-Small-Region.svs").resolve()
 
 

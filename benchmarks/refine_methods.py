@@ -1,8 +1,8 @@
 """Which few-shot refine method: the measurements behind ``backend/tasks/refine.py``.
 
-    .venv/bin/python benchmarks/refine_methods.py [--draws 20]
+    .venv/bin/python -m benchmarks.refine_methods [--draws 20]
 
-On the tests' generated slide of planted real textures (``tests/backend/planted_textures.py``:
+On the tests' generated slide of planted real textures (``tests/support/planted_textures.py``:
 225 tiles, 5 textures, embedded once with ``test-tiny`` into a temp cache), for several draws
 of random marks, prints for each candidate and hyper-parameter setting:
 
@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "backend"))
 TESTDATA = (ROOT / ".." / "shared" / "testdata").resolve()
 
 
 def planted_features(tmp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[str, ...]]:
     """(vectors, truth, text weights, logit scale, class names) of the planted slide."""
-    from planted_textures import CLASSES, planted_tiles, write_tiles
+    from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
     from backend.api import SlideRef, TileOptions
     from backend.local import LocalBackend

@@ -1,6 +1,6 @@
 """Few-shot refine and classifier speed on 100,000 cached tiles x 10 classes.
 
-    .venv/bin/python benchmarks/refine_speed.py [--tiles 100000 --classes 10 --marks 50 --repeats 7]
+    .venv/bin/python -m benchmarks.refine_speed [--tiles 100000 --classes 10 --marks 50 --repeats 7]
 
 Synthetic cached embeddings shaped like CLIP's (dimension 512, unit norm, a shared common
 component plus one of ``--classes`` cluster directions and noise), text class vectors near the
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def synthetic(n: int, classes: int, dim: int = 512, seed: int = 0):

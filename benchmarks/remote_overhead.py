@@ -11,8 +11,8 @@ In one run, on ViT-B-32 (random weights, saved as a bundle the server serves):
 
 Calls are interleaved (local, remote, local, ...) so load from other processes falls on both.
 
-    python benchmarks/remote_overhead.py              # ~3 min on 2 shared cores
-    python benchmarks/remote_overhead.py --runs 5 --tiles 8   # smoke
+    python -m benchmarks.remote_overhead              # ~3 min on 2 shared cores
+    python -m benchmarks.remote_overhead --runs 5 --tiles 8   # smoke
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 TESTDATA = (ROOT / ".." / "shared" / "testdata").resolve()
 SLIDES = ("CMU-1-Small-Region.svs", "test3-DAPI-2-(387).ndpi")
 
@@ -40,9 +38,9 @@ def build_models(models: Path) -> tuple[str, str]:
     import torch
 
     from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
-    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.models import load_model, save_bundle
-    from embed_throughput import vit_b32_random
+    from benchmarks.embed_throughput import vit_b32_random
 
     clip, _ = vit_b32_random("cpu")
     path = save_bundle(clip, models / "vit-b32-random", name="vit-b32-random", random_weights=True)

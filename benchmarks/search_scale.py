@@ -6,7 +6,7 @@ factory and parameters as ``backend.index``, via ``choose_ivf_params``) in one p
 ``--threads`` threads, and prints build time, index memory, single-query p50/p99 latency for
 k=10 and recall@10 against exact search, with ratios against the flat baseline.
 
-The data (``backend.index.synthetic.clustered_sphere``): a mixture of ``--clusters``
+The data (``tests.support.synthetic.clustered_sphere``): a mixture of ``--clusters``
 Gaussians, like tissue types in tile embeddings. Cluster centres share a common direction
 (CLIP-like embeddings live in a cone, cross-cluster cosine ~0.35); each cluster is
 anisotropic, its spread mostly in a random ``--rank``-dimensional subspace with a decaying
@@ -17,8 +17,8 @@ indexed points. ``--iso 1`` makes each cluster an isotropic Gaussian: a harder c
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/search_scale.py              # 1M x 512, ~4 min here
-    .venv/bin/python benchmarks/search_scale.py --n 20000    # smoke test, seconds
+    .venv/bin/python -m benchmarks.search_scale              # 1M x 512, ~4 min here
+    .venv/bin/python -m benchmarks.search_scale --n 20000    # smoke test, seconds
 
 Targets: p50 <= 10 ms, recall@10 >= 0.95, index memory <= 1/4 of the flat float32 index.
 """
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -156,12 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)  # before numpy/faiss load their thread pools
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import faiss
     import numpy as np
 
     from backend.index import faiss_index as fi
-    from backend.index.synthetic import clustered_sphere
+    from tests.support.synthetic import clustered_sphere
 
     faiss.omp_set_num_threads(args.threads)
     n, dim, nq = args.n, args.dim, args.queries

@@ -1,8 +1,8 @@
 """"Slides like this one": which slide signature ranks slides by shared tissue? A measurement.
 
-    .venv/bin/python benchmarks/slide_signature.py [--model BUNDLE] [--out DIR]
+    .venv/bin/python -m benchmarks.slide_signature [--model BUNDLE] [--out DIR]
 
-Slides of real textures (tests/backend/slide_level_data.py: crops of ../shared/testdata tiles
+Slides of real textures (tests/support/slide_level_data.py: crops of ../shared/testdata tiles
 on an 8 x 8 grid of 224 px tiles) and test-tiny fine-tuned on them (or ``--model``, a bundle of
 an earlier run). The query is a background texture with a lesion block of another texture;
 the candidates are: the same two textures (the lesion elsewhere), the same background with a
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "backend")]
 TESTDATA = (ROOT / ".." / "shared" / "testdata").resolve()
 
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="working folder, kept (default: a temp dir)")
     args = p.parse_args(argv)
 
-    from slide_level_data import BACKGROUND, OTHER, PLANTED, fine_tune, planted_slide
+    from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, fine_tune, planted_slide
 
     from backend import api
     from backend.local import LocalBackend

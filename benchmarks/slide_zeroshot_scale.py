@@ -1,6 +1,6 @@
 """Slide-level zero-shot over a cohort of cached slides: cost per slide against reading it.
 
-    .venv/bin/python benchmarks/slide_zeroshot_scale.py [--slides 100 200 --tiles 20000 --dim 512 --classes 2]
+    .venv/bin/python -m benchmarks.slide_zeroshot_scale [--slides 100 200 --tiles 20000 --dim 512 --classes 2]
 
 Writes ``max(--slides)`` slides of ``--tiles`` synthetic unit vectors each into an embedding
 cache in the real on-disk format (``EmbeddingCache.open_partial`` / ``append`` / ``finalize``,
@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 class _TextModel:

@@ -11,7 +11,7 @@ steps of each are not timed (allocator, first-touch, the loader filling its queu
 ``--steps`` are. Rounds alternate so a change of load hits both; the figure is the median over
 rounds of the paired ratio b / a (medians of a and b are printed too). Target: b / a >= 0.85.
 
-    .venv/bin/python benchmarks/train_throughput.py            # ~20 min on 2 idle cores
+    .venv/bin/python -m benchmarks.train_throughput            # ~20 min on 2 idle cores
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 SLIDE = ROOT / ".." / "shared" / "testdata" / "slides" / "CMU-1-Small-Region.svs"
 
 
@@ -110,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embed_throughput import vit_b32_random
+    from benchmarks.embed_throughput import vit_b32_random
 
     from backend.models import save_bundle
 

@@ -57,14 +57,7 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-TOY_CAPTIONS = (
-    "dense fibrous stroma with scattered lymphocytes and small vessels",
-    "squamous epithelium with keratin pearls",
-    "adipose tissue with thin fibrous septa",
-    "tumor glands in desmoplastic stroma",
-    "necrosis with inflammatory debris",
-    "colonic mucosa with crypts and goblet cells",
-)
+from tests.support.decoders import TOY_CAPTIONS  # noqa: E402 - the toy captioner's sentences
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +75,7 @@ def tiny_captioner(tmp_path_factory) -> Path:
 
     keep_triton_out()
     from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
-    from backend.caption.testing import tiny_gpt2, word_tokenizer
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.models.registry import resolve_model
 
     dim = resolve_model("test-tiny").embed_dim

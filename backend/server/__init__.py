@@ -1,6 +1,7 @@
 """``histoclip serve``: the backend over HTTP (FastAPI on uvicorn, the ``server`` extra).
 
-See :mod:`backend.server.app` for the routes, :mod:`backend.remote` for the client.
+See :mod:`backend.server.app` for the routes (its routers are in :mod:`backend.server.routes`),
+:mod:`backend.remote` for the client.
 """
 
 from __future__ import annotations

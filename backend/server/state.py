@@ -1,18 +1,12 @@
 """What one server holds: its backend, catalogs, tokens and jobs, and the rules that turn a
 client's request (ids) into a backend call (server paths) and its result back (ids).
 
-Both directions walk the request and result dataclasses generically (by field name and type),
-so a new request type of :mod:`backend.api` is served once it has a line in
-:data:`backend.remote.wire.CALLS`:
-
-- a :class:`~backend.api.SlideRef`'s ``path`` and every string of a field named ``slides`` are
-  slide ids (or listed relative paths, or a listed folder for ``slides``);
-- ``index_path`` names a cohort index; ``captioner``, ``classifier`` and ``bundle`` a bundle;
-  ``corpus`` a caption corpus file under ``--corpora``;
-- ``model`` is a registry name or a bundle under ``--models`` (``hf-hub:`` ids only with
-  ``allow_hub_models``): never a server path a client makes up;
-- a ``path`` field (``SaveClassifierRequest``) is a new bundle: a plain name in the first
-  ``--models`` folder.
+Requests come in by declaration: :mod:`backend.server.resources` says, per request type, which
+fields name a slide, a bundle, an index or a corpus (its ids or listed names become server
+paths, checked inside their roots), and ``model`` fields are a registry name or a bundle under
+``--models`` (``hf-hub:`` ids only with ``allow_hub_models``): never a server path a client
+makes up. Results go out generically: every absolute path in them becomes an id or a
+root-relative name.
 """
 
 from __future__ import annotations
@@ -26,15 +20,14 @@ import threading
 from typing import Any
 
 from backend import api
-from backend.errors import InputError, UnknownModelError
-from backend.errors import CancelledError
+from backend.errors import CancelledError, InputError, UnknownModelError
 from backend.remote.wire import Call, CallTimeoutError, EmbedRequest
 from backend.server.auth import TokenStore
 from backend.server.catalog import Catalog, EntryKind
 from backend.server.config import ServerConfig
 from backend.server.jobs import Job, JobManager
+from backend.server.resources import Resource, declared
 
-BUNDLE_FIELDS = ("captioner", "classifier", "bundle")
 log = logging.getLogger("histoclip.server")
 
 
@@ -149,45 +142,51 @@ class ServerState:
 
         check_work(request, self.config.limits, self.pixels, route)
 
-    def localize(self, call: Call, request: Any) -> Any:
-        """``request`` with the client's names replaced by server paths (raises on unknown names)."""
-        return self._localize(call, request)
+    def localize(self, request: Any) -> Any:
+        """``request`` with the client's names in its declared resource fields replaced by server
+        paths (raises on unknown names; see :mod:`backend.server.resources`)."""
+        return self._localize(request)
 
-    def _localize(self, call: Call, obj: Any) -> Any:
-        if isinstance(obj, api.SlideRef):
-            return dataclasses.replace(obj, path=self.slides.resolve(obj.path))
+    def _localize(self, obj: Any) -> Any:
         if isinstance(obj, tuple):
-            return tuple(self._localize(call, v) for v in obj)
+            return tuple(self._localize(v) for v in obj)
         if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
             return obj
+        resources = declared(type(obj))
         changes: dict[str, Any] = {}
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            if f.name == "model":
-                changes[f.name] = self.model(value)
-            elif f.name == "index_path":
-                changes[f.name] = self._index(call, value)
-            elif f.name == "corpus":
-                changes[f.name] = self.corpora.resolve(value)
-            elif f.name in BUNDLE_FIELDS:
-                changes[f.name] = self.bundles.resolve(value)
-            elif f.name == "slides" and all(isinstance(v, str) for v in value):
-                changes[f.name] = tuple(os.path.realpath(e.path) for key in value for e in self.slides.expand(key))
-            elif f.name == "path":  # a request's own path is what it writes: a new bundle
-                changes[f.name] = self.bundles.new_path(value, "path")
-            else:
-                changes[f.name] = self._localize(call, value)
+            kind = resources.get(f.name)
+            changes[f.name] = self._localize(value) if kind is None else self._resolve(kind, value, f.name)
         return dataclasses.replace(obj, **changes)
 
-    def _index(self, call: Call, name: str) -> str:
-        if call.method != "build_index":
-            return self.indexes.resolve(name)
-        try:
-            return self.indexes.resolve(name)
-        except Exception:  # noqa: BLE001 - building: an unknown name is a new index
-            return self.indexes.new_path(name, "index_path")
+    def _resolve(self, kind: Resource, value: Any, field: str) -> Any:
+        """The server path(s) for ``value``, a client's name of a ``kind`` resource."""
+        if kind is Resource.MODEL:
+            return self.model(value)
+        if kind is Resource.SLIDES:
+            keys = (value,) if isinstance(value, str) else value
+            if not all(isinstance(v, str) for v in keys):
+                raise InputError(f"{field}: expected slide ids or listed names, got {type(value).__name__}")
+            return tuple(os.path.realpath(e.path) for key in keys for e in self.slides.expand(key))
+        if kind is Resource.SLIDE:  # the catalogs refuse what is not a listed id or name
+            return self.slides.resolve(value)
+        if kind is Resource.BUNDLE:
+            return self.bundles.resolve(value)
+        if kind is Resource.NEW_BUNDLE:  # a request's own path is what it writes: a new bundle
+            return self.bundles.new_path(value, field)
+        if kind is Resource.INDEX:
+            return self.indexes.resolve(value)
+        if kind is Resource.NEW_OR_INDEX:
+            try:
+                return self.indexes.resolve(value)
+            except Exception:  # noqa: BLE001 - building: an unknown name is a new index
+                return self.indexes.new_path(value, field)
+        if kind is Resource.CORPUS:
+            return self.corpora.resolve(value)
+        raise AssertionError(f"{kind}: no rule")  # every Resource has a branch above
 
     def public(self, obj: Any, field: str = "") -> Any:
         """``obj`` (a result) with server paths replaced by ids or root-relative names."""

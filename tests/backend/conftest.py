@@ -36,6 +36,6 @@ def cmu_tiny_index(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) ->
 def texture_model(tmp_path_factory: pytest.TempPathFactory, testdata: Path) -> str:
     """test-tiny fine-tuned on the planted textures (slide_level_data.fine_tune; ~2 min here):
     shared by the slide-level zero-shot, triage and slide search tests."""
-    from slide_level_data import fine_tune
+    from tests.support.slide_level_data import fine_tune
 
     return str(fine_tune(testdata, tmp_path_factory.mktemp("texture-model")))

@@ -17,7 +17,7 @@ from backend.caption import (
     load_captioner,
     save_captioner,
 )
-from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, ModelError, ModelMismatchError, UnknownModelError
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.caption import Captioner, ClipCapModel, DecodeConfig, DecodeStrategy, MapperConfig, decode_prefixes
-from backend.caption.testing import tiny_gpt2, word_tokenizer
+from tests.support.decoders import tiny_gpt2, word_tokenizer
 from backend.errors import InputError, ModelMismatchError
 
 # pytest resets warning filters per test; decode.py's own filter for this message applies outside tests

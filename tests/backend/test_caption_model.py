@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backend.caption import ClipCapModel, MapperConfig, MapperKind, build_mapper, load_decoder, load_tokenizer
-from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, WeightsNotFoundError
 
 

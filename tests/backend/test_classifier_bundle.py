@@ -129,7 +129,7 @@ def test_image_only_transformers_backbone(tmp_path: Path) -> None:
     from backend.models.hf_clip import HfClipModel
     from backend.models.registry import ModelEntry, ModelFamily, Preprocessing, SourceKind
 
-    from test_models_hf import tiny_clip_config
+    from tests.support.hf_clip import tiny_clip_config
 
     module = CLIPModel(CLIPConfig.from_dict(tiny_clip_config()))
     entry = ModelEntry("tiny-plip", ModelFamily.HF_CLIP, SourceKind.BUILTIN, "tiny", None, "n/a", 16,

@@ -16,7 +16,7 @@ import pytest
 from backend import api
 from backend.errors import HistoclipError, InputError, ModelMismatchError
 from backend.models.classifier import is_classifier_bundle, load_classifier
-from planted_textures import CLASSES, planted_tiles, write_tiles
+from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
 pytestmark = pytest.mark.slow  # embeds two 225-tile slides with test-tiny once per module
 
@@ -163,7 +163,7 @@ def test_bad_bundles_and_marks_are_named(slides, tmp_path: Path) -> None:
 
 
 def test_search_a_cohort_index_for_a_class(slides, tmp_path: Path, one_faiss_thread) -> None:
-    from cohort_data import overlap
+    from tests.support.cohort_data import overlap
 
     backend, one, two, truth = slides
     index = str(tmp_path / "index")

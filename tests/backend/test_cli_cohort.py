@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_run import run_main
+from tests.support.cli_run import run_main
 
-import cohort_data as cd
+from tests.support import cohort_data as cd
 from backend.cli import main
 from backend.index import CohortIndex
 

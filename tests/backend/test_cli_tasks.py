@@ -118,7 +118,7 @@ def test_demo_without_weights_fails_with_one_line_naming_the_fix(
 def test_caption_prints_the_n_best_with_scores(
     cmu_slide: Path, tiny_captioner: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from tests.conftest import TOY_CAPTIONS
+    from tests.support.decoders import TOY_CAPTIONS
 
     argv = ["caption", str(cmu_slide), "--box", "600,600,800,800", "--captioner", str(tiny_captioner),
             "--beams", "3", "--n-best", "2", *FAST]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cohort_data as cd
+from tests.support import cohort_data as cd
 from backend import api
 from backend.errors import CancelledError
 from backend.index import CohortIndex

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import cohort_data as cd
+from tests.support import cohort_data as cd
 from backend import api
 from backend.distributed import RayOptions, _check_reachable, _share, _worker_shape, build_index_ray
 from backend.errors import InputError, ModelError

@@ -11,7 +11,7 @@ import pytest
 from backend.errors import InputError
 from backend.tasks.grounding import ground_by_similarity, top_indices
 from backend.text.phrases import noun_phrases
-from planted_textures import CLASSES, planted_tiles, write_tiles
+from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
 
 def test_noun_phrases_with_spans() -> None:

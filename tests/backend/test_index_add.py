@@ -12,7 +12,7 @@ import pytest
 
 from backend.errors import InputError, ModelMismatchError
 from backend.index import AddStatus, CohortIndex, IndexPolicy
-from backend.index.synthetic import SyntheticCohort, synthetic_cohort
+from tests.support.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
 DIM = 32

@@ -16,7 +16,7 @@ from backend.index.merge import (
     relative_margin,
 )
 from backend.index.query import MAX_FETCH, shortfall_note
-from backend.index.synthetic import SyntheticSlide
+from tests.support.synthetic import SyntheticSlide
 
 EXTENT = 224.0
 SIDE = 30  # tiles per slide side: 6,720 px

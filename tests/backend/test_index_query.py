@@ -1,15 +1,13 @@
 """Searching a cohort index: tile/text/region queries, filters, merging, flat vs IVF.
 
-The cohort is synthetic (``backend.index.synthetic``): tissue types in patches, a mixed
+The cohort is synthetic (``tests.support.synthetic``): tissue types in patches, a mixed
 region on slide 0 with near-copies on two other slides, and a motif (a tissue found nowhere
 else) as a 3x3 block on three slides.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from backend.errors import InputError, ModelMismatchError
 from backend.index import CohortIndex, Hit, IndexPolicy, RegionQueryMode
-from backend.index.synthetic import SyntheticCohort, synthetic_cohort
+from tests.support.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
 REPO = Path(__file__).resolve().parents[2]
@@ -228,10 +226,8 @@ def test_benchmark_smoke(
     # module's one_faiss_thread fixture gives back FAISS's pool, which main also sets).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, os.environ.get(var, ""))
-    spec = importlib.util.spec_from_file_location("search_scale", REPO / "benchmarks" / "search_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "search_scale", module)
-    spec.loader.exec_module(module)
+    from benchmarks import search_scale as module
+
     module.main(["--n", "5000", "--dim", "64", "--queries", "50", "--flat-queries", "5", "--threads", "1",
                  "--through-index", "--slide-tiles", "500", "--workdir", str(tmp_path)])
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ import pytest
 
 from backend.index import AddStatus, CohortIndex, IndexPolicy
 from backend.index.store import release_lock
-from backend.index.synthetic import SyntheticCohort, synthetic_cohort
+from tests.support.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
 REPO = Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ def test_missing_damaged_or_stray_files_are_repaired(tmp_path: Path, cohort: Syn
 _CHILD = """
 import os, signal, sys
 from backend.index import CohortIndex, IndexPolicy
-from backend.index.synthetic import synthetic_cohort
+from tests.support.synthetic import synthetic_cohort
 
 path, stage, victim = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cohort = synthetic_cohort()

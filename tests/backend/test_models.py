@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-import hub_helpers  # sibling helper module (tests/backend is on sys.path)
+from tests.support import hub_helpers
 import numpy as np
 import pytest
 import torch

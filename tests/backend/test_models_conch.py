@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from encoder_helpers import REV  # sibling helper module
-from hub_helpers import make_hub_repo, smooth_images
+from tests.support.encoder_helpers import REV
+from tests.support.hub_helpers import make_hub_repo, smooth_images
 
 from backend.errors import ModelError
 from backend.models import Capability, load_model, resolve_model

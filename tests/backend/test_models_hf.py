@@ -7,7 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import hub_helpers  # sibling helper module (tests/backend is on sys.path)
+from tests.support import hub_helpers
+from tests.support.hf_clip import PLIP_REPO, REV, clip_tokenizer_files, make_hub_repo, tiny_clip_config
 import numpy as np
 import pytest
 import torch
@@ -18,56 +19,8 @@ from backend.models import HfClipModel, ModelFamily, load_model, save_bundle
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
 
 
-PLIP_REPO = "vinid/plip"
-REV = "89abcdef0123456789abcdef0123456789abcdef"
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-
-
 def smooth_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     return hub_helpers.smooth_images(n, h, w, seed)
-
-
-def make_hub_repo(hub: Path, repo: str, files: dict[str, bytes]) -> Path:
-    return hub_helpers.make_hub_repo(hub, repo, files, REV)
-
-
-def clip_tokenizer_files() -> dict[str, bytes]:
-    """vocab.json / merges.txt of CLIP's BPE, from the copy open_clip ships (49,408 tokens)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    bpe = SimpleTokenizer()
-    rename = {"<start_of_text>": SOT, "<end_of_text>": EOT}
-    vocab = {rename.get(tok, tok): idx for tok, idx in bpe.encoder.items()}
-    merges = [" ".join(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": SOT,
-        "eos_token": EOT,
-        "unk_token": EOT,
-        "pad_token": EOT,
-        "do_lower_case": True,
-    }
-    return {
-        "vocab.json": json.dumps(vocab).encode(),
-        "merges.txt": ("#version: 0.2\n" + "\n".join(merges) + "\n").encode(),
-        "tokenizer_config.json": json.dumps(config).encode(),
-    }
-
-
-def tiny_clip_config() -> dict:
-    return {
-        "projection_dim": 16,
-        "text_config": {
-            "vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 77,
-            "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
-        },
-        "vision_config": {
-            "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-            "num_hidden_layers": 2, "num_attention_heads": 2,
-        },
-    }
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from encoder_helpers import (  # sibling helper module
+from tests.support.encoder_helpers import (
     REV,
     save_hf_vision_hub_repo,
     tiny_entry,
 )
-from hub_helpers import smooth_images
+from tests.support.hub_helpers import smooth_images
 
 from backend.errors import ModelError
 from backend.models import load_model, resolve_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hub_helpers  # sibling helper module (tests/backend is on sys.path)
+from tests.support import hub_helpers
 import numpy as np
 import pytest
 import torch

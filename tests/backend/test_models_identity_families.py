@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from encoder_helpers import REV, save_timm_hub_repo, tiny_entry  # sibling helper module
+from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
 
 from backend.embed import EmbeddingCache, EmbedStage, embed_slide
 from backend.models import load_model

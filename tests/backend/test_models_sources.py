@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from encoder_helpers import REV, save_timm_hub_repo, tiny_entry  # sibling helper module
-from hub_helpers import smooth_images
+from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
+from tests.support.hub_helpers import smooth_images
 
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import hub as hub_module

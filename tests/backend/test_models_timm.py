@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from encoder_helpers import (  # sibling helper module
+from tests.support.encoder_helpers import (
     REV,
     TINY_SIZE,
     save_timm_hub_repo,
     timm_kwargs,
     tiny_entry,
 )
-from hub_helpers import smooth_images
+from tests.support.hub_helpers import smooth_images
 
 from backend.errors import CapabilityError, ModelError, UnknownModelError
 from backend.models import Capability, load_model, resolve_model

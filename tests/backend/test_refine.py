@@ -23,7 +23,7 @@ from backend.tasks.refine import (
     unsure_tiles,
 )
 from backend.tasks.zero_shot import DEFAULT_TEMPLATES, class_text_features, parse_classes
-from planted_textures import CLASSES, planted_tiles, write_tiles
+from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
 pytestmark = pytest.mark.slow  # one test-tiny embedding of a 225-tile slide (~10-30 s on a shared CPU)
 

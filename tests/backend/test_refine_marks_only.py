@@ -16,7 +16,7 @@ import pytest
 from backend import api
 from backend.errors import InputError
 from backend.tasks.refine import marks_only_head, refine, unsure_tiles
-from planted_textures import CLASSES, planted_tiles, write_tiles
+from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
 pytestmark = pytest.mark.slow  # one embedding of a 225-tile slide by the tiny image-only model
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_run import run_main
-from slide_level_data import BACKGROUND, OTHER, PLANTED, planted_slide
+from tests.support.cli_run import run_main
+from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, planted_slide
 
 from backend import api
 from backend.cli import main
 from backend.local import LocalBackend
-from planted_textures import CLASSES
+from tests.support.planted_textures import CLASSES
 
 pytestmark = pytest.mark.slow
 LABELS = tuple(CLASSES[k] for k in PLANTED)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slide_level_data import BLOCK, PLANTED, planted_slide
+from tests.support.slide_level_data import BLOCK, PLANTED, planted_slide
 
 from backend import api
 from backend.embed.types import TileLayout
 from backend.errors import InputError
 from backend.local import LocalBackend
 from backend.tasks.slide_zero_shot import Pooling, PoolingOptions, pool_tile_scores
-from planted_textures import CLASSES
+from tests.support.planted_textures import CLASSES
 
 LABELS = tuple(CLASSES[k] for k in PLANTED)
 

@@ -1,6 +1,6 @@
 """DICOM WSI: folders and their .dcm files read with wsidicom, as slides and in cohorts.
 
-The slide is written from the shared CMU SVS (``tests/dicom_data.py``); its pixels are
+The slide is written from the shared CMU SVS (``tests/support/dicom_data.py``); its pixels are
 compared with the SVS read through OpenSlide, within JPEG re-encoding tolerance.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_data import dicom_wsi_folder
+from tests.support.dicom_data import dicom_wsi_folder
 
 from backend.errors import UnsupportedSlideError
 from backend.slides import MppSource, ReaderName, expand_slides, open_slide, slide_fingerprint

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_data import dicom_wsi_folder
+from tests.support.dicom_data import dicom_wsi_folder
 
 from backend.errors import UnsupportedSlideError
 from backend.slides import expand_slides, open_slide, slide_fingerprint, slide_target

@@ -8,14 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_helpers import TINY_SIZE, save_hf_vision_hub_repo, save_timm_hub_repo
+from tests.support.encoder_helpers import TINY_SIZE, save_hf_vision_hub_repo, save_timm_hub_repo
 
 MODEL = "timm:hf-hub:org/tiny-vit#cls"
 HF_MODEL = "hf-vision:org/tiny-dino#cls"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # for `from fakes import FakeBackend`
 
 
 @dataclass
@@ -46,7 +43,7 @@ def notes(monkeypatch: pytest.MonkeyPatch) -> Notes:
 
 @pytest.fixture
 def fake_backend():
-    from fakes import FakeBackend
+    from tests.support.fakes import FakeBackend
 
     return FakeBackend()
 

@@ -5,21 +5,18 @@ reopened dock that reconnects by itself."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support import server as server_fixtures  # running_server: a real server in a thread (no HTTP mocks)
+
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT_MS = 300_000
-_spec = importlib.util.spec_from_file_location("server_fixtures", Path(__file__).parents[1] / "server" / "conftest.py")
-server_fixtures = sys.modules.setdefault("server_fixtures", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(server_fixtures)  # running_server: a real server in a thread (no HTTP mocks)
 
 
 def _closed_port() -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
-from mouse import click, draw_polygon
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import click, draw_polygon
 
 from napari_histoclip._shapes import CAPTION, nbest_sources
 from napari_histoclip._widgets._caption import CaptionSource

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gui
 @pytest.fixture
 def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
     """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 

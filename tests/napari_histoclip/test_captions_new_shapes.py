@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-from dock_helpers import open_slide
-from mouse import draw_polygon, draw_rectangle
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import draw_polygon, draw_rectangle
 
 from napari_histoclip._shapes import CAPTION, CAPTION_SCORE, CAPTION_TEXT, CLASS, NBEST
 

@@ -16,7 +16,7 @@ WAIT_MS = 60_000
 @pytest.fixture
 def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
     """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 
@@ -93,7 +93,7 @@ def test_a_cached_hub_model_gets_no_note(plugin_dock, tmp_path: Path, monkeypatc
 
 def test_a_failed_task_shows_its_headline_and_the_whole_text_on_demand(plugin_dock, plugin_viewer, qtbot, cmu_slide,
                                                                        notes) -> None:
-    from dock_helpers import open_slide
+    from tests.support.dock_helpers import open_slide
 
     open_slide(plugin_viewer, cmu_slide)
     dock = plugin_dock
@@ -151,7 +151,7 @@ def test_the_heatmap_shows_its_colour_scale(dock, qtbot, notes) -> None:
 @pytest.fixture
 def kidney_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
     """The dock on the kidney TIFF, which records no µm/px."""
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, fake_backend, Path(cmu_slide).parent / "kidney-48-5.tif")
 

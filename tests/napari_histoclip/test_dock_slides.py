@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mouse
-from dock_helpers import open_slide, with_backend
+from tests.support import mouse
+from tests.support.dock_helpers import open_slide, with_backend
 
 pytestmark = pytest.mark.gui
 MAP = "CMU-1-Small-Region: class map"

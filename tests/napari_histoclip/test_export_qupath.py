@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 from backend.api import GridGeometry, ZeroShotResult
 from napari_histoclip._shapes import CLASS

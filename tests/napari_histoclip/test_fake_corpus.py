@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from fakes import FakeBackend
+from tests.support.fakes import FakeBackend
 
 from backend import api
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
-from mouse import paint_cell
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import paint_cell
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 MAP = "CMU-1-Small-Region: class map"

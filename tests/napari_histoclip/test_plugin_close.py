@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 from backend.api import IndexRequest
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 from backend.errors import InputError, SlideReadError
 from napari_histoclip._tasks import task_error_message

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui
 

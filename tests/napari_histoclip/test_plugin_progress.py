@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 from backend.api import Progress, TileOptions
 from backend.errors import CancelledError

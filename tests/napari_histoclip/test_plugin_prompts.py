@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 from napari_histoclip._widgets._prompts import PromptRow
 

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
-from mouse import draw_polygon, draw_rectangle
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import draw_polygon, draw_rectangle
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 

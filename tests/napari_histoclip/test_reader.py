@@ -179,7 +179,7 @@ def test_sample_data_uses_the_cache_and_says_so_offline(cmu_slide: Path, monkeyp
 
 @pytest.fixture(scope="module")
 def dicom_wsi(tmp_path_factory: pytest.TempPathFactory, cmu_slide: Path) -> Path:
-    from dicom_data import dicom_wsi_folder
+    from tests.support.dicom_data import dicom_wsi_folder
 
     return dicom_wsi_folder(tmp_path_factory, cmu_slide)
 

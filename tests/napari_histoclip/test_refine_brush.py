@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mouse
-from dock_helpers import slide_dock
+from tests.support import mouse
+from tests.support.dock_helpers import slide_dock
 
 pytestmark = pytest.mark.gui
 MAP = "CMU-1-Small-Region: class map"

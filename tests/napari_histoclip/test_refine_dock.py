@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dock_helpers import open_slide
-from mouse import paint_cell as paint
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import paint_cell as paint
 
 pytestmark = pytest.mark.gui
 MAP = "CMU-1-Small-Region: class map"
@@ -132,7 +132,7 @@ def test_screenshots_before_and_after_refine(local_backend, plugin_viewer, plugi
     from PIL import Image
     from test_screenshots import DOCK_WIDTH, MAX_BYTES, WINDOW, save_png
 
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     out = Path(os.environ.get("HISTOCLIP_SCREENSHOT_DIR") or tmp_path / "screenshots")
     out.mkdir(parents=True, exist_ok=True)

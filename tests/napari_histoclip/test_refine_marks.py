@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mouse
-from dock_helpers import open_slide
+from tests.support import mouse
+from tests.support.dock_helpers import open_slide
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # a shown viewer and zero-shot per test
 MAP = "CMU-1-Small-Region: class map"

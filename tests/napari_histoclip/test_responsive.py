@@ -53,7 +53,7 @@ def busy_python(seconds: float) -> None:
 
 def test_ui_stays_responsive_while_embedding(make_napari_viewer, qtbot, cmu_layer_data, capsys) -> None:
     """The double computes in Python per tile (holding the GIL), in the worker thread."""
-    from fakes import FakeBackend
+    from tests.support.fakes import FakeBackend
     from napari.layers import Layer
 
     class GilHolding(FakeBackend):
@@ -82,7 +82,7 @@ def test_ui_stays_responsive_while_embedding(make_napari_viewer, qtbot, cmu_laye
 @pytest.mark.slow
 def test_relabelling_from_the_plugin_dock_does_not_freeze_the_ui(plugin_dock, plugin_viewer, qtbot, cmu_slide, notes, capsys) -> None:
     """New prompts on an embedded slide: the result layers are updated, not rebuilt."""
-    from dock_helpers import open_slide
+    from tests.support.dock_helpers import open_slide
 
     from napari_histoclip._widgets._prompts import PromptRow
 

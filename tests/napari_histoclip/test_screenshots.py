@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dock_helpers import open_slide
-from mouse import draw_polygon, draw_rectangle
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import draw_polygon, draw_rectangle
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WINDOW = (1440, 1080)  # the dock's header and tabs need ~970 px; the rest lets its lists show whole
@@ -60,7 +60,7 @@ def save_png(viewer, path: Path, dock=None) -> Path:
 def classifier_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A classifier bundle as Refine saves one (a random head on test-tiny, default tiles): it
     runs from the embeddings the zero-shot shot cached, so the shot costs no new embedding."""
-    from dock_helpers import tiny_classifier
+    from tests.support.dock_helpers import tiny_classifier
 
     return tiny_classifier(tmp_path_factory.mktemp("shot-classifier") / "tumor-stroma-fat", CLASSIFIER_CLASSES,
                            CLASSIFIER_COLORS, own_backbone=False)

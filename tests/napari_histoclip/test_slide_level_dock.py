@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui
 NDPI = "test3-DAPI-2-(387).ndpi"

@@ -5,13 +5,11 @@ do not warn."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from dock_helpers import open_slide
+from tests.support.dock_helpers import open_slide
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))  # encoder_helpers, hub_helpers
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -22,7 +20,7 @@ def wait(qtbot, dock) -> None:
 
 @pytest.fixture
 def uni_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from encoder_helpers import save_timm_hub_repo
+    from tests.support.encoder_helpers import save_timm_hub_repo
 
     from backend.models import resolve_model
 

@@ -17,7 +17,7 @@ WAIT_MS = 60_000
 @pytest.fixture
 def dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide):
     """The dock as Plugins > HistoCLIP makes it, on the numpy double, CMU opened by the reader."""
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide)
 
@@ -32,7 +32,7 @@ def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
 
 
 def test_errors_become_notifications(plugin_dock, plugin_viewer, fake_backend, qtbot, notes) -> None:
-    from dock_helpers import open_slide, with_backend
+    from tests.support.dock_helpers import open_slide, with_backend
 
     from backend.errors import SlideReadError
 
@@ -76,7 +76,7 @@ def test_sync_mode_runs_on_the_calling_thread(dock, monkeypatch) -> None:
 
 def test_a_closed_dock_stops_listening(dock, plugin_viewer, slides_dir) -> None:
     """After the dock is closed, layer changes reach no deleted widget."""
-    from dock_helpers import open_slide
+    from tests.support.dock_helpers import open_slide
 
     shapes = dock.captions.new_layer()
     before = dock.slide.value
@@ -104,16 +104,16 @@ def test_fake_maps_are_the_same_in_every_process(cmu_slide) -> None:
     import sys
 
     code = (
-        "import sys, hashlib; sys.path.insert(0, sys.argv[1]);"
-        "from fakes import FakeBackend; from backend.api import SlideRef, ZeroShotRequest;"
-        "r = FakeBackend().zero_shot(ZeroShotRequest(SlideRef(sys.argv[2]), 'fake-clip',"
+        "import sys, hashlib;"
+        "from tests.support.fakes import FakeBackend; from backend.api import SlideRef, ZeroShotRequest;"
+        "r = FakeBackend().zero_shot(ZeroShotRequest(SlideRef(sys.argv[1]), 'fake-clip',"
         " ('tumor', 'stroma', 'necrosis', 'fat', 'mucosa', 'lymphocytes')));"
         "print(hashlib.sha1(r.probabilities.tobytes()).hexdigest())"
     )
     digests = set()
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(cmu_slide)],
+        out = subprocess.run([sys.executable, "-c", code, str(cmu_slide)], cwd=Path(__file__).parents[2],  # tests.support
                              env=env, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1, digests

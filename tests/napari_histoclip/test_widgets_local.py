@@ -20,7 +20,7 @@ MPP = 0.499
 def dock(plugin_dock, plugin_viewer, local_backend, cmu_slide):
     """The dock as Plugins > HistoCLIP makes it, CMU opened by the reader, on the module's
     ``LocalBackend`` (its loaded model and cached embeddings serve every test here)."""
-    from dock_helpers import slide_dock
+    from tests.support.dock_helpers import slide_dock
 
     return slide_dock(plugin_dock, plugin_viewer, local_backend, cmu_slide, MODEL)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dock_helpers import open_slide
-from mouse import draw_rectangle
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import draw_rectangle
 
 pytestmark = pytest.mark.gui
 NAMES = ("tumor", "stroma", "fat")
@@ -24,7 +24,7 @@ def wait(qtbot, dock) -> None:
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from dock_helpers import tiny_classifier
+    from tests.support.dock_helpers import tiny_classifier
 
     return tiny_classifier(tmp_path_factory.mktemp("dock-classifier") / "student", NAMES, COLORS)
 

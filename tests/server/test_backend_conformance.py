@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TILES, running_server
+from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.errors import CancelledError, InputError, SlideNotFoundError, UnknownModelError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TILES, running_server
+from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.errors import CapabilityError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TILES, Running
+from tests.support.server import TILES, Running
 
 from backend import api
 from backend.cli import main

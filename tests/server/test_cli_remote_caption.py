@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Running, running_server
+from tests.support.server import Running, running_server
 from PIL import Image
 
 from backend.cli import main

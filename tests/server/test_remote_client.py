@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TILES, Running, serve
+from tests.support.server import TILES, Running, serve
 
 from backend import api
 from backend.errors import InputError, SlideNotFoundError, UnknownModelError

@@ -8,7 +8,7 @@ import re
 
 import httpx
 import pytest
-from conftest import Running, slide_id
+from tests.support.server import Running, slide_id
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import re
 import time
 
 import httpx
-from conftest import Running
+from tests.support.server import Running
 
 FORGED = "token=mallory call=zero-shot slide=x status=200 duration_ms=1.0"
 LINE = re.compile(r"token=(\S+) call=(\S+(?: \S+)?) slide=(\S+) status=(\d+) duration_ms=[\d.]+")

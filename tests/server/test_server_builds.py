@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import running_server
+from tests.support.server import running_server
 
 from backend.local import LocalBackend
 

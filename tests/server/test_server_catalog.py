@@ -5,13 +5,12 @@ has just built found at once."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import TILES, Running, running_server, slide_id
+from tests.support.server import TILES, Running, running_server, slide_id
 
 from backend import api
 from backend.errors import InputError, SlideNotFoundError
@@ -19,7 +18,6 @@ from backend.remote import HttpBackend
 from backend.remote.pixels import RemoteSlideInfo, remote_multiscale
 from backend.slides import open_slide
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/dicom_data.py
 
 
 def test_region_pixels_equal_the_slide_and_bad_regions_are_refused(module_server: Running, cmu_slide: Path) -> None:
@@ -46,7 +44,7 @@ def test_region_pixels_equal_the_slide_and_bad_regions_are_refused(module_server
 
 
 def test_dicom_folders_are_one_slide_each(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, cmu_slide: Path) -> None:
-    from dicom_data import dicom_wsi_folder
+    from tests.support.dicom_data import dicom_wsi_folder
 
     dicom = dicom_wsi_folder(tmp_path_factory, cmu_slide)
     root, outside = tmp_path / "root", tmp_path / "outside"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import running_server
+from tests.support.server import running_server
 
 from backend import api
 from backend.errors import CancelledError

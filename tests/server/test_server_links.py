@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TILES, running_server
+from tests.support.server import TILES, running_server
 
 from backend import api
 

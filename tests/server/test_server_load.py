@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TILES, running_server
+from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.local import LocalBackend

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import running_server
+from tests.support.server import running_server
 
 from backend.remote.wire import BUNDLE_TYPE, MAGIC
 

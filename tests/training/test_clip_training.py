@@ -241,15 +241,11 @@ def test_config_and_data_errors(tiles: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_transformers_clip_trains_with_lora_on_the_text_tower(tiles: Path, tmp_path: Path) -> None:
-    import importlib
-    import sys
-
     from transformers import CLIPConfig, CLIPModel
 
     from backend.models import ModelFamily, save_bundle
+    from tests.support import hf_clip as hf  # a hand-made PLIP-shaped hub repo
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
-    hf = importlib.import_module("test_models_hf")  # its hand-made PLIP-shaped hub repo
     hub = tmp_path / "hub"
     snapshot = hf.make_hub_repo(hub, hf.PLIP_REPO, hf.clip_tokenizer_files())
     with torch.random.fork_rng(devices=[]):

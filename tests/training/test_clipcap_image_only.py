@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from training.__main__ import main
 
 pytestmark = pytest.mark.slow  # encode ~60 tiles, train a 2-layer GPT-2 for two epochs

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from backend.caption import Captioner, DecodeConfig, load_captioner
-from backend.caption.testing import tiny_gpt2, train_bpe_tokenizer
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from training.__main__ import main
 from training.clipcap.encode import EmbeddingStore, encode_images

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_run import run_main
+from tests.support.cli_run import run_main
 from clipit_data import make_clipit_data
 from tile_classes import CLASSES, make_tile_classes
 

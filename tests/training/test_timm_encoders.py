@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from cli_run import run_main
+from tests.support.cli_run import run_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))  # encoder_helpers, hub_helpers
 from clipit_data import make_clipit_data  # noqa: E402
-from encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo  # noqa: E402
+from tests.support.encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo  # noqa: E402
 from tile_classes import make_tile_classes  # noqa: E402
 
 from backend.cli import main as histoclip  # noqa: E402

@@ -15,8 +15,8 @@ import pandas as pd
 from PIL import Image
 
 from backend.tasks.zero_shot import DEFAULT_TEMPLATES
-from cohort_data import _is_tissue
-from planted_textures import CLASSES, TILE, texture_sources, write_tiles
+from tests.support.cohort_data import _is_tissue
+from tests.support.planted_textures import CLASSES, TILE, texture_sources, write_tiles
 
 BACKGROUND = 3  # loose stroma: not one of the prompted classes
 PLANTED = (2, 4)  # glands, vessel wall: the slide-level classes (tumor and smooth muscle look alike to test-tiny)

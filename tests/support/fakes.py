@@ -6,6 +6,7 @@ responsiveness test (its ``tile_delay`` sleeps in the worker like a model would 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import zlib
@@ -18,6 +19,9 @@ from backend.api import (
     Caption,
     CaptionRequest,
     CaptionResult,
+    ClassifierInfo,
+    ClassifyRequest,
+    ClassSearchRequest,
     CorpusCaptionRequest,
     EmbedResult,
     EvidenceTile,
@@ -31,6 +35,8 @@ from backend.api import (
     ModelInfo,
     Progress,
     ProgressCallback,
+    RefineRequest,
+    SaveClassifierRequest,
     SearchHit,
     SearchRequest,
     SearchResult,
@@ -44,7 +50,9 @@ from backend.api import (
     ZeroShotRequest,
     ZeroShotResult,
 )
-from backend.errors import CancelledError, SlideNotFoundError
+from backend.errors import CancelledError, InputError, ModelError, SlideNotFoundError
+
+CLASSIFIER_FILE = "fake-classifier.json"  # what the fake's "classifier bundle" folder holds
 
 
 def slide_size(path: str) -> tuple[int, int]:
@@ -80,6 +88,7 @@ class FakeBackend:
     calls: list[str] = field(default_factory=list)
     embedded: set[str] = field(default_factory=set)
     fail_with: Exception | None = None
+    closed: bool = False
 
     def list_models(self) -> list[ModelInfo]:
         return [
@@ -129,26 +138,30 @@ class FakeBackend:
             self.embedded.add(slide.path)
         return EmbedResult(Path(slide.path).stem, model, n, geom, cached, True)
 
-    def zero_shot(self, request, *, progress=None, cancel=None) -> ZeroShotResult:  # noqa: ANN001
+    def zero_shot(self, request: ZeroShotRequest, *, progress: ProgressCallback | None = None,
+                  cancel: threading.Event | None = None) -> ZeroShotResult:
         self.calls.append("zero_shot")
         self.embed_slide(request.slide, request.model, request.tiles, progress=progress, cancel=cancel)
-        geom = self._geometry(request.slide.path)
+        return self._class_map(request.slide.path, tuple(request.labels), request.unknown_threshold)
+
+    def _class_map(self, path: str, labels: tuple[str, ...], unknown_threshold: float | None) -> ZeroShotResult:
+        """Smooth class fields that depend on the label text, so new prompts give a new map."""
+        geom = self._geometry(path)
         rows, cols = geom.shape
-        n = len(request.labels)
+        n = len(labels)
         r, c = np.mgrid[0:rows, 0:cols]
-        # Smooth class fields that depend on the label text, so new prompts give a new map.
         logits = np.stack(
-            [np.sin(r / 2.0 + label_phase(lab)) + np.cos(c / 3.0 + i) for i, lab in enumerate(request.labels)]
+            [np.sin(r / 2.0 + label_phase(lab)) + np.cos(c / 3.0 + i) for i, lab in enumerate(labels)]
         ).astype(np.float32)
         e = np.exp(logits - logits.max(axis=0))
         probs = e / e.sum(axis=0)
         tissue = self._tissue((rows, cols))
         cm = (probs.argmax(axis=0) + 1).astype(np.int32)
-        if request.unknown_threshold is not None:
-            cm[probs.max(axis=0) < request.unknown_threshold] = n + 1
+        if unknown_threshold is not None:
+            cm[probs.max(axis=0) < unknown_threshold] = n + 1
         cm[~tissue] = 0
         probs[:, ~tissue] = np.nan
-        return ZeroShotResult(tuple(request.labels), cm, probs.astype(np.float32), geom, True)
+        return ZeroShotResult(labels, cm, probs.astype(np.float32), geom, True)
 
     def heatmap(self, request: HeatmapRequest, *, progress=None, cancel=None) -> HeatmapResult:  # noqa: ANN001
         self.calls.append("heatmap")
@@ -283,3 +296,113 @@ class FakeBackend:
                   if not (request.exclude_query_slide and Path(s).resolve() == Path(request.slide.path).resolve())]
         return SlideSearchResult(tuple(SlideHit(Path(s).stem, s, 0.9 - 0.1 * i, 4)
                                        for i, s in enumerate(slides[: request.k])))
+
+    # --- classifiers and few-shot refinement: a "classifier bundle" is a folder holding a JSON --
+
+    def _classifier(self, path: str) -> dict:
+        """The fake classifier saved at ``path`` (see :meth:`save_classifier`)."""
+        import json
+
+        file = Path(path) / CLASSIFIER_FILE
+        if not file.is_file():
+            raise ModelError(f"{path}: not a classifier bundle (no {CLASSIFIER_FILE})")
+        return json.loads(file.read_text())
+
+    def _prior(self, slide: SlideRef, labels: tuple[str, ...], classifier: str | None,
+               unknown_threshold: float | None) -> ZeroShotResult:
+        """The prompts' (or the classifier's) fake class map, before any marks."""
+        if classifier is not None:
+            labels = tuple(self._classifier(classifier)["labels"])
+        return self._class_map(slide.path, labels, unknown_threshold)
+
+    def refine(self, request: RefineRequest, *, progress: ProgressCallback | None = None,
+               cancel: threading.Event | None = None) -> ZeroShotResult:
+        """The prior's map with each marked cell set to its mark's class (a label the prior
+        lacks adds a class); no marks: the prior's map, exactly."""
+        self.calls.append("refine")
+        if cancel is not None and cancel.is_set():
+            raise CancelledError("refine cancelled")
+        prior = self._prior(request.slide, tuple(request.labels), request.classifier, request.unknown_threshold)
+        labels = list(prior.labels)
+        cm, probs = prior.class_map.copy(), prior.probabilities
+        for mark in request.marks:
+            if mark.label not in labels:
+                labels.append(mark.label)
+                probs = np.concatenate([probs, np.where(np.isnan(probs[:1]), np.nan, 0.0).astype(np.float32)])
+        cm[cm == len(prior.labels) + 1] = len(labels) + 1  # "unknown" stays after the classes
+        rows, cols = cm.shape
+        for mark in request.marks:
+            for r, c in mark.cells:
+                if not (0 <= r < rows and 0 <= c < cols):
+                    raise InputError(f"marks[{mark.label!r}]: cell ({r}, {c}) is outside the {rows} x {cols} grid")
+                k = labels.index(mark.label)
+                cm[r, c] = k + 1
+                probs[:, r, c] = 0.0
+                probs[k, r, c] = 1.0
+        return ZeroShotResult(tuple(labels), cm, probs, prior.geometry, True)
+
+    def classify(self, request: ClassifyRequest, *, progress: ProgressCallback | None = None,
+                 cancel: threading.Event | None = None) -> ZeroShotResult:
+        """The classifier's classes as a fake class map; with a region, cells whose centre is
+        outside it are background."""
+        self.calls.append("classify")
+        clf = self._classifier(request.classifier)
+        model = request.model or clf["model"]
+        self.embed_slide(request.slide, model, request.tiles or TileOptions(), progress=progress, cancel=cancel)
+        result = self._class_map(request.slide.path, tuple(clf["labels"]), request.unknown_threshold)
+        if request.region is None:
+            return result
+        x, y, w, h = request.region.bounds
+        rows, cols = result.class_map.shape
+        r, c = np.mgrid[0:rows, 0:cols]
+        cy, cx = (r + 0.5) * self.tile, (c + 0.5) * self.tile
+        outside = ~((cx >= x) & (cx <= x + w) & (cy >= y) & (cy <= y + h))
+        cm, probs = result.class_map.copy(), result.probabilities.copy()
+        cm[outside] = 0
+        probs[:, outside] = np.nan
+        return ZeroShotResult(result.labels, cm, probs, result.geometry, True)
+
+    def save_classifier(self, request: SaveClassifierRequest, *, progress: ProgressCallback | None = None,
+                        cancel: threading.Event | None = None) -> ClassifierInfo:
+        """Write a fake classifier (its classes: the prior's, then new mark labels) at ``path``."""
+        import json
+
+        self.calls.append("save_classifier")
+        if not request.slides:
+            raise InputError("save as classifier: no slide given; pass the slides the marks were made on")
+        path = Path(request.path)
+        if (path / CLASSIFIER_FILE).exists() and not request.overwrite:
+            raise InputError(f"{request.path}: a classifier is there already; pass overwrite=True to replace it")
+        prior = self._classifier(request.classifier) if request.classifier is not None else None
+        labels = list(prior["labels"] if prior is not None else request.labels)
+        n_marks = 0
+        for i, sm in enumerate(request.slides):
+            for mark in sm.marks:
+                if mark.label not in labels:
+                    labels.append(mark.label)
+                n_marks += len(mark.cells)
+            if progress is not None:
+                progress(Progress(i + 1, len(request.slides), "fitting"))
+        model = request.model or (prior["model"] if prior is not None else "fake-clip")
+        tiles = request.tiles or TileOptions()
+        name = request.name or path.name
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CLASSIFIER_FILE).write_text(json.dumps({"name": name, "labels": labels, "model": model}))
+        return ClassifierInfo(str(path), name, tuple(labels), model, f"{model}@fake", tiles, n_marks)
+
+    def search_class(self, request: ClassSearchRequest) -> SearchResult:
+        """The index's tiles (as :meth:`search`), scored for the classifier's class ``label``."""
+        self.calls.append("search_class")
+        labels = self._classifier(request.classifier)["labels"]
+        if request.label not in labels:
+            raise InputError(f"label {request.label!r}: not a class of {request.classifier}; its classes are "
+                             + ", ".join(labels))
+        found = self.search(SearchRequest(request.index_path, k=request.k))
+        self.calls.pop()  # the inner search is this call's, not the caller's
+        shift = 0.01 * labels.index(request.label)
+        return SearchResult(tuple(dataclasses.replace(h, score=h.score - shift) for h in found.hits), found.note)
+
+    def close(self) -> None:
+        """Nothing is held open; the calls list records the close."""
+        self.calls.append("close")
+        self.closed = True

@@ -14,6 +14,15 @@ if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
+# Six histology sentences: the toy captioner of tests/conftest.py is fitted to them.
+TOY_CAPTIONS = (
+    "dense fibrous stroma with scattered lymphocytes and small vessels",
+    "squamous epithelium with keratin pearls",
+    "adipose tissue with thin fibrous septa",
+    "tumor glands in desmoplastic stroma",
+    "necrosis with inflammatory debris",
+    "colonic mucosa with crypts and goblet cells",
+)
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:

@@ -1,8 +1,8 @@
 """Helpers of the plugin tests (plain functions, not fixtures).
 
-Imported as ``from dock_helpers import ...``, never ``from conftest import ...``: several test
-folders have a ``conftest.py``, and which one the bare name ``conftest`` means at run time
-depends on collection order (a full-suite run resolved it to tests/server/conftest.py).
+Imported as ``from tests.support.dock_helpers import ...``, never ``from conftest import ...``:
+several test folders have a ``conftest.py``, and which one the bare name ``conftest`` means at
+run time depends on collection order.
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hub_helpers import (
-    make_hub_repo,  # sibling helper module (tests/backend is on sys.path)
-)
 
 from backend.models.registry import ModelEntry, resolve_model
+from tests.support.hub_helpers import (
+    make_hub_repo,
+)
 
 REV = "1234567890abcdef1234567890abcdef12345678"
 # the size kwargs a tiny model overrides (everything else is the card's); 48 keeps SwiGLU

@@ -8,7 +8,7 @@ can say where a shape goes and check where it landed.
 
 Usage::
 
-    from mouse import draw_polygon, draw_rectangle
+    from tests.support.mouse import draw_polygon, draw_rectangle
 
     draw_rectangle(qtbot, viewer, shapes, (400, 300), (1600, 1500))
     draw_polygon(qtbot, viewer, shapes, [(1650, 550), (1750, 1300), (2300, 950)])

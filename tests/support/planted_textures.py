@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cohort_data import _is_tissue, _sources, write_slide
+from tests.support.cohort_data import _is_tissue, _sources, write_slide
 
 TILE = 224  # level-0 pixels per tile: the engine's 224 px at 0.5 µm/px on a 0.5 µm/px slide
 CLASSES = ("tumor", "smooth muscle", "glands", "loose stroma", "vessel wall")
