@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_run import run_main
-from conftest import Running, running_server
 from PIL import Image
 
 from backend.cli import main
+from tests.support.cli_run import run_main
+from tests.support.server import Running, running_server
 
 pytestmark = pytest.mark.slow  # two backends embed CMU-1-Small-Region with test-tiny (~34 tiles each)
 FLAGS = ["--mpp", "2", "--tile-size", "64", "--device", "cpu"]
