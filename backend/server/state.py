@@ -9,8 +9,9 @@ so a new request type of :mod:`backend.api` is served once it has a line in
   slide ids (or listed relative paths, or a listed folder for ``slides``);
 - ``index_path`` names a cohort index; ``captioner``, ``classifier`` and ``bundle`` a bundle;
   ``corpus`` a caption corpus file under ``--corpora``;
-- ``model`` is a registry name or a bundle under ``--models`` (``hf-hub:`` ids only with
-  ``allow_hub_models``): never a server path a client makes up;
+- ``model`` is a registry name or a bundle under ``--models`` (hub ids only with
+  ``allow_hub_models``; :func:`~backend.models.registry.model_name_kind` tells them apart):
+  never a server path a client makes up;
 - a ``path`` field (``SaveClassifierRequest``) is a new bundle: a plain name in the first
   ``--models`` folder.
 """
@@ -110,9 +111,13 @@ class ServerState:
             return self._names
 
     def model(self, name: str | None) -> str | None:
+        from backend.models.registry import NameKind, model_name_kind
+
         if name is None or name in self.registry_names():
             return name
-        if self.config.allow_hub_models and isinstance(name, str) and name.startswith("hf-hub:"):
+        # A bundle is a catalog entry under --models, never a folder the client names.
+        kind = model_name_kind(name) if isinstance(name, str) else NameKind.UNKNOWN
+        if kind is NameKind.REGISTERED or (self.config.allow_hub_models and kind is NameKind.HUB):
             return name
         try:
             return self.bundles.resolve(name)
