@@ -240,7 +240,7 @@ def _wait_for_workers(ray: Any, actors: list[Any], model: str,
     for i, d in enumerate(described[1:], start=1):
         check_same_weights(
             f"the part of the index embedded by Ray worker 0 (model {model!r})", described[0][0], d[0],
-            f"Give every machine the same weights: pin one, --model {described[0][0]}",
+            "Give every machine the same weights (pin one with --model)",
             loaded_by=f"model {model!r} on Ray worker {i}",
         )
     model_id, dim = described[0][0], described[0][1]

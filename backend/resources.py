@@ -157,7 +157,7 @@ class Resources:
             fix = f"make it again with {name!r}, or give the model it was made with"
         else:
             fix = f"leave the model out to use {recorded_id!r}, or use one made with {name!r}"
-        check_same_weights(what, recorded_id, str(clip.model_id), fix, given=name)
+        check_same_weights(what, recorded_id, str(clip.model_id), fix, loaded_by=f"model {name!r}")
         return clip
 
     def captioner(self, path: str, clip_model_id: str) -> Captioner:
