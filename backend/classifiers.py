@@ -29,7 +29,7 @@ from backend.resources import Resources
 
 if TYPE_CHECKING:
     from backend.models.classifier import Classifier
-    from backend.models.heads import Head
+    from backend.models.heads import LinearHead
     from backend.tasks import ClassMap
     from backend.tasks.refine import Refinement
 
@@ -61,8 +61,8 @@ def classifier_model(resources: Resources, clf: Classifier, given: str | None = 
 
 
 def prior(resources: Resources, request: PriorRequest, what: str
-          ) -> tuple[Head, str, api.TileOptions, tuple[str, ...], float | None, dict[str, Any]]:
-    """The head a refine/save request starts from: (head, model, tiles, templates,
+          ) -> tuple[LinearHead, str, api.TileOptions, tuple[str, ...], float | None, dict[str, Any]]:
+    """The linear head a refine/save request starts from: (head, model, tiles, templates,
     unknown threshold, card entry), from its classifier bundle or its prompts."""
     from backend.models.heads import LinearHead
     from backend.tasks.refine import text_head

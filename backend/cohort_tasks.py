@@ -108,9 +108,9 @@ def search(
         query = resources.text_cache.encode(clip, [request.text])[0]
         check_cancel(cancel, "search")
         hits = resources.on_reader(path, lambda ix: ix.search(query, request.k, model_id=model_id))
-    else:
-        region = request.region
-        emb = resources.embeddings(request.slide, model, tiles, region=region, progress=progress, cancel=cancel)
+    else:  # a region of a slide (both checked above)
+        slide, region = request.slide, request.region
+        emb = resources.embeddings(slide, model, tiles, region=region, progress=progress, cancel=cancel)
         exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
         cap = region_place_tiles(region.bounds, emb.tile_extent)  # places near the region's size
         check_cancel(cancel, "search")

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 def geometry(layout: TileLayout) -> api.GridGeometry:
     """A tile layout's grid as the interface's :class:`backend.api.GridGeometry`."""
-    return api.GridGeometry(shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate))
+    return api.GridGeometry(
+        shape=tuple(layout.grid_shape), scale=tuple(layout.scale), translate=tuple(layout.translate)
+    )
 
 
 def class_map_result(resources: Resources, cm: ClassMap, model: str) -> api.ZeroShotResult:

@@ -2,9 +2,9 @@
 pooling, from prompts or a classifier bundle) and "slides like this one" over a cohort index.
 
 Functions that take the :class:`backend.resources.Resources` holder (models, caches and open
-indexes); ``LocalBackend``'s ``slide_zero_shot`` and ``search_slides`` call them. The computations themselves are the pure
-task modules :mod:`backend.tasks.slide_zero_shot` and :mod:`backend.tasks.slide_search`.
-Threads: as the backend, from any thread.
+indexes); ``LocalBackend``'s ``slide_zero_shot`` and ``search_slides`` call them. The
+computations themselves are the pure task modules :mod:`backend.tasks.slide_zero_shot` and
+:mod:`backend.tasks.slide_search`. Threads: as the holder, from any thread.
 """
 
 from __future__ import annotations
@@ -126,7 +126,8 @@ def search_slides(
     model = request.model or index.model_name
     emb = resources.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
     exclude = {emb.slide_fingerprint} if request.exclude_query_slide else set()
-    records = [r for r in resources.on_reader(request.index_path, lambda ix: ix.slides()) if r.fingerprint not in exclude]
+    listed = resources.on_reader(request.index_path, lambda ix: ix.slides())
+    records = [r for r in listed if r.fingerprint not in exclude]
 
     def candidates() -> Iterator[tuple[Any, Any]]:
         """One slide's vectors at a time (a cohort's would not fit in memory at once)."""

@@ -86,7 +86,8 @@ CALLERS: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "embeddings (zero-shot)": (_zero_shot_embeddings, "the embeddings of a.svs", "Embed the slide"),
     "Ray workers": (_ray_workers, "the part of the index embedded by Ray worker 0", "Give every machine"),
     "ClipCap embedding store": (_clipcap_store, "embedding store ", "Use another --out directory"),
-    "backend (index, captioner)": (_recorded_model, "cohort index /data/idx", f"leave the model out to use {RECORDED!r}"),
+    "backend (index, captioner)": (_recorded_model, "cohort index /data/idx",
+                                   f"leave the model out to use {RECORDED!r}"),
 }
 
 
