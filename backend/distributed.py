@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import api
-from backend.errors import CancelledError, HistoclipError, InputError, ModelError, ModelMismatchError
+from backend.errors import CancelledError, HistoclipError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,16 @@ def _import_ray() -> Any:
 
 
 class _EmbedWorker:
-    """One Ray actor: a LocalBackend with the model loaded once, embedding slides to the cache."""
+    """One Ray actor: a backend's resources with the model loaded once, embedding slides to the cache."""
 
     def __init__(self, model: str, tiles: api.TileOptions, cache_dir: str, device: str | None,
                  batch_size: int, threads: int) -> None:
         import torch
 
-        from backend.local import LocalBackend
+        from backend.resources import Resources
 
         torch.set_num_threads(max(1, threads))
-        self.backend = LocalBackend(cache_dir, device, batch_size=batch_size, num_workers=1)
+        self.resources = Resources(cache_dir, device, batch_size=batch_size, num_workers=1)
         self.model_name, self.tiles = model, tiles
         # A bad model name is the user's error, not a crash: keep it for describe(), so the
         # driver raises it as one line (an exception here would kill the actor with a
@@ -66,7 +66,7 @@ class _EmbedWorker:
         self.clip: Any = None
         self.error = ""
         try:
-            self.clip = self.backend.model(model)
+            self.clip = self.resources.model(model)
         except HistoclipError as e:
             self.error = str(e)
 
@@ -82,7 +82,7 @@ class _EmbedWorker:
     def embed(self, path: str, slide_mpp: float | None) -> tuple[str, str, int]:
         """Embed one slide into the cache: ``(status, why, pid)``, status ``ok`` or ``failed``."""
         try:
-            self.backend.embeddings(api.SlideRef(path, slide_mpp), self.model_name, self.tiles)
+            self.resources.embeddings(api.SlideRef(path, slide_mpp), self.model_name, self.tiles)
         except HistoclipError as e:
             return "failed", str(e), os.getpid()
         return "ok", "", os.getpid()
@@ -173,7 +173,7 @@ def build_index_ray(
         to a worker, slides that cannot be embedded are listed in ``failed``.
     """
     from backend.embed import EmbeddingCache
-    from backend.local import recordable_model_name
+    from backend.models.identity import recordable_model_name
     from backend.slides import expand_slides
     from backend.paths import cache_root
 
@@ -233,11 +233,15 @@ def _wait_for_workers(ray: Any, actors: list[Any], model: str,
     errors = [err for *_, err in described if err]
     if errors:
         raise ModelError(f"Ray workers could not load model {model!r}: {errors[0]}")
-    ids = sorted({d[0] for d in described})
-    if len(ids) > 1:  # e.g. machines whose hub caches hold different snapshots of the model
-        raise ModelMismatchError(
-            f"Ray workers loaded different weights for model {model!r}: {', '.join(ids)}; their embeddings "
-            f"cannot share one index. Give every machine the same weights: pin one, --model {ids[0]}"
+    # e.g. machines whose hub caches hold different snapshots of the model: their embeddings
+    # cannot share one index
+    from backend.models.identity import check_same_weights
+
+    for i, d in enumerate(described[1:], start=1):
+        check_same_weights(
+            f"the part of the index embedded by Ray worker 0 (model {model!r})", described[0][0], d[0],
+            "Give every machine the same weights (pin one with --model)",
+            loaded_by=f"model {model!r} on Ray worker {i}",
         )
     model_id, dim = described[0][0], described[0][1]
     return model_id, dim, [pid for _, _, pid, _ in described]
@@ -266,7 +270,7 @@ class _Driver:
 
     def _plan(self, slides: list[str], slide_mpp: float | None) -> list[tuple[str, float | None]]:
         """The slides still to embed, each with the mpp to open it with."""
-        from backend.local import slide_mpp_fallback
+        from backend.resources import slide_mpp_fallback
         from backend.slides import slide_fingerprint
 
         todo = []
@@ -353,7 +357,7 @@ def embed_cohort_ray(
     between slides (those finished stay cached).
     """
     from backend.embed import EmbeddingCache, lookup_cached
-    from backend.local import slide_mpp_fallback
+    from backend.resources import slide_mpp_fallback
     from backend.paths import cache_root
 
     _check_options(options)

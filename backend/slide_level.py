@@ -1,10 +1,10 @@
 """Slide-level answers of :class:`backend.local.LocalBackend`: whole-slide zero-shot (MI-Zero
 pooling, from prompts or a classifier bundle) and "slides like this one" over a cohort index.
 
-Functions that take the backend (its models, caches and open indexes); ``LocalBackend``'s
-``slide_zero_shot`` and ``search_slides`` call them. The computations themselves are the pure
-task modules :mod:`backend.tasks.slide_zero_shot` and :mod:`backend.tasks.slide_search`.
-Threads: as the backend, from any thread.
+Functions that take the :class:`backend.resources.Resources` holder (models, caches and open
+indexes); ``LocalBackend``'s ``slide_zero_shot`` and ``search_slides`` call them. The
+computations themselves are the pure task modules :mod:`backend.tasks.slide_zero_shot` and
+:mod:`backend.tasks.slide_search`. Threads: as the holder, from any thread.
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from backend import api
+from backend.classifiers import classifier, classifier_model
 from backend.errors import CancelledError, InputError
+from backend.resources import Resources
 
 if TYPE_CHECKING:
-    from backend.local import LocalBackend
     from backend.tasks.slide_zero_shot import SlideVerdict
 
 TASK = "slide-level zero-shot"
 
 
 def slide_verdict(
-    backend: LocalBackend,
+    resources: Resources,
     request: api.SlideZeroShotRequest,
     *,
     progress: api.ProgressCallback | None = None,
@@ -42,10 +43,10 @@ def slide_verdict(
     if request.classifier is not None:
         if request.labels:
             raise InputError(f"{TASK}: give either prompts (labels) or a classifier, not both")
-        clf = backend.classifier(request.classifier)
-        model = backend.classifier_model(clf, request.model, progress=progress, cancel=cancel)
+        clf = classifier(request.classifier)
+        model = classifier_model(resources, clf, request.model, progress=progress, cancel=cancel)
         tiles = request.tiles or api.TileOptions(**clf.tiles)
-        emb = backend.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
+        emb = resources.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
         verdict = slide_classify(emb, clf.head, pooling=pooling, n_evidence=request.evidence,
                                  unknown_threshold=request.unknown_threshold if request.unknown_threshold
                                  is not None else clf.unknown_threshold)
@@ -55,13 +56,13 @@ def slide_verdict(
                          "or give a classifier")
     require_capability(resolve_model(request.model), Capability.TEXT, TASK)
     check_prompts(request.labels, request.synonyms, request.templates)  # before any embedding
-    emb = backend.embeddings(request.slide, request.model, request.tiles or api.TileOptions(),
-                             progress=progress, cancel=cancel)
+    emb = resources.embeddings(request.slide, request.model, request.tiles or api.TileOptions(),
+                                progress=progress, cancel=cancel)
     verdict = slide_zero_shot(
-        emb, list(request.labels), backend.model(request.model),
+        emb, list(request.labels), resources.model(request.model),
         synonyms=[list(s) for s in request.synonyms] or None, templates=list(request.templates) or None,
         pooling=pooling, n_evidence=request.evidence, unknown_threshold=request.unknown_threshold,
-        text_cache=backend.text_cache,
+        text_cache=resources.text_cache,
     )
     return verdict, request.model
 
@@ -93,19 +94,19 @@ def verdict_result(verdict: SlideVerdict, random_weights: bool) -> api.SlideZero
 
 
 def slide_zero_shot(
-    backend: LocalBackend,
+    resources: Resources,
     request: api.SlideZeroShotRequest,
     *,
     progress: api.ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> api.SlideZeroShotResult:
     """``LocalBackend.slide_zero_shot``."""
-    verdict, model = slide_verdict(backend, request, progress=progress, cancel=cancel)
-    return verdict_result(verdict, bool(backend.model(model).random_weights))
+    verdict, model = slide_verdict(resources, request, progress=progress, cancel=cancel)
+    return verdict_result(verdict, bool(resources.model(model).random_weights))
 
 
 def search_slides(
-    backend: LocalBackend,
+    resources: Resources,
     request: api.SlideSearchRequest,
     *,
     progress: api.ProgressCallback | None = None,
@@ -119,13 +120,14 @@ def search_slides(
     if request.k < 1:
         raise InputError(f"k: the number of slides to return must be at least 1, got {request.k}")
     where = f"cohort index {request.index_path}"
-    index, keys = backend._search_open(request.index_path, lambda ix: (ix, ix.spec_keys()))
+    index, keys = resources.on_reader(request.index_path, lambda ix: (ix, ix.spec_keys()))
     tiles = query_tiles(keys, None, str(request.index_path))
-    backend._recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
+    resources.recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
     model = request.model or index.model_name
-    emb = backend.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
+    emb = resources.embeddings(request.slide, model, tiles, progress=progress, cancel=cancel)
     exclude = {emb.slide_fingerprint} if request.exclude_query_slide else set()
-    records = [r for r in backend._search_open(request.index_path, lambda ix: ix.slides()) if r.fingerprint not in exclude]
+    listed = resources.on_reader(request.index_path, lambda ix: ix.slides())
+    records = [r for r in listed if r.fingerprint not in exclude]
 
     def candidates() -> Iterator[tuple[Any, Any]]:
         """One slide's vectors at a time (a cohort's would not fit in memory at once)."""
@@ -134,7 +136,7 @@ def search_slides(
                 raise CancelledError(f"slide search: cancelled after {i} of {len(records)} slides")
             if progress is not None:
                 progress(api.Progress(i, len(records), f"comparing {record.slide_name}"))
-            yield record, backend._search_open(request.index_path, lambda ix, r=record: ix.slide_vectors(r))
+            yield record, resources.on_reader(request.index_path, lambda ix, r=record: ix.slide_vectors(r))
 
     ranked = rank_slides(emb.vectors, candidates())
     return api.SlideSearchResult(hits=tuple(

@@ -11,16 +11,17 @@ import torch
 from backend.api import Caption
 from backend.caption.decode import DecodeConfig, decode_prefixes
 from backend.caption.model import ClipCapModel
-from backend.errors import InputError, ModelMismatchError
+from backend.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
 def check_clip_model_id(trained_with: str, given: str) -> None:
-    """Raise :class:`ModelMismatchError` unless ``given`` is the CLIP model id ``trained_with``."""
+    """Raise :class:`ModelMismatchError` unless ``given`` is the CLIP model id ``trained_with``
+    (the one weights-identity check, :func:`backend.models.identity.check_same_weights`)."""
     if str(given) != str(trained_with):
-        from backend.models.identity import is_legacy, mismatch_message, same_model_other_weights
+        from backend.models.identity import check_same_weights, is_legacy
 
         trained_with, given = str(trained_with), str(given)
         fix = f"Embed with {trained_with!r} or use a captioner trained for that model"
@@ -29,12 +30,7 @@ def check_clip_model_id(trained_with: str, given: str) -> None:
                 f"; if you know it was trained on these very weights, record them: set clip_model_id "
                 f"to {given!r} in the captioner bundle's histoclip.json"
             )
-        if is_legacy(trained_with) or same_model_other_weights(trained_with, given):
-            raise ModelMismatchError(mismatch_message("the captioner", trained_with, given, fix))
-        raise ModelMismatchError(
-            f"captioner was trained on embeddings of CLIP model {trained_with!r}, "
-            f"but the embeddings given come from {given!r}: {fix[0].lower()}{fix[1:]}"
-        )
+        check_same_weights("the captioner", trained_with, given, fix, loaded_by="the model of the embeddings given")
 
 
 class Captioner:

@@ -52,7 +52,7 @@ def _source(entry: Any) -> str:
 
 def _info(args: argparse.Namespace) -> int:
     from backend.errors import HistoclipError
-    from backend.local import slide_mpp_fallback
+    from backend.resources import slide_mpp_fallback
     from backend.slides import open_slide, tissue_mask
 
     failed = 0

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from backend.api import ProgressCallback
-from backend.errors import InputError, ModelMismatchError
+from backend.errors import InputError
 from backend.index import build as b
 from backend.index import faiss_index as fi
 from backend.index import query as q
@@ -198,23 +198,16 @@ class IndexDirectory:
             return cls.create(path, model_id=model_id, dim=dim, model_name=model_name)
         index = cls.open(path)
         if index.model_id != model_id:
-            from backend.models.identity import is_legacy, mismatch_message, same_model_other_weights
+            from backend.models.identity import check_same_weights, is_legacy, same_model_other_weights
 
             index.close()
             if is_legacy(index.model_id) or same_model_other_weights(index.model_id, model_id):
                 # the same model name, but not provably the same weights
-                raise ModelMismatchError(
-                    mismatch_message(
-                        f"cohort index {path}",
-                        index.model_id,
-                        model_id,
-                        "Build a new index for these weights: choose another --out (or delete this index folder)",
-                    )
-                )
-            raise ModelMismatchError(
-                f"cohort index {path} holds embeddings of model {index.model_id!r}, not {model_id!r}: "
-                f"index with --model {index.model_id} or choose another --out"
-            )
+                fix = "Build a new index for these weights: choose another --out (or delete this index folder)"
+            else:
+                fix = f"Index with --model {index.model_name}, or choose another --out"
+            check_same_weights(f"cohort index {path}", index.model_id, model_id, fix,
+                               loaded_by=f"model {model_name!r}" if model_name else None)
         return index
 
     def __enter__(self) -> Self:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.errors import InputError, ModelMismatchError
+from backend.errors import InputError
 from backend.index import faiss_index as fi
 from backend.index.merge import (
     PLACE_MAX_TILES,
@@ -77,14 +77,14 @@ def normalise(x: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(x / norms)
 
 
-def _mismatch(what: str, theirs: str, ours: str, index_path: Path) -> ModelMismatchError:
-    from backend.models.identity import describe, mismatch_message
+def _check_model(what: str, theirs: str, ours: str, index_path: Path) -> None:
+    """The one weights-identity check (:func:`backend.models.identity.check_same_weights`):
+    ``what`` (made with ``theirs``) against the index (made with ``ours``)."""
+    from backend.models.identity import check_same_weights, describe
 
-    return ModelMismatchError(
-        f"{what} were made with model {describe(theirs)}, which cohort index {index_path} does not hold: "
-        + mismatch_message(
-            "the index", ours, theirs, f"Embed with the index's model or rebuild the index with {describe(theirs)}"
-        )
+    check_same_weights(
+        f"cohort index {index_path}", ours, theirs,
+        f"Embed with the index's model, or rebuild the index with {describe(theirs)}", loaded_by=what,
     )
 
 
@@ -93,8 +93,7 @@ def validate_embedding_set(
 ) -> ValidSlide:
     """Check one slide's embeddings against the index; raise naming the slide and field."""
     name = str(getattr(emb, "slide_name", "") or getattr(emb, "slide_fingerprint", "?"))
-    if str(emb.model_id) != model_id:
-        raise _mismatch(f"embeddings of slide {name!r}", str(emb.model_id), model_id, index_path)
+    _check_model(f"the model of the embeddings of slide {name!r}", str(emb.model_id), model_id, index_path)
     path = slide_path if slide_path is not None else getattr(emb, "slide_path", None)
     if not path:
         raise InputError(f"slide {name!r}: no slide_path on the embeddings and none given to add()")
@@ -126,8 +125,7 @@ def check_queries(
     query: np.ndarray, model_id: str, index_model: str, dim: int, index_path: Path
 ) -> tuple[np.ndarray, bool]:
     """Query rows as unit float32 ``(n, dim)`` and whether a single 1-D vector was given."""
-    if str(model_id) != index_model:
-        raise _mismatch("query embeddings", str(model_id), index_model, index_path)
+    _check_model("the model of the query embeddings", str(model_id), index_model, index_path)
     arr = np.asarray(query, dtype=np.float32)
     single = arr.ndim == 1
     arr = np.atleast_2d(arr)

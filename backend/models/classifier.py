@@ -41,7 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from backend.errors import HistoclipError, InputError, ModelMismatchError
+from backend.errors import HistoclipError, InputError
 from backend.models.bundle import (
     BundleError,
     BundleKind,
@@ -124,13 +124,17 @@ class Classifier:
     def class_names(self) -> tuple[str, ...]:
         return self.head.class_names
 
-    def check_model_id(self, model_id: str) -> None:
-        """Raise ModelMismatchError unless ``model_id`` is the model this classifier was trained on."""
-        if str(model_id) != self.model_id:
-            raise ModelMismatchError(
-                f"classifier {self.name!r}{f' ({self.path})' if self.path else ''} was trained on embeddings of "
-                f"{self.model_id!r}, but model {self.model!r} now loads as {model_id!r}; retrain it on this model"
-            )
+    def check_model_id(self, model_id: str, name: str | None = None) -> None:
+        """Raise ModelMismatchError unless ``model_id`` (of the model loaded as ``name``, default
+        the one recorded) is the model this classifier was trained on (the one weights-identity
+        check, :func:`backend.models.identity.check_same_weights`)."""
+        from backend.models.identity import check_same_weights
+
+        check_same_weights(
+            f"classifier {self.name!r}{f' ({self.path})' if self.path else ''}", self.model_id, str(model_id),
+            "Retrain it on this model, or leave the model out to use the one it records",
+            loaded_by=f"model {name or self.model!r}",
+        )
 
 
 def is_classifier_bundle(path: str | os.PathLike[str]) -> bool:

@@ -29,7 +29,9 @@ from backend.models.registry import (
     HF_HUB_PREFIX,
     REGISTERED,
     REVISION_SEP,
+    NameKind,
     SourceKind,
+    model_name_kind,
     resolve_model,
     split_revision,
 )
@@ -53,6 +55,14 @@ def snapshot_revision(path: str | Path) -> str | None:
 def hub_model_id(hub_id: str, revision: str) -> str:
     """``hf-hub:org/repo@<commit>``: the identity of a hub model read from that snapshot."""
     return f"{hub_id}{REVISION_SEP}{revision}"
+
+
+def recordable_model_name(name: str) -> str:
+    """What an index records as the name its model loads by: a bundle folder as an absolute
+    path (a search may run from another directory), registry names and hub ids as given."""
+    if model_name_kind(name) is NameKind.BUNDLE:
+        return str(Path(name.strip()).expanduser().resolve())
+    return name
 
 
 def legacy_ids(model_id: str) -> tuple[str, ...]:
@@ -113,23 +123,55 @@ def same_model_other_weights(recorded: str, given: str) -> bool:
     return a is not None and a == b and recorded != given
 
 
-def mismatch_message(what: str, recorded: str, given: str, rebuild: str) -> str:
-    """Why ``what`` (made with ``recorded``) cannot be used with the model ``given``, and the fix.
+def mismatch_message(what: str, recorded: str, given: str, rebuild: str, *, loaded_by: str | None = None) -> str:
+    """The one message for ``what`` (made with the weights ``recorded``) met with the weights ``given``.
 
-    ``rebuild`` says how to make ``what`` again with the given model (a command or an action).
+    Names both models (:func:`describe`), says why they are not mixed (other weights under one
+    hub name, a legacy id that recorded no weights) and ends with ``rebuild``: what to do (a
+    command or an action). ``loaded_by`` names what holds ``given`` (default "the model given").
     """
     recorded, given = str(recorded), str(given)
+    subject = loaded_by or "the model given"
+    text = f"{what} was made with model {describe(recorded)}, but {subject} is {describe(given)}"
     if is_legacy(recorded):
         return (
-            f"{what} was made with model {recorded!r} by an older napari-histoclip, which did not record "
-            f"which weights that name had then; the model loaded now is {describe(given)}, and the two cannot "
-            f"be proven to be the same weights, so they are not mixed. {rebuild}"
+            f"{text}: it was made by an older napari-histoclip, which did not record which weights "
+            f"that name had then, and the two cannot be proven to be the same weights, so they are not mixed. "
+            f"{rebuild}"
         )
     if same_model_other_weights(recorded, given):
         return (
-            f"{what} was made with {describe(recorded)}, but the model loaded now is {describe(given)}: "
-            f"the same model name with other weights (the hub repository moved to another commit). "
+            f"{text}: the same model name with other weights (the hub repository moved to another commit). "
             f"{rebuild}, or load the weights it was made with: model {recorded} "
             "(read from the Hugging Face cache if that snapshot is still there)"
         )
-    return f"{what} was made with model {describe(recorded)}, not with {describe(given)}. {rebuild}"
+    return f"{text}. {rebuild}"
+
+
+def check_same_weights(what: str, recorded: str, given: str, rebuild: str, *, loaded_by: str | None = None) -> None:
+    """The one weights-identity check: refuse ``given`` unless it is the model id ``recorded``.
+
+    Every place that compares the model something was made with (a cohort index, a captioner,
+    a classifier, cached embeddings, an embedding store, Ray workers' models) with the one
+    loaded now calls this, so the refusal reads the same everywhere.
+
+    Parameters
+    ----------
+    what
+        What was made with ``recorded`` ("cohort index /data/idx", "captioner /b/cap").
+    recorded, given
+        The model ids (:attr:`backend.models.Encoder.model_id`) it records and the one at hand.
+    rebuild
+        What to do about it, as a sentence.
+    loaded_by
+        What holds ``given`` ("model 'quiltnet-b32'"); default "the model given".
+
+    Raises
+    ------
+    ModelMismatchError
+        ``recorded != given``, with :func:`mismatch_message`.
+    """
+    if str(recorded) != str(given):
+        from backend.errors import ModelMismatchError
+
+        raise ModelMismatchError(mismatch_message(what, recorded, given, rebuild, loaded_by=loaded_by))

@@ -345,6 +345,31 @@ def _accepted() -> str:
     return ACCEPTED_FORMS.format(names=", ".join(REGISTERED), manifest=MANIFEST_NAME)
 
 
+class NameKind(StrEnum):
+    """What a model name is (:func:`model_name_kind`)."""
+
+    REGISTERED = "registered"  # a registry name, any case
+    HUB = "hub"  # hf-hub: / timm:hf-hub: / hf-vision: ids, and hub names with an @revision
+    BUNDLE = "bundle"  # an existing directory: a bundle (its manifest says which kind)
+    UNKNOWN = "unknown"  # none of these
+
+
+def model_name_kind(name: str) -> NameKind:
+    """The one rule for which form a model name has; :func:`resolve_model`, the names indexes
+    record and the server's model check all go by it. Reads nothing but whether a directory
+    of that name exists (a directory named like a hub pin, ``quiltnet-b32@v2``, is a bundle).
+    """
+    text = name.strip()
+    if text.lower() in REGISTERED:
+        return NameKind.REGISTERED
+    is_dir = Path(text).expanduser().is_dir()
+    if not is_dir and split_revision(text)[1] is not None:
+        return NameKind.HUB
+    if text.startswith(HUB_PREFIXES):
+        return NameKind.HUB
+    return NameKind.BUNDLE if is_dir else NameKind.UNKNOWN
+
+
 def resolve_model(name_or_path: str | Path) -> ModelEntry:
     """Turn a model name, ``hf-hub:`` id or bundle path into its registry entry.
 
@@ -374,25 +399,26 @@ def resolve_model(name_or_path: str | Path) -> ModelEntry:
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise UnknownModelError(f"model {name_or_path!r} is not a model name; use {_accepted()}")
     text = name_or_path.strip()
-    if text.lower() in REGISTERED:
-        return REGISTERED[text.lower()]
     path = Path(text).expanduser()
-    if not path.is_dir() and any(sep in text for sep in ("/", "\\")):
+    if text.lower() not in REGISTERED and not path.is_dir() and any(sep in text for sep in ("/", "\\")):
         from backend.atomic import recover_dir
 
         recover_dir(path)  # a bundle whose replacement was killed half-way
-    base, revision = split_revision(text)
-    if revision is not None and not path.is_dir():
-        if revision.startswith(LOCAL_WEIGHTS_REV):  # made with local weights: the entry, read as configured
-            return resolve_model(base)
-        return replace(resolve_model(base), revision=revision)
-    if text.startswith((TIMM_PREFIX, HF_VISION_PREFIX)):
-        from backend.models.vision_ids import vision_id_entry  # kept apart: this module's size
+    kind = model_name_kind(text)
+    if kind is NameKind.REGISTERED:
+        return REGISTERED[text.lower()]
+    if kind is NameKind.HUB:
+        base, revision = split_revision(text)
+        if revision is not None:
+            if revision.startswith(LOCAL_WEIGHTS_REV):  # made with local weights: the entry, read as configured
+                return resolve_model(base)
+            return replace(resolve_model(base), revision=revision)
+        if text.startswith((TIMM_PREFIX, HF_VISION_PREFIX)):
+            from backend.models.vision_ids import vision_id_entry  # kept apart: this module's size
 
-        return vision_id_entry(text)
-    if text.startswith(HF_HUB_PREFIX):
+            return vision_id_entry(text)
         return _hub_id_entry(text)
-    if path.is_dir():
+    if kind is NameKind.BUNDLE:
         return _bundle_entry(path)
     hint = ""
     if text.startswith("bundle:"):

@@ -4,7 +4,8 @@ client's request (ids) into a backend call (server paths) and its result back (i
 Requests come in by declaration: :mod:`backend.server.resources` says, per request type, which
 fields name a slide, a bundle, an index or a corpus (its ids or listed names become server
 paths, checked inside their roots), and ``model`` fields are a registry name or a bundle under
-``--models`` (``hf-hub:`` ids only with ``allow_hub_models``): never a server path a client
+``--models`` (``hf-hub:`` ids only with ``allow_hub_models``;
+:func:`~backend.models.registry.model_name_kind` tells them apart): never a server path a client
 makes up. Results go out generically: every absolute path in them becomes an id or a
 root-relative name.
 """
@@ -100,9 +101,13 @@ class ServerState:
             return self._names
 
     def model(self, name: str | None) -> str | None:
+        from backend.models.registry import NameKind, model_name_kind
+
         if name is None or name in self.registry_names():
             return name
-        if self.config.allow_hub_models and isinstance(name, str) and name.startswith("hf-hub:"):
+        # A bundle is a catalog entry under --models, never a folder the client names.
+        kind = model_name_kind(name) if isinstance(name, str) else NameKind.UNKNOWN
+        if kind is NameKind.REGISTERED or (self.config.allow_hub_models and kind is NameKind.HUB):
             return name
         try:
             return self.bundles.resolve(name)
@@ -197,7 +202,8 @@ class ServerState:
         if isinstance(obj, list):
             return [self.public(v, field) for v in obj]
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.replace(obj, **{f.name: self.public(getattr(obj, f.name), f.name) for f in dataclasses.fields(obj)})
+            fields = dataclasses.fields(obj)
+            return dataclasses.replace(obj, **{f.name: self.public(getattr(obj, f.name), f.name) for f in fields})
         return obj
 
     def public_error(self, error: dict[str, Any]) -> dict[str, Any]:

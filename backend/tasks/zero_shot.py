@@ -333,7 +333,8 @@ class ClassMap:
         return out
 
 
-def _colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
+def prompt_colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
+    """Each class's colour: the one its prompt gives, else the palette's for its position."""
     return tuple(
         tuple(int(v) for v in c.color) if c.color is not None else class_rgb(i)
         for i, c in enumerate(classes)
@@ -369,7 +370,7 @@ def classify(
         labels[logits.max(axis=0) < unknown_threshold] = len(classes) + 1
     return ClassMap(
         class_names=tuple(c.name for c in classes),
-        colors=_colors(classes),
+        colors=prompt_colors(classes),
         probabilities=probs,
         labels=labels,
         unknown_threshold=unknown_threshold,
@@ -382,12 +383,12 @@ def classify(
 
 
 def check_model(embeddings: SlideEmbeddings, model: Any) -> None:
-    """Raise ModelMismatchError unless ``model`` made ``embeddings``."""
-    if str(model.model_id) != embeddings.model_id:
-        raise ModelMismatchError(
-            f"{embeddings.slide_name}: embeddings were made with {embeddings.model_id!r}, "
-            f"not with the model given ({model.model_id!r}); embed the slide with that model first"
-        )
+    """Raise ModelMismatchError unless ``model`` made ``embeddings`` (the one weights-identity
+    check, :func:`backend.models.identity.check_same_weights`)."""
+    from backend.models.identity import check_same_weights
+
+    check_same_weights(f"the embeddings of {embeddings.slide_name}", embeddings.model_id, str(model.model_id),
+                       "Embed the slide with the model given first")
 
 
 def zero_shot(

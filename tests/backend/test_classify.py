@@ -153,7 +153,8 @@ def test_bad_bundles_and_marks_are_named(slides, tmp_path: Path) -> None:
     with pytest.raises(HistoclipError, match="no such directory"):
         backend.classify(api.ClassifyRequest(one, str(tmp_path / "missing")))
 
-    with pytest.raises(ModelMismatchError, match="trained on embeddings of 'x'"):
+    with pytest.raises(ModelMismatchError, match=r"was made with model 'x', but model 'test-tiny' is 'test-tiny'\. "
+                       "Retrain it on this model"):
         backend.classify(api.ClassifyRequest(one, str(other)))
 
     with pytest.raises(InputError, match=r"mark 'tumor' at cell \(row 99, col 0\).*outside the grid"):

@@ -143,6 +143,7 @@ def test_index_of_another_model_is_refused_before_embedding(
     def no_embedding(*a, **k):
         raise AssertionError("a slide was embedded for an index it cannot go into")
 
-    monkeypatch.setattr(backend, "embeddings", no_embedding)
-    with pytest.raises(ModelMismatchError, match=r"holds embeddings of model 'test-tiny', not 'bundle:other-clip@"):
+    monkeypatch.setattr(backend.resources, "embeddings", no_embedding)
+    with pytest.raises(ModelMismatchError, match=r"cohort index .*index was made with model 'test-tiny', but model "
+                       r"'.*other-clip' is 'bundle:other-clip@\w+'\. Index with --model test-tiny, or choose another --out"):
         backend.build_index(api.IndexRequest((str(cmu_slide),), index, other, TILES))

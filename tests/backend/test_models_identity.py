@@ -167,7 +167,8 @@ def test_ray_workers_with_different_weights_are_refused() -> None:
     ray = SimpleNamespace(wait=lambda refs, **kw: (refs, []), get=lambda refs: described,
                           exceptions=SimpleNamespace(RayError=RuntimeError))
     actors = [SimpleNamespace(describe=SimpleNamespace(remote=lambda: object())) for _ in described]
-    with pytest.raises(ModelMismatchError, match=f"different weights for model 'quiltnet-b32'.*@{REV_B}"):
+    with pytest.raises(ModelMismatchError, match=f"on Ray worker 1 is .*@{REV_B}.*the same model name with other "
+                       f"weights.*same weights.*model hf-hub:{QUILT_REPO}@{REV_A}"):
         _wait_for_workers(ray, actors, "quiltnet-b32", None)
     described[1] = described[0][:2] + (12, "")
     assert _wait_for_workers(ray, actors, "quiltnet-b32", None)[0] == described[0][0]

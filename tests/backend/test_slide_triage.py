@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.support.cli_run import run_main
-from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, planted_slide
 
 from backend import api
 from backend.cli import main
 from backend.local import LocalBackend
+from backend.resources import Resources
+from tests.support.cli_run import run_main
 from tests.support.planted_textures import CLASSES
+from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, planted_slide
 
 pytestmark = pytest.mark.slow
 LABELS = tuple(CLASSES[k] for k in PLANTED)
@@ -60,14 +61,14 @@ def test_cohort_table_equals_per_slide_calls_and_resumes(cohort: Path, texture_m
 
     # Run again: only the two slides not done are computed (and embedded).
     embedded: list[str] = []
-    real_embeddings = LocalBackend.embeddings
+    real_embeddings = Resources.embeddings
 
     def counting(self, slide, *a, **kw):
         embedded.append(Path(slide.path).name)
         return real_embeddings(self, slide, *a, **kw)
 
     monkeypatch.setattr(LocalBackend, "slide_zero_shot", real)
-    monkeypatch.setattr(LocalBackend, "embeddings", counting)
+    monkeypatch.setattr(Resources, "embeddings", counting)
     code, stdout, _ = run(triage_argv(cohort, out, texture_model))
     assert code == 0 and f"wrote {out}" in stdout and not partial.exists()
     assert sorted(embedded) == sorted(p.name for p in cohort.glob("*.tif") if str(p) != calls[0])

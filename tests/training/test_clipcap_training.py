@@ -281,7 +281,8 @@ def test_encode_resumes_and_belongs_to_one_model(workspace, tmp_path):
     np.testing.assert_allclose(stored, model.encode_images(
         np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])).numpy(), atol=1e-5)
 
-    with pytest.raises(ModelMismatchError, match="holds embeddings of 'test-tiny'"):
+    with pytest.raises(ModelMismatchError, match="embedding store .* was made with model 'test-tiny', but the model "
+                       "given is 'quiltnet-b32'.*Use another --out directory"):
         EmbeddingStore.create(tmp_path / "emb", "quiltnet-b32", 512)
     with pytest.raises(InputError, match="not encoded"):
         EmbeddingStore(tmp_path / "emb").load(["/nowhere.png"])

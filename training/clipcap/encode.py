@@ -31,6 +31,7 @@ import numpy as np
 from backend.api import Progress, ProgressCallback
 from backend.atomic import atomic_path, atomic_write_text
 from backend.errors import CancelledError, InputError, ModelMismatchError
+from backend.models.identity import check_same_weights
 from training.data.images import read_rgb
 
 META_FILE = "meta.json"
@@ -70,10 +71,11 @@ class EmbeddingStore:
         root = Path(root)
         if (root / META_FILE).is_file():
             store = cls(root)
-            if store.model_id != model_id or store.embed_dim != embed_dim:
+            check_same_weights(f"embedding store {root}", store.model_id, model_id, "Use another --out directory")
+            if store.embed_dim != embed_dim:
                 raise ModelMismatchError(
-                    f"embedding store {root} holds embeddings of {store.model_id!r} (dim {store.embed_dim}), "
-                    f"not {model_id!r} (dim {embed_dim}); use another --out directory"
+                    f"embedding store {root} holds embeddings of dimension {store.embed_dim} of model "
+                    f"{store.model_id!r}, not {embed_dim}; use another --out directory"
                 )
             return store
         root.mkdir(parents=True, exist_ok=True)
