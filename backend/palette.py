@@ -22,6 +22,8 @@ PALETTE: tuple[RGB, ...] = (
 #: "unknown" tiles (below the threshold): a dark grey, apart from the class colours (the
 #: palette's own grey included) and visible on white glass and on tissue alike (white was not).
 UNKNOWN_COLOR: RGB = (64, 64, 64)
+#: The name of the "unknown" class, in every legend, table and export.
+UNKNOWN_NAME = "unknown"
 
 
 def class_rgb(i: int) -> RGB:

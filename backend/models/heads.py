@@ -105,7 +105,7 @@ class LinearHead(_Classes):
 
     def extended(self, new_names: Sequence[str]) -> LinearHead:
         """This head with classes ``new_names`` appended, each starting as the mean of the rows."""
-        from backend.tasks.zero_shot import PALETTE
+        from backend.palette import PALETTE
 
         new = [n for n in new_names if n not in self.class_names]
         if not new:

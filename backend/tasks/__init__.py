@@ -6,10 +6,10 @@ and a loaded model (for its text encoder), and return frozen dataclasses of nump
 
 from __future__ import annotations
 
+from backend.tasks.class_map import ClassMap, build_class_map
 from backend.tasks.heatmap import Heatmap, text_heatmap
 from backend.tasks.zero_shot import (
     DEFAULT_TEMPLATES,
-    ClassMap,
     ClassPrompt,
     TextFeatureCache,
     classify,
@@ -22,6 +22,7 @@ __all__ = [
     "ClassPrompt",
     "Heatmap",
     "TextFeatureCache",
+    "build_class_map",
     "classify",
     "text_heatmap",
     "zero_shot",

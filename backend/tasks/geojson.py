@@ -32,7 +32,7 @@ import numpy as np
 
 from backend.atomic import atomic_write_text
 from backend.errors import InputError
-from backend.tasks.zero_shot import PALETTE
+from backend.palette import PALETTE
 
 RGB = tuple[int, int, int]
 
