@@ -36,6 +36,32 @@ def class_colors(n: int) -> tuple[RGB, ...]:
     return tuple(class_rgb(i) for i in range(int(n)))
 
 
+def new_class_rgb(used: Sequence[Sequence[int]]) -> RGB:
+    """The colour of a class added after classes coloured ``used`` (a refine's new class, the
+    dock's "Add class"): its place's palette colour (``class_rgb(len(used))``) unless a class has
+    it already, else the first palette colour no class has. One rule for the backend's heads
+    and the dock, so a class keeps its colour from the brush to a saved classifier's map."""
+    taken = {to_rgb(c) for c in used}
+    own = class_rgb(len(used))
+    return own if own not in taken else next((c for c in PALETTE if c not in taken), own)
+
+
+def to_rgb(color: str | Sequence[int]) -> RGB:
+    """``#rrggbb`` or an RGB triple as three ints 0-255."""
+    from backend.errors import InputError
+
+    if isinstance(color, str):
+        c = color.lstrip("#")
+        try:
+            if len(c) != 6:
+                raise ValueError(c)
+            return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
+        except ValueError as e:
+            raise InputError(f"colour {color!r}: expected #rrggbb") from e
+    r, g, b = (int(v) for v in list(color)[:3])
+    return r, g, b
+
+
 def to_hex(rgb: Sequence[int]) -> str:
     """``(r, g, b)`` 0-255 as ``#rrggbb``."""
     r, g, b = (int(v) for v in list(rgb)[:3])
