@@ -90,7 +90,7 @@ class ClassifierTasks:
             head = marks_only_head(int(self.model(request.model).embed_dim))
             return head, request.model, request.tiles or api.TileOptions(), (), None, {"prior": "none (marks only)"}
         check_before_load(request.model, Task.PROMPT_REFINE)  # an image-only model: before its load
-        parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None)
+        parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None, request.colors)
         templates = check_templates(list(request.templates) or None)
         clip = self.model(request.model)
         text = class_text_features(clip, parsed, templates, self.text_cache)

@@ -20,7 +20,7 @@ import numpy as np
 
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
-from backend.palette import class_rgb
+from backend.palette import class_rgb, to_rgb
 from backend.tasks.class_map import ClassMap, build_class_map
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -109,12 +109,15 @@ ClassesArg = Sequence[str | ClassPrompt] | Mapping[str, Sequence[str]]
 
 
 def parse_classes(
-    classes: ClassesArg, synonyms: Sequence[Sequence[str]] | None = None
+    classes: ClassesArg,
+    synonyms: Sequence[Sequence[str]] | None = None,
+    colors: Sequence[str | Sequence[int]] | None = None,
 ) -> tuple[ClassPrompt, ...]:
     """Normalise the ways classes may be given into :class:`ClassPrompt` s.
 
     ``classes`` is a list of names or ClassPrompts, or a mapping name -> synonyms;
-    ``synonyms``, if given, holds extra phrasings per class in the same order.
+    ``synonyms``, if given, holds extra phrasings per class in the same order, and ``colors``
+    one colour per class (``#rrggbb`` or RGB; none given: the palette's).
     """
     if isinstance(classes, Mapping):
         out = [ClassPrompt(str(k), tuple(str(s) for s in v)) for k, v in classes.items()]
@@ -127,6 +130,10 @@ def parse_classes(
             ClassPrompt(c.name, (*c.synonyms, *(str(s) for s in syn)), c.color)
             for c, syn in zip(out, synonyms, strict=True)
         ]
+    if colors:
+        if len(colors) != len(out):
+            raise InputError(f"colors: {len(colors)} colours given for {len(out)} classes")
+        out = [ClassPrompt(c.name, c.synonyms, to_rgb(rgb)) for c, rgb in zip(out, colors, strict=True)]
     check_labels([c.name for c in out])
     return tuple(out)
 

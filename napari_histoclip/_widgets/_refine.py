@@ -372,10 +372,10 @@ class RefinePanel(Container):
             by_name = dict(zip(layer.metadata.get("labels", ()), layer.metadata.get("colors", ()), strict=False))
         else:
             labels, synonyms, templates, colors, threshold = self._prompts()
+            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
+                          unknown_threshold=threshold, colors=tuple(colors))
             added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
             colors = [*colors, *added]  # classes added here keep the colour they were painted in
-            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
-                          unknown_threshold=threshold)
         request = RefineRequest(self.ctx.slide_ref(info), marks, **common)
         prior_request = RefineRequest(self.ctx.slide_ref(info), (), **common)
         backend, k = self.ctx.backend, int(self.n_unsure.value)

@@ -47,10 +47,10 @@ def save_classifier(panel: RefinePanel) -> None:
     elif any(panel._marks_only(panel._map_of(p)) for p in marked):
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, overwrite=True)
     else:
-        labels, synonyms, templates, _, threshold = panel._prompts()
+        labels, synonyms, templates, colors, threshold = panel._prompts()
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=labels,
                                         synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                        overwrite=True)
+                                        overwrite=True, colors=tuple(colors))
     backend = panel.ctx.backend
 
     def done(info: Any) -> None:

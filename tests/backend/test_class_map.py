@@ -113,8 +113,13 @@ def test_bad_scores_and_thresholds_are_named() -> None:
 @pytest.mark.slow
 def test_the_backends_three_paths_give_one_map(cmu_slide: Path, tmp_path: Path) -> None:
     """Through ``LocalBackend``: zero-shot, refine without marks, and classify with the classifier
-    saved from those prompts (no marks: its head is the zero-shot head) give the same map."""
+    saved from those prompts (no marks: its head is the zero-shot head) give the same map; the
+    bundle keeps the prompts' colours."""
     from backend.local import LocalBackend
+    from backend.models.classifier import load_classifier
+    from backend.palette import to_hex
+
+    colors = ("#123456", "#d62728", "#00ff7f", "#abcdef")
 
     tiles = api.TileOptions(tile_size=64, mpp=2.0)
     slide = api.SlideRef(str(cmu_slide))
@@ -125,10 +130,18 @@ def test_the_backends_three_paths_give_one_map(cmu_slide: Path, tmp_path: Path) 
                                                    unknown_threshold=0.3))
         info = backend.save_classifier(api.SaveClassifierRequest(
             str(tmp_path / "clf"), (api.SlideMarks(slide, ()),), model="test-tiny", labels=CLASSES, tiles=tiles,
-            unknown_threshold=0.3))
+            unknown_threshold=0.3, colors=colors))
         classified = backend.classify(api.ClassifyRequest(slide, info.path))
+        with pytest.raises(InputError, match="colors: 3 colours given for 4 classes"):
+            backend.save_classifier(api.SaveClassifierRequest(
+                str(tmp_path / "bad"), (api.SlideMarks(slide, ()),), model="test-tiny", labels=CLASSES, tiles=tiles,
+                colors=colors[:3]))
+        with pytest.raises(InputError, match="colour '#12345': expected #rrggbb"):
+            backend.refine(api.RefineRequest(slide, (), model="test-tiny", labels=CLASSES, tiles=tiles,
+                                             colors=("#12345", *colors[1:])))
     finally:
         backend.close()
+    assert tuple(to_hex(c) for c in load_classifier(info.path).head.colors) == colors
     for other in (refined, classified):
         assert other.labels == zs.labels and other.geometry == zs.geometry
         np.testing.assert_array_equal(other.class_map, zs.class_map)
