@@ -299,7 +299,8 @@ class RefineRequest:
     The prior is the zero-shot classifier of ``labels`` (with ``synonyms`` and ``templates``,
     as in :class:`ZeroShotRequest`) or, with ``classifier``, a classifier bundle (then ``model``
     None means the classifier's model, ``tiles`` None its tile spec, and ``labels`` stay empty).
-    No marks: the prior's map, exactly.
+    ``colors``: one ``#rrggbb`` per label (empty: the palette's), the classes' colours in the
+    head a refine fits and a saved classifier keeps. No marks: the prior's map, exactly.
     """
 
     slide: SlideRef
@@ -311,6 +312,7 @@ class RefineRequest:
     classifier: str | None = None
     unknown_threshold: float | None = None
     tiles: TileOptions | None = None  # None: the classifier's, else TileOptions()
+    colors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,7 @@ class SaveClassifierRequest:
     unknown_threshold: float | None = None
     tiles: TileOptions | None = None
     overwrite: bool = False
+    colors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def prior(resources: Resources, request: PriorRequest, what: str
         head = marks_only_head(int(resources.model(request.model).embed_dim))
         return head, request.model, request.tiles or api.TileOptions(), (), None, {"prior": "none (marks only)"}
     check_before_load(request.model, Task.PROMPT_REFINE)  # an image-only model: before its load
-    parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None)
+    parsed = parse_classes(list(request.labels), [list(s) for s in request.synonyms] or None, request.colors)
     templates = check_templates(list(request.templates) or None)
     clip = resources.model(request.model)
     text = class_text_features(clip, parsed, templates, resources.text_cache)

@@ -22,6 +22,8 @@ PALETTE: tuple[RGB, ...] = (
 #: "unknown" tiles (below the threshold): a dark grey, apart from the class colours (the
 #: palette's own grey included) and visible on white glass and on tissue alike (white was not).
 UNKNOWN_COLOR: RGB = (64, 64, 64)
+#: The name of the "unknown" class, in every legend, table and export.
+UNKNOWN_NAME = "unknown"
 
 
 def class_rgb(i: int) -> RGB:
@@ -32,6 +34,32 @@ def class_rgb(i: int) -> RGB:
 def class_colors(n: int) -> tuple[RGB, ...]:
     """The colours of ``n`` classes in order."""
     return tuple(class_rgb(i) for i in range(int(n)))
+
+
+def new_class_rgb(used: Sequence[Sequence[int]]) -> RGB:
+    """The colour of a class added after classes coloured ``used`` (a refine's new class, the
+    dock's "Add class"): its place's palette colour (``class_rgb(len(used))``) unless a class has
+    it already, else the first palette colour no class has. One rule for the backend's heads
+    and the dock, so a class keeps its colour from the brush to a saved classifier's map."""
+    taken = {to_rgb(c) for c in used}
+    own = class_rgb(len(used))
+    return own if own not in taken else next((c for c in PALETTE if c not in taken), own)
+
+
+def to_rgb(color: str | Sequence[int]) -> RGB:
+    """``#rrggbb`` or an RGB triple as three ints 0-255."""
+    from backend.errors import InputError
+
+    if isinstance(color, str):
+        c = color.lstrip("#")
+        try:
+            if len(c) != 6:
+                raise ValueError(c)
+            return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
+        except ValueError as e:
+            raise InputError(f"colour {color!r}: expected #rrggbb") from e
+    r, g, b = (int(v) for v in list(color)[:3])
+    return r, g, b
 
 
 def to_hex(rgb: Sequence[int]) -> str:

@@ -41,13 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     from backend.models.classifier import Classifier, load_classifier, save_classifier
     from backend.models.heads import FusionHead, LinearHead
     from backend.tasks.refine import head_class_map
-    from backend.tasks.zero_shot import PALETTE
+    from backend.palette import class_colors
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")
     emb, text, _ = synthetic(args.tiles, args.classes)
     c, d, t, h = args.classes, emb.embed_dim, args.text_dim, args.hidden
     names = tuple(f"class {i}" for i in range(c))
-    colors = tuple(PALETTE[i % len(PALETTE)] for i in range(c))
+    colors = class_colors(c)
     rng = np.random.default_rng(2)
     linear = LinearHead(names, colors, 100.0 * text, rng.normal(size=c))
     layers = ((rng.normal(size=(h, t)) / np.sqrt(t), rng.normal(size=h)), (rng.normal(size=(c, h)) / np.sqrt(h), rng.normal(size=c)))

@@ -81,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.models.classifier import Classifier, load_classifier, save_classifier
     from backend.tasks.refine import head_class_map, refine, text_head
-    from backend.tasks.zero_shot import PALETTE, ClassPrompt, classify
+    from backend.palette import class_colors
+    from backend.tasks.zero_shot import ClassPrompt, classify
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")
     emb, text, y = synthetic(args.tiles, args.classes)
     names = [f"class {i}" for i in range(args.classes)]
     prompts = [ClassPrompt(n) for n in names]
-    colors = [PALETTE[i % len(PALETTE)] for i in range(args.classes)]
+    colors = list(class_colors(args.classes))
     head = text_head(text, 100.0, names, colors)
     rng = np.random.default_rng(1)
     marked = rng.choice(args.tiles, args.marks, replace=False)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from backend.geometry import points_in_polygon, ring_area
+from backend.palette import to_hex, to_rgb
 from backend.tasks.geojson import QuPathObject, class_color, mask_polygons
 from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL
 from napari_histoclip._shapes import AREA_KINDS, CAPTION, CLASS, shape_regions
@@ -80,7 +81,7 @@ def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mappin
     colors = recorded_colors(shapes_layer)
     for cls in classes:
         if cls and cls not in colors:
-            colors[cls] = "#{:02x}{:02x}{:02x}".format(*class_color(cls, known))
+            colors[cls] = to_hex(class_color(cls, known))
     shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: colors}
 
 
@@ -109,8 +110,6 @@ def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
     Tiles are traced in grid space and mapped to level-0 corner pixels through the layer's
     scale and translate, then clipped to the slide.
     """
-    from backend.tasks.geojson import to_rgb
-
     meta = labels_layer.metadata
     labels = list(meta.get("labels", []))
     colors = list(meta.get("colors", []))
@@ -151,8 +150,6 @@ def refine_mark_objects(marks: Mapping[tuple[int, int], str], labels_layer: Any,
     Not clipped to the slide (unlike :func:`class_map_objects`): an edge tile keeps its centre,
     which is what :func:`annotation_marks` reads back.
     """
-    from backend.tasks.geojson import to_rgb
-
     legend = class_map_legend(labels_layer)
     shape = np.asarray(labels_layer.data).shape
     by_class: dict[str, list[tuple[int, int]]] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.palette import PALETTE as _PALETTE, UNKNOWN_COLOR as _UNKNOWN_RGB, class_hex, to_hex
+from backend.palette import PALETTE as _PALETTE, UNKNOWN_COLOR as _UNKNOWN_RGB, UNKNOWN_NAME, class_hex, to_hex, to_rgb
 from napari_histoclip._slide import META_KEY, SlideInfo, box_xywh_to_rectangle, grid_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -22,7 +22,7 @@ LayerData = tuple[Any, dict[str, Any], str]
 #: Class colours: the one palette of every output (``backend.palette``), as ``#rrggbb``.
 PALETTE: tuple[str, ...] = tuple(to_hex(c) for c in _PALETTE)
 UNKNOWN_COLOR = to_hex(_UNKNOWN_RGB)
-UNKNOWN_LABEL = "unknown"
+UNKNOWN_LABEL = UNKNOWN_NAME
 
 
 def default_color(i: int) -> str:
@@ -31,10 +31,8 @@ def default_color(i: int) -> str:
 
 
 def hex_to_rgba(color: str, alpha: float = 1.0) -> np.ndarray:
-    c = color.lstrip("#")
-    if len(c) != 6:
-        raise ValueError(f"colour {color!r}: expected #rrggbb")
-    return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
+    """``#rrggbb`` as napari's RGBA floats 0-1 (``backend.palette.to_rgb``)."""
+    return np.array([v / 255 for v in to_rgb(color)] + [alpha], dtype=np.float32)
 
 
 # --- zero-shot ------------------------------------------------------------------------------

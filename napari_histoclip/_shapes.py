@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from backend.geometry import bounding_box, points_in_polygon, tiles_in_region
+from backend.palette import UNKNOWN_NAME
 from napari_histoclip._slide import SlideInfo, data_rc_to_corner_xy, shape_to_slide_rc
 
 CAPTION = "caption"
@@ -22,8 +23,8 @@ CLASS = "class"
 NBEST = "nbest"  # the n-best list, "score\ttext[\tsources]" lines, best first (sources: a corpus caption's)
 REGION_COLOR = "#00c000"  # green: apart from H&E's pinks and purples, and from the hit outlines
 CAPTION_COLOR = "#101010"
-WRAP = 36
-MAX_LINES = 3  # more would cover the region it describes  # characters per caption line on the canvas: long captions stay readable
+WRAP = 36  # characters per caption line on the canvas: long captions stay readable
+MAX_LINES = 3  # more would cover the region it describes
 _ELLIPSE_VERTICES = 32
 #: The shape types that enclose an area (lines and paths do not).
 AREA_KINDS = ("rectangle", "polygon", "ellipse")
@@ -234,7 +235,7 @@ def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] |
     smaller than a tile, the tiles it overlaps). ``class_map`` is a Labels layer we made (its
     metadata names the classes; a cell's centre is its data index, one tile per cell).
     """
-    names = ["", *class_map.metadata.get("labels", []), "unknown"]
+    names = ["", *class_map.metadata.get("labels", []), UNKNOWN_NAME]
     data = np.asarray(class_map.data)
     cells = np.argwhere(np.ones(data.shape[-2:], dtype=bool))  # (row, col), row-major like data.ravel()
     extent = np.abs(np.asarray(class_map.scale, dtype=float)[-2:])[::-1]  # world (width, height) of a tile

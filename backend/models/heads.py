@@ -104,8 +104,9 @@ class LinearHead(_Classes):
         return out
 
     def extended(self, new_names: Sequence[str]) -> LinearHead:
-        """This head with classes ``new_names`` appended, each starting as the mean of the rows."""
-        from backend.tasks.zero_shot import PALETTE
+        """This head with classes ``new_names`` appended, each starting as the mean of the rows,
+        coloured by :func:`backend.palette.new_class_rgb`."""
+        from backend.palette import new_class_rgb
 
         new = [n for n in new_names if n not in self.class_names]
         if not new:
@@ -114,10 +115,10 @@ class LinearHead(_Classes):
         start = self.weight.mean(axis=0, keepdims=True) if self.n_classes else np.zeros((1, self.embed_dim), np.float32)
         w = np.concatenate([self.weight, np.repeat(start, len(new), axis=0)])
         b = np.concatenate([self.bias, np.full(len(new), self.bias.mean() if self.n_classes else 0.0, np.float32)])
-        used = set(self.colors)
-        free = [c for c in PALETTE if c not in used] or list(PALETTE)
-        colors = self.colors + tuple(free[i % len(free)] for i in range(len(new)))
-        return LinearHead((*self.class_names, *new), colors, w, b)
+        colors = list(self.colors)
+        for _ in new:  # the dock's "Add class" colours a new class by the same rule
+            colors.append(new_class_rgb(colors))
+        return LinearHead((*self.class_names, *new), tuple(colors), w, b)
 
 
 @dataclass(frozen=True, eq=False)

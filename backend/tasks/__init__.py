@@ -9,10 +9,10 @@ thumbnail and cut hit tiles for contact sheets.
 
 from __future__ import annotations
 
+from backend.tasks.class_map import ClassMap, build_class_map
 from backend.tasks.heatmap import Heatmap, text_heatmap
 from backend.tasks.zero_shot import (
     DEFAULT_TEMPLATES,
-    ClassMap,
     ClassPrompt,
     TextFeatureCache,
     classify,
@@ -25,6 +25,7 @@ __all__ = [
     "ClassPrompt",
     "Heatmap",
     "TextFeatureCache",
+    "build_class_map",
     "classify",
     "text_heatmap",
     "zero_shot",

@@ -25,9 +25,8 @@ import numpy as np
 from backend.api import ZeroShotResult
 from backend.atomic import atomic_path
 from backend.errors import InputError
-from backend.palette import UNKNOWN_COLOR
+from backend.palette import UNKNOWN_COLOR, UNKNOWN_NAME
 from backend.tasks.geojson import QuPathObject, QuPathObjectType, parse_object_type, write_qupath_geojson
-from backend.tasks.zero_shot import UNKNOWN_NAME
 
 __all__ = ["QuPathObjectType", "counts", "geojson_objects", "predictions_frame", "write_geojson", "write_overlay_png",
            "write_predictions_table"]

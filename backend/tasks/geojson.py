@@ -33,7 +33,7 @@ import numpy as np
 from backend.atomic import atomic_write_text
 from backend.errors import InputError
 from backend.geometry import points_in_polygon, ring_area
-from backend.tasks.zero_shot import PALETTE
+from backend.palette import PALETTE, UNKNOWN_COLOR, UNKNOWN_NAME, to_rgb
 
 RGB = tuple[int, int, int]
 
@@ -81,22 +81,13 @@ def parse_object_type(value: QuPathObjectType | str) -> QuPathObjectType:
         raise InputError(f"GeoJSON object type {value!r}: choose one of {choices}") from e
 
 
-def to_rgb(color: str | Sequence[int]) -> RGB:
-    """``#rrggbb`` or an RGB triple as three ints."""
-    if isinstance(color, str):
-        c = color.lstrip("#")
-        if len(c) != 6:
-            raise InputError(f"colour {color!r}: expected #rrggbb")
-        return int(c[0:2], 16), int(c[2:4], 16), int(c[4:6], 16)
-    r, g, b = (int(v) for v in list(color)[:3])
-    return r, g, b
-
-
 def class_color(name: str, known: Mapping[str, str | Sequence[int]] | None = None) -> RGB:
-    """The colour of class ``name``: ``known``'s if it has one, else one from the name alone
-    (the same in every export, session and process)."""
+    """The colour of class ``name``: ``known``'s if it has one, "unknown"'s own, else one from
+    the name alone (the same in every export, session and process)."""
     if known and name in known:
         return to_rgb(known[name])
+    if name == UNKNOWN_NAME:
+        return UNKNOWN_COLOR
     return PALETTE[zlib.crc32(name.encode("utf-8")) % len(PALETTE)]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError
 from backend.models.heads import LinearHead
-from backend.tasks.zero_shot import ClassMap
+from backend.tasks.class_map import ClassMap, build_class_map
 
 
 def marks_only_head(embed_dim: int) -> LinearHead:
@@ -24,12 +24,7 @@ def marks_only_head(embed_dim: int) -> LinearHead:
 def unlabelled_map(embeddings: SlideEmbeddings) -> ClassMap:
     """The map of a refine from marks alone before any mark: no class, every tissue tile
     "unknown" (map value 1), so a viewer can show the tissue grid to paint the first marks on."""
-    n = embeddings.n_tiles
-    return ClassMap(
-        class_names=(), colors=(), probabilities=np.zeros((n, 0), np.float32), labels=np.ones(n, np.int32),
-        unknown_threshold=1.0, layout=embeddings.layout, slide_name=embeddings.slide_name,
-        slide_fingerprint=embeddings.slide_fingerprint, model_id=embeddings.model_id,
-    )
+    return build_class_map(np.zeros((0, embeddings.n_tiles), np.float32), (), (), embeddings, unknown_threshold=1.0)
 
 
 def check_marks_only(names: Sequence[str], what: str) -> None:

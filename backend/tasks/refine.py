@@ -60,8 +60,8 @@ import numpy as np
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
 from backend.models.heads import FusionHead, LinearHead  # LinearHead re-exported: it lived here
+from backend.tasks.class_map import ClassMap, build_class_map, check_unknown_threshold
 from backend.tasks.marks_only import check_marks_only, marks_only_head, unlabelled_map
-from backend.tasks.zero_shot import ClassMap
 
 
 def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequence[str],
@@ -74,43 +74,27 @@ def text_head(text_features: np.ndarray, logit_scale: float, class_names: Sequen
 def head_class_map(embeddings: SlideEmbeddings, head: LinearHead | FusionHead, *,
                    unknown_threshold: float | None = None, templates: tuple[str, ...] = (),
                    model_id: str | None = None) -> ClassMap:
-    """Apply ``head`` to every tile of ``embeddings``: the class map (softmax of the logits).
+    """Apply ``head`` to every tile of ``embeddings``: the class map of its logits
+    (:func:`backend.tasks.class_map.build_class_map`, as zero-shot's and every classifier's).
 
-    A linear head is computed as :func:`backend.tasks.zero_shot.classify` does (the same
-    operations in the same order), so the zero-shot head (:func:`text_head`) gives the
-    zero-shot map bit for bit; a late-fusion head through its own ``logits``.
+    A linear head's logits are computed as :func:`backend.tasks.zero_shot.classify` computes
+    zero-shot's (the same product in the same layout), so the zero-shot head (:func:`text_head`)
+    gives the zero-shot map bit for bit; a late-fusion head's through its own ``logits``.
     """
     if head.embed_dim != embeddings.embed_dim:
         raise ModelMismatchError(
             f"classifier head of dimension {head.embed_dim} cannot classify {embeddings.slide_name}'s "
             f"embeddings of dimension {embeddings.embed_dim} ({embeddings.model_id})"
         )
-    if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
-        raise InputError(f"unknown_threshold: must be within [0, 1], got {unknown_threshold}")
+    check_unknown_threshold(unknown_threshold)  # before the product
     if isinstance(head, LinearHead):
-        logits = head.weight @ embeddings.vectors.T  # (C, N): reductions over contiguous rows
+        logits = head.weight @ embeddings.vectors.T  # (C, N): build_class_map's class-major layout
         if head.bias.any():
             logits += head.bias[:, None]
     else:
         logits = np.ascontiguousarray(head.logits(embeddings.vectors).T)
-    logits -= logits.max(axis=0)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=0)
-    labels = logits.argmax(axis=0).astype(np.int32) + 1
-    if unknown_threshold is not None:
-        labels[logits.max(axis=0) < unknown_threshold] = head.n_classes + 1
-    return ClassMap(
-        class_names=head.class_names,
-        colors=head.colors,
-        probabilities=logits.T,
-        labels=labels,
-        unknown_threshold=unknown_threshold,
-        layout=embeddings.layout,
-        slide_name=embeddings.slide_name,
-        slide_fingerprint=embeddings.slide_fingerprint,
-        model_id=model_id if model_id is not None else embeddings.model_id,
-        templates=templates,
-    )
+    return build_class_map(logits, head.class_names, head.colors, embeddings, unknown_threshold=unknown_threshold,
+                           templates=templates, model_id=model_id)
 
 
 # --- fitting ----------------------------------------------------------------------------------
@@ -339,7 +323,7 @@ def fit_marks(prior: LinearHead, slides: Sequence[tuple[SlideEmbeddings, Sequenc
     head, rows = mark_rows(prior, all_names)
     kept: list[tuple[np.ndarray, np.ndarray]] = []
     start = 0
-    for emb, idx in checked:
+    for _, idx in checked:
         r = rows[start : start + len(idx)]
         start += len(idx)
         last = {int(i): k for k, i in enumerate(idx)}  # the last mark of a tile wins
@@ -404,16 +388,11 @@ def class_query(head: LinearHead, name: str) -> np.ndarray:
 
 def with_marks(cm: ClassMap, marked: np.ndarray, rows: np.ndarray) -> ClassMap:
     """``cm`` with the marked tiles set to their class, with probability 1."""
-    probs = np.array(cm.probabilities, dtype=np.float32)
-    labels = np.array(cm.labels, dtype=np.int32)
+    probs = np.array(cm.probabilities, dtype=np.float32)  # (N, C), a copy
     probs[marked] = 0.0
     probs[marked, rows] = 1.0
-    labels[marked] = rows + 1
-    return ClassMap(
-        class_names=cm.class_names, colors=cm.colors, probabilities=probs, labels=labels,
-        unknown_threshold=cm.unknown_threshold, layout=cm.layout, slide_name=cm.slide_name,
-        slide_fingerprint=cm.slide_fingerprint, model_id=cm.model_id, templates=cm.templates,
-    )
+    return build_class_map(probs.T, cm.class_names, cm.colors, cm, softmax=False,
+                           unknown_threshold=cm.unknown_threshold, templates=cm.templates)
 
 
 def unsure_tiles(probabilities: np.ndarray, prior: np.ndarray | None = None, *, k: int = 20,

@@ -39,8 +39,8 @@ import numpy as np
 
 from backend.embed.types import SlideEmbeddings, TileLayout
 from backend.errors import InputError, ModelMismatchError
+from backend.palette import UNKNOWN_NAME
 from backend.tasks.zero_shot import (
-    UNKNOWN_NAME,
     ClassesArg,
     TextFeatureCache,
     check_model,

@@ -14,14 +14,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from backend.embed.types import SlideEmbeddings, TileLayout
+from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
-from backend.palette import PALETTE, UNKNOWN_COLOR, class_rgb  # noqa: F401 - re-exported
+from backend.palette import class_rgb, to_rgb
+from backend.tasks.class_map import ClassMap, build_class_map
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a histopathology image of {}.",
@@ -34,8 +34,6 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "{}.",
 )
 
-UNKNOWN_NAME = "unknown"
-BACKGROUND_VALUE = 0
 _TEXT_BATCH = 256
 
 
@@ -111,12 +109,15 @@ ClassesArg = Sequence[str | ClassPrompt] | Mapping[str, Sequence[str]]
 
 
 def parse_classes(
-    classes: ClassesArg, synonyms: Sequence[Sequence[str]] | None = None
+    classes: ClassesArg,
+    synonyms: Sequence[Sequence[str]] | None = None,
+    colors: Sequence[str | Sequence[int]] | None = None,
 ) -> tuple[ClassPrompt, ...]:
     """Normalise the ways classes may be given into :class:`ClassPrompt` s.
 
     ``classes`` is a list of names or ClassPrompts, or a mapping name -> synonyms;
-    ``synonyms``, if given, holds extra phrasings per class in the same order.
+    ``synonyms``, if given, holds extra phrasings per class in the same order, and ``colors``
+    one colour per class (``#rrggbb`` or RGB; none given: the palette's).
     """
     if isinstance(classes, Mapping):
         out = [ClassPrompt(str(k), tuple(str(s) for s in v)) for k, v in classes.items()]
@@ -129,6 +130,10 @@ def parse_classes(
             ClassPrompt(c.name, (*c.synonyms, *(str(s) for s in syn)), c.color)
             for c, syn in zip(out, synonyms, strict=True)
         ]
+    if colors:
+        if len(colors) != len(out):
+            raise InputError(f"colors: {len(colors)} colours given for {len(out)} classes")
+        out = [ClassPrompt(c.name, c.synonyms, to_rgb(rgb)) for c, rgb in zip(out, colors, strict=True)]
     check_labels([c.name for c in out])
     return tuple(out)
 
@@ -252,87 +257,6 @@ def class_text_features(
     return _normalise(np.stack(out))
 
 
-@dataclass(frozen=True, eq=False)
-class ClassMap:
-    """Zero-shot classification of a slide's tiles.
-
-    Attributes
-    ----------
-    class_names, colors
-        The classes in order, and their RGB colours.
-    probabilities : (N, C) float32
-        Per-tile class probabilities (rows sum to 1).
-    labels : (N,) int32
-        Per-tile label in map values: ``1 + class index``, or ``unknown_value``.
-    unknown_threshold : float or None
-        Tiles whose top probability is below it are labelled "unknown".
-    layout : TileLayout
-        Tile coordinates and grid geometry (``scale``/``translate`` for viewer layers).
-    slide_name, slide_fingerprint, model_id, templates
-        Provenance.
-    """
-
-    class_names: tuple[str, ...]
-    colors: tuple[tuple[int, int, int], ...]
-    probabilities: np.ndarray
-    labels: np.ndarray
-    unknown_threshold: float | None
-    layout: TileLayout
-    slide_name: str = ""
-    slide_fingerprint: str = ""
-    model_id: str = ""
-    templates: tuple[str, ...] = ()
-
-    background_value = BACKGROUND_VALUE
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def unknown_value(self) -> int | None:
-        """Map value of "unknown" tiles (``n_classes + 1``), None when no threshold was set."""
-        return None if self.unknown_threshold is None else self.n_classes + 1
-
-    @property
-    def scale(self) -> tuple[float, float]:
-        return self.layout.scale
-
-    @property
-    def translate(self) -> tuple[float, float]:
-        return self.layout.translate
-
-    @cached_property
-    def label_map(self) -> np.ndarray:
-        """(rows, cols) int32: 0 where no tissue tile, else ``1 + class`` or unknown."""
-        return self.layout.to_grid(self.labels, fill=BACKGROUND_VALUE, dtype=np.int32)
-
-    @cached_property
-    def probability_maps(self) -> np.ndarray:
-        """(C, rows, cols) float32 probability of each class, NaN where no tissue tile."""
-        return self.layout.to_grid_first(self.probabilities.T, fill=np.nan, dtype=np.float32)
-
-    def label_names(self) -> list[str]:
-        """Per-tile predicted class name (``"unknown"`` below the threshold)."""
-        names = np.array([*self.class_names, UNKNOWN_NAME], dtype=object)
-        return list(names[self.labels - 1])
-
-    def label_colors(self) -> dict[int, tuple[int, int, int]]:
-        """Map value -> RGB, for a labels layer's colormap (background excluded)."""
-        out = {i + 1: c for i, c in enumerate(self.colors)}
-        if self.unknown_value is not None:
-            out[self.unknown_value] = UNKNOWN_COLOR
-        return out
-
-    def counts(self) -> dict[str, int]:
-        """Number of tiles per predicted class (and "unknown")."""
-        values = np.bincount(self.labels, minlength=self.n_classes + 2)
-        out = {n: int(values[i + 1]) for i, n in enumerate(self.class_names)}
-        if self.unknown_value is not None:
-            out[UNKNOWN_NAME] = int(values[self.unknown_value])
-        return out
-
-
 def prompt_colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
     """Each class's colour: the one its prompt gives, else the palette's for its position."""
     return tuple(
@@ -356,30 +280,10 @@ def classify(
             f"class text features {text_features.shape} do not match {len(classes)} classes x "
             f"embedding dim {embeddings.embed_dim} of {embeddings.slide_name} ({embeddings.model_id})"
         )
-    if unknown_threshold is not None and not 0.0 <= unknown_threshold <= 1.0:
-        raise InputError(f"unknown_threshold: must be within [0, 1], got {unknown_threshold}")
-    # Work in (C, N): reductions over classes then run across contiguous rows, which numpy
-    # does several times faster than over a short last axis (relabelling 100k tiles is ~30 ms).
+    # (C, N) logits: build_class_map's class-major layout.
     logits = (np.float32(logit_scale) * text_features.astype(np.float32)) @ embeddings.vectors.T
-    logits -= logits.max(axis=0)  # stable softmax
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=0)
-    probs = logits.T  # (N, C) view
-    labels = logits.argmax(axis=0).astype(np.int32) + 1
-    if unknown_threshold is not None:
-        labels[logits.max(axis=0) < unknown_threshold] = len(classes) + 1
-    return ClassMap(
-        class_names=tuple(c.name for c in classes),
-        colors=prompt_colors(classes),
-        probabilities=probs,
-        labels=labels,
-        unknown_threshold=unknown_threshold,
-        layout=embeddings.layout,
-        slide_name=embeddings.slide_name,
-        slide_fingerprint=embeddings.slide_fingerprint,
-        model_id=embeddings.model_id,
-        templates=templates,
-    )
+    return build_class_map(logits, [c.name for c in classes], prompt_colors(classes), embeddings,
+                           unknown_threshold=unknown_threshold, templates=templates)
 
 
 def check_model(embeddings: SlideEmbeddings, model: Any) -> None:

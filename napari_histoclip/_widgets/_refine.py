@@ -296,6 +296,7 @@ class RefinePanel(Container):
         """Give the class map a class of its own for ``New class`` (label value n + 1), to paint."""
         from napari.utils.colormaps import DirectLabelColormap
 
+        from backend.palette import new_class_rgb, to_hex
         from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
 
         name = self.new_class.value.strip()
@@ -315,8 +316,9 @@ class RefinePanel(Container):
         elif np.any(data == n + 1):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
-        color = default_color(n)
-        colors = [*layer.metadata.get("colors", ()), color]
+        colors = list(layer.metadata.get("colors", ()))
+        color = to_hex(new_class_rgb(colors))  # as the backend colours a refine's new class
+        colors.append(color)
         table = dict(layer.colormap.color_dict)
         table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
         layer.colormap = DirectLabelColormap(color_dict=table)
@@ -370,10 +372,10 @@ class RefinePanel(Container):
             by_name = dict(zip(layer.metadata.get("labels", ()), layer.metadata.get("colors", ()), strict=False))
         else:
             labels, synonyms, templates, colors, threshold = self._prompts()
+            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
+                          unknown_threshold=threshold, colors=tuple(colors))
             added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
             colors = [*colors, *added]  # classes added here keep the colour they were painted in
-            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
-                          unknown_threshold=threshold)
         request = RefineRequest(self.ctx.slide_ref(info), marks, **common)
         prior_request = RefineRequest(self.ctx.slide_ref(info), (), **common)
         backend, k = self.ctx.backend, int(self.n_unsure.value)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from napari_histoclip._layers import is_ours
 from napari_histoclip._marks import marks_request
 from napari_histoclip._slide import slide_of
+from napari_histoclip._widgets._apply_classifier import apply_classifier as apply_bundle
 from napari_histoclip._widgets._main import UserError
-from napari_histoclip._widgets._zeroshot import classifier_colors
 
 if TYPE_CHECKING:
     from napari_histoclip._widgets._refine import RefinePanel
@@ -47,10 +47,10 @@ def save_classifier(panel: RefinePanel) -> None:
     elif any(panel._marks_only(panel._map_of(p)) for p in marked):
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, overwrite=True)
     else:
-        labels, synonyms, templates, _, threshold = panel._prompts()
+        labels, synonyms, templates, colors, threshold = panel._prompts()
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=labels,
                                         synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                        overwrite=True)
+                                        overwrite=True, colors=tuple(colors))
     backend = panel.ctx.backend
 
     def done(info: Any) -> None:
@@ -65,24 +65,14 @@ def save_classifier(panel: RefinePanel) -> None:
 def apply_classifier(panel: RefinePanel) -> None:
     """Label the chosen slide with the classifier bundle named in the folder field; its map
     replaces the class map, and Refine then refines that classifier."""
-    from backend.api import ClassifyRequest
-
     path = panel.save_path.value.strip()
     if not path:
         raise UserError("Classifier: give the folder of a classifier bundle to apply")
     _, info = panel.ctx.require_slide()
-    request = ClassifyRequest(panel.ctx.slide_ref(info), path)
-    backend = panel.ctx.backend
 
-    def done(result: Any) -> None:
-        panel.ctx.warn_random(result, path)
+    def then(result: Any, _layers: list[Any]) -> None:
         panel.slides.pop(info.path, None)  # marks were made against another map
-        panel._show_count(info)
-        colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
-        layers = panel.ctx.zero_shot.show_result(result, info, colors, False)
-        layers[0].metadata["classifier"] = path  # Refine and Save then start from it
         panel.show_unsure(result, result, info, int(panel.n_unsure.value))
         panel._show_count(info)
 
-    panel.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
-        request, progress=progress, cancel=cancel), done)
+    apply_bundle(panel.ctx, info, path, then=then)

@@ -17,7 +17,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
 
-from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
+from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
@@ -27,34 +27,6 @@ WHOLE_SLIDE = "whole slide"
 SELECTED_SHAPE = "selected shape"
 TEXT_PROMPTS = "text prompts"
 CLASSIFIER = "a trained classifier"
-
-
-def bundle_classes(path: str) -> list[tuple[str, str]] | None:
-    """A classifier bundle's classes and colours (``#rrggbb``) from its manifest alone, or None
-    when ``path`` is not a classifier bundle on this computer (e.g. a server's bundle name)."""
-    from backend.errors import HistoclipError
-    from backend.models.registry import read_manifest
-
-    try:
-        manifest = read_manifest(path)
-    except HistoclipError:
-        return None
-    classes = manifest.get("classes") if manifest.get("kind") == "classifier" else None
-    if not isinstance(classes, list):
-        return None
-    out = []
-    for i, c in enumerate(classes):
-        rgb = c.get("color") if isinstance(c, dict) else None
-        ok = isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
-        out.append((str(c.get("name") if isinstance(c, dict) else c),
-                    "#{:02x}{:02x}{:02x}".format(*rgb) if ok else default_color(i)))
-    return out
-
-
-def classifier_colors(path: str, labels: Any) -> list[str]:
-    """The colours of a classifier's classes: those its bundle records, else the palette's."""
-    known = dict(bundle_classes(path) or ())
-    return [known.get(name, default_color(i)) for i, name in enumerate(labels)]
 
 
 def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
@@ -155,25 +127,14 @@ class ZeroShotPanel(Container):
     def run_classifier(self) -> None:
         """Label the slide (or the selected shape) with the chosen classifier bundle; its map
         carries the bundle (``metadata["classifier"]``), so Refine then refines that classifier."""
-        from backend.api import ClassifyRequest
+        from napari_histoclip._widgets._apply_classifier import apply_classifier
 
         path = self._classifier_path()
         if not path:
             raise UserError("Classifier: choose the folder of a classifier bundle (or type its name on the server)")
         slide_layer, info = self.ctx.require_slide()
         region = self._region(slide_layer) if self.scope.value == SELECTED_SHAPE else None
-        request = ClassifyRequest(self.ctx.slide_ref(info), path, region=region,
-                                  unknown_threshold=self.threshold.value or None)
-        backend = self.ctx.backend
-
-        def done(result: Any) -> None:
-            self.ctx.warn_random(result, path)
-            colors = classifier_colors(path, result.labels)
-            layers = self.show_result(result, info, colors, region is not None)
-            layers[0].metadata["classifier"] = path
-
-        self.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
-            request, progress=progress, cancel=cancel), done)
+        apply_classifier(self.ctx, info, path, region=region, unknown_threshold=self.threshold.value or None)
 
     def show_result(self, result: Any, info: Any, colors: list[str], region: bool) -> list[Any]:
         """Put a zero-shot result on the viewer, replacing the previous one of this slide."""
@@ -292,6 +253,8 @@ class ZeroShotPanel(Container):
 
     def _classifier_changed(self, *_: Any) -> None:
         """The chosen bundle's classes as the legend, before any run (read from its manifest)."""
+        from napari_histoclip._widgets._apply_classifier import bundle_classes
+
         path = self._classifier_path()
         classes = bundle_classes(path) if path else None
         if classes is None:

@@ -25,12 +25,15 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
 
     viewer, dock = plugin_viewer, plugin_dock
     open_slide(viewer, cmu_slide)
+    dock.zero_shot.prompts.set_color(0, "#123456")  # a colour of the user's: the saved classifier keeps it
     dock.zero_shot.run_button.native.click()
     wait(qtbot, dock)
     assert not notes.errors, notes.errors
     zs_layer = viewer.layers[MAP]
     zero_shot = np.array(zs_layer.data)
     labels = list(zs_layer.metadata["labels"])
+    colors = list(zs_layer.metadata["colors"])
+    assert colors[0] == "#123456"
     viewer.reset_view()
 
     tissue = [tuple(int(v) for v in rc) for rc in np.argwhere(zero_shot > 0)]
@@ -85,6 +88,7 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
     assert not notes.errors, notes.errors
     clf = load_classifier(bundle)
     assert clf.class_names == tuple(labels) and clf.card["slides"][0]["marks"] == len(wanted) - 1
+    assert ["#{:02x}{:02x}{:02x}".format(*c) for c in clf.head.colors] == colors
 
     # Clear: back to the zero-shot map, exactly; painting the new map still makes marks.
     dock.refine.clear_button.native.click()
@@ -102,6 +106,7 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
     assert not notes.errors, notes.errors
     applied = viewer.layers[MAP]
     assert applied.metadata["classifier"] == str(bundle) and applied.metadata["labels"] == labels
+    assert applied.metadata["colors"] == colors  # each class in the colour it was saved with
     from napari_histoclip._slide import slide_of
 
     info = slide_of(applied)

@@ -87,9 +87,9 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def _head(student: Student, class_names: tuple[str, ...], config: ClipitConfig, teacher: TeacherResult) -> Any:
-    from backend.tasks.zero_shot import PALETTE
+    from backend.palette import class_colors
 
-    colors = tuple(PALETTE[i % len(PALETTE)] for i in range(len(class_names)))
+    colors = class_colors(len(class_names))
     weight = student.head.weight.detach().cpu().float().numpy()
     bias = student.head.bias.detach().cpu().float().numpy()
     if config.head is HeadKind.LATE_FUSION:

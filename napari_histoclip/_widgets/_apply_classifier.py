@@ -1,0 +1,82 @@
+"""Labelling a slide with a classifier bundle: the one path of the Zero-shot tab's "a trained
+classifier" source and the Refine tab's "Apply classifier".
+
+Both run the same :class:`backend.api.ClassifyRequest` through the dock's backend and show the
+result the same way: the bundle's own class colours (palette colours for a class it records
+none for), the Zero-shot tab's layers and legend, and the bundle on the map's metadata so that
+Refine and Save as classifier start from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from backend.palette import class_hex, to_hex
+
+#: The class map's metadata key naming the classifier bundle it came from.
+CLASSIFIER_KEY = "classifier"
+
+
+def bundle_classes(path: str) -> list[tuple[str, str]] | None:
+    """A classifier bundle's classes and colours (``#rrggbb``) from its manifest alone, or None
+    when ``path`` is not a classifier bundle on this computer (e.g. a server's bundle name)."""
+    from backend.errors import HistoclipError
+    from backend.models.registry import read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except HistoclipError:
+        return None
+    classes = manifest.get("classes") if manifest.get("kind") == "classifier" else None
+    if not isinstance(classes, list):
+        return None
+    out = []
+    for i, c in enumerate(classes):
+        rgb = c.get("color") if isinstance(c, dict) else None
+        ok = isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
+        out.append((str(c.get("name") if isinstance(c, dict) else c), to_hex(rgb) if ok else class_hex(i)))
+    return out
+
+
+def classifier_colors(path: str, labels: Sequence[str]) -> list[str]:
+    """The colours of a classifier's classes: those its bundle records, else the palette's."""
+    known = dict(bundle_classes(path) or ())
+    return [known.get(name, class_hex(i)) for i, name in enumerate(labels)]
+
+
+def apply_classifier(ctx: Any, info: Any, path: str, *, region: Any = None, unknown_threshold: float | None = None,
+                     then: Callable[[Any, list[Any]], None] | None = None) -> None:
+    """Label ``info``'s slide (or ``region`` of it) with the classifier bundle at ``path`` in
+    the dock's task runner, show the map in the bundle's colours (:func:`classifier_colors`)
+    marked as coming from ``path``, then call ``then(result, layers)`` (the class map first).
+
+    Parameters
+    ----------
+    ctx
+        The dock (its backend, task runner, Zero-shot tab).
+    info
+        The slide.
+    path
+        The bundle's folder (or its name on a server).
+    region
+        A ``backend.api.Region`` to label only the tiles under it; None: the whole slide.
+    unknown_threshold
+        None: the bundle's own.
+    then
+        What the calling tab does next with the result and its layers.
+    """
+    from backend.api import ClassifyRequest
+
+    request = ClassifyRequest(ctx.slide_ref(info), path, region=region, unknown_threshold=unknown_threshold)
+    backend = ctx.backend
+
+    def done(result: Any) -> None:
+        ctx.warn_random(result, path)
+        layers = ctx.zero_shot.show_result(result, info, classifier_colors(path, result.labels), region is not None)
+        layers[0].metadata[CLASSIFIER_KEY] = path  # Refine and Save then start from it
+        if then is not None:
+            then(result, layers)
+
+    ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
+        request, progress=progress, cancel=cancel), done)
