@@ -22,10 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from napari_histoclip._slide import META_KEY, MICRONS, SlideInfo, slide_of
-
-#: ``layer.metadata["mpp_source"]`` of a slide whose µm/px the user gave.
-USER = "user"
+from napari_histoclip._layer_meta import USER_MPP, layer_record, update_record
+from napari_histoclip._slide import MICRONS, SlideInfo, slide_of
 #: Where the dock takes a slide's µm/px (named in messages).
 FIELD = "the µm/px field under Slide in the HistoCLIP dock"
 PIXEL = "pixel"
@@ -71,7 +69,7 @@ def missing_mpp_message(name: str) -> str:
 
 
 def is_user_mpp(layer: Any) -> bool:
-    return (getattr(layer, "metadata", None) or {}).get("mpp_source") == USER
+    return layer_record(layer).user_mpp
 
 
 def layers_of_slide(layers: Iterable[Any], path: str) -> list[Any]:
@@ -97,13 +95,7 @@ def set_slide_mpp(layers: Iterable[Any], path: str, mpp: float | None) -> None:
         old = info.scale[0]
         new = float(mpp) if mpp else 1.0
         factor = new / old
-        entry = {**lyr.metadata[META_KEY], "mpp": float(mpp) if mpp else None}
-        meta = {**lyr.metadata, META_KEY: entry}
-        if mpp:
-            meta["mpp_source"] = USER
-        else:
-            meta.pop("mpp_source", None)
-        lyr.metadata = meta
+        update_record(lyr, slide=replace(info, mpp=float(mpp) if mpp else None), mpp_source=USER_MPP if mpp else None)
         if factor != 1.0:
             lyr.scale = [s * factor for s in lyr.scale]
             lyr.translate = [t * factor for t in lyr.translate]
@@ -138,9 +130,9 @@ def harmonize_units(layers: Iterable[Any], *, incoming_length: bool = False) -> 
     for lyr in layers:
         if not _without_mpp(lyr):
             continue
-        entry = lyr.metadata[META_KEY]
-        if entry.get("world_units", "") != unit:
-            lyr.metadata = {**lyr.metadata, META_KEY: {**entry, "world_units": unit}}
+        info = slide_of(lyr)
+        if info is not None and info.world_units != unit:
+            update_record(lyr, slide=replace(info, world_units=unit))
         want = _long(unit or PIXEL)
         if [str(u) for u in lyr.units] != [want] * lyr.ndim:
             lyr.units = (unit or PIXEL,) * lyr.ndim

@@ -21,8 +21,6 @@ from typing import Any
 
 from backend.needs import Task, why_not
 
-# metadata key of a class map that was started from marks alone (no prompts, no classifier)
-MARKS_ONLY = "marks_only"
 
 
 class ModelGate:
@@ -99,4 +97,6 @@ class ModelGate:
 
 def marks_only(layer: Any) -> bool:
     """Whether a class-map layer was started from marks alone (Refine then sends no prompts)."""
-    return layer is not None and bool(layer.metadata.get(MARKS_ONLY, False))
+    from napari_histoclip._layer_meta import layer_record
+
+    return layer is not None and layer_record(layer).marks_only

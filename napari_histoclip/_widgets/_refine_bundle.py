@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_histoclip._layers import is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours, update_record
 from napari_histoclip._marks import marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._widgets._main import UserError
@@ -28,9 +28,9 @@ def save_classifier(panel: RefinePanel) -> None:
     if not path:
         raise UserError("Classifier: give a folder to save the classifier bundle in")
     paths = [*panel.slides, *(s.path for lyr in panel.ctx.viewer.layers
-                             if is_ours(lyr, "class_map") and (s := slide_of(lyr)) is not None)]
+                             if is_ours(lyr, LayerKind.CLASS_MAP) and (s := slide_of(lyr)) is not None)]
     marked = {p: m for p in dict.fromkeys(paths) if (m := panel.marks_of(p))}
-    bases = {panel._source(p) for p in marked}
+    bases = {panel.source_of(p) for p in marked}
     if len(bases) > 1:
         raise UserError("Save as classifier: the marked slides' maps come from different sources "
                         "(prompts and classifiers); mark slides labelled the same way")
@@ -44,13 +44,13 @@ def save_classifier(panel: RefinePanel) -> None:
         raise UserError("Save as classifier: paint a few marks on a class map first")
     if base is not None:
         request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
-    elif any(panel._marks_only(panel._map_of(p)) for p in marked):
+    elif any(panel.marks_only_map(panel.map_of(p)) for p in marked):
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, overwrite=True)
     else:
-        labels, synonyms, templates, _, threshold = panel._prompts()
-        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=labels,
-                                        synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                        overwrite=True)
+        prompts = panel.prompts()
+        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=prompts.labels,
+                                        synonyms=prompts.synonyms, templates=prompts.templates,
+                                        unknown_threshold=prompts.unknown_threshold, overwrite=True)
     backend = panel.ctx.backend
 
     def done(info: Any) -> None:
@@ -77,12 +77,12 @@ def apply_classifier(panel: RefinePanel) -> None:
     def done(result: Any) -> None:
         panel.ctx.warn_random(result, path)
         panel.slides.pop(info.path, None)  # marks were made against another map
-        panel._show_count(info)
+        panel.show_count(info)
         colors = classifier_colors(path, result.labels)  # as the Zero-shot tab colours it
-        layers = panel.ctx.zero_shot.show_result(result, info, colors, False)
-        layers[0].metadata["classifier"] = path  # Refine and Save then start from it
+        layers = panel.ctx.show_class_map(result, info, colors)
+        update_record(layers[0], classifier=path)  # Refine and Save then start from it
         panel.show_unsure(result, result, info, int(panel.n_unsure.value))
-        panel._show_count(info)
+        panel.show_count(info)
 
     panel.ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
         request, progress=progress, cancel=cancel), done)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
@@ -12,11 +12,15 @@ from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QListWidget, QListWidgetItem
 
-from napari_histoclip._layers import hit_shapes_layer, is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours
+from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._reader import open_slide_quietly
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box, replace_layers, selected_shape
 from napari_histoclip._widgets._main import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 THUMB = 96  # px, the result list's thumbnails
 
@@ -126,7 +130,7 @@ def build_with_user_mpp(
 class SearchPanel(Container):
     """Index choice and building, queries, and a clickable result list."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.index = FileEdit(label="Index", mode="d", value=None, tooltip="a cohort index folder")
         self.folder = FileEdit(label="Slides folder", mode="d", value=None, tooltip="index every slide in it")
@@ -283,6 +287,6 @@ class SearchPanel(Container):
         _, info = opened
         same = [(i, s.hit) for i, s in enumerate(self.hits) if Path(s.hit.slide_path).resolve() == Path(info.path).resolve()]
         shapes = hit_shapes_layer([h.box for _, h in same], info, [f"#{i + 1} {h.score:.2f}" for i, h in same])
-        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, "hits") and slide_of(lyr).path == info.path)
+        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, LayerKind.HITS) and slide_of(lyr).path == info.path)
         new[0].selected_data = {[i for i, _ in same].index(row)}
         frame_box(viewer, hit.box, info)
