@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_histoclip._layer_meta import LayerKind, layer_record, with_record
 from napari_histoclip._slide import SlideInfo, data_rc_to_corner_xy, shape_to_slide_rc
 
 CAPTION = "caption"
@@ -44,7 +45,7 @@ def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, 
         text=caption_text_style(info),
         opacity=1.0,  # the layer's opacity also fades the caption text
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": "regions"}
+    kwargs["metadata"] = with_record(kwargs["metadata"], kind=LayerKind.REGIONS)
     return kwargs
 
 
@@ -227,7 +228,7 @@ def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] |
     Tile centres inside the shape vote; a shape smaller than a tile takes the tile under its
     centre. ``class_map`` is a Labels layer we made (its metadata names the classes).
     """
-    names = ["", *class_map.metadata.get("labels", []), "unknown"]
+    names = ["", *layer_record(class_map).labels, "unknown"]
     data = np.asarray(class_map.data)
     rows, cols = np.mgrid[0 : data.shape[0], 0 : data.shape[1]]
     centres = np.stack([rows.ravel(), cols.ravel()], axis=1).astype(float)
