@@ -151,10 +151,6 @@ class DockContext(Protocol):
         """Whether the chosen model can do ``task`` (unknown: taken to be able)."""
         ...
 
-    def model_is_vision_language(self) -> bool:
-        """Whether the chosen model also embeds text."""
-        ...
-
     def slide_layer(self) -> Any | None:
         """The chosen slide's image layer, None when no slide is open."""
         ...

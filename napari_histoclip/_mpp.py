@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,44 @@ def missing_mpp_message(name: str) -> str:
 
 def is_user_mpp(layer: Any) -> bool:
     return layer_record(layer).user_mpp
+
+
+@dataclass(frozen=True)
+class MppField:
+    """What the dock's µm/px field shows for the chosen slide: its text, the hint when empty,
+    and whether the user may type (only for a slide whose metadata has none)."""
+
+    value: str
+    hint: str
+    editable: bool
+
+
+def mpp_field(layer: Any | None) -> MppField:
+    """The µm/px field for the chosen slide layer (None: no slide): the metadata's value (read
+    only), the user's, or empty with a hint when it has none."""
+    info = slide_of(layer) if layer is not None else None
+    if info is None:
+        return MppField("", "open a slide", False)
+    if info.mpp is not None and not is_user_mpp(layer):
+        return MppField(f"{info.mpp:.4g}", "", False)
+    return MppField(f"{info.mpp:.6g}" if info.mpp else "", "not in metadata: e.g. 0.25 for 40x", True)
+
+
+def typed_mpp(layer: Any | None, text: str) -> tuple[SlideInfo, float | None]:
+    """The slide of the chosen layer and the µm/px ``text`` the user typed for it (empty: None).
+
+    Raises
+    ------
+    ValueError
+        No slide chosen, a slide whose metadata records its µm/px, or ``text`` not a valid
+        µm/px (:func:`parse_mpp`); the message names the field and the cause.
+    """
+    info = slide_of(layer) if layer is not None else None
+    if info is None:
+        raise ValueError("µm/px: open a whole-slide image first")
+    if info.mpp is not None and not is_user_mpp(layer):
+        raise ValueError(f"µm/px: {info.name} records {info.mpp:.4g} µm/px in its metadata, which is used")
+    return info, parse_mpp(text, info.name)
 
 
 def layers_of_slide(layers: Iterable[Any], path: str) -> list[Any]:

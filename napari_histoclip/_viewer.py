@@ -159,7 +159,7 @@ def selected_shape(viewer: Any, what: str, info: SlideInfo | None = None) -> tup
     """
     from pathlib import Path
 
-    from napari_histoclip._widgets._main import UserError
+    from napari_histoclip._widgets._handler import UserError
 
     def elsewhere(layer: Any) -> SlideInfo | None:
         own = slide_of(layer)

@@ -34,7 +34,8 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 from napari_histoclip._widgets._wrap import set_short_text, wrap_label
 
 from napari_histoclip._settings import config_root
-from napari_histoclip._widgets._main import UserError, handler, local_backend
+from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._main import local_backend
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

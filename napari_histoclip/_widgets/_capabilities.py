@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.needs import Task, why_not
+
+if TYPE_CHECKING:
+    from napari_histoclip._widgets._main import HistoclipWidget
 
 
 
@@ -27,7 +30,7 @@ class ModelGate:
     """Enables the dock's text controls for vision-language models only (state in one place:
     the dock's model choice; the panels' controls are wired here, not read by each other)."""
 
-    def __init__(self, dock: Any) -> None:
+    def __init__(self, dock: HistoclipWidget) -> None:
         self.dock = dock
         self.known: dict[str, tuple[str, ...]] = {}
         self._tips: dict[int, str | None] = {}  # each control's own tooltip, restored when enabled
@@ -41,7 +44,7 @@ class ModelGate:
 
     def capabilities(self) -> tuple[str, ...] | None:
         """What the chosen model embeds, or None when unknown here."""
-        from napari_histoclip._widgets._main import UserError
+        from napari_histoclip._widgets._handler import UserError
 
         try:
             name = self.dock.model_name

@@ -23,7 +23,7 @@ from napari_histoclip._shapes import (
 from napari_histoclip._layer_meta import LayerKind, is_ours, layer_record
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
@@ -324,7 +324,9 @@ class CaptionPanel(Container):
     def _source_choices(self, _widget: Any = None) -> list[str]:
         """The bundle always; the corpus when the chosen model embeds text (vision-language)."""
         choices = [CaptionSource.CAPTIONER.value]
-        if not hasattr(self, "ctx") or self.ctx.model_is_vision_language():
+        from backend.needs import Task
+
+        if not hasattr(self, "ctx") or self.ctx.model_can(Task.TEXT_EMBED):
             choices.append(CaptionSource.CORPUS.value)
         return choices
 

@@ -11,7 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari_histoclip._layer_meta import LayerKind, is_ours, slide_class_map
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

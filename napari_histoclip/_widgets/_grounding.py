@@ -16,7 +16,7 @@ from magicgui.widgets import Container, Label, PushButton
 
 from napari_histoclip._layer_meta import LayerKind, with_record
 from napari_histoclip._slide import SlideInfo, box_xywh_to_rectangle, grid_transform
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

@@ -18,19 +18,20 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
 from napari_histoclip._context import BackendFactory, BackendSlot, PromptSet
+from napari_histoclip._layer_meta import update_record
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
 from napari_histoclip._mpp import (
-    is_user_mpp,
     missing_mpp_message,
-    parse_mpp,
+    mpp_field,
     set_slide_mpp,
+    typed_mpp,
     unusual_mpp_message,
     watch_units,
 )
 from napari_histoclip._mpp_memory import MppMemory
-from napari_histoclip._slide import META_KEY, SlideInfo, slide_layers, slide_of
+from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
-from napari_histoclip._widgets._handler import UserError, handler  # noqa: F401 (the tabs import them from here)
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     import napari
@@ -243,13 +244,6 @@ class HistoclipWidget(QWidget):
             raise UserError("Model: no model chosen (the registry listed none)")
         return str(self.model.value)
 
-    def model_is_vision_language(self) -> bool:
-        """Whether the chosen model also embeds text (as the backend's model list, or the
-        registry for a typed name, says); unknown or no model yet: taken to be one."""
-        from backend.needs import Task
-
-        return self.model_can(Task.TEXT_EMBED)
-
     def model_can(self, task: Task) -> bool:
         """Whether the chosen model can do ``task`` (unknown or no model yet: taken to be able)."""
         return self.gate is None or self.gate.can(task)
@@ -360,14 +354,8 @@ class HistoclipWidget(QWidget):
     def set_mpp(self, text: str) -> None:
         """Give the chosen slide (which has no mpp of its own) the µm/px ``text`` (empty: none);
         remembered for the slide; its layers are rescaled to µm."""
-        layer = self.slide.value
-        info = slide_of(layer) if layer is not None else None
-        if layer is None or info is None:
-            raise UserError("µm/px: open a whole-slide image first")
-        if info.mpp is not None and not is_user_mpp(layer):
-            raise UserError(f"µm/px: {info.name} records {info.mpp:.4g} µm/px in its metadata, which is used")
         try:
-            value = parse_mpp(text, info.name)
+            info, value = typed_mpp(self.slide.value, text)
         except ValueError as e:
             raise UserError(str(e)) from e
         if unusual := unusual_mpp_message(value, info.name):
@@ -411,7 +399,7 @@ class HistoclipWidget(QWidget):
         chosen = self.slide.value
         info = slide_of(chosen) if chosen is not None else None
         if info is not None and isinstance(layer, Shapes) and slide_of(layer) is None:
-            layer.metadata = {**layer.metadata, META_KEY: info.to_metadata()}
+            update_record(layer, slide=info)
 
     def _show_opened(self, layer: Any) -> None:
         """A slide just opened is shown alone and whole: the other slides' layers (image, maps,
@@ -432,20 +420,11 @@ class HistoclipWidget(QWidget):
             self.slide.value = visible[-1]
 
     def show_mpp(self, *_: Any) -> None:
-        """The µm/px field follows the chosen slide: its metadata's (read only), the user's, or
-        empty with a hint when it has none."""
-        layer = self.slide.value
-        info = slide_of(layer) if layer is not None else None
-        edit = self.mpp.native
-        if info is None:
-            self.mpp.value, hint, editable = "", "open a slide", False
-        elif info.mpp is not None and not is_user_mpp(layer):
-            self.mpp.value, hint, editable = f"{info.mpp:.4g}", "", False
-        else:
-            self.mpp.value = f"{info.mpp:.6g}" if info.mpp else ""
-            hint, editable = "not in metadata: e.g. 0.25 for 40x", True
-        edit.setPlaceholderText(hint)
-        edit.setReadOnly(not editable)
+        """The µm/px field follows the chosen slide (:func:`napari_histoclip._mpp.mpp_field`)."""
+        field = mpp_field(self.slide.value)
+        self.mpp.value = field.value
+        self.mpp.native.setPlaceholderText(field.hint)
+        self.mpp.native.setReadOnly(not field.editable)
 
     def _show_weights_note(self, *_: Any) -> None:
         """Under the model box: the chosen model's weights are not on disk (a first run offline

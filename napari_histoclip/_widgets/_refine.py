@@ -40,7 +40,7 @@ from napari_histoclip._marks import Cell, SlideMarks, marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
 from napari_histoclip._widgets._capabilities import marks_only
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

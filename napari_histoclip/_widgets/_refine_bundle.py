@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from napari_histoclip._layer_meta import LayerKind, is_ours, update_record
 from napari_histoclip._marks import marks_request
 from napari_histoclip._slide import slide_of
-from napari_histoclip._widgets._main import UserError
+from napari_histoclip._widgets._handler import UserError
 from napari_histoclip._widgets._zeroshot import classifier_colors
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._reader import open_slide_quietly
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box, replace_layers, selected_shape
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

@@ -24,7 +24,7 @@ from napari_histoclip._layer_meta import LayerKind, is_ours
 from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._slide import find_slide_layer, slide_of
 from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext

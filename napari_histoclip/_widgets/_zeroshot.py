@@ -22,7 +22,7 @@ from napari_histoclip._layer_meta import LayerKind, layer_record, update_record,
 from napari_histoclip._layers import LegendEntry, class_map_layers, default_color, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
 if TYPE_CHECKING:
