@@ -114,13 +114,16 @@ class LayerRecord:
 
     def to_metadata(self, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``base`` (a layer's metadata) with this record's values: a field at its default
-        removes its key (an empty value already there stays); keys the record does not know
-        are kept. Plain values only (lists, dicts, strings), which survive saving."""
+        removes its key (an empty value already there stays; a class map always names its
+        classes and colours, if none); keys the record does not know are kept. Plain values
+        only (lists, dicts, strings), which survive saving."""
         out = dict(base or {})
         default = LayerRecord()
         for f in fields(self):
             key, value = KEYS[f.name], getattr(self, f.name)
-            if value == getattr(default, f.name):
+            if f.name in ("labels", "colors") and self.kind == LayerKind.CLASS_MAP:
+                out[key] = list(value)
+            elif value == getattr(default, f.name):
                 if key in out and not _empty(out[key]):
                     del out[key]
             elif f.name == "slide":

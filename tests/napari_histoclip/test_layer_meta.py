@@ -67,6 +67,8 @@ def test_defaults_remove_their_keys_and_unknown_keys_stay() -> None:
     assert "classifier" not in meta and "marks_only" not in meta
     assert meta["legend"] == OLD_CLASS_MAP["legend"] and meta["region"] is False  # an empty value stays
     assert LayerRecord().to_metadata({"level_downsamples": [1.0, 4.0]}) == {"level_downsamples": [1.0, 4.0]}
+    # a class map names its classes, none at first (a map started from marks alone)
+    assert LayerRecord(kind=LayerKind.CLASS_MAP).to_metadata() == {"kind": "class_map", "labels": [], "colors": []}
 
 
 def test_a_slide_entry_keeps_keys_it_does_not_know() -> None:
