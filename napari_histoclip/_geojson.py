@@ -23,12 +23,11 @@ import numpy as np
 from backend.geometry import points_in_polygon, ring_area
 from backend.palette import to_hex, to_rgb
 from backend.tasks.geojson import QuPathObject, class_color, mask_polygons
+from napari_histoclip._layer_meta import LayerRecord, layer_record, update_record, with_record
 from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL
 from napari_histoclip._shapes import AREA_KINDS, CAPTION, CLASS, shape_regions
 from napari_histoclip._slide import SlideInfo, corner_xy_to_data_rc, data_rc_to_corner_xy, layer_to_world
 
-#: Shapes-layer metadata key: class name -> "#rrggbb", the colour each class exports with.
-CLASS_COLORS = "class_colors"
 #: GeoJSON property (true) of the objects that hold the Refine tab's painted marks: an import
 #: gives them back as marks, not shapes.
 REFINE_MARK = "histoclipRefineMarks"
@@ -70,8 +69,9 @@ def shapes_objects(
 
 def recorded_colors(shapes_layer_or_metadata: Any) -> dict[str, str]:
     """The class colours a shapes layer recorded (its metadata, or the metadata itself)."""
-    meta = shapes_layer_or_metadata if isinstance(shapes_layer_or_metadata, Mapping) else shapes_layer_or_metadata.metadata
-    return dict(meta.get(CLASS_COLORS) or {})
+    if isinstance(shapes_layer_or_metadata, Mapping):
+        return dict(LayerRecord.from_metadata(shapes_layer_or_metadata).class_colors)
+    return dict(layer_record(shapes_layer_or_metadata).class_colors)
 
 
 def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mapping[str, str] | None = None) -> None:
@@ -82,7 +82,7 @@ def record_class_colors(shapes_layer: Any, classes: Sequence[str], known: Mappin
     for cls in classes:
         if cls and cls not in colors:
             colors[cls] = to_hex(class_color(cls, known))
-    shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: colors}
+    update_record(shapes_layer, class_colors=colors)
 
 
 def adopt_map_colors(shapes_layer: Any, legend: Mapping[str, str]) -> None:
@@ -92,7 +92,7 @@ def adopt_map_colors(shapes_layer: Any, legend: Mapping[str, str]) -> None:
     colors = recorded_colors(shapes_layer)
     updated = {**colors, **{cls: color for cls, color in legend.items() if cls in colors}}
     if updated != colors:
-        shapes_layer.metadata = {**shapes_layer.metadata, CLASS_COLORS: updated}
+        update_record(shapes_layer, class_colors=updated)
 
 
 # --- class map -> objects -------------------------------------------------------------------
@@ -100,8 +100,8 @@ def adopt_map_colors(shapes_layer: Any, legend: Mapping[str, str]) -> None:
 
 def class_map_legend(labels_layer: Any) -> dict[str, str]:
     """Class name -> colour of a class-map Labels layer we made."""
-    meta = labels_layer.metadata
-    return dict(zip(meta.get("labels", []), meta.get("colors", []), strict=False))
+    record = layer_record(labels_layer)
+    return dict(zip(record.labels, record.colors, strict=False))
 
 
 def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
@@ -110,9 +110,8 @@ def class_map_objects(labels_layer: Any, info: SlideInfo) -> list[QuPathObject]:
     Tiles are traced in grid space and mapped to level-0 corner pixels through the layer's
     scale and translate, then clipped to the slide.
     """
-    meta = labels_layer.metadata
-    labels = list(meta.get("labels", []))
-    colors = list(meta.get("colors", []))
+    record = layer_record(labels_layer)
+    labels, colors = list(record.labels), list(record.colors)
     data = np.asarray(labels_layer.data)
     out = []
     for value in np.unique(data):
@@ -331,5 +330,5 @@ def annotations_layer(annotations: Sequence[Annotation], info: SlideInfo, name: 
     for a in annotations:
         if a.cls and a.color and a.cls not in colors:
             colors[a.cls] = a.color
-    kwargs["metadata"] = {**kwargs["metadata"], CLASS_COLORS: colors}
+    kwargs["metadata"] = with_record(kwargs["metadata"], class_colors=colors)
     return (data, kwargs, "shapes")

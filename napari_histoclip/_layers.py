@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from backend.palette import PALETTE as _PALETTE, UNKNOWN_COLOR as _UNKNOWN_RGB, UNKNOWN_NAME, class_hex, to_hex, to_rgb
-from napari_histoclip._slide import META_KEY, SlideInfo, box_xywh_to_rectangle, grid_transform
+from backend.palette import PALETTE as _PALETTE
+from backend.palette import UNKNOWN_COLOR as _UNKNOWN_RGB
+from backend.palette import UNKNOWN_NAME, class_hex, to_hex, to_rgb
+from napari_histoclip._layer_meta import LayerKind, with_record
+from napari_histoclip._slide import SlideInfo, box_xywh_to_rectangle, grid_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -112,11 +115,8 @@ def class_map_layers(
     features = {"index": np.arange(len(names)), "class": names}
     entries = legend(labels, colors, class_map)
     meta = {
-        **common["metadata"],
-        "labels": list(labels),
-        "colors": list(colors[: len(labels)]),
+        **with_record(common["metadata"], kind=LayerKind.CLASS_MAP, labels=labels, colors=tuple(colors[: len(labels)])),
         "legend": [e.__dict__ for e in entries],
-        "kind": "class_map",
     }
     out: list[LayerData] = [
         (
@@ -164,7 +164,7 @@ def probability_layer(
         # One class at a time is readable; the class map is the overview.
         visible=False,
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": "probability", "label": label}
+    kwargs["metadata"] = {**with_record(kwargs["metadata"], kind=LayerKind.PROBABILITY), "label": label}
     return (data, kwargs, "image")
 
 
@@ -200,7 +200,7 @@ def heatmap_layer(result: Any, info: SlideInfo) -> LayerData:
         opacity=0.7,
         blending="translucent",
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": "heatmap", "query": result.query}
+    kwargs["metadata"] = {**with_record(kwargs["metadata"], kind=LayerKind.HEATMAP), "query": result.query}
     return (data, kwargs, "image")
 
 
@@ -229,7 +229,7 @@ def hit_shapes_layer(
         text={"string": "{hit}", "color": HIT_TEXT_COLOR, "size": 14, "anchor": "upper_left"},
         opacity=1.0,  # the layer's opacity also fades the labels
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": "hits"}
+    kwargs["metadata"] = with_record(kwargs["metadata"], kind=LayerKind.HITS)
     return (data, kwargs, "shapes")
 
 
@@ -252,8 +252,3 @@ def box_view(
     zoom = float(min(ch / h, cw / w))
     return (float(center[0]), float(center[1])), zoom
 
-
-def is_ours(layer: Any, kind: str) -> bool:
-    """Whether ``layer`` is one of our result layers of ``kind`` (class_map, heatmap, ...)."""
-    entry = (getattr(layer, "metadata", None) or {}).get(META_KEY)
-    return isinstance(entry, dict) and layer.metadata.get("kind") == kind

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from napari_histoclip._slide import META_KEY, MICRONS, SlideInfo, slide_of
+from napari_histoclip._layer_meta import USER_MPP, layer_record, update_record
+from napari_histoclip._slide import MICRONS, SlideInfo, slide_of
 
-#: ``layer.metadata["mpp_source"]`` of a slide whose µm/px the user gave.
-USER = "user"
 #: Where the dock takes a slide's µm/px (named in messages).
 FIELD = "the µm/px field under Slide in the HistoCLIP dock"
 PIXEL = "pixel"
@@ -71,7 +70,45 @@ def missing_mpp_message(name: str) -> str:
 
 
 def is_user_mpp(layer: Any) -> bool:
-    return (getattr(layer, "metadata", None) or {}).get("mpp_source") == USER
+    return layer_record(layer).user_mpp
+
+
+@dataclass(frozen=True)
+class MppField:
+    """What the dock's µm/px field shows for the chosen slide: its text, the hint when empty,
+    and whether the user may type (only for a slide whose metadata has none)."""
+
+    value: str
+    hint: str
+    editable: bool
+
+
+def mpp_field(layer: Any | None) -> MppField:
+    """The µm/px field for the chosen slide layer (None: no slide): the metadata's value (read
+    only), the user's, or empty with a hint when it has none."""
+    info = slide_of(layer) if layer is not None else None
+    if info is None:
+        return MppField("", "open a slide", False)
+    if info.mpp is not None and not is_user_mpp(layer):
+        return MppField(f"{info.mpp:.4g}", "", False)
+    return MppField(f"{info.mpp:.6g}" if info.mpp else "", "not in metadata: e.g. 0.25 for 40x", True)
+
+
+def typed_mpp(layer: Any | None, text: str) -> tuple[SlideInfo, float | None]:
+    """The slide of the chosen layer and the µm/px ``text`` the user typed for it (empty: None).
+
+    Raises
+    ------
+    ValueError
+        No slide chosen, a slide whose metadata records its µm/px, or ``text`` not a valid
+        µm/px (:func:`parse_mpp`); the message names the field and the cause.
+    """
+    info = slide_of(layer) if layer is not None else None
+    if info is None:
+        raise ValueError("µm/px: open a whole-slide image first")
+    if info.mpp is not None and not is_user_mpp(layer):
+        raise ValueError(f"µm/px: {info.name} records {info.mpp:.4g} µm/px in its metadata, which is used")
+    return info, parse_mpp(text, info.name)
 
 
 def layers_of_slide(layers: Iterable[Any], path: str) -> list[Any]:
@@ -97,13 +134,7 @@ def set_slide_mpp(layers: Iterable[Any], path: str, mpp: float | None) -> None:
         old = info.scale[0]
         new = float(mpp) if mpp else 1.0
         factor = new / old
-        entry = {**lyr.metadata[META_KEY], "mpp": float(mpp) if mpp else None}
-        meta = {**lyr.metadata, META_KEY: entry}
-        if mpp:
-            meta["mpp_source"] = USER
-        else:
-            meta.pop("mpp_source", None)
-        lyr.metadata = meta
+        update_record(lyr, slide=replace(info, mpp=float(mpp) if mpp else None), mpp_source=USER_MPP if mpp else None)
         if factor != 1.0:
             lyr.scale = [s * factor for s in lyr.scale]
             lyr.translate = [t * factor for t in lyr.translate]
@@ -138,9 +169,9 @@ def harmonize_units(layers: Iterable[Any], *, incoming_length: bool = False) -> 
     for lyr in layers:
         if not _without_mpp(lyr):
             continue
-        entry = lyr.metadata[META_KEY]
-        if entry.get("world_units", "") != unit:
-            lyr.metadata = {**lyr.metadata, META_KEY: {**entry, "world_units": unit}}
+        info = slide_of(lyr)
+        if info is not None and info.world_units != unit:
+            update_record(lyr, slide=replace(info, world_units=unit))
         want = _long(unit or PIXEL)
         if [str(u) for u in lyr.units] != [want] * lyr.ndim:
             lyr.units = (unit or PIXEL,) * lyr.ndim

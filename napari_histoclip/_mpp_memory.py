@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from napari_histoclip._layer_meta import layer_record
 from napari_histoclip._mpp import is_user_mpp, set_slide_mpp
 from napari_histoclip._settings import load_settings, save_settings
 from napari_histoclip._slide import slide_of
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 log = logging.getLogger(__name__)
 
 
 class MppMemory:
-    """Recalls and remembers slides' user µm/px for a dock (``ctx``: its ``viewer``,
-    ``_closed`` and ``_show_mpp``)."""
+    """Recalls and remembers slides' user µm/px for a dock (``ctx``: its ``viewer``, ``runner``,
+    ``closed`` and ``show_mpp``)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self._fingerprints: dict[str, str] = {}  # slide_identity -> fingerprint
-        self._workers: set[Any] = set()  # referenced until they finish (else collected)
+        self._pending = 0  # fingerprints being computed
 
     def recall(self, layer: Any) -> None:
         """If the slide of ``layer`` has no mpp and the user gave one before, apply it."""
@@ -41,7 +45,7 @@ class MppMemory:
             from napari.utils.notifications import show_info
 
             set_slide_mpp(self.ctx.viewer.layers, info.path, value)
-            self.ctx._show_mpp()
+            self.ctx.show_mpp()
             show_info(f"{info.name}: {value:g} µm/px, as you gave it before (no µm/px in its metadata)")
 
         self.fingerprint(info.path, apply)
@@ -61,40 +65,25 @@ class MppMemory:
             return
 
         def done(fp: str) -> None:
+            self._pending -= 1
             self._fingerprints[key] = fp
-            if not self.ctx._closed:
+            if not self.ctx.closed:
                 then(fp)
 
         def failed(e: Exception) -> None:
             # A convenience failed (the file went away): the user types the value again.
+            self._pending -= 1
             log.warning("%s: cannot fingerprint it to remember its µm/px (%s)", path, e)
-
-        from napari_histoclip._tasks import sync_mode
-
-        if sync_mode():
-            from backend.slides import slide_fingerprint
-
-            try:
-                fp = slide_fingerprint(path)
-            except Exception as e:  # noqa: BLE001 - as in a worker
-                failed(e)
-            else:
-                done(fp)
-            return
-        from napari.qt.threading import create_worker
 
         from backend.slides import slide_fingerprint
 
-        worker = create_worker(slide_fingerprint, path, _start_thread=False,
-                               _connect={"returned": done, "errored": failed})
-        self._workers.add(worker)
-        worker.finished.connect(lambda: self._workers.discard(worker))
-        worker.start()
+        self._pending += 1
+        self.ctx.runner.run_quiet(lambda: slide_fingerprint(path), done, failed)
 
     @property
     def busy(self) -> bool:
         """Whether a fingerprint is being computed (tests wait on it)."""
-        return bool(self._workers)
+        return self._pending > 0
 
 
 def user_mpp_of_open_slides(layers: Any) -> dict[str, float]:
@@ -104,6 +93,6 @@ def user_mpp_of_open_slides(layers: Any) -> dict[str, float]:
     out = {}
     for lyr in layers:
         info = slide_of(lyr)
-        if info is not None and info.mpp is not None and is_user_mpp(lyr) and lyr.metadata.get("kind") is None:
+        if info is not None and info.mpp is not None and is_user_mpp(lyr) and layer_record(lyr).kind is None:
             out[str(Path(info.path).resolve())] = info.mpp
     return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.slides import SLIDE_SUFFIXES, slide_target  # the backend's formats; light (numpy only)
+from napari_histoclip._layer_meta import with_record
 from napari_histoclip._slide import SlideInfo
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,12 @@ def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData
         # Given, so napari does not compute them from pixel data.
         contrast_limits=(0, 255),
     )
+    source = getattr(slide, "mpp_source", None)
     kwargs["metadata"] = {
-        **kwargs["metadata"],
+        **with_record(kwargs["metadata"], mpp_source=str(source) if source else None),
         "level_downsamples": [float(d) for d in slide.level_downsamples]
         + [float(2 ** (i + 1) * slide.level_downsamples[-1]) for i in range(len(levels) - len(native))],
         "objective_power": slide.objective_power,
-        "mpp_source": getattr(slide, "mpp_source", None),
     }
     return (list(levels), kwargs, "image")
 

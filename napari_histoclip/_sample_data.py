@@ -14,8 +14,9 @@ from napari_histoclip._reader import read_slide_layer
 def cmu_small_region() -> list[tuple[Any, ...]]:
     """The CMU-1-Small-Region slide as a multiscale image layer (empty list, and a
     notification, when it cannot be had)."""
-    from backend.sample_data import DownloadError, sample_slide
     from napari.utils.notifications import show_error
+
+    from backend.sample_data import DownloadError, sample_slide
 
     try:
         path = sample_slide()

@@ -14,6 +14,7 @@ import numpy as np
 
 from backend.geometry import bounding_box, points_in_polygon, tiles_in_region
 from backend.palette import UNKNOWN_NAME
+from napari_histoclip._layer_meta import LayerKind, layer_record, with_record
 from napari_histoclip._slide import SlideInfo, data_rc_to_corner_xy, shape_to_slide_rc
 
 CAPTION = "caption"
@@ -48,7 +49,7 @@ def caption_layer_kwargs(info: SlideInfo, name: str | None = None) -> dict[str, 
         text=caption_text_style(info),
         opacity=1.0,  # the layer's opacity also fades the caption text
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": "regions"}
+    kwargs["metadata"] = with_record(kwargs["metadata"], kind=LayerKind.REGIONS)
     return kwargs
 
 
@@ -235,7 +236,7 @@ def majority_classes(shapes_layer: Any, class_map: Any, indices: Sequence[int] |
     smaller than a tile, the tiles it overlaps). ``class_map`` is a Labels layer we made (its
     metadata names the classes; a cell's centre is its data index, one tile per cell).
     """
-    names = ["", *class_map.metadata.get("labels", []), UNKNOWN_NAME]
+    names = ["", *layer_record(class_map).labels, UNKNOWN_NAME]
     data = np.asarray(class_map.data)
     cells = np.argwhere(np.ones(data.shape[-2:], dtype=bool))  # (row, col), row-major like data.ravel()
     extent = np.abs(np.asarray(class_map.scale, dtype=float)[-2:])[::-1]  # world (width, height) of a tile

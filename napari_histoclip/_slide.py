@@ -119,10 +119,12 @@ def slide_layers(layers: Iterable[Any]) -> list[Any]:
     # Our result layers (maps, heatmaps) carry the slide too, and a "kind": they are not slides.
     from napari.layers import Image  # isinstance: a plugin's layers may come proxied
 
+    from napari_histoclip._layer_meta import layer_record  # it builds on SlideInfo
+
     return [
         lyr
         for lyr in layers
-        if isinstance(lyr, Image) and slide_of(lyr) is not None and "kind" not in lyr.metadata
+        if isinstance(lyr, Image) and (record := layer_record(lyr)).slide is not None and record.kind is None
     ]
 
 

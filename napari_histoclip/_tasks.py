@@ -1,9 +1,11 @@
 """Running long backend calls off the UI thread, with one progress bar and a cancel button.
 
 A task is a plain function ``fn(progress, cancel) -> result`` (the widget closes over its
-request and the ``Backend``); :class:`TaskRunner` runs it in a napari ``thread_worker``, relays
-the backend's :class:`~backend.api.Progress` callbacks to the UI thread through a Qt signal, and
-calls ``on_done`` (or shows the error as a notification) back on the UI thread.
+request and the ``Backend``); :class:`TaskRunner` runs it in a napari worker, relays the
+backend's :class:`~backend.api.Progress` callbacks to the UI thread through a Qt signal, and
+calls ``on_done`` (or shows the error as a notification) back on the UI thread. Small jobs a
+user does not wait for (a slide's fingerprint) run beside it with :meth:`TaskRunner.run_quiet`,
+and imports ahead of need with :func:`start_daemon`: every thread the plugin starts starts here.
 
 ``HISTOCLIP_SYNC=1`` runs tasks synchronously on the calling thread, so a debugger or a
 traceback sees the whole stack (stardist-napari's trick).
@@ -95,6 +97,7 @@ class TaskRunner:
         self._quit_hooked = False  # aboutToQuit waits for tasks let go (see _wait_at_quit)
         self._detach: Callable[[], None] | None = None  # lets the running task go (see cancel)
         self.worker: Any = None
+        self._quiet: set[Any] = set()  # quiet workers, referenced until they finish (else collected)
         #: Wall time of the last finished task, seconds (shown in tests and the status line).
         self.last_duration: float = 0.0
 
@@ -235,6 +238,35 @@ class TaskRunner:
         worker.start()
         return True
 
+    def run_quiet(
+        self,
+        fn: Callable[[], T],
+        on_done: Callable[[T], None],
+        on_error: Callable[[Exception], None],
+    ) -> None:
+        """Run a small job ``fn()`` a user does not wait for, beside any task: no progress, no
+        cancel, nothing in the footer. ``on_done(result)`` or ``on_error(error)`` runs on the UI
+        thread (on the calling thread in ``HISTOCLIP_SYNC`` mode)."""
+        if sync_mode():
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - handed to on_error, as in a worker
+                on_error(e)
+            else:
+                on_done(result)
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(fn, _start_thread=False, _connect={"returned": on_done, "errored": on_error})
+        self._quiet.add(worker)
+        worker.finished.connect(lambda: self._quiet.discard(worker))
+        worker.start()
+
+    @property
+    def quiet_busy(self) -> bool:
+        """Whether a quiet job is running (tests wait on it)."""
+        return bool(self._quiet)
+
     # --- internals ------------------------------------------------------------------------
 
     def _show_in_steps(self, label: str, steps: Iterator[Any], on_error: Callable[[Exception], None]) -> None:
@@ -318,6 +350,14 @@ class TaskRunner:
     def _set_state(self, state: TaskState | None) -> None:
         self._state = state
         self._on_state(state)
+
+
+def start_daemon(fn: Callable[[], None], name: str) -> threading.Thread:
+    """Run ``fn()`` in a daemon thread, unconnected to Qt (imports ahead of need): a daemon
+    does not hold up the interpreter's exit, where a Qt worker still running aborts it."""
+    thread = threading.Thread(target=fn, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
 class _LabelledError(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from napari_histoclip._layer_meta import LayerKind, LayerRecord, layer_record
 from napari_histoclip._layers import LayerData, box_view
 from napari_histoclip._slide import SlideInfo, slide_of
 
@@ -63,7 +64,7 @@ def replace_layers(
                 targets[i] = old.pop(kwargs["name"])
     for i, (_, kwargs, layer_type) in enumerate(new):  # then a renamed class's layer
         if targets[i] is None and layer_type in _IN_PLACE:
-            kind = kwargs.get("metadata", {}).get("kind")
+            kind = LayerRecord.from_metadata(kwargs.get("metadata")).kind
             spare = next((lyr for lyr in old.values() if _same_kind(lyr, layer_type, kind)), None)
             if spare is not None:
                 targets[i] = old.pop(spare.name)
@@ -132,7 +133,7 @@ def _unchanged(current: Any, value: Any) -> bool:
 
 
 def _same_kind(layer: Any, layer_type: str, kind: Any) -> bool:
-    return is_layer(layer, layer_type.capitalize()) and layer.metadata.get("kind") == kind
+    return is_layer(layer, layer_type.capitalize()) and layer_record(layer).kind == kind
 
 
 def is_layer(layer: Any, kind: str) -> bool:
@@ -158,7 +159,7 @@ def selected_shape(viewer: Any, what: str, info: SlideInfo | None = None) -> tup
     """
     from pathlib import Path
 
-    from napari_histoclip._widgets._main import UserError
+    from napari_histoclip._widgets._handler import UserError
 
     def elsewhere(layer: Any) -> SlideInfo | None:
         own = slide_of(layer)
@@ -172,7 +173,7 @@ def selected_shape(viewer: Any, what: str, info: SlideInfo | None = None) -> tup
                         f"select a shape drawn on {info.name}, or choose {other.name} as the slide")
     candidates = [active] if is_layer(active, "Shapes") and active.selected_data else [
         lyr for lyr in viewer.layers
-        if is_layer(lyr, "Shapes") and lyr.selected_data and lyr.metadata.get("kind") != "hits"
+        if is_layer(lyr, "Shapes") and lyr.selected_data and layer_record(lyr).kind != LayerKind.HITS
         and elsewhere(lyr) is None
     ]
     if len(candidates) != 1:
@@ -219,5 +220,5 @@ def show_only_slide(viewer: Any, info: SlideInfo) -> None:
             continue
         if Path(other.path).resolve() != want:
             lyr.visible = False
-        elif is_layer(lyr, "Image") and lyr.metadata.get("kind") is None:
+        elif is_layer(lyr, "Image") and layer_record(lyr).kind is None:
             lyr.visible = True  # the slide itself; its maps keep the user's choice

@@ -41,6 +41,6 @@ def start_warmup(modules: tuple[str, ...] = MODULES) -> threading.Thread | None:
     if _started.is_set():
         return None
     _started.set()
-    thread = threading.Thread(target=_import_all, args=(modules,), name="histoclip-warmup", daemon=True)
-    thread.start()
-    return thread
+    from napari_histoclip._tasks import start_daemon
+
+    return start_daemon(lambda: _import_all(modules), "histoclip-warmup")

@@ -13,9 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from backend.palette import class_hex, to_hex
-
-#: The class map's metadata key naming the classifier bundle it came from.
-CLASSIFIER_KEY = "classifier"
+from napari_histoclip._context import DockContext
+from napari_histoclip._layer_meta import update_record
 
 
 def bundle_classes(path: str) -> list[tuple[str, str]] | None:
@@ -45,7 +44,7 @@ def classifier_colors(path: str, labels: Sequence[str]) -> list[str]:
     return [known.get(name, class_hex(i)) for i, name in enumerate(labels)]
 
 
-def apply_classifier(ctx: Any, info: Any, path: str, *, region: Any = None, unknown_threshold: float | None = None,
+def apply_classifier(ctx: DockContext, info: Any, path: str, *, region: Any = None, unknown_threshold: float | None = None,
                      then: Callable[[Any, list[Any]], None] | None = None) -> None:
     """Label ``info``'s slide (or ``region`` of it) with the classifier bundle at ``path`` in
     the dock's task runner, show the map in the bundle's colours (:func:`classifier_colors`)
@@ -54,7 +53,7 @@ def apply_classifier(ctx: Any, info: Any, path: str, *, region: Any = None, unkn
     Parameters
     ----------
     ctx
-        The dock (its backend, task runner, Zero-shot tab).
+        The dock (its backend, task runner, class-map display).
     info
         The slide.
     path
@@ -73,8 +72,8 @@ def apply_classifier(ctx: Any, info: Any, path: str, *, region: Any = None, unkn
 
     def done(result: Any) -> None:
         ctx.warn_random(result, path)
-        layers = ctx.zero_shot.show_result(result, info, classifier_colors(path, result.labels), region is not None)
-        layers[0].metadata[CLASSIFIER_KEY] = path  # Refine and Save then start from it
+        layers = ctx.show_class_map(result, info, classifier_colors(path, result.labels), region is not None)
+        update_record(layers[0], classifier=path)  # Refine and Save then start from it
         if then is not None:
             then(result, layers)
 

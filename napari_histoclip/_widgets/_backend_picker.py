@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 
+from napari_histoclip._settings import config_root
+from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._main import local_backend
 from napari_histoclip._widgets._wrap import set_short_text, wrap_label
 
-from napari_histoclip._settings import config_root
-from napari_histoclip._widgets._main import UserError, handler, local_backend
-
 if TYPE_CHECKING:
-    from napari_histoclip._widgets._main import HistoclipWidget
+    from napari_histoclip._context import DockContext
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def connect(url: str, token: str) -> tuple[dict[str, Any], list[dict[str, Any]]]
 
 
 class BackendPicker(Container):
-    """The picker above the dock's header; ``dock`` is the :class:`HistoclipWidget`."""
+    """The picker above the dock's header; ``dock`` is the dock's context."""
 
-    def __init__(self, dock: HistoclipWidget) -> None:
+    def __init__(self, dock: DockContext) -> None:
         self.dock = dock
         self.where = ComboBox(label="Work on", choices=[str(w) for w in Where], value=str(Where.LOCAL),
                               tooltip="run the models here, or on a GPU server ('histoclip serve')")
@@ -232,10 +232,9 @@ class BackendPicker(Container):
         from backend.remote import HttpBackend
 
         # The factory ignores the device: a device change remakes the same remote backend.
-        _switch(self.dock, lambda _device: HttpBackend(url, token or None))
+        self.dock.use_backend_factory(lambda _device: HttpBackend(url, token or None),
+                                      f"the server's device: {caps.get('device', '?')}")
         self.connected, self.capabilities, self._slides = url, caps, slides
-        self.dock.device.enabled = False
-        self.dock.device.tooltip = f"the server's device: {caps.get('device', '?')}"
         self.server_slide.choices = [(s["name"], s["id"]) for s in slides]
         self.state.value = (f"connected to {url} (API {caps.get('api_version')}, device {caps.get('device')}, "
                             f"{len(slides)} slides)")
@@ -243,20 +242,11 @@ class BackendPicker(Container):
         self.dock.refresh_models()
 
     def _use_local(self) -> None:
-        _switch(self.dock, local_backend)
+        self.dock.use_backend_factory(local_backend)
         self.connected, self.capabilities, self._slides = None, {}, []
         self.server_slide.choices = []
-        self.dock.device.enabled = True
-        self.dock.device.tooltip = None
         self.state.value = "working on this computer"
         self.dock.refresh_models()
-
-
-def _switch(dock: HistoclipWidget, factory: Any) -> None:
-    """Make ``dock`` use backends from ``factory`` (the one in use is closed, if the dock made it).
-    The picker is part of the dock: it sets the dock's backend fields, as a device change does."""
-    dock._close_backend() if dock._owns_backend else None
-    dock._backend, dock._owns_backend, dock._factory = None, True, factory
 
 
 def remote_layer(backend: Any, slide_id: str) -> tuple[Any, ...]:

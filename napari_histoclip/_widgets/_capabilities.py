@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.needs import Task, why_not
 
-# metadata key of a class map that was started from marks alone (no prompts, no classifier)
-MARKS_ONLY = "marks_only"
+if TYPE_CHECKING:
+    from napari_histoclip._widgets._main import HistoclipWidget
+
 
 
 class ModelGate:
     """Enables the dock's text controls for vision-language models only (state in one place:
     the dock's model choice; the panels' controls are wired here, not read by each other)."""
 
-    def __init__(self, dock: Any) -> None:
+    def __init__(self, dock: HistoclipWidget) -> None:
         self.dock = dock
         self.known: dict[str, tuple[str, ...]] = {}
         self._tips: dict[int, str | None] = {}  # each control's own tooltip, restored when enabled
@@ -43,7 +44,7 @@ class ModelGate:
 
     def capabilities(self) -> tuple[str, ...] | None:
         """What the chosen model embeds, or None when unknown here."""
-        from napari_histoclip._widgets._main import UserError
+        from napari_histoclip._widgets._handler import UserError
 
         try:
             name = self.dock.model_name
@@ -99,4 +100,6 @@ class ModelGate:
 
 def marks_only(layer: Any) -> bool:
     """Whether a class-map layer was started from marks alone (Refine then sends no prompts)."""
-    return layer is not None and bool(layer.metadata.get(MARKS_ONLY, False))
+    from napari_histoclip._layer_meta import layer_record
+
+    return layer is not None and layer_record(layer).marks_only

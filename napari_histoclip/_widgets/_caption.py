@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from backend.caption.config import DecodeConfig
-
+from napari_histoclip._layer_meta import LayerKind, is_ours, layer_record
 from napari_histoclip._shapes import (
     caption_layer_kwargs,
     choose_caption,
@@ -22,7 +22,10 @@ from napari_histoclip._shapes import (
 )
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 CAPTIONER_ENV = "HISTOCLIP_CAPTIONER"
 CORPUS_ENV = "HISTOCLIP_CORPUS"
@@ -49,7 +52,7 @@ class CaptionScope(StrEnum):
 class CaptionPanel(Container):
     """Regions layer, captioner and decoding options; the selected shape's n-best captions."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.shapes = ComboBox(label="Regions", choices=self._shapes_choices, tooltip="a Shapes layer on the slide")
         self.new_layer_button = PushButton(text="New regions layer")
@@ -182,7 +185,6 @@ class CaptionPanel(Container):
         corpus caption or a typed one by tile-text similarity with the chosen model.
         """
         from backend.api import GroundingRequest
-
         from napari_histoclip._shapes import CAPTION, nbest_sources
         from napari_histoclip._widgets._grounding import no_caption_error
 
@@ -307,21 +309,22 @@ class CaptionPanel(Container):
 
     def _class_map_colors(self) -> dict[str, str]:
         from napari_histoclip._geojson import class_map_legend
-        from napari_histoclip._layers import is_ours
 
         slide = self.ctx.slide_layer()
         want = slide_of(slide).path if slide is not None and slide_of(slide) else None
         colors: dict[str, str] = {}
         for lyr in self.ctx.viewer.layers:
             own = slide_of(lyr)
-            if is_ours(lyr, "class_map") and (own is None or own.path == want):
+            if is_ours(lyr, LayerKind.CLASS_MAP) and (own is None or own.path == want):
                 colors = {**class_map_legend(lyr), **colors}
         return colors
 
     def _source_choices(self, _widget: Any = None) -> list[str]:
         """The bundle always; the corpus when the chosen model embeds text (vision-language)."""
         choices = [CaptionSource.CAPTIONER.value]
-        if not hasattr(self, "ctx") or self.ctx.model_is_vision_language():
+        from backend.needs import Task
+
+        if not hasattr(self, "ctx") or self.ctx.model_can(Task.TEXT_EMBED):
             choices.append(CaptionSource.CORPUS.value)
         return choices
 
@@ -342,13 +345,17 @@ class CaptionPanel(Container):
         out = []
         for lyr in self.ctx.viewer.layers:
             # isinstance, not the type's name: a plugin's viewer hands out proxies of layers.
-            if not isinstance(lyr, Shapes) or lyr.metadata.get("kind") == "hits":
+            if not isinstance(lyr, Shapes) or layer_record(lyr).kind == LayerKind.HITS:
                 continue
             own = slide_of(lyr)
             # Shapes of another slide would caption the wrong pixels; unowned ones are allowed.
             if own is None or want is None or own.path == want:
                 out.append((lyr.name, lyr))
         return out
+
+    def stop_watching(self) -> None:
+        """Stop following the regions layer's selection (the dock is closing)."""
+        self._watch(None)
 
     def _watch(self, layer: Any) -> None:
         """Follow the selection of the chosen regions layer to show its captions."""

@@ -4,20 +4,23 @@ QuPath GeoJSON, and back in (marks return to the Refine tab, the rest as shapes)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
-from napari_histoclip._layers import is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours, slide_class_map
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 
 class ExportPanel(Container):
     """What to export and where; which file to import onto the current slide."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.shapes = ComboBox(label="Shapes", choices=self._shapes_choices, nullable=True)
         self.class_map = ComboBox(label="Class map", choices=self._class_map_choices, nullable=True)
@@ -47,13 +50,18 @@ class ExportPanel(Container):
         """
         from backend.tasks.geojson import write_qupath_geojson
         from napari_histoclip._geojson import (
-            class_map_legend, class_map_objects, recorded_colors, refine_mark_objects, shapes_objects)
+            class_map_legend,
+            class_map_objects,
+            recorded_colors,
+            refine_mark_objects,
+            shapes_objects,
+        )
 
         slide_layer, info = self.ctx.require_slide()
         shapes, class_map = self.shapes.value, self.class_map.value
-        refine = getattr(self.ctx, "refine", None)
-        state = refine.slides.get(info.path) if refine is not None and self.marks.value else None
-        marks = dict(state.marks) if state is not None else {}  # painted ones: shapes export as shapes
+        # painted marks only: shapes export as shapes
+        marks = self.ctx.painted_marks(info.path) if self.marks.value else {}
+        slide_map = slide_class_map(self.ctx.viewer.layers, info.path)
         if shapes is None and class_map is None and not marks:
             raise UserError("Export: choose a shapes layer, a class map, or both (or paint refine marks)")
         target = self.path.value
@@ -70,16 +78,15 @@ class ExportPanel(Container):
             known.update(recorded_colors(shapes))
         # The slide's class map has the last word: a class the legend shows cyan is cyan in the
         # file, even on a shape that got its class (and a colour) before the map had the class.
-        legend_map = class_map if class_map is not None else refine.class_map_layer(info) if refine else None
+        legend_map = class_map if class_map is not None else slide_map
         if legend_map is not None:
             known.update(class_map_legend(legend_map))
         if shapes is not None:
             classes = self._majority(shapes, class_map) if class_map is not None and self.classify.value else {}
             objects += shapes_objects(shapes, slide_layer, classes)  # on the UI thread: a snapshot
         if marks:
-            mark_map = refine.class_map_layer(info)
-            known.update({k: v for k, v in class_map_legend(mark_map).items() if k not in known})
-            objects += refine_mark_objects(marks, mark_map, info)
+            known.update({k: v for k, v in class_map_legend(slide_map).items() if k not in known})
+            objects += refine_mark_objects(marks, slide_map, info)
 
         def work(progress: Any, cancel: Any) -> tuple[Path, int]:
             found = objects + (class_map_objects(class_map, info) if class_map is not None else [])
@@ -113,8 +120,7 @@ class ExportPanel(Container):
         marks = [a for a in annotations if a.refine_mark]
         of_map = [a for a in annotations if a.class_map and not a.hole]
         annotations = [a for a in annotations if not a.refine_mark and not a.class_map]
-        refine = getattr(self.ctx, "refine", None)
-        if marks and (refine is None or refine.class_map_layer(info) is None):
+        if marks and slide_class_map(self.ctx.viewer.layers, info.path) is None:
             raise UserError(f"{Path(source).name}: it holds refine marks; label {info.name} in the Zero-shot tab "
                             "first, then import it (marks sit on the class map's tiles)")
         layer = None
@@ -123,7 +129,7 @@ class ExportPanel(Container):
                                                                       f"{info.stem}: {Path(source).stem}"))
         done = [f"{len(annotations)} annotations imported"] if annotations else []
         if marks:
-            done.append(f"{refine.import_marks(info, marks)} tiles marked on the Refine tab")
+            done.append(f"{self.ctx.import_marks(info, marks)} tiles marked on the Refine tab")
         holes = sum(a.hole for a in annotations)
         notes = []
         if holes:
@@ -153,10 +159,10 @@ class ExportPanel(Container):
         from napari.layers import Shapes
 
         # isinstance, not the type's name: a plugin's viewer hands out proxies of layers.
-        return [(lyr.name, lyr) for lyr in self._on_slide() if isinstance(lyr, Shapes) and not is_ours(lyr, "hits")]
+        return [(lyr.name, lyr) for lyr in self._on_slide() if isinstance(lyr, Shapes) and not is_ours(lyr, LayerKind.HITS)]
 
     def _class_map_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        return [(lyr.name, lyr) for lyr in self._on_slide() if is_ours(lyr, "class_map")]
+        return [(lyr.name, lyr) for lyr in self._on_slide() if is_ours(lyr, LayerKind.CLASS_MAP)]
 
     def _on_slide(self) -> list[Any]:
         slide = self.ctx.slide_layer()

@@ -9,18 +9,22 @@ colour) and one Shapes layer outlining the top supporting tiles of each map. Sel
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 
+from napari_histoclip._layer_meta import LayerKind, with_record
 from napari_histoclip._slide import SlideInfo, box_xywh_to_rectangle, grid_transform
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 CAPTION_MAP_COLOR = "#ffd700"  # the whole caption: gold
 PHRASE_COLORS = ("#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c1a", "#8f7bff", "#ff5252", "#40c4aa", "#ffe14f")
-GROUNDING = "grounding"
-GROUNDING_TILES = "grounding_tiles"
+GROUNDING = LayerKind.GROUNDING
+GROUNDING_TILES = LayerKind.GROUNDING_TILES
 
 
 def map_colors(n_phrases: int) -> list[str]:
@@ -59,8 +63,8 @@ def grounding_layers(result: Any, info: SlideInfo) -> list[tuple[Any, dict[str, 
             colormap=_support_colormap(color, f"support of '{text}'"), contrast_limits=(0.0, 1.0),
             opacity=0.6, blending="translucent",
         )
-        kwargs["metadata"] = {**kwargs["metadata"], "kind": GROUNDING, "text": text, "method": result.method,
-                              "support_range": (lo, hi)}
+        kwargs["metadata"] = {**with_record(kwargs["metadata"], kind=GROUNDING), "text": text,
+                              "method": result.method, "support_range": (lo, hi)}
         out.append((data, kwargs, "image"))
     (sy, sx), (ty, tx) = result.geometry.scale, result.geometry.translate
     rects, edges, feats = [], [], {"text": [], "rank": [], "support": [], "cell": []}
@@ -78,7 +82,7 @@ def grounding_layers(result: Any, info: SlideInfo) -> list[tuple[Any, dict[str, 
         name=f"{info.stem}: {GROUNDING} supporting tiles", shape_type="rectangle", edge_color=edges or "white",
         face_color="transparent", edge_width=max(2.0, float(sx) / 16), features=feats, opacity=1.0,
     )
-    kwargs["metadata"] = {**kwargs["metadata"], "kind": GROUNDING_TILES, "caption": result.caption}
+    kwargs["metadata"] = {**with_record(kwargs["metadata"], kind=GROUNDING_TILES), "caption": result.caption}
     out.append((rects, kwargs, "shapes"))
     return out
 
@@ -96,7 +100,7 @@ class GroundingControls(Container):
     shape, caption and captioner a grounding is of (:meth:`CaptionPanel.grounding_request`).
     """
 
-    def __init__(self, ctx: Any, panel: Any) -> None:
+    def __init__(self, ctx: DockContext, panel: Any) -> None:
         self.ctx = ctx
         self.panel = panel
         self.button = PushButton(text="Show grounding",
@@ -109,8 +113,8 @@ class GroundingControls(Container):
     @handler
     def show(self) -> None:
         """Ground the shown shape's caption in a worker; add its maps and outlined top tiles."""
+        from napari_histoclip._layer_meta import is_ours
         from napari_histoclip._viewer import replace_layers
-        from napari_histoclip._layers import is_ours
 
         request, info = self.panel.grounding_request()
         backend = self.ctx.backend

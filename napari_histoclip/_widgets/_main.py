@@ -17,25 +17,30 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, 
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
 
-from napari_histoclip._settings import DockSettings, load_settings, save_settings
+from napari_histoclip._context import BackendFactory, BackendSlot, PromptSet
+from napari_histoclip._layer_meta import update_record
 from napari_histoclip._mpp import (
-    is_user_mpp,
     missing_mpp_message,
-    parse_mpp,
+    mpp_field,
     set_slide_mpp,
+    typed_mpp,
     unusual_mpp_message,
     watch_units,
 )
 from napari_histoclip._mpp_memory import MppMemory
-from napari_histoclip._slide import META_KEY, SlideInfo, slide_layers, slide_of
+from napari_histoclip._settings import DockSettings, load_settings, save_settings
+from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
-from napari_histoclip._widgets._handler import UserError, handler  # noqa: F401 (the tabs import them from here)
+from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     import napari
 
+    from backend.api import Backend, SlideRef
+    from backend.needs import Task
+    from napari_histoclip._marks import Cell
+
 log = logging.getLogger(__name__)
-BackendFactory = Callable[[str | None], Any]
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 
 
@@ -45,7 +50,7 @@ def _path_text(value: Any) -> str:
     return "" if text in ("", ".") else text
 
 
-def local_backend(device: str | None) -> Any:
+def local_backend(device: str | None) -> Backend:
     """The in-process backend (imports torch on first use, not before)."""
     from backend.local import LocalBackend
 
@@ -69,14 +74,13 @@ class HistoclipWidget(QWidget):
     def __init__(
         self,
         viewer: napari.viewer.Viewer,
-        backend: Any | None = None,
+        backend: Backend | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:
         super().__init__()
         self.viewer = viewer
-        self._backend = backend
-        self._owns_backend = backend is None  # made by the factory: closed with the dock
-        self._factory = backend_factory or local_backend
+        #: The backend and who owns it: one the factory made is closed with the dock.
+        self.backend_slot = BackendSlot(backend_factory or local_backend, backend, self._backend_close_failed)
         self._random_warned: set[str] = set()
 
         self.model = ComboBox(label="Model", choices=[], nullable=False, tooltip="CLIP model from the registry")
@@ -94,7 +98,7 @@ class HistoclipWidget(QWidget):
         self.mpp = LineEdit(label="µm/px", tooltip="µm per level-0 pixel of a slide whose metadata has none "
                             "(remembered for that slide); from the metadata otherwise")
         self.mpp.native.editingFinished.connect(self._mpp_typed)
-        self.slide.changed.connect(self._show_mpp)
+        self.slide.changed.connect(self.show_mpp)
         self._mpp_memory = MppMemory(self)
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
         self.header = Container(widgets=[self.model, self.model_note, self.model_other, self.device, self.slide,
@@ -167,7 +171,7 @@ class HistoclipWidget(QWidget):
         for layer in slide_layers(viewer.layers):
             self._mpp_memory.recall(layer)
         self._pick_visible_slide()
-        self._show_mpp()
+        self.show_mpp()
         for widget in (self.model, self.model_other, self.search.index):
             widget.changed.connect(self._remember)
         self.model.changed.connect(self._show_weights_note)
@@ -198,20 +202,38 @@ class HistoclipWidget(QWidget):
         for ev in self._viewer_events:
             ev.disconnect(self._layers_changed)
         self._viewer_events = ()
-        self.captions._watch(None)
+        self.captions.stop_watching()
+        self.refine.disconnect_viewer()
         self._remember()
-        self.runner.close(then=self._close_backend if self._owns_backend else None)
+        slot = self.backend_slot
+        self.runner.close(then=slot.release if slot.owned else None)
 
     # --- shared state the panels use ------------------------------------------------------
 
     @property
-    def backend(self) -> Any:
-        if self._backend is None:
-            try:
-                self._backend = self._factory(self.device.value)
-            except ImportError as e:
-                raise UserError(f"backend: the in-process backend is not available ({e})") from e
-        return self._backend
+    def backend(self) -> Backend:
+        try:
+            return self.backend_slot.get(self.device.value)
+        except ImportError as e:
+            raise UserError(f"backend: the in-process backend is not available ({e})") from e
+
+    @property
+    def closed(self) -> bool:
+        """Whether the dock has closed (it follows the viewer no more)."""
+        return self._closed
+
+    def use_backend(self, backend: Backend) -> None:
+        """Use ``backend`` from now on (the caller's: the dock never closes it); one the dock
+        made is closed."""
+        self.backend_slot.inject(backend)
+
+    def use_backend_factory(self, factory: BackendFactory, device_note: str | None = None) -> None:
+        """Make backends with ``factory`` from now on (the one in use is closed if the dock made
+        it). ``device_note``: the factory's backends choose their own device (a server's), said in
+        the device box, which is then locked; None: the device box chooses again."""
+        self.backend_slot.use_factory(factory)
+        self.device.enabled = device_note is None
+        self.device.tooltip = device_note
 
     @property
     def model_name(self) -> str:
@@ -222,15 +244,16 @@ class HistoclipWidget(QWidget):
             raise UserError("Model: no model chosen (the registry listed none)")
         return str(self.model.value)
 
-    def model_is_vision_language(self) -> bool:
-        """Whether the chosen model also embeds text (as the backend's model list, or the
-        registry for a typed name, says); unknown or no model yet: taken to be one."""
-        from backend.needs import Task
-
-        return self.gate is None or self.gate.can(Task.TEXT_EMBED)
+    def model_can(self, task: Task) -> bool:
+        """Whether the chosen model can do ``task`` (unknown or no model yet: taken to be able)."""
+        return self.gate is None or self.gate.can(task)
 
     def slide_layer(self) -> Any | None:
         return self.slide.value
+
+    def select_slide(self, layer: Any) -> None:
+        """Make ``layer`` (a slide's image layer) the chosen slide."""
+        self.slide.value = layer
 
     def require_slide(self) -> tuple[Any, SlideInfo]:
         """The chosen slide layer and its slide, or a UserError saying to open one."""
@@ -240,7 +263,7 @@ class HistoclipWidget(QWidget):
             raise UserError("Slide: open a whole-slide image first (File > Open, or drag it in)")
         return layer, info
 
-    def slide_ref(self, info: SlideInfo) -> Any:
+    def slide_ref(self, info: SlideInfo) -> SlideRef:
         """The slide for a request, with the µm/px the user gave when its metadata has none
         (the backend uses it only then); a UserError saying where to give it when missing."""
         from backend.api import SlideRef
@@ -254,7 +277,7 @@ class HistoclipWidget(QWidget):
         failure is a toast with its headline and the whole text in the dock's error panel. A slow
         embedding (a large model on CPU) is announced as it starts (:mod:`._speed`)."""
         try:
-            work = self.slow_watch.wrap(fn, self._backend, self.model_name)
+            work = self.slow_watch.wrap(fn, self.backend_slot.current, self.model_name)
         except UserError:  # no model chosen: nothing to estimate
             work = fn
         started = self.runner.run(label, work, on_done, lambda e: show_task_error(e, self.error_panel.show_error))
@@ -269,6 +292,23 @@ class HistoclipWidget(QWidget):
         if getattr(result, "random_weights", False) and model not in self._random_warned:
             self._random_warned.add(model)
             show_warning(f"model {model}: random weights (a test model); its labels and scores mean nothing")
+
+    def show_class_map(self, result: Any, info: SlideInfo, colors: list[str], region: bool = False) -> list[Any]:
+        """Show a class-map result as the Zero-shot tab does; returns its layers."""
+        return self.zero_shot.show_result(result, info, colors, region)
+
+    def prompt_set(self) -> PromptSet:
+        """The Zero-shot tab's prompts as typed."""
+        return self.zero_shot.prompt_set()
+
+    def painted_marks(self, slide_path: str) -> dict[Cell, str]:
+        """The Refine tab's painted marks on a slide."""
+        state = self.refine.slides.get(slide_path)
+        return dict(state.marks) if state is not None else {}
+
+    def import_marks(self, info: SlideInfo, annotations: Any) -> int:
+        """Give the Refine tab marks read from GeoJSON; the number of tiles marked."""
+        return self.refine.import_marks(info, annotations)
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -314,14 +354,8 @@ class HistoclipWidget(QWidget):
     def set_mpp(self, text: str) -> None:
         """Give the chosen slide (which has no mpp of its own) the µm/px ``text`` (empty: none);
         remembered for the slide; its layers are rescaled to µm."""
-        layer = self.slide.value
-        info = slide_of(layer) if layer is not None else None
-        if layer is None or info is None:
-            raise UserError("µm/px: open a whole-slide image first")
-        if info.mpp is not None and not is_user_mpp(layer):
-            raise UserError(f"µm/px: {info.name} records {info.mpp:.4g} µm/px in its metadata, which is used")
         try:
-            value = parse_mpp(text, info.name)
+            info, value = typed_mpp(self.slide.value, text)
         except ValueError as e:
             raise UserError(str(e)) from e
         if unusual := unusual_mpp_message(value, info.name):
@@ -332,7 +366,7 @@ class HistoclipWidget(QWidget):
             set_slide_mpp(self.viewer.layers, info.path, value)
             self._mpp_memory.remember(info.path, value)
             self.viewer.reset_view()  # the slide changed size in the world: show it whole again
-        self._show_mpp()
+        self.show_mpp()
 
     # --- internals ------------------------------------------------------------------------
 
@@ -365,7 +399,7 @@ class HistoclipWidget(QWidget):
         chosen = self.slide.value
         info = slide_of(chosen) if chosen is not None else None
         if info is not None and isinstance(layer, Shapes) and slide_of(layer) is None:
-            layer.metadata = {**layer.metadata, META_KEY: info.to_metadata()}
+            update_record(layer, slide=info)
 
     def _show_opened(self, layer: Any) -> None:
         """A slide just opened is shown alone and whole: the other slides' layers (image, maps,
@@ -385,21 +419,12 @@ class HistoclipWidget(QWidget):
         if visible:
             self.slide.value = visible[-1]
 
-    def _show_mpp(self, *_: Any) -> None:
-        """The µm/px field follows the chosen slide: its metadata's (read only), the user's, or
-        empty with a hint when it has none."""
-        layer = self.slide.value
-        info = slide_of(layer) if layer is not None else None
-        edit = self.mpp.native
-        if info is None:
-            self.mpp.value, hint, editable = "", "open a slide", False
-        elif info.mpp is not None and not is_user_mpp(layer):
-            self.mpp.value, hint, editable = f"{info.mpp:.4g}", "", False
-        else:
-            self.mpp.value = f"{info.mpp:.6g}" if info.mpp else ""
-            hint, editable = "not in metadata: e.g. 0.25 for 40x", True
-        edit.setPlaceholderText(hint)
-        edit.setReadOnly(not editable)
+    def show_mpp(self, *_: Any) -> None:
+        """The µm/px field follows the chosen slide (:func:`napari_histoclip._mpp.mpp_field`)."""
+        field = mpp_field(self.slide.value)
+        self.mpp.value = field.value
+        self.mpp.native.setPlaceholderText(field.hint)
+        self.mpp.native.setReadOnly(not field.editable)
 
     def _show_weights_note(self, *_: Any) -> None:
         """Under the model box: the chosen model's weights are not on disk (a first run offline
@@ -420,9 +445,7 @@ class HistoclipWidget(QWidget):
     def _device_changed(self, value: str) -> None:
         # A new device means a new backend (models are loaded on a device); made on next use.
         # An injected backend (a remote one especially) picks its own device: it is kept.
-        if not self._owns_backend:
-            return
-        self._close_backend()
+        self.backend_slot.device_changed()
 
     def _settings_now(self) -> DockSettings:
         return load_settings().updated(
@@ -441,22 +464,14 @@ class HistoclipWidget(QWidget):
         if saved.index and Path(saved.index).exists():
             self.search.index.value = saved.index
 
-    def _close_backend(self) -> None:
-        """Close the backend this dock made (index handles, loaded models) and forget it.
+    def _backend_close_failed(self, e: Exception) -> None:
+        """Closing the backend this dock made failed. It runs from Qt slots (a closed dock, a
+        device change): an exception escaping one makes PyQt abort napari, so the failure is
+        logged with its traceback and shown, not raised."""
+        from napari.utils.notifications import show_error
 
-        Runs from Qt slots (a closed dock, a device change): an exception escaping one makes
-        PyQt abort napari, so a failure is logged with its traceback and shown, not raised.
-        """
-        backend, self._backend = self._backend, None
-        if backend is None:
-            return
-        try:
-            backend.close()
-        except Exception as e:  # noqa: BLE001 - see above; the user is told
-            from napari.utils.notifications import show_error
-
-            log.error("closing the backend failed", exc_info=e)
-            show_error(f"HistoCLIP: closing the backend failed: {error_line(e)}")
+        log.error("closing the backend failed", exc_info=e)
+        show_error(f"HistoCLIP: closing the backend failed: {error_line(e)}")
 
     def _show_state(self, state: TaskState | None) -> None:
         busy = state is not None

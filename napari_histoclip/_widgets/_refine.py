@@ -17,28 +17,34 @@ inside such a shape counts as a mark of its class when Refine or Save runs
 (``napari_histoclip._shapes.shape_marks``); a painted mark wins over a shape's on the same tile.
 Shape marks live on the shapes (delete the shape or clear its class to drop them), so Undo and
 Clear act on painted marks only. Painted marks go to QuPath GeoJSON with the Export tab and come
-back as marks on import (:meth:`RefinePanel.import_marks`). A tab of its own (not part of Zero-shot): it acts on the map zero-shot made
-and has its own list and buttons, and the Zero-shot tab is already full.
+back as marks on import (:meth:`RefinePanel.import_marks`). A tab of its own (not part of
+Zero-shot): it acts on the map zero-shot made and has its own list and buttons, and the Zero-shot
+tab is already full.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
 from backend.needs import Task
-
-from napari_histoclip._layers import default_color, is_ours
+from napari_histoclip._context import PromptSet
+from napari_histoclip._layer_meta import LayerKind, is_ours, layer_record, slide_class_map, update_record
+from napari_histoclip._layers import default_color
 from napari_histoclip._marks import Cell, SlideMarks, marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box
-from napari_histoclip._widgets._capabilities import MARKS_ONLY, marks_only
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._capabilities import marks_only
+from napari_histoclip._widgets._handler import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
+    from napari_histoclip._widgets._main import HistoclipWidget
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ log = logging.getLogger(__name__)
 class RefinePanel(Container):
     """Marks painted on the class map, Refine, the unsure tiles, undo and save as classifier."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.help = Label(value="Paint the right class on a few tiles of the class map with napari's brush "
                                 "(pick the class in the layer's label box), or draw shapes and give them a class "
@@ -98,9 +104,8 @@ class RefinePanel(Container):
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
         ctx.viewer.layers.events.inserted.connect(self._layer_added)
         for layer in ctx.viewer.layers:  # a reopened dock: the maps already there
-            if is_ours(layer, "class_map") and not layer.metadata.get("region", False):
+            if is_ours(layer, LayerKind.CLASS_MAP) and not layer_record(layer).region:
                 self._watch(layer)
-        ctx.destroyed.connect(lambda *_: self.disconnect_viewer())
 
     def disconnect_viewer(self) -> None:
         """Stop following the viewer (the dock is closing): its events must not reach dead widgets."""
@@ -112,26 +117,22 @@ class RefinePanel(Container):
 
     # --- marks from paint -------------------------------------------------------------------
 
-    def _source(self, info_or_path: Any) -> str | None:
+    def source_of(self, info_or_path: Any) -> str | None:
         """The classifier bundle the slide's class map came from (None: zero-shot prompts)."""
-        layer = self._map_of(getattr(info_or_path, "path", info_or_path))
-        return None if layer is None else layer.metadata.get("classifier")
+        layer = self.map_of(getattr(info_or_path, "path", info_or_path))
+        return None if layer is None else layer_record(layer).classifier
 
     def class_map_layer(self, info: Any) -> Any:
         """The whole-slide class-map layer of ``info``'s slide (zero-shot, classifier or refined)."""
-        return self._map_of(info.path)
+        return self.map_of(info.path)
 
-    def _map_of(self, slide_path: str) -> Any:
-        for layer in self.ctx.viewer.layers:
-            own = slide_of(layer)
-            if (is_ours(layer, "class_map") and own is not None and own.path == slide_path
-                    and not layer.metadata.get("region", False)):
-                return layer
-        return None
+    def map_of(self, slide_path: str) -> Any:
+        """The whole-slide class-map layer of the slide ``slide_path`` (None: it has none)."""
+        return slide_class_map(self.ctx.viewer.layers, slide_path)
 
     def _layer_added(self, event: Any) -> None:
         layer = getattr(event, "value", None)
-        if layer is not None and is_ours(layer, "class_map") and not layer.metadata.get("region", False):
+        if layer is not None and is_ours(layer, LayerKind.CLASS_MAP) and not layer_record(layer).region:
             self._watch(layer)
 
     def _watch(self, layer: Any) -> None:
@@ -157,18 +158,18 @@ class RefinePanel(Container):
         """Make the chosen slide's class map ready to paint marks on (the Refine tab is shown):
         the active layer, in paint mode, with a brush of one tile and a class picked. Returns
         the map (None: the slide has none yet)."""
-        layer_and_info = self.ctx.slide.value
-        info = slide_of(layer_and_info) if layer_and_info is not None else None
+        slide = self.ctx.slide_layer()
+        info = slide_of(slide) if slide is not None else None
         layer = self.class_map_layer(info) if info is not None else None
         if layer is None:
             return None
         self._watch(layer)
         layer.brush_size = 1
-        if not 1 <= layer.selected_label <= len(layer.metadata.get("labels", ())):
+        if not 1 <= layer.selected_label <= len(layer_record(layer).labels):
             layer.selected_label = 1
         self.ctx.viewer.layers.selection.active = layer
         layer.mode = "paint"
-        self._show_count(info)
+        self.show_count(info)
         return layer
 
     def _painted(self, layer: Any, event: Any) -> None:
@@ -190,7 +191,7 @@ class RefinePanel(Container):
         info = slide_of(layer)
         if info is None:
             return
-        labels = list(layer.metadata.get("labels", ()))
+        labels = list(layer_record(layer).labels)
         state = self.slides.setdefault(info.path, SlideMarks())
         revert = state.take_stroke(paint_changes(atoms, np.shape(layer.data)), labels)
         if revert:
@@ -198,9 +199,10 @@ class RefinePanel(Container):
             for (r, c), before in revert:
                 data[r, c] = before
             layer.refresh()
-        self._show_count(info)
+        self.show_count(info)
 
-    def _show_count(self, info: Any) -> None:
+    def show_count(self, info: Any) -> None:
+        """Say how many tiles of the slide are marked, and show its class map's legend."""
         marks = self.marks_of(info.path)
         n = len(marks)
         per = ", ".join(f"{t.label} {len(t.cells)}" for t in marks_request(marks)) if n else ""
@@ -217,12 +219,12 @@ class RefinePanel(Container):
         from napari_histoclip._layers import legend
         from napari_histoclip._widgets._zeroshot import legend_html
 
-        layer = self._map_of(info.path)
+        layer = self.map_of(info.path)
         if layer is None:
             self.legend.value = ""
             return
-        meta = layer.metadata
-        labels, colors = list(meta.get("labels", ())), list(meta.get("colors", ()))
+        record = layer_record(layer)
+        labels, colors = list(record.labels), list(record.colors)
         colors += [default_color(i) for i in range(len(colors), len(labels))]
         self.legend.value = legend_html(legend(labels, colors, np.asarray(layer.data)))
 
@@ -234,13 +236,13 @@ class RefinePanel(Container):
         from napari_histoclip._shapes import shape_marks
 
         out: dict[Cell, str] = {}
-        layer = self._map_of(slide_path)
+        layer = self.map_of(slide_path)
         unused: dict[str, None] = {}
         if layer is not None:
-            classes = set(layer.metadata.get("labels", ()))
+            classes = set(layer_record(layer).labels)
             for shapes in self.ctx.viewer.layers:
                 own = slide_of(shapes)
-                if isinstance(shapes, Shapes) and not is_ours(shapes, "hits") and own is not None \
+                if isinstance(shapes, Shapes) and not is_ours(shapes, LayerKind.HITS) and own is not None \
                         and own.path == slide_path:
                     # A class the map lacks (a QuPath class typed on a shape) is no mark: a new
                     # class is made with Add class, never by a shape's label.
@@ -265,7 +267,7 @@ class RefinePanel(Container):
             raise UserError(f"Import: the file has refine marks; label {info.name} in the Zero-shot tab first, "
                             "then import it (marks sit on the class map's tiles)")
         cells = annotation_marks(annotations, layer, info)
-        labels = list(layer.metadata.get("labels", ()))
+        labels = list(layer_record(layer).labels)
         state = self.slides.setdefault(info.path, SlideMarks())
         data = np.asarray(layer.data)
         stroke = []
@@ -277,19 +279,17 @@ class RefinePanel(Container):
         if stroke:
             state.strokes.append(stroke)
             layer.refresh()
-        self._show_count(info)
+        self.show_count(info)
         return len(cells)
 
     # --- handlers -------------------------------------------------------------------------
 
-    def _prompts(self) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...], tuple[str, ...], list[str], float | None]:
-        zs = self.ctx.zero_shot
-        rows = zs.prompts.rows()
-        if len(rows) < 2:
+    def prompts(self) -> PromptSet:
+        """The Zero-shot tab's prompts to refine from (a ``UserError`` with fewer than two)."""
+        prompts = self.ctx.prompt_set()
+        if len(prompts.labels) < 2:
             raise UserError("Refine: the Zero-shot tab needs at least two class prompts to start from")
-        templates = tuple(t.strip() for t in zs.templates.value.splitlines() if t.strip())
-        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
-        return tuple(r.label for r in rows), synonyms, templates, [r.color for r in rows], zs.threshold.value or None
+        return prompts
 
     @handler
     def add_class(self) -> None:
@@ -306,7 +306,8 @@ class RefinePanel(Container):
         layer = self.class_map_layer(info)
         if layer is None:
             raise UserError("New class: label the slide in the Zero-shot tab first")
-        labels = list(layer.metadata.get("labels", ()))
+        record = layer_record(layer)
+        labels = list(record.labels)
         if name in labels:
             raise UserError(f"New class: {name!r} is already a class ({', '.join(labels)})")
         n = len(labels)
@@ -316,14 +317,14 @@ class RefinePanel(Container):
         elif np.any(data == n + 1):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
-        colors = list(layer.metadata.get("colors", ()))
+        colors = list(record.colors)
         color = to_hex(new_class_rgb(colors))  # as the backend colours a refine's new class
         colors.append(color)
         table = dict(layer.colormap.color_dict)
         table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
         layer.colormap = DirectLabelColormap(color_dict=table)
         layer.features = {"index": np.arange(n + 3), "class": ["no tissue", *labels, name, UNKNOWN_LABEL]}
-        layer.metadata["labels"], layer.metadata["colors"] = [*labels, name], colors
+        update_record(layer, labels=(*labels, name), colors=tuple(colors))
         layer.selected_label = n + 1  # ready to paint it
         self.new_class.value = ""
 
@@ -339,16 +340,16 @@ class RefinePanel(Container):
 
         def done(result: Any) -> None:
             self.slides.pop(info.path, None)  # marks were made against another map
-            self._show_count(info)
-            layers = self.ctx.zero_shot.show_result(result, info, [], False)
-            layers[0].metadata[MARKS_ONLY] = True
+            self.show_count(info)
+            layers = self.ctx.show_class_map(result, info, [])
+            update_record(layers[0], marks_only=True)
 
         self.ctx.run(f"Tiles of {info.name}", lambda progress, cancel: backend.refine(
             request, progress=progress, cancel=cancel), done)
 
-    def _marks_only(self, layer: Any) -> bool:
+    def marks_only_map(self, layer: Any) -> bool:
         """Refine from marks alone: the map was started so, or the model embeds no text."""
-        return marks_only(layer) or not self.ctx.gate.can(Task.PROMPT_REFINE)
+        return marks_only(layer) or not self.ctx.model_can(Task.PROMPT_REFINE)
 
     @handler
     def refine(self) -> None:
@@ -358,24 +359,26 @@ class RefinePanel(Container):
         _, info = self.ctx.require_slide()
         if self.class_map_layer(info) is None:
             raise UserError("Refine: label the slide in the Zero-shot tab first, then paint marks on its class map")
-        classifier = self._source(info)
+        classifier = self.source_of(info)
         all_marks = self.marks_of(info.path)
         marks = marks_request(all_marks)
-        self._show_count(info)  # shape marks are counted when Refine reads them
+        self.show_count(info)  # shape marks are counted when Refine reads them
         layer = self.class_map_layer(info)
         by_name = None  # marks alone: each class keeps its colour by name (classes come in marking order)
         if classifier is not None:  # the map came from a classifier: refine that one
             common: dict[str, Any] = dict(classifier=classifier)
-            colors = list(self.class_map_layer(info).metadata.get("colors", ()))
-        elif self._marks_only(layer):
+            colors = list(layer_record(layer).colors)
+        elif self.marks_only_map(layer):
             common, colors = dict(model=self.ctx.model_name), []
-            by_name = dict(zip(layer.metadata.get("labels", ()), layer.metadata.get("colors", ()), strict=False))
+            record = layer_record(layer)
+            by_name = dict(zip(record.labels, record.colors, strict=False))
         else:
-            labels, synonyms, templates, colors, threshold = self._prompts()
-            common = dict(model=self.ctx.model_name, labels=labels, synonyms=synonyms, templates=templates,
-                          unknown_threshold=threshold, colors=tuple(colors))
-            added = list(self.class_map_layer(info).metadata.get("colors", ()))[len(colors):]
-            colors = [*colors, *added]  # classes added here keep the colour they were painted in
+            prompts = self.prompts()
+            added = list(layer_record(layer).colors)[len(prompts.colors):]
+            colors = [*prompts.colors, *added]  # classes added here keep the colour they were painted in
+            common = dict(model=self.ctx.model_name, labels=prompts.labels, synonyms=prompts.synonyms,
+                          templates=prompts.templates, unknown_threshold=prompts.unknown_threshold,
+                          colors=tuple(prompts.colors))
         request = RefineRequest(self.ctx.slide_ref(info), marks, **common)
         prior_request = RefineRequest(self.ctx.slide_ref(info), (), **common)
         backend, k = self.ctx.backend, int(self.n_unsure.value)
@@ -391,13 +394,13 @@ class RefinePanel(Container):
             all_colors = list(colors) + [default_color(i) for i in range(len(colors), len(refined.labels))]
             if by_name is not None:
                 all_colors = [by_name.get(n, default_color(i)) for i, n in enumerate(refined.labels)]
-            layers = self.ctx.zero_shot.show_result(refined, info, all_colors, False)
+            layers = self.ctx.show_class_map(refined, info, all_colors)
             if classifier is not None:
-                layers[0].metadata["classifier"] = classifier  # the refined map keeps its source
+                update_record(layers[0], classifier=classifier)  # the refined map keeps its source
             if by_name is not None:
-                layers[0].metadata[MARKS_ONLY] = True
+                update_record(layers[0], marks_only=True)
             self.show_unsure(refined, prior, info, k)
-            self._show_count(info)
+            self.show_count(info)
 
         self.ctx.run(f"Refining {info.name} ({len(all_marks)} marks)", work, done)
 
@@ -448,7 +451,7 @@ class RefinePanel(Container):
                 np.asarray(layer.data)[cell] = value
         if layer is not None:
             layer.refresh()
-        self._show_count(info)
+        self.show_count(info)
         self.refine()
 
     @handler
@@ -456,7 +459,7 @@ class RefinePanel(Container):
         """Drop every mark of this slide and show the zero-shot map again."""
         _, info = self.ctx.require_slide()
         self.slides.pop(info.path, None)
-        self._show_count(info)
+        self.show_count(info)
         self.refine()
 
     @handler
@@ -475,9 +478,9 @@ class RefinePanel(Container):
         apply_classifier(self)
 
 
-def add_refine_tab(ctx: Any) -> RefinePanel:
+def add_refine_tab(dock: HistoclipWidget) -> RefinePanel:
     """Make the Refine panel and add it to the dock's tabs (the dock's one hook)."""
-    panel = RefinePanel(ctx)
-    ctx.tabs.addTab(panel.native, "Refine")
-    ctx.tabs.currentChanged.connect(lambda i: panel.arm() if ctx.tabs.widget(i) is panel.native else None)
+    panel = RefinePanel(dock)
+    dock.tabs.addTab(panel.native, "Refine")
+    dock.tabs.currentChanged.connect(lambda i: panel.arm() if dock.tabs.widget(i) is panel.native else None)
     return panel

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_histoclip._layers import is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours
 from napari_histoclip._marks import marks_request
 from napari_histoclip._slide import slide_of
 from napari_histoclip._widgets._apply_classifier import apply_classifier as apply_bundle
-from napari_histoclip._widgets._main import UserError
+from napari_histoclip._widgets._handler import UserError
 
 if TYPE_CHECKING:
     from napari_histoclip._widgets._refine import RefinePanel
@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 def save_classifier(panel: RefinePanel) -> None:
     """Write a classifier bundle trained on the marks of every slide ``panel`` (the Refine tab)
     has marked so far."""
-    from backend.api import SaveClassifierRequest, SlideMarks as ApiSlideMarks, SlideRef
+    from backend.api import SaveClassifierRequest, SlideRef
+    from backend.api import SlideMarks as ApiSlideMarks
 
     path = panel.save_path.value.strip()
     if not path:
         raise UserError("Classifier: give a folder to save the classifier bundle in")
     paths = [*panel.slides, *(s.path for lyr in panel.ctx.viewer.layers
-                             if is_ours(lyr, "class_map") and (s := slide_of(lyr)) is not None)]
+                             if is_ours(lyr, LayerKind.CLASS_MAP) and (s := slide_of(lyr)) is not None)]
     marked = {p: m for p in dict.fromkeys(paths) if (m := panel.marks_of(p))}
-    bases = {panel._source(p) for p in marked}
+    bases = {panel.source_of(p) for p in marked}
     if len(bases) > 1:
         raise UserError("Save as classifier: the marked slides' maps come from different sources "
                         "(prompts and classifiers); mark slides labelled the same way")
@@ -44,13 +45,14 @@ def save_classifier(panel: RefinePanel) -> None:
         raise UserError("Save as classifier: paint a few marks on a class map first")
     if base is not None:
         request = SaveClassifierRequest(path, tuple(slides), classifier=base, overwrite=True)
-    elif any(panel._marks_only(panel._map_of(p)) for p in marked):
+    elif any(panel.marks_only_map(panel.map_of(p)) for p in marked):
         request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, overwrite=True)
     else:
-        labels, synonyms, templates, colors, threshold = panel._prompts()
-        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=labels,
-                                        synonyms=synonyms, templates=templates, unknown_threshold=threshold,
-                                        overwrite=True, colors=tuple(colors))
+        prompts = panel.prompts()
+        request = SaveClassifierRequest(path, tuple(slides), model=panel.ctx.model_name, labels=prompts.labels,
+                                        synonyms=prompts.synonyms, templates=prompts.templates,
+                                        unknown_threshold=prompts.unknown_threshold, overwrite=True,
+                                        colors=tuple(prompts.colors))
     backend = panel.ctx.backend
 
     def done(info: Any) -> None:
@@ -73,6 +75,6 @@ def apply_classifier(panel: RefinePanel) -> None:
     def then(result: Any, _layers: list[Any]) -> None:
         panel.slides.pop(info.path, None)  # marks were made against another map
         panel.show_unsure(result, result, info, int(panel.n_unsure.value))
-        panel._show_count(info)
+        panel.show_count(info)
 
     apply_bundle(panel.ctx, info, path, then=then)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
@@ -12,11 +12,15 @@ from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QLabel, QListWidget, QListWidgetItem
 
-from napari_histoclip._layers import hit_shapes_layer, is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours
+from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._reader import open_slide_quietly
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box, replace_layers, selected_shape
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 THUMB = 96  # px, the result list's thumbnails
 
@@ -95,7 +99,6 @@ def build_with_user_mpp(
     from dataclasses import replace
 
     from backend.api import IndexRequest, Progress
-
     from napari_histoclip._mpp import plan_index
 
     groups, missing = plan_index(slides, remembered, given, cancel)
@@ -114,7 +117,6 @@ def build_with_user_mpp(
         offset += len(paths)
     if info is None:  # every slide lacks a µm/px: nothing to build
         from backend.errors import InputError
-
         from napari_histoclip._mpp import FIELD
 
         raise InputError(f"{Path(index).name}: nothing to index: no µm/px in the metadata of "
@@ -126,7 +128,7 @@ def build_with_user_mpp(
 class SearchPanel(Container):
     """Index choice and building, queries, and a clickable result list."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.index = FileEdit(label="Index", mode="d", value=None, tooltip="a cohort index folder")
         self.folder = FileEdit(label="Slides folder", mode="d", value=None, tooltip="index every slide in it")
@@ -260,7 +262,8 @@ class SearchPanel(Container):
         for rank, shown in enumerate(self.hits, 1):
             h = shown.hit
             x, y, w, _ = h.box
-            item = QListWidgetItem(_icon(shown.thumbnail), f"#{rank}  {h.score:.3f}\n{h.slide_name}\nat ({x:.0f}, {y:.0f}), {w:.0f} px")
+            text = f"#{rank}  {h.score:.3f}\n{h.slide_name}\nat ({x:.0f}, {y:.0f}), {w:.0f} px"
+            item = QListWidgetItem(_icon(shown.thumbnail), text)
             item.setToolTip(f"{h.slide_path}\nbox (x, y, w, h) = {tuple(round(v) for v in h.box)}; click to go there")
             self.results.addItem(item)
         if note:
@@ -283,6 +286,6 @@ class SearchPanel(Container):
         _, info = opened
         same = [(i, s.hit) for i, s in enumerate(self.hits) if Path(s.hit.slide_path).resolve() == Path(info.path).resolve()]
         shapes = hit_shapes_layer([h.box for _, h in same], info, [f"#{i + 1} {h.score:.2f}" for i, h in same])
-        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, "hits") and slide_of(lyr).path == info.path)
+        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, LayerKind.HITS) and slide_of(lyr).path == info.path)
         new[0].selected_data = {[i for i, _ in same].index(row)}
         frame_box(viewer, hit.box, info)

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QTableWidget, QTableWidgetItem
 
-from napari_histoclip._layers import hit_shapes_layer, is_ours
+from napari_histoclip._layer_meta import LayerKind, is_ours
+from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._slide import find_slide_layer, slide_of
 from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 
-EVIDENCE_KIND = "hits"  # evidence tiles are outlined as search hits are (one outline layer per slide)
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
+
+EVIDENCE_KIND = LayerKind.HITS  # evidence tiles are outlined as search hits are (one outline layer per slide)
 
 
-def open_slide_layer(ctx: Any, path: str) -> tuple[Any, Any] | None:
+def open_slide_layer(ctx: DockContext, path: str) -> tuple[Any, Any] | None:
     """The slide at ``path`` shown in the viewer (opened by the plugin's reader when it is not
     yet), the others hidden, and chosen in the dock; ``(layer, SlideInfo)``, or None when the
     reader could not open it (it has said why)."""
@@ -43,7 +47,7 @@ def open_slide_layer(ctx: Any, path: str) -> tuple[Any, Any] | None:
         layer = add_layer_data(viewer, data)
     info = slide_of(layer)
     show_only_slide(viewer, info)
-    ctx.slide.value = layer
+    ctx.select_slide(layer)
     return layer, info
 
 
@@ -59,7 +63,7 @@ def verdict_text(result: Any) -> str:
 class VerdictBox(Container):
     """The whole-slide verdict and its evidence tiles (click: outline and frame the tile)."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self.verdict = Label(value="")
         self.evidence = QListWidget()
@@ -115,7 +119,7 @@ class TriageBox(Container):
     (its slide is replaced per slide of the cohort).
     """
 
-    def __init__(self, ctx: Any, request: Callable[[], Any]) -> None:
+    def __init__(self, ctx: DockContext, request: Callable[[], Any]) -> None:
         self.ctx, self._request = ctx, request
         self.cohort = FileEdit(label="Cohort", mode="d", value=None, tooltip="a folder of slides, or a cohort index")
         self.run_button = PushButton(text="Triage cohort")
@@ -202,7 +206,7 @@ class SlideLikeBox(Container):
     ``index`` returns the chosen cohort index path (or "" when none is chosen).
     """
 
-    def __init__(self, ctx: Any, index: Callable[[], str], k: Callable[[], int]) -> None:
+    def __init__(self, ctx: DockContext, index: Callable[[], str], k: Callable[[], int]) -> None:
         self.ctx, self._index, self._k = ctx, index, k
         self.button = PushButton(text="Slides like this one")
         self.results = QListWidget()

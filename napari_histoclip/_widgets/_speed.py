@@ -62,8 +62,9 @@ class SlowRunWatch:
         """The warning for encoding ``n_tiles`` with ``model`` on ``backend``, or None (fast
         enough, not on a CPU, speed unknown, or not an in-process backend)."""
         from backend.errors import HistoclipError
+        from backend.local import LocalBackend
 
-        if not hasattr(backend, "device_request") or not hasattr(backend, "model"):
+        if not isinstance(backend, LocalBackend):
             return None  # a remote backend: the server's device decides
         try:
             loaded = backend.model(model)  # loaded already: the engine is about to use it

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
 
+from napari_histoclip._context import PromptSet
+from napari_histoclip._layer_meta import LayerKind, layer_record, with_record
 from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
-from napari_histoclip._widgets._main import UserError, handler
+from napari_histoclip._widgets._handler import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
+
+if TYPE_CHECKING:
+    from napari_histoclip._context import DockContext
 
 WHOLE_SLIDE = "whole slide"
 SELECTED_SHAPE = "selected shape"
@@ -43,7 +48,7 @@ def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
 class ZeroShotPanel(Container):
     """Class prompts, templates and an unknown threshold; results as layers with a legend."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
         self._shown: list[Any] = []  # the layers of the result shown last
         self.source = ComboBox(label="Labels from", choices=[TEXT_PROMPTS, CLASSIFIER], value=TEXT_PROMPTS,
@@ -126,7 +131,7 @@ class ZeroShotPanel(Container):
     @handler
     def run_classifier(self) -> None:
         """Label the slide (or the selected shape) with the chosen classifier bundle; its map
-        carries the bundle (``metadata["classifier"]``), so Refine then refines that classifier."""
+        carries the bundle (its record's ``classifier``), so Refine then refines that classifier."""
         from napari_histoclip._widgets._apply_classifier import apply_classifier
 
         path = self._classifier_path()
@@ -152,14 +157,14 @@ class ZeroShotPanel(Container):
 
         new = class_map_layers(result, info, colors, region=region)
         for _, kwargs, _ in new:
-            kwargs["metadata"]["region"] = region
+            kwargs["metadata"] = with_record(kwargs["metadata"], region=region)
 
         def stale(layer: Any) -> bool:
-            own = slide_of(layer)
+            record = layer_record(layer)
             return (
-                own is not None and own.path == info.path
-                and layer.metadata.get("kind") in ("class_map", "probability")
-                and bool(layer.metadata.get("region", False)) == region
+                record.slide is not None and record.slide.path == info.path
+                and record.kind in (LayerKind.CLASS_MAP, LayerKind.PROBABILITY)
+                and record.region == region
             )
 
         viewer = self.ctx.viewer
@@ -263,17 +268,27 @@ class ZeroShotPanel(Container):
         entries = [LegendEntry(i + 1, name, color, 0.0) for i, (name, color) in enumerate(classes)]
         self.legend.value = legend_html(entries, shares=False)
 
+    def prompt_set(self) -> PromptSet:
+        """The prompts as typed (not checked): labels, synonyms, templates, colours and the
+        unknown threshold."""
+        rows = self.prompts.rows()
+        return PromptSet(
+            labels=tuple(r.label for r in rows),
+            synonyms=tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else (),
+            templates=self._templates(),
+            colors=tuple(r.color for r in rows),
+            unknown_threshold=self.threshold.value or None,
+        )
+
     def _prompt_set(self) -> tuple[list[str], tuple[tuple[str, ...], ...], tuple[str, ...], list[str]]:
         """The prompt table's labels, synonyms, templates and colours, checked by the backend's
         own check before any work."""
         from backend.tasks.zero_shot import check_prompts
 
-        rows = self.prompts.rows()
-        labels = [r.label for r in rows]
-        synonyms = tuple(r.synonyms for r in rows) if any(r.synonyms for r in rows) else ()
-        templates = self._templates()
-        check_prompts(labels, synonyms, templates)
-        return labels, synonyms, templates, [r.color for r in rows]
+        prompts = self.prompt_set()
+        labels = list(prompts.labels)
+        check_prompts(labels, prompts.synonyms, prompts.templates)
+        return labels, prompts.synonyms, prompts.templates, list(prompts.colors)
 
     def _templates(self) -> tuple[str, ...]:
         """The template lines typed (blank lines skipped; empty: the backend's defaults)."""

@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
 
     holder = dock.parent()
     holder.title.close_button.click()  # the dock's 'x', as a user closes it
-    wait_until(lambda: dock._backend is None, 60, "the dock to release its backend")
+    wait_until(lambda: dock.backend_slot.current is None, 60, "the dock to release its backend")
     print("step dock closed", flush=True)
     viewer.close()
     QApplication.processEvents()

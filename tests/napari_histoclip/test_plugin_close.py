@@ -50,7 +50,7 @@ def test_closing_the_dock_cancels_its_zero_shot_and_releases_the_backend(plugin_
     qtbot.waitUntil(lambda: dock.runner.worker is None, timeout=WAIT_MS)
     qtbot.wait(200)  # any result signal still queued is delivered now
     assert [lyr.name for lyr in viewer.layers] == ["CMU-1-Small-Region.svs"], "the task's layers appeared after close"
-    assert closes == [1] and dock._backend is None
+    assert closes == [1] and dock.backend_slot.current is None
     assert not notes.errors, notes.errors
 
 

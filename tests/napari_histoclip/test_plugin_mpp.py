@@ -115,8 +115,10 @@ def test_the_other_order_and_a_slide_without_mpp_alone(plugin_viewer, qtbot, sli
 # (napari_histoclip._compat: triton's LLVM after Mesa's crashes the next draw).
 def test_a_slide_without_mpp_works_in_the_dock_once_given_and_is_remembered(tiny_captioner, plugin_dock, plugin_viewer, qtbot, slides_dir, tmp_path, _isolated_config, notes) -> None:
     dock, viewer = plugin_dock, plugin_viewer
-    spy = Spy(dock.backend)
-    dock._backend = spy
+    from napari_histoclip._widgets._main import local_backend
+
+    dock.use_backend_factory(lambda device: Spy(local_backend(device)))  # made by the dock: closed with it
+    spy = dock.backend
     tcga = open_slide(viewer, slides_dir / TCGA)
     assert dock.slide.value is tcga or dock.slide.value == tcga
     from napari_histoclip._widgets._prompts import PromptRow
@@ -132,7 +134,7 @@ def test_a_slide_without_mpp_works_in_the_dock_once_given_and_is_remembered(tiny
     # 0.125 µm/px: tiles of 224 px at 0.5 µm/px are 896 px of this slide (a 5 x 4 grid: quick)
     dock.mpp.value = "0,125"  # a decimal comma is taken
     dock.mpp.native.editingFinished.emit()
-    qtbot.waitUntil(lambda: not dock._mpp_memory.busy, timeout=20_000)
+    qtbot.waitUntil(lambda: not dock.runner.quiet_busy, timeout=20_000)
     assert tcga.scale == pytest.approx([0.125, 0.125])
     saved = json.loads((_isolated_config / "dock.json").read_text())
     assert list(saved["slide_mpp"].values()) == [0.125]

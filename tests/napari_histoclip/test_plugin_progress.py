@@ -51,7 +51,7 @@ class SlowModelLoad:
 
 def test_the_footer_shows_loading_and_a_cancel_at_once(plugin_dock, plugin_viewer, qtbot, cmu_slide, fake_backend, notes) -> None:
     dock = plugin_dock
-    dock._backend, dock._owns_backend = SlowModelLoad(fake_backend), False
+    dock.use_backend(SlowModelLoad(fake_backend))
     open_slide(plugin_viewer, cmu_slide)
     shown = record_footer(dock)
     dock.embed_button.native.click()

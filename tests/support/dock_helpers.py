@@ -19,9 +19,7 @@ def with_backend(dock, backend) -> object:
     """The plugin-path dock using ``backend`` (a test double, or a module's shared
     ``LocalBackend`` whose loaded model later tests reuse) in place of the one it would make;
     injected, so the dock keeps it open when it closes, as it keeps a remote backend."""
-    if dock._owns_backend and dock._backend is not None:
-        dock._backend.close()  # the one it made for its model list
-    dock._backend, dock._owns_backend = backend, False
+    dock.use_backend(backend)  # the one it made for its model list is closed
     dock.refresh_models()
     return dock
 
