@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_histoclip._settings import DockSettings, load_settings, save_settings
 from napari_histoclip._mpp import (
@@ -130,7 +130,9 @@ class HistoclipWidget(QWidget):
         self.captions = CaptionPanel(self)
         self.search = SearchPanel(self)
         self.export = ExportPanel(self)
-        self.tabs = QTabWidget(self)
+        from napari_histoclip._widgets._scroll_tabs import ScrollTabs  # pages scroll: a short dock (issue 21)
+
+        self.tabs = ScrollTabs(self)
         for panel, title in (
             (self.zero_shot, "Zero-shot"),
             (self.captions, "Caption"),
@@ -145,10 +147,18 @@ class HistoclipWidget(QWidget):
         from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so (issue 17)
         self.slow_watch = SlowRunWatch()
 
+        # Header, tabs and error in one scroll area, each tab's page in its own: the dock asks
+        # for little height, and a header that grows (a failed Connect) never grows the window.
+        from napari_histoclip._widgets._scroll_tabs import BodyLayout, PageScroll
+
+        body = QWidget()
+        body_layout = BodyLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.addWidget(self.header.native)
+        body_layout.addWidget(self.tabs, 1)
+        body_layout.addWidget(self.error_panel)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.header.native)
-        layout.addWidget(self.tabs, 1)
-        layout.addWidget(self.error_panel)
+        layout.addWidget(PageScroll(body), 1)
         layout.addWidget(self.footer.native)
 
         events = viewer.layers.events
