@@ -316,6 +316,17 @@ class HistoclipWidget(QWidget):
         self.run(f"Embedding {info.name}", lambda progress, cancel: backend.embed_slide(
             ref, model, progress=progress, cancel=cancel), done)
 
+    def can_open_slides(self) -> bool:
+        """Whether :meth:`open_slides` would start now (open, not closing, no task running)."""
+        return not self._closed and not self.runner.busy
+
+    def open_slides(self, paths: list[Path], mpp: float | None = None) -> bool:
+        """Read slides in the task runner, then add their layers on the UI thread (the reader's
+        File > Open path while the dock is idle: ``_reader._idle_dock``); False if not started."""
+        from napari_histoclip._open import open_in_runner
+
+        return open_in_runner(self.runner, self.viewer, list(paths), mpp=mpp)
+
     def cancel(self) -> None:
         """Ask the running task to stop (the footer says so until it has)."""
         self.runner.cancel()

@@ -292,7 +292,8 @@ def test_a_first_result_lets_the_ui_paint_between_its_layers(dock, qtbot, notes,
     timer.stop()
     assert not notes.errors, notes.errors
     names = [n for _, n in added]
-    assert names[0] == "CMU-1-Small-Region: class map" and len(names) == 5, names
+    # two layers (the class map, one probability layer for the four classes), not five
+    assert names == ["CMU-1-Small-Region: class map", "CMU-1-Small-Region: p(tumor epithelium)"], names
     times = [t for t, _ in added]
     between = [sum(a < t < b for t in ticks) for a, b in pairwise(times)]
     assert all(n >= 1 for n in between), between  # a repaint/input turn between every two layers
