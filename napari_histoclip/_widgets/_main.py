@@ -485,7 +485,9 @@ class HistoclipWidget(QWidget):
         self.embed_button.enabled = not busy
         self.progress.native.setTextVisible(busy)
         if state is None:
-            self.status.value = "ready"
+            # a cancelled task let go (a model load cannot be interrupted) still ends unseen
+            self.status.value = "ready" if not self.runner.background else (
+                "ready (cancelled work is ending in the background; its result will be dropped)")
             self.progress.max, self.progress.value = 1, 0
             return
         self.status.value = state.text
