@@ -28,9 +28,11 @@ class ProbabilityPicker(ComboBox):
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
         self._last: Any = None  # the probability layer of the result shown last
-        super().__init__(label="Probability of", choices=self._choices, nullable=True,
+        super().__init__(label="Probability of", choices=self._choices, nullable=False,
                          tooltip="the class whose probability map the result's probability layer shows")
         self.changed.connect(self._picked)
+        # a click on the class already chosen (the first, when a result arrives) shows it too
+        self.native.activated.connect(lambda _index: self._picked(self.value))
         ctx.slide.changed.connect(self.reset_choices)
 
     def follow(self, layer: Any) -> None:

@@ -58,6 +58,8 @@ def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, plugin_v
     assert prob.name == "CMU-1-Small-Region: p(tumor epithelium)" and prob.scale.tolist() == labels.scale.tolist()
     assert panel.probability.choices == ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue")
     maps = []
+    panel.probability.native.activated.emit(0)  # a click on the class chosen shows the layer
+    assert prob.visible and prob.name == "CMU-1-Small-Region: p(tumor epithelium)"
     for p in panel.probability.choices:  # the picker switches the class the layer shows
         panel.probability.value = p
         assert prob.name == f"CMU-1-Small-Region: p({p})" and prob.visible
