@@ -50,7 +50,12 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
     """
     import numpy as np
 
-    from napari_histoclip._reader import GuardedLevel, open_slide_quietly, probe_pixels, with_overviews
+    from napari_histoclip._reader import (
+        GuardedLevel,
+        open_slide_quietly,
+        probe_pixels,
+        with_overviews,
+    )
 
     slide = open_slide_quietly(target, mpp=mpp)
     try:

@@ -61,7 +61,7 @@ def warm_layers() -> None:
         class_map = np.array([[0, 1], [2, 3]], np.int32)
         probabilities = np.full((2, 2, 2), 0.5, np.float32)
 
-        class geometry:  # noqa: N801 - an attribute namespace
+        class geometry:  # an attribute namespace
             scale, translate = (1.0, 1.0), (0.0, 0.0)
 
     info = SlideInfo("warm-up", "warm-up", 2, 2, 1.0)

@@ -31,10 +31,10 @@ class PageScroll(QScrollArea):
         need = page.minimumSizeHint().width() if page is not None else 0
         return need + self.verticalScrollBar().sizeHint().width()
 
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+    def minimumSizeHint(self) -> QSize:
         return QSize(self._width(), MIN_PAGE_HEIGHT)
 
-    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+    def sizeHint(self) -> QSize:
         page = self.widget()
         height = page.sizeHint().height() if page is not None else MIN_PAGE_HEIGHT
         return QSize(self._width(), max(height, MIN_PAGE_HEIGHT))
@@ -49,7 +49,7 @@ class BodyLayout(QVBoxLayout):
     the body's least height is the sum of its parts' least heights.
     """
 
-    def hasHeightForWidth(self) -> bool:  # noqa: N802 - Qt's name
+    def hasHeightForWidth(self) -> bool:
         return False
 
 
@@ -60,7 +60,7 @@ class ScrollTabs(QTabWidget):
     :meth:`setCurrentWidget` take and return the page, not its scroll area (:meth:`scroll_area`).
     """
 
-    def addTab(self, page: QWidget, title: str) -> int:  # noqa: N802 - Qt's name
+    def addTab(self, page: QWidget, title: str) -> int:
         return super().addTab(PageScroll(page, self), title)
 
     def scroll_area(self, index: int) -> PageScroll | None:
@@ -71,13 +71,13 @@ class ScrollTabs(QTabWidget):
         area = self.scroll_area(index)
         return area.widget() if area is not None else super().widget(index)
 
-    def indexOf(self, page: QWidget) -> int:  # noqa: N802 - Qt's name
+    def indexOf(self, page: QWidget) -> int:
         for i in range(self.count()):
             if self.widget(i) is page:
                 return i
         return super().indexOf(page)
 
-    def setCurrentWidget(self, page: QWidget) -> None:  # noqa: N802 - Qt's name
+    def setCurrentWidget(self, page: QWidget) -> None:
         index = self.indexOf(page)
         if index >= 0:
             self.setCurrentIndex(index)

@@ -16,8 +16,7 @@ import time
 from itertools import pairwise
 
 import pytest
-
-from dock_helpers import open_slide, with_backend
+from dock_helpers import with_backend
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 MODEL = "test-tiny"
@@ -66,11 +65,10 @@ def test_a_whole_zero_shot_run_keeps_the_ui_responsive(plugin_viewer, plugin_doc
 
     from backend.api import SlideRef
 
-    from napari_histoclip._slide import find_slide_layer
-
     # The model loaded and torch imported beforehand (their first import in a process holds
     # the GIL in dlopen for up to 0.5 s: a once-per-session stall, see test_responsive).
     from napari_histoclip._compat import keep_triton_out
+    from napari_histoclip._slide import find_slide_layer
 
     keep_triton_out()  # the canvas has mapped Mesa's LLVM: torch must not load triton now
     local_backend.embed_slide(SlideRef(str(cmu_slide)), MODEL, progress=None)
