@@ -17,7 +17,7 @@ import numpy as np
 from backend.palette import PALETTE as _PALETTE
 from backend.palette import UNKNOWN_COLOR as _UNKNOWN_RGB
 from backend.palette import UNKNOWN_NAME, class_hex, to_hex, to_rgb
-from napari_histoclip._layer_meta import LayerKind, with_record
+from napari_histoclip._layer_meta import LayerKind, layer_record, with_record
 from napari_histoclip._slide import SlideInfo, box_xywh_to_rectangle, grid_transform
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -84,8 +84,9 @@ def class_map_layers(
     *,
     region: bool = False,
     opacity: float = 0.45,
+    shown: str | None = None,
 ) -> list[LayerData]:
-    """A Labels layer of the class map, then one probability image per class.
+    """Two layers: a Labels layer of the class map, then one probability image of all classes.
 
     Parameters
     ----------
@@ -98,6 +99,8 @@ def class_map_layers(
         One ``#rrggbb`` per label.
     region
         Whether the result covers a drawn region (names the layers apart).
+    shown
+        The class the probability layer shows (default, or not a class: the first).
     """
     labels = tuple(result.labels)
     if len(colors) < len(labels):
@@ -126,46 +129,84 @@ def class_map_layers(
             "labels",
         )
     ]
-    probs = np.asarray(result.probabilities, dtype=np.float32)
-    for i, label in enumerate(labels):
-        out.append(probability_layer(probs[i], label, colors[i], info, scale, translate))
+    if labels:  # a map started from marks alone has no class yet, so no probability to show
+        probs = np.asarray(result.probabilities, dtype=np.float32)
+        out.append(probability_layer(probs, labels, colors[: len(labels)], info, scale, translate, shown=shown))
     return out
 
 
-def probability_layer(
-    prob: np.ndarray,
-    label: str,
-    color: str,
-    info: SlideInfo,
-    scale: tuple[float, float],
-    translate: tuple[float, float],
-) -> LayerData:
-    """A class probability map as an image from transparent (0) to the class colour (1).
+#: Key of a probability layer's metadata holding every class's map, (classes, rows, cols).
+PROBABILITIES = "probabilities"
 
-    NaN (no tissue) becomes 0, so it is transparent: napari has no NaN colour.
-    """
+
+def probability_colormap(label: str, color: str) -> Any:
+    """From transparent (0) to the class colour (1)."""
     from napari.utils.colormaps import Colormap
 
     rgba = hex_to_rgba(color)
-    cmap = Colormap(
+    return Colormap(
         colors=np.stack([np.r_[rgba[:3], 0.0], rgba]),
         name=f"histoclip {label} {color}",
         display_name=f"p({label})",
     )
-    data = np.nan_to_num(np.asarray(prob, dtype=np.float32), nan=0.0)
+
+
+def probability_layer(
+    probs: np.ndarray,
+    labels: Sequence[str],
+    colors: Sequence[str],
+    info: SlideInfo,
+    scale: tuple[float, float],
+    translate: tuple[float, float],
+    *,
+    shown: str | None = None,
+) -> LayerData:
+    """Every class's probability map as one image layer that shows one class at a time.
+
+    One layer, not one per class: napari builds each new layer's visual and controls on the UI
+    thread (0.2-0.6 s each here), so a result of many classes froze the UI for seconds. The
+    layer shows class ``shown`` (default: the first) from transparent (0) to its colour (1);
+    its metadata holds all of them (``PROBABILITIES``), ``labels`` and ``colors``, and
+    :func:`show_probability` switches the class shown. NaN (no tissue) becomes 0, so it is
+    transparent: napari has no NaN colour.
+    """
+    stack = np.nan_to_num(np.asarray(probs, dtype=np.float32), nan=0.0)
+    if stack.ndim != 3 or stack.shape[0] != len(labels):
+        raise ValueError(f"probabilities: expected ({len(labels)}, rows, cols) for {len(labels)} classes, "
+                         f"got shape {stack.shape}")
+    i = list(labels).index(shown) if shown in labels else 0
     kwargs = info.layer_kwargs(
         scale=scale,
         translate=translate,
-        name=probability_name(info, label),
-        colormap=cmap,
+        name=probability_name(info, labels[i]),
+        colormap=probability_colormap(labels[i], colors[i]),
         contrast_limits=(0.0, 1.0),
         opacity=0.8,
         blending="translucent",
         # One class at a time is readable; the class map is the overview.
         visible=False,
     )
-    kwargs["metadata"] = {**with_record(kwargs["metadata"], kind=LayerKind.PROBABILITY), "label": label}
-    return (data, kwargs, "image")
+    record = with_record(kwargs["metadata"], kind=LayerKind.PROBABILITY, labels=tuple(labels), colors=tuple(colors))
+    kwargs["metadata"] = {**record, "label": labels[i], PROBABILITIES: stack}
+    return (stack[i], kwargs, "image")
+
+
+def show_probability(layer: Any, label: str) -> None:
+    """Make a probability layer (:func:`probability_layer`) show class ``label``: its map,
+    colour and name. A ``ValueError`` names the layer's classes when ``label`` is not one."""
+    record = layer_record(layer)
+    labels = list(record.labels)
+    if label not in labels:
+        raise ValueError(f"probability class {label!r}: not a class of {layer.name} ({', '.join(labels)})")
+    i = labels.index(label)
+    meta = layer.metadata
+    if meta.get("label") == label:
+        return
+    layer.data = meta[PROBABILITIES][i]
+    layer.colormap = probability_colormap(label, record.colors[i])
+    layer.metadata = {**meta, "label": label}
+    if record.slide is not None:
+        layer.name = probability_name(record.slide, label)
 
 
 def heatmap_layer(result: Any, info: SlideInfo) -> LayerData:

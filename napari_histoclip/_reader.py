@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from backend.slides import SLIDE_SUFFIXES, slide_target  # the backend's formats; light (numpy only)
-from napari_histoclip._layer_meta import with_record
-from napari_histoclip._slide import SlideInfo
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +65,13 @@ def read_slides(path: str | Sequence[str], *, mpp: float | None = None) -> list[
         One ``(levels, kwargs, "image")`` per readable slide, or ``[(None,)]`` when none was.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
+    dock = _idle_dock()
+    if dock is not None:  # the dock reads them in its task runner and adds their layers after
+        targets = [t for t in map(open_target, paths) if t is not None]
+        if targets and dock.open_slides(targets, mpp=mpp):
+            return [(None,)]
+        if not targets:
+            return [(None,)]
     layers: list[LayerData] = []
     for p in paths:
         layer = read_slide_layer(p, mpp=mpp)
@@ -75,51 +80,57 @@ def read_slides(path: str | Sequence[str], *, mpp: float | None = None) -> list[
     return layers or [(None,)]
 
 
-def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData | None:
-    """One slide as a layer data tuple, or None after notifying the user of why not."""
+def open_target(path: str | Path) -> Path | None:
+    """The file or folder to open for ``path``, or None after notifying the user of why not."""
     target = slide_path(path)
     if target is None and _named_like_a_slide(path):
         target = Path(path)  # open_slide says why a folder is not a slide
     if target is None:
         _notify_error(f"{Path(path).name}: not a slide format ({', '.join(SLIDE_SUFFIXES)})")
-        return None
-    slide = None
+    return target
+
+
+def _idle_dock() -> Any | None:
+    """The HistoCLIP dock of napari's current viewer when it is idle, else None.
+
+    File > Open and drag-and-drop call the reader on the UI thread, which waits for what it
+    returns: reading a slide there froze the UI for seconds (issue 21, item 10). With the dock
+    open and free, the reader hands the slides to its task runner (``HistoclipWidget.
+    open_slides``) and returns napari's "nothing to add" sentinel: the layers arrive when read.
+    Without the dock (a script, ``napari.Viewer().open``) or while it runs a task, the reader
+    reads synchronously and returns the layers, as npe2 readers do.
+    """
     try:
-        slide = open_slide_quietly(target, mpp=mpp)
-        probe_pixels(slide)
-        native = list(slide.multiscale())
-        levels = [GuardedLevel(lvl, slide.name) for lvl in with_overviews(native)]
-        w, h = slide.dimensions
-        info = SlideInfo(path=str(target), name=slide.name, width=int(w), height=int(h), mpp=slide.mpp)
+        from napari import current_viewer
+
+        viewer = current_viewer()
+        widgets = list(viewer.window.dock_widgets.values()) if viewer is not None else []
+    except Exception:  # noqa: BLE001 - no Qt window (a ViewerModel, a script): read here
+        return None
+    from napari_histoclip._widgets._main import HistoclipWidget
+
+    for widget in widgets:
+        if isinstance(widget, HistoclipWidget) and widget.can_open_slides():
+            return widget
+    return None
+
+
+def read_slide_layer(path: str | Path, *, mpp: float | None = None) -> LayerData | None:
+    """One slide as a layer data tuple, or None after notifying the user of why not."""
+    target = open_target(path)
+    if target is None:
+        return None
+    from napari_histoclip._open import prepare_slide, slide_layer_data
+
+    try:
+        prepared = prepare_slide(target, mpp=mpp)
     except Exception as e:  # noqa: BLE001 - the reader must never raise into napari
-        if slide is not None:
-            slide.close()  # no layer holds it: release the file now, not at garbage collection
         _notify_error(_describe_error(target, e))
         log.debug("could not open %s", target, exc_info=True)
         return None
-    if info.mpp is None:
-        from napari_histoclip._mpp import FIELD
-
-        _notify_info(
-            f"{Path(target).name}: no microns-per-pixel in its metadata; shown at 1 unit per pixel "
-            f"(the scale bar does not measure it) until you give its µm/px in {FIELD}"
-        )
-    info = _prepare_viewer(info)
-    kwargs = info.layer_kwargs(
-        name=info.name,
-        rgb=True,
-        multiscale=True,
-        # Given, so napari does not compute them from pixel data.
-        contrast_limits=(0, 255),
-    )
-    source = getattr(slide, "mpp_source", None)
-    kwargs["metadata"] = {
-        **with_record(kwargs["metadata"], mpp_source=str(source) if source else None),
-        "level_downsamples": [float(d) for d in slide.level_downsamples]
-        + [float(2 ** (i + 1) * slide.level_downsamples[-1]) for i in range(len(levels) - len(native))],
-        "objective_power": slide.objective_power,
-    }
-    return (list(levels), kwargs, "image")
+    for note in prepared.notes:
+        _notify_info(note)
+    return slide_layer_data(prepared)
 
 
 #: Largest side of the coarsest level napari gets; coarser levels are added when a slide has none.
@@ -197,20 +208,6 @@ def _shape_of(shape: tuple[int, ...], key: Any) -> tuple[int, ...]:
             out.extend(shape[i:])
             break
     return tuple(out)
-
-
-def _prepare_viewer(info: SlideInfo) -> SlideInfo:
-    """Slides with and without mpp in one unit on the viewer this slide opens in, napari's
-    current one (``napari_histoclip._mpp.prepare_viewer``); ``info`` as it must arrive."""
-    try:
-        from napari import current_viewer
-
-        viewer = current_viewer()
-    except Exception:  # noqa: BLE001 - no Qt app (a script): nothing to keep consistent
-        return info
-    from napari_histoclip._mpp import prepare_viewer
-
-    return prepare_viewer(viewer, info)
 
 
 def open_slide_quietly(path: str | Path, *, mpp: float | None = None) -> Any:

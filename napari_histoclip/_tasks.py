@@ -171,6 +171,8 @@ class TaskRunner:
             """End the task; False when it was let go or the dock closed (then nothing is shown)."""
             if task in self._let_go:  # cancelled and let go: it has now really ended
                 self._let_go.discard(task)
+                if self._state is None and not self._closed:
+                    self._on_state(None)  # the footer no longer says it runs in the background
                 self._run_after_close()
                 return False
             self.last_duration = time.perf_counter() - t0

@@ -33,6 +33,40 @@ def _import_all(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - an optional library missing shows up where it is used
             log.debug("warm-up: importing %s failed: %s", name, e)
+    try:
+        warm_layers()
+    except Exception as e:  # noqa: BLE001 - a warm-up only: the real layer shows any real error
+        log.debug("warm-up: making layers failed: %s", e)
+
+
+def warm_layers() -> None:
+    """Make a tiny class map and probability layer once, off the UI thread, and drop them.
+
+    napari's first Labels layer of a process took 1.9-3.8 s to make here (pandas for its
+    features table, its default label colormap, pint's unit registry), the next 0.07 s: the
+    first result's class map froze the UI that long. These are napari *models* (no Qt, no GL),
+    which napari makes in any thread; their visuals are made when a layer joins a viewer.
+    """
+    import numpy as np
+    from napari.layers import Layer
+
+    from napari_histoclip._layers import class_map_layers
+    from napari_histoclip._open import warm_units
+    from napari_histoclip._slide import SlideInfo
+
+    warm_units()
+
+    class _Result:  # the fields class_map_layers reads of a ZeroShotResult
+        labels = ("a", "b")
+        class_map = np.array([[0, 1], [2, 3]], np.int32)
+        probabilities = np.full((2, 2, 2), 0.5, np.float32)
+
+        class geometry:  # an attribute namespace
+            scale, translate = (1.0, 1.0), (0.0, 0.0)
+
+    info = SlideInfo("warm-up", "warm-up", 2, 2, 1.0)
+    for data, kwargs, layer_type in class_map_layers(_Result(), info, ["#ff0000", "#00ff00"]):
+        Layer.create(data, kwargs, layer_type)
 
 
 def start_warmup(modules: tuple[str, ...] = MODULES) -> threading.Thread | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_histoclip._context import BackendFactory, BackendSlot, PromptSet
 from napari_histoclip._layer_meta import update_record
@@ -134,7 +134,9 @@ class HistoclipWidget(QWidget):
         self.captions = CaptionPanel(self)
         self.search = SearchPanel(self)
         self.export = ExportPanel(self)
-        self.tabs = QTabWidget(self)
+        from napari_histoclip._widgets._scroll_tabs import ScrollTabs  # pages scroll: a short dock (issue 21)
+
+        self.tabs = ScrollTabs(self)
         for panel, title in (
             (self.zero_shot, "Zero-shot"),
             (self.captions, "Caption"),
@@ -149,10 +151,18 @@ class HistoclipWidget(QWidget):
         from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so (issue 17)
         self.slow_watch = SlowRunWatch()
 
+        # Header, tabs and error in one scroll area, each tab's page in its own: the dock asks
+        # for little height, and a header that grows (a failed Connect) never grows the window.
+        from napari_histoclip._widgets._scroll_tabs import BodyLayout, PageScroll
+
+        body = QWidget()
+        body_layout = BodyLayout(body)
+        body_layout.setContentsMargins(0, 0, 0, 0)
+        body_layout.addWidget(self.header.native)
+        body_layout.addWidget(self.tabs, 1)
+        body_layout.addWidget(self.error_panel)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.header.native)
-        layout.addWidget(self.tabs, 1)
-        layout.addWidget(self.error_panel)
+        layout.addWidget(PageScroll(body), 1)
         layout.addWidget(self.footer.native)
 
         events = viewer.layers.events
@@ -346,6 +356,17 @@ class HistoclipWidget(QWidget):
         self.run(f"Embedding {info.name}", lambda progress, cancel: backend.embed_slide(
             ref, model, progress=progress, cancel=cancel), done)
 
+    def can_open_slides(self) -> bool:
+        """Whether :meth:`open_slides` would start now (open, not closing, no task running)."""
+        return not self._closed and not self.runner.busy
+
+    def open_slides(self, paths: list[Path], mpp: float | None = None) -> bool:
+        """Read slides in the task runner, then add their layers on the UI thread (the reader's
+        File > Open path while the dock is idle: ``_reader._idle_dock``); False if not started."""
+        from napari_histoclip._open import open_in_runner
+
+        return open_in_runner(self.runner, self.viewer, list(paths), mpp=mpp)
+
     def cancel(self) -> None:
         """Ask the running task to stop (the footer says so until it has)."""
         self.runner.cancel()
@@ -479,7 +500,9 @@ class HistoclipWidget(QWidget):
         self.embed_button.enabled = not busy
         self.progress.native.setTextVisible(busy)
         if state is None:
-            self.status.value = "ready"
+            # a cancelled task let go (a model load cannot be interrupted) still ends unseen
+            self.status.value = "ready" if not self.runner.background else (
+                "ready (cancelled work is ending in the background; its result will be dropped)")
             self.progress.max, self.progress.value = 1, 0
             return
         self.status.value = state.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -33,6 +33,20 @@ class PromptRow:
     synonyms: tuple[str, ...] = ()
 
 
+class _RowsTable(QTableWidget):
+    """A table whose minimum height shows all its rows (between ``LEAST`` and ``MOST`` px),
+    measured as shown (napari's style makes rows taller than Qt's default): in the dock's
+    scroll area a page gets its minimum height, and a fixed 120 px hid the fourth prompt."""
+
+    LEAST, MOST = 120, 170
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        header = self.horizontalHeader()
+        need = header.sizeHint().height() + self.verticalHeader().length() + 2 * self.frameWidth()
+        return QSize(hint.width(), max(self.LEAST, min(self.MOST, need)))
+
+
 class PromptTable(QWidget):
     """An editable list of classes; click a colour cell to pick another colour."""
 
@@ -40,7 +54,7 @@ class PromptTable(QWidget):
 
     def __init__(self, rows: Sequence[PromptRow] | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.table = QTableWidget(0, 3, self)
+        self.table = _RowsTable(0, 3, self)
         self.table.setHorizontalHeaderLabels(["", "class prompt", "synonyms (; separated)"])
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(self.COLOR, QHeaderView.ResizeMode.Fixed)
@@ -49,8 +63,7 @@ class PromptTable(QWidget):
         self.table.setColumnWidth(self.COLOR, 28)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setMinimumHeight(120)
-        self.table.setMaximumHeight(170)
+        self.table.setMaximumHeight(_RowsTable.MOST)
         self.table.cellClicked.connect(self._maybe_pick_color)
 
         add = QPushButton("+ class", self)
@@ -97,10 +110,12 @@ class PromptTable(QWidget):
         self._set_color(r, color or default_color(r))
         self.table.setItem(r, self.LABEL, QTableWidgetItem(label))
         self.table.setItem(r, self.SYNONYMS, QTableWidgetItem("; ".join(synonyms)))
+        self.table.updateGeometry()
 
     def remove_selected(self) -> None:
         for r in sorted({i.row() for i in self.table.selectedIndexes()}, reverse=True):
             self.table.removeRow(r)
+        self.table.updateGeometry()
 
     def set_color(self, row: int, color: str) -> None:
         self._set_color(row, color)

@@ -71,6 +71,9 @@ class ZeroShotPanel(Container):
         self.scope = ComboBox(label="Where", choices=[WHOLE_SLIDE, SELECTED_SHAPE], value=WHOLE_SLIDE)
         self.run_button = PushButton(text="Label slide")
         self.legend = Label(value="")
+        from napari_histoclip._widgets._probability import ProbabilityPicker
+
+        self.probability = ProbabilityPicker(ctx)  # the class the one probability layer shows
         self.query = LineEdit(label="Text query", value="", tooltip="e.g. 'tumor cells with mitoses'")
         self.heatmap_button = PushButton(text="Heatmap")
         # Slide-level answers (backend.tasks.slide_zero_shot): the verdict, and a cohort's triage
@@ -83,7 +86,7 @@ class ZeroShotPanel(Container):
         self.triage = TriageBox(ctx, self.slide_request)
         super().__init__(
             widgets=[self.source, self.classifier, self.templates, self.threshold, self.scope, self.run_button,
-                     self.legend, self.query, self.heatmap_button, self.top_k, self.slide_button, self.verdict,
+                     self.legend, self.probability, self.query, self.heatmap_button, self.top_k, self.slide_button, self.verdict,
                      self.triage],
             labels=True,
         )
@@ -155,10 +158,6 @@ class ZeroShotPanel(Container):
         (adding napari layers is slow: see ``TaskRunner._show_in_steps``)."""
         from napari_histoclip._viewer import add_layer_data
 
-        new = class_map_layers(result, info, colors, region=region)
-        for _, kwargs, _ in new:
-            kwargs["metadata"] = with_record(kwargs["metadata"], region=region)
-
         def stale(layer: Any) -> bool:
             record = layer_record(layer)
             return (
@@ -168,6 +167,12 @@ class ZeroShotPanel(Container):
             )
 
         viewer = self.ctx.viewer
+        # the class the user was looking at stays shown when the new result has it
+        shown = next((lyr.metadata.get("label") for lyr in viewer.layers
+                      if stale(lyr) and layer_record(lyr).kind == LayerKind.PROBABILITY), None)
+        new = class_map_layers(result, info, colors, region=region, shown=shown)
+        for _, kwargs, _ in new:
+            kwargs["metadata"] = with_record(kwargs["metadata"], region=region)
         fresh = not any(stale(lyr) for lyr in viewer.layers)
         layers = replace_layers(viewer, new[:1] if fresh else new, stale)
         self._shown = layers
@@ -182,10 +187,12 @@ class ZeroShotPanel(Container):
         # The class map is the layer to hover: its status line names the class.
         viewer.layers.selection.active = layers[0]
         if fresh:
-            for data in new[1:]:  # hidden probability maps, one per turn of the event loop
+            for data in new[1:]:  # the hidden probability layer, in a turn of the event loop of its own
                 yield
                 layers.append(add_layer_data(viewer, data))
             viewer.layers.selection.active = layers[0]
+        if len(layers) > 1:  # a map of no class yet (marks alone) has no probability layer
+            self.probability.follow(layers[-1])
 
     @handler
     def run_heatmap(self) -> None:

@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     dock.model.value = "test-tiny"
     viewer.open(str(slide), plugin="napari-histoclip")
     idle_dock = lambda: not dock.runner.busy  # noqa: E731
+    wait_until(idle_dock, 120, "the slide")  # the idle dock reads it in its task runner
 
     from napari_histoclip._widgets._prompts import PromptRow
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.support.dock_helpers import open_slide
-from tests.support.mouse import click, draw_polygon
 
 from napari_histoclip._shapes import CAPTION, nbest_sources
 from napari_histoclip._widgets._caption import CaptionSource
 from napari_histoclip._widgets._grounding import describe_tile
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import click, draw_polygon
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT_MS = 300_000

@@ -7,10 +7,10 @@ import json
 import math
 
 import pytest
-from tests.support.dock_helpers import open_slide
-from tests.support.mouse import draw_polygon, draw_rectangle
 
 from napari_histoclip._shapes import CAPTION, CAPTION_SCORE, CAPTION_TEXT, CLASS, NBEST
+from tests.support.dock_helpers import open_slide
+from tests.support.mouse import draw_polygon, draw_rectangle
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT_MS = 120_000

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.dock_helpers import open_slide
 
 from backend.api import GridGeometry, ZeroShotResult
 from napari_histoclip._shapes import CLASS
 from napari_histoclip._slide import slide_of
+from tests.support.dock_helpers import open_slide
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]  # ~15 s each: a shown viewer per test
 TILE = 448.0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from tests.support.fakes import FakeBackend
 
 from backend import api
+from tests.support.fakes import FakeBackend
 
 
 def test_fake_corpus_caption_and_grounding(tmp_path, cmu_slide) -> None:

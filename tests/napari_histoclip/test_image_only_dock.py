@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.support.dock_helpers import open_slide
 from tests.support.mouse import paint_cell
 

@@ -62,19 +62,42 @@ def test_class_map_cells_sit_on_their_tiles(mpp: float | None) -> None:
 def test_class_map_layers_colours_legend_and_probabilities() -> None:
     result = _result()
     colors = ["#ff0000", "#00ff00", "#0000ff"]
-    labels_data, *probs = class_map_layers(result, INFO, colors)
+    labels_data, probs = class_map_layers(result, INFO, colors)
     data, kwargs, kind = labels_data
     assert kind == "labels" and kwargs["name"] == "a: class map"
     assert np.allclose(kwargs["colormap"][1], [1, 0, 0, 1]) and kwargs["colormap"][0][3] == 0
     assert list(kwargs["features"]["class"]) == ["no tissue", "tumor", "stroma", "fat", "unknown"]
-    assert [p[1]["name"] for p in probs] == ["a: p(tumor)", "a: p(stroma)", "a: p(fat)"]
-    for p in probs:
-        assert p[2] == "image" and not np.isnan(p[0]).any() and p[1]["contrast_limits"] == (0.0, 1.0)
-        cmap = p[1]["colormap"]
-        assert cmap.colors[0][3] == 0 and cmap.colors[-1][3] == 1  # transparent at 0
+    # One probability layer for every class (a layer per class froze the UI): it shows one.
+    data, kwargs, kind = probs
+    assert kind == "image" and kwargs["name"] == "a: p(tumor)" and not kwargs["visible"]
+    assert not np.isnan(data).any() and kwargs["contrast_limits"] == (0.0, 1.0)
+    assert np.array_equal(data, np.nan_to_num(result.probabilities[0]))
+    meta = kwargs["metadata"]
+    assert meta["kind"] == "probability" and meta["label"] == "tumor" and meta["labels"] == ["tumor", "stroma", "fat"]
+    assert meta["probabilities"].shape == result.probabilities.shape
+    cmap = kwargs["colormap"]
+    assert cmap.colors[0][3] == 0 and cmap.colors[-1][3] == 1  # transparent at 0
+    assert np.allclose(cmap.colors[-1][:3], [1, 0, 0])
+    _, again, _ = class_map_layers(result, INFO, colors, shown="fat")[1]
+    assert again["name"] == "a: p(fat)" and np.allclose(again["colormap"].colors[-1][:3], [0, 0, 1])
     rows = legend(result.labels, colors, result.class_map)
     assert sum(r.fraction for r in rows) == pytest.approx(1.0)
     assert [r.label for r in rows] == ["tumor", "stroma", "fat"]
+
+
+def test_the_probability_layer_switches_class_in_place() -> None:
+    from napari_histoclip._layers import show_probability
+
+    viewer, _ = _viewer_with_slide()
+    result = _result()
+    layer = viewer.add_layer(Layer.create(*class_map_layers(result, INFO, ["#ff0000", "#00ff00", "#0000ff"])[1]))
+    show_probability(layer, "stroma")
+    assert layer.name == "a: p(stroma)" and layer.metadata["label"] == "stroma"
+    assert np.array_equal(layer.data, np.nan_to_num(result.probabilities[1]))
+    assert np.allclose(layer.colormap.colors[-1][:3], [0, 1, 0]) and layer.colormap.colors[0][3] == 0
+    assert len(viewer.layers) == 2  # switched, not added
+    with pytest.raises(ValueError, match=r"'necrosis': not a class of a: p\(stroma\) \(tumor, stroma, fat\)"):
+        show_probability(layer, "necrosis")
 
 
 def test_status_bar_names_the_class_under_the_cursor() -> None:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.dock_helpers import open_slide
 
 from backend.api import IndexRequest
+from tests.support.dock_helpers import open_slide
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 WAIT_MS = 180_000

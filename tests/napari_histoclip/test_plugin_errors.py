@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tests.support.dock_helpers import open_slide
 
 from backend.errors import InputError, SlideReadError
 from napari_histoclip._tasks import task_error_message
+from tests.support.dock_helpers import open_slide
 
 #: About what the first line of napari's fixed-width toast shows before eliding.
 TOAST_FIRST_LINE = 40

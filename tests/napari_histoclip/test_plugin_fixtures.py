@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tests.support.dock_helpers import open_slide
 from tests.support.mouse import draw_polygon, draw_rectangle
 

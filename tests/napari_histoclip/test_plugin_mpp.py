@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from tests.support.dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui

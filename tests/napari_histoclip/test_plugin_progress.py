@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.support.dock_helpers import open_slide
 
 from backend.api import Progress, TileOptions
 from backend.errors import CancelledError
+from tests.support.dock_helpers import open_slide
 
 pytestmark = pytest.mark.gui
 LOAD_S = 0.6

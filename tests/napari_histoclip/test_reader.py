@@ -255,13 +255,12 @@ def test_why_napari_asks_which_reader(our_plugin, tmp_path: Path, name: str, bot
     """napari's own reader also claims *.svs, *.tif, *.ndpi, *.dcm... and npe2 has no reader
     priority: napari asks (MultipleReaderError; a dialog in the GUI) until the user saves a
     preference, except for the formats only we claim. With the preference saved it opens ours."""
+    import napari_builtins
     from napari.components import ViewerModel
     from napari.errors import MultipleReaderError
     from napari.plugins._npe2 import get_readers
     from napari.settings import get_settings
     from npe2 import PluginManifest
-
-    import napari_builtins
 
     our_plugin.register(PluginManifest.from_file(Path(napari_builtins.__file__).parent / "builtins.yaml"))
     path = tmp_path / name

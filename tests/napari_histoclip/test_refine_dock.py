@@ -58,7 +58,8 @@ def test_paint_refine_unsure_undo_and_save(plugin_viewer, plugin_dock, cmu_slide
     assert refined is zs_layer  # the dock updates the map layer in place (no rebuild: no UI freeze)
     for cell, value in wanted.items():
         assert refined.data[cell] == value
-        assert viewer.layers[f"CMU-1-Small-Region: p({labels[value - 1]})"].data[cell] == pytest.approx(1.0)
+        (prob,) = [lyr for lyr in viewer.layers if lyr.metadata.get("kind") == "probability"]
+        assert prob.metadata["probabilities"][value - 1][cell] == pytest.approx(1.0)
     assert not np.array_equal(refined.data, zero_shot)
 
     # The unsure list: tiles not marked; a click centres the view on one.
@@ -192,7 +193,7 @@ def test_a_new_class_from_painted_examples(plugin_viewer, plugin_dock, cmu_slide
     assert refined.metadata["labels"] == [*labels, "folds"]
     assert all(refined.data[c] == n + 1 for c in tissue[:3])
     assert "folds" in dock.zero_shot.legend.value
-    assert "CMU-1-Small-Region: p(folds)" in [lyr.name for lyr in viewer.layers]
+    assert "folds" in dock.zero_shot.probability.choices  # the probability layer has the new class
     dock.refine.new_class.value = "folds"
     dock.refine.add_class_button.native.click()
     assert notes.errors and "already a class" in notes.errors[-1]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tests.support.dock_helpers import open_slide
 from tests.support.mouse import draw_polygon, draw_rectangle
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support.dock_helpers import open_slide
 
+from tests.support.dock_helpers import open_slide
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
@@ -20,9 +20,8 @@ def wait(qtbot, dock) -> None:
 
 @pytest.fixture
 def uni_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from tests.support.encoder_helpers import save_timm_hub_repo
-
     from backend.models import resolve_model
+    from tests.support.encoder_helpers import save_timm_hub_repo
 
     hub = tmp_path / "hub"
     hub.mkdir()

@@ -32,9 +32,8 @@ def test_header_lists_models_and_follows_the_open_slide(dock) -> None:
 
 
 def test_errors_become_notifications(plugin_dock, plugin_viewer, fake_backend, qtbot, notes) -> None:
-    from tests.support.dock_helpers import open_slide, with_backend
-
     from backend.errors import SlideReadError
+    from tests.support.dock_helpers import open_slide, with_backend
 
     widget = with_backend(plugin_dock, fake_backend)
     widget.zero_shot.run_button.native.click()  # no slide open

@@ -36,7 +36,7 @@ def test_registry_models_are_listed(dock) -> None:
 def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, plugin_viewer, qtbot, local_backend, cmu_slide,
                                                                   notes) -> None:
     """Also a pathologist's relabel on the shown canvas: fewer classes after a first run drawn
-    (one probability layer goes, the others and the class map are updated in place) must
+    (the class map and the one probability layer are updated in place) must
     draw without "RuntimeError: Could not find texture with id N" in the Qt loop (napari
     flushes vispy's GL queue when a layer is removed: see ``replace_layers``)."""
     from backend.api import SlideRef
@@ -54,9 +54,17 @@ def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, plugin_v
     assert labels.translate.tolist() == pytest.approx([t * MPP for t in geom.translate])
     values = set(np.unique(labels.data).tolist())
     assert 0 in values and values - {0} and values <= {0, 1, 2, 3, 4}
-    probs = [viewer.layers[f"CMU-1-Small-Region: p({p})"] for p in ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue")]
-    assert all(p.scale.tolist() == labels.scale.tolist() for p in probs)
-    total = sum(np.asarray(p.data) for p in probs)
+    (prob,) = [lyr for lyr in viewer.layers if lyr.metadata.get("kind") == "probability"]  # one for all classes
+    assert prob.name == "CMU-1-Small-Region: p(tumor epithelium)" and prob.scale.tolist() == labels.scale.tolist()
+    assert panel.probability.choices == ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue")
+    maps = []
+    panel.probability.native.activated.emit(0)  # a click on the class chosen shows the layer
+    assert prob.visible and prob.name == "CMU-1-Small-Region: p(tumor epithelium)"
+    for p in panel.probability.choices:  # the picker switches the class the layer shows
+        panel.probability.value = p
+        assert prob.name == f"CMU-1-Small-Region: p({p})" and prob.visible
+        maps.append(np.array(prob.data))
+    total = sum(maps)
     assert np.allclose(total[labels.data > 0], 1.0, atol=1e-4)  # softmax over classes on tissue
     assert "tumor epithelium" in panel.legend.value
     first = dock.runner.last_duration
@@ -68,7 +76,9 @@ def test_zero_shot_layers_align_and_relabelling_reuses_embeddings(dock, plugin_v
     wait(qtbot, dock)
     again = dock.runner.last_duration
     names = [lyr.name for lyr in viewer.layers]
-    assert "CMU-1-Small-Region: p(fat)" in names and "CMU-1-Small-Region: p(stroma)" not in names
+    # the class shown (adipose tissue, picked last) is gone: the layer shows the first class
+    assert [n for n in names if ": p(" in n] == ["CMU-1-Small-Region: p(necrosis)"] and prob.name == names[-1]
+    assert prob.metadata["labels"] == ["necrosis", "tumor", "fat"] and panel.probability.choices == ("necrosis", "tumor", "fat")
     assert set(np.unique(viewer.layers["CMU-1-Small-Region: class map"].data).tolist()) <= {0, 1, 2, 3}
     assert again < 2.0, f"relabelling took {again:.2f} s (first run {first:.2f} s)"
     shot = plugin_viewer.screenshot(flash=False)  # the relabelled map drawn (the error came here)

@@ -32,7 +32,6 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_zero_shot_tab_labels_with_a_trained_classifier(plugin_viewer, plugin_dock, cmu_slide: Path, qtbot, notes,
                                                         student: str) -> None:
     from backend.api import ClassifyRequest, SlideRef
-
     from napari_histoclip._widgets._zeroshot import CLASSIFIER, SELECTED_SHAPE, TEXT_PROMPTS
 
     viewer, dock = plugin_viewer, plugin_dock
@@ -118,11 +117,10 @@ def test_a_class_added_to_a_classifier_map_keeps_its_colour_in_the_saved_bundle(
     """One colour per class name (issue 21 item 6): "Add class" on a map of a bundle with its own
     colours, painted, refined and saved: the new bundle colours the class as the brush did
     (``backend.palette.new_class_rgb`` in the dock and in the backend's head)."""
-    from tests.support.mouse import paint_cell
-
     from backend.models.classifier import load_classifier
     from backend.palette import to_hex
     from napari_histoclip._widgets._zeroshot import CLASSIFIER
+    from tests.support.mouse import paint_cell
 
     viewer, dock = plugin_viewer, plugin_dock
     open_slide(viewer, cmu_slide)

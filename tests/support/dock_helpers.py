@@ -8,11 +8,32 @@ run time depends on collection order.
 from __future__ import annotations
 
 
-def open_slide(viewer, path) -> object:
-    """Open a slide with the plugin's reader (File > Open's path); returns its image layer."""
+def open_slide(viewer, path, timeout: float = 60.0) -> object:
+    """Open a slide with the plugin's reader (File > Open's path); returns its image layer.
+
+    With the HistoCLIP dock open and idle, the reader hands the slide to the dock's task
+    runner and returns no layer: then this waits (running Qt's event loop) for the layer."""
+    import time
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histoclip._slide import find_slide_layer
+
     layers = viewer.open(str(path), plugin="napari-histoclip")
-    assert layers, f"the reader opened nothing from {path}"
-    return layers[0]
+    if layers:
+        return layers[0]
+    end = time.monotonic() + timeout
+    while (layer := find_slide_layer(viewer.layers, str(path))) is None:
+        assert time.monotonic() < end, f"the reader opened nothing from {path} in {timeout:.0f} s"
+        QApplication.processEvents()
+        time.sleep(0.01)
+    # the dock's runner is busy until the layer is shown: wait for it to be free
+    while any(getattr(getattr(w, "runner", None), "busy", False) for w in viewer.window.dock_widgets.values()):
+        assert time.monotonic() < end, f"the dock was still busy {timeout:.0f} s after opening {Path(path).name}"
+        QApplication.processEvents()
+        time.sleep(0.01)
+    return layer
 
 
 def with_backend(dock, backend) -> object:

@@ -1,0 +1,83 @@
+"""Tabs whose pages scroll: the dock asks for little height of its own.
+
+Each tab page sat directly in the ``QTabWidget``, so the dock's minimum height was that of its
+tallest page (~1009 px): the window could not be shorter, and a page that grew (a long status
+after a failed Connect) made the window taller. In a ``QScrollArea`` (``widgetResizable``) a
+page takes the height there is and scrolls beyond it; its width still sets the dock's, so
+nothing is cut at the side.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+#: The least height a tab asks for (its page scrolls below that).
+MIN_PAGE_HEIGHT = 160
+
+
+class PageScroll(QScrollArea):
+    """A scroll area around one tab page: as wide as the page needs, short as the dock allows."""
+
+    def __init__(self, page: QWidget, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(page)
+
+    def _width(self) -> int:
+        page = self.widget()
+        need = page.minimumSizeHint().width() if page is not None else 0
+        return need + self.verticalScrollBar().sizeHint().width()
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self._width(), MIN_PAGE_HEIGHT)
+
+    def sizeHint(self) -> QSize:
+        page = self.widget()
+        height = page.sizeHint().height() if page is not None else MIN_PAGE_HEIGHT
+        return QSize(self._width(), max(height, MIN_PAGE_HEIGHT))
+
+
+class BodyLayout(QVBoxLayout):
+    """A vertical layout that does not trade height for width.
+
+    A ``widgetResizable`` scroll area gives a widget whose layout has height-for-width (any
+    word-wrapped label) its *preferred* height at the viewport's width as its least height:
+    the dock's body would never shrink to the viewport and its tabs never scroll. Without it,
+    the body's least height is the sum of its parts' least heights.
+    """
+
+    def hasHeightForWidth(self) -> bool:
+        return False
+
+
+class ScrollTabs(QTabWidget):
+    """A ``QTabWidget`` that puts each page in a :class:`PageScroll`.
+
+    Callers keep speaking of their pages: :meth:`widget`, :meth:`indexOf` and
+    :meth:`setCurrentWidget` take and return the page, not its scroll area (:meth:`scroll_area`).
+    """
+
+    def addTab(self, page: QWidget, title: str) -> int:
+        return super().addTab(PageScroll(page, self), title)
+
+    def scroll_area(self, index: int) -> PageScroll | None:
+        area = super().widget(index)
+        return area if isinstance(area, PageScroll) else None
+
+    def widget(self, index: int) -> QWidget | None:
+        area = self.scroll_area(index)
+        return area.widget() if area is not None else super().widget(index)
+
+    def indexOf(self, page: QWidget) -> int:
+        for i in range(self.count()):
+            if self.widget(i) is page:
+                return i
+        return super().indexOf(page)
+
+    def setCurrentWidget(self, page: QWidget) -> None:
+        index = self.indexOf(page)
+        if index >= 0:
+            self.setCurrentIndex(index)

@@ -1,0 +1,120 @@
+"""A whole zero-shot run through the Plugins-menu path, measured with a real event loop
+(issue 21, napari item 10): open a slide (File > Open's reader path, the dock idle), label it
+with test-tiny, its result layers added. A QTimer ticks every 10 ms on the UI thread; the
+longest interval between ticks is the longest the UI froze. Each gap is put down to the step
+it falls in, and the steps are printed.
+
+Budgets: the steps this plugin controls (reading the slide, the model's work, the status
+updates between them) must leave no gap over ``MAX_GAP_S``. Adding a layer is napari's own
+work on the UI thread (its vispy visual, its layer controls, the first paint under Mesa
+llvmpipe), one layer per event-loop turn, three layers in all: each gets ``MAX_LAYER_GAP_S``.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import pairwise
+
+import pytest
+from tests.support.dock_helpers import with_backend
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+MODEL = "test-tiny"
+# The goal is 0.2 s. Measured here at load 12-20 on 2 cores (8 engineers' test runs): 0.10-0.29 s
+# for the plugin's own steps (reading the slide and the model's work in workers, status updates).
+MAX_GAP_S = 0.35
+# napari's: measured 0.3-0.5 s per layer on an idle machine, 0.8-1.4 s at load 12 (the first
+# Labels layer of a process also builds vispy's line dash atlas, 0.3 s). All five layers in one
+# turn froze the UI 1.3 s idle, 4.6 s loaded.
+MAX_LAYER_GAP_S = 2.0
+
+
+class Ticks:
+    """A 10 ms QTimer on the UI thread and the moments layers were added."""
+
+    def __init__(self, viewer) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.ticks: list[float] = []
+        self.marks: list[tuple[float, str]] = []
+        self.added: list[tuple[float, str]] = []
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+        viewer.layers.events.inserted.connect(lambda e: self.added.append((time.perf_counter(), e.value.name)))
+
+    def mark(self, step: str) -> None:
+        self.marks.append((time.perf_counter(), step))
+
+    def steps(self) -> dict[str, float]:
+        """The longest gap of each step: a gap during which a layer was added is that layer's;
+        any other is the step it started in."""
+        out: dict[str, float] = {}
+        for a, b in pairwise(self.ticks):
+            if a < self.marks[0][0] or a > self.marks[-1][0]:
+                continue
+            layer = next((f"adding layer '{name}'" for t, name in self.added if a <= t <= b), None)
+            step = layer or next(s for t, s in reversed(self.marks) if t <= a)
+            out[step] = max(out.get(step, 0.0), b - a)
+        return out
+
+
+def test_a_whole_zero_shot_run_keeps_the_ui_responsive(plugin_viewer, plugin_dock, local_backend, cmu_slide, qtbot,
+                                                        notes, capsys) -> None:
+    import numpy as np
+
+    from backend.api import SlideRef
+
+    # The model loaded and torch imported beforehand (their first import in a process holds
+    # the GIL in dlopen for up to 0.5 s: a once-per-session stall, see test_responsive).
+    from napari_histoclip._compat import keep_triton_out
+    from napari_histoclip._slide import find_slide_layer
+
+    keep_triton_out()  # the canvas has mapped Mesa's LLVM: torch must not load triton now
+    local_backend.embed_slide(SlideRef(str(cmu_slide)), MODEL, progress=None)
+    local_backend.close()  # ... and no embeddings or model kept: the run embeds and loads anew
+    dock = with_backend(plugin_dock, local_backend)
+    dock.model.value = MODEL
+    ticks = Ticks(plugin_viewer)
+    ticks.timer.start()
+    qtbot.wait(100)
+
+    ticks.mark("open: reading in the dock's task runner")
+    layers = plugin_viewer.open(str(cmu_slide), plugin="napari-histoclip")
+    assert layers == [], "with the dock idle, File > Open hands the slide to the dock's task runner"
+    qtbot.waitUntil(lambda: find_slide_layer(plugin_viewer.layers, str(cmu_slide)) is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=60_000)
+    ticks.mark("idle after opening")
+    qtbot.wait(300)
+
+    ticks.mark("zero-shot: loading test-tiny, embedding, labelling in the worker")
+    dock.zero_shot.run_button.native.click()
+    qtbot.waitUntil(lambda: notes.errors or any(n.endswith("class map") for _, n in ticks.added),
+                    timeout=300_000)
+    assert not notes.errors, notes.errors
+    ticks.mark("zero-shot: result shown in steps")
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=60_000)
+    ticks.mark("idle after the run")
+    qtbot.wait(300)
+    ticks.mark("end")
+    ticks.timer.stop()
+
+    assert not notes.errors, notes.errors
+    names = [name for _, name in ticks.added]
+    assert names == ["CMU-1-Small-Region.svs", "CMU-1-Small-Region: class map",
+                     "CMU-1-Small-Region: p(tumor epithelium)"], names
+    added = [t for t, _ in ticks.added]
+    assert all(any(a < t < b for t in ticks.ticks) for a, b in pairwise(added[1:])), "one layer per turn"
+    prob = plugin_viewer.layers["CMU-1-Small-Region: p(tumor epithelium)"]
+    assert prob.metadata["probabilities"].shape[0] == 4 and not prob.visible
+    assert np.asarray(plugin_viewer.layers["CMU-1-Small-Region: class map"].data).any()
+
+    steps = ticks.steps()
+    with capsys.disabled():
+        print("\n[ui] longest UI gap of each step of a whole zero-shot run (test-tiny, CMU):")
+        for step, gap in steps.items():
+            print(f"[ui]   {1000 * gap:5.0f} ms  {step}")
+    ours = {s: g for s, g in steps.items() if not s.startswith("adding layer")}
+    assert max(ours.values()) < MAX_GAP_S, ours
+    napari_own = {s: g for s, g in steps.items() if s.startswith("adding layer")}
+    assert len(napari_own) == 3 and max(napari_own.values()) < MAX_LAYER_GAP_S, napari_own
