@@ -116,7 +116,7 @@ class RegionReads:
             return None
         try:
             return self._read(cache, resolved, region)
-        except Exception:  # the full path repeats the read and reports or repairs what failed
+        except Exception:  # noqa: BLE001 - the full path repeats the read and reports or repairs what failed
             self.forget()
             return None
 
