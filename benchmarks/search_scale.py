@@ -56,6 +56,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iso", type=float, default=0.2, help="isotropic share of a cluster's variance (0.2)")
     p.add_argument("--sweep", action="store_true", help="also print recall/latency over nprobe x k_factor")
     p.add_argument("--k-factors", default="4,8,16", help="k_factor values of --sweep (4,8,16)")
+    p.add_argument("--fp16-rerank", type=int, default=0, metavar="K2",
+                   help="--sweep also tries a second, exact re-ranking: the SQ6 stage keeps K2 of the same "
+                        "k * k_factor candidates, re-ranked from float16 vectors memory-mapped from a file")
     p.add_argument("--through-index", action="store_true",
                    help="also build a CohortIndex slide by slide (SQLite, rebuilds, saves) and time "
                         "CohortIndex.search end to end")
@@ -151,6 +154,32 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
           f"tileset {region_ms['tileset']:.2f} ms ({len(regions)} regions)")
 
 
+def _fp16_file(base: Any, args: argparse.Namespace) -> Any:
+    """``base`` as float16 in a file under ``--workdir`` (a temp dir), memory-mapped read-only:
+    the vectors stay on disk (the page cache), only the rows a query touches are read."""
+    import numpy as np
+
+    path = Path(tempfile.mkdtemp(dir=args.workdir, prefix="search_scale-fp16-")) / "vectors.f16"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=base.shape)
+    for a in range(0, len(base), 100_000):
+        out[a : a + 100_000] = base[a : a + 100_000]
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+def _fp16_rerank(index: Any, mm: Any, q: Any, nprobe: int, k_factor: float, k2: int, fi: Any) -> Any:
+    """Top K of one query: the index's SQ6-re-ranked top ``k2``, re-ranked exactly from ``mm``."""
+    import numpy as np
+
+    _, cand = fi.search(index, q, k2, nprobe=nprobe, k_factor=max(1, round(k_factor)))
+    cand = cand[0][cand[0] >= 0]
+    order = np.sort(cand)  # ascending offsets: sequential-ish reads of the memory map
+    sims = np.asarray(mm[order], dtype=np.float32) @ np.asarray(q, dtype=np.float32).ravel()
+    top = order[np.argsort(-sims)[:K]]
+    return np.concatenate([top, np.full(K - len(top), -1)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -236,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         # "bound": recall@10 when the same k * k_factor candidates are re-ranked exactly (float32
         # vectors): what the re-ranking codes lose, against what the candidate stage misses
         print("\nsweep (recall@10 on all queries, p50 on 200 single queries; bound: exact re-ranking):")
-        print(f"{'nprobe':>8}{'k_factor':>10}{'recall@10':>11}{'bound':>9}{'p50 ms':>9}")
+        mm = _fp16_file(base, args) if args.fp16_rerank else None
+        extra = f"{'fp16 K2=' + str(args.fp16_rerank):>14}{'p50 ms':>9}" if mm is not None else ""
+        print(f"{'nprobe':>8}{'k_factor':>10}{'recall@10':>11}{'bound':>9}{'p50 ms':>9}{extra}")
         for nprobe in sorted({max(1, params.nlist // 64), params.nlist // 32, params.nlist // 16,
                               params.nlist // 8} - {0}):
             for kf in (int(v) for v in args.k_factors.split(",")):
@@ -246,8 +277,14 @@ def main(argv: list[str] | None = None) -> int:
                 _, cand = index.base_index.search(queries, K * kf, params=faiss.SearchParametersIVF(nprobe=nprobe))
                 exact = np.array([c[c >= 0][np.argsort(-(base[c[c >= 0]] @ q))[:K]].tolist()
                                   + [-1] * max(0, K - int((c >= 0).sum())) for c, q in zip(cand, queries, strict=True)])
+                extra = ""
+                if mm is not None:
+                    def two(q, p=nprobe, f=kf):
+                        return _fp16_rerank(index, mm, q, p, K * f / args.fp16_rerank, args.fp16_rerank, fi)
+                    two_found = np.array([two(q) for q in queries])
+                    extra = f"{_recall(two_found, truth):>14.4f}{np.percentile(_time_single(two, queries[:200]), 50):>9.2f}"
                 print(f"{nprobe:>8}{kf:>10}{_recall(f, truth):>11.4f}{_recall(exact, truth):>9.4f}"
-                      f"{np.percentile(sl, 50):>9.2f}")
+                      f"{np.percentile(sl, 50):>9.2f}{extra}")
 
     if args.through_index:
         _through_index(base, queries, truth, args)

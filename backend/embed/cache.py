@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.embed.region_reads import RegionReads
 from backend.embed.types import SlideEmbeddings
 from backend.errors import HistoclipError
 
@@ -248,6 +249,7 @@ class EmbeddingCache:
 
             root = cache_root() / "embeddings"
         self.root = Path(root).expanduser()
+        self.regions = RegionReads()  # repeated region requests on cached slides (region_reads.py)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.root)!r})"
@@ -338,42 +340,13 @@ class EmbeddingCache:
                 )
 
     def _read(self, path: Path, key: CacheKey, *, slide_name: str, slide_path: str) -> SlideEmbeddings:
-        import zarr
-        from zarr.storage import LocalStore
-
-        group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
-        a = dict(group.attrs)
-        version = a.get("format_version")
-        if isinstance(version, int) and version > FORMAT_VERSION:
-            raise EmbeddingCacheError(
-                f"embedding cache store {path} has format version {version}, newer than the {FORMAT_VERSION} "
-                "this napari-histoclip reads (another install wrote it): upgrade napari-histoclip, or give "
-                "this one its own cache (HISTOCLIP_CACHE_DIR); the store was left as it is"
-            )
-        if version != FORMAT_VERSION or not a.get("complete"):
-            raise _DamagedStore(f"format_version {version!r}, complete={a.get('complete')!r}")
-        found = CacheKey(a["slide_fingerprint"], a["model_id"], a["spec_key"])
-        if found != key:
-            raise _DamagedStore(f"store records {found}, expected {key}")
+        group, a = open_checked(path, key)
         vectors = np.asarray(group["vectors"][:], dtype=np.float32)
         if int(a["done"]) != len(vectors) or not np.isfinite(vectors).all():
             raise _DamagedStore(f"done={a['done']} of {len(vectors)} rows, or non-finite vectors")
-        return SlideEmbeddings(
-            slide_fingerprint=key.fingerprint,
-            slide_name=slide_name,
-            slide_path=slide_path,
-            model_id=key.model_id,
-            spec=_spec_from_dict(a["spec"]),
-            spec_key=key.spec_key,
-            coords=group["coords"][:],
-            tile_extent=float(a["tile_extent"]),
-            grid_index=group["grid_index"][:],
-            grid_shape=tuple(a["grid_shape"]),
-            vectors=vectors,
-            stride=float(a["stride"]),
-            origin=tuple(a["origin"]),
-            slide_dimensions=tuple(a["slide_dimensions"]),
-            slide_mpp=a["slide_mpp"],
+        return embeddings_of(
+            key, a, slide_name=slide_name, slide_path=slide_path,
+            coords=group["coords"][:], grid_index=group["grid_index"][:], vectors=vectors,
         )
 
     # --- writing -----------------------------------------------------------------------
@@ -450,3 +423,65 @@ class EmbeddingCache:
                 shutil.rmtree(p)
                 removed = True
         return removed
+
+
+def open_checked(path: Path, key: CacheKey) -> tuple[Any, dict[str, Any]]:
+    """The finished store at ``path`` opened read-only, and its attributes, once they prove
+    it is a complete store of ``key`` in a format this version reads.
+
+    Raises
+    ------
+    EmbeddingCacheError
+        The store was written by a newer format version.
+    _DamagedStore
+        Its attributes say it is incomplete, of another format or of another key.
+    """
+    import zarr
+    from zarr.storage import LocalStore
+
+    group = zarr.open_group(store=LocalStore(path, read_only=True), mode="r")
+    a = dict(group.attrs)
+    version = a.get("format_version")
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise EmbeddingCacheError(
+            f"embedding cache store {path} has format version {version}, newer than the {FORMAT_VERSION} "
+            "this napari-histoclip reads (another install wrote it): upgrade napari-histoclip, or give "
+            "this one its own cache (HISTOCLIP_CACHE_DIR); the store was left as it is"
+        )
+    if version != FORMAT_VERSION or not a.get("complete"):
+        raise _DamagedStore(f"format_version {version!r}, complete={a.get('complete')!r}")
+    found = CacheKey(a["slide_fingerprint"], a["model_id"], a["spec_key"])
+    if found != key:
+        raise _DamagedStore(f"store records {found}, expected {key}")
+    return group, a
+
+
+def embeddings_of(
+    key: CacheKey,
+    attrs: dict[str, Any],
+    *,
+    slide_name: str,
+    slide_path: str,
+    coords: np.ndarray,
+    grid_index: np.ndarray,
+    vectors: np.ndarray,
+) -> SlideEmbeddings:
+    """:class:`SlideEmbeddings` of a store's rows (all of them, or a region's) and attributes."""
+    a = attrs
+    return SlideEmbeddings(
+        slide_fingerprint=key.fingerprint,
+        slide_name=slide_name,
+        slide_path=slide_path,
+        model_id=key.model_id,
+        spec=_spec_from_dict(a["spec"]),
+        spec_key=key.spec_key,
+        coords=coords,
+        tile_extent=float(a["tile_extent"]),
+        grid_index=grid_index,
+        grid_shape=tuple(a["grid_shape"]),
+        vectors=vectors,
+        stride=float(a["stride"]),
+        origin=tuple(a["origin"]),
+        slide_dimensions=tuple(a["slide_dimensions"]),
+        slide_mpp=a["slide_mpp"],
+    )

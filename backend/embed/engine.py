@@ -304,9 +304,22 @@ def iter_embed_slide(
         "channels_last": channels_last,
         "cancel": cancel,
     }
+    # A path's store key, remembered by the file's stat identity: a repeated region request on
+    # a cached slide reads the region's rows without opening or fingerprinting the slide.
+    sig = None
+    if cache is not None and tissue is None and isinstance(slide, (str, os.PathLike)):
+        from backend.embed.region_reads import slide_signature
+
+        sig = slide_signature(slide, mpp, str(model.model_id), spec, use_tissue)
+        hit = cache.regions.read(cache, sig, region) if region is not None else None
+        if hit is not None:
+            yield embed_progress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, hit.slide_name)
+            return hit
     with slide_arg(slide, mpp) as slide:
         key = _cache_key(slide, str(model.model_id), spec, grid_kw)
         name = str(slide.name)
+        if sig is not None:
+            cache.regions.remember(sig, key, name, str(slide.path))
         hit = _cached(cache, key, slide, region)
         if hit is not None:
             yield embed_progress(hit.n_tiles, hit.n_tiles, EmbedStage.CACHED, name)

@@ -104,6 +104,45 @@ def test_clipit_lora_on_a_timm_student_bundles_the_tuned_encoder_histoclip_class
 
 
 @pytest.mark.slow
+def test_clipit_full_tuning_of_a_timm_student_bundles_every_tuned_weight_histoclip_classify_applies(
+    testdata: Path, cmu_slide: Path, tmp_path: Path
+) -> None:
+    """``--tuning full`` on the timm student: the classifier's backbone is an image-only timm
+    bundle whose weights moved everywhere, the patch embedding too (which LoRA's targets never
+    touch), with the base model's pooling and preprocessing; ``histoclip classify`` applies it."""
+    import torch
+
+    from backend.models import load_model
+    from backend.models.classifier import BackboneSource, load_classifier
+
+    data = make_clipit_data(testdata, tmp_path / "data", {"train": 8, "val": 4})
+    out = tmp_path / "run"
+    code, _, err = run_main(training, ["clipit", "--model", MODEL, "--text-model", "test-tiny", "--tuning", "full",
+                                  "--pairs", str(data / "pairs.csv"), "--val", str(data / "val"),
+                                  "--out", str(out), *CLIPIT, "--epochs", "2", "--lr", "3e-2"])
+    assert code == 0, err
+    clf = load_classifier(out / "classifier")
+    assert clf.backbone_source is BackboneSource.BUNDLE and clf.trained_from == MODEL
+    manifest = json.loads((out / "classifier" / "backbone" / "histoclip.json").read_text())
+    assert manifest["family"] == "timm" and manifest["towers"] == "image" and manifest["base_model"] == MODEL
+    tuned, base = load_model(clf.model, device="cpu"), load_model(MODEL, device="cpu")
+    assert tuned.model_id == clf.model_id != base.model_id
+    assert tuned.pooling is base.pooling and tuned.preprocessing == base.preprocessing and tuned.embed_dim == 48
+    tuned_sd, base_sd = tuned.module.state_dict(), base.module.state_dict()
+    assert tuned_sd.keys() == base_sd.keys()  # the plain architecture: no adapters, nothing missing
+    patch = next(k for k in tuned_sd if k.endswith("patch_embed.proj.weight"))
+    assert not torch.allclose(tuned_sd[patch], base_sd[patch])  # full tuning moved the patch embedding
+    moved = [k for k in tuned_sd if tuned_sd[k].is_floating_point() and not torch.equal(tuned_sd[k], base_sd[k])]
+    assert len(moved) > len(tuned_sd) // 2, moved
+    code, stdout, err = run_main(histoclip, ["classify", str(cmu_slide), "--classifier", str(out / "classifier"),
+                                        "--out", str(tmp_path / "map"), "--device", "cpu"])
+    assert code == 0, err
+    assert "tiles classified by 'run'" in stdout
+    tiles = json.loads((tmp_path / "map" / "tiles.geojson").read_text())["features"]
+    assert tiles and all(f["properties"]["classification"]["name"] for f in tiles)  # every tile got a class
+
+
+@pytest.mark.slow
 def test_linear_probe_and_knn_with_a_timm_encoder(testdata: Path, tmp_path: Path) -> None:
     tiles = make_tile_classes(testdata, tmp_path / "tiles", {"train": 10, "test": 6})
     common = ["--model", MODEL, "--no-cache", "--device", "cpu", "--train", str(tiles / "train"),
