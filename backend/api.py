@@ -483,9 +483,13 @@ class Backend(Protocol):
 
 
 # Slide-level answers (issue 18): defined in backend.api_slide_level, part of this interface.
-from backend.api_slide_level import (  # noqa: E402, F401 - after SlideRef and TileOptions, which it uses
-    EvidenceTile, SlideHit, SlideSearchRequest, SlideSearchResult, SlideZeroShotRequest, SlideZeroShotResult,
-)
-
 # Captions from a corpus and caption grounding (issue 19): defined in backend.api_captions.
 from backend.api_captions import CorpusCaptionRequest, GroundingRequest, GroundingResult  # noqa: E402, F401
+from backend.api_slide_level import (  # noqa: E402, F401 - after SlideRef and TileOptions, which it uses
+    EvidenceTile,
+    SlideHit,
+    SlideSearchRequest,
+    SlideSearchResult,
+    SlideZeroShotRequest,
+    SlideZeroShotResult,
+)

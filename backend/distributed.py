@@ -174,8 +174,8 @@ def build_index_ray(
     """
     from backend.embed import EmbeddingCache
     from backend.models.identity import recordable_model_name
-    from backend.slides import expand_slides
     from backend.paths import cache_root
+    from backend.slides import expand_slides
 
     _check_options(options)
     slides = expand_slides(request.slides)
@@ -357,8 +357,8 @@ def embed_cohort_ray(
     between slides (those finished stay cached).
     """
     from backend.embed import EmbeddingCache, lookup_cached
-    from backend.resources import slide_mpp_fallback
     from backend.paths import cache_root
+    from backend.resources import slide_mpp_fallback
 
     _check_options(options)
     ray = _import_ray()

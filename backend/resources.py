@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar, Union
+from typing import TYPE_CHECKING, TypeVar
 
 from backend import api
 from backend.embed import EmbeddingCache, SlideEmbeddings
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from backend.index import CohortIndex
     from backend.models.encoder import Encoder
 
-    Reader = Union[CohortIndex, CorpusIndex]
+    Reader = CohortIndex | CorpusIndex
 
 T = TypeVar("T")
 

@@ -37,9 +37,8 @@ def build(threads: int):
     from PIL import Image
 
     torch.set_num_threads(threads)
-    from benchmarks.embed_throughput import vit_b32_random  # the same ViT-B-32 wrapper as the embedding benchmark
-
     from backend.caption import Captioner, ClipCapModel, MapperConfig
+    from benchmarks.embed_throughput import vit_b32_random  # the same ViT-B-32 wrapper as the embedding benchmark
     from tests.support.decoders import tiny_gpt2, word_tokenizer
 
     clip_model, _ = vit_b32_random("cpu")

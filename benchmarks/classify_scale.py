@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from backend.models.classifier import Classifier, load_classifier, save_classifier
     from backend.models.heads import FusionHead, LinearHead
-    from backend.tasks.refine import head_class_map
     from backend.palette import class_colors
+    from backend.tasks.refine import head_class_map
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")
     emb, text, _ = synthetic(args.tiles, args.classes)
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     colors = class_colors(c)
     rng = np.random.default_rng(2)
     linear = LinearHead(names, colors, 100.0 * text, rng.normal(size=c))
-    layers = ((rng.normal(size=(h, t)) / np.sqrt(t), rng.normal(size=h)), (rng.normal(size=(c, h)) / np.sqrt(h), rng.normal(size=c)))
+    layers = ((rng.normal(size=(h, t)) / np.sqrt(t), rng.normal(size=h)),
+              (rng.normal(size=(c, h)) / np.sqrt(h), rng.normal(size=c)))
     fusion = FusionHead(names, colors, linear.weight, linear.bias, rng.normal(size=(t, d)) / np.sqrt(d),
                         rng.normal(size=t), layers, 0.5)
     print(f"{args.tiles:,} tiles x {d} dims, {c} classes; late fusion: text space {t}, MLP {t} -> {h} -> {c}")

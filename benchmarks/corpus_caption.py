@@ -106,8 +106,8 @@ def grounding_ratio(threads: int, runs: int) -> tuple[float, float]:
 
     from backend.caption import Captioner, ClipCapModel, DecodeConfig, MapperConfig
     from backend.caption.attribution import leave_one_out_support
-    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.embed.region import pool
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
 
     torch.set_num_threads(threads)
     tokenizer = word_tokenizer([" ".join(f"w{i}" for i in range(50256))])

@@ -32,11 +32,10 @@ TESTDATA = (ROOT / ".." / "shared" / "testdata").resolve()
 
 def planted_features(tmp: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[str, ...]]:
     """(vectors, truth, text weights, logit scale, class names) of the planted slide."""
-    from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
-
     from backend.api import SlideRef, TileOptions
     from backend.local import LocalBackend
     from backend.tasks.zero_shot import DEFAULT_TEMPLATES, class_text_features, parse_classes
+    from tests.support.planted_textures import CLASSES, planted_tiles, write_tiles
 
     tiles, truth = planted_tiles(TESTDATA)
     path = write_tiles(tmp / "planted.tif", tiles)

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from backend.models.classifier import Classifier, load_classifier, save_classifier
-    from backend.tasks.refine import head_class_map, refine, text_head
     from backend.palette import class_colors
+    from backend.tasks.refine import head_class_map, refine, text_head
     from backend.tasks.zero_shot import ClassPrompt, classify
 
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} cores)")

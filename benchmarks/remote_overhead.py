@@ -38,9 +38,9 @@ def build_models(models: Path) -> tuple[str, str]:
     import torch
 
     from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
-    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.models import load_model, save_bundle
     from benchmarks.embed_throughput import vit_b32_random
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
 
     clip, _ = vit_b32_random("cpu")
     path = save_bundle(clip, models / "vit-b32-random", name="vit-b32-random", random_weights=True)

@@ -39,11 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="working folder, kept (default: a temp dir)")
     args = p.parse_args(argv)
 
-    from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, fine_tune, planted_slide
-
     from backend import api
     from backend.local import LocalBackend
     from backend.tasks.slide_search import rank_slides
+    from tests.support.slide_level_data import BACKGROUND, OTHER, PLANTED, fine_tune, planted_slide
 
     keep = contextlib.nullcontext(args.out) if args.out else tempfile.TemporaryDirectory(prefix="histoclip-signature-")
     with keep as tmp:

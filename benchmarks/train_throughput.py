@@ -108,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from benchmarks.embed_throughput import vit_b32_random
-
     from backend.models import save_bundle
+    from benchmarks.embed_throughput import vit_b32_random
 
     if args.warmup < 1 or args.steps < 2 or args.rounds < 1:
         p.error("needs --warmup >= 1, --steps >= 2, --rounds >= 1")

@@ -75,8 +75,8 @@ def tiny_captioner(tmp_path_factory) -> Path:
 
     keep_triton_out()
     from backend.caption import Captioner, ClipCapModel, MapperConfig, save_captioner
-    from tests.support.decoders import tiny_gpt2, word_tokenizer
     from backend.models.registry import resolve_model
+    from tests.support.decoders import tiny_gpt2, word_tokenizer
 
     dim = resolve_model("test-tiny").embed_dim
     tok = word_tokenizer(TOY_CAPTIONS)

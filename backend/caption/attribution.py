@@ -61,7 +61,9 @@ def caption_token_spans(tokenizer: object, caption: str) -> tuple[list[int], lis
 
 
 @torch.inference_mode()
-def token_log_probs(captioner: Captioner, embeddings: np.ndarray, token_ids: Sequence[int], *, batch_size: int = 32) -> np.ndarray:
+def token_log_probs(
+    captioner: Captioner, embeddings: np.ndarray, token_ids: Sequence[int], *, batch_size: int = 32
+) -> np.ndarray:
     """(B, T) log-probabilities of ``token_ids`` given each row's prefix, by teacher forcing.
 
     Every row scores the same tokens, so rows batch without padding; each batch is one

@@ -30,12 +30,12 @@ from typing import Any
 import torch
 
 from backend import __version__
-from backend.caption.captioner import Captioner, check_clip_model_id
-from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load_tokenizer
-from backend.errors import HistoclipError
 
 # The registry owns the envelope: manifest name, reading, weights checks, atomic replacement.
 from backend.atomic import make_temp_dir, recover_dir, replace_dir
+from backend.caption.captioner import Captioner, check_clip_model_id
+from backend.caption.model import ClipCapModel, MapperConfig, load_decoder, load_tokenizer
+from backend.errors import HistoclipError
 from backend.models.bundle import (
     BundleError,
     _subdir,
@@ -44,7 +44,8 @@ from backend.models.bundle import (
     read_kind_manifest,
     sha256_file,
 )
-from backend.models.registry import MANIFEST_NAME, read_manifest as _read_any_manifest
+from backend.models.registry import MANIFEST_NAME
+from backend.models.registry import read_manifest as _read_any_manifest
 
 FORMAT_VERSION = 1
 KIND = "clipcap"

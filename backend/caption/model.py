@@ -311,14 +311,17 @@ def _from_pretrained_or_hub(loader: Any, what: str, name_or_path: str | Path, re
             why = "HF_HUB_OFFLINE is set" if is_offline() else "the hub is unreachable"
             head = HEAD_OFFLINE if is_offline() else HEAD_UNREACHABLE  # cause and remedy first (the toast)
             raise WeightsNotFoundError(
-                f"{head.format(what=name)}{what} {name!r}: not a local folder and not in the Hugging Face cache {cache}, and {why}. "
+                f"{head.format(what=name)}{what} {name!r}: not a local folder and not in the Hugging Face cache "
+                f"{cache}, and {why}. "
                 f"Download it once with network access (`hf download {name}`) and copy the cache "
                 "(set HF_HOME / HF_HUB_CACHE to it), or pass a local folder (save_pretrained output)."
             ) from cached_miss
     try:
         return loader.from_pretrained(name, revision=revision, cache_dir=cache)
     except (OSError, ValueError) as e:
-        raise WeightsNotFoundError(f"{HEAD_FAILED.format(what=name)}{what} {name!r}: could not be loaded from the Hugging Face hub ({e})") from e
+        raise WeightsNotFoundError(
+            f"{HEAD_FAILED.format(what=name)}{what} {name!r}: could not be loaded from the Hugging Face hub ({e})"
+        ) from e
 
 
 def load_decoder(

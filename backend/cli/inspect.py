@@ -13,7 +13,8 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("info", help="levels, resolution and tissue fraction of slides")
     p.add_argument("slides", nargs="+", metavar="SLIDE", help="slide files")
-    p.add_argument("--slide-mpp", type=float, default=None, help="the slides' own µm per level-0 pixel, for slides whose metadata has none")
+    p.add_argument("--slide-mpp", type=float, default=None,
+                   help="the slides' own µm per level-0 pixel, for slides whose metadata has none")
     p.set_defaults(handler=_info)
 
 

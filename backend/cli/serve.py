@@ -13,8 +13,10 @@ from backend.errors import InputError
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the backend over HTTP (models, caches and indexes stay on this machine)")
     p.add_argument("--slides", action="append", default=[], metavar="DIR", help="a folder of slides clients may use (repeatable)")
-    p.add_argument("--indexes", action="append", default=[], metavar="DIR", help="a folder of cohort indexes (repeatable; new ones go in the first)")
-    p.add_argument("--models", action="append", default=[], metavar="DIR", help="a folder of model and captioner bundles (repeatable)")
+    p.add_argument("--indexes", action="append", default=[], metavar="DIR",
+                   help="a folder of cohort indexes (repeatable; new ones go in the first)")
+    p.add_argument("--models", action="append", default=[], metavar="DIR",
+                   help="a folder of model and captioner bundles (repeatable)")
     p.add_argument("--corpora", action="append", default=[], metavar="DIR",
                    help="a folder of caption corpora (.txt, .csv, .parquet, .jsonl) clients caption from (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
@@ -23,7 +25,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--tokens", default=None, help="token file (default: <state dir>/tokens.json)")
     p.add_argument("--add-token", metavar="NAME", default=None, help="make a token for NAME, print it once, and exit")
     p.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without tokens")
-    p.add_argument("--allow-hub-models", action="store_true", help="let clients name any hf-hub: model (downloads onto this server)")
+    p.add_argument("--allow-hub-models", action="store_true",
+                   help="let clients name any hf-hub: model (downloads onto this server)")
     p.add_argument("--workers", type=int, default=1, help="worker threads per device (default 1)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     p.add_argument("--batch-size", type=int, default=32, help="tiles per model call (default 32)")

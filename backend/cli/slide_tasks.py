@@ -269,7 +269,7 @@ def _embed_with(backend: api.Backend, args: argparse.Namespace) -> int:
     for path in args.slides if args.server else expand_slides(args.slides):  # a server's slides are names
         try:
             slide = SlideRef(path, args.slide_mpp)
-            r = with_bar(path, lambda bar: backend.embed_slide(slide, args.model, tiles, progress=bar))
+            r = with_bar(path, lambda bar, slide=slide: backend.embed_slide(slide, args.model, tiles, progress=bar))
         except (CancelledError, RemoteError):  # the server, not this slide: stop
             raise
         except HistoclipError as e:
@@ -421,9 +421,8 @@ def _caption_with(backend: api.Backend, args: argparse.Namespace, box: tuple[flo
 
 def _demo(args: argparse.Namespace) -> int:
     from backend.api import SlideRef
-    from backend.sample_data import sample_slide
-
     from backend.needs import Task, check_before_load
+    from backend.sample_data import sample_slide
 
     check_before_load(args.model, Task.ZERO_SHOT)  # the demo labels a slide from prompts
     slide_path = Path(args.slide) if args.slide else sample_slide()

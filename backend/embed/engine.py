@@ -27,8 +27,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
 from backend.api import Progress
+from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
 from backend.embed.types import EmbedStage, SlideEmbeddings, embed_progress
 from backend.errors import CancelledError, InputError
 from backend.geometry import RegionLike, region_polygon, tiles_in_region

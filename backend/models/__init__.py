@@ -35,9 +35,9 @@ if TYPE_CHECKING:
     from backend.models.clip import ClipModel, OpenClipModel
     from backend.models.conch import ConchModel
     from backend.models.encoder import Encoder
-    from backend.models.vision import HfVisionEncoder, TimmEncoder
     from backend.models.hf_clip import HfClipModel
     from backend.models.loading import load_model
+    from backend.models.vision import HfVisionEncoder, TimmEncoder
 
 # name -> submodule that defines it (imported when first asked for)
 _LAZY = {

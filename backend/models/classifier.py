@@ -36,7 +36,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,7 +221,7 @@ def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, ove
         "tiles": _check_tiles(classifier.tiles, "classifier tiles"),
         "unknown_threshold": classifier.unknown_threshold,
         "card": dict(classifier.card),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "histoclip_version": backend.__version__,
     }
     try:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from backend.remote.client import TOKEN_ENV, HttpBackend
 from backend.remote.wire import (
-    ApiVersionError, AuthError, CallTimeoutError, JobInterruptedError, LimitError, RemoteError, ServerUnreachableError,
+    ApiVersionError,
+    AuthError,
+    CallTimeoutError,
+    JobInterruptedError,
+    LimitError,
+    RemoteError,
+    ServerUnreachableError,
 )
 
 __all__ = [

@@ -27,9 +27,21 @@ import numpy as np
 from backend import api
 from backend.errors import CancelledError, LimitExceededError
 from backend.remote.wire import (
-    API_VERSION, CALLS, JSON_TYPE, AuthError, EmbedRequest, EncodeImageRequest, EncodeResult, EncodeTextRequest,
-    LimitError, RemoteError, ServerUnreachableError,
-    check_version, decode, encode, error_from_wire,
+    API_VERSION,
+    CALLS,
+    JSON_TYPE,
+    AuthError,
+    EmbedRequest,
+    EncodeImageRequest,
+    EncodeResult,
+    EncodeTextRequest,
+    LimitError,
+    RemoteError,
+    ServerUnreachableError,
+    check_version,
+    decode,
+    encode,
+    error_from_wire,
 )
 
 TOKEN_ENV = "HISTOCLIP_TOKEN"

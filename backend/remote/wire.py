@@ -407,7 +407,8 @@ def check_version(server_version: str, where: str) -> None:
 
 
 __all__ = [
-    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "CallTimeoutError", "EmbedRequest", "EncodeImageRequest",
+    "API_VERSION", "ApiVersionError", "AuthError", "BUNDLE_TYPE", "CALLS", "Call", "CallTimeoutError", "EmbedRequest",
+    "EncodeImageRequest",
     "EncodeResult", "EncodeTextRequest", "JSON_TYPE",
     "JobInterruptedError", "LimitError", "RemoteError", "ServerUnreachableError", "check_version",
     "decode", "encode", "error_from_wire", "error_to_wire", "from_plain", "pack", "to_plain", "unpack",

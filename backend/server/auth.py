@@ -19,7 +19,7 @@ import json
 import os
 import re
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.atomic import atomic_write_text
@@ -67,7 +67,7 @@ class TokenStore:
             raise InputError(f"--add-token {name!r}: a token of that name exists in {self.path}; pick another name")
         token = secrets.token_urlsafe(32)
         self._entries.append((name, _digest(token)))
-        self._created.append(datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        self._created.append(datetime.now(UTC).isoformat(timespec="seconds"))
         data = {"tokens": [{"name": n, "sha256": h, "created": c} for (n, h), c in zip(self._entries, self._created)]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps(data, indent=1), mode=0o600)

@@ -66,7 +66,8 @@ class Guard:
             limit = self.state.config.limits.max_body_bytes
             declared = headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                await _reply(send_status, 413, "LimitError", f"request body of {declared} bytes; this server takes at most {limit}")
+                await _reply(send_status, 413, "LimitError",
+                             f"request body of {declared} bytes; this server takes at most {limit}")
                 return
             await self.app(scope, _limited(receive, limit), send_status)
         except BodyTooLarge:

@@ -235,7 +235,9 @@ class JobManager:
             mine = [j for j in active if j.owner == owner and (j.priority == Priority.BULK) == (priority == Priority.BULK)]
             if len(mine) >= self.max_per_token:
                 kind = "bulk" if priority == Priority.BULK else "interactive"
-                raise QueueFullError(f"token {token!r} already has {self.max_per_token} unfinished {kind} jobs (queued or running)")
+                raise QueueFullError(
+                    f"token {token!r} already has {self.max_per_token} unfinished {kind} jobs (queued or running)"
+                )
             job = Job(id=uuid.uuid4().hex, call=call, token=token, slide=slide, priority=priority, work=work, owner=owner)
             self._jobs[job.id] = job
             self._trim(owner)
@@ -281,7 +283,8 @@ class JobManager:
             if queued:
                 job.state = JobState.CANCELLED
         if queued:
-            self._finish(job, JobState.CANCELLED, error={"type": "CancelledError", "message": f"job {job.id} cancelled before it started"})
+            self._finish(job, JobState.CANCELLED,
+                         error={"type": "CancelledError", "message": f"job {job.id} cancelled before it started"})
 
     def close(self) -> None:
         for q in (self._any, self._interactive):
@@ -312,7 +315,8 @@ class JobManager:
             else:
                 self._finish(job, JobState.DONE)
 
-    def _finish(self, job: Job, state: JobState, *, error: dict[str, Any] | None = None, exc: BaseException | None = None) -> None:
+    def _finish(self, job: Job, state: JobState, *, error: dict[str, Any] | None = None,
+                exc: BaseException | None = None) -> None:
         from backend.remote.wire import error_to_wire
 
         if exc is not None and error is None:

@@ -17,9 +17,8 @@ from backend.caption import (
     load_captioner,
     save_captioner,
 )
-from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, ModelError, ModelMismatchError, UnknownModelError
-
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 
 CONFIG = DecodeConfig(num_beams=3, n_best=2, max_new_tokens=6)
 

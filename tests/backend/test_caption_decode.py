@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from backend.caption import Captioner, ClipCapModel, DecodeConfig, DecodeStrategy, MapperConfig, decode_prefixes
-from tests.support.decoders import tiny_gpt2, word_tokenizer
 from backend.errors import InputError, ModelMismatchError
+from tests.support.decoders import tiny_gpt2, word_tokenizer
 
 # pytest resets warning filters per test; decode.py's own filter for this message applies outside tests
 pytestmark = pytest.mark.filterwarnings("ignore:Passing `.*` with `inputs_embeds`:UserWarning")

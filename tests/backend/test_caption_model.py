@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from backend.caption import ClipCapModel, MapperConfig, MapperKind, build_mapper, load_decoder, load_tokenizer
-from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import InputError, WeightsNotFoundError
-
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 
 CAPTIONS = ["h&e stained colorectal tissue with glands", "blank background slide area", "red pen marker on glass"]
 

@@ -128,7 +128,6 @@ def test_image_only_transformers_backbone(tmp_path: Path) -> None:
     from backend.models.bundle import save_bundle
     from backend.models.hf_clip import HfClipModel
     from backend.models.registry import ModelEntry, ModelFamily, Preprocessing, SourceKind
-
     from tests.support.hf_clip import tiny_clip_config
 
     module = CLIPModel(CLIPConfig.from_dict(tiny_clip_config()))

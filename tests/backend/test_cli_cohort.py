@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.cli_run import run_main
 
-from tests.support import cohort_data as cd
 from backend.cli import main
 from backend.index import CohortIndex
+from tests.support import cohort_data as cd
+from tests.support.cli_run import run_main
 
 TS = 224
 MODEL_FLAGS = ["--model", "test-tiny", "--mpp", str(cd.MPP), "--tile-size", str(TS)]

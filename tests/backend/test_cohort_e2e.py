@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import cohort_data as cd
 from backend import api
 from backend.errors import CancelledError
 from backend.index import CohortIndex
 from backend.local import LocalBackend
 from backend.slides import slide_fingerprint
+from tests.support import cohort_data as cd
 
 TS = 224  # tile side, level-0 px of the generated slides (tiles are cut at their mpp)
 TILES = api.TileOptions(tile_size=TS, mpp=cd.MPP)

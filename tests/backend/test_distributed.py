@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support import cohort_data as cd
 from backend import api
 from backend.distributed import RayOptions, _check_reachable, _share, _worker_shape, build_index_ray
 from backend.errors import InputError, ModelError
 from backend.index import CohortIndex
 from backend.index.store import DB_NAME, MetaStore
 from backend.local import LocalBackend
+from tests.support import cohort_data as cd
 
 ray = pytest.importorskip("ray")
 

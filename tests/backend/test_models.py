@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import hub_helpers
 import numpy as np
 import pytest
 import torch
@@ -30,7 +29,7 @@ from backend.models import (
 )
 from backend.models.bundle import BundleError, bundle_model_id, sha256_file
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
-
+from tests.support import hub_helpers
 
 QUILT_REPO = "wisdomik/QuiltNet-B-32"
 REV = "0123456789abcdef0123456789abcdef01234567"

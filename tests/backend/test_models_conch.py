@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.support.encoder_helpers import REV
-from tests.support.hub_helpers import make_hub_repo, smooth_images
 
 from backend.errors import ModelError
 from backend.models import Capability, load_model, resolve_model
+from tests.support.encoder_helpers import REV
+from tests.support.hub_helpers import make_hub_repo, smooth_images
 
 pytest.importorskip("conch.open_clip_custom")
 

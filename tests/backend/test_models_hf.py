@@ -7,8 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.support import hub_helpers
-from tests.support.hf_clip import PLIP_REPO, REV, clip_tokenizer_files, make_hub_repo, tiny_clip_config
 import numpy as np
 import pytest
 import torch
@@ -17,6 +15,8 @@ import torch.nn.functional as F
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import HfClipModel, ModelFamily, load_model, save_bundle
 from backend.models.registry import OPENAI_MEAN, OPENAI_STD
+from tests.support import hub_helpers
+from tests.support.hf_clip import PLIP_REPO, REV, clip_tokenizer_files, make_hub_repo, tiny_clip_config
 
 
 def smooth_images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
+from backend.errors import ModelError
+from backend.models import load_model, resolve_model
+from backend.models.vision import HfVisionEncoder
 from tests.support.encoder_helpers import (
     REV,
     save_hf_vision_hub_repo,
     tiny_entry,
 )
 from tests.support.hub_helpers import smooth_images
-
-from backend.errors import ModelError
-from backend.models import load_model, resolve_model
-from backend.models.vision import HfVisionEncoder
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tests.support import hub_helpers
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,7 @@ from backend.models import load_model, resolve_model
 from backend.models.identity import describe, is_legacy, legacy_ids
 from backend.models.loading import TEST_TINY_CONFIG, build_open_clip_module
 from backend.slides import TileSpec
+from tests.support import hub_helpers
 
 QUILT_REPO = "wisdomik/QuiltNet-B-32"
 REV_A = "a" * 8 + "0123456789abcdef0123456789abcdef"

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
 
 from backend.embed import EmbeddingCache, EmbedStage, embed_slide
 from backend.models import load_model
 from backend.models.identity import describe, mismatch_message, same_model_other_weights
 from backend.slides import TileSpec
+from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
 
 SPEC = TileSpec(tile_size=224, mpp=2.0)  # a handful of tiles on CMU
 REV2 = "fedcba0987654321fedcba0987654321fedcba09"

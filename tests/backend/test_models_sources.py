@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
-from tests.support.hub_helpers import smooth_images
 
 from backend.errors import ModelError, WeightsNotFoundError
 from backend.models import hub as hub_module
 from backend.models import load_model, resolve_model
 from backend.models.identity import describe
 from backend.models.sources import weights_env_var
+from tests.support.encoder_helpers import REV, save_timm_hub_repo, tiny_entry
+from tests.support.hub_helpers import smooth_images
 
 TOAST = 80  # the dock shows a message's first characters as a one-line toast
 

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from backend.errors import CapabilityError, ModelError, UnknownModelError
+from backend.models import Capability, load_model, resolve_model
+from backend.models.encoder import Encoder
+from backend.models.vision import TimmEncoder
 from tests.support.encoder_helpers import (
     REV,
     TINY_SIZE,
@@ -19,11 +24,6 @@ from tests.support.encoder_helpers import (
     tiny_entry,
 )
 from tests.support.hub_helpers import smooth_images
-
-from backend.errors import CapabilityError, ModelError, UnknownModelError
-from backend.models import Capability, load_model, resolve_model
-from backend.models.encoder import Encoder
-from backend.models.vision import TimmEncoder
 
 # What each real repository's config.json sets (model_args) beyond the architecture's defaults.
 VIRCHOW2_ARGS = {"img_size": 224, "init_values": 1e-5, "num_classes": 0, "reg_tokens": 4, "mlp_ratio": 5.3375,

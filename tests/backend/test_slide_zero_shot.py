@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.slide_level_data import BLOCK, PLANTED, planted_slide
 
 from backend import api
 from backend.embed.types import TileLayout
@@ -17,6 +16,7 @@ from backend.errors import InputError
 from backend.local import LocalBackend
 from backend.tasks.slide_zero_shot import Pooling, PoolingOptions, pool_tile_scores
 from tests.support.planted_textures import CLASSES
+from tests.support.slide_level_data import BLOCK, PLANTED, planted_slide
 
 LABELS = tuple(CLASSES[k] for k in PLANTED)
 

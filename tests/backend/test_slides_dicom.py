@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.dicom_data import dicom_wsi_folder
 
 from backend.errors import UnsupportedSlideError
 from backend.slides import MppSource, ReaderName, expand_slides, open_slide, slide_fingerprint
+from tests.support.dicom_data import dicom_wsi_folder
 
 pytestmark = pytest.mark.slow  # the session's one conversion takes 5-15 s here
 

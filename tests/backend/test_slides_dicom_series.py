@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.dicom_data import dicom_wsi_folder
 
 from backend.errors import UnsupportedSlideError
 from backend.slides import expand_slides, open_slide, slide_fingerprint, slide_target
+from tests.support.dicom_data import dicom_wsi_folder
 
 pytestmark = pytest.mark.slow  # the session's one DICOM conversion takes 5-15 s here
 

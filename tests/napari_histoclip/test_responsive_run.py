@@ -16,6 +16,7 @@ import time
 from itertools import pairwise
 
 import pytest
+
 from tests.support.dock_helpers import with_backend
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]

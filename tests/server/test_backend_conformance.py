@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.errors import CancelledError, InputError, SlideNotFoundError, UnknownModelError
 from backend.local import LocalBackend
 from backend.remote import HttpBackend
+from tests.support.server import TILES, running_server
 
 pytestmark = pytest.mark.slow
 LABELS = ("tumor", "stroma", "fat")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.errors import CapabilityError
 from backend.remote import HttpBackend
+from tests.support.server import TILES, running_server
 
 SLIDE = "CMU-1-Small-Region.svs"
 

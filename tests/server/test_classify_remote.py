@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.server import running_server
 
 from backend import api
 from backend.local import LocalBackend
 from backend.remote import HttpBackend
+from tests.support.server import running_server
 
 pytestmark = pytest.mark.slow  # a server, test-tiny embeddings of CMU-1-Small-Region by two backends
 SLIDE = "CMU-1-Small-Region.svs"

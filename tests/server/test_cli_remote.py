@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.support.server import TILES, Running
 
 from backend import api
 from backend.cli import main
 from backend.local import LocalBackend
+from tests.support.server import TILES, Running
 
 FLAGS = ["--model", "test-tiny", "--mpp", "2", "--tile-size", "64"]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.server import Running, running_server
 from PIL import Image
 
 from backend.cli import main
+from tests.support.server import Running, running_server
 
 FLAGS = ["--model", "test-tiny", "--mpp", "2", "--tile-size", "64", "--device", "cpu"]
 CAPTIONS = ("dense fibrous stroma with lymphocytes", "squamous epithelium", "adipose tissue", "tumour glands")

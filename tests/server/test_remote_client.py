@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.server import TILES, Running, serve
 
 from backend import api
 from backend.errors import InputError, SlideNotFoundError, UnknownModelError
-from backend.remote import ApiVersionError, AuthError, HttpBackend, ServerUnreachableError
-from backend.remote import wire
+from backend.remote import ApiVersionError, AuthError, HttpBackend, ServerUnreachableError, wire
+from tests.support.server import TILES, Running, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,6 +8,7 @@ import re
 
 import httpx
 import pytest
+
 from tests.support.server import Running, slide_id
 
 

@@ -9,6 +9,7 @@ import re
 import time
 
 import httpx
+
 from tests.support.server import Running
 
 FORGED = "token=mallory call=zero-shot slide=x status=200 duration_ms=1.0"

@@ -11,11 +11,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import running_server
 
 from backend.errors import InputError
 from backend.remote import HttpBackend
 from backend.server.batching import Batcher
+from tests.support.server import running_server
 
 
 def _concurrently(n: int, fn) -> list:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.server import running_server
 
 from backend.local import LocalBackend
+from tests.support.server import running_server
 
 TILES = {"tile_size": 32, "mpp": 2.0, "min_tissue": 0.5}  # ~140 tiles in batches of 8: a build of seconds
 

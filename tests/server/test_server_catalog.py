@@ -10,14 +10,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import TILES, Running, running_server, slide_id
 
 from backend import api
 from backend.errors import InputError, SlideNotFoundError
 from backend.remote import HttpBackend
 from backend.remote.pixels import RemoteSlideInfo, remote_multiscale
 from backend.slides import open_slide
-
+from tests.support.server import TILES, Running, running_server, slide_id
 
 
 def test_region_pixels_equal_the_slide_and_bad_regions_are_refused(module_server: Running, cmu_slide: Path) -> None:

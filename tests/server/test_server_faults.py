@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import running_server
 
 from backend import api
 from backend.local import LocalBackend
 from backend.remote import HttpBackend, JobInterruptedError
+from tests.support.server import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 FINE = api.TileOptions(tile_size=32, mpp=1.0)

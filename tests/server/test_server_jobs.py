@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import running_server
 
 from backend import api
 from backend.errors import CancelledError
 from backend.local import LocalBackend
 from backend.remote import HttpBackend, JobInterruptedError
 from backend.remote.client import _sse
+from tests.support.server import running_server
 
 # Small tiles in small batches: many batches, so cancel and progress have something to cut.
 FINE = api.TileOptions(tile_size=32, mpp=1.0)  # ~600 tiles of CMU-1-Small-Region

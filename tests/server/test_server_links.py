@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import TILES, running_server
 
 from backend import api
+from tests.support.server import TILES, running_server
 
 SPEC = {"tile_size": TILES.tile_size, "mpp": TILES.mpp, "min_tissue": TILES.min_tissue}
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.server import TILES, running_server
 
 from backend import api
 from backend.local import LocalBackend
 from backend.remote import HttpBackend
 from backend.server.auth import TokenStore
+from tests.support.server import TILES, running_server
 
 CLIENTS = 32
 ROUNDS = 2  # each client sends ROUNDS x (zero-shot, search, caption)

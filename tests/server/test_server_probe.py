@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from tests.support.server import running_server
 
 from backend.remote.wire import BUNDLE_TYPE, MAGIC
+from tests.support.server import running_server
 
 SLIDE = "CMU-1-Small-Region.svs"  # 2220 x 2967 level-0 pixels at 0.499 µm/px
 BOX = {"kind": "box", "points": [[0, 0], [300, 0], [300, 300], [0, 300]]}

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.server import Running, running_server
 
 from backend.server.config import check_bind, is_loopback
+from tests.support.server import Running, running_server
 
 OUTSIDE_SECRET = b"TOP-SECRET-OUTSIDE-THE-ROOT"
 

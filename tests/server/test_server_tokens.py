@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.support.server import running_server
 
 from backend import api
 from backend.local import LocalBackend
 from backend.server import jobs as jobs_module
 from backend.server.auth import TokenStore
+from tests.support.server import running_server
 
 SLIDE = "CMU-1-Small-Region.svs"
 SMALL = api.TileOptions(tile_size=32, mpp=2.0)  # ~140 tiles: embedded once, then relabels are instant

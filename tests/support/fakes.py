@@ -96,9 +96,6 @@ class FakeBackend:
             ModelInfo("fake-clip-2", "test double", 8, "MIT", True),
         ]
 
-    def close(self) -> None:
-        """Nothing to let go of (``api.Backend.close``)."""
-
     # --- helpers ------------------------------------------------------------------------------
 
     def _geometry(self, path: str) -> GridGeometry:

@@ -18,9 +18,9 @@ from tile_classes import make_tile_classes
 
 from backend.errors import CancelledError, InputError
 from backend.models import load_model
+from training.clip.augment import AugmentConfig
 from training.clip.config import ClipTrainConfig
 from training.clip.data import RowDataset, Rows
-from training.clip.augment import AugmentConfig
 from training.clip.train import ClipTrainResult, train
 from training.evaluation.data import load_class_folders, load_class_spec
 from training.evaluation.features import image_features, text_features

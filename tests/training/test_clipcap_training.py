@@ -15,13 +15,12 @@ import torch
 from PIL import Image, ImageEnhance
 
 from backend.caption import Captioner, DecodeConfig, load_captioner
-from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from backend.errors import CancelledError, InputError, ModelMismatchError
+from tests.support.decoders import tiny_gpt2, train_bpe_tokenizer
 from training.__main__ import main
 from training.clipcap.encode import EmbeddingStore, encode_images
 from training.clipcap.train import TrainConfig, build_model, train
 from training.evaluation.captions import CaptionScorer, evaluate_captioner, references_by_image
-
 
 # class -> (source tiles, caption templates)
 CLASSES = {

@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from backend.errors import InputError
-from training.common.run import (Dist, EarlyStopping, Precision, adamw, grad_scaler, load_checkpoint, lr_lambda,
-                                 prepare_run_dir, save_checkpoint, warmup_cosine)
+from training.common.run import (
+    Dist,
+    EarlyStopping,
+    Precision,
+    adamw,
+    grad_scaler,
+    load_checkpoint,
+    lr_lambda,
+    prepare_run_dir,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 
 def test_lr_warms_up_linearly_then_decays_to_zero() -> None:

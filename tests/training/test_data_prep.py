@@ -13,8 +13,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from backend.errors import InputError
-from training.data.phash import DedupConfig, fingerprint, group_images, hamming, near_duplicate_groups, phash
 from training.__main__ import main
+from training.data.phash import DedupConfig, fingerprint, group_images, hamming, near_duplicate_groups, phash
 from training.data.prepare import main as prepare_main
 from training.data.prepare import normalise_captions
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
+from tile_classes import CLASSES, make_tile_classes
 
 from backend.errors import InputError
-from tile_classes import CLASSES, make_tile_classes
 from training.__main__ import main
 from training.evaluation.data import load_class_spec, load_labelled
-
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.cli_run import run_main
 from clipit_data import make_clipit_data
 from tile_classes import CLASSES, make_tile_classes
 
+from tests.support.cli_run import run_main
 from training.__main__ import main
 
 CLIPIT_FAST = ["--batch-size", "8", "--lr", "3e-3", "--head-lr", "3e-2", "--warmup-steps", "2", "--workers", "0",

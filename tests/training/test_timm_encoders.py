@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support.cli_run import run_main
-
 from clipit_data import make_clipit_data  # noqa: E402
-from tests.support.encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo  # noqa: E402
 from tile_classes import make_tile_classes  # noqa: E402
 
 from backend.cli import main as histoclip  # noqa: E402
+from tests.support.cli_run import run_main
+from tests.support.encoder_helpers import REV, TINY_SIZE, save_timm_hub_repo  # noqa: E402
 from training.__main__ import main as training  # noqa: E402
 
 MODEL = "timm:hf-hub:org/tiny-vit#cls"
