@@ -122,7 +122,7 @@ class RegionReads:
 
     def _read(self, cache: EmbeddingCache, resolved: _Resolved, region: Any) -> SlideEmbeddings | None:
         from backend.embed.cache import embeddings_of
-        from backend.embed.region import tiles_in_region
+        from backend.geometry import tiles_in_region
 
         path = cache.final_path(resolved.key)
         store = self._store(path, resolved.key)

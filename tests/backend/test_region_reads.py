@@ -14,7 +14,8 @@ import pytest
 
 import backend.slides
 import backend.slides.slide
-from backend.embed import EmbeddingCache, embed_slide, tiles_in_region
+from backend.embed import EmbeddingCache, embed_slide
+from backend.geometry import tiles_in_region
 from backend.slides import TileSpec
 from backend.slides.fingerprint import slide_fingerprint
 
