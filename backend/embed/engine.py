@@ -23,15 +23,20 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from backend.api import Progress
-from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
+from backend.embed.cache import CacheKey, EmbeddingCache, PartialStore, StoreHeader
 from backend.embed.types import EmbedStage, SlideEmbeddings, embed_progress
 from backend.errors import CancelledError, InputError
 from backend.geometry import RegionLike, region_polygon, tiles_in_region
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
+    from backend.slides.slide import Slide
+    from backend.slides.tiling import TileSpec
 
 T = TypeVar("T")
 _LOCK_POLL_S = 0.5
@@ -115,6 +120,11 @@ def _default_spec(spec: Any) -> Any:
     from backend.slides import TileSpec
 
     return TileSpec()
+
+
+def _int_pair(values: tuple[int, int]) -> tuple[int, int]:
+    # plain ints (a slide reader or grid may hold numpy integers), for the JSON header
+    return int(values[0]), int(values[1])
 
 
 def _grid_origin(grid: Any) -> tuple[float, float]:
@@ -318,7 +328,7 @@ def iter_embed_slide(
     with slide_arg(slide, mpp) as slide:
         key = _cache_key(slide, str(model.model_id), spec, grid_kw)
         name = str(slide.name)
-        if sig is not None:
+        if sig is not None and cache is not None:
             cache.regions.remember(sig, key, name, str(slide.path))
         hit = _cached(cache, key, slide, region)
         if hit is not None:
@@ -354,12 +364,12 @@ def _cached(
 
 
 def _encode(
-    slide: Any,
-    model: Any,
-    spec: Any,
+    slide: Slide,
+    model: Encoder,
+    spec: TileSpec,
     key: CacheKey,
     cache: EmbeddingCache | None,
-    region: Any,
+    region: RegionLike | None,
     grid_kw: dict[str, Any],
     encode_kw: dict[str, Any],
 ) -> Generator[Progress, None, SlideEmbeddings]:
@@ -381,7 +391,7 @@ def _encode(
     vectors = np.empty((total, dim), dtype=np.float32)
     origin = _grid_origin(grid)
 
-    store = None
+    store: PartialStore | None = None
     if cache is not None:
         header = StoreHeader(
             key=key,
@@ -389,14 +399,14 @@ def _encode(
             tile_extent=float(grid.tile_extent),
             stride=float(grid.stride),
             origin=origin,
-            grid_shape=tuple(int(v) for v in grid.grid_shape),
-            slide_dimensions=tuple(int(v) for v in slide.dimensions),
+            grid_shape=_int_pair(grid.grid_shape),
+            slide_dimensions=_int_pair(slide.dimensions),
             slide_mpp=None if slide.mpp is None else float(slide.mpp),
             embed_dim=dim,
         )
         store = cache.open_partial(header, coords, grid_index)
     done = store.done if store is not None else 0
-    if done:
+    if store is not None and done:
         vectors[:done] = store.read(done)
     yield embed_progress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
 
@@ -425,11 +435,11 @@ def _encode(
         coords=coords[wanted],
         tile_extent=float(grid.tile_extent),
         grid_index=grid_index[wanted],
-        grid_shape=tuple(int(v) for v in grid.grid_shape),
+        grid_shape=_int_pair(grid.grid_shape),
         vectors=vectors,
         stride=float(grid.stride),
         origin=origin,
-        slide_dimensions=tuple(int(v) for v in slide.dimensions),
+        slide_dimensions=_int_pair(slide.dimensions),
         slide_mpp=None if slide.mpp is None else float(slide.mpp),
     )
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -114,7 +115,7 @@ class IndexDirectory:
 
     @classmethod
     def create(
-        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None,
+        cls, path: str | os.PathLike[str], *, model_id: str, dim: int, policy: IndexPolicy | None = None,
         model_name: str | None = None,
     ) -> Self:
         """Create an empty index in directory ``path`` (new, or existing and empty).
@@ -157,7 +158,7 @@ class IndexDirectory:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, read_only: bool = False, policy: IndexPolicy | None = None
+        cls, path: str | os.PathLike[str], *, read_only: bool = False, policy: IndexPolicy | None = None
     ) -> Self:
         """Open an existing index, recovering from an interrupted run (see module docstring).
 
@@ -190,7 +191,7 @@ class IndexDirectory:
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path, *, model_id: str, dim: int, model_name: str | None = None
+        cls, path: str | os.PathLike[str], *, model_id: str, dim: int, model_name: str | None = None
     ) -> Self:
         """Open the index at ``path`` for writing, creating it when absent; an existing index of
         another model is refused here, before any slide is embedded for it."""
