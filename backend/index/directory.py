@@ -57,7 +57,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from backend.api import ProgressCallback
 from backend.errors import InputError
@@ -67,22 +67,24 @@ from backend.index import query as q
 from backend.index.records import IndexPolicy
 from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
 
-F = TypeVar("F", bound=Callable[..., Any])
+D = TypeVar("D", bound="IndexDirectory")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class IndexClosedError(InputError):
     """The index was closed (perhaps by another thread) before this call."""
 
 
-def serialised(method: F) -> F:
+def serialised(method: Callable[Concatenate[D, P], R]) -> Callable[Concatenate[D, P], R]:
     """Run ``method`` under the index's lock (see :class:`~backend.index.cohort.CohortIndex` on threads)."""
 
     @functools.wraps(method)
-    def locked(self: IndexDirectory, *args: Any, **kwargs: Any) -> Any:
+    def locked(self: D, *args: P.args, **kwargs: P.kwargs) -> R:
         with self._mutex:
             return method(self, *args, **kwargs)
 
-    return locked  # type: ignore[return-value]
+    return locked
 
 
 class IndexDirectory:
