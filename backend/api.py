@@ -278,7 +278,7 @@ class SearchResult:
     note: str = ""  # why fewer than the k hits asked for came back ("" when k did)
 
 
-# --- classifiers and few-shot refinement (interfaces item 8) ------------------------------------
+# --- classifiers and few-shot refinement -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -385,14 +385,14 @@ class ClassSearchRequest:
 class Backend(Protocol):
     """What a widget may ask of a backend, in-process or remote."""
 
-    # Slide-level answers (issue 18; types in backend.api_slide_level).
+    # Slide-level answers (types in backend.api_slide_level).
     def slide_zero_shot(self, request: SlideZeroShotRequest, *, progress: ProgressCallback | None = None,
                         cancel: threading.Event | None = None) -> SlideZeroShotResult: ...
 
     def search_slides(self, request: SlideSearchRequest, *, progress: ProgressCallback | None = None,
                       cancel: threading.Event | None = None) -> SlideSearchResult: ...
 
-    # Classifiers and few-shot refinement (interfaces item 8): class maps as zero-shot's.
+    # Classifiers and few-shot refinement: class maps as zero-shot's.
     def refine(
         self,
         request: RefineRequest,
@@ -420,7 +420,12 @@ class Backend(Protocol):
     def search_class(self, request: ClassSearchRequest) -> SearchResult: ...
 
     def close(self) -> None:
-        """Let go of what the backend holds (open indexes, models, a connection); from any thread."""
+        """Let go of what the backend holds; from any thread.
+
+        In process: the cohort and corpus indexes held open for searching are closed and the
+        loaded models dropped; the backend stays usable (a later call loads or opens again).
+        Remote: the HTTP connection pool is closed; the backend takes no call after it.
+        """
 
     def list_models(self) -> list[ModelInfo]: ...
 
@@ -458,7 +463,7 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> CaptionResult: ...
 
-    # Captions from a corpus, caption grounding (issue 19).
+    # Captions from a corpus, caption grounding (types in backend.api_captions).
     def corpus_caption(self, request: CorpusCaptionRequest, *, progress: ProgressCallback | None = None,
                        cancel: threading.Event | None = None) -> CaptionResult: ...
 
@@ -482,8 +487,8 @@ class Backend(Protocol):
     ) -> SearchResult: ...
 
 
-# Slide-level answers (issue 18): defined in backend.api_slide_level, part of this interface.
-# Captions from a corpus and caption grounding (issue 19): defined in backend.api_captions.
+# Slide-level answers are defined in backend.api_slide_level, captions from a corpus and caption
+# grounding in backend.api_captions; both are part of this interface.
 from backend.api_captions import CorpusCaptionRequest, GroundingRequest, GroundingResult  # noqa: E402, F401
 from backend.api_slide_level import (  # noqa: E402, F401 - after SlideRef and TileOptions, which it uses
     EvidenceTile,

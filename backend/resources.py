@@ -82,7 +82,8 @@ class Resources:
         self._corpora: Once[CorpusIndex] = Once()
 
     def close(self) -> None:
-        """Close the indexes held open for searching (models are simply dropped).
+        """Close the cohort and corpus indexes held open for searching (models and captioners are
+        simply dropped).
 
         From any thread; a search running meanwhile finishes first (the index waits for it).
         The holder stays usable: what a later call needs is loaded or opened again.
