@@ -25,10 +25,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+# Part of this interface, defined in modules of their own: the plain values requests are made
+# of, the slide-level answers' types, and those of captions from a corpus and caption grounding.
+from backend.api_captions import CorpusCaptionRequest, GroundingRequest, GroundingResult  # noqa: F401
+from backend.api_slide_level import (  # noqa: F401
+    EvidenceTile,
+    SlideHit,
+    SlideSearchRequest,
+    SlideSearchResult,
+    SlideZeroShotRequest,
+    SlideZeroShotResult,
+)
+from backend.api_values import GridGeometry, Region, RegionKind, SlideRef, TileOptions  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -54,75 +66,6 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-class RegionKind(StrEnum):
-    BOX = "box"
-    POLYGON = "polygon"
-
-
-@dataclass(frozen=True)
-class Region:
-    """A drawn region in level-0 pixels: a box ``(x, y, w, h)`` or a polygon of (x, y) vertices."""
-
-    kind: RegionKind
-    points: tuple[tuple[float, float], ...]
-
-    def __post_init__(self) -> None:
-        from backend.errors import InputError
-        from backend.geometry import polygon_vertices
-
-        try:
-            polygon_vertices(self.points)
-        except InputError as e:
-            raise InputError(
-                f"region: a {getattr(self.kind, 'value', self.kind)} needs at least 3 finite (x, y) points "
-                f"(a box its 4 corners), got {len(self.points)}"
-            ) from e
-
-    @classmethod
-    def box(cls, x: float, y: float, w: float, h: float) -> Region:
-        from backend.geometry import box_polygon
-
-        return cls(RegionKind.BOX, tuple((float(px), float(py)) for px, py in box_polygon(x, y, w, h)))
-
-    @classmethod
-    def polygon(cls, vertices: np.ndarray | list[tuple[float, float]]) -> Region:
-        from backend.geometry import polygon_vertices
-
-        pts = polygon_vertices(vertices, "region polygon")
-        return cls(RegionKind.POLYGON, tuple((float(x), float(y)) for x, y in pts))
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """The bounding box ``(x, y, w, h)``."""
-        from backend.geometry import bounding_box
-
-        return bounding_box(self.points)
-
-
-@dataclass(frozen=True)
-class TileOptions:
-    """How a slide is cut into tiles: size in pixels at ``mpp`` µm/px (None: level-0 pixels)."""
-
-    tile_size: int = 224
-    mpp: float | None = 0.5
-    min_tissue: float = 0.5
-
-    def to_spec(self) -> Any:
-        """The :class:`backend.slides.TileSpec` these options describe (imports the slide code)."""
-        from backend.slides import TileSpec
-
-        return TileSpec(tile_size=self.tile_size, mpp=self.mpp, min_tissue=self.min_tissue)
-
-
-@dataclass(frozen=True)
-class SlideRef:
-    """A slide file, with the µm/px a user gave for it: a fallback, used only when the slide's
-    metadata has none (a slide that records its resolution keeps it)."""
-
-    path: str
-    mpp: float | None = None
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -136,15 +79,6 @@ class ModelInfo:
     capabilities: tuple[str, ...] = ("image", "text")
     # whether the weights are on the backend's disk (loading needs no download); None: unknown
     weights_on_disk: bool | None = None
-
-
-@dataclass(frozen=True)
-class GridGeometry:
-    """Where a (rows, cols) tile-grid map sits on the slide, in level-0 pixels, (row, col)."""
-
-    shape: tuple[int, int]
-    scale: tuple[float, float]
-    translate: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -278,7 +212,7 @@ class SearchResult:
     note: str = ""  # why fewer than the k hits asked for came back ("" when k did)
 
 
-# --- classifiers and few-shot refinement (interfaces item 8) ------------------------------------
+# --- classifiers and few-shot refinement -----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -385,14 +319,14 @@ class ClassSearchRequest:
 class Backend(Protocol):
     """What a widget may ask of a backend, in-process or remote."""
 
-    # Slide-level answers (issue 18; types in backend.api_slide_level).
+    # Slide-level answers (types in backend.api_slide_level).
     def slide_zero_shot(self, request: SlideZeroShotRequest, *, progress: ProgressCallback | None = None,
                         cancel: threading.Event | None = None) -> SlideZeroShotResult: ...
 
     def search_slides(self, request: SlideSearchRequest, *, progress: ProgressCallback | None = None,
                       cancel: threading.Event | None = None) -> SlideSearchResult: ...
 
-    # Classifiers and few-shot refinement (interfaces item 8): class maps as zero-shot's.
+    # Classifiers and few-shot refinement: class maps as zero-shot's.
     def refine(
         self,
         request: RefineRequest,
@@ -420,7 +354,12 @@ class Backend(Protocol):
     def search_class(self, request: ClassSearchRequest) -> SearchResult: ...
 
     def close(self) -> None:
-        """Let go of what the backend holds (open indexes, models, a connection); from any thread."""
+        """Let go of what the backend holds; from any thread.
+
+        In process: the cohort and corpus indexes held open for searching are closed and the
+        loaded models dropped; the backend stays usable (a later call loads or opens again).
+        Remote: the HTTP connection pool is closed; the backend takes no call after it.
+        """
 
     def list_models(self) -> list[ModelInfo]: ...
 
@@ -458,7 +397,7 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> CaptionResult: ...
 
-    # Captions from a corpus, caption grounding (issue 19).
+    # Captions from a corpus, caption grounding (types in backend.api_captions).
     def corpus_caption(self, request: CorpusCaptionRequest, *, progress: ProgressCallback | None = None,
                        cancel: threading.Event | None = None) -> CaptionResult: ...
 
@@ -481,15 +420,3 @@ class Backend(Protocol):
         cancel: threading.Event | None = None,
     ) -> SearchResult: ...
 
-
-# Slide-level answers (issue 18): defined in backend.api_slide_level, part of this interface.
-# Captions from a corpus and caption grounding (issue 19): defined in backend.api_captions.
-from backend.api_captions import CorpusCaptionRequest, GroundingRequest, GroundingResult  # noqa: E402, F401
-from backend.api_slide_level import (  # noqa: E402, F401 - after SlideRef and TileOptions, which it uses
-    EvidenceTile,
-    SlideHit,
-    SlideSearchRequest,
-    SlideSearchResult,
-    SlideZeroShotRequest,
-    SlideZeroShotResult,
-)

@@ -10,11 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def _default_tiles() -> TileOptions:
-    from backend.api import TileOptions  # at call time: backend.api imports this module at its end
-
-    return TileOptions()
+from backend.api_values import GridGeometry, Region, SlideRef, TileOptions
 
 
 @dataclass(frozen=True)
@@ -34,7 +30,7 @@ class CorpusCaptionRequest:
     text_column: str = "text"
     source_column: str | None = None
     id_column: str | None = None
-    tiles: TileOptions = field(default_factory=lambda: _default_tiles())
+    tiles: TileOptions = field(default_factory=TileOptions)
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ class GroundingRequest:
     captioner: str | None = None
     phrases: bool = True
     top_k: int = 5
-    tiles: TileOptions = field(default_factory=lambda: _default_tiles())
+    tiles: TileOptions = field(default_factory=TileOptions)
 
 
 @dataclass(frozen=True)
@@ -69,7 +65,3 @@ class GroundingResult:
     geometry: GridGeometry
     random_weights: bool
 
-
-# At the end, after the classes: backend.api imports this module at its own end, so either may
-# be imported first (the names are only needed when type hints are resolved, e.g. by the wire).
-from backend.api import GridGeometry, Region, SlideRef, TileOptions  # noqa: E402, F401

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.api_values import SlideRef, TileOptions
+
 
 @dataclass(frozen=True)
 class SlideZeroShotRequest:
@@ -97,7 +99,3 @@ class SlideSearchResult:
 
 
 
-
-# At the end, after the classes: backend.api imports this module at its own end, so either may
-# be imported first (the names are only needed when type hints are resolved, e.g. by the wire).
-from backend.api import SlideRef, TileOptions  # noqa: E402, F401

@@ -116,7 +116,7 @@ def refine(
     if request.unknown_threshold is not None:
         threshold = request.unknown_threshold
     r = refine(emb, head, idx, names, unknown_threshold=threshold, templates=templates)
-    return class_map_result(resources, r.class_map, request.model or classifier(request.classifier).model)
+    return class_map_result(resources, r.class_map, model)  # the request's model, else the classifier's
 
 
 def classify(
@@ -206,5 +206,5 @@ def search_class(resources: Resources, request: api.ClassSearchRequest) -> api.S
 
     clf = classifier(request.classifier)
     query = class_query(clf.head, request.label)
-    hits = resources.on_reader(request.index_path, lambda ix: ix.search(query, request.k, model_id=clf.model_id))
+    hits = resources.on_reader(request.index_path, lambda ix: ix.search_each(query, request.k, model_id=clf.model_id)[0])
     return search_result(hits)

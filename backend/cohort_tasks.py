@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from backend import api
 from backend.errors import CancelledError, InputError
+from backend.geometry import float_box
 from backend.needs import Task, check_before_load
 from backend.resources import Resources, check_cancel
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 def search_result(hits: Iterable[Hit], note: str = "") -> api.SearchResult:
     """The index's hits as the interface's :class:`backend.api.SearchResult` (``note``: why fewer)."""
     return api.SearchResult(note=note, hits=tuple(
-        api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=tuple(float(v) for v in h.box),
+        api.SearchHit(slide_name=h.slide_name, slide_path=h.slide_path, box=float_box(h.box),
                       score=float(h.score), n_tiles=int(h.n_tiles))
         for h in hits
     ))
@@ -88,28 +89,28 @@ def search(
     from backend.index.merge import region_place_tiles
     from backend.index.recorded import query_tiles
 
-    if (request.text is None) == (request.region is None):
+    text, slide, region = request.text, request.slide, request.region
+    if (text is None) == (region is None):
         raise InputError("search: give either a text query or a region of a slide, not both or neither")
-    if request.region is not None and request.slide is None:
+    if region is not None and slide is None:
         raise InputError("search: a region query needs the slide it was drawn on")
     where = f"cohort index {request.index_path}"
     path = request.index_path
     # Index first, then the model: a mistyped path fails in a second, not after a load.
     # The reader stays open: opening a 1M-tile index costs 0.3-0.8 s.
     index, keys = resources.on_reader(path, lambda ix: (ix, ix.spec_keys()))
-    tiles = query_tiles(keys, request.tiles, str(path)) if request.region else None
-    if request.text is not None:
+    tiles = query_tiles(keys, request.tiles, str(path)) if region else None
+    if text is not None:
         check_before_load(request.model or index.model_name, Task.TEXT_SEARCH)
     clip = resources.recorded_model(request.model, index.model_name, index.model_id, where, progress, cancel)
     model = request.model or index.model_name
     model_id = str(clip.model_id)
     exclude: list[str] = []
-    if request.text is not None:
-        query = resources.text_cache.encode(clip, [request.text])[0]
+    if text is not None:
+        query = resources.text_cache.encode(clip, [text])[0]
         check_cancel(cancel, "search")
-        hits = resources.on_reader(path, lambda ix: ix.search(query, request.k, model_id=model_id))
-    else:  # a region of a slide (both checked above)
-        slide, region = request.slide, request.region
+        hits = resources.on_reader(path, lambda ix: ix.search_each(query, request.k, model_id=model_id)[0])
+    elif slide is not None and region is not None and tiles is not None:  # a region of a slide (checked above)
         emb = resources.embeddings(slide, model, tiles, region=region, progress=progress, cancel=cancel)
         exclude = [emb.slide_fingerprint] if request.exclude_query_slide else []
         cap = region_place_tiles(region.bounds, emb.tile_extent)  # places near the region's size

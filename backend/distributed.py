@@ -383,7 +383,8 @@ def embed_cohort_ray(
         done = len(slides) - len(queue)
         if progress is not None:
             progress(api.Progress(done, len(slides), f"embedding: {done} slides cached or unreadable"))
-        free, running = list(range(len(actors))), {}
+        free = list(range(len(actors)))
+        running: dict[Any, tuple[int, str]] = {}  # a Ray ObjectRef: (actor index, slide path)
         while queue or running:
             if not free and not running:
                 raise HistoclipError(f"every Ray worker was lost; {len(queue)} slides not embedded")

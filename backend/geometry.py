@@ -103,6 +103,12 @@ def region_polygon(region: RegionLike) -> np.ndarray:
     return arr
 
 
+def float_box(box: Sequence[float] | np.ndarray) -> tuple[float, float, float, float]:
+    """A box ``(x, y, w, h)`` (ints, floats or a numpy row) as four plain floats."""
+    x, y, w, h = (float(v) for v in box)
+    return x, y, w, h
+
+
 def bounding_box(points: Sequence[Sequence[float]] | np.ndarray) -> tuple[float, float, float, float]:
     """The bounding box ``(x, y, w, h)`` of ``(N, 2)`` points."""
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)

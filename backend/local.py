@@ -67,7 +67,8 @@ class LocalBackend:
         return self.resources.text_cache
 
     def close(self) -> None:
-        """Close the cohort indexes held open for searching (models are simply dropped).
+        """Close the cohort and corpus indexes held open for searching (models and captioners are
+        simply dropped).
 
         From any thread; a search running meanwhile finishes first (the index waits for it).
         The backend stays usable: what a later call needs is loaded or opened again.

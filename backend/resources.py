@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from backend.index import CohortIndex
     from backend.models.encoder import Encoder
 
-    Reader = CohortIndex | CorpusIndex
-
 T = TypeVar("T")
 
 
@@ -79,10 +77,13 @@ class Resources:
         self.text_cache = TextFeatureCache()
         self._models: Once[Encoder] = Once()
         self._captioners: Once[Captioner] = Once()
-        self._readers: Once[Reader] = Once()  # cohort and corpus indexes, kept open between searches
+        # cohort and corpus indexes, kept open between searches
+        self._readers: Once[CohortIndex] = Once()
+        self._corpora: Once[CorpusIndex] = Once()
 
     def close(self) -> None:
-        """Close the indexes held open for searching (models are simply dropped).
+        """Close the cohort and corpus indexes held open for searching (models and captioners are
+        simply dropped).
 
         From any thread; a search running meanwhile finishes first (the index waits for it).
         The holder stays usable: what a later call needs is loaded or opened again.
@@ -91,6 +92,8 @@ class Resources:
         self._captioners.take_all()
         for index in self._readers.take_all():
             index.close()
+        for corpus in self._corpora.take_all():
+            corpus.close()
 
     # --- models -----------------------------------------------------------------------------
 
@@ -244,9 +247,7 @@ class Resources:
         """A read-only handle on the cohort index at ``path``, opened once; it keeps up with writers."""
         from backend.index import CohortIndex
 
-        return self._readers.get(  # type: ignore[return-value]
-            str(Path(path).resolve()), lambda: CohortIndex.open(path, read_only=True)
-        )
+        return self._readers.get(str(Path(path).resolve()), lambda: CohortIndex.open(path, read_only=True))
 
     def on_reader(self, path: str | os.PathLike[str], run: Callable[[CohortIndex], T]) -> T:
         """``run(index)`` on the open reader of ``path``; if :meth:`close` closed that reader
@@ -261,7 +262,7 @@ class Resources:
     def corpus_index(self, key: str, make: Callable[[], CorpusIndex]) -> CorpusIndex:
         """The caption-corpus index held open under ``key`` (made by ``make()`` once); closed
         by :meth:`close` with the cohort readers."""
-        return self._readers.get("corpus\0" + key, make)  # type: ignore[return-value]
+        return self._corpora.get(key, make)
 
 
 def slide_mpp_fallback(path: str | os.PathLike[str], fallback: float | None) -> float | None:

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from backend import api
 from backend.classifiers import classifier, classifier_model
 from backend.errors import CancelledError, InputError
+from backend.geometry import float_box
 from backend.resources import Resources
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from backend.index.records import SlideRecord
     from backend.tasks.slide_zero_shot import SlideVerdict
 
 TASK = "slide-level zero-shot"
@@ -34,10 +38,10 @@ def slide_verdict(
     """The backend's :class:`~backend.tasks.slide_zero_shot.SlideVerdict` for ``request``, and
     the name of the model its embeddings are from. Embeds the slide first when it is not cached."""
     from backend.models import Capability, require_capability, resolve_model
-    from backend.tasks.slide_zero_shot import PoolingOptions, slide_classify, slide_zero_shot
+    from backend.tasks.slide_zero_shot import PoolingOptions, as_pooling, slide_classify, slide_zero_shot
     from backend.tasks.zero_shot import check_prompts
 
-    pooling = PoolingOptions(request.pooling, request.k, request.fraction)  # checked before any work
+    pooling = PoolingOptions(as_pooling(request.pooling), request.k, request.fraction)  # checked before any work
     if request.evidence < 0:
         raise InputError(f"evidence: the number of evidence tiles per class must be >= 0, got {request.evidence}")
     if request.classifier is not None:
@@ -75,7 +79,7 @@ def verdict_result(verdict: SlideVerdict, random_weights: bool) -> api.SlideZero
     for c, name in enumerate(verdict.class_names):
         for rank, (i, s) in enumerate(zip(verdict.evidence[c], verdict.evidence_scores[c], strict=True)):
             evidence.append(api.EvidenceTile(
-                label=name, box=tuple(float(v) for v in boxes[i]), cell=(int(cells[i, 0]), int(cells[i, 1])),
+                label=name, box=float_box(boxes[i]), cell=(int(cells[i, 0]), int(cells[i, 1])),
                 score=float(s), rank=rank,
             ))
     return api.SlideZeroShotResult(
@@ -129,14 +133,17 @@ def search_slides(
     listed = resources.on_reader(request.index_path, lambda ix: ix.slides())
     records = [r for r in listed if r.fingerprint not in exclude]
 
-    def candidates() -> Iterator[tuple[Any, Any]]:
+    def vectors_of(record: SlideRecord) -> np.ndarray:
+        return resources.on_reader(request.index_path, lambda ix: ix.slide_vectors(record))
+
+    def candidates() -> Iterator[tuple[SlideRecord, np.ndarray]]:
         """One slide's vectors at a time (a cohort's would not fit in memory at once)."""
         for i, record in enumerate(records):
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"slide search: cancelled after {i} of {len(records)} slides")
             if progress is not None:
                 progress(api.Progress(i, len(records), f"comparing {record.slide_name}"))
-            yield record, resources.on_reader(request.index_path, lambda ix, r=record: ix.slide_vectors(r))
+            yield record, vectors_of(record)
 
     ranked = rank_slides(emb.vectors, candidates())
     return api.SlideSearchResult(hits=tuple(

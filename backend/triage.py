@@ -18,6 +18,7 @@ import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def triage(
     slides: list[str],
     request: api.SlideZeroShotRequest,
     *,
-    skip: set[str] = frozenset(),
+    skip: AbstractSet[str] = frozenset(),
     progress: api.ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> Iterator[TriageRow]:

@@ -20,6 +20,8 @@ import torch
 from backend.errors import InputError
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from backend.caption.captioner import Captioner
 
 
@@ -41,22 +43,22 @@ def leave_one_out_pools(vectors: np.ndarray) -> np.ndarray:
     return np.concatenate([pool(v)[None, :], without.astype(np.float32)])
 
 
-def caption_token_spans(tokenizer: object, caption: str) -> tuple[list[int], list[tuple[int, int]]]:
+def caption_token_spans(tokenizer: PreTrainedTokenizerBase, caption: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of ``caption`` (EOS appended) and each token's character span in it.
 
     Spans come from decoding growing prefixes of the ids, which works for any tokenizer
     (byte-level BPE, word piece) without offset support; EOS gets the empty span at the end.
     """
-    ids = list(tokenizer(caption, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+    ids = list(tokenizer(caption, add_special_tokens=False)["input_ids"])
     if not ids:
         raise InputError("grounding: the caption is empty after tokenisation")
     spans = []
     prev = 0
     for j in range(1, len(ids) + 1):
-        end = len(tokenizer.decode(ids[:j], skip_special_tokens=True))  # type: ignore[attr-defined]
+        end = len(tokenizer.decode(ids[:j], skip_special_tokens=True))
         spans.append((prev, end))
         prev = end
-    eos = int(tokenizer.eos_token_id)  # type: ignore[attr-defined]
+    eos = int(tokenizer.eos_token_id)
     return ids + [eos], spans + [(prev, prev)]
 
 

@@ -18,12 +18,13 @@ the repetition controls); greedy and nucleus scores are recomputed from the mode
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from backend.api import Caption
 from backend.caption.config import DecodeConfig, DecodeStrategy
+from backend.errors import ModelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -109,6 +110,17 @@ def decode_prefixes(
         model.train(was_training)
 
 
+def _generate(model: ClipCapModel, **kwargs: Any) -> Any:
+    """``model.decoder.generate(**kwargs)``: the decoder must be a generating (causal) LM."""
+    from transformers import GenerationMixin
+
+    decoder = model.decoder
+    if not isinstance(decoder, GenerationMixin):
+        raise ModelError(f"captioner decoder {type(decoder).__name__}: cannot generate text "
+                         "(not a transformers causal LM with GenerationMixin)")
+    return decoder.generate(**kwargs)
+
+
 def _decode_chunk(
     model: ClipCapModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -124,9 +136,9 @@ def _decode_chunk(
         devices = [prefix.device] if prefix.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.seed)
-            result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+            result = _generate(model, inputs_embeds=prefix, attention_mask=mask, **kwargs)
     else:
-        result = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, **kwargs)
+        result = _generate(model, inputs_embeds=prefix, attention_mask=mask, **kwargs)
     # with only inputs_embeds as prompt, sequences hold the generated tokens alone
     seqs = result.sequences
     lengths = _lengths(seqs, eos_id)
@@ -138,10 +150,8 @@ def _decode_chunk(
         keep = torch.arange(logp.shape[1], device=logp.device)[None, :] < lengths[:, None]
         scores = (logp * keep).sum(1) / lengths.float() ** config.length_penalty
     n = seqs.shape[0] // b
-    texts = [
-        tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True).strip()
-        for row, length in zip(seqs, lengths)
-    ]
+    rows = [row[: int(length)].tolist() for row, length in zip(seqs, lengths)]
+    texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
     captions = []
     for i in range(b):
         rows = sorted(range(i * n, (i + 1) * n), key=lambda r: -float(scores[r]))

@@ -173,7 +173,11 @@ def build_mapper(config: MapperConfig) -> nn.Module:
 
 def decoder_width(decoder: PreTrainedModel) -> int:
     """Width of a causal LM's input token embeddings."""
-    return int(decoder.get_input_embeddings().embedding_dim)
+    embeddings = decoder.get_input_embeddings()
+    if not isinstance(embeddings, nn.Embedding):
+        raise ModelError(f"decoder {type(decoder).__name__}: input embeddings are a {type(embeddings).__name__}, "
+                         "not a token embedding table (nn.Embedding)")
+    return embeddings.embedding_dim
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,17 @@ from backend.resources import Resources, check_cancel
 
 if TYPE_CHECKING:
     from backend.caption.corpus_index import CorpusIndex, CorpusSpec
-    from backend.models.clip import ClipModel
+    from backend.models.encoder import Encoder
 
 
 def _text_model(resources: Resources, name: str, task: str, progress: api.ProgressCallback | None,
-                cancel: threading.Event | None) -> ClipModel:
+                cancel: threading.Event | None) -> Encoder:
     """The loaded model ``name``, refused before loading when its entry embeds images only."""
     from backend.models import resolve_model
     from backend.models.registry import Capability, require_capability
 
     require_capability(resolve_model(name), Capability.TEXT, task)
-    return resources.model(name, progress=progress, cancel=cancel)  # type: ignore[return-value]
+    return resources.model(name, progress=progress, cancel=cancel)
 
 
 def caption(
@@ -68,7 +68,7 @@ def caption(
 def open_corpus(
     resources: Resources,
     spec: CorpusSpec,
-    clip: ClipModel,
+    clip: Encoder,
     *,
     progress: api.ProgressCallback | None = None,
     cancel: threading.Event | None = None,

@@ -8,6 +8,7 @@ embedded with that model is classified from its cached embeddings without readin
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(handler=_classify)
 
 
-def _tiles(args: argparse.Namespace, recorded: dict[str, Any] | None) -> TileOptions | None:
+def _tiles(args: argparse.Namespace, recorded: Mapping[str, Any] | None) -> TileOptions | None:
     """The classifier's tile spec (None: the backend takes the one it records), with ``--mpp`` /
     ``--tile-size`` overriding it; ``recorded`` is that spec, needed when only one flag is given."""
     from dataclasses import replace

@@ -166,11 +166,10 @@ def parse_labels(labels: str | None, labels_file: str | None) -> tuple[tuple[str
     A labels file is JSON (``{"tumor": ["carcinoma", ...], ...}`` or a list of names) or text,
     one class a line: ``name`` or ``name: synonym, synonym``; ``#`` starts a comment.
     """
-    if (labels is None) == (labels_file is None):
+    if labels is not None and labels_file is None:
+        return tuple(s.strip() for s in labels.split(";") if s.strip()), ()
+    if labels_file is None or labels is not None:
         raise InputError("give the classes with either --labels 'a;b;c' or --labels-file FILE")
-    if labels is not None:
-        names = tuple(s.strip() for s in labels.split(";") if s.strip())
-        return names, ()
     path = Path(labels_file)
     try:
         text = path.read_text(encoding="utf-8")
@@ -186,7 +185,8 @@ def parse_labels(labels: str | None, labels_file: str | None) -> tuple[tuple[str
         if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
             return tuple(data), tuple(tuple(str(s) for s in v) for v in data.values())
         raise InputError(f"{path}: expected a list of class names or an object name -> list of synonyms")
-    names, synonyms = [], []
+    names: list[str] = []
+    synonyms: list[tuple[str, ...]] = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:

@@ -450,7 +450,7 @@ def open_checked(path: Path, key: CacheKey) -> tuple[Any, dict[str, Any]]:
         )
     if version != FORMAT_VERSION or not a.get("complete"):
         raise _DamagedStore(f"format_version {version!r}, complete={a.get('complete')!r}")
-    found = CacheKey(a["slide_fingerprint"], a["model_id"], a["spec_key"])
+    found = CacheKey(str(a["slide_fingerprint"]), str(a["model_id"]), str(a["spec_key"]))
     if found != key:
         raise _DamagedStore(f"store records {found}, expected {key}")
     return group, a

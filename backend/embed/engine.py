@@ -23,15 +23,27 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from backend.api import Progress
-from backend.embed.cache import CacheKey, EmbeddingCache, StoreHeader
+from backend.embed.cache import CacheKey, EmbeddingCache, PartialStore, StoreHeader
 from backend.embed.types import EmbedStage, SlideEmbeddings, embed_progress
 from backend.errors import CancelledError, InputError
 from backend.geometry import RegionLike, region_polygon, tiles_in_region
+
+if TYPE_CHECKING:
+    import torch
+
+    from backend.models.encoder import Encoder
+    from backend.slides.slide import Slide
+    from backend.slides.tiling import TileSpec
+    from backend.slides.tissue import TissueMask
+
+    SlideArg = str | os.PathLike[str] | Slide  # a path (opened here) or an open slide
+    ModelArg = str | os.PathLike[str] | Encoder  # a registry name or bundle path, or a loaded model
+    TissueArg = TissueMask | np.ndarray | None  # a custom tissue mask (None: the slide's own)
 
 T = TypeVar("T")
 _LOCK_POLL_S = 0.5
@@ -58,7 +70,7 @@ def run_with_progress(gen: Generator[Any, None, T], progress: Callable[[Any], No
 
 
 @contextlib.contextmanager
-def slide_arg(slide: Any, mpp: float | None = None) -> Iterator[Any]:
+def slide_arg(slide: SlideArg, mpp: float | None = None) -> Iterator[Slide]:
     """A ``Slide`` from a path (opened here, closed on exit) or an open slide (left open).
 
     ``mpp`` is for opening a path; given with an open slide it must agree with its mpp.
@@ -77,7 +89,7 @@ def slide_arg(slide: Any, mpp: float | None = None) -> Iterator[Any]:
     yield slide
 
 
-def load_model_arg(model: Any, device: Any = None) -> Any:
+def load_model_arg(model: ModelArg, device: str | torch.device | None = None) -> Encoder:
     """A ``ClipModel`` from a registry name or a loaded model (returned as is)."""
     if isinstance(model, (str, os.PathLike)):
         from backend.models import load_model
@@ -86,7 +98,7 @@ def load_model_arg(model: Any, device: Any = None) -> Any:
     return model
 
 
-def grid_key(slide: Any, spec: Any, *, tissue: Any = None, use_tissue: bool = True) -> str:
+def grid_key(slide: Slide, spec: TileSpec, *, tissue: TissueArg = None, use_tissue: bool = True) -> str:
     """The cache's tile-spec key: ``spec.key()`` plus what else decides which tiles exist.
 
     A target-mpp spec cuts different tiles when a user gives a different mpp for a slide
@@ -105,16 +117,21 @@ def grid_key(slide: Any, spec: Any, *, tissue: Any = None, use_tissue: bool = Tr
     return key
 
 
-def _cache_key(slide: Any, model_id: str, spec: Any, grid_kw: dict[str, Any]) -> CacheKey:
+def _cache_key(slide: Slide, model_id: str, spec: TileSpec, grid_kw: dict[str, Any]) -> CacheKey:
     return CacheKey(str(slide.fingerprint), model_id, grid_key(slide, spec, **grid_kw))
 
 
-def _default_spec(spec: Any) -> Any:
+def _default_spec(spec: TileSpec | None) -> TileSpec:
     if spec is not None:
         return spec
     from backend.slides import TileSpec
 
     return TileSpec()
+
+
+def _int_pair(values: tuple[int, int]) -> tuple[int, int]:
+    # plain ints (a slide reader or grid may hold numpy integers), for the JSON header
+    return int(values[0]), int(values[1])
 
 
 def _grid_origin(grid: Any) -> tuple[float, float]:
@@ -125,13 +142,13 @@ def _grid_origin(grid: Any) -> tuple[float, float]:
 
 
 def lookup_cached(
-    slide: Any,
-    model: Any,
-    spec: Any = None,
+    slide: SlideArg,
+    model: str | Encoder,
+    spec: TileSpec | None = None,
     *,
     cache: EmbeddingCache | None,
     mpp: float | None = None,
-    tissue: Any = None,
+    tissue: TissueArg = None,
     use_tissue: bool = True,
 ) -> SlideEmbeddings | None:
     """The cached embeddings of ``slide`` (path or Slide) with this model and spec, or None.
@@ -237,19 +254,19 @@ def iter_encoded_batches(
 
 
 def iter_embed_slide(
-    slide: Any,
-    model: Any,
-    spec: Any = None,
+    slide: SlideArg,
+    model: ModelArg,
+    spec: TileSpec | None = None,
     *,
     cache: EmbeddingCache | None = None,
     mpp: float | None = None,
     region: RegionLike | None = None,
-    tissue: Any = None,
+    tissue: TissueArg = None,
     use_tissue: bool = True,
     batch_size: int = 32,
     num_workers: int = 2,
     prefetch: int | None = None,
-    device: Any = None,
+    device: str | torch.device | None = None,
     channels_last: bool | None = None,
     cancel: CancelSignal | None = None,
 ) -> Generator[Progress, None, SlideEmbeddings]:
@@ -318,7 +335,7 @@ def iter_embed_slide(
     with slide_arg(slide, mpp) as slide:
         key = _cache_key(slide, str(model.model_id), spec, grid_kw)
         name = str(slide.name)
-        if sig is not None:
+        if sig is not None and cache is not None:
             cache.regions.remember(sig, key, name, str(slide.path))
         hit = _cached(cache, key, slide, region)
         if hit is not None:
@@ -342,7 +359,7 @@ def iter_embed_slide(
 
 
 def _cached(
-    cache: EmbeddingCache | None, key: CacheKey, slide: Any, region: Any, lock: Any = None
+    cache: EmbeddingCache | None, key: CacheKey, slide: Slide, region: RegionLike | None, lock: Any = None
 ) -> SlideEmbeddings | None:
     if cache is None:
         return None
@@ -354,12 +371,12 @@ def _cached(
 
 
 def _encode(
-    slide: Any,
-    model: Any,
-    spec: Any,
+    slide: Slide,
+    model: Encoder,
+    spec: TileSpec,
     key: CacheKey,
     cache: EmbeddingCache | None,
-    region: Any,
+    region: RegionLike | None,
     grid_kw: dict[str, Any],
     encode_kw: dict[str, Any],
 ) -> Generator[Progress, None, SlideEmbeddings]:
@@ -381,7 +398,7 @@ def _encode(
     vectors = np.empty((total, dim), dtype=np.float32)
     origin = _grid_origin(grid)
 
-    store = None
+    store: PartialStore | None = None
     if cache is not None:
         header = StoreHeader(
             key=key,
@@ -389,14 +406,14 @@ def _encode(
             tile_extent=float(grid.tile_extent),
             stride=float(grid.stride),
             origin=origin,
-            grid_shape=tuple(int(v) for v in grid.grid_shape),
-            slide_dimensions=tuple(int(v) for v in slide.dimensions),
+            grid_shape=_int_pair(grid.grid_shape),
+            slide_dimensions=_int_pair(slide.dimensions),
             slide_mpp=None if slide.mpp is None else float(slide.mpp),
             embed_dim=dim,
         )
         store = cache.open_partial(header, coords, grid_index)
     done = store.done if store is not None else 0
-    if done:
+    if store is not None and done:
         vectors[:done] = store.read(done)
     yield embed_progress(done, total, EmbedStage.RESUMED if done else EmbedStage.ENCODING, name)
 
@@ -425,11 +442,11 @@ def _encode(
         coords=coords[wanted],
         tile_extent=float(grid.tile_extent),
         grid_index=grid_index[wanted],
-        grid_shape=tuple(int(v) for v in grid.grid_shape),
+        grid_shape=_int_pair(grid.grid_shape),
         vectors=vectors,
         stride=float(grid.stride),
         origin=origin,
-        slide_dimensions=tuple(int(v) for v in slide.dimensions),
+        slide_dimensions=_int_pair(slide.dimensions),
         slide_mpp=None if slide.mpp is None else float(slide.mpp),
     )
 
@@ -439,9 +456,9 @@ def _subset(emb: SlideEmbeddings, idx: np.ndarray) -> SlideEmbeddings:
 
 
 def embed_slide(
-    slide: Any,
-    model: Any,
-    spec: Any = None,
+    slide: SlideArg,
+    model: ModelArg,
+    spec: TileSpec | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
     **kwargs: Any,

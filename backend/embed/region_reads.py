@@ -35,6 +35,8 @@ import numpy as np
 if TYPE_CHECKING:
     from backend.embed.cache import CacheKey, EmbeddingCache
     from backend.embed.types import SlideEmbeddings
+    from backend.geometry import RegionLike
+    from backend.slides.tiling import TileSpec
 
 # (slide identity, mpp given, model id, tile spec key, use_tissue)
 _SlideSig = tuple[str, float | None, str, str, bool]
@@ -60,12 +62,12 @@ class _Store:
     vectors: Any  # the zarr array, read by rows
 
 
-def slide_signature(path: str | os.PathLike[str], mpp: float | None, model_id: str, spec: Any,
+def slide_signature(path: str | os.PathLike[str], mpp: float | None, model_id: str, spec: TileSpec,
                     use_tissue: bool) -> _SlideSig:
     """The memo key of a slide file as it is now, for one model and tile spec (``stat`` only)."""
     from backend.slides.fingerprint import slide_identity
 
-    return (slide_identity(path), None if mpp is None else float(mpp), model_id, str(spec.key()), bool(use_tissue))
+    return (slide_identity(os.fspath(path)), None if mpp is None else float(mpp), model_id, str(spec.key()), bool(use_tissue))
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -102,7 +104,7 @@ class RegionReads:
             self._slides.clear()
             self._stores.clear()
 
-    def read(self, cache: EmbeddingCache, sig: _SlideSig, region: Any) -> SlideEmbeddings | None:
+    def read(self, cache: EmbeddingCache, sig: _SlideSig, region: RegionLike) -> SlideEmbeddings | None:
         """The tiles of the remembered slide ``sig`` under ``region``, or None.
 
         None when the slide file is not remembered in this state, its store is not finished,
@@ -120,7 +122,7 @@ class RegionReads:
             self.forget()
             return None
 
-    def _read(self, cache: EmbeddingCache, resolved: _Resolved, region: Any) -> SlideEmbeddings | None:
+    def _read(self, cache: EmbeddingCache, resolved: _Resolved, region: RegionLike) -> SlideEmbeddings | None:
         from backend.embed.cache import embeddings_of
         from backend.geometry import tiles_in_region
 

@@ -214,14 +214,31 @@ class CohortIndex(IndexDirectory):
         -------
         list of Hit, or one list per row for a 2-D ``query``
         """
+        out = self.search_each(query, k, model_id=model_id, exclude_slides=exclude_slides,
+                               only_slides=only_slides, merge=merge, max_tiles=max_tiles)
+        return out[0] if np.ndim(query) == 1 else out
+
+    @serialised
+    def search_each(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        model_id: str,
+        exclude_slides: Iterable[str] = (),
+        only_slides: Iterable[str] | None = None,
+        merge: bool = True,
+        max_tiles: float = q.PLACE_MAX_TILES,
+    ) -> list[list[Hit]]:
+        """:meth:`search` with one list of hits per query row, always (a ``(D,)`` query is one
+        row): the form for callers that need a single result type."""
         self._check_open()
         self._sync()
         q.check_k(k)
-        queries, single = q.check_queries(query, model_id, self.model_id, self.dim, self.path)
+        rows, _ = q.check_queries(queries, model_id, self.model_id, self.dim, self.path)
         allowed = self._view.allowed(exclude_slides, only_slides)
-        out = [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs(), max_tiles)
-               for v in queries]
-        return out[0] if single else out
+        return [q.search_tiles(self._index, self._view, v, k, allowed, merge, self._knobs(), max_tiles)
+                for v in rows]
 
     @serialised
     def search_region(

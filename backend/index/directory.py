@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from backend.api import ProgressCallback
 from backend.errors import InputError
@@ -66,22 +67,24 @@ from backend.index import query as q
 from backend.index.records import IndexPolicy
 from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
 
-F = TypeVar("F", bound=Callable[..., Any])
+D = TypeVar("D", bound="IndexDirectory")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class IndexClosedError(InputError):
     """The index was closed (perhaps by another thread) before this call."""
 
 
-def serialised(method: F) -> F:
+def serialised(method: Callable[Concatenate[D, P], R]) -> Callable[Concatenate[D, P], R]:
     """Run ``method`` under the index's lock (see :class:`~backend.index.cohort.CohortIndex` on threads)."""
 
     @functools.wraps(method)
-    def locked(self: IndexDirectory, *args: Any, **kwargs: Any) -> Any:
+    def locked(self: D, *args: P.args, **kwargs: P.kwargs) -> R:
         with self._mutex:
             return method(self, *args, **kwargs)
 
-    return locked  # type: ignore[return-value]
+    return locked
 
 
 class IndexDirectory:
@@ -114,7 +117,7 @@ class IndexDirectory:
 
     @classmethod
     def create(
-        cls, path: str | Path, *, model_id: str, dim: int, policy: IndexPolicy | None = None,
+        cls, path: str | os.PathLike[str], *, model_id: str, dim: int, policy: IndexPolicy | None = None,
         model_name: str | None = None,
     ) -> Self:
         """Create an empty index in directory ``path`` (new, or existing and empty).
@@ -157,7 +160,7 @@ class IndexDirectory:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, read_only: bool = False, policy: IndexPolicy | None = None
+        cls, path: str | os.PathLike[str], *, read_only: bool = False, policy: IndexPolicy | None = None
     ) -> Self:
         """Open an existing index, recovering from an interrupted run (see module docstring).
 
@@ -190,7 +193,7 @@ class IndexDirectory:
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path, *, model_id: str, dim: int, model_name: str | None = None
+        cls, path: str | os.PathLike[str], *, model_id: str, dim: int, model_name: str | None = None
     ) -> Self:
         """Open the index at ``path`` for writing, creating it when absent; an existing index of
         another model is refused here, before any slide is embedded for it."""

@@ -234,11 +234,11 @@ class View:
         else:
             mask = np.zeros(self.n_total, dtype=bool)
             for ident in only:
-                s = self.resolve(ident)
-                if s is None:
+                record = self.resolve(ident)
+                if record is None:
                     raise InputError(f"only_slides: {ident!r} is not a slide of this cohort index "
                                      "(give a fingerprint, path or name from CohortIndex.slides())")
-                mask[self._range(s)] = True
+                mask[self._range(record)] = True
         for s in excluded:
             mask[self._range(s)] = False
         return mask

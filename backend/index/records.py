@@ -43,13 +43,21 @@ class EmbeddingSet(Protocol):
         ``(N, D)`` float32 L2-normalised embeddings, one row per tile.
     """
 
-    slide_fingerprint: str
-    slide_name: str
-    model_id: str
-    spec_key: str
-    coords: np.ndarray
-    tile_extent: float
-    vectors: np.ndarray
+    # read-only members (properties), so frozen dataclasses such as SlideEmbeddings match
+    @property
+    def slide_fingerprint(self) -> str: ...
+    @property
+    def slide_name(self) -> str: ...
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def spec_key(self) -> str: ...
+    @property
+    def coords(self) -> np.ndarray: ...
+    @property
+    def tile_extent(self) -> float: ...
+    @property
+    def vectors(self) -> np.ndarray: ...
 
 
 class AddStatus(StrEnum):

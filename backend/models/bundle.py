@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     import torch
 
     from backend.models.clip import ClipModel
+    from backend.models.encoder import Encoder
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -339,7 +340,7 @@ def _load_hf_clip_bundle(
 
 
 def save_bundle(
-    model: ClipModel,
+    model: Encoder,
     path: str | os.PathLike[str],
     *,
     name: str | None = None,
@@ -356,7 +357,8 @@ def save_bundle(
     Parameters
     ----------
     model
-        A loaded (possibly fine-tuned) ``ClipModel``; its ``module`` weights are saved.
+        A loaded (possibly fine-tuned) ``ClipModel``, or an image-only encoder (a tuned timm or
+        transformers vision model, saved with ``towers="image"``); its ``module`` weights are saved.
     path
         The bundle directory to create.
     name

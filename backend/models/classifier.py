@@ -58,7 +58,7 @@ from backend.models.heads import FusionHead, Head, HeadType, LinearHead, head_fr
 from backend.models.registry import MANIFEST_NAME, SourceKind, read_manifest
 
 if TYPE_CHECKING:
-    from backend.models.clip import ClipModel
+    from backend.models.encoder import Encoder
 
 KIND = "classifier"
 FORMAT_VERSION = 1
@@ -147,17 +147,17 @@ def is_classifier_bundle(path: str | os.PathLike[str]) -> bool:
 
 def _check_tiles(tiles: Mapping[str, Any], where: Any) -> dict[str, Any]:
     try:
-        out = {"tile_size": int(tiles["tile_size"]),
-               "mpp": None if tiles.get("mpp") is None else float(tiles["mpp"]),
-               "min_tissue": float(tiles.get("min_tissue", 0.5))}
+        tile_size = int(tiles["tile_size"])
+        mpp = None if tiles.get("mpp") is None else float(tiles["mpp"])
+        out = {"tile_size": tile_size, "mpp": mpp, "min_tissue": float(tiles.get("min_tissue", 0.5))}
     except (KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: bad 'tiles' {dict(tiles)!r}: need tile_size, mpp (or null), min_tissue ({e})") from e
-    if out["tile_size"] < 1 or (out["mpp"] is not None and out["mpp"] <= 0):
+    if tile_size < 1 or (mpp is not None and mpp <= 0):
         raise BundleError(f"{where}: bad 'tiles' {out}: tile_size must be >= 1 and mpp > 0 or null")
     return out
 
 
-def _save_backbone(classifier: Classifier, backbone: ClipModel, folder: Path) -> dict[str, Any]:
+def _save_backbone(classifier: Classifier, backbone: Encoder, folder: Path) -> dict[str, Any]:
     """Write ``backbone`` as the image-only bundle ``folder``; the manifest's ``backbone`` entry."""
     from backend.models.bundle import save_bundle
 
@@ -177,7 +177,7 @@ def _save_backbone(classifier: Classifier, backbone: ClipModel, folder: Path) ->
 
 
 def save_classifier(classifier: Classifier, path: str | os.PathLike[str], *, overwrite: bool = False,
-                    backbone: ClipModel | None = None) -> Path:
+                    backbone: Encoder | None = None) -> Path:
     """Write ``classifier`` as a bundle directory at ``path``, atomically.
 
     Parameters

@@ -14,10 +14,10 @@ new weights under an old name never mix with what the old ones made:
 - bundles: ``bundle:<name>@<first 12 hex of the weights' sha256>`` (see ``bundle.py``).
 - ``test-tiny``: its name (built in code from a fixed seed).
 
-Versions before this one keyed hub models by their registry name (``quiltnet-b32``) or hub id
-(``hf-hub:org/repo``) alone. Such *legacy* ids cannot be tied to any weights: caches and
-indexes that carry one are refused with a message saying how to rebuild (``legacy_ids``,
-``mismatch_message``). This module imports no torch.
+A *legacy* id names a hub model by its registry name (``quiltnet-b32``) or hub id
+(``hf-hub:org/repo``) alone, with no commit (files written by an earlier release carry them).
+It cannot be tied to any weights: caches and indexes that carry one are refused with a message
+saying how to rebuild (``legacy_ids``, ``mismatch_message``). This module imports no torch.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ TOKEN_ENV = "HISTOCLIP_TOKEN"
 
 def _sse(lines: Iterator[str]) -> Iterator[tuple[str, Any, int | None]]:
     """``(event, data, id)`` of a server-sent event stream; comments come as ``("ping", None, None)``."""
-    kind, data, eid = "message", [], None
+    kind = "message"
+    data: list[str] = []
+    eid: int | None = None
     for line in lines:
         if line == "":
             if data:

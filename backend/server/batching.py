@@ -9,6 +9,7 @@ each caller its row. The event loop only awaits a future; the model runs on the 
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -97,7 +98,7 @@ class Encoders:
             key = (kind, model)
             if key not in self._batchers:
                 fn = self._texts if kind == "text" else self._images
-                self._batchers[key] = Batcher(lambda items, m=model, f=fn: f(m, items), max_batch=self.max_batch,
+                self._batchers[key] = Batcher(functools.partial(fn, model), max_batch=self.max_batch,
                                               max_wait_ms=self.max_wait_ms, name=f"{kind}-encoder")
             return self._batchers[key]
 

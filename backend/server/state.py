@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from typing import Any
+from typing import Any, overload
 
 from backend import api
 from backend.errors import CancelledError, InputError, UnknownModelError
@@ -100,6 +100,12 @@ class ServerState:
                 self._names = frozenset(e.name for e in list_models())
             return self._names
 
+    @overload
+    def model(self, name: str) -> str: ...
+    @overload
+    def model(self, name: None) -> None: ...
+    @overload
+    def model(self, name: str | None) -> str | None: ...
     def model(self, name: str | None) -> str | None:
         from backend.models.registry import NameKind, model_name_kind
 

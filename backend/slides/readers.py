@@ -222,7 +222,7 @@ class PillowReader(SlideReader):
         self.info = ReaderInfo(
             reader=ReaderName.PILLOW,
             vendor=str(image.format or "image").lower(),
-            level_dimensions=(tuple(int(v) for v in image.size),),  # type: ignore[arg-type]
+            level_dimensions=((int(image.size[0]), int(image.size[1])),),
             level_downsamples=(1.0,),
             mpp=mpp,
             objective_power=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
@@ -38,7 +39,7 @@ class MppSource(StrEnum):
     USER = "user"
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Slide:
     """Open a whole-slide image or a plain image.
 
     Parameters

@@ -20,7 +20,7 @@ import numpy as np
 
 from backend.embed.types import TileLayout
 from backend.errors import InputError
-from backend.palette import UNKNOWN_COLOR, UNKNOWN_NAME
+from backend.palette import UNKNOWN_COLOR, UNKNOWN_NAME, to_rgb
 
 BACKGROUND_VALUE = 0
 
@@ -195,7 +195,7 @@ def build_class_map(
             labels[probs.max(axis=0) < unknown_threshold] = len(names) + 1
     return ClassMap(
         class_names=names,
-        colors=tuple(tuple(int(v) for v in c) for c in colors),  # type: ignore[misc]
+        colors=tuple(to_rgb(c) for c in colors),
         probabilities=probs.T,  # (N, C) view
         labels=labels,
         unknown_threshold=unknown_threshold,

@@ -25,7 +25,7 @@ import numpy as np
 from backend.api import ZeroShotResult
 from backend.atomic import atomic_path
 from backend.errors import InputError
-from backend.palette import UNKNOWN_COLOR, UNKNOWN_NAME
+from backend.palette import UNKNOWN_COLOR, UNKNOWN_NAME, to_rgb
 from backend.tasks.geojson import QuPathObject, QuPathObjectType, parse_object_type, write_qupath_geojson
 
 __all__ = ["QuPathObjectType", "counts", "geojson_objects", "predictions_frame", "write_geojson", "write_overlay_png",
@@ -161,9 +161,9 @@ def geojson_objects(
 
 def class_map_colors(result: ZeroShotResult) -> dict[str, tuple[int, int, int]]:
     """The class map's legend: class name -> RGB, "unknown" included."""
-    colors = {name: tuple(int(v) for v in c) for name, c in zip(result.labels, result.class_colors(), strict=True)}
-    colors[UNKNOWN_NAME] = tuple(UNKNOWN_COLOR)
-    return colors  # type: ignore[return-value]
+    colors = {name: to_rgb(c) for name, c in zip(result.labels, result.class_colors(), strict=True)}
+    colors[UNKNOWN_NAME] = UNKNOWN_COLOR
+    return colors
 
 
 def write_geojson(

@@ -59,7 +59,7 @@ import numpy as np
 
 from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
-from backend.models.heads import FusionHead, LinearHead  # LinearHead re-exported: it lived here
+from backend.models.heads import FusionHead, Head, LinearHead
 from backend.tasks.class_map import ClassMap, build_class_map, check_unknown_threshold
 from backend.tasks.marks_only import check_marks_only, marks_only_head, unlabelled_map
 
@@ -373,9 +373,10 @@ def refine(embeddings: SlideEmbeddings, prior: LinearHead, marked: Sequence[int]
     return Refinement(cm, head, idx, rows, report)
 
 
-def class_query(head: LinearHead, name: str) -> np.ndarray:
+def class_query(head: Head, name: str) -> np.ndarray:
     """A unit (D,) query vector for class ``name``: its row minus the mean row (what raises its
-    logit over the others'), for searching a cohort index by inner product."""
+    logit over the others'), for searching a cohort index by inner product. A late-fusion head
+    gives its vision head's row (an index holds image embeddings only)."""
     if name not in head.class_names:
         raise InputError(f"class {name!r} is not one of the classifier's classes {list(head.class_names)}")
     w = head.weight.astype(np.float64)

@@ -62,6 +62,16 @@ class Pooling(StrEnum):
     FRACTION = "fraction"  # top-k with k = ceil(fraction x tiles)
 
 
+def as_pooling(method: str) -> Pooling:
+    """``method`` (a :class:`Pooling` or its value) as a :class:`Pooling`; InputError if it is none."""
+    try:
+        return Pooling(method)
+    except ValueError as e:
+        raise InputError(
+            f"pooling: {method!r} is not a pooling; choose one of {', '.join(p.value for p in Pooling)}"
+        ) from e
+
+
 @dataclass(frozen=True)
 class PoolingOptions:
     """Pooling method and its parameter (``k`` for top-k, ``fraction`` for fraction)."""
@@ -71,12 +81,7 @@ class PoolingOptions:
     fraction: float = DEFAULT_FRACTION
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "method", Pooling(self.method))
-        except ValueError as e:
-            raise InputError(
-                f"pooling: {self.method!r} is not a pooling; choose one of {', '.join(p.value for p in Pooling)}"
-            ) from e
+        object.__setattr__(self, "method", as_pooling(self.method))
         if int(self.k) < 1:
             raise InputError(f"pooling k: the number of top tiles must be at least 1, got {self.k}")
         if not 0.0 < float(self.fraction) <= 1.0:

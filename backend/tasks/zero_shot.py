@@ -260,7 +260,7 @@ def class_text_features(
 def prompt_colors(classes: Sequence[ClassPrompt]) -> tuple[tuple[int, int, int], ...]:
     """Each class's colour: the one its prompt gives, else the palette's for its position."""
     return tuple(
-        tuple(int(v) for v in c.color) if c.color is not None else class_rgb(i)
+        to_rgb(c.color) if c.color is not None else class_rgb(i)
         for i, c in enumerate(classes)
     )
 

@@ -114,6 +114,10 @@ def test_batched_queries_give_one_list_each(flat: CohortIndex, cohort: Synthetic
     batched = flat.search(queries, 2, model_id=MODEL)
     assert len(batched) == 4
     assert batched[2] == flat.search(queries[2], 2, model_id=MODEL)
+    # search_each: always one list per row, a (D,) query being one row
+    assert flat.search_each(queries, 2, model_id=MODEL) == batched
+    assert flat.search_each(queries[2], 2, model_id=MODEL) == [batched[2]]
+    assert batched[2]  # the comparisons above are of real hits
 
 
 def test_another_models_query_is_a_clear_error(flat: CohortIndex, cohort: SyntheticCohort) -> None:

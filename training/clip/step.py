@@ -64,7 +64,13 @@ def gather_features(f: Features) -> Features:
 
 
 def _cat(parts: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if parts[0] is None else torch.cat(list(parts))  # type: ignore[arg-type]
+    """The micro-batches' parts of one field in one tensor; None when they have none (all or none do)."""
+    tensors = [p for p in parts if p is not None]
+    if not tensors:
+        return None
+    if len(tensors) != len(parts):
+        raise ValueError(f"micro-batch features: {len(tensors)} of {len(parts)} micro-batches carry this field")
+    return torch.cat(tensors)
 
 
 def _features(out: tuple[Any, ...], mb: MicroBatch) -> Features:

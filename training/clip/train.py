@@ -175,14 +175,19 @@ def zeroshot_balanced_accuracy(model: ClipModel, config: ClipTrainConfig) -> flo
     from training.evaluation.metrics import classification_metrics
     from training.evaluation.tasks import zero_shot_scores
 
-    data = load_class_folders(config.val_zeroshot)  # type: ignore[arg-type]
+    if config.val_zeroshot is None:
+        raise InputError("val_zeroshot: no class folders to score zero-shot (set val_zeroshot)")
+    data = load_class_folders(config.val_zeroshot)
     spec = load_class_spec(config.val_classes, data.class_names)
     was = model.module.training
     model.module.eval()
     feats = image_features(model, data.paths, workers=1)
     model.module.train(was)
     m = classification_metrics(zero_shot_scores(model, feats, spec), np.asarray(data.labels), spec.labels)
-    return float(m["balanced_accuracy"])  # type: ignore[arg-type]
+    score = m["balanced_accuracy"]
+    if not isinstance(score, float):  # classification_metrics always gives a float here
+        raise TypeError(f"classification_metrics: balanced_accuracy is a {type(score).__name__}, not a float")
+    return score
 
 
 def _training_card(config: ClipTrainConfig, model: ClipModel, train_rows: Rows, val_rows: Rows | None, state: TrainState,

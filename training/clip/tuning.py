@@ -114,12 +114,13 @@ def tower_of(family: ModelFamily, name: str) -> Tower | None:
     return None
 
 
-def _blocks(module: nn.Module, path: str) -> nn.ModuleList:
+def _n_blocks(module: nn.Module, path: str) -> int:
+    """How many blocks the container at ``path`` holds (a ModuleList or Sequential of blocks)."""
     try:
         blocks = module.get_submodule(path)
     except AttributeError as e:
         raise InputError(f"tuning: this model has no {path!r} blocks to unlock; use --tuning full or lora") from e
-    return blocks  # type: ignore[return-value]
+    return len(list(blocks.children()))
 
 
 def lock_tower(model: Encoder, tower: Tower, unlocked_layers: int) -> None:
@@ -127,11 +128,11 @@ def lock_tower(model: Encoder, tower: Tower, unlocked_layers: int) -> None:
     family = _family(model)
     names = TOWERS[family][tower]
     module = model.module
-    blocks = _blocks(module, names.blocks)
-    if unlocked_layers > len(blocks):
-        raise InputError(f"unlocked_layers: {unlocked_layers} > the {tower} tower's {len(blocks)} blocks")
-    first_unlocked = len(blocks) - unlocked_layers
-    unlocked = tuple(f"{names.blocks}.{i}." for i in range(first_unlocked, len(blocks)))
+    n_blocks = _n_blocks(module, names.blocks)
+    if unlocked_layers > n_blocks:
+        raise InputError(f"unlocked_layers: {unlocked_layers} > the {tower} tower's {n_blocks} blocks")
+    first_unlocked = n_blocks - unlocked_layers
+    unlocked = tuple(f"{names.blocks}.{i}." for i in range(first_unlocked, n_blocks))
     for name, p in module.named_parameters():
         if tower_of(family, name) is tower:
             p.requires_grad_(unlocked_layers > 0 and (_in(name, unlocked) or _in(name, names.head)))

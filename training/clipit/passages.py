@@ -1,7 +1,7 @@
 """Report passages for CLIP-IT pairing: the backend's splitter (``backend.text.passages``).
 
-The splitter moved to the backend, whose caption corpora split reports the same way; this
-module keeps the names CLIP-IT's pairing step imports. One implementation.
+The backend owns the splitter (its caption corpora split reports the same way); this module
+names what CLIP-IT's pairing step imports from it. One implementation.
 """
 
 from __future__ import annotations

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.errors import InputError
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 DEFAULT_C_GRID: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 4, 9))
 DEFAULT_SHOTS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -55,16 +59,16 @@ class ProbeResult:
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _scores(clf: object, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+def _scores(clf: LogisticRegression, x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
-    pred = clf.predict(x)  # type: ignore[attr-defined]
+    pred = clf.predict(x)
     out = {
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0)),
     }
     proba = np.zeros((len(y), n_classes))
-    proba[:, clf.classes_] = clf.predict_proba(x)  # type: ignore[attr-defined]
+    proba[:, clf.classes_] = clf.predict_proba(x)
     out["macro_auroc"] = macro_auroc(y, proba)
     return out
 
@@ -97,7 +101,7 @@ def macro_auroc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> object:
+def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int) -> LogisticRegression:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, max_iter=max_iter).fit(x, y)
