@@ -45,10 +45,13 @@ TYPICAL_SAMPLE = 1024
 
 @dataclass(frozen=True)
 class Knobs:
-    """IVF search overrides (None: the values stored in the index)."""
+    """How an IVF index is searched: overrides (None: the values stored in the index) and the
+    float16 vectors of the exact re-ranking stage (None: no such stage; see ``exact_rows``)."""
 
     nprobe: int | None = None
     k_factor: int | None = None
+    rerank_factor: int | None = None
+    rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,8 @@ def search_tiles(
     typical = typical_score(index, view, allowed, vector) if merge else 0.0
     while True:
         scores, labels = fi.search(index, vector[None, :], fetch, allowed=allowed,
-                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+                                   rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         ok = labels[0] >= 0
         s, lab = scores[0][ok], labels[0][ok]
         sidx, xy, extent = view.locate(lab)
@@ -341,10 +345,11 @@ def search_tileset(
     per_max = min(n_allowed, max(per, MAX_CANDIDATES // len(tiles)))
     typical = typical_score(index, view, allowed, tiles) if merge else 0.0
     while True:
-        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+                              rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         cand = np.unique(labels[labels >= 0])
-        # IVF returns SQ6-decoded vectors: renormalise so that scores are cosines again
-        stored = normalise(fi.reconstruct(index, cand), "stored vectors")
+        # float16 or SQ6-decoded vectors: renormalise so that scores are cosines again
+        stored = normalise(fi.reconstruct(index, cand, knobs.rows), "stored vectors")
         sim = np.clip(tiles @ stored.T, -1.0, 1.0)  # (query tiles, candidates)
         sidx, xy, extent = view.locate(cand)
         best_sim = sim.max(axis=0)
