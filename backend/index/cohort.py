@@ -280,7 +280,8 @@ class CohortIndex(IndexDirectory):
     def _knobs(self) -> q.Knobs:
         # the exact stage: IVF only (flat is exact), and only when the file covers every label
         rows = self._rows
-        if rows is None or fi.kind_of(self._index) is fi.IndexKind.FLAT or len(rows) < self._index.ntotal:
+        if (rows is None or self.policy.rerank_factor == 0 or fi.kind_of(self._index) is fi.IndexKind.FLAT
+                or len(rows) < self._index.ntotal):
             rows = None
         return q.Knobs(nprobe=self.policy.nprobe, k_factor=self.policy.k_factor,
                        rerank_factor=self.policy.rerank_factor, rows=rows)
