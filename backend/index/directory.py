@@ -294,6 +294,7 @@ class IndexDirectory:
         self._gen = generation
         self._crash_point("rebuild-committed")
         self._faiss_path(generation - 1).unlink(missing_ok=True)
+        self._rows = None  # unmap before unlinking (Windows refuses to delete a mapped file)
         er.rows_path(self.path, generation - 1).unlink(missing_ok=True)
         self._index, self._unsaved = index, 0
         self._view = q.View.load(self._store)
@@ -420,6 +421,7 @@ class IndexDirectory:
                 self._rows = None
                 return
             log.warning("%s; rewriting it from the store", e)
+            self._rows = None
             self._write_rows(self._generation, self._view.slides)
             have = n
         if have < n and self._lock is not None:  # committed slides not yet in the file
