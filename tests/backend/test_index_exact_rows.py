@@ -107,7 +107,7 @@ def test_vectors_file_follows_adds_replacements_and_rebuilds(tmp_path: Path, coh
     with CohortIndex.open(path, policy=policy) as index:
         for s in cohort.slides[3:6]:
             index.add(s)
-        assert index.stats() .generation == 1 and index._knobs().rows is not None
+        assert index.stats().generation == 1 and index._knobs().rows is not None
         changed = SyntheticSlide(**{**vars(cohort.slides[4]), "slide_fingerprint": "changed-file",
                                     "vectors": cohort.slides[4].vectors[::-1].copy()})
         assert index.add(changed).status == "replaced"  # retired rows stay until a compaction
@@ -259,3 +259,8 @@ def test_an_index_made_before_the_vectors_file_searches_as_before(
         index.rebuild()
         assert index._store.get_info(er.INFO_KEY) == er.INFO_VALUE and index._knobs().rows is not None
     _assert_in_step(path)
+
+
+def test_policy_rejects_a_negative_rerank_factor() -> None:
+    with pytest.raises(InputError, match=r"IndexPolicy\.rerank_factor=-1 is out of range"):
+        IndexPolicy(rerank_factor=-1)
