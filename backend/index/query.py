@@ -8,6 +8,7 @@ module holds what a search needs and nothing that writes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,7 @@ class View:
             self._names.setdefault(s.slide_name, []).append(s)
         self._index_of = {s.slide_id: i for i, s in enumerate(self.slides)}
         self._live_mask: np.ndarray | None = None
+        self._typical: tuple[tuple, np.ndarray] | None = None  # see typical_sample
 
     @classmethod
     def empty(cls) -> View:
@@ -279,14 +281,33 @@ def _n_allowed(view: View, allowed: np.ndarray | None) -> int:
     return view.n_live if allowed is None else int(np.count_nonzero(allowed))
 
 
+def typical_sample(index: Any, view: View, allowed: np.ndarray | None) -> np.ndarray:
+    """Up to ``TYPICAL_SAMPLE`` searchable tiles spread evenly over the index, as unit rows.
+
+    Kept on the (immutable) view for the last filter used: decoding them costs tens of
+    milliseconds a query at 1536 dimensions (most of a place search; BENCHMARKS.md), and
+    successive queries mostly share their filter (none, or the query's own slide left out).
+    """
+    mask_key = b"" if allowed is None else hashlib.blake2b(np.packbits(allowed).tobytes(), digest_size=16).digest()
+    key = (id(index), int(index.ntotal), allowed is None, mask_key)
+    if view._typical is not None and view._typical[0] == key:
+        return view._typical[1]
+    ids = np.arange(view.n_total) if allowed is None else np.flatnonzero(allowed)
+    if len(ids):
+        ids = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), TYPICAL_SAMPLE)).round().astype(np.int64))]
+        sample = normalise(fi.reconstruct(index, ids), "stored vectors")
+    else:
+        sample = np.zeros((0, int(index.d)), np.float32)
+    view._typical = (key, sample)
+    return sample
+
+
 def typical_score(index: Any, view: View, allowed: np.ndarray | None, queries: np.ndarray) -> float:
     """Median, over up to ``TYPICAL_SAMPLE`` searchable tiles spread evenly over the index,
     of their best cosine with the query rows: what an ordinary tile scores."""
-    ids = np.arange(view.n_total) if allowed is None else np.flatnonzero(allowed)
-    if len(ids) == 0:
+    sample = typical_sample(index, view, allowed)
+    if len(sample) == 0:
         return 0.0
-    ids = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), TYPICAL_SAMPLE)).round().astype(np.int64))]
-    sample = normalise(fi.reconstruct(index, ids), "stored vectors")
     return float(np.median((sample @ np.atleast_2d(queries).T).max(axis=1)))
 
 

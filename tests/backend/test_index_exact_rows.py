@@ -264,3 +264,27 @@ def test_an_index_made_before_the_vectors_file_searches_as_before(
 def test_policy_rejects_a_negative_rerank_factor() -> None:
     with pytest.raises(InputError, match=r"IndexPolicy\.rerank_factor=-1 is out of range"):
         IndexPolicy(rerank_factor=-1)
+
+
+def test_the_typical_sample_is_decoded_once_per_view_and_filter(
+    tmp_path: Path, cohort: SyntheticCohort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import backend.index.query as q
+
+    decoded: list[int] = []
+    reconstruct = q.fi.reconstruct
+    monkeypatch.setattr(q.fi, "reconstruct", lambda index, ids, rows=None: (decoded.append(len(ids)),
+                                                                           reconstruct(index, ids, rows))[1])
+    with CohortIndex.create(tmp_path / "idx", model_id=MODEL, dim=32) as index:
+        for s in cohort.slides[:3]:
+            index.add(s)
+        query = cohort.slides[1].vectors[3]
+        first = index.search(query, 3, model_id=MODEL)
+        assert index.search(query, 3, model_id=MODEL) == first and decoded == [3 * 144]
+        own = cohort.slides[1].slide_fingerprint
+        apart = index.search(query, 3, model_id=MODEL, exclude_slides=[own])
+        assert index.search(query, 3, model_id=MODEL, exclude_slides=[own]) == apart
+        assert decoded == [3 * 144, 2 * 144] and own not in {h.fingerprint for h in apart}
+        index.add(cohort.slides[3])  # a new view: decoded again
+        index.search(query, 3, model_id=MODEL)
+        assert decoded == [3 * 144, 2 * 144, 4 * 144]
