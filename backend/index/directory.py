@@ -121,7 +121,7 @@ class IndexDirectory:
         # the float16 vectors file (exact_rows), memory-mapped; kept by indexes that record it
         self._rows_kept = store.get_info(er.INFO_KEY) is not None
         self._rows: np.ndarray | None = None
-        self._rows_warned = False
+        self._rows_refused = False  # a reader found the file untrustworthy (until reopened)
         self._closed = False
         self._mutex = threading.RLock()  # see the class docstring
 
@@ -327,6 +327,7 @@ class IndexDirectory:
         self._gen = self._store.generation
         self._index, self._unsaved = None, 0
         self._rows_kept, self._rows = self._store.get_info(er.INFO_KEY) is not None, None
+        self._rows_refused = False
         current = self._faiss_path()
         if self._lock is not None:  # only a writer may tidy up
             for p in self.path.iterdir():
@@ -351,8 +352,8 @@ class IndexDirectory:
             self.rebuild()
             return
         self._index = index
+        self._sync_rows(verify=True)  # checked before any tail is appended to it
         self._sync()
-        self._sync_rows(verify=True)
 
     def _sync(self) -> None:
         """Add vectors the store has and FAISS lacks (after a crash or a failed add)."""
@@ -400,25 +401,24 @@ class IndexDirectory:
 
         A writer appends a missing tail from the store and rewrites a file it cannot trust;
         a reader maps what the writer has committed, or searches without the exact stage
-        (one warning) if the file cannot be trusted. ``verify``: also compare the rows of
+        (one warning) if the file cannot be trusted, until it is reopened. ``verify``: also compare the rows of
         the last slide the file holds with the store's (on open).
         """
-        n = self._index.ntotal
-        if not self._rows_kept or (self._rows is not None and len(self._rows) == n and not verify):
+        n = self._view.n_total  # the store's vector ids, which FAISS holds after a sync
+        if (not self._rows_kept or self._rows_refused
+                or (self._rows is not None and len(self._rows) == n and not verify)):
             return
         path = self._rows_path()
         try:
             have = er.check_rows(path, self.dim)
             if have > n:
-                raise InputError(f"{path}: holds {have} rows, the index {n} (rows of another state)")
+                raise InputError(f"{path}: holds {have} rows, the store {n} (rows of another state)")
             if verify:
                 self._verify_rows(path, have)
         except InputError as e:
             if self._lock is None:
-                if not self._rows_warned:
-                    log.warning("%s; searching without the exact re-ranking stage", e)
-                    self._rows_warned = True
-                self._rows = None
+                log.warning("%s; searching without the exact re-ranking stage", e)
+                self._rows, self._rows_refused = None, True
                 return
             log.warning("%s; rewriting it from the store", e)
             self._rows = None

@@ -226,6 +226,7 @@ def test_an_untrusted_vectors_file_is_rewritten_by_a_writer_and_skipped_by_a_rea
             hit = reader.search(cohort.slides[2].vectors[5], 1, model_id=MODEL, merge=False)[0]
             assert hit.fingerprint == cohort.slides[2].slide_fingerprint
             reader.search(cohort.slides[2].vectors[6], 1, model_id=MODEL)
+            assert reader._knobs().rows is None  # still refused after searches (no silent re-map)
     warned = [r.getMessage() for r in caplog.records if "vectors-1.npy" in r.getMessage()]
     assert len(warned) == 1 and "without the exact re-ranking stage" in warned[0]
     assert (f.read_bytes() if f.exists() else None) == before  # a reader writes nothing
