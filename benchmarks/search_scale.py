@@ -61,7 +61,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "k * k_factor candidates, re-ranked from float16 vectors memory-mapped from a file")
     p.add_argument("--through-index", action="store_true",
                    help="also build a CohortIndex slide by slide (SQLite, rebuilds, saves) and time "
-                        "CohortIndex.search end to end")
+                        "CohortIndex.search end to end, with its exact float16 re-ranking stage and without")
     p.add_argument("--slide-tiles", type=int, default=2000, help="tiles per slide with --through-index")
     p.add_argument("--workdir", default=None, help="where --through-index writes its index (a temp dir)")
     return p.parse_args(argv)
@@ -97,11 +97,14 @@ class _BenchSlide:
     vectors: Any
 
 
-def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace) -> None:
-    """Build a CohortIndex slide by slide from ``base`` and time its search end to end."""
+def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace, flat_mem: int) -> None:
+    """Build a CohortIndex slide by slide from ``base`` and time its search end to end, with the
+    exact float16 re-ranking stage (``backend.index.exact_rows``) and without it (the SQ6 order,
+    ``IndexPolicy(rerank_factor=0)``)."""
     import numpy as np
 
-    from backend.index import CohortIndex
+    from backend.index import CohortIndex, IndexPolicy
+    from backend.index import faiss_index as fi
 
     n, dim, per = len(base), base.shape[1], args.slide_tiles
     # real slides mix tissues: deal shuffled rows into slides, so every IVF (re)training
@@ -123,11 +126,23 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
                     rebuilds.append((len(index), time.perf_counter() - t_add))
         build_s = time.perf_counter() - t
         disk = sum(f.stat().st_size for f in path.iterdir())
+        rows_disk = sum(f.stat().st_size for f in path.glob("vectors-*.npy"))
+        row_of = {f"fp{j}": order[j * per : (j + 1) * per] for j in range(-(-n // per))}  # hit -> base row
+
+        def recall_of(hits: Any) -> float:
+            found = np.array([[row_of[h.fingerprint][(h.box[1] // 224) * 100 + h.box[0] // 224] for h in row]
+                              + [-1] * (K - len(row)) for row in hits])
+            return _recall(found, truth)
+
+        with CohortIndex.open(path, read_only=True, policy=IndexPolicy(rerank_factor=0)) as index:
+            sq6_ms = _time_single(lambda q: index.search(q, K, model_id="bench", merge=False), queries)
+            sq6_recall = recall_of(index.search(queries, K, model_id="bench", merge=False))
         t = time.perf_counter()
         with CohortIndex.open(path, read_only=True) as index:
             open_s = time.perf_counter() - t
             stats = index.stats()
-            row_of = {}  # (slide, x, y) -> base row, to score recall from hits
+            resident = fi.memory_bytes(index._index)
+            staged = index._knobs().rows is not None
             merged = _time_single(lambda q: index.search(q, K, model_id="bench"), queries)
             plain = _time_single(lambda q: index.search(q, K, model_id="bench", merge=False), queries)
             hits = index.search(queries, K, model_id="bench", merge=False)
@@ -138,10 +153,7 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
                     lambda r, m=mode: index.search_region(r, K, model_id="bench", mode=m), regions), 50)
                 for mode in ("pooled", "tileset")
             }
-        for i in range(-(-n // per)):
-            row_of[f"fp{i}"] = order[i * per : (i + 1) * per]
-        found = np.array([[row_of[h.fingerprint][(h.box[1] // 224) * 100 + h.box[0] // 224] for h in row]
-                          + [-1] * (K - len(row)) for row in hits])
+        exact_recall = recall_of(hits)
     print(f"\nthrough CohortIndex ({-(-n // per)} slides of {per} tiles, default IndexPolicy):")
     print(f"  build {build_s:.1f} s slide by slide (SQLite + FAISS + saves), rebuilds at "
           + ", ".join(f"{m:,} ({s:.1f} s)" for m, s in rebuilds))
@@ -149,7 +161,13 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
           f"directory {disk / 1e6:.1f} MB, read-only open {open_s:.1f} s")
     print(f"  CohortIndex.search k={K}: merge=True p50 {np.percentile(merged, 50):.2f} ms "
           f"p99 {np.percentile(merged, 99):.2f} ms; merge=False p50 {np.percentile(plain, 50):.2f} ms "
-          f"p99 {np.percentile(plain, 99):.2f} ms; recall@10 (merge=False) {_recall(found, truth):.4f}")
+          f"p99 {np.percentile(plain, 99):.2f} ms; recall@10 (merge=False) {exact_recall:.4f}"
+          + ("" if staged else " (NO exact stage: vectors file missing)"))
+    print(f"  without the exact stage (rerank_factor=0, the SQ6 order): merge=False p50 "
+          f"{np.percentile(sq6_ms, 50):.2f} ms, recall@10 {sq6_recall:.4f}")
+    print(f"  memory: resident FAISS index {resident / 1e6:.1f} MB = x{resident / flat_mem:.3f} of flat; "
+          f"float16 vectors file on disk (memory-mapped, page cache, not counted) {rows_disk / 1e6:.1f} MB "
+          f"= x{rows_disk / flat_mem:.3f} of flat")
     print(f"  CohortIndex.search_region, 16-tile regions, k={K}: p50 pooled {region_ms['pooled']:.2f} ms, "
           f"tileset {region_ms['tileset']:.2f} ms ({len(regions)} regions)")
 
@@ -287,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{np.percentile(sl, 50):>9.2f}{extra}")
 
     if args.through_index:
-        _through_index(base, queries, truth, args)
+        _through_index(base, queries, truth, args, flat_mem)
 
     load1 = os.getloadavg()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

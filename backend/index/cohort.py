@@ -153,6 +153,8 @@ class CohortIndex(IndexDirectory):
         fi.add(self._index, vectors.astype(np.float32))
         self._view = self._view.appended(record, slide.coords, retired=old)
         self._crash_point("faiss-added")
+        self._append_rows(vectors, record.id_start)  # the float16 vectors file, in step with FAISS
+        self._crash_point("rows-appended")
         self._unsaved += record.n_tiles
         # bounded catch-up work after a crash, without rewriting a large file every slide
         if self._unsaved >= max(self.policy.save_every, self._index.ntotal // 10):
@@ -293,4 +295,10 @@ class CohortIndex(IndexDirectory):
     # --- internals ----------------------------------------------------------------------
 
     def _knobs(self) -> q.Knobs:
-        return q.Knobs(nprobe=self.policy.nprobe, k_factor=self.policy.k_factor)
+        # the exact stage: IVF only (flat is exact), and only when the file covers every label
+        rows = self._rows
+        if (rows is None or self.policy.rerank_factor == 0 or fi.kind_of(self._index) is fi.IndexKind.FLAT
+                or len(rows) < self._index.ntotal):
+            rows = None
+        return q.Knobs(nprobe=self.policy.nprobe, k_factor=self.policy.k_factor,
+                       rerank_factor=self.policy.rerank_factor, rows=rows)

@@ -10,6 +10,10 @@ Layout of an index directory::
                          generation; per slide version its metadata, tile coordinates,
                          vector-id range and float16 vectors
     index-<gen>.faiss    the FAISS index of generation <gen>, a derived cache of the store
+    vectors-<gen>.npy    the store's float16 vectors in FAISS label order, memory-mapped by
+                         the exact re-ranking stage of an IVF search (``exact_rows.py``); kept
+                         in step with the FAISS ids by the same rule (indexes made before it
+                         have none until their next rebuild)
     lock                 held (flock) by the one process that has the index open for writing
 
 Writes and the recovery rule
@@ -26,7 +30,9 @@ Writes and the recovery rule
        vectors than the store (it cannot be trusted), the FAISS index is rebuilt from the
        store;
     3. if it holds fewer vectors than the store, the missing tail (slides committed after the
-       last save) is added from the store: ``ntotal == store.n_total()`` afterwards;
+       last save) is added from the store: ``ntotal == store.n_total()`` afterwards; the same
+       for the vectors file (a missing tail is appended; a file that cannot be trusted is
+       rewritten from the store, see ``exact_rows.py``);
     4. a slide whose add was interrupted before its commit is simply not in the index:
        ``contains()`` is False and adding it again (resuming) adds it.
 
@@ -52,6 +58,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -59,17 +66,21 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+import numpy as np
+
 from backend.api import ProgressCallback
 from backend.errors import InputError
 from backend.index import build as b
+from backend.index import exact_rows as er
 from backend.index import faiss_index as fi
 from backend.index import query as q
-from backend.index.records import IndexPolicy
+from backend.index.records import IndexPolicy, SlideRecord
 from backend.index.store import DB_NAME, MetaStore, acquire_lock, release_lock
 
 D = TypeVar("D", bound="IndexDirectory")
 P = ParamSpec("P")
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 class IndexClosedError(InputError):
@@ -110,6 +121,10 @@ class IndexDirectory:
         self._gen = store.generation  # generation of the FAISS index held in memory
         self._view = q.View.empty()
         self._unsaved = 0
+        # the float16 vectors file (exact_rows), memory-mapped; kept by indexes that record it
+        self._rows_kept = store.get_info(er.INFO_KEY) is not None
+        self._rows: np.ndarray | None = None
+        self._rows_refused = False  # a reader found the file untrustworthy (until reopened)
         self._closed = False
         self._mutex = threading.RLock()  # see the class docstring
 
@@ -147,7 +162,7 @@ class IndexDirectory:
         lock = acquire_lock(path)
         policy = policy or IndexPolicy()
         info = {"model_id": model_id, "dim": str(int(dim)), "policy": json.dumps(asdict(policy)),
-                "trained_n": "0", "model_name": model_name or model_id}
+                "trained_n": "0", "model_name": model_name or model_id, er.INFO_KEY: er.INFO_VALUE}
         try:
             store = MetaStore.create(path / DB_NAME, info)
         except BaseException:
@@ -156,6 +171,8 @@ class IndexDirectory:
         self = cls(path, store, policy, lock)
         self._index = fi.new_flat(self.dim)
         self.flush(force=True)
+        er.write_rows(self._rows_path(), [], self.dim)
+        self._rows = er.open_rows(self._rows_path())
         return self
 
     @classmethod
@@ -230,6 +247,7 @@ class IndexDirectory:
                 self.flush()
         finally:
             self._closed = True
+            self._rows = None
             self._store.close()
             release_lock(self._lock)
 
@@ -269,15 +287,21 @@ class IndexDirectory:
         index = b.build_index(self._store, live, self.dim, kind, self.policy, progress, cancel)
         generation = self._generation + 1
         fi.save_atomic(index, self._faiss_path(generation))
+        # the vectors file of the new numbering (live slides in id order, as build_index added)
+        self._write_rows(generation, live)
         self._crash_point("rebuild-saved")
         with self._store.transaction() as db:
             self._store.compact(db, generation)
             self._store.set_info(db, "trained_n", str(n_live))
+            self._store.set_info(db, er.INFO_KEY, er.INFO_VALUE)
         self._gen = generation
         self._crash_point("rebuild-committed")
         self._faiss_path(generation - 1).unlink(missing_ok=True)
+        self._rows = None  # unmap before unlinking (Windows refuses to delete a mapped file)
+        er.rows_path(self.path, generation - 1).unlink(missing_ok=True)
         self._index, self._unsaved = index, 0
         self._view = q.View.load(self._store)
+        self._rows_kept, self._rows = True, er.open_rows(self._rows_path())
 
     # --- internals ----------------------------------------------------------------------
 
@@ -288,6 +312,9 @@ class IndexDirectory:
     def _faiss_path(self, generation: int | None = None) -> Path:
         gen = self._generation if generation is None else generation
         return self.path / f"index-{gen}.faiss"
+
+    def _rows_path(self, generation: int | None = None) -> Path:
+        return er.rows_path(self.path, self._generation if generation is None else generation)
 
     def _crash_point(self, stage: str) -> None:
         """A seam for crash tests: raise or kill here to simulate dying at ``stage``."""
@@ -302,10 +329,14 @@ class IndexDirectory:
         """Load the FAISS file and bring it level with the store (module docstring rule)."""
         self._gen = self._store.generation
         self._index, self._unsaved = None, 0
+        self._rows_kept, self._rows = self._store.get_info(er.INFO_KEY) is not None, None
+        self._rows_refused = False
         current = self._faiss_path()
         if self._lock is not None:  # only a writer may tidy up
             for p in self.path.iterdir():
-                stray = p.name.endswith(".tmp") or (p.suffix == ".faiss" and p != current)
+                stray = (p.name.endswith(".tmp") or (p.suffix == ".faiss" and p != current)
+                         or (er.is_rows_file(p) and p != self._rows_path())
+                         or p.name.startswith(".vectors-"))  # a killed write's temp (backend.atomic)
                 if stray and p.is_file():
                     p.unlink()
         self._view = q.View.load(self._store)
@@ -319,10 +350,12 @@ class IndexDirectory:
             if self._lock is None:  # read-only: an in-memory copy with the store's numbering
                 self._index = b.build_index(self._store, self._view.slides, self.dim,
                                              b.kind_for(self._view.n_live, self.policy), self.policy)
+                self._sync_rows(verify=True)
                 return
             self.rebuild()
             return
         self._index = index
+        self._sync_rows(verify=True)  # checked before any tail is appended to it
         self._sync()
 
     def _sync(self) -> None:
@@ -331,6 +364,7 @@ class IndexDirectory:
             self._recover()
             return
         if self._index.ntotal == self._store.n_total() == self._view.n_total:
+            self._sync_rows()
             return
         self._view = q.View.load(self._store)
         have = self._index.ntotal
@@ -345,6 +379,72 @@ class IndexDirectory:
                 fi.add(self._index, vectors[max(0, have - s.id_start):])
                 self._unsaved += s.n_tiles
                 have = self._index.ntotal
+        self._sync_rows()
+
+    # --- the float16 vectors file (exact_rows) ------------------------------------------
+
+    def _write_rows(self, generation: int, slides: list[SlideRecord] | tuple[SlideRecord, ...]) -> None:
+        """Write the vectors file of ``generation`` whole from the store: ``slides`` in id order."""
+        er.write_rows(self._rows_path(generation), (self._store.read_vectors(s, self.dim) for s in slides),
+                      self.dim)
+
+    def _append_rows(self, vectors: np.ndarray, start: int) -> None:
+        """Append one added slide's rows; a failure is logged and repaired by the next sync."""
+        if not self._rows_kept:
+            return
+        try:
+            er.append_rows(self._rows_path(), vectors, start, self.dim)
+            self._rows = er.open_rows(self._rows_path())
+        except (InputError, OSError) as e:
+            log.warning("cohort index %s: %s; the vectors file is repaired on the next call", self.path, e)
+            self._rows = None
+
+    def _sync_rows(self, *, verify: bool = False) -> None:
+        """Bring the vectors file level with the FAISS index (rule in ``exact_rows.py``).
+
+        A writer appends a missing tail from the store and rewrites a file it cannot trust;
+        a reader maps what the writer has committed, or searches without the exact stage
+        (one warning) if the file cannot be trusted, until it is reopened. ``verify``: also compare the rows of
+        the last slide the file holds with the store's (on open).
+        """
+        n = self._view.n_total  # the store's vector ids, which FAISS holds after a sync
+        if (not self._rows_kept or self._rows_refused
+                or (self._rows is not None and len(self._rows) == n and not verify)):
+            return
+        path = self._rows_path()
+        try:
+            have = er.check_rows(path, self.dim)
+            if have > n:
+                raise InputError(f"{path}: holds {have} rows, the store {n} (rows of another state)")
+            if verify:
+                self._verify_rows(path, have)
+        except InputError as e:
+            if self._lock is None:
+                log.warning("%s; searching without the exact re-ranking stage", e)
+                self._rows, self._rows_refused = None, True
+                return
+            log.warning("%s; rewriting it from the store", e)
+            self._rows = None
+            self._write_rows(self._generation, self._view.slides)
+            have = n
+        if have < n and self._lock is not None:  # committed slides not yet in the file
+            for s in self._view.slides:
+                if s.id_start + s.n_tiles > have:
+                    tail = self._store.read_vectors(s, self.dim)[max(0, have - s.id_start):]
+                    have = er.append_rows(path, tail, have, self.dim)
+        self._rows = er.open_rows(path)
+
+    def _verify_rows(self, path: Path, have: int) -> None:
+        """Raise :class:`InputError` if the file's rows of the last slide it holds are not the
+        store's (a file of another index or generation put in place)."""
+        held = [s for s in self._view.slides if s.n_tiles and s.id_start < have]
+        if not held:
+            return
+        s = held[-1]
+        stored = self._store.read_vectors(s, self.dim)[: have - s.id_start].astype(np.float16)
+        if not np.array_equal(er.open_rows(path)[s.id_start : min(have, s.id_start + s.n_tiles)], stored):
+            raise InputError(f"{path}: rows {s.id_start}.. differ from the store's vectors of slide "
+                             f"{s.slide_name!r} (not this index's file)")
 
     def _maintain(self, progress: ProgressCallback | None, cancel: threading.Event | None) -> bool:
         """Rebuild when the policy says so; True if it did."""

@@ -13,7 +13,11 @@ Two kinds of index, chosen by size (see :class:`~backend.index.records.IndexPoli
     PQ alone misses recall@10 >= 0.95 (its distances are too coarse to order near neighbours),
     re-ranking needs more precise codes, and SQ8 codes (512 B) alone are already 1/4 of a
     float32 flat index; SQ6 (384 B) + PQ (64 B) + ids (8 B) is ~0.22 of it. Fast-scan PQ keeps
-    the list scan in SIMD registers, so visiting many lists stays cheap.
+    the list scan in SIMD registers, so visiting many lists stays cheap. When the cohort index
+    keeps its float16 vectors file, the SQ6 stage keeps ``k * rerank_factor`` candidates and
+    these are re-ranked exactly from it (``exact_rows.py``): SQ6 cannot order the nearly
+    equidistant neighbours of isotropic clusters (recall@10 0.91 at 1536 dimensions; 0.98
+    with the exact stage).
 
 FAISS is imported lazily (``import backend`` must stay light). Nothing here sets FAISS's
 thread count: that is the process owner's decision (the benchmark sets 2).
@@ -94,8 +98,12 @@ def choose_ivf_params(
     (the bytes scanned a query stay within the 512-d budget): 1/32 of the lists at 768 and
     1024 dimensions, 1/64 at 1536, where the benchmark measured the same recall@10 (0.982) at
     16, 32, 64 and 128 of 1024 lists and p50 8.4 ms at 16 against 11.5 ms at 64.
-    ``k_factor`` 16: re-ranking 16 candidates a hit; on the benchmark, 4 / 8 / 16 gave
-    recall@10 0.94 / 0.968 / 0.972 for a few hundredths of a millisecond more.
+    ``k_factor`` 16 for codes of up to 64 bytes: re-ranking 16 candidates a hit; on the
+    benchmark (512-d), 4 / 8 / 16 gave recall@10 0.94 / 0.968 / 0.972 for a few hundredths of
+    a millisecond more. Beyond 64 bytes it is multiplied like ``nprobe``'s divisor (32 at 768
+    and 1024 dimensions, 64 at 1536): at 1536 on isotropic clusters the PQ candidates hold the
+    true neighbours only from k_factor 64 (exact-re-ranking bound 0.86 at 16, 0.98 at 64), for
+    +0.5 ms; the exact float16 stage (``exact_rows``) then orders them.
 
     Parameters
     ----------
@@ -115,7 +123,8 @@ def choose_ivf_params(
     # 4-bit sub-quantisers over 4 dimensions each: 1 byte per 8 dimensions
     pq_m = dim // 4 if dim % 4 == 0 else (dim // 2 if dim % 2 == 0 else dim)
     code_bytes = -(-pq_m // 2)
-    fraction = 16 * 2 ** max(0, math.ceil(math.log2(code_bytes / 64)))  # 16 up to 64 B, 32, 64...
+    longer = 2 ** max(0, math.ceil(math.log2(code_bytes / 64)))  # 1 up to 64 B, 2, 4...
+    fraction = 16 * longer
     auto_nprobe = min(nlist, max(8, nlist // fraction))
     n_train = int(min(n, max(64 * nlist, 65_536)))
     return IvfParams(
@@ -123,7 +132,7 @@ def choose_ivf_params(
         pq_m=pq_m,
         refine="SQ6",
         nprobe=int(nprobe or auto_nprobe),
-        k_factor=int(k_factor or 16),
+        k_factor=int(k_factor or 16 * longer),
         n_train=n_train,
     )
 
@@ -173,6 +182,8 @@ def search(
     allowed: np.ndarray | None = None,
     nprobe: int | None = None,
     k_factor: int | None = None,
+    rows: np.ndarray | None = None,
+    rerank_factor: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine similarities and labels of each query row.
 
@@ -190,6 +201,13 @@ def search(
         whenever ``k`` labels are allowed.
     nprobe, k_factor
         IVF overrides of the values stored in the index.
+    rows
+        IVF: the index's float16 vectors in label order (memory-mapped, see
+        :mod:`backend.index.exact_rows`), covering every label. Given, the SQ6 stage keeps
+        ``k * rerank_factor`` of the same ``k * k_factor`` PQ candidates and these are
+        re-ranked exactly from ``rows``. Ignored for a flat index (already exact).
+    rerank_factor
+        Override of :data:`~backend.index.exact_rows.RERANK_FACTOR`.
 
     Returns
     -------
@@ -214,22 +232,37 @@ def search(
         base = faiss.SearchParametersIVF(nprobe=int(nprobe or ivf.nprobe))
         if sel is not None:
             base.sel = sel
-        params = faiss.IndexRefineSearchParameters(
-            k_factor=float(k_factor or index.k_factor), base_index_params=base
-        )
+        factor = float(k_factor or index.k_factor)
+        k_sq6 = k
+        if rows is not None:  # the SQ6 stage keeps K2 of the same k * k_factor candidates
+            from backend.index.exact_rows import RERANK_FACTOR
+
+            k_sq6 = int(min(index.ntotal, max(k, k * (rerank_factor or RERANK_FACTOR)), max(k, k * factor)))
+            factor = k * factor / k_sq6 + 1e-4  # FAISS truncates k_sq6 * factor to an integer
+        params = faiss.IndexRefineSearchParameters(k_factor=factor, base_index_params=base)
         keep += [base]
-        dist, labels = index.search(queries, k, params=params)
-        scores = 1.0 - dist / 2.0  # squared L2 of unit vectors -> cosine
+        dist, labels = index.search(queries, k_sq6, params=params)
+        if rows is not None:
+            from backend.index.exact_rows import rerank
+
+            scores, labels = rerank(queries, labels, rows, k)
+        else:
+            scores = 1.0 - dist / 2.0  # squared L2 of unit vectors -> cosine
     scores = np.where(labels >= 0, np.clip(scores, -1.0, 1.0), -np.inf).astype(np.float32)
     del keep
     return scores, labels
 
 
-def reconstruct(index: Any, labels: np.ndarray) -> np.ndarray:
-    """Stored (for IVF: SQ6-decoded) vectors of ``labels``, ``(len(labels), dim)`` float32."""
+def reconstruct(index: Any, labels: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Stored vectors of ``labels``, ``(len(labels), dim)`` float32: from ``rows`` (the float16
+    vectors file, exact) when given, else from the index (for IVF: SQ6-decoded)."""
     labels = np.ascontiguousarray(labels, dtype=np.int64)
     if len(labels) == 0:
         return np.zeros((0, index.d), np.float32)
+    if rows is not None:
+        from backend.index.exact_rows import gather
+
+        return gather(rows, labels)
     if kind_of(index) is IndexKind.IVF:
         index = index.refine_index  # the IVF codes cannot be decoded without a direct map
     return index.reconstruct_batch(labels)

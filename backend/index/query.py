@@ -8,6 +8,7 @@ module holds what a search needs and nothing that writes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,13 @@ TYPICAL_SAMPLE = 1024
 
 @dataclass(frozen=True)
 class Knobs:
-    """IVF search overrides (None: the values stored in the index)."""
+    """How an IVF index is searched: overrides (None: the values stored in the index) and the
+    float16 vectors of the exact re-ranking stage (None: no such stage; see ``exact_rows``)."""
 
     nprobe: int | None = None
     k_factor: int | None = None
+    rerank_factor: int | None = None
+    rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ class View:
             self._names.setdefault(s.slide_name, []).append(s)
         self._index_of = {s.slide_id: i for i, s in enumerate(self.slides)}
         self._live_mask: np.ndarray | None = None
+        self._typical: tuple[tuple, np.ndarray] | None = None  # see typical_sample
 
     @classmethod
     def empty(cls) -> View:
@@ -276,14 +281,33 @@ def _n_allowed(view: View, allowed: np.ndarray | None) -> int:
     return view.n_live if allowed is None else int(np.count_nonzero(allowed))
 
 
+def typical_sample(index: Any, view: View, allowed: np.ndarray | None) -> np.ndarray:
+    """Up to ``TYPICAL_SAMPLE`` searchable tiles spread evenly over the index, as unit rows.
+
+    Kept on the (immutable) view for the last filter used: decoding them costs tens of
+    milliseconds a query at 1536 dimensions (most of a place search; BENCHMARKS.md), and
+    successive queries mostly share their filter (none, or the query's own slide left out).
+    """
+    mask_key = b"" if allowed is None else hashlib.blake2b(np.packbits(allowed).tobytes(), digest_size=16).digest()
+    key = (id(index), int(index.ntotal), allowed is None, mask_key)
+    if view._typical is not None and view._typical[0] == key:
+        return view._typical[1]
+    ids = np.arange(view.n_total) if allowed is None else np.flatnonzero(allowed)
+    if len(ids):
+        ids = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), TYPICAL_SAMPLE)).round().astype(np.int64))]
+        sample = normalise(fi.reconstruct(index, ids), "stored vectors")
+    else:
+        sample = np.zeros((0, int(index.d)), np.float32)
+    view._typical = (key, sample)
+    return sample
+
+
 def typical_score(index: Any, view: View, allowed: np.ndarray | None, queries: np.ndarray) -> float:
     """Median, over up to ``TYPICAL_SAMPLE`` searchable tiles spread evenly over the index,
     of their best cosine with the query rows: what an ordinary tile scores."""
-    ids = np.arange(view.n_total) if allowed is None else np.flatnonzero(allowed)
-    if len(ids) == 0:
+    sample = typical_sample(index, view, allowed)
+    if len(sample) == 0:
         return 0.0
-    ids = ids[np.unique(np.linspace(0, len(ids) - 1, min(len(ids), TYPICAL_SAMPLE)).round().astype(np.int64))]
-    sample = normalise(fi.reconstruct(index, ids), "stored vectors")
     return float(np.median((sample @ np.atleast_2d(queries).T).max(axis=1)))
 
 
@@ -304,7 +328,8 @@ def search_tiles(
     typical = typical_score(index, view, allowed, vector) if merge else 0.0
     while True:
         scores, labels = fi.search(index, vector[None, :], fetch, allowed=allowed,
-                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+                                   rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         ok = labels[0] >= 0
         s, lab = scores[0][ok], labels[0][ok]
         sidx, xy, extent = view.locate(lab)
@@ -341,10 +366,11 @@ def search_tileset(
     per_max = min(n_allowed, max(per, MAX_CANDIDATES // len(tiles)))
     typical = typical_score(index, view, allowed, tiles) if merge else 0.0
     while True:
-        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor)
+        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+                              rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         cand = np.unique(labels[labels >= 0])
-        # IVF returns SQ6-decoded vectors: renormalise so that scores are cosines again
-        stored = normalise(fi.reconstruct(index, cand), "stored vectors")
+        # float16 or SQ6-decoded vectors: renormalise so that scores are cosines again
+        stored = normalise(fi.reconstruct(index, cand, knobs.rows), "stored vectors")
         sim = np.clip(tiles @ stored.T, -1.0, 1.0)  # (query tiles, candidates)
         sidx, xy, extent = view.locate(cand)
         best_sim = sim.max(axis=0)

@@ -183,6 +183,10 @@ class IndexPolicy:
     nprobe, k_factor
         IVF search knobs (lists visited; candidates re-ranked per hit wanted). ``None`` picks
         them from the index size (see ``faiss_index.choose_ivf_params``).
+    rerank_factor
+        IVF: the SQ6 stage keeps ``k * rerank_factor`` candidates for the exact re-ranking
+        from the index's float16 vectors file; ``None``: ``exact_rows.RERANK_FACTOR`` (4);
+        0: no exact stage (the SQ6 order, as indexes without the file search).
     """
 
     ivf_threshold: int = 50_000
@@ -191,6 +195,7 @@ class IndexPolicy:
     save_every: int = 50_000
     nprobe: int | None = None
     k_factor: int | None = None
+    rerank_factor: int | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -200,6 +205,7 @@ class IndexPolicy:
             "save_every": self.save_every >= 1,
             "nprobe": self.nprobe is None or self.nprobe >= 1,
             "k_factor": self.k_factor is None or self.k_factor >= 1,
+            "rerank_factor": self.rerank_factor is None or self.rerank_factor >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -209,7 +215,7 @@ class IndexPolicy:
             raise InputError(
                 f"IndexPolicy.{name}={getattr(self, name)!r} is out of range "
                 "(ivf_threshold >= 1, retrain_growth > 1, 0 < max_dead_fraction <= 1, "
-                "save_every >= 1, nprobe/k_factor None or >= 1)"
+                "save_every >= 1, nprobe/k_factor None or >= 1, rerank_factor None or >= 0)"
             )
 
 

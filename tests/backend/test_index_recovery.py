@@ -66,6 +66,9 @@ def _assert_consistent(path: Path) -> None:
     files = sorted(p.name for p in path.iterdir() if "faiss" in p.name)
     assert len(files) == 1, files  # one generation's file, no temp files
     assert faiss.read_index(str(path / files[0])).ntotal == _store_rows(path)[0]
+    vectors = sorted(p.name for p in path.iterdir() if "vectors" in p.name)  # exact_rows, in step
+    assert vectors == [files[0].replace("index-", "vectors-").replace(".faiss", ".npy")]
+    assert len(np.load(path / vectors[0], mmap_mode="r")) == _store_rows(path)[0]
 
 
 def _resume(path: Path, cohort: SyntheticCohort) -> list[AddStatus]:
