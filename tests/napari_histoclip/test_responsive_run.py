@@ -1,13 +1,36 @@
 """A whole zero-shot run through the Plugins-menu path, measured with a real event loop
 (issue 21, napari item 10): open a slide (File > Open's reader path, the dock idle), label it
 with test-tiny, its result layers added. A QTimer ticks every 10 ms on the UI thread; the
-longest interval between ticks is the longest the UI froze. Each gap is put down to the step
-it falls in, and the steps are printed.
+longest interval between ticks is the longest the UI froze, and the UI thread's CPU time
+between the same ticks is its own work in that gap (the rest is waiting for a core, or the X
+server and llvmpipe drawing). Each gap is put down to the step it falls in (the turn a layer is
+inserted in is "adding" it, the turn it is made visible in "showing" it), and printed.
 
-Budgets: the steps this plugin controls (reading the slide, the model's work, the status
-updates between them) must leave no gap over ``MAX_GAP_S``. Adding a layer is napari's own
-work on the UI thread (its vispy visual, its layer controls, the first paint under Mesa
-llvmpipe), one layer per event-loop turn, three layers in all: each gets ``MAX_LAYER_GAP_S``.
+The goal is no gap over 0.2 s. What stands in its way is napari's work on the UI thread for a
+new layer, which no plugin API splits: at the insertion its vispy visual (an image layer builds
+a 2-D and a 3-D visual, each loading vispy's interpolation kernels from disk; a Labels layer
+also a polygon and a brush overlay), its layer controls, its layer-list row and the switch of
+the controls panel to it; once visible, its slice, texture upload and first paint. The plugin
+gives each of these a turn of its own (``_viewer.add_layer_in_turns``), makes the result's
+layer models in the worker, and warms vispy's dash patterns off the UI thread (``_warmup``).
+
+Measured on these 2-core machines (2026-12-07):
+
+- before (one turn per layer), load ~2: the slide 126-161 ms, the class map 155-249 ms, the
+  probability layer 144-149 ms; at load ~3: 423, 378 and 204 ms.
+- now, load 7-9 (no idle machine was to be had): inserting the slide 140-480 ms wall, 86-132 ms
+  of UI-thread CPU; the class map 100-413 ms, 79-111 ms CPU; the probability layer 152-376 ms,
+  96-109 ms CPU; each layer shown in a later turn 67-288 ms, 34-43 ms CPU; the plugin's own
+  steps 55-185 ms. The UI thread's own work per turn is thus within the 0.2 s goal; wall time
+  on a loaded machine is not, by the wait for a core.
+- not in these budgets: a full garbage collection. CPython 3.11 collects its oldest generation
+  in one go, holding the GIL, in whichever thread allocates: 0.4-0.96 s here for the ~700,000
+  objects of a process holding napari and torch (load 5-9). Several fall while torch is imported
+  and a model loaded; none fell in this run, which loads the model beforehand.
+
+Budgets, with margin for a machine loaded by several test runs: the plugin's own steps (reading
+the slide, the model's work, the status updates between them) ``MAX_GAP_S``; a turn adding or
+showing a layer ``MAX_LAYER_GAP_S``; the UI thread's CPU in any one gap ``MAX_TURN_CPU_S``.
 """
 
 from __future__ import annotations
@@ -21,15 +44,13 @@ from tests.support.dock_helpers import with_backend
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 MODEL = "test-tiny"
-# The goal is 0.2 s. Measured here at load 12-20 on 2 cores (8 engineers' test runs): 0.10-0.29 s
-# for the plugin's own steps (reading the slide and the model's work in workers, status updates).
+# The plugin's own steps: 0.10-0.29 s at load 12-20 (2026-12-01), 0.05-0.19 s at load 7-9.
 MAX_GAP_S = 0.35
-# napari's: measured 0.3-0.5 s per layer on an idle machine, 0.8-1.4 s at load 12 (the first
-# Labels layer of a process also builds vispy's line dash atlas, 0.3 s). All five layers in one
-# turn froze the UI 1.3 s idle, 4.6 s loaded.
+# A turn adding or showing a layer: up to 0.48 s at load 7-9 (it was 2.0 s when a layer took one
+# turn: 0.8-1.4 s at load 12).
 MAX_LAYER_GAP_S = 1.0
-MAX_TURN_CPU_S = 0.2
-
+# The UI thread's CPU in one gap: up to 0.13 s at load 7-9 (the 0.2 s goal, with margin).
+MAX_TURN_CPU_S = 0.25
 
 class Ticks:
     """A 10 ms QTimer on the UI thread, the UI thread's CPU time at each tick, and the moments
