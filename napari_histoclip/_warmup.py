@@ -9,6 +9,9 @@ cheaper in what was measured (2.2 s before, 2.6 s after, load ~7): that freeze i
 reading the displayed level on the UI thread, initialising pint's unit registry and building
 the layer's visual, none of which an import ahead of time removes.
 
+It also fills vispy's cache of line dash patterns, which the first Labels layer's visual
+otherwise builds on the UI thread (:func:`warm_line_patterns`).
+
 Torch is never imported here (``import napari_histoclip`` must not, and after napari's canvas
 maps Mesa's libLLVM a triton import can crash: see ``_compat``).
 """
