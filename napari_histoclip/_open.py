@@ -133,7 +133,7 @@ def open_in_runner(runner: Any, viewer: Any, targets: list[Path], *, mpp: float 
 
     from backend.errors import CancelledError
     from napari_histoclip._reader import _describe_error
-    from napari_histoclip._viewer import add_layer_data
+    from napari_histoclip._viewer import add_layer_in_turns
 
     names = ", ".join(Path(t).name for t in targets)
 
@@ -155,7 +155,8 @@ def open_in_runner(runner: Any, viewer: Any, targets: list[Path], *, mpp: float 
                 continue
             for note in item.notes:
                 show_info(note)
-            add_layer_data(viewer, slide_layer_data(item, viewer))
-            yield  # the next slide in a turn of its own
+            # inserted, then shown, in turns of their own (see add_layer_in_turns)
+            yield from add_layer_in_turns(viewer, slide_layer_data(item, viewer))
+            yield  # the next slide (or the footer's "ready") in a turn of its own
 
     return runner.run(f"Opening {names}", work, done)

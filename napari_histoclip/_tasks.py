@@ -304,8 +304,8 @@ class TaskRunner:
             for _ in steps:
                 pass
             self._set_state(None)
-        else:
-            step()
+        else:  # the footer's "showing the result" is painted in a turn before the first step
+            QTimer.singleShot(STEP_PAUSE_MS, step)
 
     def _wait_at_quit(self) -> None:
         """Once: when the application quits, wait (bounded) for the tasks let go to end."""

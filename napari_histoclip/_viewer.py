@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from napari_histoclip._layer_meta import LayerKind, LayerRecord, layer_record
@@ -21,6 +22,43 @@ def add_layer_data(viewer: Any, layer_data: LayerData) -> Any:
     layer = Layer.create(data, dict(kwargs), layer_type)
     viewer.layers.append(layer)
     return layer
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """A napari layer made hidden (:func:`hidden_layer`) and whether it is shown once added."""
+
+    layer: Any
+    visible: bool
+
+
+def hidden_layer(layer_data: LayerData) -> HiddenLayer:
+    """Make the napari layer of a ``(data, kwargs, type)`` tuple, hidden. A layer is a model
+    without Qt or GL, so this runs in any thread: a worker can make a result's layers (a
+    Labels layer with a features table took 12-50 ms here) and spare the UI thread."""
+    from napari.layers import Layer
+
+    data, kwargs, layer_type = layer_data
+    visible = bool(kwargs.get("visible", True))
+    return HiddenLayer(Layer.create(data, {**kwargs, "visible": False}, layer_type), visible)
+
+
+def add_layer_in_turns(viewer: Any, layer: LayerData | HiddenLayer) -> Generator[None, None, Any]:
+    """Add a layer in two event-loop turns; ``yield from`` it in a generator of
+    :meth:`~napari_histoclip._tasks.TaskRunner.run` steps, where it returns the napari layer.
+
+    napari does two costly things on the UI thread for a new layer: at the insertion its vispy
+    visual, its layer controls and its layer-list row; once the layer is visible its slice, its
+    texture upload and its first paint (Mesa llvmpipe). The layer (a tuple, or one made by
+    :func:`hidden_layer`) is inserted hidden and shown, as it asks, after a ``yield``, so the UI
+    gets a turn between the two. The layer goes on top, as :func:`add_layer_data` puts it.
+    """
+    made = layer if isinstance(layer, HiddenLayer) else hidden_layer(layer)
+    viewer.layers.append(made.layer)
+    if made.visible:
+        yield
+        made.layer.visible = True
+    return made.layer
 
 
 #: Result layer types updated in place (their data and look); others are made anew.

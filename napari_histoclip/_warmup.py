@@ -9,6 +9,9 @@ cheaper in what was measured (2.2 s before, 2.6 s after, load ~7): that freeze i
 reading the displayed level on the UI thread, initialising pint's unit registry and building
 the layer's visual, none of which an import ahead of time removes.
 
+It also fills vispy's cache of line dash patterns, which the first Labels layer's visual
+otherwise builds on the UI thread (:func:`warm_line_patterns`).
+
 Torch is never imported here (``import napari_histoclip`` must not, and after napari's canvas
 maps Mesa's libLLVM a triton import can crash: see ``_compat``).
 """
@@ -67,6 +70,17 @@ def warm_layers() -> None:
     info = SlideInfo("warm-up", "warm-up", 2, 2, 1.0)
     for data, kwargs, layer_type in class_map_layers(_Result(), info, ["#ff0000", "#00ff00"]):
         Layer.create(data, kwargs, layer_type)
+    warm_line_patterns()
+
+
+def warm_line_patterns() -> None:
+    """Fill vispy's cache of line dash patterns (``dash_atlas._make_pattern``, an
+    ``lru_cache``): the first Labels layer's visual makes a polygon overlay whose lines build
+    13 patterns in a Python loop, 40-60 ms of the UI thread idle (0.3 s loaded) when the first
+    class map is added. Plain numpy, no GL: safe in any thread."""
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()
 
 
 def start_warmup(modules: tuple[str, ...] = MODULES) -> threading.Thread | None:

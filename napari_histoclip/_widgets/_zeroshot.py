@@ -12,7 +12,7 @@ The Refine tab's "Apply classifier" stays for applying the bundle it has just sa
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
@@ -21,7 +21,7 @@ from napari_histoclip._context import PromptSet
 from napari_histoclip._layer_meta import LayerKind, layer_record, with_record
 from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_layer, legend
 from napari_histoclip._slide import slide_of
-from napari_histoclip._viewer import is_layer, replace_layers, selected_shape
+from napari_histoclip._viewer import HiddenLayer, add_layer_in_turns, hidden_layer, is_layer, replace_layers, selected_shape
 from napari_histoclip._widgets._handler import UserError, handler
 from napari_histoclip._widgets._prompts import PromptTable
 
@@ -43,6 +43,15 @@ def legend_html(entries: list[LegendEntry], *, shares: bool = True) -> str:
         for e in entries
     )
     return f"<table cellspacing='2'>{rows}</table>"
+
+
+def result_layers(result: Any, info: Any, colors: Sequence[str], region: bool, shown: str | None = None) -> list[Any]:
+    """A zero-shot result's layer data (``_layers.class_map_layers``), marked whole-slide or
+    region in their layer records. Pure: runs in the task's worker too."""
+    new = class_map_layers(result, info, colors, region=region, shown=shown)
+    for _, kwargs, _ in new:
+        kwargs["metadata"] = with_record(kwargs["metadata"], region=region)
+    return new
 
 
 class ZeroShotPanel(Container):
@@ -124,12 +133,17 @@ class ZeroShotPanel(Container):
         )
         backend, model = self.ctx.backend, request.model
 
-        def done(result: Any) -> Iterator[None]:
-            self.ctx.warn_random(result, model)
-            return self.show_result_steps(result, info, colors, region is not None)
+        def work(progress: Any, cancel: Any) -> tuple[Any, list[HiddenLayer]]:
+            result = backend.zero_shot(request, progress=progress, cancel=cancel)
+            # new layers' models made here, off the UI thread (used when the slide has none to update)
+            return result, [hidden_layer(d) for d in result_layers(result, info, colors, region is not None)]
 
-        self.ctx.run(f"Zero-shot on {info.name}", lambda progress, cancel: backend.zero_shot(
-            request, progress=progress, cancel=cancel), done)
+        def done(out: tuple[Any, list[HiddenLayer]]) -> Iterator[None]:
+            result, made = out
+            self.ctx.warn_random(result, model)
+            return self.show_result_steps(result, info, colors, region is not None, made=made)
+
+        self.ctx.run(f"Zero-shot on {info.name}", work, done)
 
     @handler
     def run_classifier(self) -> None:
@@ -151,12 +165,15 @@ class ZeroShotPanel(Container):
             pass
         return self._shown
 
-    def show_result_steps(self, result: Any, info: Any, colors: list[str], region: bool) -> Iterator[None]:
+    def show_result_steps(self, result: Any, info: Any, colors: list[str], region: bool,
+                          made: Sequence[HiddenLayer] | None = None) -> Iterator[None]:
         """:meth:`show_result` as steps (a generator; the layers end in ``self._shown``): when
-        the slide has no result layers to update in place, the class map is added first and
-        each probability map in a step of its own, so that the UI repaints between them
-        (adding napari layers is slow: see ``TaskRunner._show_in_steps``)."""
-        from napari_histoclip._viewer import add_layer_data
+        the slide has no result layers to update in place, the class map is inserted, shown,
+        then the hidden probability layer inserted, then the class map made active again, each
+        in a turn of the event loop of its own, so that the UI repaints between them (adding a
+        napari layer is slow: see ``add_layer_in_turns`` and ``TaskRunner._show_in_steps``).
+        ``made``: those new layers, made by :func:`result_layers` and ``hidden_layer`` in the
+        task's worker."""
 
         def stale(layer: Any) -> bool:
             record = layer_record(layer)
@@ -167,14 +184,15 @@ class ZeroShotPanel(Container):
             )
 
         viewer = self.ctx.viewer
-        # the class the user was looking at stays shown when the new result has it
-        shown = next((lyr.metadata.get("label") for lyr in viewer.layers
-                      if stale(lyr) and layer_record(lyr).kind == LayerKind.PROBABILITY), None)
-        new = class_map_layers(result, info, colors, region=region, shown=shown)
-        for _, kwargs, _ in new:
-            kwargs["metadata"] = with_record(kwargs["metadata"], region=region)
         fresh = not any(stale(lyr) for lyr in viewer.layers)
-        layers = replace_layers(viewer, new[:1] if fresh else new, stale)
+        if fresh:  # the class map inserted, then shown, in turns of their own
+            made = list(made) if made is not None else [hidden_layer(d) for d in result_layers(result, info, colors, region)]
+            layers = [(yield from add_layer_in_turns(viewer, made[0]))]
+        else:
+            # the class the user was looking at stays shown when the new result has it
+            shown = next((lyr.metadata.get("label") for lyr in viewer.layers
+                          if stale(lyr) and layer_record(lyr).kind == LayerKind.PROBABILITY), None)
+            layers = replace_layers(viewer, result_layers(result, info, colors, region, shown), stale)
         self._shown = layers
         self.legend.value = legend_html(legend(result.labels, colors, result.class_map))
         if not region:  # the slide's shapes export their classes in the map's colours
@@ -187,10 +205,12 @@ class ZeroShotPanel(Container):
         # The class map is the layer to hover: its status line names the class.
         viewer.layers.selection.active = layers[0]
         if fresh:
-            for data in new[1:]:  # the hidden probability layer, in a turn of the event loop of its own
+            for hidden in made[1:]:  # the hidden probability layer, in a turn of the event loop of its own
                 yield
-                layers.append(add_layer_data(viewer, data))
-            viewer.layers.selection.active = layers[0]
+                layers.append((yield from add_layer_in_turns(viewer, hidden)))
+            if len(layers) > 1:  # inserted, it became the active layer: the class map is again
+                yield
+                viewer.layers.selection.active = layers[0]
         if len(layers) > 1:  # a map of no class yet (marks alone) has no probability layer
             self.probability.follow(layers[-1])
 

@@ -1,13 +1,38 @@
 """A whole zero-shot run through the Plugins-menu path, measured with a real event loop
 (issue 21, napari item 10): open a slide (File > Open's reader path, the dock idle), label it
 with test-tiny, its result layers added. A QTimer ticks every 10 ms on the UI thread; the
-longest interval between ticks is the longest the UI froze. Each gap is put down to the step
-it falls in, and the steps are printed.
+longest interval between ticks is the longest the UI froze, and the UI thread's CPU time
+between the same ticks is its own work in that gap (the rest is waiting for a core, or the X
+server and llvmpipe drawing). Each gap is put down to the step it falls in (the turn a layer is
+inserted in is "adding" it, the turn it is made visible in "showing" it), and printed.
 
-Budgets: the steps this plugin controls (reading the slide, the model's work, the status
-updates between them) must leave no gap over ``MAX_GAP_S``. Adding a layer is napari's own
-work on the UI thread (its vispy visual, its layer controls, the first paint under Mesa
-llvmpipe), one layer per event-loop turn, three layers in all: each gets ``MAX_LAYER_GAP_S``.
+The goal is no gap over 0.2 s. What stands in its way is napari's work on the UI thread for a
+new layer, which no plugin API splits: at the insertion its vispy visual (an image layer builds
+a 2-D and a 3-D visual, each loading vispy's interpolation kernels from disk; a Labels layer
+also a polygon and a brush overlay), its layer controls, its layer-list row and the switch of
+the controls panel to it; once visible, its slice, texture upload and first paint. The plugin
+gives each of these a turn of its own (``_viewer.add_layer_in_turns``), makes the result's
+layer models in the worker, and warms vispy's dash patterns off the UI thread (``_warmup``).
+
+Measured on these 2-core machines (2026-12-07), the longest gap of each kind:
+
+- before (one turn per layer), load ~2: inserting the slide 126-259 ms, the class map 155-249
+  ms, the probability layer 144-213 ms; at load ~3: 423, 378 and 204 ms.
+- now, load 1-2: inserting the slide 111-181 ms wall (94-131 ms of UI-thread CPU), the class map
+  95-129 ms (83-102 ms), the probability layer 143-149 ms (96-98 ms); showing a layer 57-68 ms;
+  the plugin's own steps 34-71 ms. Every gap of the run is under the 0.2 s goal.
+- now, load 5-9 (other engineers' test runs): inserting the slide 140-520 ms wall (86-142 ms
+  CPU), the class map 100-413 ms (79-111 ms), the probability layer 152-376 ms (96-109 ms);
+  showing a layer 67-288 ms (34-43 ms); the plugin's own steps 55-190 ms. The UI thread's own
+  work stays as idle; the rest is the wait for a core.
+- not in these budgets: a full garbage collection. CPython 3.11 collects its oldest generation
+  in one go, holding the GIL, in whichever thread allocates: 0.4-0.96 s here for the ~700,000
+  objects of a process holding napari and torch (load 5-9). Several fall while torch is imported
+  and a model loaded; none fell in this run, which loads the model beforehand.
+
+Budgets, with margin for a machine loaded by several test runs: the plugin's own steps (reading
+the slide, the model's work, the status updates between them) ``MAX_GAP_S``; a turn adding or
+showing a layer ``MAX_LAYER_GAP_S``; the UI thread's CPU in any one gap ``MAX_TURN_CPU_S``.
 """
 
 from __future__ import annotations
@@ -21,42 +46,58 @@ from tests.support.dock_helpers import with_backend
 
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 MODEL = "test-tiny"
-# The goal is 0.2 s. Measured here at load 12-20 on 2 cores (8 engineers' test runs): 0.10-0.29 s
-# for the plugin's own steps (reading the slide and the model's work in workers, status updates).
+# The plugin's own steps: 0.10-0.29 s at load 12-20 (2026-12-01), 0.05-0.19 s at load 5-9, 0.07 s at 1-2.
 MAX_GAP_S = 0.35
-# napari's: measured 0.3-0.5 s per layer on an idle machine, 0.8-1.4 s at load 12 (the first
-# Labels layer of a process also builds vispy's line dash atlas, 0.3 s). All five layers in one
-# turn froze the UI 1.3 s idle, 4.6 s loaded.
-MAX_LAYER_GAP_S = 2.0
+# A turn adding or showing a layer: up to 0.52 s at load 5-9, 0.18 s at 1-2 (the budget was 2.0 s
+# when a layer took one turn: 0.8-1.4 s at load 12).
+MAX_LAYER_GAP_S = 1.0
+# The UI thread's CPU in one gap: up to 0.14 s at load 5-9 (the 0.2 s goal, with margin).
+MAX_TURN_CPU_S = 0.25
 
 
 class Ticks:
-    """A 10 ms QTimer on the UI thread and the moments layers were added."""
+    """A 10 ms QTimer on the UI thread, the UI thread's CPU time at each tick, and the moments
+    layers were added (inserted) and shown (made visible)."""
 
     def __init__(self, viewer) -> None:
         from qtpy.QtCore import QTimer
 
         self.ticks: list[float] = []
+        self.cpu: list[float] = []
         self.marks: list[tuple[float, str]] = []
         self.added: list[tuple[float, str]] = []
+        self.shown: list[tuple[float, str]] = []
         self.timer = QTimer()
         self.timer.setInterval(10)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-        viewer.layers.events.inserted.connect(lambda e: self.added.append((time.perf_counter(), e.value.name)))
+        self.timer.timeout.connect(self._tick)
+        viewer.layers.events.inserted.connect(self._inserted)
+
+    def _tick(self) -> None:
+        self.ticks.append(time.perf_counter())
+        self.cpu.append(time.thread_time())  # this (UI) thread's own CPU time
+
+    def _inserted(self, event) -> None:
+        layer = event.value
+        self.added.append((time.perf_counter(), layer.name))
+        layer.events.visible.connect(
+            lambda _e, lyr=layer: lyr.visible and self.shown.append((time.perf_counter(), lyr.name)))
 
     def mark(self, step: str) -> None:
         self.marks.append((time.perf_counter(), step))
 
-    def steps(self) -> dict[str, float]:
-        """The longest gap of each step: a gap during which a layer was added is that layer's;
+    def steps(self) -> dict[str, tuple[float, float]]:
+        """The longest gap of each step, wall and the UI thread's CPU seconds: a gap during which
+        a layer was inserted is "adding" it, one in which a layer was made visible "showing" it;
         any other is the step it started in."""
-        out: dict[str, float] = {}
-        for a, b in pairwise(self.ticks):
+        out: dict[str, tuple[float, float]] = {}
+        for (a, b), (ca, cb) in zip(pairwise(self.ticks), pairwise(self.cpu), strict=True):
             if a < self.marks[0][0] or a > self.marks[-1][0]:
                 continue
             layer = next((f"adding layer '{name}'" for t, name in self.added if a <= t <= b), None)
+            layer = layer or next((f"showing layer '{name}'" for t, name in self.shown if a <= t <= b), None)
             step = layer or next(s for t, s in reversed(self.marks) if t <= a)
-            out[step] = max(out.get(step, 0.0), b - a)
+            wall, cpu = out.get(step, (0.0, 0.0))
+            out[step] = (max(wall, b - a), max(cpu, cb - ca))
         return out
 
 
@@ -106,16 +147,24 @@ def test_a_whole_zero_shot_run_keeps_the_ui_responsive(plugin_viewer, plugin_doc
                      "CMU-1-Small-Region: p(tumor epithelium)"], names
     added = [t for t, _ in ticks.added]
     assert all(any(a < t < b for t in ticks.ticks) for a, b in pairwise(added[1:])), "one layer per turn"
+    for t_shown, name in ticks.shown:  # inserted hidden, shown in a later turn
+        t_added = next(t for t, n in ticks.added if n == name)
+        assert any(t_added < t < t_shown for t in ticks.ticks), f"{name}: inserted and shown in one turn"
+    assert [name for _, name in ticks.shown] == names[:2], ticks.shown
     prob = plugin_viewer.layers["CMU-1-Small-Region: p(tumor epithelium)"]
     assert prob.metadata["probabilities"].shape[0] == 4 and not prob.visible
     assert np.asarray(plugin_viewer.layers["CMU-1-Small-Region: class map"].data).any()
 
     steps = ticks.steps()
     with capsys.disabled():
-        print("\n[ui] longest UI gap of each step of a whole zero-shot run (test-tiny, CMU):")
-        for step, gap in steps.items():
-            print(f"[ui]   {1000 * gap:5.0f} ms  {step}")
-    ours = {s: g for s, g in steps.items() if not s.startswith("adding layer")}
+        print("\n[ui] longest UI gap of each step of a whole zero-shot run (test-tiny, CMU), "
+              "wall and the UI thread's own CPU:")
+        for step, (gap, cpu) in steps.items():
+            print(f"[ui]   {1000 * gap:5.0f} ms  {1000 * cpu:4.0f} ms CPU  {step}")
+    napari_own = {s: g for s, (g, _) in steps.items() if s.startswith(("adding layer", "showing layer"))}
+    ours = {s: g for s, (g, _) in steps.items() if s not in napari_own}
     assert max(ours.values()) < MAX_GAP_S, ours
-    napari_own = {s: g for s, g in steps.items() if s.startswith("adding layer")}
-    assert len(napari_own) == 3 and max(napari_own.values()) < MAX_LAYER_GAP_S, napari_own
+    # the slide and the class map inserted, then shown; the probability layer inserted hidden
+    assert len(napari_own) == 5 and max(napari_own.values()) < MAX_LAYER_GAP_S, napari_own
+    cpu = {s: c for s, (_, c) in steps.items()}
+    assert max(cpu.values()) < MAX_TURN_CPU_S, cpu
