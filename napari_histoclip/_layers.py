@@ -174,7 +174,7 @@ def probability_layer(
     if stack.ndim != 3 or stack.shape[0] != len(labels):
         raise ValueError(f"probabilities: expected ({len(labels)}, rows, cols) for {len(labels)} classes, "
                          f"got shape {stack.shape}")
-    i = list(labels).index(shown) if shown in labels else 0
+    i = list(labels).index(shown) if shown is not None and shown in labels else 0
     kwargs = info.layer_kwargs(
         scale=scale,
         translate=translate,

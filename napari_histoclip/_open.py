@@ -1,6 +1,6 @@
 """Opening a slide in two halves: the reading in any thread, the layer on the UI thread.
 
-Opening a slide froze the UI 2.2-5.7 s the first time (issue 21, item 10), measured here:
+Opening a slide on the UI thread freezes it 2.2-5.7 s the first time, measured here:
 importing the slide libraries and dask, opening the file, computing the coarsest pyramid level
 (napari reads all of it when the layer is made: 1.2 s for CMU-1-Small-Region, whose overview
 level is averaged from level 0), and the first use of pint's unit registry (1.4 s). All of that

@@ -296,7 +296,7 @@ class RefinePanel(Container):
         """Give the class map a class of its own for ``New class`` (label value n + 1), to paint."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        from backend.palette import new_class_rgb, to_hex
+        from backend.palette import new_class_rgb, to_hex, to_rgb
         from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
 
         name = self.new_class.value.strip()
@@ -318,7 +318,7 @@ class RefinePanel(Container):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
         colors = list(record.colors)
-        color = to_hex(new_class_rgb(colors))  # as the backend colours a refine's new class
+        color = to_hex(new_class_rgb([to_rgb(c) for c in colors]))  # as the backend colours a refine's new class
         colors.append(color)
         table = dict(layer.colormap.color_dict)
         table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
