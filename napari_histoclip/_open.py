@@ -31,15 +31,20 @@ class PreparedSlide:
     levels
         The levels napari gets (``GuardedLevel``), finest first; the coarsest read into memory.
     metadata
-        What the layer's metadata records besides ``info`` (downsamples, objective, mpp source).
+        What the layer's metadata records besides its record (:mod:`napari_histoclip._layer_meta`:
+        the slide, the µm/px source): the level downsamples, the objective power.
     notes
         Information for the user (no µm/px in the metadata...), shown when the layer is added.
+    mpp_source
+        Where the slide's µm/px came from (``backend.slides.MppSource``: "metadata" or "user"),
+        None without one; kept in the layer's record.
     """
 
     info: SlideInfo
     levels: list[Any]
     metadata: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    mpp_source: str | None = None
 
 
 def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSlide:
@@ -71,8 +76,8 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
             "level_downsamples": [float(d) for d in slide.level_downsamples]
             + [float(2 ** (i + 1) * slide.level_downsamples[-1]) for i in range(len(levels) - len(native))],
             "objective_power": slide.objective_power,
-            "mpp_source": getattr(slide, "mpp_source", None),
         }
+        source = getattr(slide, "mpp_source", None)
     except BaseException:
         slide.close()  # no layer holds it: release the file now, not at garbage collection
         raise
@@ -83,7 +88,7 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
 
         notes.append(f"{Path(target).name}: no microns-per-pixel in its metadata; shown at 1 unit per pixel "
                      f"(the scale bar does not measure it) until you give its µm/px in {FIELD}")
-    return PreparedSlide(info, levels, metadata, notes)
+    return PreparedSlide(info, levels, metadata, notes, str(source) if source else None)
 
 
 def warm_units() -> None:
@@ -119,9 +124,7 @@ def slide_layer_data(prepared: PreparedSlide, viewer: Any = None) -> tuple[list[
         # Given, so napari does not compute them from pixel data.
         contrast_limits=(0, 255),
     )
-    extra = dict(prepared.metadata)
-    source = extra.pop("mpp_source", None)
-    kwargs["metadata"] = {**with_record(kwargs["metadata"], mpp_source=str(source) if source else None), **extra}
+    kwargs["metadata"] = {**with_record(kwargs["metadata"], mpp_source=prepared.mpp_source), **prepared.metadata}
     return (list(prepared.levels), kwargs, "image")
 
 

@@ -278,7 +278,7 @@ class TaskRunner:
         """Run an ``on_done`` that is a generator one step per event-loop turn, busy meanwhile.
 
         napari builds a new layer's visual and controls on the UI thread (0.3-0.5 s each
-        here): a result of five layers added in one go froze the UI 1.3 s and more. Each
+        here): a result of five layers added in one go freezes the UI 1.3 s and more. Each
         ``yield`` of ``on_done`` lets the UI repaint and take input before the next layer.
         """
         from qtpy.QtCore import QTimer

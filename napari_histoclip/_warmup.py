@@ -44,7 +44,7 @@ def warm_layers() -> None:
 
     napari's first Labels layer of a process took 1.9-3.8 s to make here (pandas for its
     features table, its default label colormap, pint's unit registry), the next 0.07 s: the
-    first result's class map froze the UI that long. These are napari *models* (no Qt, no GL),
+    first result's class map would freeze the UI that long. These are napari *models* (no Qt, no GL),
     which napari makes in any thread; their visuals are made when a layer joins a viewer.
     """
     import numpy as np

@@ -1,8 +1,8 @@
 """Tabs whose pages scroll: the dock asks for little height of its own.
 
-Each tab page sat directly in the ``QTabWidget``, so the dock's minimum height was that of its
-tallest page (~1009 px): the window could not be shorter, and a page that grew (a long status
-after a failed Connect) made the window taller. In a ``QScrollArea`` (``widgetResizable``) a
+A tab page placed directly in a ``QTabWidget`` makes the dock's minimum height that of its
+tallest page (~1009 px here): the window cannot be shorter, and a page that grows (a long status
+after a failed Connect) makes the window taller. In a ``QScrollArea`` (``widgetResizable``) a
 page takes the height there is and scrolls beyond it; its width still sets the dock's, so
 nothing is cut at the side.
 """
