@@ -98,7 +98,7 @@ class RefinePanel(Container):
         self.start_button.changed.connect(self.start_from_marks)
         self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
-        self.clear_button.changed.connect(self.clear)
+        self.clear_button.changed.connect(self.clear_marks)
         self.save_button.changed.connect(self.save)
         self.apply_button.changed.connect(self.apply)
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
@@ -455,7 +455,7 @@ class RefinePanel(Container):
         self.refine()
 
     @handler
-    def clear(self) -> None:
+    def clear_marks(self) -> None:
         """Drop every mark of this slide and show the zero-shot map again."""
         _, info = self.ctx.require_slide()
         self.slides.pop(info.path, None)
