@@ -32,6 +32,7 @@ from napari_histoclip._settings import DockSettings, load_settings, save_setting
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     import napari
@@ -43,12 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-
-
-def _path_text(value: Any) -> str:
-    """A FileEdit's path as text, "" for none (magicgui shows an empty one as ".")."""
-    text = str(value or "").strip()
-    return "" if text in ("", ".") else text
 
 
 def local_backend(device: str | None) -> Backend:
@@ -473,7 +468,7 @@ class HistoclipWidget(QWidget):
     def _settings_now(self) -> DockSettings:
         return load_settings().updated(
             model=self.model.value, model_other=str(self.model_other.value).strip(),
-            index=_path_text(self.search.index_folder.value),
+            index=str(chosen_path(self.search.index_folder) or ""),
         )
 
     def _remember(self, *_: Any) -> None:
