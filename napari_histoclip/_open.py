@@ -13,11 +13,17 @@ The npe2 reader (``_reader.read_slide_layer``) runs the same two halves one afte
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from napari_histoclip._slide import SlideInfo
+
+#: pint builds its application registry on first use and not thread-safely: the warm-up thread
+#: and a slide read in the task runner both build it when a slide opens as the dock opens, and
+#: the second one then finds no 'pixel' (UndefinedUnitError).
+_UNITS_BUILD = threading.Lock()
 
 
 @dataclass
@@ -93,11 +99,13 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
 
 def warm_units() -> None:
     """Build pint's unit registry now (1.4 s the first time), not when napari first makes a
-    layer with units on the UI thread. Idempotent; pint caches it per process."""
+    layer with units on the UI thread. Idempotent; pint caches it per process; one thread
+    at a time builds it."""
     import pint
 
-    reg = pint.get_application_registry()
-    reg.pixel, reg.micrometer  # noqa: B018 - the first attribute access builds the registry
+    with _UNITS_BUILD:
+        reg = pint.get_application_registry()
+        reg.pixel, reg.micrometer  # noqa: B018 - the first attribute access builds the registry
 
 
 def slide_layer_data(prepared: PreparedSlide, viewer: Any = None) -> tuple[list[Any], dict[str, Any], str]:
