@@ -3,7 +3,7 @@ text lies inside the canvas.
 
 napari draws a shape's text in screen pixels above the shape's top-left corner
 (``caption_text_style``), one anchor for the whole layer. A shape near the right or top edge
-of a slide shown whole had its caption cut at the canvas edge (issue 21). Text size does not
+of a slide shown whole would have its caption cut at the canvas edge. Text size does not
 change with zoom, so the fit is solved for the zoom: the largest zoom, no larger than the
 current one, at which the view still shows what it showed and every caption box fits.
 Pure numpy but for :func:`fit_captions`, which reads and sets the viewer's camera.

@@ -260,7 +260,9 @@ def read_geojson(path: str | os.PathLike[str]) -> tuple[list[Annotation], int]:
     for f in features:
         geom = (f or {}).get("geometry") or {}
         props = (f or {}).get("properties") or {}
-        polys = {"Polygon": [geom.get("coordinates")], "MultiPolygon": geom.get("coordinates")}.get(geom.get("type"))
+        kind = geom.get("type")
+        polys = ({"Polygon": [geom.get("coordinates")], "MultiPolygon": geom.get("coordinates")}.get(kind)
+                 if isinstance(kind, str) else None)
         if not polys:
             skipped += 1
             continue

@@ -166,10 +166,12 @@ def update_record(layer: Any, **changes: Any) -> LayerRecord:
     return layer_record(layer)
 
 
-def is_ours(layer: Any, kind: LayerKind | str) -> bool:
-    """Whether ``layer`` is one of our result layers of ``kind`` (class_map, heatmap, ...)."""
+def is_ours(layer: Any, kind: LayerKind | str, slide_path: str | None = None) -> bool:
+    """Whether ``layer`` is one of our result layers of ``kind`` (class_map, heatmap, ...), and
+    (``slide_path`` given) of that slide."""
     record = layer_record(layer)
-    return record.slide is not None and record.kind == kind
+    return (record.slide is not None and record.kind == kind
+            and (slide_path is None or record.slide.path == slide_path))
 
 
 def slide_class_map(layers: Iterable[Any], slide_path: str) -> Any | None:

@@ -164,7 +164,7 @@ def probability_layer(
     """Every class's probability map as one image layer that shows one class at a time.
 
     One layer, not one per class: napari builds each new layer's visual and controls on the UI
-    thread (0.2-0.6 s each here), so a result of many classes froze the UI for seconds. The
+    thread (0.2-0.6 s each here), so a result of many classes would freeze the UI for seconds. The
     layer shows class ``shown`` (default: the first) from transparent (0) to its colour (1);
     its metadata holds all of them (``PROBABILITIES``), ``labels`` and ``colors``, and
     :func:`show_probability` switches the class shown. NaN (no tissue) becomes 0, so it is
@@ -174,7 +174,7 @@ def probability_layer(
     if stack.ndim != 3 or stack.shape[0] != len(labels):
         raise ValueError(f"probabilities: expected ({len(labels)}, rows, cols) for {len(labels)} classes, "
                          f"got shape {stack.shape}")
-    i = list(labels).index(shown) if shown in labels else 0
+    i = list(labels).index(shown) if shown is not None and shown in labels else 0
     kwargs = info.layer_kwargs(
         scale=scale,
         translate=translate,

@@ -1,6 +1,6 @@
 """Opening a slide in two halves: the reading in any thread, the layer on the UI thread.
 
-Opening a slide froze the UI 2.2-5.7 s the first time (issue 21, item 10), measured here:
+Opening a slide on the UI thread freezes it 2.2-5.7 s the first time, measured here:
 importing the slide libraries and dask, opening the file, computing the coarsest pyramid level
 (napari reads all of it when the layer is made: 1.2 s for CMU-1-Small-Region, whose overview
 level is averaged from level 0), and the first use of pint's unit registry (1.4 s). All of that
@@ -13,11 +13,17 @@ The npe2 reader (``_reader.read_slide_layer``) runs the same two halves one afte
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from napari_histoclip._slide import SlideInfo
+
+#: pint builds its application registry on first use and not thread-safely: the warm-up thread
+#: and a slide read in the task runner both build it when a slide opens as the dock opens, and
+#: the second one then finds no 'pixel' (UndefinedUnitError).
+_UNITS_BUILD = threading.Lock()
 
 
 @dataclass
@@ -31,15 +37,20 @@ class PreparedSlide:
     levels
         The levels napari gets (``GuardedLevel``), finest first; the coarsest read into memory.
     metadata
-        What the layer's metadata records besides ``info`` (downsamples, objective, mpp source).
+        What the layer's metadata records besides its record (:mod:`napari_histoclip._layer_meta`:
+        the slide, the µm/px source): the level downsamples, the objective power.
     notes
         Information for the user (no µm/px in the metadata...), shown when the layer is added.
+    mpp_source
+        Where the slide's µm/px came from (``backend.slides.MppSource``: "metadata" or "user"),
+        None without one; kept in the layer's record.
     """
 
     info: SlideInfo
     levels: list[Any]
     metadata: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    mpp_source: str | None = None
 
 
 def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSlide:
@@ -71,8 +82,8 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
             "level_downsamples": [float(d) for d in slide.level_downsamples]
             + [float(2 ** (i + 1) * slide.level_downsamples[-1]) for i in range(len(levels) - len(native))],
             "objective_power": slide.objective_power,
-            "mpp_source": getattr(slide, "mpp_source", None),
         }
+        source = getattr(slide, "mpp_source", None)
     except BaseException:
         slide.close()  # no layer holds it: release the file now, not at garbage collection
         raise
@@ -83,16 +94,18 @@ def prepare_slide(target: str | Path, *, mpp: float | None = None) -> PreparedSl
 
         notes.append(f"{Path(target).name}: no microns-per-pixel in its metadata; shown at 1 unit per pixel "
                      f"(the scale bar does not measure it) until you give its µm/px in {FIELD}")
-    return PreparedSlide(info, levels, metadata, notes)
+    return PreparedSlide(info, levels, metadata, notes, str(source) if source else None)
 
 
 def warm_units() -> None:
     """Build pint's unit registry now (1.4 s the first time), not when napari first makes a
-    layer with units on the UI thread. Idempotent; pint caches it per process."""
+    layer with units on the UI thread. Idempotent; pint caches it per process; one thread
+    at a time builds it."""
     import pint
 
-    reg = pint.get_application_registry()
-    reg.pixel, reg.micrometer  # noqa: B018 - the first attribute access builds the registry
+    with _UNITS_BUILD:
+        reg = pint.get_application_registry()
+        reg.pixel, reg.micrometer  # noqa: B018 - the first attribute access builds the registry
 
 
 def slide_layer_data(prepared: PreparedSlide, viewer: Any = None) -> tuple[list[Any], dict[str, Any], str]:
@@ -119,9 +132,7 @@ def slide_layer_data(prepared: PreparedSlide, viewer: Any = None) -> tuple[list[
         # Given, so napari does not compute them from pixel data.
         contrast_limits=(0, 255),
     )
-    extra = dict(prepared.metadata)
-    source = extra.pop("mpp_source", None)
-    kwargs["metadata"] = {**with_record(kwargs["metadata"], mpp_source=str(source) if source else None), **extra}
+    kwargs["metadata"] = {**with_record(kwargs["metadata"], mpp_source=prepared.mpp_source), **prepared.metadata}
     return (list(prepared.levels), kwargs, "image")
 
 

@@ -94,7 +94,7 @@ def _idle_dock() -> Any | None:
     """The HistoCLIP dock of napari's current viewer when it is idle, else None.
 
     File > Open and drag-and-drop call the reader on the UI thread, which waits for what it
-    returns: reading a slide there froze the UI for seconds (issue 21, item 10). With the dock
+    returns: reading a slide there freezes the UI for seconds. With the dock
     open and free, the reader hands the slides to its task runner (``HistoclipWidget.
     open_slides``) and returns napari's "nothing to add" sentinel: the layers arrive when read.
     Without the dock (a script, ``napari.Viewer().open``) or while it runs a task, the reader

@@ -45,9 +45,20 @@ class DockSettings:
     index: str = ""
     slide_mpp: Mapping[str, float] = field(default_factory=dict)
 
-    def updated(self, **changes: Any) -> DockSettings:
-        """These text choices changed (None: none)."""
-        return replace(self, **{k: str(v or "") for k, v in changes.items()})
+    def updated(self, **changes: str | None) -> DockSettings:
+        """These text choices (``model``, ``model_other``, ``index``) changed (None: none)."""
+        text = ("model", "model_other", "index")
+        unknown = sorted(set(changes) - set(text))
+        if unknown:
+            raise TypeError(f"DockSettings.updated: {unknown} are not text choices; they are {list(text)}")
+
+        def value(name: str) -> str:
+            return str(changes[name] or "") if name in changes else str(getattr(self, name))
+
+        return DockSettings(
+            model=value("model"), model_other=value("model_other"), index=value("index"),
+            slide_mpp=self.slide_mpp,
+        )
 
     def with_slide_mpp(self, fingerprint: str, mpp: float | None) -> DockSettings:
         """The µm/px of the slide ``fingerprint`` remembered (None: forgotten)."""

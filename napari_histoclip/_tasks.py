@@ -145,10 +145,13 @@ class TaskRunner:
         self,
         label: str,
         fn: TaskFn[T],
-        on_done: Callable[[T], None],
+        on_done: Callable[[T], Iterator[Any] | None],
         on_error: Callable[[Exception], None] | None = None,
     ) -> bool:
-        """Start ``fn`` unless a task is running (then notify and return False)."""
+        """Start ``fn`` unless a task is running (then notify and return False).
+
+        An ``on_done`` that is a generator is shown in steps (:meth:`_show_in_steps`).
+        """
         from napari.utils.notifications import show_warning
 
         if self._closed:
@@ -275,7 +278,7 @@ class TaskRunner:
         """Run an ``on_done`` that is a generator one step per event-loop turn, busy meanwhile.
 
         napari builds a new layer's visual and controls on the UI thread (0.3-0.5 s each
-        here): a result of five layers added in one go froze the UI 1.3 s and more. Each
+        here): a result of five layers added in one go freezes the UI 1.3 s and more. Each
         ``yield`` of ``on_done`` lets the UI repaint and take input before the next layer.
         """
         from qtpy.QtCore import QTimer
@@ -319,8 +322,9 @@ class TaskRunner:
         self._quit_hooked = True
 
         def wait() -> None:
-            if self._let_go:
-                QThreadPool.globalInstance().waitForDone(LET_GO_QUIT_WAIT_MS)
+            pool = QThreadPool.globalInstance()
+            if self._let_go and pool is not None:
+                pool.waitForDone(LET_GO_QUIT_WAIT_MS)
 
         app.aboutToQuit.connect(wait)
 
@@ -391,7 +395,7 @@ def error_line(error: BaseException, *, planned: bool = False) -> str:
 
 
 #: Most characters of an error's headline (its first sentence); a longer one is cut
-#: at a word. The backend puts the cause and the remedy first (issue 21: within 80 characters).
+#: at a word. The backend puts the cause and the remedy within its first 80 characters.
 HEADLINE_CHARS = 160
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(`'\"])")
 

@@ -206,7 +206,7 @@ def selected_shape(viewer: Any, what: str, info: SlideInfo | None = None) -> tup
         return own
 
     active = viewer.layers.selection.active
-    if is_layer(active, "Shapes") and active.selected_data and (other := elsewhere(active)) is not None:
+    if info is not None and is_layer(active, "Shapes") and active.selected_data and (other := elsewhere(active)) is not None:
         raise UserError(f"{what}: the selected shape is on {other.name}, not on {info.name} (the slide chosen): "
                         f"select a shape drawn on {info.name}, or choose {other.name} as the slide")
     candidates = [active] if is_layer(active, "Shapes") and active.selected_data else [

@@ -1,11 +1,11 @@
 """Importing, off the UI thread, the libraries the first slide and the first result need.
 
-Measured through the Plugins-menu path (issue 21, item 10): the first class map froze the UI
+Measured through the Plugins-menu path: without it, the first class map freezes the UI
 a further ~1.2 s importing ``pandas`` for the Labels layer's features table, and the reader
 imports ``dask.array`` (1.2 s idle) for its lazy levels. The dock starts this when it is made.
 Python's per-module import locks make it safe: code that needs a module being imported here
 waits for it rather than importing it twice. It does not make the first slide's opening
-cheaper in what was measured (2.2 s before, 2.6 s after, load ~7): that freeze is napari
+cheaper in what was measured (2.2 s without it, 2.6 s with it, load ~7): that freeze is napari
 reading the displayed level on the UI thread, initialising pint's unit registry and building
 the layer's visual, none of which an import ahead of time removes.
 
@@ -47,7 +47,7 @@ def warm_layers() -> None:
 
     napari's first Labels layer of a process took 1.9-3.8 s to make here (pandas for its
     features table, its default label colormap, pint's unit registry), the next 0.07 s: the
-    first result's class map froze the UI that long. These are napari *models* (no Qt, no GL),
+    first result's class map would freeze the UI that long. These are napari *models* (no Qt, no GL),
     which napari makes in any thread; their visuals are made when a layer joins a viewer.
     """
     import numpy as np

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari_histoclip._slide import SlideInfo
+from napari_histoclip._slide import SlideInfo, slide_of
 
 
 class _SlideFrame:
@@ -28,7 +28,7 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
 
     keep = ("shape_type", "features", "scale", "translate", "metadata", "name")
     layer = Shapes(data, **{k: attributes[k] for k in keep if k in attributes})
-    info = SlideInfo.from_metadata(layer.metadata) or SlideInfo("", layer.name, 0, 0, None)
+    info = slide_of(layer) or SlideInfo("", layer.name, 0, 0, None)
     # The class colours the layer recorded: the same ones the dock's export writes.
     written = write_qupath_geojson(path, shapes_objects(layer, _SlideFrame(info)), known_colors=recorded_colors(layer))
     return [str(written)]

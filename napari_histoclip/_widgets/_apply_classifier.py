@@ -33,8 +33,11 @@ def bundle_classes(path: str) -> list[tuple[str, str]] | None:
     out = []
     for i, c in enumerate(classes):
         rgb = c.get("color") if isinstance(c, dict) else None
-        ok = isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
-        out.append((str(c.get("name") if isinstance(c, dict) else c), to_hex(rgb) if ok else class_hex(i)))
+        if isinstance(rgb, list) and len(rgb) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb):
+            color = to_hex(rgb)
+        else:
+            color = class_hex(i)
+        out.append((str(c.get("name") if isinstance(c, dict) else c), color))
     return out
 
 

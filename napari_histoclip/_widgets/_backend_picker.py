@@ -137,7 +137,7 @@ class BackendPicker(Container):
         self.token.native.setEchoMode(QLineEdit.EchoMode.Password)  # never echoed, not copyable
         self.connect_button = PushButton(text="Connect")
         self.state = Label(value="working on this computer")
-        wrap_label(self.state)  # a failed Connect's message must not widen the dock (issue 21)
+        wrap_label(self.state)  # a failed Connect's message must not widen the dock
         self.server_slide = ComboBox(label="Server slide", choices=[], nullable=True,
                                      tooltip="a slide on the server, shown streamed from it")
         self.open_button = PushButton(text="Open server slide")
@@ -165,8 +165,8 @@ class BackendPicker(Container):
         server = self.where.value == str(Where.SERVER)
         for w in (self.url, self.token, self.connect_button):
             w.visible = server
-        for w in (self.server_slide, self.open_button):
-            w.visible = server and self.connected is not None
+        for widget in (self.server_slide, self.open_button):
+            widget.visible = server and self.connected is not None
         if server and not self.token.value:
             remembered = load_token(str(self.url.value).strip())
             self.token.native.setPlaceholderText("remembered token (type to replace)" if remembered else "token")

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from backend.needs import Task, why_not
 
 if TYPE_CHECKING:
+    from magicgui.widgets import Widget
+
     from napari_histoclip._widgets._main import HistoclipWidget
 
 
@@ -67,15 +69,17 @@ class ModelGate:
     def can(self, task: Task) -> bool:
         return self.why_not(task) is None
 
-    def controls(self) -> dict[Task, list[Any]]:
+    def controls(self) -> dict[Task, list[Widget]]:
         """The controls of each text task (zero-shot's only while its labels come from prompts:
         applying a classifier needs images only)."""
         from napari_histoclip._widgets._zeroshot import TEXT_PROMPTS
 
         zs, search = self.dock.zero_shot, self.dock.search
-        out = {Task.HEATMAP: [zs.query, zs.heatmap_button], Task.TEXT_SEARCH: [search.text, search.text_button]}
+        out: dict[Task, list[Widget]] = {
+            Task.HEATMAP: [zs.query, zs.heatmap_button], Task.TEXT_SEARCH: [search.text, search.text_button],
+        }
         # labels from prompts: the tiles' map, the whole-slide answer and the cohort triage
-        prompt_buttons = [zs.run_button, zs.slide_button, zs.triage.run_button]
+        prompt_buttons: list[Widget] = [zs.run_button, zs.slide_button, zs.triage.run_button]
         out[Task.ZERO_SHOT] = prompt_buttons
         if zs.source.value != TEXT_PROMPTS:
             out[Task.ZERO_SHOT] = []
@@ -90,7 +94,7 @@ class ModelGate:
             for widget in widgets:
                 self._set(widget, why)
 
-    def _set(self, widget: Any, why: str | None) -> None:
+    def _set(self, widget: Widget, why: str | None) -> None:
         key = id(widget)
         if key not in self._tips:
             self._tips[key] = widget.tooltip

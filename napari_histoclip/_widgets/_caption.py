@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
@@ -23,6 +25,7 @@ from napari_histoclip._shapes import (
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
@@ -60,11 +63,13 @@ class CaptionPanel(Container):
                                tooltip="a trained captioner bundle, or the nearest captions of a corpus you bring "
                                        "(for vision-language models)")
         corpus = os.environ.get(CORPUS_ENV, "")
-        self.corpus = FileEdit(label="Corpus", mode="r", filter=CORPUS_FILTER, value=corpus or None,
+        self.corpus = FileEdit(label="Corpus", mode=FileDialogMode.EXISTING_FILE, filter=CORPUS_FILTER,
+                               value=Path(corpus) if corpus else None,
                                tooltip="one caption a line (.txt), or a .csv/.parquet/.jsonl table with a 'text' "
                                        f"column; embedded once and cached (default from ${CORPUS_ENV})")
         default = os.environ.get(CAPTIONER_ENV, "")
-        self.captioner = FileEdit(label="Captioner", mode="d", value=default or None,
+        self.captioner = FileEdit(label="Captioner", mode=FileDialogMode.EXISTING_DIRECTORY,
+                                  value=Path(default) if default else None,
                                   tooltip=f"a captioner bundle folder (default from ${CAPTIONER_ENV})")
         # Defaults and limits are the backend's (DecodeConfig), checked before work starts.
         self.beams = SpinBox(label="Beams", value=DecodeConfig.num_beams, min=1, max=10)
@@ -130,7 +135,8 @@ class CaptionPanel(Container):
             raise UserError("Regions: draw rectangles or polygons in a regions layer first")
         if self.source.value == CaptionSource.CORPUS.value:
             return self._caption_from_corpus(slide_layer, info, layer)
-        if not self.captioner.value or str(self.captioner.value) in ("", "."):
+        captioner = chosen_path(self.captioner)
+        if captioner is None:
             raise UserError(f"Captioner: choose a captioner bundle folder (or set ${CAPTIONER_ENV})")
         indices = self.shapes_to_caption(layer)
         config = self.decode_config()
@@ -138,7 +144,7 @@ class CaptionPanel(Container):
         request = CaptionRequest(
             slide=self.ctx.slide_ref(info),
             regions=tuple(regions),
-            captioner=str(self.captioner.value),
+            captioner=str(captioner),
             model=self.ctx.model_name,
             beams=config.num_beams,
             n_best=config.n_best,
@@ -162,11 +168,12 @@ class CaptionPanel(Container):
         """Caption the chosen shapes with the nearest captions of the corpus file (in a worker)."""
         from backend.api import CorpusCaptionRequest
 
-        if not self.corpus.value or str(self.corpus.value) in ("", "."):
+        corpus = chosen_path(self.corpus)
+        if corpus is None:
             raise UserError(f"Corpus: choose a caption corpus file (or set ${CORPUS_ENV})")
         indices = self.shapes_to_caption(layer)
         request = CorpusCaptionRequest(slide=self.ctx.slide_ref(info), regions=tuple(shape_regions(layer, slide_layer, indices)),
-                                       corpus=str(self.corpus.value), model=self.ctx.model_name, n_best=int(self.n_best.value))
+                                       corpus=str(corpus), model=self.ctx.model_name, n_best=int(self.n_best.value))
         backend = self.ctx.backend
 
         def done(result: Any) -> None:
@@ -174,7 +181,7 @@ class CaptionPanel(Container):
             selected = sorted(i for i in layer.selected_data if i < len(layer.data))
             self.show_shape(selected[0] if selected else indices[0])
 
-        self.ctx.run(f"Captioning {len(indices)} region(s) from {self.corpus.value.name}",
+        self.ctx.run(f"Captioning {len(indices)} region(s) from {corpus.name}",
                      lambda progress, cancel: backend.corpus_caption(request, progress=progress, cancel=cancel), done)
 
     def grounding_request(self) -> tuple[Any, Any]:
@@ -195,7 +202,8 @@ class CaptionPanel(Container):
             raise no_caption_error(index)
         (region,) = shape_regions(layer, slide_layer, [index])
         generated = [t for t, _, src in nbest_sources(layer, index) if not src]
-        bundle = str(self.captioner.value) if self.captioner.value and str(self.captioner.value) not in ("", ".") else None
+        captioner = chosen_path(self.captioner)
+        bundle = str(captioner) if captioner is not None else None
         if self.source.value == CaptionSource.CAPTIONER.value and bundle and caption in generated:
             return GroundingRequest(self.ctx.slide_ref(info), region, caption, captioner=bundle), info
         return GroundingRequest(self.ctx.slide_ref(info), region, caption, model=self.ctx.model_name), info
@@ -311,7 +319,8 @@ class CaptionPanel(Container):
         from napari_histoclip._geojson import class_map_legend
 
         slide = self.ctx.slide_layer()
-        want = slide_of(slide).path if slide is not None and slide_of(slide) else None
+        info = slide_of(slide) if slide is not None else None
+        want = info.path if info is not None else None
         colors: dict[str, str] = {}
         for lyr in self.ctx.viewer.layers:
             own = slide_of(lyr)
@@ -339,7 +348,8 @@ class CaptionPanel(Container):
 
     def _shapes_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         slide = self.ctx.slide_layer() if hasattr(self, "ctx") else None
-        want = slide_of(slide).path if slide is not None and slide_of(slide) else None
+        info = slide_of(slide) if slide is not None else None
+        want = info.path if info is not None else None
         from napari.layers import Shapes
 
         out = []

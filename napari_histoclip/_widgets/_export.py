@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 
 from napari_histoclip._layer_meta import LayerKind, is_ours, slide_class_map
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import add_layer_data
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
@@ -29,9 +31,9 @@ class ExportPanel(Container):
         self.marks = CheckBox(text="Refine marks", value=True,
                               tooltip="the tiles painted on the Refine tab, one annotation per class; "
                                       "an import gives them back as marks")
-        self.path = FileEdit(label="Save to", mode="w", filter="*.geojson", value=None)
+        self.path = FileEdit(label="Save to", mode=FileDialogMode.OPTIONAL_FILE, filter="*.geojson", value=None)
         self.export_button = PushButton(text="Export QuPath GeoJSON")
-        self.import_path = FileEdit(label="Import", mode="r", filter="*.geojson *.json", value=None)
+        self.import_path = FileEdit(label="Import", mode=FileDialogMode.EXISTING_FILE, filter="*.geojson *.json", value=None)
         self.import_button = PushButton(text="Import as shapes")
         super().__init__(
             widgets=[self.shapes, self.class_map, self.classify, self.marks, self.path, self.export_button,
@@ -64,10 +66,10 @@ class ExportPanel(Container):
         slide_map = slide_class_map(self.ctx.viewer.layers, info.path)
         if shapes is None and class_map is None and not marks:
             raise UserError("Export: choose a shapes layer, a class map, or both (or paint refine marks)")
-        target = self.path.value
-        if not target or str(target) in ("", ".") or Path(target).is_dir():
+        chosen = chosen_path(self.path)
+        if chosen is None or chosen.is_dir():
             raise UserError("Save to: choose a .geojson file name")
-        target = Path(target) if Path(target).suffix else Path(target).with_suffix(".geojson")
+        target = chosen if chosen.suffix else chosen.with_suffix(".geojson")
         if not target.parent.is_dir():
             raise UserError(f"Save to: the folder {target.parent} does not exist; create it or choose another")
         # One colour per class: the slide's class map's legend, then the shapes layer's recorded
@@ -108,25 +110,25 @@ class ExportPanel(Container):
         from napari_histoclip._geojson import annotations_layer, read_geojson
 
         _, info = self.ctx.require_slide()
-        source = self.import_path.value
-        if not source or not Path(source).is_file():
+        source = chosen_path(self.import_path)
+        if source is None or not source.is_file():
             raise UserError(f"Import: choose a GeoJSON file ({source or 'none chosen'})")
         annotations, skipped = read_geojson(source)
         if not annotations:
-            raise UserError(f"{Path(source).name}: no polygon annotations in it ({skipped} other features)")
+            raise UserError(f"{source.name}: no polygon annotations in it ({skipped} other features)")
         if all(a.class_map for a in annotations):
-            raise UserError(f"{Path(source).name}: it holds only a class map's polygons, which are not imported "
+            raise UserError(f"{source.name}: it holds only a class map's polygons, which are not imported "
                             "(they are not shapes or marks): label the slide in the Zero-shot tab to see its map")
         marks = [a for a in annotations if a.refine_mark]
         of_map = [a for a in annotations if a.class_map and not a.hole]
         annotations = [a for a in annotations if not a.refine_mark and not a.class_map]
         if marks and slide_class_map(self.ctx.viewer.layers, info.path) is None:
-            raise UserError(f"{Path(source).name}: it holds refine marks; label {info.name} in the Zero-shot tab "
+            raise UserError(f"{source.name}: it holds refine marks; label {info.name} in the Zero-shot tab "
                             "first, then import it (marks sit on the class map's tiles)")
         layer = None
         if annotations:
             layer = add_layer_data(self.ctx.viewer, annotations_layer(annotations, info,
-                                                                      f"{info.stem}: {Path(source).stem}"))
+                                                                      f"{info.stem}: {source.stem}"))
         done = [f"{len(annotations)} annotations imported"] if annotations else []
         if marks:
             done.append(f"{self.ctx.import_marks(info, marks)} tiles marked on the Refine tab")
@@ -142,7 +144,7 @@ class ExportPanel(Container):
         if skipped:
             notes.append(f"{skipped} points, lines or empty features skipped")
         note = "; " + "; ".join(notes) if notes else ""
-        (show_warning if notes else show_info)(f"{Path(source).name}: {', '.join(done)}{note}")
+        (show_warning if notes else show_info)(f"{source.name}: {', '.join(done)}{note}")
         return layer
 
     @staticmethod

@@ -20,6 +20,7 @@ from napari_histoclip._widgets._handler import UserError, handler
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
+    from napari_histoclip._layers import LayerData
 
 CAPTION_MAP_COLOR = "#ffd700"  # the whole caption: gold
 PHRASE_COLORS = ("#00e5ff", "#ff4fd8", "#7cff4f", "#ff8c1a", "#8f7bff", "#ff5252", "#40c4aa", "#ffe14f")
@@ -42,7 +43,7 @@ def _support_colormap(color: str, name: str) -> Any:
                     controls=np.array([0.0, 0.02, 1.0]), name=name, display_name=name)
 
 
-def grounding_layers(result: Any, info: SlideInfo) -> list[tuple[Any, dict[str, Any], str]]:
+def grounding_layers(result: Any, info: SlideInfo) -> list[LayerData]:
     """Layer data of a grounding result: a map image per text and the top tiles' outlines.
 
     Each map is scaled to [0, 1] over the region's tiles (its least supporting tile at 0, the
@@ -51,7 +52,7 @@ def grounding_layers(result: Any, info: SlideInfo) -> list[tuple[Any, dict[str, 
     texts = (result.caption, *result.phrases)
     colors = map_colors(len(result.phrases))
     scale, translate = grid_transform(result.geometry.scale, result.geometry.translate, info)
-    out = []
+    out: list[LayerData] = []
     for m, (text, color) in enumerate(zip(texts, colors)):
         values = np.asarray(result.maps[m], dtype=np.float32)
         valid = np.isfinite(values)
@@ -67,7 +68,9 @@ def grounding_layers(result: Any, info: SlideInfo) -> list[tuple[Any, dict[str, 
                               "method": result.method, "support_range": (lo, hi)}
         out.append((data, kwargs, "image"))
     (sy, sx), (ty, tx) = result.geometry.scale, result.geometry.translate
-    rects, edges, feats = [], [], {"text": [], "rank": [], "support": [], "cell": []}
+    rects: list[np.ndarray] = []
+    edges: list[str] = []
+    feats: dict[str, list[Any]] = {"text": [], "rank": [], "support": [], "cell": []}
     for m, (text, cells) in enumerate(zip(texts, result.top_cells)):
         for rank, (r, c) in enumerate(cells, 1):
             # level-0 corner box of grid cell (r, c): its centre is translate + index * scale
@@ -107,11 +110,11 @@ class GroundingControls(Container):
                                  tooltip="map how much each tile of the shape supports its caption and each noun phrase")
         self.tile = Label(value="")
         super().__init__(widgets=[self.button, self.tile], labels=False)
-        self.button.changed.connect(self.show)
+        self.button.changed.connect(self.ground)
         self._tiles_layer: Any = None
 
     @handler
-    def show(self) -> None:
+    def ground(self) -> None:
         """Ground the shown shape's caption in a worker; add its maps and outlined top tiles."""
         from napari_histoclip._layer_meta import is_ours
         from napari_histoclip._viewer import replace_layers

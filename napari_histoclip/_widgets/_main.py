@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, Widget
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
@@ -32,6 +32,7 @@ from napari_histoclip._settings import DockSettings, load_settings, save_setting
 from napari_histoclip._slide import SlideInfo, slide_layers, slide_of
 from napari_histoclip._tasks import TaskRunner, TaskState, error_line, show_task_error
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     import napari
@@ -39,15 +40,10 @@ if TYPE_CHECKING:
     from backend.api import Backend, SlideRef
     from backend.needs import Task
     from napari_histoclip._marks import Cell
+    from napari_histoclip._widgets._zeroshot import ZeroShotPanel
 
 log = logging.getLogger(__name__)
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-
-
-def _path_text(value: Any) -> str:
-    """A FileEdit's path as text, "" for none (magicgui shows an empty one as ".")."""
-    text = str(value or "").strip()
-    return "" if text in ("", ".") else text
 
 
 def local_backend(device: str | None) -> Backend:
@@ -89,7 +85,7 @@ class HistoclipWidget(QWidget):
             tooltip="any hf-hub:ORG/REPO open_clip id or a model bundle folder; when filled, used instead of the list",
         )
         self.model_other.native.setPlaceholderText("hf-hub:ORG/REPO or a model bundle folder")
-        # said before anything is pressed: the chosen model's weights are not on disk (issue 21)
+        # said before anything is pressed: the chosen model's weights are not on disk (offline, a run fails)
         self.model_note = Label(value="", label="")
         self.model_note.native.setWordWrap(True)
         self._model_infos: dict[str, Any] = {}
@@ -101,9 +97,9 @@ class HistoclipWidget(QWidget):
         self.slide.changed.connect(self.show_mpp)
         self._mpp_memory = MppMemory(self)
         self.embed_button = PushButton(text="Embed slide", tooltip="embed every tissue tile (cached on disk)")
-        self.header = Container(widgets=[self.model, self.model_note, self.model_other, self.device, self.slide,
-                                          self.mpp, self.embed_button])
-        from napari_histoclip._widgets._backend_picker import BackendPicker  # this computer or a server (issue 12)
+        self.header: Container[Widget] = Container(widgets=[
+            self.model, self.model_note, self.model_other, self.device, self.slide, self.mpp, self.embed_button])
+        from napari_histoclip._widgets._backend_picker import BackendPicker  # this computer or a server
 
         self.backend_picker = BackendPicker(self)
         self.header.insert(0, self.backend_picker)
@@ -117,7 +113,7 @@ class HistoclipWidget(QWidget):
         wrap_label(self.status)  # a long task line or error wraps; the dock keeps its width
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.changed.connect(self.cancel)
-        self.footer = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
+        self.footer: Container[Widget] = Container(widgets=[self.status, self.progress, self.cancel_button], layout="vertical")
         self.runner = TaskRunner(self._show_state)
         from napari_histoclip._widgets._notices import ErrorPanel
 
@@ -130,11 +126,11 @@ class HistoclipWidget(QWidget):
         from napari_histoclip._widgets._zeroshot import ZeroShotPanel
 
         self.gate: ModelGate | None = None  # made once the tabs whose controls it wires exist
-        self.zero_shot = ZeroShotPanel(self)
+        self.zero_shot: ZeroShotPanel = ZeroShotPanel(self)
         self.captions = CaptionPanel(self)
         self.search = SearchPanel(self)
         self.export = ExportPanel(self)
-        from napari_histoclip._widgets._scroll_tabs import ScrollTabs  # pages scroll: a short dock (issue 21)
+        from napari_histoclip._widgets._scroll_tabs import ScrollTabs  # pages scroll: a short dock
 
         self.tabs = ScrollTabs(self)
         for panel, title in (
@@ -144,11 +140,11 @@ class HistoclipWidget(QWidget):
             (self.export, "Export"),
         ):
             self.tabs.addTab(panel.native, title)
-        from napari_histoclip._widgets._refine import add_refine_tab  # few-shot refine (issue 13)
+        from napari_histoclip._widgets._refine import add_refine_tab  # few-shot refine
         self.refine = add_refine_tab(self)
-        from napari_histoclip._widgets._capabilities import ModelGate  # text controls follow the model (issue 17)
+        from napari_histoclip._widgets._capabilities import ModelGate  # text controls follow the model
         self.gate = ModelGate(self)
-        from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so (issue 17)
+        from napari_histoclip._widgets._speed import SlowRunWatch  # a big encoder on CPU: say so
         self.slow_watch = SlowRunWatch()
 
         # Header, tabs and error in one scroll area, each tab's page in its own: the dock asks
@@ -166,7 +162,7 @@ class HistoclipWidget(QWidget):
         layout.addWidget(self.footer.native)
 
         events = viewer.layers.events
-        self._viewer_events = (events.inserted, events.removed, events.reordered)
+        self._viewer_events: tuple[Any, ...] = (events.inserted, events.removed, events.reordered)
         for ev in self._viewer_events:
             ev.connect(self._layers_changed)
         watch_units(viewer)  # slides with and without mpp in one unit (napari_histoclip._mpp)
@@ -182,7 +178,7 @@ class HistoclipWidget(QWidget):
             self._mpp_memory.recall(layer)
         self._pick_visible_slide()
         self.show_mpp()
-        for widget in (self.model, self.model_other, self.search.index):
+        for widget in (self.model, self.model_other, self.search.index_folder):
             widget.changed.connect(self._remember)
         self.model.changed.connect(self._show_weights_note)
         self.model_other.changed.connect(self._show_weights_note)
@@ -193,9 +189,9 @@ class HistoclipWidget(QWidget):
         for widget in (self.model, self.model_other):  # the corpus source needs a vision-language model
             widget.changed.connect(lambda *_: self.captions.source.reset_choices())
 
-    def event(self, event: QEvent) -> bool:
+    def event(self, event: QEvent | None) -> bool:
         """Close when napari takes the dock down: its close button unparents this widget."""
-        if event.type() == QEvent.Type.ParentChange:
+        if event is not None and event.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
                 self._docked = True
             elif self._docked:
@@ -338,7 +334,8 @@ class HistoclipWidget(QWidget):
         if choices and self.model.value is None:
             self.model.value = choices[0][1]
         self._show_weights_note()
-        self.gate.learn(infos)
+        if self.gate is not None:  # made with the tabs, before the first listing
+            self.gate.learn(infos)
 
     @handler
     def embed(self) -> None:
@@ -471,7 +468,7 @@ class HistoclipWidget(QWidget):
     def _settings_now(self) -> DockSettings:
         return load_settings().updated(
             model=self.model.value, model_other=str(self.model_other.value).strip(),
-            index=_path_text(self.search.index.value),
+            index=str(chosen_path(self.search.index_folder) or ""),
         )
 
     def _remember(self, *_: Any) -> None:
@@ -483,7 +480,7 @@ class HistoclipWidget(QWidget):
             self.model.value = saved.model
         self.model_other.value = saved.model_other
         if saved.index and Path(saved.index).exists():
-            self.search.index.value = saved.index
+            self.search.index_folder.value = Path(saved.index)
 
     def _backend_close_failed(self, e: Exception) -> None:
         """Closing the backend this dock made failed. It runs from Qt slots (a closed dock, a

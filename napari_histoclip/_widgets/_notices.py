@@ -2,7 +2,7 @@
 and the last failed task's error (its headline shown, its whole text on demand).
 
 napari's toast shows one elided line and vanishes; a 700-character error about missing
-weights needs a place where its headline stays and the rest can be read (issue 21, item 9).
+weights needs a place where its headline stays and the rest can be read.
 """
 
 from __future__ import annotations

@@ -24,6 +24,13 @@ from napari_histoclip._layers import default_color
 DEFAULT_PROMPTS: tuple[str, ...] = ("tumor epithelium", "stroma", "lymphocytes", "adipose tissue")
 
 
+def _header(header: QHeaderView | None) -> QHeaderView:
+    """A table's header (Qt's types allow none; a ``QTableWidget`` always has both)."""
+    if header is None:
+        raise RuntimeError("the prompt table has lost a header")
+    return header
+
+
 @dataclass(frozen=True)
 class PromptRow:
     """A class: its name (the prompt), colour ``#rrggbb`` and optional synonyms."""
@@ -42,8 +49,8 @@ class _RowsTable(QTableWidget):
 
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
-        header = self.horizontalHeader()
-        need = header.sizeHint().height() + self.verticalHeader().length() + 2 * self.frameWidth()
+        top, side = _header(self.horizontalHeader()), _header(self.verticalHeader())
+        need = top.sizeHint().height() + side.length() + 2 * self.frameWidth()
         return QSize(hint.width(), max(self.LEAST, min(self.MOST, need)))
 
 
@@ -56,12 +63,12 @@ class PromptTable(QWidget):
         super().__init__(parent)
         self.table = _RowsTable(0, 3, self)
         self.table.setHorizontalHeaderLabels(["", "class prompt", "synonyms (; separated)"])
-        header = self.table.horizontalHeader()
+        header = _header(self.table.horizontalHeader())
         header.setSectionResizeMode(self.COLOR, QHeaderView.ResizeMode.Fixed)
         header.setSectionResizeMode(self.LABEL, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(self.SYNONYMS, QHeaderView.ResizeMode.Stretch)
         self.table.setColumnWidth(self.COLOR, 28)
-        self.table.verticalHeader().setVisible(False)
+        _header(self.table.verticalHeader()).setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setMaximumHeight(_RowsTable.MOST)
         self.table.cellClicked.connect(self._maybe_pick_color)
@@ -90,7 +97,8 @@ class PromptTable(QWidget):
             label = (self.table.item(r, self.LABEL) or QTableWidgetItem("")).text().strip()
             if not label:
                 continue
-            color = self.table.item(r, self.COLOR).data(Qt.ItemDataRole.UserRole)
+            swatch = self.table.item(r, self.COLOR)
+            color = swatch.data(Qt.ItemDataRole.UserRole) if swatch is not None else default_color(r)
             raw = (self.table.item(r, self.SYNONYMS) or QTableWidgetItem("")).text()
             synonyms = tuple(s.strip() for s in raw.split(";") if s.strip())
             out.append(PromptRow(label, str(color), synonyms))
@@ -124,6 +132,8 @@ class PromptTable(QWidget):
 
     def _set_color(self, row: int, color: str) -> None:
         item = self.table.item(row, self.COLOR)
+        if item is None:
+            raise IndexError(f"prompt table: no row {row + 1} (it has {self.table.rowCount()})")
         item.setBackground(QColor(color))
         item.setData(Qt.ItemDataRole.UserRole, QColor(color).name())
         item.setToolTip(f"{color}: click to change")
@@ -131,7 +141,10 @@ class PromptTable(QWidget):
     def _maybe_pick_color(self, row: int, column: int) -> None:
         if column != self.COLOR:
             return
-        current = QColor(self.table.item(row, self.COLOR).data(Qt.ItemDataRole.UserRole))
+        swatch = self.table.item(row, self.COLOR)
+        if swatch is None:
+            return
+        current = QColor(swatch.data(Qt.ItemDataRole.UserRole))
         chosen = QColorDialog.getColor(current, self, "Class colour")
         if chosen.isValid():
             self._set_color(row, chosen.name())

@@ -98,7 +98,7 @@ class RefinePanel(Container):
         self.start_button.changed.connect(self.start_from_marks)
         self.add_class_button.changed.connect(self.add_class)
         self.undo_button.changed.connect(self.undo)
-        self.clear_button.changed.connect(self.clear)
+        self.clear_button.changed.connect(self.clear_marks)
         self.save_button.changed.connect(self.save)
         self.apply_button.changed.connect(self.apply)
         self.unsure.itemClicked.connect(lambda item: self.go_to(self.unsure.row(item)))
@@ -296,7 +296,7 @@ class RefinePanel(Container):
         """Give the class map a class of its own for ``New class`` (label value n + 1), to paint."""
         from napari.utils.colormaps import DirectLabelColormap
 
-        from backend.palette import new_class_rgb, to_hex
+        from backend.palette import new_class_rgb, to_hex, to_rgb
         from napari_histoclip._layers import UNKNOWN_COLOR, UNKNOWN_LABEL, hex_to_rgba
 
         name = self.new_class.value.strip()
@@ -318,7 +318,7 @@ class RefinePanel(Container):
             raise UserError("New class: the map has 'unknown' tiles, whose value the new class would take; "
                             "set 'Unknown below' to 0 in the Zero-shot tab and label the slide again")
         colors = list(record.colors)
-        color = to_hex(new_class_rgb(colors))  # as the backend colours a refine's new class
+        color = to_hex(new_class_rgb([to_rgb(c) for c in colors]))  # as the backend colours a refine's new class
         colors.append(color)
         table = dict(layer.colormap.color_dict)
         table[n + 1], table[n + 2] = hex_to_rgba(color), hex_to_rgba(UNKNOWN_COLOR)
@@ -455,7 +455,7 @@ class RefinePanel(Container):
         self.refine()
 
     @handler
-    def clear(self) -> None:
+    def clear_marks(self) -> None:
         """Drop every mark of this slide and show the zero-shot map again."""
         _, info = self.ctx.require_slide()
         self.slides.pop(info.path, None)

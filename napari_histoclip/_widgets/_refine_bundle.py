@@ -38,8 +38,8 @@ def save_classifier(panel: RefinePanel) -> None:
     base = bases.pop() if bases else None
     slides = []
     for slide_path, marks in marked.items():
-        layer = next((lyr for lyr in panel.ctx.viewer.layers if (s := slide_of(lyr)) and s.path == slide_path), None)
-        mpp = slide_of(layer).mpp if layer is not None else None
+        own = next((s for lyr in panel.ctx.viewer.layers if (s := slide_of(lyr)) is not None and s.path == slide_path), None)
+        mpp = own.mpp if own is not None else None
         slides.append(ApiSlideMarks(SlideRef(slide_path, mpp), marks_request(marks)))
     if not slides:
         raise UserError("Save as classifier: paint a few marks on a class map first")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.types import FileDialogMode
 from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, PushButton, SpinBox
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
@@ -15,9 +16,9 @@ from qtpy.QtWidgets import QLabel, QListWidget, QListWidgetItem
 from napari_histoclip._layer_meta import LayerKind, is_ours
 from napari_histoclip._layers import hit_shapes_layer
 from napari_histoclip._reader import open_slide_quietly
-from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import frame_box, replace_layers, selected_shape
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
@@ -78,7 +79,7 @@ def _icon(pixels: np.ndarray | None) -> QIcon:
         return QIcon()
     rgb = np.ascontiguousarray(pixels[..., :3], dtype=np.uint8)
     h, w = rgb.shape[:2]
-    image = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+    image = QImage(rgb.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888).copy()
     return QIcon(QPixmap.fromImage(image).scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio,
                                                  Qt.TransformationMode.SmoothTransformation))
 
@@ -130,8 +131,11 @@ class SearchPanel(Container):
 
     def __init__(self, ctx: DockContext) -> None:
         self.ctx = ctx
-        self.index = FileEdit(label="Index", mode="d", value=None, tooltip="a cohort index folder")
-        self.folder = FileEdit(label="Slides folder", mode="d", value=None, tooltip="index every slide in it")
+        # not ``index``: a Container is a sequence of its widgets, whose ``index`` it would hide
+        self.index_folder = FileEdit(label="Index", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
+                                     tooltip="a cohort index folder")
+        self.folder = FileEdit(label="Slides folder", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
+                               tooltip="index every slide in it")
         self.build_button = PushButton(text="Build index from folder")
         self.k = SpinBox(label="Hits", value=12, min=1, max=200)
         self.exclude = CheckBox(text="Skip the query's own slide", value=True)
@@ -143,7 +147,7 @@ class SearchPanel(Container):
         self.results.setMinimumHeight(220)
         self.results.setSpacing(2)
         super().__init__(
-            widgets=[self.index, self.folder, self.build_button, self.k, self.exclude, self.text,
+            widgets=[self.index_folder, self.folder, self.build_button, self.k, self.exclude, self.text,
                      self.text_button, self.shape_button],
             labels=True,
         )
@@ -177,15 +181,13 @@ class SearchPanel(Container):
         from napari_histoclip._mpp_memory import user_mpp_of_open_slides
         from napari_histoclip._settings import load_settings
 
-        folder = self.folder.value
-        if not folder or not Path(folder).is_dir() or str(folder) == ".":
+        folder = chosen_path(self.folder)
+        if folder is None or not folder.is_dir():
             raise UserError("Slides folder: choose a folder of slides to index")
         slides = slides_in(folder)
         if not slides:
             raise UserError(f"{folder}: no slide files in it")
-        index = self.index.value
-        if not index or str(index) in ("", "."):
-            index = Path(folder) / "histoclip-index"
+        index = chosen_path(self.index_folder) or folder / "histoclip-index"
         model, backend = self.ctx.model_name, self.ctx.backend
         remembered, given = dict(load_settings().slide_mpp), user_mpp_of_open_slides(self.ctx.viewer.layers)
 
@@ -198,7 +200,7 @@ class SearchPanel(Container):
             from napari_histoclip._mpp import FIELD
 
             info, missing = out
-            self.index.value = info.index_path
+            self.index_folder.value = info.index_path
             show_info(f"{Path(info.index_path).name}: {info.n_slides} slides, {info.n_vectors} tiles indexed")
             for path, why in getattr(info, "failed", ()):
                 show_warning(f"{Path(path).name}: left out of the index: {why}")
@@ -230,8 +232,8 @@ class SearchPanel(Container):
     def _search(self, **query: Any) -> None:
         from backend.api import SearchRequest
 
-        index = self.index.value
-        if not index or not Path(index).exists() or str(index) == ".":
+        index = chosen_path(self.index_folder)
+        if index is None or not index.exists():
             raise UserError("Index: choose a cohort index folder, or build one from a folder of slides")
         request = SearchRequest(
             str(index), model=self.ctx.model_name, k=int(self.k.value),
@@ -247,8 +249,8 @@ class SearchPanel(Container):
 
     def _index_path(self) -> str:
         """The chosen index folder, or "" when none (or one that is not there) is chosen."""
-        index = self.index.value
-        return "" if not index or str(index) in ("", ".") or not Path(index).exists() else str(index)
+        index = chosen_path(self.index_folder)
+        return "" if index is None or not index.exists() else str(index)
 
     def show_hits(self, hits: list[ShownHit], note: str = "") -> None:
         """Fill the result list: thumbnail, score, slide and place; ``note`` (why fewer hits
@@ -286,6 +288,6 @@ class SearchPanel(Container):
         _, info = opened
         same = [(i, s.hit) for i, s in enumerate(self.hits) if Path(s.hit.slide_path).resolve() == Path(info.path).resolve()]
         shapes = hit_shapes_layer([h.box for _, h in same], info, [f"#{i + 1} {h.score:.2f}" for i, h in same])
-        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, LayerKind.HITS) and slide_of(lyr).path == info.path)
+        new = replace_layers(viewer, [shapes], lambda lyr: is_ours(lyr, LayerKind.HITS, info.path))
         new[0].selected_data = {[i for i, _ in same].index(row)}
         frame_box(viewer, hit.box, info)

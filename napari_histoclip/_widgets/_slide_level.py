@@ -13,18 +13,19 @@ prompts (the Zero-shot tab) or the index (Find similar); these widgets only show
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QTableWidget, QTableWidgetItem
 
 from napari_histoclip._layer_meta import LayerKind, is_ours
 from napari_histoclip._layers import hit_shapes_layer
-from napari_histoclip._slide import find_slide_layer, slide_of
+from napari_histoclip._slide import SlideInfo, find_slide_layer, slide_of
 from napari_histoclip._viewer import add_layer_data, frame_box, replace_layers, show_only_slide
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 
 if TYPE_CHECKING:
     from napari_histoclip._context import DockContext
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 EVIDENCE_KIND = LayerKind.HITS  # evidence tiles are outlined as search hits are (one outline layer per slide)
 
 
-def open_slide_layer(ctx: DockContext, path: str) -> tuple[Any, Any] | None:
+def open_slide_layer(ctx: DockContext, path: str) -> tuple[Any, SlideInfo] | None:
     """The slide at ``path`` shown in the viewer (opened by the plugin's reader when it is not
     yet), the others hidden, and chosen in the dock; ``(layer, SlideInfo)``, or None when the
     reader could not open it (it has said why)."""
@@ -46,6 +47,8 @@ def open_slide_layer(ctx: DockContext, path: str) -> tuple[Any, Any] | None:
             return None
         layer = add_layer_data(viewer, data)
     info = slide_of(layer)
+    if info is None:
+        raise UserError(f"{path}: its layer {layer.name!r} is not a slide the plugin opened")
     show_only_slide(viewer, info)
     ctx.select_slide(layer)
     return layer, info
@@ -74,9 +77,9 @@ class VerdictBox(Container):
         self.native.setVisible(False)  # no room taken from the tab until there is a verdict
         self.evidence.itemClicked.connect(lambda item: self.open_evidence(self.evidence.row(item)))
         self.result: Any = None
-        self.info: Any = None
+        self.info: SlideInfo | None = None
 
-    def show(self, result: Any, info: Any) -> None:
+    def show_result(self, result: Any, info: SlideInfo) -> None:
         """Show ``result`` for the slide ``info``: the verdict, the evidence list, the outlines."""
         self.result, self.info = result, info
         self.native.setVisible(True)
@@ -88,28 +91,29 @@ class VerdictBox(Container):
             item = QListWidgetItem(f"{e.label} #{e.rank + 1}  {e.score:.3f}  at ({x:.0f}, {y:.0f}), {w:.0f} px")
             item.setToolTip("click to go there")
             self.evidence.addItem(item)
-        self._outline()
+        self._outline(result, info)
 
-    def _outline(self) -> list[Any]:
+    def _outline(self, result: Any, info: SlideInfo) -> list[Any]:
         """Outline every evidence tile on its slide (one layer, replacing earlier outlines)."""
-        boxes = [e.box for e in self.result.evidence]
-        texts = [f"{e.label} #{e.rank + 1}" for e in self.result.evidence]
-        shapes = hit_shapes_layer(boxes, self.info, texts)
-        path = self.info.path
+        boxes = [e.box for e in result.evidence]
+        texts = [f"{e.label} #{e.rank + 1}" for e in result.evidence]
+        shapes = hit_shapes_layer(boxes, info, texts)
+        path = info.path
         return replace_layers(self.ctx.viewer, [shapes],
-                              lambda lyr: is_ours(lyr, EVIDENCE_KIND) and slide_of(lyr).path == path)
+                              lambda lyr: is_ours(lyr, EVIDENCE_KIND, path))
 
     @handler
     def open_evidence(self, row: int) -> None:
         """Show the slide, select the tile's outline and frame it."""
-        if self.result is None or not 0 <= row < len(self.result.evidence):
+        result, info = self.result, self.info
+        if result is None or info is None or not 0 <= row < len(result.evidence):
             raise UserError(f"Whole slide: no evidence tile number {row + 1}")
-        opened = open_slide_layer(self.ctx, self.info.path)
+        opened = open_slide_layer(self.ctx, info.path)
         if opened is None:
             return
-        layer = self._outline()[0]
+        layer = self._outline(result, info)[0]
         layer.selected_data = {row}
-        frame_box(self.ctx.viewer, self.result.evidence[row].box, self.info)
+        frame_box(self.ctx.viewer, result.evidence[row].box, info)
 
 
 class TriageBox(Container):
@@ -121,7 +125,8 @@ class TriageBox(Container):
 
     def __init__(self, ctx: DockContext, request: Callable[[], Any]) -> None:
         self.ctx, self._request = ctx, request
-        self.cohort = FileEdit(label="Cohort", mode="d", value=None, tooltip="a folder of slides, or a cohort index")
+        self.cohort = FileEdit(label="Cohort", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
+                               tooltip="a folder of slides, or a cohort index")
         self.run_button = PushButton(text="Triage cohort")
         row = Container(widgets=[self.cohort, self.run_button], labels=True, layout="horizontal")
         row.margins = (0, 0, 0, 0)
@@ -140,8 +145,8 @@ class TriageBox(Container):
         """Answer every slide of the cohort (embedding those not cached), then fill the table."""
         from backend.triage import cohort_slides, triage
 
-        folder = self.cohort.value
-        if not folder or str(folder) in ("", ".") or not Path(folder).exists():
+        folder = chosen_path(self.cohort)
+        if folder is None or not folder.exists():
             raise UserError("Cohort: choose a folder of slides or a cohort index")
         slides, index_model, _, index_tiles = cohort_slides([str(folder)])
         if not slides:
@@ -183,14 +188,19 @@ class TriageBox(Container):
 
     def sort_by(self, label: str, descending: bool = True) -> None:
         """Sort the rows by the probability of class ``label`` (as a click on its header does)."""
-        headers = [self.table.horizontalHeaderItem(c).text() for c in range(self.table.columnCount())]
+        items = (self.table.horizontalHeaderItem(c) for c in range(self.table.columnCount()))
+        headers = [item.text() if item is not None else "" for item in items]
         if f"p({label})" not in headers:
             raise UserError(f"Triage: no class {label!r} in the table ({', '.join(headers[2:])})")
         order = Qt.SortOrder.DescendingOrder if descending else Qt.SortOrder.AscendingOrder
         self.table.sortItems(headers.index(f"p({label})"), order)
 
     def path_at(self, row: int) -> str:
-        return str(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole))
+        """The slide path of table row ``row`` (as shown, after any sorting)."""
+        item = self.table.item(row, 0)
+        if item is None:
+            raise UserError(f"Triage: no row {row + 1}")
+        return str(item.data(Qt.ItemDataRole.UserRole))
 
     @handler
     def open_row(self, row: int) -> None:

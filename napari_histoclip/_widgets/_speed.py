@@ -44,7 +44,7 @@ class SlowRunWatch:
         """``fn`` whose progress events are watched for the start of an embedding with ``model``."""
 
         def watched(progress: Callable[[Any], None], cancel: Any) -> Any:
-            seen = []
+            seen: list[bool] = []
 
             def watch(p: Any) -> None:
                 if not seen and str(p.stage).startswith("encoding") and p.total > p.done:

@@ -15,6 +15,7 @@ import html
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, TextEdit
 
 from napari_histoclip._context import PromptSet
@@ -23,6 +24,7 @@ from napari_histoclip._layers import LegendEntry, class_map_layers, heatmap_laye
 from napari_histoclip._slide import slide_of
 from napari_histoclip._viewer import HiddenLayer, add_layer_in_turns, hidden_layer, is_layer, replace_layers, selected_shape
 from napari_histoclip._widgets._handler import UserError, handler
+from napari_histoclip._widgets._paths import chosen_path
 from napari_histoclip._widgets._prompts import PromptTable
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ class ZeroShotPanel(Container):
         self._shown: list[Any] = []  # the layers of the result shown last
         self.source = ComboBox(label="Labels from", choices=[TEXT_PROMPTS, CLASSIFIER], value=TEXT_PROMPTS,
                                tooltip="the classes of the map: text prompts (zero-shot), or a trained classifier bundle")
-        self.classifier = FileEdit(label="Classifier", mode="d", value="",
+        self.classifier = FileEdit(label="Classifier", mode=FileDialogMode.EXISTING_DIRECTORY, value=None,
                                    tooltip="a classifier bundle folder (CLIP-IT student or saved from Refine); "
                                            "on a server, the bundle's name there")
         self.prompts = PromptTable()
@@ -241,14 +243,15 @@ class ZeroShotPanel(Container):
         its slide is left empty (the caller sets it)."""
         from backend.api import SlideRef, SlideZeroShotRequest
 
-        common = {"k": int(self.top_k.value), "unknown_threshold": self.threshold.value or None}
+        k, threshold = int(self.top_k.value), self.threshold.value or None
         if self.source.value == CLASSIFIER:
             path = self._classifier_path()
             if not path:
                 raise UserError("Classifier: choose the folder of a classifier bundle (or type its name on the server)")
-            return SlideZeroShotRequest(SlideRef(""), classifier=path, **common)
+            return SlideZeroShotRequest(SlideRef(""), classifier=path, k=k, unknown_threshold=threshold)
         labels, synonyms, templates, _ = self._prompt_set()
-        return SlideZeroShotRequest(SlideRef(""), self.ctx.model_name, tuple(labels), synonyms, templates, **common)
+        return SlideZeroShotRequest(SlideRef(""), self.ctx.model_name, tuple(labels), synonyms, templates,
+                                    k=k, unknown_threshold=threshold)
 
     @handler
     def run_slide(self) -> None:
@@ -261,7 +264,7 @@ class ZeroShotPanel(Container):
 
         def done(result: Any) -> None:
             self.ctx.warn_random(result, request.model or request.classifier)
-            self.verdict.show(result, info)
+            self.verdict.show_result(result, info)
 
         self.ctx.run(f"Whole-slide answer for {info.name}", lambda progress, cancel: backend.slide_zero_shot(
             request, progress=progress, cancel=cancel), done)
@@ -269,9 +272,9 @@ class ZeroShotPanel(Container):
     # --- internals ------------------------------------------------------------------------
 
     def _classifier_path(self) -> str:
-        value = self.classifier.value
-        text = "" if value is None else str(value).strip()
-        return "" if text in ("", ".") else text
+        """The chosen classifier bundle (a folder, or a bundle's name on a server), "" for none."""
+        path = chosen_path(self.classifier)
+        return "" if path is None else str(path)
 
     def _source_changed(self, *_: Any) -> None:
         """Show the controls of the chosen label source (prompts and templates, or the bundle)."""

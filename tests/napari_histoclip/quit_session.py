@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
     folder.mkdir()
     (folder / slide.name).symlink_to(slide)
     dock.search.folder.value = folder
-    dock.search.index.value = workdir / "index"
+    dock.search.index_folder.value = workdir / "index"
     dock.search.build_button.native.click()
     wait_until(idle_dock, 300, "index build")
     dock.search.text.value = "tumor"

@@ -38,7 +38,7 @@ def test_fewer_hits_than_asked_say_why_in_the_dock(dock, fake_backend, qtbot, tm
 
     monkeypatch.setattr(fake_backend, "search", few)
     panel = dock.search
-    panel.index.value = tmp_path
+    panel.index_folder.value = tmp_path
     panel.text.value = "tumor"
     panel.text_button.native.click()
     wait(qtbot, dock)

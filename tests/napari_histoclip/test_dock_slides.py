@@ -95,7 +95,7 @@ def test_a_shape_of_another_slide_is_refused(plugin_viewer, plugin_dock, fake_ba
     assert not [lyr for lyr in viewer.layers if "tcga" in lyr.name and "class map" in lyr.name]
     index = tmp_path / "index"
     index.mkdir()
-    dock.search.index.value = str(index)
+    dock.search.index_folder.value = str(index)
     dock.search.search_shape()
     assert len(notes.errors) == 2 and "the selected shape is on CMU-1-Small-Region" in notes.errors[-1]
     # Another layer active: the CMU shape is not taken either.

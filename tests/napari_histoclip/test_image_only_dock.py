@@ -51,7 +51,7 @@ def test_text_controls_are_disabled_and_region_search_answers(
     cohort.mkdir()
     os.symlink(cmu_slide, cohort / cmu_slide.name)
     search.folder.value = cohort
-    search.index.value = tmp_path / "index"
+    search.index_folder.value = tmp_path / "index"
     search.build_button.native.click()
     wait(qtbot, dock)
     assert not notes.errors, notes.errors

@@ -60,7 +60,7 @@ def test_a_reopened_dock_remembers_the_model_and_index(plugin_dock, plugin_viewe
     assert first.model.value == "test-tiny"
     index = tmp_path / "my-index"
     index.mkdir()
-    first.search.index.value = index
+    first.search.index_folder.value = index
     close_with_its_button(qtbot, first)
     saved = json.loads((_isolated_config / "dock.json").read_text())
     assert saved["model"] == "test-tiny" and Path(saved["index"]) == index
@@ -68,7 +68,7 @@ def test_a_reopened_dock_remembers_the_model_and_index(plugin_dock, plugin_viewe
     _, again = plugin_viewer.window.add_plugin_dock_widget("napari-histoclip", "HistoCLIP")
     assert again is not first
     assert again.model.value == "test-tiny"
-    assert Path(again.search.index.value) == index
+    assert Path(again.search.index_folder.value) == index
 
 
 def test_cancel_stops_a_region_search(plugin_dock, plugin_viewer, qtbot, cmu_slide, slides_dir, tmp_path, notes) -> None:
@@ -80,7 +80,7 @@ def test_cancel_stops_a_region_search(plugin_dock, plugin_viewer, qtbot, cmu_sli
                                scale=ndpi.scale, units=ndpi.units)
     shapes.selected_data = {0}
     viewer.layers.selection.active = shapes
-    dock.search.index.value = index
+    dock.search.index_folder.value = index
     dock.search.shape_button.native.click()
     assert dock.runner.busy
     dock.cancel_button.native.click()

@@ -161,7 +161,7 @@ def test_a_slide_without_mpp_works_in_the_dock_once_given_and_is_remembered(tiny
     folder.mkdir()
     (folder / TCGA).symlink_to(slides_dir / TCGA)
     dock.search.folder.value = folder
-    dock.search.index.value = tmp_path / "index"
+    dock.search.index_folder.value = tmp_path / "index"
     dock.search.build_index()
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=120_000)
     assert not notes.errors and not [w for w in notes.warnings if "left out" in w], notes.warnings

@@ -149,7 +149,7 @@ def test_search_click_moves_the_camera_to_the_hit(dock, qtbot, tmp_path, slides_
     panel.build_button.native.click()
     wait(qtbot, dock)
     assert not notes.errors, notes.errors
-    assert Path(panel.index.value).is_dir()
+    assert Path(panel.index_folder.value).is_dir()
 
     shapes = dock.captions.new_layer()
     shapes.add_rectangles(np.array([[800, 600], [1400, 1200]]))
