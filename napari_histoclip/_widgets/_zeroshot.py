@@ -187,9 +187,10 @@ class ZeroShotPanel(Container):
 
         viewer = self.ctx.viewer
         fresh = not any(stale(lyr) for lyr in viewer.layers)
+        pending: list[HiddenLayer] = []
         if fresh:  # the class map inserted, then shown, in turns of their own
-            made = list(made) if made is not None else [hidden_layer(d) for d in result_layers(result, info, colors, region)]
-            layers = [(yield from add_layer_in_turns(viewer, made[0]))]
+            pending = list(made) if made is not None else [hidden_layer(d) for d in result_layers(result, info, colors, region)]
+            layers = [(yield from add_layer_in_turns(viewer, pending[0]))]
         else:
             # the class the user was looking at stays shown when the new result has it
             shown = next((lyr.metadata.get("label") for lyr in viewer.layers
@@ -207,7 +208,7 @@ class ZeroShotPanel(Container):
         # The class map is the layer to hover: its status line names the class.
         viewer.layers.selection.active = layers[0]
         if fresh:
-            for hidden in made[1:]:  # the hidden probability layer, in a turn of the event loop of its own
+            for hidden in pending[1:]:  # the hidden probability layer, in a turn of the event loop of its own
                 yield
                 layers.append((yield from add_layer_in_turns(viewer, hidden)))
             if len(layers) > 1:  # inserted, it became the active layer: the class map is again
