@@ -160,3 +160,43 @@ def test_decode_config_rejects_bad_values(kwargs, message):
     with pytest.raises(InputError, match=message):
         DecodeConfig(**kwargs)
     assert DecodeConfig(strategy="nucleus").strategy is DecodeStrategy.NUCLEUS
+
+
+def test_decoding_lays_gpt2_weights_out_as_linear_once_and_keeps_them_trainable(tmp_path):
+    from transformers.pytorch_utils import Conv1D
+
+    from backend.caption.decode import linear_layout
+
+    tok = word_tokenizer([WORDS])
+    torch.manual_seed(0)
+    model = ClipCapModel(MapperConfig(clip_dim=16, decoder_dim=64, prefix_length=3), tiny_gpt2(tok, n_layer=2, n_embd=64))
+    model.eval()  # no dropout: the losses before and after compare exactly
+    x = torch.randn(2, 16, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([tok("stained tissue with glands", add_special_tokens=False).input_ids] * 2)
+    mask = torch.ones_like(ids)
+    before = {n: p.detach().clone() for n, p in model.decoder.named_parameters()}
+    with torch.no_grad():
+        loss_before = float(model(x, ids, mask).loss)
+    convs = [m for m in model.decoder.modules() if isinstance(m, Conv1D)]
+    assert convs and all(m.weight.is_contiguous() for m in convs)  # GPT-2's own (in, out) layout
+
+    caps = decode_prefixes(model, tok, x, DecodeConfig(max_new_tokens=5))
+    # (out, in) in memory, as nn.Linear keeps it; same shapes and values
+    assert all(m.weight.stride() == (1, m.weight.shape[0]) for m in convs)
+    for name, p in model.decoder.named_parameters():
+        assert p.shape == before[name].shape and torch.equal(p, before[name]), name
+    assert linear_layout(model.decoder) == 0  # done once
+    assert decode_prefixes(model, tok, x, DecodeConfig(max_new_tokens=5)) == caps
+
+    # training goes on as before: same loss, gradients of the weights' shape, a step changes them
+    out = model(x, ids, mask)
+    assert float(out.loss) == pytest.approx(loss_before, abs=1e-5)
+    out.loss.backward()
+    assert all(m.weight.grad is not None and m.weight.grad.shape == m.weight.shape for m in convs)
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert not torch.equal(convs[0].weight, before["transformer.h.0.attn.c_attn.weight"])
+    # and save_pretrained writes (contiguous safetensors) what loads back equal
+    model.decoder.save_pretrained(tmp_path / "decoder")
+    again = type(model.decoder).from_pretrained(tmp_path / "decoder")
+    for (name, p), (_, q) in zip(model.decoder.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), name
