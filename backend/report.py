@@ -12,9 +12,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import HistoclipError
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 #: First words of ``Progress.stage`` that carry no count of work being done: the bar waits
 #: for the first event that does (a slide served whole from the cache gets no bar at all).
@@ -35,7 +38,7 @@ def run_reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
         return 130
 
 
-def random_weights_note(name: str, model: Any, consequence: str) -> str | None:
+def random_weights_note(name: str, model: Encoder, consequence: str) -> str | None:
     """The NOTE a command prints about a model with random weights, or None when it has none.
 
     Parameters

@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.slides import SLIDE_SUFFIXES, slide_target  # the backend's formats; light (numpy only)
+
+if TYPE_CHECKING:
+    from backend.slides.slide import Slide
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +157,7 @@ def with_overviews(levels: list[Any], max_side: int = OVERVIEW_MAX) -> list[Any]
     return out
 
 
-def probe_pixels(slide: Any) -> None:
+def probe_pixels(slide: Slide) -> None:
     """Read one tile of the coarsest level, so that a slide whose header opens but whose
     pixels cannot be decoded fails here, once, instead of in napari's drawing loop."""
     level = slide.level_count - 1

@@ -3,7 +3,7 @@ was trained with."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +15,8 @@ from backend.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from backend.models.encoder import Encoder
 
 
 def check_clip_model_id(trained_with: str, given: str) -> None:
@@ -134,7 +136,7 @@ class Captioner:
     def caption_images(
         self,
         images: np.ndarray | torch.Tensor,
-        clip_model: Any,
+        clip_model: Encoder,
         *,
         config: DecodeConfig | None = None,
     ) -> list[Caption]:

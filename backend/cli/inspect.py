@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backend.slides.slide import Slide
 
 
 def add_parsers(sub: Any) -> None:
@@ -69,7 +72,7 @@ def _info(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _describe(slide: Any, tissue_fraction: float) -> str:
+def _describe(slide: Slide, tissue_fraction: float) -> str:
     w, h = slide.dimensions
     if slide.mpp is None:
         mpp = "mpp unknown (not in the metadata; pass --slide-mpp)"

@@ -20,11 +20,14 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.errors import InputError
+
+if TYPE_CHECKING:
+    from backend.slides.slide import Slide
 
 MAX_OPEN = 16  # open slides kept for the next tile of the same slide
 
@@ -87,7 +90,7 @@ class SlidePool:
             s.close()
 
 
-def check_region(slide: Any, level: int, x: int, y: int, w: int, h: int, max_pixels: int) -> None:
+def check_region(slide: Slide, level: int, x: int, y: int, w: int, h: int, max_pixels: int) -> None:
     """A region request within the slide's levels and the server's pixel cap, else InputError."""
     if not 0 <= level < slide.level_count:
         raise InputError(f"level: {level} does not exist in {slide.name} (levels 0-{slide.level_count - 1})")

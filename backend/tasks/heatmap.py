@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backend.embed.types import SlideEmbeddings, TileLayout
 from backend.errors import InputError
 from backend.tasks.zero_shot import TextFeatureCache, _normalise, check_model
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +57,7 @@ class Heatmap:
 def text_heatmap(
     embeddings: SlideEmbeddings,
     query: str,
-    model: Any,
+    model: Encoder,
     *,
     templates: Sequence[str] | None = None,
     text_cache: TextFeatureCache | None = None,

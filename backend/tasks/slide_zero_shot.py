@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from backend.tasks.zero_shot import (
     class_text_features,
     parse_classes,
 )
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 DEFAULT_TOP_K = 50
 DEFAULT_FRACTION = 0.05
@@ -229,7 +232,7 @@ def pool_tile_scores(
 def slide_zero_shot(
     embeddings: SlideEmbeddings,
     classes: ClassesArg,
-    model: Any,
+    model: Encoder,
     *,
     synonyms: Sequence[Sequence[str]] | None = None,
     templates: Sequence[str] | None = None,

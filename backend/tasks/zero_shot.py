@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from backend.embed.types import SlideEmbeddings
 from backend.errors import InputError, ModelMismatchError
 from backend.palette import class_rgb, to_rgb
 from backend.tasks.class_map import ClassMap, build_class_map
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a histopathology image of {}.",
@@ -55,7 +58,7 @@ class TextFeatureCache:
     def __len__(self) -> int:
         return len(self._features)
 
-    def encode(self, model: Any, prompts: Sequence[str]) -> np.ndarray:
+    def encode(self, model: Encoder, prompts: Sequence[str]) -> np.ndarray:
         """(len(prompts), D) float32 L2-normalised text features, encoding only new prompts."""
         prompts = list(prompts)
         mid = str(model.model_id)
@@ -240,7 +243,7 @@ def check_prompts(
 
 
 def class_text_features(
-    model: Any,
+    model: Encoder,
     classes: Sequence[ClassPrompt],
     templates: Sequence[str],
     text_cache: TextFeatureCache | None = None,
@@ -286,7 +289,7 @@ def classify(
                            unknown_threshold=unknown_threshold, templates=templates)
 
 
-def check_model(embeddings: SlideEmbeddings, model: Any) -> None:
+def check_model(embeddings: SlideEmbeddings, model: Encoder) -> None:
     """Raise ModelMismatchError unless ``model`` made ``embeddings`` (the one weights-identity
     check, :func:`backend.models.identity.check_same_weights`)."""
     from backend.models.identity import check_same_weights
@@ -298,7 +301,7 @@ def check_model(embeddings: SlideEmbeddings, model: Any) -> None:
 def zero_shot(
     embeddings: SlideEmbeddings,
     classes: ClassesArg,
-    model: Any,
+    model: Encoder,
     *,
     synonyms: Sequence[Sequence[str]] | None = None,
     templates: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from backend.atomic import atomic_path, atomic_write_text
 from backend.errors import CancelledError, InputError, ModelMismatchError
 from backend.models.identity import check_same_weights
 from training.data.images import read_rgb
+
+if TYPE_CHECKING:
+    from backend.models.encoder import Encoder
 
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
@@ -147,7 +150,7 @@ class EncodeResult:
 
 def encode_images(
     paths: Sequence[str],
-    clip_model: Any,
+    clip_model: Encoder,
     out_dir: str | os.PathLike[str],
     *,
     batch_size: int = 64,
