@@ -13,7 +13,7 @@ factory, or injected; which one the dock must close), kept free of Qt so a unit 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -193,6 +193,12 @@ class DockContext(Protocol):
     def show_class_map(self, result: Any, info: SlideInfo, colors: list[str], region: bool = False) -> list[Any]:
         """Show a class-map result (zero-shot, classifier or refined) as the Zero-shot tab does,
         replacing the slide's previous one; returns its layers (the class map first)."""
+        ...
+
+    def show_class_map_steps(self, result: Any, info: SlideInfo, colors: list[str], region: bool = False,
+                             made: Sequence[Any] | None = None) -> Generator[None, None, list[Any]]:
+        """:meth:`show_class_map` in turns of the event loop (a generator a task's ``on_done``
+        returns; it returns the layers): ``made``, the layers' models built in the worker."""
         ...
 
     def prompt_set(self) -> PromptSet:

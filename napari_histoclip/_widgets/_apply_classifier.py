@@ -9,7 +9,7 @@ Refine and Save as classifier start from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from backend.palette import class_hex, to_hex
@@ -69,16 +69,29 @@ def apply_classifier(ctx: DockContext, info: Any, path: str, *, region: Any = No
         What the calling tab does next with the result and its layers.
     """
     from backend.api import ClassifyRequest
+    from napari_histoclip._viewer import hidden_layer
+    from napari_histoclip._widgets._zeroshot import result_layers
 
     request = ClassifyRequest(ctx.slide_ref(info), path, region=region, unknown_threshold=unknown_threshold)
     backend = ctx.backend
+    part = region is not None
 
-    def done(result: Any) -> None:
+    def work(progress: Any, cancel: Any) -> tuple[Any, list[str], list[Any]]:
+        result = backend.classify(request, progress=progress, cancel=cancel)
+        # the bundle's colours and the new layers' models, off the UI thread (as zero-shot's)
+        colors = classifier_colors(path, result.labels)
+        return result, colors, [hidden_layer(d) for d in result_layers(result, info, colors, part)]
+
+    def done(out: tuple[Any, list[str], list[Any]]) -> Iterator[None]:
+        result, colors, made = out
         ctx.warn_random(result, path)
-        layers = ctx.show_class_map(result, info, classifier_colors(path, result.labels), region is not None)
-        update_record(layers[0], classifier=path)  # Refine and Save then start from it
-        if then is not None:
-            then(result, layers)
 
-    ctx.run(f"Classifying {info.name}", lambda progress, cancel: backend.classify(
-        request, progress=progress, cancel=cancel), done)
+        def steps() -> Iterator[None]:  # the layers in turns of the event loop, as a zero-shot run's
+            layers = yield from ctx.show_class_map_steps(result, info, colors, part, made)
+            update_record(layers[0], classifier=path)  # Refine and Save then start from it
+            if then is not None:
+                then(result, layers)
+
+        return steps()
+
+    ctx.run(f"Classifying {info.name}", work, done)

@@ -9,7 +9,7 @@ crowd the canvas. Each tab is a magicgui ``Container`` whose handlers tests call
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +302,11 @@ class HistoclipWidget(QWidget):
     def show_class_map(self, result: Any, info: SlideInfo, colors: list[str], region: bool = False) -> list[Any]:
         """Show a class-map result as the Zero-shot tab does; returns its layers."""
         return self.zero_shot.show_result(result, info, colors, region)
+
+    def show_class_map_steps(self, result: Any, info: SlideInfo, colors: list[str], region: bool = False,
+                             made: Sequence[Any] | None = None) -> Generator[None, None, list[Any]]:
+        """:meth:`show_class_map` in turns of the event loop; returns the layers."""
+        return self.zero_shot.show_result_steps(result, info, colors, region, made=made)
 
     def prompt_set(self) -> PromptSet:
         """The Zero-shot tab's prompts as typed."""

@@ -12,7 +12,7 @@ The Refine tab's "Apply classifier" stays for applying the bundle it has just sa
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from magicgui.types import FileDialogMode
@@ -168,8 +168,9 @@ class ZeroShotPanel(Container):
         return self._shown
 
     def show_result_steps(self, result: Any, info: Any, colors: list[str], region: bool,
-                          made: Sequence[HiddenLayer] | None = None) -> Iterator[None]:
-        """:meth:`show_result` as steps (a generator; the layers end in ``self._shown``): when
+                          made: Sequence[HiddenLayer] | None = None) -> Generator[None, None, list[Any]]:
+        """:meth:`show_result` as steps (a generator returning the layers, also left in
+        ``self._shown``): when
         the slide has no result layers to update in place, the class map is inserted, shown,
         then the hidden probability layer inserted, then the class map made active again, each
         in a turn of the event loop of its own, so that the UI repaints between them (adding a
@@ -216,6 +217,7 @@ class ZeroShotPanel(Container):
                 viewer.layers.selection.active = layers[0]
         if len(layers) > 1:  # a map of no class yet (marks alone) has no probability layer
             self.probability.follow(layers[-1])
+        return layers
 
     @handler
     def run_heatmap(self) -> None:

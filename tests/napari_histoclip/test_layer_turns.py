@@ -122,3 +122,51 @@ def test_a_zero_shot_run_adds_the_layers_its_worker_made(plugin_dock, plugin_vie
     assert all(name != threading.main_thread().name for name, _ in made), [name for name, _ in made]
     assert class_map.visible and not prob.visible
     assert plugin_viewer.layers.selection.active is class_map
+
+
+@pytest.mark.gui
+def test_a_classifier_run_adds_its_layers_in_turns_as_zero_shot_does(plugin_dock, plugin_viewer, fake_backend, cmu_slide,
+                                                                     qtbot, notes, monkeypatch, tmp_path) -> None:
+    """The Zero-shot tab's classifier source (the one apply-classifier path): the layers are
+    made in the worker, then inserted and shown in turns of the event loop, and the class map
+    records its bundle once shown."""
+    import json
+
+    import napari_histoclip._viewer as viewer_module
+    from napari_histoclip._layer_meta import layer_record
+    from napari_histoclip._widgets._zeroshot import CLASSIFIER
+    from tests.support.dock_helpers import slide_dock
+    from tests.support.fakes import CLASSIFIER_FILE
+
+    bundle = tmp_path / "clf"
+    bundle.mkdir()
+    (bundle / CLASSIFIER_FILE).write_text(json.dumps({"name": "clf", "labels": ["tumor", "stroma"], "model": "fake-clip"}))
+    made: list[tuple[str, HiddenLayer]] = []
+    turns: list[str] = []
+
+    def recording(layer_data):  # noqa: ANN001, ANN202
+        out = hidden_layer(layer_data)
+        made.append((threading.current_thread().name, out))
+        return out
+
+    real_turns = viewer_module.add_layer_in_turns
+
+    def counting(viewer, hidden):  # noqa: ANN001, ANN202
+        turns.append(hidden.layer.name)
+        return (yield from real_turns(viewer, hidden))
+
+    dock = slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide, "fake-clip")  # the slide's own layer first
+    monkeypatch.setattr(viewer_module, "hidden_layer", recording)
+    monkeypatch.setattr("napari_histoclip._widgets._zeroshot.add_layer_in_turns", counting)
+    dock.zero_shot.source.value = CLASSIFIER
+    dock.zero_shot.classifier.value = str(bundle)
+    dock.zero_shot.run_button.native.click()
+    qtbot.waitUntil(lambda: not dock.runner.busy, timeout=60_000)
+    assert not notes.errors, notes.errors
+    class_map = plugin_viewer.layers["CMU-1-Small-Region: class map"]
+    prob = plugin_viewer.layers["CMU-1-Small-Region: p(tumor)"]
+    assert [m.layer for _, m in made] == [class_map, prob]
+    assert all(name != threading.main_thread().name for name, _ in made), [name for name, _ in made]
+    assert turns == [class_map.name, prob.name]  # each added in turns of its own
+    assert class_map.visible and not prob.visible and plugin_viewer.layers.selection.active is class_map
+    assert layer_record(class_map).classifier == str(bundle)
