@@ -96,6 +96,25 @@ def test_the_warm_up_fills_vispys_dash_pattern_cache() -> None:
     assert _make_pattern.cache_info().hits - hits >= 13
 
 
+def _record_made(monkeypatch: pytest.MonkeyPatch, module: object) -> list[tuple[str, HiddenLayer]]:
+    """Wrap ``module.hidden_layer`` to record (thread name, layer made) for each call."""
+    made: list[tuple[str, HiddenLayer]] = []
+
+    def recording(layer_data):  # noqa: ANN001, ANN202
+        out = hidden_layer(layer_data)
+        made.append((threading.current_thread().name, out))
+        return out
+
+    monkeypatch.setattr(module, "hidden_layer", recording)
+    return made
+
+
+def _assert_made_in_worker(made: list[tuple[str, HiddenLayer]], layers: list[object]) -> None:
+    """The viewer's ``layers`` are the ones made, and none was made on the UI thread."""
+    assert [m.layer for _, m in made] == layers
+    assert all(name != threading.main_thread().name for name, _ in made), [name for name, _ in made]
+
+
 @pytest.mark.gui
 def test_a_zero_shot_run_adds_the_layers_its_worker_made(plugin_dock, plugin_viewer, fake_backend, cmu_slide, qtbot,
                                                         notes, monkeypatch) -> None:
@@ -104,22 +123,14 @@ def test_a_zero_shot_run_adds_the_layers_its_worker_made(plugin_dock, plugin_vie
     import napari_histoclip._widgets._zeroshot as zeroshot
     from tests.support.dock_helpers import slide_dock
 
-    made: list[tuple[str, HiddenLayer]] = []
-
-    def recording(layer_data):  # noqa: ANN001, ANN202
-        out = hidden_layer(layer_data)
-        made.append((threading.current_thread().name, out))
-        return out
-
-    monkeypatch.setattr(zeroshot, "hidden_layer", recording)
+    made = _record_made(monkeypatch, zeroshot)
     dock = slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide, "fake-clip")
     dock.zero_shot.run_button.native.click()
     qtbot.waitUntil(lambda: not dock.runner.busy, timeout=60_000)
     assert not notes.errors, notes.errors
     class_map = plugin_viewer.layers["CMU-1-Small-Region: class map"]
     prob = plugin_viewer.layers["CMU-1-Small-Region: p(tumor epithelium)"]
-    assert [m.layer for _, m in made] == [class_map, prob]
-    assert all(name != threading.main_thread().name for name, _ in made), [name for name, _ in made]
+    _assert_made_in_worker(made, [class_map, prob])
     assert class_map.visible and not prob.visible
     assert plugin_viewer.layers.selection.active is class_map
 
@@ -141,14 +152,7 @@ def test_a_classifier_run_adds_its_layers_in_turns_as_zero_shot_does(plugin_dock
     bundle = tmp_path / "clf"
     bundle.mkdir()
     (bundle / CLASSIFIER_FILE).write_text(json.dumps({"name": "clf", "labels": ["tumor", "stroma"], "model": "fake-clip"}))
-    made: list[tuple[str, HiddenLayer]] = []
     turns: list[str] = []
-
-    def recording(layer_data):  # noqa: ANN001, ANN202
-        out = hidden_layer(layer_data)
-        made.append((threading.current_thread().name, out))
-        return out
-
     real_turns = viewer_module.add_layer_in_turns
 
     def counting(viewer, hidden):  # noqa: ANN001, ANN202
@@ -156,7 +160,7 @@ def test_a_classifier_run_adds_its_layers_in_turns_as_zero_shot_does(plugin_dock
         return (yield from real_turns(viewer, hidden))
 
     dock = slide_dock(plugin_dock, plugin_viewer, fake_backend, cmu_slide, "fake-clip")  # the slide's own layer first
-    monkeypatch.setattr(viewer_module, "hidden_layer", recording)
+    made = _record_made(monkeypatch, viewer_module)
     monkeypatch.setattr("napari_histoclip._widgets._zeroshot.add_layer_in_turns", counting)
     dock.zero_shot.source.value = CLASSIFIER
     dock.zero_shot.classifier.value = str(bundle)
@@ -165,8 +169,7 @@ def test_a_classifier_run_adds_its_layers_in_turns_as_zero_shot_does(plugin_dock
     assert not notes.errors, notes.errors
     class_map = plugin_viewer.layers["CMU-1-Small-Region: class map"]
     prob = plugin_viewer.layers["CMU-1-Small-Region: p(tumor)"]
-    assert [m.layer for _, m in made] == [class_map, prob]
-    assert all(name != threading.main_thread().name for name, _ in made), [name for name, _ in made]
+    _assert_made_in_worker(made, [class_map, prob])
     assert turns == [class_map.name, prob.name]  # each added in turns of its own
     assert class_map.visible and not prob.visible and plugin_viewer.layers.selection.active is class_map
     assert layer_record(class_map).classifier == str(bundle)
