@@ -15,7 +15,7 @@ import pytest
 from backend.errors import InputError
 from backend.index import CohortIndex, IndexPolicy
 from backend.index import exact_rows as er
-from backend.index.store import release_lock
+from tests.support.index_faults import abandon, crash_at
 from tests.support.synthetic import SyntheticCohort, SyntheticSlide, clustered_sphere, synthetic_cohort
 
 MODEL = "test-model"
@@ -42,13 +42,6 @@ def _assert_in_step(path: Path) -> None:
         rows = np.load(path / files[0], mmap_mode="r")
         assert len(rows) == index._index.ntotal
         np.testing.assert_array_equal(rows, _store_rows(index))
-
-
-def _abandon(index: CohortIndex) -> None:
-    """Drop an index as a killed process would: no save, just the OS closing its files."""
-    index._closed = True
-    index._store.close()
-    release_lock(index._lock)
 
 
 # --- the exact stage -----------------------------------------------------------------------
@@ -131,14 +124,10 @@ def test_a_crash_between_faiss_and_the_vectors_file_is_repaired(
         index.add(s)
     index.flush()
 
-    def crash(self: CohortIndex, at: str) -> None:
-        if at == stage:
-            raise RuntimeError(f"simulated crash at {at}")
-
-    monkeypatch.setattr(CohortIndex, "_crash_point", crash)
+    crash_at(monkeypatch, stage)
     with pytest.raises(RuntimeError, match="simulated crash"):
         index.add(cohort.slides[3])
-    _abandon(index)
+    abandon(index)
     monkeypatch.undo()
     behind = er.check_rows(path / "vectors-1.npy", 32)
     assert behind == (3 if stage == "faiss-added" else 4) * 144

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from backend.index import AddStatus, CohortIndex, IndexPolicy
-from backend.index.store import release_lock
+from tests.support.index_faults import abandon, crash_at
 from tests.support.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
@@ -35,13 +35,6 @@ pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 @pytest.fixture(scope="module")
 def cohort() -> SyntheticCohort:
     return synthetic_cohort()
-
-
-def _abandon(index: CohortIndex) -> None:
-    """Drop an index as a killed process would: no save, just the OS closing its files."""
-    index._closed = True
-    index._store.close()
-    release_lock(index._lock)
 
 
 def _store_rows(path: Path) -> tuple[int, int]:
@@ -91,14 +84,10 @@ def test_crash_during_add_recovers_and_resumes(
         index.add(s)
     index.flush()
 
-    def crash(self: CohortIndex, at: str) -> None:
-        if at == stage:
-            raise RuntimeError(f"simulated crash at {at}")
-
-    monkeypatch.setattr(CohortIndex, "_crash_point", crash)
+    crash_at(monkeypatch, stage)
     with pytest.raises(RuntimeError, match="simulated crash"):
         index.add(cohort.slides[3])
-    _abandon(index)
+    abandon(index)
     monkeypatch.undo()
 
     with CohortIndex.open(path) as index:
@@ -120,17 +109,13 @@ def test_crash_during_rebuild_keeps_one_generation(
     path = tmp_path / "idx"
     index = CohortIndex.create(path, model_id=MODEL, dim=32, policy=IndexPolicy(ivf_threshold=500))
 
-    def crash(self: CohortIndex, at: str) -> None:
-        if at == stage:
-            raise RuntimeError(f"simulated crash at {at}")
-
-    monkeypatch.setattr(CohortIndex, "_crash_point", crash)
+    crash_at(monkeypatch, stage)
     added = 0
     with pytest.raises(RuntimeError, match="simulated crash"):
         for s in cohort.slides:  # the 4th slide crosses 500 vectors: flat -> IVF
             index.add(s)
             added += 1
-    _abandon(index)
+    abandon(index)
     monkeypatch.undo()
 
     with CohortIndex.open(path) as index:
@@ -150,11 +135,7 @@ def test_a_failed_add_heals_in_the_same_process(
     with CohortIndex.create(tmp_path / "idx", model_id=MODEL, dim=32) as index:
         index.add(cohort.slides[0])
 
-        def crash(self: CohortIndex, at: str) -> None:
-            if at == "committed":
-                raise RuntimeError("FAISS failed")
-
-        monkeypatch.setattr(CohortIndex, "_crash_point", crash)
+        crash_at(monkeypatch, "committed", "FAISS failed")
         with pytest.raises(RuntimeError):
             index.add(cohort.slides[1])
         monkeypatch.undo()
