@@ -30,9 +30,12 @@ Measured on these 2-core machines (2026-12-07), the longest gap of each kind:
   objects of a process holding napari and torch (load 5-9). Several fall while torch is imported
   and a model loaded; none fell in this run, which loads the model beforehand.
 
-Budgets, with margin for a machine loaded by several test runs: the plugin's own steps (reading
-the slide, the model's work, the status updates between them) ``MAX_GAP_S``; a turn adding or
-showing a layer ``MAX_LAYER_GAP_S``; the UI thread's CPU in any one gap ``MAX_TURN_CPU_S``.
+What is asserted: the UI thread's own CPU time in every gap stays under the 0.2 s goal
+(``MAX_TURN_CPU_S``): that is the part of a freeze the code decides, and it does not grow with
+the machine's load (0.13 s idle, 0.14 s at load 5-9). The wall-clock gaps also include the wait
+for a core, which on a CI machine running two test workers is not the code's to decide; they get
+budgets with margin for that: the plugin's own steps (reading the slide, the model's work, the
+status updates between them) ``MAX_GAP_S``, a turn adding or showing a layer ``MAX_LAYER_GAP_S``.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ MAX_GAP_S = 0.35
 # A turn adding or showing a layer: up to 0.52 s at load 5-9, 0.18 s at 1-2 (the budget was 2.0 s
 # when a layer took one turn: 0.8-1.4 s at load 12).
 MAX_LAYER_GAP_S = 1.0
-# The UI thread's CPU in one gap: up to 0.14 s at load 5-9 (the 0.2 s goal, with margin).
-MAX_TURN_CPU_S = 0.25
+# The UI thread's own work in one gap, the part of a gap the code decides (the rest is the wait
+# for a core): up to 0.14 s at load 5-9 and 0.13 s at load 1-2. This is the 0.2 s goal itself.
+MAX_TURN_CPU_S = 0.2
 
 
 class Ticks:
