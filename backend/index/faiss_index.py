@@ -98,12 +98,13 @@ def choose_ivf_params(
     (the bytes scanned a query stay within the 512-d budget): 1/32 of the lists at 768 and
     1024 dimensions, 1/64 at 1536, where the benchmark measured the same recall@10 (0.982) at
     16, 32, 64 and 128 of 1024 lists and p50 8.4 ms at 16 against 11.5 ms at 64.
-    ``k_factor`` 16 for codes of up to 64 bytes: re-ranking 16 candidates a hit; on the
-    benchmark (512-d), 4 / 8 / 16 gave recall@10 0.94 / 0.968 / 0.972 for a few hundredths of
-    a millisecond more. Beyond 64 bytes it is multiplied like ``nprobe``'s divisor (32 at 768
-    and 1024 dimensions, 64 at 1536): at 1536 on isotropic clusters the PQ candidates hold the
-    true neighbours only from k_factor 64 (exact-re-ranking bound 0.86 at 16, 0.98 at 64), for
-    +0.5 ms; the exact float16 stage (``exact_rows``) then orders them.
+    ``k_factor`` 64 for codes of up to 256 bytes (dimension <= 2048): 64 PQ candidates a hit.
+    The exact float16 stage (``exact_rows``) orders the candidates exactly, so recall is
+    bounded by whether the PQ candidates hold the true neighbours, and on the benchmark's
+    isotropic clusters they do only from 64: at 1M x 512 recall@10 with the exact stage was
+    0.872 / 0.951 / 0.985 at k_factor 16 / 32 / 64 (p50 1.66 / 1.71 / 1.75 ms), at 100k x 1536
+    the bound 0.86 at 16 and 0.98 at 64 (+0.5 ms). Longer codes multiply it like ``nprobe``'s
+    divisor (128 beyond 2048 dimensions).
 
     Parameters
     ----------
@@ -132,7 +133,7 @@ def choose_ivf_params(
         pq_m=pq_m,
         refine="SQ6",
         nprobe=int(nprobe or auto_nprobe),
-        k_factor=int(k_factor or 16 * longer),
+        k_factor=int(k_factor or 16 * max(4, longer)),
         n_train=n_train,
     )
 

@@ -26,9 +26,9 @@ def test_small_indexes_visit_at_least_8_lists_and_overrides_win() -> None:
         choose_ivf_params(0, 512)
 
 
-@pytest.mark.parametrize(("dim", "k_factor"), [(32, 16), (512, 16), (768, 32), (1024, 32), (1536, 64)])
-def test_k_factor_follows_the_code_length_like_nprobe(dim: int, k_factor: int) -> None:
-    # 64 at 1536: the PQ candidates hold the true neighbours of isotropic clusters only from
-    # there (BENCHMARKS.md); the exact float16 stage then orders them
+@pytest.mark.parametrize(("dim", "k_factor"), [(32, 64), (512, 64), (768, 64), (1536, 64), (2048, 64), (4096, 128)])
+def test_k_factor_is_64_up_to_2048_dimensions_then_follows_the_code_length(dim: int, k_factor: int) -> None:
+    # 64: the PQ candidates hold the true neighbours of isotropic clusters only from there, at
+    # 512 and at 1536 dimensions (BENCHMARKS.md); the exact float16 stage then orders them
     assert choose_ivf_params(1_000_000, dim).k_factor == k_factor
     assert choose_ivf_params(1_000_000, dim, k_factor=8).k_factor == 8
