@@ -88,16 +88,24 @@ def choose_ivf_params(
 ) -> IvfParams:
     """Pick IVF parameters for ``n`` vectors of dimension ``dim``.
 
-    ``nlist`` is the power of two nearest ``sqrt(n)`` (lists of ~sqrt(n) vectors: the usual
-    balance between the coarse search and the list scan), with at least 39 training vectors
-    a centroid (FAISS's own floor). ``nprobe`` visits 1/16 of the lists (at least 8) for codes
-    of up to 64 bytes (dimension <= 512): on the benchmark's clustered data recall stops
-    improving at 1/64 already, so this leaves margin for less tidy real embeddings, and
-    fast-scan codes keep it cheap (~1.5 ms at 1M x 512). Longer codes cost more per list
-    visited, so the fraction is divided by the power of two at or above ``code bytes / 64``
-    (the bytes scanned a query stay within the 512-d budget): 1/32 of the lists at 768 and
-    1024 dimensions, 1/64 at 1536, where the benchmark measured the same recall@10 (0.982) at
-    16, 32, 64 and 128 of 1024 lists and p50 8.4 ms at 16 against 11.5 ms at 64.
+    ``nlist`` is 4 times the power of two nearest ``sqrt(n)`` (FAISS's guideline is 4 to 16
+    ``sqrt(n)`` lists up to a few million vectors), with at least 39 training vectors a
+    centroid (FAISS's own floor), trained on 40 vectors a centroid (at least 65,536). Why not
+    ``sqrt(n)``: k-means lists on clustered embeddings are unequal (on the benchmark's
+    isotropic clusters at 1M x 1536, 1,024 lists held up to 65,000 vectors each, imbalance
+    factor 15), and a query's nearest lists are the big ones: 16 of 1,024 lists scanned a
+    third of the index, 7.7 of its 9.6 ms. With 4,096 lists (imbalance 8) 16 lists scan 95,000
+    codes and the search takes 3.6 ms with the exact stage, recall@10 0.990 either way
+    (BENCHMARKS.md); the price is training, 143 s instead of 18 s at 1M x 1536.
+
+    ``nprobe`` visits 1/16 of the lists (at least 32: the 8 lists of ``sqrt(n)`` vectors a
+    small index visited before, in lists 4 times smaller) for codes of up to 64 bytes (dimension
+    <= 512): on the benchmark's clustered data recall stops improving at 1/64 already, so this
+    leaves margin for less tidy real embeddings. Longer codes cost more per list visited, so
+    the fraction is divided by the power of two at or above ``code bytes / 64`` (the bytes
+    scanned a query stay within the 512-d budget): 1/32 of the lists at 768 and 1024
+    dimensions, 1/64 at 1536 (with 1,024 lists the benchmark measured the same recall@10 at
+    16, 32, 64 and 128 of them).
     ``k_factor`` 64 for codes of up to 256 bytes (dimension <= 2048): 64 PQ candidates a hit.
     The exact float16 stage (``exact_rows``) orders the candidates exactly, so recall is
     bounded by whether the PQ candidates hold the true neighbours, and on the benchmark's
@@ -119,15 +127,15 @@ def choose_ivf_params(
     """
     if n < 1 or dim < 2:
         raise InputError(f"cannot size an IVF index for n={n} vectors of dim={dim}")
-    nlist = 2 ** round(math.log2(max(math.sqrt(n), 1.0)))
-    nlist = int(max(1, min(nlist, 8192, n // 39)))
+    nlist = 4 * 2 ** round(math.log2(max(math.sqrt(n), 1.0)))
+    nlist = int(max(1, min(nlist, 16384, n // 39)))
     # 4-bit sub-quantisers over 4 dimensions each: 1 byte per 8 dimensions
     pq_m = dim // 4 if dim % 4 == 0 else (dim // 2 if dim % 2 == 0 else dim)
     code_bytes = -(-pq_m // 2)
     longer = 2 ** max(0, math.ceil(math.log2(code_bytes / 64)))  # 1 up to 64 B, 2, 4...
     fraction = 16 * longer
-    auto_nprobe = min(nlist, max(8, nlist // fraction))
-    n_train = int(min(n, max(64 * nlist, 65_536)))
+    auto_nprobe = min(nlist, max(32, nlist // fraction))
+    n_train = int(min(n, max(40 * nlist, 65_536)))
     return IvfParams(
         nlist=nlist,
         pq_m=pq_m,
