@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ MAX_FETCH = 8192
 MAX_QUERY_TILES = 256
 #: ... and fetches at most this many tiles in all (query tiles x tiles fetched for each).
 MAX_CANDIDATES = 65_536
+#: Fewest PQ candidates a fetched tile gets when a place search fetches beyond ``k * k_factor``
+#: (see :func:`fetch_k_factor`).
+MIN_FETCH_FACTOR = 4
 #: Tiles sampled (evenly over the searchable ones) to learn a query's typical score, which
 #: sets the merge margin (``merge.relative_margin``).
 TYPICAL_SAMPLE = 1024
@@ -311,6 +315,22 @@ def typical_score(index: Any, view: View, allowed: np.ndarray | None, queries: n
     return float(np.median((sample @ np.atleast_2d(queries).T).max(axis=1)))
 
 
+def fetch_k_factor(index: Any, knobs: Knobs, k: int, fetch: int) -> int | None:
+    """The ``k_factor`` for fetching ``fetch`` tiles on the way to ``k`` places or hits.
+
+    An IVF index's ``k_factor`` sizes the PQ candidate pool that gives the top ``k`` their
+    recall: ``k * k_factor`` candidates. A place search fetches more tiles than it returns
+    (to merge neighbours and to fill ``k`` places), and those extra tiles need no pool of their
+    own: the pool stays ``k * k_factor``, with at least :data:`MIN_FETCH_FACTOR` candidates a
+    fetched tile when a fetch outgrows it. At 1M x 1536 a 40-tile fetch with the full factor
+    made 2,560 candidates, twice the cost of the search itself (BENCHMARKS.md).
+    """
+    if fi.kind_of(index) is fi.IndexKind.FLAT or fetch <= k:
+        return knobs.k_factor
+    pool = k * float(knobs.k_factor or index.k_factor)
+    return max(MIN_FETCH_FACTOR, math.ceil(pool / fetch))
+
+
 def search_tiles(
     index: Any, view: View, vector: np.ndarray, k: int, allowed: np.ndarray | None, merge: bool, knobs: Knobs,
     max_tiles: float = PLACE_MAX_TILES,
@@ -328,7 +348,7 @@ def search_tiles(
     typical = typical_score(index, view, allowed, vector) if merge else 0.0
     while True:
         scores, labels = fi.search(index, vector[None, :], fetch, allowed=allowed,
-                                   nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+                                   nprobe=knobs.nprobe, k_factor=fetch_k_factor(index, knobs, k, fetch),
                                    rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         ok = labels[0] >= 0
         s, lab = scores[0][ok], labels[0][ok]
@@ -366,7 +386,8 @@ def search_tileset(
     per_max = min(n_allowed, max(per, MAX_CANDIDATES // len(tiles)))
     typical = typical_score(index, view, allowed, tiles) if merge else 0.0
     while True:
-        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe, k_factor=knobs.k_factor,
+        _, labels = fi.search(index, tiles, per, allowed=allowed, nprobe=knobs.nprobe,
+                              k_factor=fetch_k_factor(index, knobs, k, per),
                               rows=knobs.rows, rerank_factor=knobs.rerank_factor)
         cand = np.unique(labels[labels >= 0])
         # float16 or SQ6-decoded vectors: renormalise so that scores are cosines again

@@ -238,3 +238,25 @@ def test_benchmark_smoke(
     for text in ("recall@10", "p50", "memory ratio", "speed-up", "load average", "through CohortIndex"):
         assert text in out
     assert list(tmp_path.iterdir()) == []  # the index directory was cleaned up
+
+
+def test_a_place_fetch_keeps_the_top_k_candidate_pool_instead_of_multiplying_it() -> None:
+    from backend.index import faiss_index as fi
+    from backend.index.query import MIN_FETCH_FACTOR, Knobs, fetch_k_factor
+    from tests.support.synthetic import clustered_sphere
+
+    base = clustered_sphere(4000, 64, 16, 0)
+    params = fi.choose_ivf_params(len(base), 64, k_factor=64)
+    ivf = fi.train_ivf(base, params)
+    fi.add(ivf, base)
+    # a 40-tile fetch toward 10 places: the 640 candidates that give the top 10 their recall
+    assert fetch_k_factor(ivf, Knobs(), 10, 40) * 40 == 10 * 64
+    assert fetch_k_factor(ivf, Knobs(k_factor=8), 10, 40) == MIN_FETCH_FACTOR  # floor when the pool is small
+    assert fetch_k_factor(ivf, Knobs(), 10, 640) == MIN_FETCH_FACTOR
+    assert fetch_k_factor(ivf, Knobs(k_factor=32), 10, 10) == 32  # no extra tiles: the factor as given
+    flat = fi.new_flat(64)
+    assert fetch_k_factor(flat, Knobs(k_factor=32), 10, 40) == 32  # exact: nothing to size
+    # and a place search's best place is the top-1 tile of the plain search on the same index
+    _, top = fi.search(ivf, base[:5], 1, k_factor=64)
+    _, fetched = fi.search(ivf, base[:5], 40, k_factor=fetch_k_factor(ivf, Knobs(), 10, 40))
+    assert (fetched[:, 0] == top[:, 0]).all()
