@@ -40,6 +40,7 @@ import numpy as np
 
 from backend.atomic import atomic_path
 from backend.errors import InputError
+from backend.index.faiss_index import inner_products
 
 #: ``info`` key of the store saying the index keeps a vectors file, and the file's format.
 INFO_KEY = "exact_rows"
@@ -189,7 +190,7 @@ def rerank(queries: np.ndarray, labels: np.ndarray, rows: np.ndarray, k: int) ->
         cand = np.sort(cand[cand >= 0])
         if len(cand) == 0:
             continue
-        sims = np.asarray(rows[cand], dtype=np.float32) @ query
+        sims = inner_products(rows[cand], query)
         top = np.argsort(-sims, kind="stable")[:k]
         scores[i, : len(top)] = sims[top]
         out[i, : len(top)] = cand[top]

@@ -262,6 +262,25 @@ def search(
     return scores, labels
 
 
+def inner_products(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``rows @ query`` for one query vector, in FAISS's single-threaded SIMD kernel.
+
+    numpy's BLAS splits even a product this small over its threads, and a thread waiting for
+    a core another process holds costs scheduler ticks: a ``(1024, 1536)`` product took 8 ms
+    on a busy 2-core machine against 0.13 ms idle; this kernel 0.22 ms either way.
+    """
+    faiss = _faiss()
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    query = np.ascontiguousarray(query, dtype=np.float32).ravel()
+    if rows.ndim != 2 or rows.shape[1] != len(query):
+        raise InputError(f"inner products of rows {rows.shape} with a query of {len(query)} values")
+    out = np.empty(len(rows), np.float32)
+    if len(rows):
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(query), faiss.swig_ptr(rows),
+                                     len(query), len(rows))
+    return out
+
+
 def reconstruct(index: Any, labels: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
     """Stored vectors of ``labels``, ``(len(labels), dim)`` float32: from ``rows`` (the float16
     vectors file, exact) when given, else from the index (for IVF: SQ6-decoded)."""

@@ -312,7 +312,10 @@ def typical_score(index: Any, view: View, allowed: np.ndarray | None, queries: n
     sample = typical_sample(index, view, allowed)
     if len(sample) == 0:
         return 0.0
-    return float(np.median((sample @ np.atleast_2d(queries).T).max(axis=1)))
+    queries = np.atleast_2d(queries)
+    if len(queries) == 1:  # one vector: no BLAS threads (fi.inner_products)
+        return float(np.median(fi.inner_products(sample, queries[0])))
+    return float(np.median((sample @ queries.T).max(axis=1)))
 
 
 def fetch_k_factor(index: Any, knobs: Knobs, k: int, fetch: int) -> int | None:

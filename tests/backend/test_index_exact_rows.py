@@ -278,3 +278,15 @@ def test_the_typical_sample_is_decoded_once_per_view_and_filter(
         index.add(cohort.slides[3])  # a new view: decoded again
         index.search(query, 3, model_id=MODEL)
         assert decoded == [3 * 144, 2 * 144, 4 * 144]
+
+
+def test_inner_products_equal_numpys_and_name_a_shape_mismatch() -> None:
+    from backend.index.faiss_index import inner_products
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((37, 24)).astype(np.float16)  # the vectors file's dtype
+    query = rng.standard_normal(24).astype(np.float32)
+    np.testing.assert_allclose(inner_products(rows, query), rows.astype(np.float32) @ query, rtol=1e-5, atol=1e-5)
+    assert inner_products(np.zeros((0, 24), np.float32), query).shape == (0,)
+    with pytest.raises(InputError, match=r"rows \(37, 24\) with a query of 23 values"):
+        inner_products(rows, query[:23])
