@@ -23,7 +23,7 @@ processors, applied to the log-probabilities as ``generate`` applies them.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -162,7 +162,7 @@ def beam_search(
         if not (bool(improvable.any()) and not bool(is_done.all()) and not bool(ended.all())):
             break
         if not torch.equal(beam_idx, identity):
-            cache.reorder_cache(beam_idx)
+            cache.reorder_cache(cast(torch.LongTensor, beam_idx))
         tokens = running.view(rows, t_max)[:, cur - 1 : cur]
         out = decoder(input_ids=tokens, attention_mask=mask[:, : k + cur], use_cache=True, **{cache_kw: cache})
         logits = out.logits[:, -1, :].float()

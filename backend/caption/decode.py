@@ -1,16 +1,15 @@
 """Decoding captions from ClipCap prefixes: greedy, beam search, nucleus sampling.
 
-Why ``transformers``' ``generate(inputs_embeds=...)`` and not a loop of our own: for a
-decoder-only model fed a prefix of embeddings it already gives everything the captioner needs
-(batched rows, KV cache, beam search with ``num_return_sequences`` n-best and length-normalised
-``sequences_scores``, ``length_penalty``, ``no_repeat_ngram_size``, ``repetition_penalty``,
-``min_new_tokens``, top-p sampling), it is maintained against every cache layout and model the
-library ships (GPT-2, BioGPT, ...), and it measured as fast as a hand-written loop here (GPT-2
-small, beam 3, 30 tokens, 2 CPU threads: ~1.3 s). A private loop would have to track the
-library's cache API (``DynamicCache`` reordering) by hand. All rows share the prefix length k,
-so no left padding is needed. ``generate`` already runs the beams of a step as one batched
-forward pass; what made 3 beams cost ~1.8x one row was the GEMM kernel CPU BLAS picks for a
-few rows against GPT-2's ``Conv1D`` weights, see :func:`linear_layout`.
+Greedy and nucleus decoding use ``transformers``' ``generate(inputs_embeds=...)``: for a
+decoder-only model fed a prefix of embeddings it gives what the captioner needs (batched rows,
+KV cache, ``no_repeat_ngram_size``, ``repetition_penalty``, ``min_new_tokens``, top-p sampling)
+and is maintained against every cache layout and model the library ships (GPT-2, BioGPT, ...).
+All rows share the prefix length k, so no left padding is needed. Beam search (``num_beams`` >
+1) runs :func:`backend.caption.beam.beam_search`, transformers' selection rule over the same
+model forward and cache API, with the prefix run once for all beams instead of once per beam
+(see that module). Each step runs the beams as one batched forward; what made 3 beams cost ~1.8x
+one row was the GEMM kernel CPU BLAS picks for a few rows against GPT-2's ``Conv1D`` weights,
+see :func:`linear_layout`.
 
 Scores are length-normalised log-probabilities: ``sum(log p) / n_tokens ** length_penalty``
 over the generated tokens, EOS included. Beam search reports its own beam scores (computed after
@@ -172,10 +171,10 @@ def _decode_chunk(
 ) -> list[Caption]:
     prefix = model.prefix(clip_embeddings)
     b, k = prefix.shape[:2]
-    mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
     if _is_beam(config):
         seqs, scores = beam_search(_causal_lm(model), prefix, config, eos_id, int(kwargs["pad_token_id"]))
         return _captions(tokenizer, seqs, scores, b, eos_id)
+    mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
     if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
         devices = [prefix.device] if prefix.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
