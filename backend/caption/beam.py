@@ -10,14 +10,17 @@ kept its parent). Here the prefix runs once (batch of regions), its KV cache is 
 beams (``Cache.batch_repeat_interleave``), each step is one batched forward of all beams, and
 the cache is reordered (``Cache.reorder_cache``) only when a beam changed parent.
 
-The selection rule is transformers' own (``GenerationMixin._beam_search``, 4.5x-5.x) with
+The selection rule is transformers' own (``GenerationMixin._beam_search``, checked on 5.25) with
 ``early_stopping=True``, so the n-best sequences and scores are the same (test:
 ``tests/backend/test_beam_search.py``): per step, the top ``2 * num_beams`` continuations of all
 beams by accumulated log-probability; the best ``num_beams`` of them that did not end (EOS or
 the length limit) run on; those among the top ``num_beams`` that ended become hypotheses scored
 ``sum(log p) / n_tokens ** length_penalty``, the best ``num_beams`` hypotheses kept; a region is
 done once it holds ``num_beams`` hypotheses. Repetition controls are transformers' public logits
-processors, applied to the log-probabilities as ``generate`` applies them.
+processors, applied to the log-probabilities as ``generate`` applies them. Only
+:class:`~backend.caption.config.DecodeConfig`'s controls apply: extra settings a decoder might
+carry in its own ``generation_config`` (``bad_words_ids``, ...; the bundles ``training`` writes
+carry none) are not read.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def beam_search(
     first: dict = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # logits of the last position only
     mask = torch.ones(rows, k + t_max, dtype=torch.long, device=device)
     out = decoder(inputs_embeds=prefix, attention_mask=mask[:b, :k], use_cache=True, **first)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    cache = out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
     if not isinstance(cache, Cache):
         raise ModelError(f"captioner decoder {type(decoder).__name__}: beam search needs a transformers KV cache "
                          f"from its forward pass, got {type(cache).__name__}")
