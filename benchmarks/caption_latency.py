@@ -11,7 +11,9 @@ Prints the median of ``--runs`` timed runs (after one warm-up; beam, greedy and 
 interleaved so that other load falls on each alike) for beam 3 (target < 2 s) and greedy (the
 baseline), their ratio, the image-encode share, and the per-region time when ``--batch``
 regions are captioned in one call. Load averages before and after are printed: on a shared
-machine, quote the run with the lowest.
+machine, quote the run with the lowest. ``--reference`` also times, interleaved, the same beam
+decode through transformers' ``generate(num_beams=...)`` (what ``decode.py`` used before
+``backend/caption/beam.py``), from the same prefix, to compare the two in one process.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ def build(threads: int):
     return captioner, clip_model, tile
 
 
+def generate_beam(captioner, clip_model, tiles: np.ndarray, beams: int, tokens: int) -> Callable[[], object]:
+    """A region caption (encode + map + decode) with transformers' beam search: the reference."""
+    import torch
+
+    model, eos = captioner.model, captioner.tokenizer.eos_token_id
+
+    def run() -> object:
+        with torch.inference_mode():
+            prefix = model.prefix(torch.as_tensor(clip_model.encode_images(tiles)).float())
+            return model.decoder.generate(
+                inputs_embeds=prefix, attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
+                max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=eos, pad_token_id=eos, use_cache=True,
+                do_sample=False, num_beams=beams, num_return_sequences=1, output_scores=True, early_stopping=True,
+                return_dict_in_generate=True)
+
+    return run
+
+
 def median_seconds(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds of each function, runs interleaved (a, b, a, b, ...) so that
     load from other processes on a shared machine falls on all of them alike; one warm-up call
@@ -75,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=30)
     p.add_argument("--beams", type=int, default=3)
     p.add_argument("--batch", type=int, default=8, help="regions captioned in one call (0: skip)")
+    p.add_argument("--reference", action="store_true", help="also time transformers' generate beam search")
     args = p.parse_args(argv)
 
     import torch
@@ -92,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     greedy = DecodeConfig(strategy="greedy", **fixed)
     one = tile[None]
 
-    med = median_seconds({
+    fns: dict[str, Callable[[], object]] = {
         "encode": lambda: clip_model.encode_images(one),
         "beam": lambda: captioner.caption_images(one, clip_model, config=beam),
         "greedy": lambda: captioner.caption_images(one, clip_model, config=greedy),
-    }, args.runs)
+    }
+    if args.reference:
+        fns["generate"] = generate_beam(captioner, clip_model, one, args.beams, args.tokens)
+    med = median_seconds(fns, args.runs)
     (encode_s, _), (beam_s, beam_cpu), (greedy_s, greedy_cpu) = med["encode"], med["beam"], med["greedy"]
     out = captioner.caption_images(one, clip_model, config=beam)[0]
     assert len(out.texts[0].split()) == args.tokens, out.texts[0]
@@ -106,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(target < {TARGET_S:.0f} s: {verdict}), CPU {beam_cpu:.2f} s; image encode {encode_s * 1000:.0f} ms of it")
     print(f"region caption, greedy, {args.tokens} tokens:  {greedy_s:.3f} s median, CPU {greedy_cpu:.2f} s; "
           f"beam/greedy = {beam_s / greedy_s:.2f} (CPU {beam_cpu / greedy_cpu:.2f})")
+    if args.reference:
+        ref_s, ref_cpu = med["generate"]
+        print(f"region caption, beam {args.beams} through transformers' generate: {ref_s:.3f} s median, CPU "
+              f"{ref_cpu:.2f} s; generate/greedy = {ref_s / greedy_s:.2f} (CPU {ref_cpu / greedy_cpu:.2f})")
     if args.batch > 1:
         batch = np.repeat(one, args.batch, axis=0)
         batch_s, _ = median_seconds({"batch": lambda: captioner.caption_images(batch, clip_model, config=beam)},

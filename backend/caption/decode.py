@@ -1,16 +1,15 @@
 """Decoding captions from ClipCap prefixes: greedy, beam search, nucleus sampling.
 
-Why ``transformers``' ``generate(inputs_embeds=...)`` and not a loop of our own: for a
-decoder-only model fed a prefix of embeddings it already gives everything the captioner needs
-(batched rows, KV cache, beam search with ``num_return_sequences`` n-best and length-normalised
-``sequences_scores``, ``length_penalty``, ``no_repeat_ngram_size``, ``repetition_penalty``,
-``min_new_tokens``, top-p sampling), it is maintained against every cache layout and model the
-library ships (GPT-2, BioGPT, ...), and it measured as fast as a hand-written loop here (GPT-2
-small, beam 3, 30 tokens, 2 CPU threads: ~1.3 s). A private loop would have to track the
-library's cache API (``DynamicCache`` reordering) by hand. All rows share the prefix length k,
-so no left padding is needed. ``generate`` already runs the beams of a step as one batched
-forward pass; what made 3 beams cost ~1.8x one row was the GEMM kernel CPU BLAS picks for a
-few rows against GPT-2's ``Conv1D`` weights, see :func:`linear_layout`.
+Greedy and nucleus decoding use ``transformers``' ``generate(inputs_embeds=...)``: for a
+decoder-only model fed a prefix of embeddings it gives what the captioner needs (batched rows,
+KV cache, ``no_repeat_ngram_size``, ``repetition_penalty``, ``min_new_tokens``, top-p sampling)
+and is maintained against every cache layout and model the library ships (GPT-2, BioGPT, ...).
+All rows share the prefix length k, so no left padding is needed. Beam search (``num_beams`` >
+1) runs :func:`backend.caption.beam.beam_search`, transformers' selection rule over the same
+model forward and cache API, with the prefix run once for all beams instead of once per beam
+(see that module). Each step runs the beams as one batched forward; what made 3 beams cost ~1.8x
+one row was the GEMM kernel CPU BLAS picks for a few rows against GPT-2's ``Conv1D`` weights,
+see :func:`linear_layout`.
 
 Scores are length-normalised log-probabilities: ``sum(log p) / n_tokens ** length_penalty``
 over the generated tokens, EOS included. Beam search reports its own beam scores (computed after
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from backend.api import Caption
+from backend.caption.beam import beam_search
 from backend.caption.config import DecodeConfig, DecodeStrategy
 from backend.errors import ModelError
 
@@ -54,10 +54,7 @@ def _generate_kwargs(config: DecodeConfig, eos_id: int, pad_id: int) -> dict:
         use_cache=True,
         return_dict_in_generate=True,
     )
-    if config.strategy is DecodeStrategy.BEAM and config.num_beams > 1:
-        kw.update(do_sample=False, num_beams=config.num_beams, num_return_sequences=config.n_best,
-                  output_scores=True, early_stopping=True)
-    elif config.strategy is not DecodeStrategy.NUCLEUS:  # greedy, or a beam of one
+    if config.strategy is not DecodeStrategy.NUCLEUS:  # greedy, or a beam of one (wider beams: beam.py)
         kw.update(do_sample=False, num_beams=1, output_logits=True)
     else:
         kw.update(do_sample=True, num_beams=1, num_return_sequences=config.n_best, top_p=config.top_p,
@@ -144,15 +141,24 @@ def decode_prefixes(
         model.train(was_training)
 
 
-def _generate(model: ClipCapModel, **kwargs: Any) -> Any:
-    """``model.decoder.generate(**kwargs)``: the decoder must be a generating (causal) LM."""
+def _causal_lm(model: ClipCapModel) -> Any:
+    """The model's decoder: it must be a generating (causal) LM."""
     from transformers import GenerationMixin
 
     decoder = model.decoder
     if not isinstance(decoder, GenerationMixin):
         raise ModelError(f"captioner decoder {type(decoder).__name__}: cannot generate text "
                          "(not a transformers causal LM with GenerationMixin)")
-    return decoder.generate(**kwargs)
+    return decoder
+
+
+def _generate(model: ClipCapModel, **kwargs: Any) -> Any:
+    """``model.decoder.generate(**kwargs)``: greedy and nucleus decoding."""
+    return _causal_lm(model).generate(**kwargs)
+
+
+def _is_beam(config: DecodeConfig) -> bool:
+    return config.strategy is DecodeStrategy.BEAM and config.num_beams > 1
 
 
 def _decode_chunk(
@@ -165,6 +171,9 @@ def _decode_chunk(
 ) -> list[Caption]:
     prefix = model.prefix(clip_embeddings)
     b, k = prefix.shape[:2]
+    if _is_beam(config):
+        seqs, scores = beam_search(_causal_lm(model), prefix, config, eos_id, int(kwargs["pad_token_id"]))
+        return _captions(tokenizer, seqs, scores, b, eos_id)
     mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
     if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
         devices = [prefix.device] if prefix.device.type == "cuda" else []
@@ -176,13 +185,18 @@ def _decode_chunk(
     # with only inputs_embeds as prompt, sequences hold the generated tokens alone
     seqs = result.sequences
     lengths = _lengths(seqs, eos_id)
-    if getattr(result, "sequences_scores", None) is not None:  # beam search (num_beams > 1)
-        scores = result.sequences_scores.float()
-    else:
-        logits = torch.stack(result.logits, dim=1).float()  # (rows, steps, vocab), raw model logits
-        logp = logits.log_softmax(-1).gather(-1, seqs[:, : logits.shape[1], None]).squeeze(-1)
-        keep = torch.arange(logp.shape[1], device=logp.device)[None, :] < lengths[:, None]
-        scores = (logp * keep).sum(1) / lengths.float() ** config.length_penalty
+    logits = torch.stack(result.logits, dim=1).float()  # (rows, steps, vocab), raw model logits
+    logp = logits.log_softmax(-1).gather(-1, seqs[:, : logits.shape[1], None]).squeeze(-1)
+    keep = torch.arange(logp.shape[1], device=logp.device)[None, :] < lengths[:, None]
+    scores = (logp * keep).sum(1) / lengths.float() ** config.length_penalty
+    return _captions(tokenizer, seqs, scores, b, eos_id)
+
+
+def _captions(
+    tokenizer: PreTrainedTokenizerBase, seqs: torch.Tensor, scores: torch.Tensor, b: int, eos_id: int
+) -> list[Caption]:
+    """One Caption per region from (b * n, T) token rows (cut after the first EOS) and their scores."""
+    lengths = _lengths(seqs, eos_id)
     n = seqs.shape[0] // b
     rows = [row[: int(length)].tolist() for row, length in zip(seqs, lengths)]
     texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
