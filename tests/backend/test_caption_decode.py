@@ -133,6 +133,19 @@ def test_decoding_uses_the_kv_cache(captioner, emb, monkeypatch):
     assert seen[0] == 3 and set(seen[1:]) == {1}  # prefix once, then one new token per step
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "nucleus", "beam"])
+def test_every_strategy_runs_the_lm_head_on_the_last_position_only(captioner, emb, monkeypatch, strategy):
+    head = captioner.model.decoder.get_output_embeddings()
+    positions: list[int] = []
+    hook = head.register_forward_hook(lambda m, i, out: positions.append(out.shape[1]))
+    try:
+        decode_prefixes(captioner.model, captioner.tokenizer, emb[:1],
+                        DecodeConfig(strategy=strategy, max_new_tokens=4, min_new_tokens=4))
+    finally:
+        hook.remove()
+    assert positions == [1] * 4  # not the prefix's 3 positions at the first step
+
+
 def test_captioner_checks_its_inputs(captioner, emb):
     with pytest.raises(ModelMismatchError, match="the captioner was made with model 'test-tiny', but the model of the "
                        "embeddings given is 'quiltnet-b32'"):
