@@ -116,9 +116,16 @@ class RegionReads:
                 self._slides.move_to_end(sig)
         if resolved is None:
             return None
+        from backend.embed.cache import EmbeddingCacheError, _DamagedStore
+
         try:
             return self._read(cache, resolved, region)
-        except Exception:  # noqa: BLE001 - the full path repeats the read and reports or repairs what failed
+        except (OSError, ValueError, LookupError, RuntimeError, EmbeddingCacheError, _DamagedStore):
+            # the store changed or broke underneath (removed, rewritten, a bad chunk: zarr's
+            # errors are ValueErrors, OSErrors or LookupErrors, numcodecs' decode errors
+            # RuntimeErrors): the full path repeats the read
+            # and reports or repairs it. Anything else is a fault of this code and propagates
+            # (a blind ``except`` here once hid an ImportError as a silent full read per call).
             self.forget()
             return None
 

@@ -111,3 +111,28 @@ def test_a_store_removed_underneath_falls_back_to_the_full_path(model, slide_cop
     assert fresh.slide_fingerprint == whole.slide_fingerprint
     np.testing.assert_array_equal(fresh.coords, cached.coords)
     np.testing.assert_allclose(fresh.vectors, cached.vectors, atol=1e-5)
+
+
+def test_a_damaged_chunk_falls_back_but_a_fault_of_the_code_propagates(model, slide_copy: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import backend.geometry
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    embed_slide(slide_copy, model, SPEC, cache=cache, batch_size=8)
+    cached = embed_slide(slide_copy, model, SPEC, cache=cache, region=BOX)  # remembers the store
+
+    def broken(*args, **kwargs):
+        raise AttributeError("a bug in the region geometry")
+
+    monkeypatch.setattr(backend.geometry, "tiles_in_region", broken)  # what the fast path calls
+    with pytest.raises(AttributeError, match="a bug in the region geometry"):
+        embed_slide(slide_copy, model, SPEC, cache=cache, region=BOX)
+    monkeypatch.undo()
+    # a vectors chunk overwritten with garbage: numcodecs cannot decode it, the full path repairs it
+    chunk = max((p for p in next((tmp_path / "cache").rglob("*.zarr")).rglob("*")
+                 if p.is_file() and "vectors" in p.parts and p.name not in ("zarr.json", ".zarray")),
+                key=lambda p: p.stat().st_size)
+    chunk.write_bytes(b"not a chunk")
+    repaired = embed_slide(slide_copy, model, SPEC, cache=cache, region=BOX)
+    np.testing.assert_array_equal(repaired.coords, cached.coords)
+    np.testing.assert_allclose(repaired.vectors, cached.vectors, atol=1e-5)
