@@ -157,7 +157,8 @@ def _through_index(base: Any, queries: Any, truth: Any, args: argparse.Namespace
     print(f"\nthrough CohortIndex ({-(-n // per)} slides of {per} tiles, default IndexPolicy):")
     print(f"  build {build_s:.1f} s slide by slide (SQLite + FAISS + saves), rebuilds at "
           + ", ".join(f"{m:,} ({s:.1f} s)" for m, s in rebuilds))
-    print(f"  final index: {stats.kind}, nlist={stats.nlist}, FAISS file {stats.file_bytes / 1e6:.1f} MB, "
+    imbalance = "" if stats.list_imbalance is None else f" (list imbalance {stats.list_imbalance:.1f})"
+    print(f"  final index: {stats.kind}, nlist={stats.nlist}{imbalance}, FAISS file {stats.file_bytes / 1e6:.1f} MB, "
           f"directory {disk / 1e6:.1f} MB, read-only open {open_s:.1f} s")
     print(f"  CohortIndex.search k={K}: merge=True p50 {np.percentile(merged, 50):.2f} ms "
           f"p99 {np.percentile(merged, 99):.2f} ms; merge=False p50 {np.percentile(plain, 50):.2f} ms "

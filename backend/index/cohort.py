@@ -93,6 +93,7 @@ class CohortIndex(IndexDirectory):
             model_id=self.model_id,
             dim=self.dim,
             nlist=fi.nlist_of(self._index),
+            list_imbalance=fi.list_imbalance(self._index),
         )
 
     # --- adding -------------------------------------------------------------------------

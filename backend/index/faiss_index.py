@@ -177,6 +177,16 @@ def nlist_of(index: Any) -> int | None:
     return int(_faiss().extract_index_ivf(index).nlist)
 
 
+def list_imbalance(index: Any) -> float | None:
+    """How unequal the inverted lists are (FAISS's imbalance factor: 1 when all are equal), or
+    None for a flat or empty index. A query's cost follows the lists it visits, and its nearest
+    lists tend to be the big ones: at 14.8 (1,024 lists on the benchmark's clustered data at
+    1M x 1536) 16 lists held a third of the index; see :func:`choose_ivf_params`."""
+    if kind_of(index) is IndexKind.FLAT or index.ntotal == 0:
+        return None
+    return float(_faiss().extract_index_ivf(index).invlists.imbalance_factor())
+
+
 def add(index: Any, vectors: np.ndarray) -> None:
     """Append ``vectors`` (labels continue from ``index.ntotal``)."""
     if len(vectors):

@@ -232,3 +232,6 @@ class IndexStats:
     model_id: str
     dim: int
     nlist: int | None = None
+    #: FAISS's imbalance factor of the inverted lists (1: equal; None: flat or empty), see
+    #: :func:`backend.index.faiss_index.list_imbalance`
+    list_imbalance: float | None = None

@@ -191,6 +191,13 @@ def test_switch_to_ivf_keeps_the_top_hits(flat: CohortIndex, ivf: CohortIndex, c
     stats = ivf.stats()
     assert (stats.kind, stats.n_live) == ("ivf", flat.stats().n_live)
     assert stats.nlist is not None and stats.nlist > 1
+    # the lists' imbalance, as FAISS defines it: nlist * sum(size^2) / n^2
+    from backend.index import faiss_index as fi
+
+    ivf_lists = fi._faiss().extract_index_ivf(ivf._index).invlists
+    sizes = np.array([ivf_lists.list_size(i) for i in range(stats.nlist)], dtype=float)
+    assert stats.list_imbalance == pytest.approx(stats.nlist * (sizes**2).sum() / sizes.sum() ** 2, rel=1e-6)
+    assert stats.list_imbalance >= 1.0 and flat.stats().list_imbalance is None
     _, tile = _motif_tile(cohort)
     for index in (flat, ivf):
         assert sorted(_places(index.search(tile, 3, model_id=MODEL))) == sorted(cohort.motif_boxes.items())
