@@ -15,7 +15,7 @@ import pytest
 from backend.errors import InputError
 from backend.index import CohortIndex, IndexPolicy
 from backend.index import exact_rows as er
-from tests.support.index_faults import abandon, crash_at
+from tests.support.index_faults import crash_adding
 from tests.support.synthetic import SyntheticCohort, SyntheticSlide, clustered_sphere, synthetic_cohort
 
 MODEL = "test-model"
@@ -124,11 +124,7 @@ def test_a_crash_between_faiss_and_the_vectors_file_is_repaired(
         index.add(s)
     index.flush()
 
-    crash_at(monkeypatch, stage)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        index.add(cohort.slides[3])
-    abandon(index)
-    monkeypatch.undo()
+    crash_adding(index, cohort.slides[3], monkeypatch, stage)
     behind = er.check_rows(path / "vectors-1.npy", 32)
     assert behind == (3 if stage == "faiss-added" else 4) * 144
     _assert_in_step(path)  # the writer's open appended the missing slide

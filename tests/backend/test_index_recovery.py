@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from backend.index import AddStatus, CohortIndex, IndexPolicy
-from tests.support.index_faults import abandon, crash_at
+from tests.support.index_faults import abandon, crash_adding, crash_at
 from tests.support.synthetic import SyntheticCohort, synthetic_cohort
 
 MODEL = "test-model"
@@ -84,11 +84,7 @@ def test_crash_during_add_recovers_and_resumes(
         index.add(s)
     index.flush()
 
-    crash_at(monkeypatch, stage)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        index.add(cohort.slides[3])
-    abandon(index)
-    monkeypatch.undo()
+    crash_adding(index, cohort.slides[3], monkeypatch, stage)
 
     with CohortIndex.open(path) as index:
         committed = stage != "metadata-written"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from backend.index import CohortIndex
+from backend.index.records import EmbeddingSet
 from backend.index.store import release_lock
 
 
@@ -25,3 +26,13 @@ def abandon(index: CohortIndex) -> None:
     index._closed = True
     index._store.close()
     release_lock(index._lock)
+
+
+def crash_adding(index: CohortIndex, slide: EmbeddingSet, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """Add ``slide`` with a crash at ``stage``, then drop ``index`` as a killed process would;
+    ``monkeypatch``'s patches are undone (the next open runs the real code)."""
+    crash_at(monkeypatch, stage)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        index.add(slide)
+    abandon(index)
+    monkeypatch.undo()
