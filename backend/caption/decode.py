@@ -173,7 +173,7 @@ def _decode_chunk(
     b, k = prefix.shape[:2]
     if _is_beam(config):
         seqs, scores = beam_search(_causal_lm(model), prefix, config, eos_id, int(kwargs["pad_token_id"]))
-        return _captions(tokenizer, seqs, scores, b, eos_id)
+        return _captions(tokenizer, seqs, _lengths(seqs, eos_id), scores, b)
     mask = torch.ones(b, k, dtype=torch.long, device=prefix.device)
     if config.strategy is DecodeStrategy.NUCLEUS and config.seed is not None:
         devices = [prefix.device] if prefix.device.type == "cuda" else []
@@ -189,14 +189,14 @@ def _decode_chunk(
     logp = logits.log_softmax(-1).gather(-1, seqs[:, : logits.shape[1], None]).squeeze(-1)
     keep = torch.arange(logp.shape[1], device=logp.device)[None, :] < lengths[:, None]
     scores = (logp * keep).sum(1) / lengths.float() ** config.length_penalty
-    return _captions(tokenizer, seqs, scores, b, eos_id)
+    return _captions(tokenizer, seqs, lengths, scores, b)
 
 
 def _captions(
-    tokenizer: PreTrainedTokenizerBase, seqs: torch.Tensor, scores: torch.Tensor, b: int, eos_id: int
+    tokenizer: PreTrainedTokenizerBase, seqs: torch.Tensor, lengths: torch.Tensor, scores: torch.Tensor, b: int
 ) -> list[Caption]:
-    """One Caption per region from (b * n, T) token rows (cut after the first EOS) and their scores."""
-    lengths = _lengths(seqs, eos_id)
+    """One Caption per region from (b * n, T) token rows, each cut to its length (``_lengths``:
+    through the first EOS), and their scores."""
     n = seqs.shape[0] // b
     rows = [row[: int(length)].tolist() for row, length in zip(seqs, lengths)]
     texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
