@@ -123,9 +123,9 @@ class RegionReads:
         except (OSError, ValueError, LookupError, RuntimeError, EmbeddingCacheError, _DamagedStore):
             # the store changed or broke underneath (removed, rewritten, a bad chunk: zarr's
             # errors are ValueErrors, OSErrors or LookupErrors, numcodecs' decode errors
-            # RuntimeErrors): the full path repeats the read
-            # and reports or repairs it. Anything else is a fault of this code and propagates
-            # (a blind ``except`` here once hid an ImportError as a silent full read per call).
+            # RuntimeErrors): the full path repeats the read and reports or repairs it. Anything
+            # else is a fault of this code and propagates (a blind ``except`` here once hid an
+            # ImportError as a silent full read per call).
             self.forget()
             return None
 
